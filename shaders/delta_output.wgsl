@@ -1,0 +1,28 @@
+// delta_output.wgsl — delta of the output layer under MSE and sigmoid:
+//   δ = (A − Y) ⊙ A(1 − A)
+// One invocation per element.
+//
+// | binding | name  | access             | shape          |
+// |---------|-------|--------------------|----------------|
+// | 0       | dims  | uniform Dims       |                |
+// | 1       | a     | storage read       | (batch, n_out) |
+// | 2       | y     | storage read       | (batch, n_out) |
+// | 3       | delta | storage read_write | (batch, n_out) |
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> delta: array<f32>;
+
+@compute @workgroup_size(WG)
+fn delta_output(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= dims.batch * dims.n_out) {
+        return;
+    }
+    let ai = a[idx];
+    delta[idx] = (ai - y[idx]) * ai * (1.0 - ai);
+}

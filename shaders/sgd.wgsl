@@ -1,0 +1,34 @@
+// sgd.wgsl — plain SGD over the whole flat parameter buffer in one dispatch:
+//   p −= lr · g
+// Params and grads share one layout, so every layer is updated at once.
+//
+// | binding | name   | access             | shape         |
+// |---------|--------|--------------------|---------------|
+// | 0       | hyper  | uniform Sgd        |               |
+// | 1       | params | storage read_write | (param_count) |
+// | 2       | grads  | storage read       | (param_count) |
+
+// Mirrors `shadertrain::gpu::SgdUniform` (16 bytes).
+struct Sgd {
+    count: u32, // parameters to update
+    lr: f32,    // learning rate
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> hyper: Sgd;
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
+
+@compute @workgroup_size(WG)
+fn sgd_update(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= hyper.count) {
+        return;
+    }
+    params[idx] -= hyper.lr * grads[idx];
+}

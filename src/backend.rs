@@ -1,0 +1,122 @@
+//! The [`Backend`] trait: what the training loop needs from a device.
+//!
+//! The CPU reference ([`crate::cpu::CpuBackend`]) and the GPU trainer
+//! ([`crate::gpu::GpuBackend`]) both implement it, so the loop in
+//! [`crate::train`] is written once. A step is `load_batch`, `forward`,
+//! `backward`, `update`; on the GPU those record into one command encoder that
+//! `update` submits, and nothing is read back until a `read_*` or
+//! [`Backend::take_totals`] call asks for it.
+
+use crate::data::Task;
+use crate::network::{Network, Params, Real};
+use crate::Result;
+
+/// How a forward pass scores its predictions, besides the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Metric {
+    /// Regression: loss only.
+    None = 0,
+    /// One output neuron: correct when `(a > 0.5) == (y > 0.5)`.
+    Threshold = 1,
+    /// Several outputs: correct when `argmax(a) == argmax(y)` (first maximum wins).
+    Argmax = 2,
+}
+
+impl Metric {
+    /// The metric that fits a task on a network with `outputs` neurons.
+    pub fn for_task(task: Task, outputs: usize) -> Metric {
+        match task {
+            Task::Regression => Metric::None,
+            Task::Classification { .. } if outputs == 1 => Metric::Threshold,
+            Task::Classification { .. } => Metric::Argmax,
+        }
+    }
+}
+
+/// Loss and accuracy accumulated over forward passes since the last reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// Σ over samples of `½ Σ_k (a_k − y_k)²`.
+    pub loss_sum: f64,
+    /// Samples seen.
+    pub samples: u64,
+    /// Samples predicted correctly (0 under [`Metric::None`]).
+    pub correct: u64,
+}
+
+impl Totals {
+    /// Mean loss per sample: `L = ½ Σ (A − Y)²` averaged over the samples.
+    pub fn loss(&self) -> f64 {
+        if self.samples == 0 {
+            f64::NAN
+        } else {
+            self.loss_sum / self.samples as f64
+        }
+    }
+
+    /// Fraction correct, or `None` for regression.
+    pub fn accuracy(&self, metric: Metric) -> Option<f64> {
+        (metric != Metric::None && self.samples > 0)
+            .then(|| self.correct as f64 / self.samples as f64)
+    }
+}
+
+/// A device that trains a [`Network`] with mini-batch SGD.
+///
+/// Layer indices: activations `0..=L` (0 is the input batch), deltas `1..=L`,
+/// where `L = network.layers().len()`.
+pub trait Backend {
+    /// The float type of the parameters and data.
+    type Scalar: Real;
+
+    /// A one-line description: the device or adapter and the precision.
+    fn describe(&self) -> String;
+
+    /// The network being trained.
+    fn network(&self) -> &Network;
+
+    /// The largest batch [`Backend::load_batch`] accepts.
+    fn capacity(&self) -> usize;
+
+    /// Replace every parameter.
+    fn set_params(&mut self, p: &Params<Self::Scalar>) -> Result<()>;
+
+    /// Read every parameter back.
+    fn params(&mut self) -> Result<Params<Self::Scalar>>;
+
+    /// Choose how forward passes score predictions.
+    fn set_metric(&mut self, metric: Metric) -> Result<()>;
+
+    /// Stage a batch: `x (batch, inputs)`, `y (batch, outputs)`, `1 <= batch <= capacity`.
+    fn load_batch(&mut self, x: &[Self::Scalar], y: &[Self::Scalar]) -> Result<()>;
+
+    /// Forward pass of the staged batch; adds its loss and score to the totals.
+    fn forward(&mut self) -> Result<()>;
+
+    /// Deltas of every layer and the gradients, averaged over the batch,
+    /// from the weights as they were before any update.
+    fn backward(&mut self) -> Result<()>;
+
+    /// SGD: `p −= lr · ∂L/∂p` for every weight and bias.
+    fn update(&mut self, lr: f32) -> Result<()>;
+
+    /// One training step on the staged batch.
+    fn step(&mut self, lr: f32) -> Result<()> {
+        self.forward()?;
+        self.backward()?;
+        self.update(lr)
+    }
+
+    /// The totals since the last call, which resets them.
+    fn take_totals(&mut self) -> Result<Totals>;
+
+    /// Activations of layer `l` for the staged batch, `(batch, sizes[l])`.
+    fn read_activations(&mut self, l: usize) -> Result<Vec<Self::Scalar>>;
+
+    /// Deltas of layer `l >= 1`, `(batch, sizes[l])`.
+    fn read_deltas(&mut self, l: usize) -> Result<Vec<Self::Scalar>>;
+
+    /// Gradients from the last backward pass, in the parameter layout.
+    fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
+}

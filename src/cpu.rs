@@ -1,0 +1,372 @@
+//! The CPU reference: a readable twin of every WGSL kernel, with the same name,
+//! generic over `f32` (for training) and `f64` (for the tests' reference).
+//!
+//! Each function states its shapes; all matrices are row-major. The GPU
+//! kernels in `shaders/` compute exactly these formulas, and the tests compare
+//! the two on random data.
+//!
+//! ```
+//! use shadertrain::cpu::forward_dense;
+//! // one sample, 2 inputs, 1 neuron: sigmoid(0.5*1 + 0.25*2 + 0) = sigmoid(1)
+//! let mut a = [0.0f64];
+//! forward_dense(&[1.0, 2.0], &[0.5, 0.25], &[0.0], &mut a, 1, 2, 1);
+//! assert!((a[0] - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-15);
+//! ```
+
+use crate::backend::{Backend, Metric, Totals};
+use crate::network::{Network, Params, Real};
+use crate::{Error, Result};
+
+/// `σ(z) = 1 / (1 + e^−z)`.
+pub fn sigmoid<T: Real>(z: T) -> T {
+    T::one() / (T::one() + (-z).exp())
+}
+
+/// Forward pass of one dense sigmoid layer: `A = σ(A_prev·Wᵀ + b)`.
+// a_prev: (batch, n_in); w: (n_out, n_in); b: (n_out); a: (batch, n_out)
+pub fn forward_dense<T: Real>(
+    a_prev: &[T],
+    w: &[T],
+    b: &[T],
+    a: &mut [T],
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    for n in 0..batch {
+        let x = &a_prev[n * n_in..(n + 1) * n_in];
+        for o in 0..n_out {
+            let row = &w[o * n_in..(o + 1) * n_in];
+            let z = x.iter().zip(row).fold(b[o], |s, (&xi, &wi)| s + xi * wi);
+            a[n * n_out + o] = sigmoid(z);
+        }
+    }
+}
+
+/// Output delta: `δ = (A − Y) ⊙ A(1 − A)`.
+// a, y, delta: (batch, n) — flat, the same length
+pub fn delta_output<T: Real>(a: &[T], y: &[T], delta: &mut [T]) {
+    for ((d, &ai), &yi) in delta.iter_mut().zip(a).zip(y) {
+        *d = (ai - yi) * ai * (T::one() - ai);
+    }
+}
+
+/// Hidden delta: `δ_j = (Σ_k W_next[k, j] δ_next_k) ⊙ A_j(1 − A_j)`.
+// w_next: (n_next, n); delta_next: (batch, n_next); a, delta: (batch, n)
+pub fn delta_hidden<T: Real>(
+    w_next: &[T],
+    delta_next: &[T],
+    a: &[T],
+    delta: &mut [T],
+    batch: usize,
+    n: usize,
+    n_next: usize,
+) {
+    for s in 0..batch {
+        let dn = &delta_next[s * n_next..(s + 1) * n_next];
+        for j in 0..n {
+            let back = dn
+                .iter()
+                .enumerate()
+                .fold(T::zero(), |acc, (k, &d)| acc + w_next[k * n + j] * d);
+            let aj = a[s * n + j];
+            delta[s * n + j] = back * aj * (T::one() - aj);
+        }
+    }
+}
+
+/// Weight gradient averaged over the batch: `∂L/∂W[o, i] = (1/B) Σ_s δ[s, o] · A_prev[s, i]`.
+// delta: (batch, n_out); a_prev: (batch, n_in); gw: (n_out, n_in)
+pub fn gradient_weights<T: Real>(
+    delta: &[T],
+    a_prev: &[T],
+    gw: &mut [T],
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    let inv = T::one() / T::from(batch).unwrap_or_else(T::one);
+    for o in 0..n_out {
+        for i in 0..n_in {
+            let sum = (0..batch).fold(T::zero(), |acc, s| {
+                acc + delta[s * n_out + o] * a_prev[s * n_in + i]
+            });
+            gw[o * n_in + i] = sum * inv;
+        }
+    }
+}
+
+/// Bias gradient averaged over the batch: `∂L/∂b[o] = (1/B) Σ_s δ[s, o]`.
+// delta: (batch, n_out); gb: (n_out)
+pub fn gradient_bias<T: Real>(delta: &[T], gb: &mut [T], batch: usize, n_out: usize) {
+    let inv = T::one() / T::from(batch).unwrap_or_else(T::one);
+    for (o, g) in gb.iter_mut().enumerate().take(n_out) {
+        let sum = (0..batch).fold(T::zero(), |acc, s| acc + delta[s * n_out + o]);
+        *g = sum * inv;
+    }
+}
+
+/// SGD over the whole flat buffer: `p −= lr · g`.
+// params, grads: (param_count)
+pub fn sgd_update<T: Real>(params: &mut [T], grads: &[T], lr: T) {
+    for (p, &g) in params.iter_mut().zip(grads) {
+        *p = *p - lr * g;
+    }
+}
+
+/// Loss and score of one batch: returns `(Σ_s ½ Σ_k (a − y)², correct)`.
+// a, y: (batch, n)
+pub fn loss_reduce<T: Real>(a: &[T], y: &[T], batch: usize, n: usize, metric: Metric) -> (T, u64) {
+    let half = T::from(0.5).unwrap_or_else(T::one);
+    let mut loss = T::zero();
+    let mut correct = 0u64;
+    for s in 0..batch {
+        let (ar, yr) = (&a[s * n..(s + 1) * n], &y[s * n..(s + 1) * n]);
+        let mut sample = T::zero();
+        for (&ai, &yi) in ar.iter().zip(yr) {
+            let d = ai - yi;
+            sample = sample + half * d * d;
+        }
+        loss = loss + sample;
+        let ok = match metric {
+            Metric::None => false,
+            Metric::Threshold => {
+                let h = T::from(0.5).unwrap_or_else(T::one);
+                (ar[0] > h) == (yr[0] > h)
+            }
+            Metric::Argmax => argmax(ar) == argmax(yr),
+        };
+        correct += ok as u64;
+    }
+    (loss, correct)
+}
+
+/// Index of the first largest element.
+pub fn argmax<T: Real>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The CPU backend: the reference kernels above, driven through [`Backend`].
+pub struct CpuBackend<T: Real = f32> {
+    net: Network,
+    capacity: usize,
+    batch: usize,
+    metric: Metric,
+    params: Params<T>,
+    grads: Params<T>,
+    /// acts[l]: (capacity, sizes[l]); acts[0] is the input batch
+    acts: Vec<Vec<T>>,
+    /// deltas[l]: (capacity, sizes[l]); deltas[0] is unused
+    deltas: Vec<Vec<T>>,
+    /// targets: (capacity, outputs)
+    y: Vec<T>,
+    totals: Totals,
+}
+
+impl<T: Real> CpuBackend<T> {
+    /// A backend for `net` that takes batches of up to `capacity` samples; parameters start at zero.
+    pub fn new(net: &Network, capacity: usize) -> Result<Self> {
+        if capacity == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        let per = |n: usize| vec![T::zero(); capacity * n];
+        Ok(CpuBackend {
+            net: net.clone(),
+            capacity,
+            batch: 0,
+            metric: Metric::None,
+            params: Params::zeros(net),
+            grads: Params::zeros(net),
+            acts: net.sizes().iter().map(|&n| per(n)).collect(),
+            deltas: net.sizes().iter().map(|&n| per(n)).collect(),
+            y: per(net.outputs()),
+            totals: Totals::default(),
+        })
+    }
+
+    fn need_batch(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::Invalid("no batch loaded".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks shared by both backends: `x (batch, inputs)`, `y (batch, outputs)`, `1 <= batch <= capacity`.
+/// Returns the batch size.
+pub fn check_batch(net: &Network, capacity: usize, x_len: usize, y_len: usize) -> Result<usize> {
+    let (ni, no) = (net.inputs(), net.outputs());
+    if x_len == 0 || x_len % ni != 0 {
+        return Err(Error::Shape(format!(
+            "input batch of {x_len} values is not a whole number of rows of width {ni}"
+        )));
+    }
+    let batch = x_len / ni;
+    if y_len != batch * no {
+        return Err(Error::Shape(format!(
+            "{batch} input rows need {} target values (width {no}), got {y_len}",
+            batch * no
+        )));
+    }
+    if batch > capacity {
+        return Err(Error::Shape(format!(
+            "batch of {batch} exceeds this backend's capacity of {capacity}"
+        )));
+    }
+    Ok(batch)
+}
+
+/// Checks an activation or delta layer index: `lo..=L`.
+pub fn check_layer(net: &Network, l: usize, lo: usize) -> Result<()> {
+    let last = net.layers().len();
+    if l < lo || l > last {
+        return Err(Error::Invalid(format!(
+            "layer {l} is out of range {lo}..={last}"
+        )));
+    }
+    Ok(())
+}
+
+impl<T: Real> Backend for CpuBackend<T> {
+    type Scalar = T;
+
+    fn describe(&self) -> String {
+        format!("cpu reference ({})", std::any::type_name::<T>())
+    }
+
+    fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn set_params(&mut self, p: &Params<T>) -> Result<()> {
+        if p.network() != &self.net {
+            return Err(Error::Shape(format!(
+                "parameters for {} given to a {} backend",
+                p.network().describe(),
+                self.net.describe()
+            )));
+        }
+        self.params = p.clone();
+        Ok(())
+    }
+
+    fn params(&mut self) -> Result<Params<T>> {
+        Ok(self.params.clone())
+    }
+
+    fn set_metric(&mut self, metric: Metric) -> Result<()> {
+        self.metric = metric;
+        Ok(())
+    }
+
+    fn load_batch(&mut self, x: &[T], y: &[T]) -> Result<()> {
+        self.batch = check_batch(&self.net, self.capacity, x.len(), y.len())?;
+        self.acts[0][..x.len()].copy_from_slice(x);
+        self.y[..y.len()].copy_from_slice(y);
+        Ok(())
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        self.need_batch()?;
+        let b = self.batch;
+        for (l, ly) in self.net.layers().iter().enumerate() {
+            let (prev, rest) = self.acts.split_at_mut(l + 1);
+            forward_dense(
+                &prev[l][..b * ly.n_in],
+                self.params.weights(l),
+                self.params.bias(l),
+                &mut rest[0][..b * ly.n_out],
+                b,
+                ly.n_in,
+                ly.n_out,
+            );
+        }
+        let no = self.net.outputs();
+        let last = self.acts.len() - 1;
+        let (loss, correct) = loss_reduce(
+            &self.acts[last][..b * no],
+            &self.y[..b * no],
+            b,
+            no,
+            self.metric,
+        );
+        self.totals.loss_sum += loss.to_f64().unwrap_or(f64::NAN);
+        self.totals.samples += b as u64;
+        self.totals.correct += correct;
+        Ok(())
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        self.need_batch()?;
+        let b = self.batch;
+        let layers = self.net.layers().to_vec();
+        let last = layers.len();
+        let no = self.net.outputs();
+        delta_output(
+            &self.acts[last][..b * no],
+            &self.y[..b * no],
+            &mut self.deltas[last][..b * no],
+        );
+        // Hidden deltas from the top down, with the weights from before the update.
+        for l in (1..last).rev() {
+            let (n, n_next) = (layers[l - 1].n_out, layers[l].n_out);
+            let (lo, hi) = self.deltas.split_at_mut(l + 1);
+            delta_hidden(
+                self.params.weights(l),
+                &hi[0][..b * n_next],
+                &self.acts[l][..b * n],
+                &mut lo[l][..b * n],
+                b,
+                n,
+                n_next,
+            );
+        }
+        for (l, ly) in layers.iter().enumerate() {
+            let d = &self.deltas[l + 1][..b * ly.n_out];
+            gradient_weights(
+                d,
+                &self.acts[l][..b * ly.n_in],
+                self.grads.weights_mut(l),
+                b,
+                ly.n_in,
+                ly.n_out,
+            );
+            gradient_bias(d, self.grads.bias_mut(l), b, ly.n_out);
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, lr: f32) -> Result<()> {
+        let lr = T::from(lr).unwrap_or_else(T::nan);
+        sgd_update(&mut self.params.data, &self.grads.data, lr);
+        Ok(())
+    }
+
+    fn take_totals(&mut self) -> Result<Totals> {
+        Ok(std::mem::take(&mut self.totals))
+    }
+
+    fn read_activations(&mut self, l: usize) -> Result<Vec<T>> {
+        check_layer(&self.net, l, 0)?;
+        Ok(self.acts[l][..self.batch * self.net.sizes()[l]].to_vec())
+    }
+
+    fn read_deltas(&mut self, l: usize) -> Result<Vec<T>> {
+        check_layer(&self.net, l, 1)?;
+        Ok(self.deltas[l][..self.batch * self.net.sizes()[l]].to_vec())
+    }
+
+    fn read_gradients(&mut self) -> Result<Params<T>> {
+        Ok(self.grads.clone())
+    }
+}

@@ -1,0 +1,48 @@
+//! The library's one error type. Every failure a user can cause (bad flags,
+//! malformed data, shapes that don't fit, a missing GPU) becomes an [`Error`]
+//! with a one-line message; nothing a user controls may panic.
+
+use std::path::Path;
+
+/// Everything that can go wrong in shadertrain, each with a one-line message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or argument is malformed or out of range.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A dataset as a whole is unusable (empty, wrong width, ...).
+    #[error("{path}: {msg}")]
+    Data { path: String, msg: String },
+    /// One line of a data file is malformed.
+    #[error("{path}: line {line}: {msg}")]
+    DataLine { path: String, line: u64, msg: String },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Tensors or data do not fit the network's shape.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// No usable GPU adapter was found.
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The GPU refused or failed an operation.
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Finding a GPU: the instance, the adapter choice, the device and its limits.
+//!
+//! Honours wgpu's own conventions: `WGPU_BACKEND` (e.g. `vulkan`, `gl`),
+//! `WGPU_ADAPTER_NAME` (a case-insensitive substring of the adapter's name)
+//! and `WGPU_POWER_PREF` (`low` prefers an integrated GPU). Otherwise a
+//! discrete GPU wins, then integrated, virtual, and software (llvmpipe) last;
+//! among equals a native API beats OpenGL.
+
+use crate::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// What `devices` prints about one adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    /// Adapter name, e.g. `NVIDIA H100` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// `Vulkan`, `Metal`, `Dx12` or `Gl`.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other`.
+    pub device_type: String,
+    /// Driver name and version, where the driver reports them.
+    pub driver: String,
+    /// Whether compute shaders are supported (shadertrain needs them).
+    pub compute: bool,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage-buffer binding, bytes.
+    pub max_storage_binding: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Invocations per workgroup.
+    pub max_invocations_per_workgroup: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_stage: u32,
+}
+
+fn summary(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        compute: supports_compute(adapter),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+    }
+}
+
+/// Our kernels bind up to 4 storage buffers and use 256-invocation workgroups.
+fn supports_compute(adapter: &wgpu::Adapter) -> bool {
+    let l = adapter.limits();
+    adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        && l.max_storage_buffers_per_shader_stage >= 4
+        && l.max_compute_invocations_per_workgroup >= 256
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn all_adapters() -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Every adapter wgpu can see (filtered by `WGPU_BACKEND` when set).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    all_adapters().iter().map(summary).collect()
+}
+
+/// Lower is better.
+fn rank(info: &wgpu::AdapterInfo, low_power: bool) -> (u8, u8) {
+    use wgpu::DeviceType::*;
+    let kind = match info.device_type {
+        DiscreteGpu if low_power => 1,
+        IntegratedGpu if low_power => 0,
+        DiscreteGpu => 0,
+        IntegratedGpu => 1,
+        VirtualGpu => 2,
+        Cpu => 3,
+        Other => 4,
+    };
+    let api = u8::from(info.backend == wgpu::Backend::Gl);
+    (kind, api)
+}
+
+/// Pick the adapter by the rules in the module docs.
+fn choose_adapter() -> Result<wgpu::Adapter> {
+    let adapters = all_adapters();
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(
+            "wgpu found none (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)"
+                .into(),
+        ));
+    }
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        })
+        .collect();
+    let mut usable: Vec<wgpu::Adapter> = adapters
+        .into_iter()
+        .filter(supports_compute)
+        .collect();
+    if usable.is_empty() {
+        return Err(Error::NoAdapter(format!(
+            "none of the adapters supports the compute shaders shadertrain needs: {}",
+            names.join(", ")
+        )));
+    }
+    if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+        let want = want.to_lowercase();
+        usable.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+        if usable.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "WGPU_ADAPTER_NAME={want:?} matches none of: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    let low_power = matches!(
+        wgpu::PowerPreference::from_env(),
+        Some(wgpu::PowerPreference::LowPower)
+    );
+    usable.sort_by_key(|a| rank(&a.get_info(), low_power));
+    Ok(usable.swap_remove(0))
+}
+
+/// The device, its queue and what we know about the adapter, made once and shared.
+pub struct GpuContext {
+    /// The logical device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// The chosen adapter.
+    pub info: wgpu::AdapterInfo,
+    /// The limits the device was created with (all that the adapter offers).
+    pub limits: wgpu::Limits,
+    /// The first uncaptured validation or device error, if any: checked at every read-back.
+    errors: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Choose an adapter (see the module docs) and open a device on it.
+    pub fn new() -> Result<Arc<Self>> {
+        let adapter = choose_adapter()?;
+        Self::from_adapter(&adapter)
+    }
+
+    /// Open a device on a given adapter, asking for every limit it offers so
+    /// that large batches fit.
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("shadertrain"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;
+        // The default handler panics; record the error instead and report it as an Error.
+        let errors: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string().lines().next().unwrap_or("").to_string());
+            }
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        Ok(Arc::new(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            errors,
+        }))
+    }
+
+    /// `name (Backend, DeviceType)`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// Fail with the first GPU error recorded since the device was made.
+    pub fn check_errors(&self) -> Result<()> {
+        match self.errors.lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some(e) => Err(Error::Gpu(e.clone())),
+                None => Ok(()),
+            },
+            Err(_) => Err(Error::Gpu("error handler poisoned".into())),
+        }
+    }
+}
