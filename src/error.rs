@@ -15,7 +15,11 @@ pub enum Error {
     Data { path: String, msg: String },
     /// One line of a data file is malformed.
     #[error("{path}: line {line}: {msg}")]
-    DataLine { path: String, line: u64, msg: String },
+    DataLine {
+        path: String,
+        line: u64,
+        msg: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -29,6 +33,9 @@ pub enum Error {
     /// No usable GPU adapter was found.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
+    /// Training produced a non-finite loss.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// The GPU refused or failed an operation.
     #[error("GPU error: {0}")]
     Gpu(String),

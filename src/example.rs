@@ -30,7 +30,10 @@ pub fn params<T: Real>() -> Params<T> {
         0.40, 0.45, 0.50, 0.55, // output W: rows o1, o2
         0.60, 0.60, // output b
     ];
-    let data = v.iter().map(|&x| T::from(x).unwrap_or_else(T::nan)).collect();
+    let data = v
+        .iter()
+        .map(|&x| T::from(x).unwrap_or_else(T::nan))
+        .collect();
     Params::from_vec(&network(), data).unwrap_or_else(|_| unreachable!())
 }
 
@@ -79,7 +82,9 @@ pub struct Report {
 }
 
 fn to_f64<T: Real>(v: Vec<T>) -> Vec<f64> {
-    v.into_iter().map(|x| x.to_f64().unwrap_or(f64::NAN)).collect()
+    v.into_iter()
+        .map(|x| x.to_f64().unwrap_or(f64::NAN))
+        .collect()
 }
 
 fn tensors<T: Real>(p: &Params<T>) -> Tensors {
@@ -92,7 +97,9 @@ fn tensors<T: Real>(p: &Params<T>) -> Tensors {
 pub fn run<B: Backend>(backend: &mut B, name: &str) -> Result<Report> {
     let cast = |v: &[f64]| -> Vec<B::Scalar> {
         v.iter()
-            .map(|&x| <B::Scalar as num_traits::NumCast>::from(x).unwrap_or_else(num_traits::Float::nan))
+            .map(|&x| {
+                <B::Scalar as num_traits::NumCast>::from(x).unwrap_or_else(num_traits::Float::nan)
+            })
             .collect()
     };
     backend.set_params(&params())?;

@@ -19,5 +19,6 @@ pub mod error;
 pub mod example;
 pub mod gpu;
 pub mod network;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -109,10 +109,7 @@ fn choose_adapter() -> Result<wgpu::Adapter> {
             format!("{} ({:?})", i.name, i.backend)
         })
         .collect();
-    let mut usable: Vec<wgpu::Adapter> = adapters
-        .into_iter()
-        .filter(supports_compute)
-        .collect();
+    let mut usable: Vec<wgpu::Adapter> = adapters.into_iter().filter(supports_compute).collect();
     if usable.is_empty() {
         return Err(Error::NoAdapter(format!(
             "none of the adapters supports the compute shaders shadertrain needs: {}",

@@ -223,7 +223,11 @@ impl Kernel {
     }
 
     /// A bind group over `buffers`, in binding order.
-    pub fn bind(&self, device: &wgpu::Device, buffers: &[&wgpu::Buffer]) -> Result<wgpu::BindGroup> {
+    pub fn bind(
+        &self,
+        device: &wgpu::Device,
+        buffers: &[&wgpu::Buffer],
+    ) -> Result<wgpu::BindGroup> {
         if buffers.len() != self.spec.bindings.len() {
             return Err(Error::Gpu(format!(
                 "{} takes {} bindings, got {}",

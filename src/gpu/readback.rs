@@ -42,8 +42,16 @@ pub fn read<T: bytemuck::Pod>(
     ctx.check_errors()?;
     match pollster::block_on(rx.receive()) {
         Some(Ok(())) => {}
-        Some(Err(e)) => return Err(Error::Gpu(format!("mapping a read-back buffer failed: {e}"))),
-        None => return Err(Error::Gpu("read-back was dropped before it finished".into())),
+        Some(Err(e)) => {
+            return Err(Error::Gpu(format!(
+                "mapping a read-back buffer failed: {e}"
+            )))
+        }
+        None => {
+            return Err(Error::Gpu(
+                "read-back was dropped before it finished".into(),
+            ))
+        }
     }
     let out = {
         let view = staging

@@ -31,7 +31,11 @@ impl KernelRunner {
     }
 
     fn storage(&self, data: &[f32]) -> wgpu::Buffer {
-        let data = if data.is_empty() { &[f32::NAN][..] } else { data };
+        let data = if data.is_empty() {
+            &[f32::NAN][..]
+        } else {
+            data
+        };
         self.ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -100,16 +104,40 @@ impl KernelRunner {
         let (params, w_off, b_off) = layer_params(w, b);
         let d = dims(batch, n_in, n_out, w_off, b_off);
         let out = self.poisoned(batch * n_out);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &self.storage(&params), &self.storage(a_prev), &out];
-        self.run(&self.kernels.forward_dense, &bufs, (batch * n_out) as u64, &out, 0, batch * n_out)
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.storage(&params),
+            &self.storage(a_prev),
+            &out,
+        ];
+        self.run(
+            &self.kernels.forward_dense,
+            &bufs,
+            (batch * n_out) as u64,
+            &out,
+            0,
+            batch * n_out,
+        )
     }
 
     /// GPU twin of [`crate::cpu::delta_output`]; returns `delta (batch, n)`.
     pub fn delta_output(&self, a: &[f32], y: &[f32], batch: usize, n: usize) -> Result<Vec<f32>> {
         let d = dims(batch, 0, n, 0, 0);
         let out = self.poisoned(batch * n);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &self.storage(a), &self.storage(y), &out];
-        self.run(&self.kernels.delta_output, &bufs, (batch * n) as u64, &out, 0, batch * n)
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.storage(a),
+            &self.storage(y),
+            &out,
+        ];
+        self.run(
+            &self.kernels.delta_output,
+            &bufs,
+            (batch * n) as u64,
+            &out,
+            0,
+            batch * n,
+        )
     }
 
     /// GPU twin of [`crate::cpu::delta_hidden`]; returns `delta (batch, n)`.
@@ -134,7 +162,14 @@ impl KernelRunner {
             &self.storage(a),
             &out,
         ];
-        self.run(&self.kernels.delta_hidden, &bufs, (batch * n) as u64, &out, 0, batch * n)
+        self.run(
+            &self.kernels.delta_hidden,
+            &bufs,
+            (batch * n) as u64,
+            &out,
+            0,
+            batch * n,
+        )
     }
 
     /// GPU twin of [`crate::cpu::gradient_weights`]; returns `gw (n_out, n_in)`.
@@ -149,8 +184,20 @@ impl KernelRunner {
         let count = n_out * n_in;
         let d = dims(batch, n_in, n_out, PREFIX, PREFIX + count);
         let out = self.poisoned(PREFIX + count + n_out);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &self.storage(delta), &self.storage(a_prev), &out];
-        self.run(&self.kernels.gradient_weights, &bufs, count as u64, &out, PREFIX, count)
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.storage(delta),
+            &self.storage(a_prev),
+            &out,
+        ];
+        self.run(
+            &self.kernels.gradient_weights,
+            &bufs,
+            count as u64,
+            &out,
+            PREFIX,
+            count,
+        )
     }
 
     /// GPU twin of [`crate::cpu::gradient_bias`]; returns `gb (n_out)`.
@@ -158,8 +205,20 @@ impl KernelRunner {
         let d = dims(batch, 1, n_out, PREFIX, PREFIX);
         let out = self.poisoned(PREFIX + n_out);
         let unused = self.storage(&[0.5]);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &self.storage(delta), &unused, &out];
-        self.run(&self.kernels.gradient_bias, &bufs, n_out as u64, &out, PREFIX, n_out)
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.storage(delta),
+            &unused,
+            &out,
+        ];
+        self.run(
+            &self.kernels.gradient_bias,
+            &bufs,
+            n_out as u64,
+            &out,
+            PREFIX,
+            n_out,
+        )
     }
 
     /// GPU twin of [`crate::cpu::sgd_update`]; returns the updated parameters.
@@ -170,8 +229,19 @@ impl KernelRunner {
             _pad: [0; 2],
         };
         let p = self.storage(params);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&u)), &p, &self.storage(grads)];
-        self.run(&self.kernels.sgd_update, &bufs, params.len() as u64, &p, 0, params.len())
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&u)),
+            &p,
+            &self.storage(grads),
+        ];
+        self.run(
+            &self.kernels.sgd_update,
+            &bufs,
+            params.len() as u64,
+            &p,
+            0,
+            params.len(),
+        )
     }
 
     /// GPU twin of [`crate::cpu::loss_reduce`]: adds the batch to `start` and
@@ -187,14 +257,22 @@ impl KernelRunner {
     ) -> Result<Acc> {
         let mut d = dims(batch, 0, n, 0, 0);
         d.metric = metric as u32;
-        let acc = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("runner acc"),
-            contents: bytemuck::bytes_of(&start),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        });
+        let acc = self
+            .ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("runner acc"),
+                contents: bytemuck::bytes_of(&start),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            });
         let group = self.kernels.loss_reduce.bind(
             &self.ctx.device,
-            &[&self.uniform(bytemuck::bytes_of(&d)), &self.storage(a), &self.storage(y), &acc],
+            &[
+                &self.uniform(bytemuck::bytes_of(&d)),
+                &self.storage(a),
+                &self.storage(y),
+                &acc,
+            ],
         )?;
         let mut enc = self
             .ctx

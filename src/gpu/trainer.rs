@@ -59,7 +59,10 @@ impl GpuBackend {
         let dev = &ctx.device;
         let max_binding = ctx.limits.max_storage_buffer_binding_size;
         let max_buffer = ctx.limits.max_buffer_size;
-        let storage = |label: &str, floats: usize, extra: wgpu::BufferUsages| -> Result<wgpu::Buffer> {
+        let storage = |label: &str,
+                       floats: usize,
+                       extra: wgpu::BufferUsages|
+         -> Result<wgpu::Buffer> {
             let bytes = (floats.max(1) * 4) as u64;
             if bytes > max_binding.min(max_buffer) {
                 return Err(Error::Gpu(format!(
@@ -82,13 +85,25 @@ impl GpuBackend {
             .sizes()
             .iter()
             .enumerate()
-            .map(|(l, &n)| storage(&format!("activations {l}"), capacity * n, if l == 0 { copy_dst } else { none }))
+            .map(|(l, &n)| {
+                storage(
+                    &format!("activations {l}"),
+                    capacity * n,
+                    if l == 0 { copy_dst } else { none },
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let deltas = net
             .sizes()
             .iter()
             .enumerate()
-            .map(|(l, &n)| storage(&format!("deltas {l}"), if l == 0 { 1 } else { capacity * n }, none))
+            .map(|(l, &n)| {
+                storage(
+                    &format!("deltas {l}"),
+                    if l == 0 { 1 } else { capacity * n },
+                    none,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let y = storage("targets", capacity * net.outputs(), copy_dst)?;
         let acc = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -126,7 +141,13 @@ impl GpuBackend {
                 delta_hidden: if l + 1 < last {
                     Some(kernels.delta_hidden.bind(
                         dev,
-                        &[&dims[l], &params, &deltas[l + 2], &acts[l + 1], &deltas[l + 1]],
+                        &[
+                            &dims[l],
+                            &params,
+                            &deltas[l + 2],
+                            &acts[l + 1],
+                            &deltas[l + 1],
+                        ],
                     )?)
                 } else {
                     None
@@ -355,7 +376,13 @@ impl Backend for GpuBackend {
             )?;
             for l in (0..last - 1).rev() {
                 if let Some(g) = &self.groups[l].delta_hidden {
-                    dispatch_1d(&mut pass, &k.delta_hidden, g, b * layers[l].n_out as u64, max)?;
+                    dispatch_1d(
+                        &mut pass,
+                        &k.delta_hidden,
+                        g,
+                        b * layers[l].n_out as u64,
+                        max,
+                    )?;
                 }
             }
             for (l, ly) in layers.iter().enumerate() {

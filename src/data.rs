@@ -1,0 +1,416 @@
+//! Datasets: a few built-in ones and a CSV loader.
+//!
+//! A [`Dataset`] is two flat row-major `f32` tables: inputs `x` of shape
+//! `(len, inputs)` and targets `y` of shape `(len, outputs)`. Class labels are
+//! one-hot encoded when the network has more than one output neuron, so `y`
+//! always has exactly the width of the network's last layer.
+//!
+//! ```
+//! use shadertrain::data::{Dataset, Task};
+//!
+//! let d = Dataset::spirals(100, 7);
+//! assert_eq!((d.len(), d.inputs, d.outputs), (200, 2, 2));
+//! assert_eq!(d.task, Task::Classification { classes: 2 });
+//! d.check_shape(2, 2).unwrap();
+//!
+//! // A shuffled batch is gathered from row indices.
+//! let idx = [3, 0];
+//! let mut x = vec![0.0; idx.len() * d.inputs];
+//! let mut y = vec![0.0; idx.len() * d.outputs];
+//! d.gather(&idx, &mut x, &mut y);
+//! assert_eq!(&x[2..4], &d.x[0..2]);
+//! ```
+
+use std::f64::consts::PI;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// What the targets mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Class labels: with `classes > 2` or outputs > 1 the targets are one-hot rows of width `classes`;
+    /// with one output neuron (binary), the target is 0.0 or 1.0.
+    Classification { classes: usize },
+    /// Real-valued targets used as they are.
+    Regression,
+}
+
+/// A whole dataset held in memory as two row-major tables.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Short name for messages: `spirals`, `xor`, `example`, or the CSV file's stem.
+    pub name: String,
+    /// Width of one input row.
+    pub inputs: usize,
+    /// Width of one target row (after one-hot encoding).
+    pub outputs: usize,
+    /// Inputs, `(len, inputs)` row-major.
+    pub x: Vec<f32>,
+    /// Targets, `(len, outputs)` row-major.
+    pub y: Vec<f32>,
+    /// What the targets mean.
+    pub task: Task,
+}
+
+/// Turns the spirals make: t runs over [0, 3.5π].
+const SPIRAL_TURNS: f64 = 1.25;
+/// Largest radius before noise; leaves room for the noise inside [-1, 1].
+const SPIRAL_RADIUS: f64 = 0.95;
+/// Standard deviation of the Gaussian noise added to each coordinate.
+const SPIRAL_NOISE: f64 = 0.02;
+
+impl Dataset {
+    /// Number of samples (rows).
+    pub fn len(&self) -> usize {
+        // Either table gives the count; a zero width gives no answer.
+        self.x
+            .len()
+            .checked_div(self.inputs)
+            .or_else(|| self.y.len().checked_div(self.outputs))
+            .unwrap_or(0)
+    }
+
+    /// True if the set has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Two interleaved spirals in 2-D, `n_per_class` points each, seeded
+    /// (`ChaCha8Rng::seed_from_u64`), one-hot targets width 2,
+    /// `Classification { classes: 2 }`.
+    ///
+    /// Point `i` of each class sits at angle `t = 3.5π · i/(n-1)` and radius
+    /// `0.95 · t/3.5π`; class 1 is class 0 rotated by π. Each coordinate gets
+    /// N(0, 0.02²) noise and is clamped to [-1, 1]. Rows alternate class 0, 1,
+    /// 0, 1, ...; x is `(2n, 2)`, y is `(2n, 2)`.
+    pub fn spirals(n_per_class: usize, seed: u64) -> Dataset {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let t_max = SPIRAL_TURNS * 2.0 * PI;
+        let steps = n_per_class.saturating_sub(1).max(1) as f64;
+        let mut x = Vec::with_capacity(n_per_class * 4);
+        let mut y = Vec::with_capacity(n_per_class * 4);
+        for i in 0..n_per_class {
+            let t = t_max * i as f64 / steps;
+            let r = SPIRAL_RADIUS * t / t_max;
+            for class in 0..2 {
+                let angle = t + PI * class as f64;
+                let (nx, ny) = gaussian_pair(&mut rng);
+                let px = r * angle.cos() + SPIRAL_NOISE * nx;
+                let py = r * angle.sin() + SPIRAL_NOISE * ny;
+                x.push(px.clamp(-1.0, 1.0) as f32);
+                x.push(py.clamp(-1.0, 1.0) as f32);
+                y.extend_from_slice(if class == 0 { &[1.0, 0.0] } else { &[0.0, 1.0] });
+            }
+        }
+        Dataset {
+            name: "spirals".into(),
+            inputs: 2,
+            outputs: 2,
+            x,
+            y,
+            task: Task::Classification { classes: 2 },
+        }
+    }
+
+    /// The 4 XOR points, one output (0/1), `Classification { classes: 2 }`.
+    pub fn xor() -> Dataset {
+        Dataset {
+            name: "xor".into(),
+            inputs: 2,
+            outputs: 1,
+            x: vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+            y: vec![0.0, 1.0, 1.0, 0.0],
+            task: Task::Classification { classes: 2 },
+        }
+    }
+
+    /// The single sample of the classic worked example: x=(0.05,0.10),
+    /// y=(0.01,0.99), Regression, outputs 2.
+    pub fn example() -> Dataset {
+        Dataset {
+            name: "example".into(),
+            inputs: 2,
+            outputs: 2,
+            x: vec![0.05, 0.10],
+            y: vec![0.01, 0.99],
+            task: Task::Regression,
+        }
+    }
+
+    /// Load a CSV with a header row. The target is the last column, or the
+    /// column named `target`. Every other column is an input, in file order.
+    ///
+    /// `outputs` is the width of the network's output layer: if `outputs > 1`,
+    /// target cells must be integer labels `0..outputs-1` and are one-hot
+    /// encoded (`Classification { classes: outputs }`); if `outputs == 1` the
+    /// value is used as it is: the task is `Classification { classes: 2 }` if
+    /// every target is exactly 0 or 1, else `Regression`.
+    ///
+    /// Cells are trimmed; blank lines are skipped. Errors name the file and,
+    /// for a bad row, its 1-based line (the header is line 1).
+    pub fn from_csv(path: &Path, target: Option<&str>, outputs: usize) -> Result<Dataset> {
+        if outputs == 0 {
+            return Err(Error::Invalid(
+                "the network must have at least one output".into(),
+            ));
+        }
+        let shown = path.display().to_string();
+        let data_err = |msg: String| Error::Data {
+            path: shown.clone(),
+            msg,
+        };
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // The header is read as an ordinary record so that blank lines before
+        // it are skipped the same way as blank lines between rows. Only '\n'
+        // ends a record (a '\r' before it is trimmed away with the cell), and
+        // `PadBlankLines` keeps csv from skipping blank lines itself: csv then
+        // consumes each line's '\n' with its record, so `position().line()`
+        // is exact (rust-csv#395: it lags after CRLF endings or blank lines).
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(PadBlankLines::new(BufReader::new(file)));
+        let mut record = csv::StringRecord::new();
+        let mut next_row = |record: &mut csv::StringRecord| -> Result<bool> {
+            loop {
+                if !reader.read_record(record).map_err(|e| csv_error(path, e))? {
+                    return Ok(false);
+                }
+                if !is_blank(record) {
+                    return Ok(true);
+                }
+            }
+        };
+
+        if !next_row(&mut record)? {
+            return Err(data_err("the file is empty (expected a header row)".into()));
+        }
+        let headers = record.clone();
+        let width = headers.len();
+        if width < 2 {
+            return Err(data_err(format!(
+                "need at least 2 columns (one or more inputs and the target), found {width}"
+            )));
+        }
+        let target_col = match target {
+            None => width - 1,
+            Some(name) => headers.iter().position(|h| h == name).ok_or_else(|| {
+                let names: Vec<&str> = headers.iter().collect();
+                data_err(format!(
+                    "no column named '{name}' for the target; columns are: {}",
+                    names.join(", ")
+                ))
+            })?,
+        };
+        let column = |j: usize| -> String {
+            match headers.get(j) {
+                Some(h) if !h.is_empty() => format!("column '{h}'"),
+                _ => format!("column {}", j + 1),
+            }
+        };
+
+        let inputs = width - 1;
+        let mut x: Vec<f32> = Vec::new();
+        let mut y: Vec<f32> = Vec::new();
+        let mut all_binary = true;
+        let mut rows = 0usize;
+        // Stream record by record into x/y through one reused record buffer.
+        while next_row(&mut record)? {
+            let line = record.position().map_or(0, |p| p.line());
+            let line_err = |msg: String| Error::DataLine {
+                path: shown.clone(),
+                line,
+                msg,
+            };
+            if record.len() != width {
+                return Err(line_err(format!(
+                    "expected {width} fields (as in the header), found {}",
+                    record.len()
+                )));
+            }
+            for (j, cell) in record.iter().enumerate() {
+                let v = parse_cell(cell).map_err(|m| line_err(format!("{}: {m}", column(j))))?;
+                if j != target_col {
+                    x.push(v);
+                } else if outputs > 1 {
+                    // Label -> one-hot row of width `outputs`.
+                    if v.fract() != 0.0 || v < 0.0 || v >= outputs as f32 {
+                        return Err(line_err(format!(
+                            "{}: label '{cell}' is not an integer class in 0..={} \
+                             (the network has {outputs} outputs)",
+                            column(j),
+                            outputs - 1
+                        )));
+                    }
+                    let k = v as usize;
+                    y.extend((0..outputs).map(|c| if c == k { 1.0 } else { 0.0 }));
+                } else {
+                    all_binary &= v == 0.0 || v == 1.0;
+                    y.push(v);
+                }
+            }
+            rows += 1;
+        }
+        if rows == 0 {
+            return Err(data_err("the file has a header but no data rows".into()));
+        }
+
+        let task = if outputs > 1 {
+            Task::Classification { classes: outputs }
+        } else if all_binary {
+            Task::Classification { classes: 2 }
+        } else {
+            Task::Regression
+        };
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| shown.clone());
+        Ok(Dataset {
+            name,
+            inputs,
+            outputs,
+            x,
+            y,
+            task,
+        })
+    }
+
+    /// `Error::Shape` unless `inputs == self.inputs && outputs == self.outputs`,
+    /// with a message naming both widths.
+    pub fn check_shape(&self, inputs: usize, outputs: usize) -> Result<()> {
+        if inputs != self.inputs {
+            return Err(Error::Shape(format!(
+                "{} data has {} input columns but --layers starts with {inputs}",
+                self.name, self.inputs
+            )));
+        }
+        if outputs != self.outputs {
+            return Err(Error::Shape(format!(
+                "{} data has {} target columns but --layers ends with {outputs}",
+                self.name, self.outputs
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copy rows `idx` (indices into the set) into `x`, shape
+    /// `(idx.len(), inputs)`, and `y`, shape `(idx.len(), outputs)`, which the
+    /// caller sized. Used to build shuffled batches.
+    ///
+    /// # Panics
+    /// If an index is out of range or a buffer is too small: both are the
+    /// caller's bug, never the user's.
+    pub fn gather(&self, idx: &[usize], x: &mut [f32], y: &mut [f32]) {
+        let (ni, no) = (self.inputs, self.outputs);
+        for (k, &i) in idx.iter().enumerate() {
+            x[k * ni..(k + 1) * ni].copy_from_slice(&self.x[i * ni..(i + 1) * ni]);
+            y[k * no..(k + 1) * no].copy_from_slice(&self.y[i * no..(i + 1) * no]);
+        }
+    }
+
+    /// True if the task is classification.
+    pub fn is_classification(&self) -> bool {
+        matches!(self.task, Task::Classification { .. })
+    }
+}
+
+/// One trimmed cell as a finite `f32`, or why not.
+fn parse_cell(cell: &str) -> std::result::Result<f32, String> {
+    if cell.is_empty() {
+        return Err("empty cell".into());
+    }
+    match cell.parse::<f32>() {
+        // Rust parses "NaN" and "inf"; a huge value like 1e39 becomes inf.
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("value '{cell}' is not a finite number")),
+        Err(_) => Err(format!("cannot parse '{cell}' as a number")),
+    }
+}
+
+/// A record from a blank or whitespace-only line: one field, empty once trimmed.
+fn is_blank(record: &csv::StringRecord) -> bool {
+    record.len() == 1 && record.get(0).is_some_and(str::is_empty)
+}
+
+/// Puts a space at the start of every empty line (`"\n\n"` -> `"\n \n"`), so
+/// that the csv parser reads it as a one-field record rather than skipping it
+/// without counting the line at the right time. [`is_blank`] then drops it.
+struct PadBlankLines<R> {
+    inner: R,
+    /// The last byte passed on was '\n' (or nothing has been passed on yet).
+    at_line_start: bool,
+    /// The pad for the '\n' now at the front of `inner` was already written.
+    padded: bool,
+}
+
+impl<R> PadBlankLines<R> {
+    fn new(inner: R) -> Self {
+        PadBlankLines {
+            inner,
+            at_line_start: true,
+            padded: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for PadBlankLines<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let src = self.inner.fill_buf()?;
+        let (mut used, mut n) = (0, 0);
+        while used < src.len() && n < out.len() {
+            let b = src[used];
+            if b == b'\n' && self.at_line_start && !self.padded {
+                out[n] = b' ';
+                self.padded = true;
+            } else {
+                out[n] = b;
+                used += 1;
+                self.at_line_start = b == b'\n';
+                self.padded = false;
+            }
+            n += 1;
+        }
+        self.inner.consume(used);
+        Ok(n)
+    }
+}
+
+/// A `csv` crate error as our one-line [`Error`].
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    let shown = path.display().to_string();
+    let line = e.position().map(|p| p.line());
+    let msg = match e.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => {
+            format!("field {} is not valid UTF-8", err.field() + 1)
+        }
+        _ => e.to_string(),
+    };
+    match (e.into_kind(), line) {
+        (csv::ErrorKind::Io(io), _) => Error::io(path, io),
+        (_, Some(line)) => Error::DataLine {
+            path: shown,
+            line,
+            msg,
+        },
+        (_, None) => Error::Data { path: shown, msg },
+    }
+}
+
+/// Two independent N(0, 1) samples by the Box-Muller transform.
+fn gaussian_pair(rng: &mut impl Rng) -> (f64, f64) {
+    // u1 in (0, 1] so ln(u1) is finite.
+    let u1 = 1.0 - rng.random::<f64>();
+    let u2 = rng.random::<f64>();
+    let r = (-2.0 * u1.ln()).sqrt();
+    let theta = 2.0 * PI * u2;
+    (r * theta.cos(), r * theta.sin())
+}

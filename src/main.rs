@@ -1,0 +1,433 @@
+//! The `shadertrain` command line: `train`, `example` and `devices`.
+//! Every failure prints one line, `error: ...`, and exits non-zero.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shadertrain::backend::Backend;
+use shadertrain::cpu::CpuBackend;
+use shadertrain::data::Dataset;
+use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext};
+use shadertrain::network::Network;
+use shadertrain::train::{evaluate, train, EpochStats, Progress, TrainConfig};
+use shadertrain::{example, Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "shadertrain",
+    version,
+    about = "Train MLPs with WGSL compute shaders on any GPU wgpu reaches, checked against a CPU reference"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// The best GPU, or the CPU with a notice when there is none.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// A GPU; an error when there is none.
+    Gpu,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a network (default: two interleaved spirals).
+    Train(TrainArgs),
+    /// One SGD step of the classic 2-2-2 worked example, every value printed.
+    Example {
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every adapter wgpu can see, with the limits that matter.
+    Devices {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A built-in set (spirals, xor, example) or a CSV file with a header row.
+    #[arg(long, default_value = "spirals")]
+    data: String,
+    /// CSV target column (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    /// Layer sizes, inputs first, e.g. 2,32,32,2 (default: per dataset; required for CSV).
+    #[arg(long)]
+    layers: Option<String>,
+    /// Passes over the data (default: per dataset).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Samples per step (default: per dataset).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Learning rate (default: per dataset).
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// Seed for the initial weights, the shuffling and the built-in data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Write per-epoch metrics as JSON to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Defaults that train each built-in set well: (layers, epochs, batch, lr).
+struct Defaults {
+    layers: &'static str,
+    epochs: usize,
+    batch: usize,
+    lr: f32,
+}
+
+fn defaults(name: &str) -> Defaults {
+    match name {
+        "xor" => Defaults {
+            layers: "2,4,1",
+            epochs: 2000,
+            batch: 4,
+            lr: 5.0,
+        },
+        "example" => Defaults {
+            layers: "2,2,2",
+            epochs: 1,
+            batch: 1,
+            lr: 0.5,
+        },
+        _ => Defaults {
+            layers: "2,32,2",
+            epochs: 40,
+            batch: 8,
+            lr: 8.0,
+        },
+    }
+}
+
+/// The device to train on, chosen once.
+enum Device {
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+fn pick_device(arg: BackendArg, quiet: bool) -> Result<Device> {
+    match arg {
+        BackendArg::Cpu => Ok(Device::Cpu),
+        BackendArg::Gpu => Ok(Device::Gpu(GpuContext::new()?)),
+        BackendArg::Auto => match GpuContext::new() {
+            Ok(ctx) => Ok(Device::Gpu(ctx)),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("notice: {e}; using the CPU backend");
+                }
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first line already starts with "error: ".
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    let run = match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Example { backend, json } => cmd_example(backend, json),
+        Cmd::Devices { json } => cmd_devices(json),
+    };
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_data(a: &TrainArgs, net_outputs: Option<usize>) -> Result<Dataset> {
+    match a.data.as_str() {
+        "spirals" => Ok(Dataset::spirals(1000, a.seed)),
+        "xor" => Ok(Dataset::xor()),
+        "example" => Ok(Dataset::example()),
+        path if path.to_ascii_lowercase().ends_with(".csv") || Path::new(path).exists() => {
+            let outputs = net_outputs.ok_or_else(|| {
+                Error::Invalid("--layers is required with a CSV file, e.g. --layers 4,16,3".into())
+            })?;
+            Dataset::from_csv(Path::new(path), a.target.as_deref(), outputs)
+        }
+        other => Err(Error::Invalid(format!(
+            "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file)"
+        ))),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let d = defaults(&a.data);
+    let net = Network::parse(a.layers.as_deref().unwrap_or(d.layers))?;
+    let cfg = TrainConfig {
+        epochs: a.epochs.unwrap_or(d.epochs),
+        batch: a.batch.unwrap_or(d.batch),
+        lr: a.lr.unwrap_or(d.lr),
+        seed: a.seed,
+        shuffle: true,
+    };
+    cfg.validate()?;
+    let data = load_data(&a, Some(net.outputs()))?;
+    data.check_shape(net.inputs(), net.outputs())?;
+    let device = pick_device(a.backend, a.quiet)?;
+    let capacity = cfg.batch.min(data.len()).max(1);
+    match device {
+        Device::Cpu => {
+            let b = CpuBackend::<f32>::new(&net, capacity)?;
+            run_training(b, "cpu", &net, &data, &cfg, &a)
+        }
+        Device::Gpu(ctx) => {
+            let b = GpuBackend::new(ctx, &net, capacity)?;
+            run_training(b, "gpu", &net, &data, &cfg, &a)
+        }
+    }
+}
+
+fn run_training<B: Backend<Scalar = f32>>(
+    mut backend: B,
+    kind: &str,
+    net: &Network,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    a: &TrainArgs,
+) -> Result<()> {
+    let adapter = backend.describe();
+    if !a.quiet {
+        eprintln!("backend: {kind}: {adapter}");
+        eprintln!(
+            "training {} on '{}' ({} samples): {} epochs, batch {}, lr {}, seed {}",
+            net.describe(),
+            data.name,
+            data.len(),
+            cfg.epochs,
+            cfg.batch,
+            cfg.lr,
+            cfg.seed
+        );
+    }
+    // The worked example starts from its published weights; everything else from a seeded init.
+    let init = if a.data == "example" && net == &example::network() {
+        example::params()
+    } else {
+        net.init(cfg.seed)
+    };
+    backend.set_params(&init)?;
+    let steps = data.len().div_ceil(cfg.batch.min(data.len()).max(1));
+    let bar = ProgressBar::new((cfg.epochs * steps) as u64);
+    if a.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {elapsed_precise}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let t0 = Instant::now();
+    let history = train(&mut backend, data, cfg, |p| match p {
+        Progress::Step { .. } => bar.inc(1),
+        Progress::Epoch(s) => bar.set_message(epoch_line(s, cfg.epochs)),
+    })?;
+    let train_secs = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (totals, metric) = evaluate(&mut backend, data)?;
+    let samples = (cfg.epochs * data.len()) as f64;
+    let acc = totals.accuracy(metric);
+    println!("final loss: {:.6}", totals.loss());
+    if let Some(acc) = acc {
+        println!("accuracy: {:.2}%", acc * 100.0);
+    }
+    println!(
+        "throughput: {:.0} samples/s ({} samples in {:.2} s)",
+        samples / train_secs,
+        samples,
+        train_secs
+    );
+    if let Some(path) = &a.metrics {
+        let json = serde_json::json!({
+            "backend": kind,
+            "adapter": adapter,
+            "layers": net.sizes(),
+            "epochs": history,
+            "final": {
+                "loss": totals.loss(),
+                "accuracy": acc,
+                "samples_per_s": samples / train_secs,
+                "seconds": train_secs,
+            },
+        });
+        write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn epoch_line(s: &EpochStats, epochs: usize) -> String {
+    match s.accuracy {
+        Some(acc) => format!(
+            "epoch {}/{epochs}  loss {:.5}  acc {:.1}%",
+            s.epoch,
+            s.loss,
+            acc * 100.0
+        ),
+        None => format!("epoch {}/{epochs}  loss {:.5}", s.epoch, s.loss),
+    }
+}
+
+/// Write through a temporary file in the same directory, then rename, so a
+/// crash never leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn cmd_example(arg: BackendArg, json: bool) -> Result<()> {
+    let net = example::network();
+    let report = match pick_device(arg, json)? {
+        Device::Cpu => example::run(&mut CpuBackend::<f64>::new(&net, 1)?, "cpu")?,
+        Device::Gpu(ctx) => {
+            let name = format!("gpu: {}", ctx.describe());
+            example::run(&mut GpuBackend::new(ctx, &net, 1)?, &name)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        return Ok(());
+    }
+    let v = |x: &[f64]| {
+        x.iter()
+            .map(|v| format!("{v:.9}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "classic 2-2-2 worked example, one SGD step (lr {}), backend {}",
+        example::LEARNING_RATE,
+        report.backend
+    );
+    println!("inputs {:?}  targets {:?}", example::INPUT, example::TARGET);
+    println!("forward");
+    println!("  out_h1, out_h2  = {}", v(&report.forward.hidden));
+    println!("  out_o1, out_o2  = {}", v(&report.forward.output));
+    println!("  E_total         = {:.9}", report.error);
+    println!("backward");
+    println!("  δ_o1, δ_o2      = {}", v(&report.deltas.output));
+    println!("  δ_h1, δ_h2      = {}", v(&report.deltas.hidden));
+    let names = [["hidden", "h"], ["output", "o"]];
+    for (l, [layer, n]) in names.iter().enumerate() {
+        for (j, row) in report.gradients.weights[l].iter().enumerate() {
+            println!("  ∂E/∂W {layer} into {n}{} = {}", j + 1, v(row));
+        }
+        println!(
+            "  ∂E/∂b {layer}          = {}",
+            v(&report.gradients.biases[l])
+        );
+    }
+    println!("after the update");
+    for (l, [layer, n]) in names.iter().enumerate() {
+        for (j, row) in report.updated.weights[l].iter().enumerate() {
+            println!("  W {layer} into {n}{} = {}", j + 1, v(row));
+        }
+        println!("  b {layer}          = {}", v(&report.updated.biases[l]));
+    }
+    Ok(())
+}
+
+fn cmd_devices(json: bool) -> Result<()> {
+    let list = list_adapters();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
+        return Ok(());
+    }
+    for (i, a) in list.iter().enumerate() {
+        println!(
+            "[{i}] {} ({}, {}){}",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.compute { "" } else { "  [no compute]" }
+        );
+        if !a.driver.is_empty() {
+            println!("    driver: {}", a.driver);
+        }
+        println!(
+            "    max buffer {} MiB, max storage binding {} MiB, max workgroups/dim {}, invocations/workgroup {}, storage buffers/stage {}",
+            a.max_buffer_size >> 20,
+            a.max_storage_binding >> 20,
+            a.max_workgroups_per_dim,
+            a.max_invocations_per_workgroup,
+            a.max_storage_buffers_per_stage
+        );
+    }
+    match GpuContext::new() {
+        Ok(ctx) => println!("chosen: {}", ctx.describe()),
+        Err(e) => println!("chosen: none ({e})"),
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The training loop, written once against [`Backend`]: epochs, shuffled
+//! mini-batches, per-epoch metrics, and a final evaluation pass.
+//!
+//! An epoch's loss and accuracy are the running figures of its forward passes
+//! (as PyTorch loops usually report them); the loss is reduced on the device
+//! and read back once per epoch. [`evaluate`] scores fixed parameters.
+
+use crate::backend::{Backend, Metric, Totals};
+use crate::data::Dataset;
+use crate::network::Params;
+use crate::{Error, Result};
+use num_traits::NumCast;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// How to train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Samples per SGD step (the last batch of an epoch may be smaller).
+    pub batch: usize,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Seeds the initial parameters and the shuffling.
+    pub seed: u64,
+    /// Shuffle the samples every epoch.
+    pub shuffle: bool,
+}
+
+impl TrainConfig {
+    /// Refuse values that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::Invalid("--epochs must be at least 1".into()));
+        }
+        if self.batch == 0 {
+            return Err(Error::Invalid("--batch must be at least 1".into()));
+        }
+        if !self.lr.is_finite() || self.lr <= 0.0 {
+            return Err(Error::Invalid(format!(
+                "--lr must be a positive finite number, got {}",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one epoch measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean per-sample loss over the epoch's forward passes.
+    pub loss: f64,
+    /// Fraction correct over the epoch, `None` for regression.
+    pub accuracy: Option<f64>,
+    /// Wall-clock seconds of the epoch, including the read-back of its loss.
+    pub seconds: f64,
+}
+
+/// Progress reported while training.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A step was submitted (`step` of `steps` in the epoch).
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+    },
+    /// An epoch finished.
+    Epoch(&'a EpochStats),
+}
+
+/// Reusable host buffers for one batch, converted to the backend's scalar.
+struct BatchBuf<T> {
+    xf: Vec<f32>,
+    yf: Vec<f32>,
+    x: Vec<T>,
+    y: Vec<T>,
+}
+
+impl<T: crate::network::Real> BatchBuf<T> {
+    fn new() -> Self {
+        BatchBuf {
+            xf: Vec::new(),
+            yf: Vec::new(),
+            x: Vec::new(),
+            y: Vec::new(),
+        }
+    }
+
+    /// Gather rows `idx` of `data` and stage them on `backend`.
+    fn load<B: Backend<Scalar = T>>(
+        &mut self,
+        backend: &mut B,
+        data: &Dataset,
+        idx: &[usize],
+    ) -> Result<()> {
+        self.xf.resize(idx.len() * data.inputs, 0.0);
+        self.yf.resize(idx.len() * data.outputs, 0.0);
+        data.gather(idx, &mut self.xf, &mut self.yf);
+        let conv = |src: &[f32], dst: &mut Vec<T>| {
+            dst.clear();
+            dst.extend(
+                src.iter()
+                    .map(|&v| <T as NumCast>::from(v).unwrap_or_else(T::nan)),
+            );
+        };
+        conv(&self.xf, &mut self.x);
+        conv(&self.yf, &mut self.y);
+        backend.load_batch(&self.x, &self.y)
+    }
+}
+
+/// Train `backend` (whose parameters are already set) on `data`.
+/// `on` sees every step and every epoch. Stops with [`Error::Diverged`] at the
+/// first epoch whose loss is not finite.
+pub fn train<B: Backend>(
+    backend: &mut B,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    mut on: impl FnMut(Progress<'_>),
+) -> Result<Vec<EpochStats>> {
+    cfg.validate()?;
+    let net = backend.network().clone();
+    data.check_shape(net.inputs(), net.outputs())?;
+    if data.is_empty() {
+        return Err(Error::Invalid(format!(
+            "dataset '{}' has no samples",
+            data.name
+        )));
+    }
+    let batch = cfg.batch.min(backend.capacity()).min(data.len());
+    let metric = Metric::for_task(data.task, net.outputs());
+    backend.set_metric(metric)?;
+    backend.take_totals()?;
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let steps = data.len().div_ceil(batch);
+    let mut buf = BatchBuf::new();
+    let mut history = Vec::with_capacity(cfg.epochs);
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        if cfg.shuffle {
+            // One stream per epoch: an epoch's order depends only on the seed and its number.
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream(epoch as u64);
+            order.shuffle(&mut rng);
+        }
+        for (step, idx) in order.chunks(batch).enumerate() {
+            buf.load(backend, data, idx)?;
+            backend.step(cfg.lr)?;
+            on(Progress::Step {
+                epoch,
+                step: step + 1,
+                steps,
+            });
+        }
+        let totals = backend.take_totals()?;
+        let stats = EpochStats {
+            epoch,
+            loss: totals.loss(),
+            accuracy: totals.accuracy(metric),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if !stats.loss.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the loss became {} in epoch {epoch}; the learning rate ({}) is probably too high",
+                stats.loss, cfg.lr
+            )));
+        }
+        on(Progress::Epoch(&stats));
+        history.push(stats);
+    }
+    Ok(history)
+}
+
+/// Loss and score of the backend's current parameters on `data`, in batches
+/// of the backend's capacity. Leaves the parameters unchanged.
+pub fn evaluate<B: Backend>(backend: &mut B, data: &Dataset) -> Result<(Totals, Metric)> {
+    let net = backend.network().clone();
+    data.check_shape(net.inputs(), net.outputs())?;
+    let metric = Metric::for_task(data.task, net.outputs());
+    backend.set_metric(metric)?;
+    backend.take_totals()?;
+    let order: Vec<usize> = (0..data.len()).collect();
+    let mut buf = BatchBuf::new();
+    for idx in order.chunks(backend.capacity()) {
+        buf.load(backend, data, idx)?;
+        backend.forward()?;
+    }
+    Ok((backend.take_totals()?, metric))
+}
+
+/// Largest absolute difference between two parameter sets, and where.
+pub fn max_param_diff(a: &Params<f32>, b: &Params<f32>) -> (f64, usize) {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .enumerate()
+        .map(|(i, (x, y))| (((*x as f64) - (*y as f64)).abs(), i))
+        .fold(
+            (0.0, 0),
+            |m, v| if v.0 > m.0 || v.0.is_nan() { v } else { m },
+        )
+}
