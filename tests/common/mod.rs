@@ -1,0 +1,133 @@
+//! Shared test helpers: the GPU (or a printed reason to skip), random data,
+//! and an `abs + rel·|ref|` comparison that says where and by how much.
+#![allow(dead_code)]
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shadertrain::gpu::GpuContext;
+use std::sync::{Arc, OnceLock};
+
+/// The GPU for this test binary, or `None` with a printed reason. With
+/// `REQUIRE_GPU=1` a missing adapter fails the test instead.
+pub fn gpu_or_skip(test: &str) -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+    // SAFETY of the env var: set before any thread reads it (Mesa is noisy without it).
+    let ctx = CTX.get_or_init(|| GpuContext::new().map_err(|e| e.to_string()));
+    match ctx {
+        Ok(c) => Some(c.clone()),
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("{test}: REQUIRE_GPU=1 but {e}");
+            }
+            eprintln!("skipped {test}: {e} (set REQUIRE_GPU=1 to fail instead)");
+            None
+        }
+    }
+}
+
+/// The seed for this run's random data: `SHADERTRAIN_TEST_SEED`, or fresh
+/// from the clock. Printed so that a failure can be replayed.
+pub fn test_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = std::env::var("SHADERTRAIN_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("random data seed: SHADERTRAIN_TEST_SEED={s}");
+        s
+    })
+}
+
+/// A generator for one test case, derived from the run's seed and a label.
+pub fn rng(label: &str) -> ChaCha8Rng {
+    let mut h = test_seed();
+    for b in label.bytes() {
+        h = h.rotate_left(5) ^ b as u64;
+        h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    ChaCha8Rng::seed_from_u64(h)
+}
+
+/// `n` values uniform in `[lo, hi)`, never exactly zero.
+pub fn random(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v: f32 = rng.random_range(lo..hi);
+            if v == 0.0 {
+                hi * 0.5
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Widen to f64 for the reference.
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Assert `|got − want| <= abs + rel·|want|` everywhere (NaN fails). On
+/// failure, names the tensor, the first bad indices with both values, and the
+/// largest difference.
+pub fn assert_close(name: &str, got: &[f32], want: &[f64], abs: f64, rel: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length {} but the reference has {}",
+        got.len(),
+        want.len()
+    );
+    let mut bad = Vec::new();
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g as f64 - w).abs();
+        if !(d <= abs + rel * w.abs()) {
+            bad.push(i);
+        }
+        if d > worst.0 || d.is_nan() {
+            worst = (d, i);
+        }
+    }
+    if !bad.is_empty() {
+        let first: Vec<String> = bad
+            .iter()
+            .take(5)
+            .map(|&i| {
+                format!(
+                    "[{i}] got {} want {} (diff {:e})",
+                    got[i],
+                    want[i],
+                    (got[i] as f64 - want[i]).abs()
+                )
+            })
+            .collect();
+        panic!(
+            "{name}: {} of {} elements outside {abs:e} + {rel:e}·|ref|; first: {}; largest diff {:e} at [{}] (seed {})",
+            bad.len(),
+            got.len(),
+            first.join(", "),
+            worst.0,
+            worst.1,
+            test_seed()
+        );
+    }
+}
+
+/// The same check for f64 results.
+pub fn assert_close64(name: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(
+            d <= abs + rel * w.abs(),
+            "{name}[{i}]: got {g} want {w} (diff {d:e}, tolerance {abs:e} + {rel:e}·|ref|)"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{name}: lengths differ");
+}

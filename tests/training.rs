@@ -1,0 +1,249 @@
+//! Whole training runs: the GPU and the f64 CPU reference agree step by step
+//! from one seed; the reference's gradients agree with finite differences;
+//! runs are bitwise repeatable; partial last batches are handled.
+
+mod common;
+
+use common::*;
+use shadertrain::backend::{Backend, Metric};
+use shadertrain::cpu::CpuBackend;
+use shadertrain::data::{Dataset, Task};
+use shadertrain::gpu::GpuBackend;
+use shadertrain::network::{Network, Params};
+use shadertrain::train::{train, TrainConfig};
+
+/// `steps` batches of random data for `net`.
+fn batches(net: &Network, batch: usize, steps: usize, label: &str) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut g = rng(label);
+    (0..steps)
+        .map(|_| {
+            (
+                random(&mut g, batch * net.inputs(), -1.0, 1.0),
+                random(&mut g, batch * net.outputs(), 0.0, 1.0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn twenty_steps_gpu_matches_cpu_reference() {
+    let Some(ctx) = gpu_or_skip("twenty_steps_gpu_matches_cpu_reference") else {
+        return;
+    };
+    // The learning rate of the widest net is kept small: at 0.9 its dynamics
+    // amplify f32 rounding ~2× per step (the f32 CPU drifts from f64 as far as
+    // the GPU does), which would test the arithmetic's chaos, not the kernels.
+    let cases = [
+        (&[1, 1, 1][..], 1, 0.9),
+        (&[3, 7, 5], 7, 0.9),
+        (&[17, 33, 9], 64, 0.9),
+        (&[100, 257, 10], 7, 0.2),
+        (&[5, 9, 1], 3, 0.9),
+    ];
+    for (sizes, batch, lr) in cases {
+        let net = Network::new(sizes).unwrap();
+        let label = format!("{} batch {batch}", net.describe());
+        let init: Params<f32> = net.init(7);
+        let mut gpu = GpuBackend::new(ctx.clone(), &net, batch).unwrap();
+        let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+        gpu.set_params(&init).unwrap();
+        cpu.set_params(&init.cast()).unwrap();
+        for (step, (x, y)) in batches(&net, batch, 20, &label).iter().enumerate() {
+            gpu.load_batch(x, y).unwrap();
+            cpu.load_batch(&f64s(x), &f64s(y)).unwrap();
+            gpu.step(lr).unwrap();
+            cpu.step(lr).unwrap();
+            let (lg, lc) = (gpu.take_totals().unwrap(), cpu.take_totals().unwrap());
+            assert_close(
+                &format!("{label} step {step} loss"),
+                &[lg.loss() as f32],
+                &[lc.loss()],
+                1e-6,
+                1e-4,
+            );
+        }
+        let (pg, pc) = (gpu.params().unwrap(), cpu.params().unwrap());
+        assert_close(
+            &format!("{label} params after 20 steps"),
+            &pg.data,
+            &pc.data,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+/// Central differences in f64 against the reference's backward pass.
+#[test]
+fn finite_difference_gradient_check() {
+    for (sizes, batch) in [(&[3, 4, 2][..], 5), (&[2, 3, 3, 2], 4), (&[4, 1, 3], 1)] {
+        let net = Network::new(sizes).unwrap();
+        let label = format!("fd {}", net.describe());
+        let mut g = rng(&label);
+        let x: Vec<f64> = f64s(&random(&mut g, batch * net.inputs(), -1.0, 1.0));
+        let y: Vec<f64> = f64s(&random(&mut g, batch * net.outputs(), 0.0, 1.0));
+        // Larger weights than the init, so the sigmoids are not all near-linear.
+        let p: Params<f64> =
+            Params::from_vec(&net, f64s(&random(&mut g, net.param_count(), -2.0, 2.0))).unwrap();
+        let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+        cpu.set_metric(Metric::None).unwrap();
+        cpu.load_batch(&x, &y).unwrap();
+        let mut loss_at = |q: &Params<f64>| {
+            cpu.set_params(q).unwrap();
+            cpu.forward().unwrap();
+            cpu.take_totals().unwrap().loss()
+        };
+        let h = 1e-6;
+        let mut numeric = Vec::with_capacity(p.data.len());
+        for i in 0..p.data.len() {
+            let (mut plus, mut minus) = (p.clone(), p.clone());
+            plus.data[i] += h;
+            minus.data[i] -= h;
+            numeric.push((loss_at(&plus) - loss_at(&minus)) / (2.0 * h));
+        }
+        cpu.set_params(&p).unwrap();
+        cpu.forward().unwrap();
+        cpu.backward().unwrap();
+        let analytic = cpu.read_gradients().unwrap();
+        assert_close64(
+            &format!("{label} ∂L/∂p"),
+            &analytic.data,
+            &numeric,
+            1e-9,
+            1e-6,
+        );
+    }
+}
+
+fn small_set(n: usize, label: &str) -> Dataset {
+    let mut g = rng(label);
+    let x = random(&mut g, n * 3, -1.0, 1.0);
+    let mut y = vec![0.0f32; n * 2];
+    for s in 0..n {
+        y[s * 2 + usize::from(x[s * 3] > 0.0)] = 1.0;
+    }
+    Dataset {
+        name: label.into(),
+        inputs: 3,
+        outputs: 2,
+        x,
+        y,
+        task: Task::Classification { classes: 2 },
+    }
+}
+
+/// 23 samples in batches of 8: two full steps and one of 7 per epoch.
+#[test]
+fn training_loop_with_partial_batches_gpu_matches_cpu() {
+    let net = Network::parse("3,6,2").unwrap();
+    let data = small_set(23, "partial");
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch: 8,
+        lr: 1.0,
+        seed: 3,
+        shuffle: true,
+    };
+    let mut cpu = CpuBackend::<f64>::new(&net, 8).unwrap();
+    cpu.set_params(&net.init(3)).unwrap();
+    let hc = train(&mut cpu, &data, &cfg, |_| {}).unwrap();
+    assert_eq!(hc.len(), 4);
+    assert!(hc
+        .iter()
+        .all(|e| e.loss.is_finite() && e.accuracy.is_some()));
+    let Some(ctx) = gpu_or_skip("training_loop_with_partial_batches_gpu_matches_cpu") else {
+        return;
+    };
+    let mut gpu = GpuBackend::new(ctx, &net, 8).unwrap();
+    gpu.set_params(&net.init(3)).unwrap();
+    let hg = train(&mut gpu, &data, &cfg, |_| {}).unwrap();
+    for (a, b) in hg.iter().zip(&hc) {
+        assert_close(
+            &format!("epoch {} loss", a.epoch),
+            &[a.loss as f32],
+            &[b.loss],
+            1e-6,
+            1e-4,
+        );
+        assert_eq!(a.accuracy, b.accuracy, "epoch {} accuracy", a.epoch);
+    }
+    assert_close(
+        "params after 4 epochs",
+        &gpu.params().unwrap().data,
+        &cpu.params().unwrap().data,
+        1e-5,
+        1e-4,
+    );
+}
+
+/// Same seed, data and backend: bitwise-identical parameters and losses.
+#[test]
+fn runs_are_bitwise_repeatable() {
+    let net = Network::parse("3,9,2").unwrap();
+    let data = small_set(50, "repeat");
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch: 16,
+        lr: 0.8,
+        seed: 11,
+        shuffle: true,
+    };
+    let run_cpu = || {
+        let mut b = CpuBackend::<f32>::new(&net, 16).unwrap();
+        b.set_params(&net.init(11)).unwrap();
+        let h = train(&mut b, &data, &cfg, |_| {}).unwrap();
+        (h, b.params().unwrap())
+    };
+    let (h1, p1) = run_cpu();
+    let (h2, p2) = run_cpu();
+    assert_eq!(
+        h1.iter().map(|e| e.loss).collect::<Vec<_>>(),
+        h2.iter().map(|e| e.loss).collect::<Vec<_>>()
+    );
+    assert_eq!(p1.data, p2.data, "cpu parameters differ between runs");
+    let Some(ctx) = gpu_or_skip("runs_are_bitwise_repeatable") else {
+        return;
+    };
+    let run_gpu = || {
+        let mut b = GpuBackend::new(ctx.clone(), &net, 16).unwrap();
+        b.set_params(&net.init(11)).unwrap();
+        let h = train(&mut b, &data, &cfg, |_| {}).unwrap();
+        (h, b.params().unwrap())
+    };
+    let (g1, q1) = run_gpu();
+    let (g2, q2) = run_gpu();
+    assert_eq!(
+        g1.iter().map(|e| e.loss).collect::<Vec<_>>(),
+        g2.iter().map(|e| e.loss).collect::<Vec<_>>()
+    );
+    assert_eq!(q1.data, q2.data, "gpu parameters differ between runs");
+}
+
+/// A batch larger than the backend's capacity, or of the wrong width, is an error.
+#[test]
+fn bad_batches_are_errors_not_panics() {
+    let net = Network::parse("2,3,1").unwrap();
+    let mut cpu = CpuBackend::<f32>::new(&net, 2).unwrap();
+    assert!(
+        cpu.load_batch(&[0.1; 6], &[0.5; 3]).is_err(),
+        "3 rows into capacity 2"
+    );
+    assert!(
+        cpu.load_batch(&[0.1; 3], &[0.5; 1]).is_err(),
+        "ragged input"
+    );
+    assert!(
+        cpu.load_batch(&[0.1; 4], &[0.5; 3]).is_err(),
+        "targets for 3 rows, inputs for 2"
+    );
+    assert!(cpu.forward().is_err(), "forward with no batch");
+    assert!(CpuBackend::<f32>::new(&net, 0).is_err());
+    if let Some(ctx) = gpu_or_skip("bad_batches_are_errors_not_panics") {
+        let mut gpu = GpuBackend::new(ctx.clone(), &net, 2).unwrap();
+        assert!(gpu.load_batch(&[0.1; 6], &[0.5; 3]).is_err());
+        assert!(gpu.forward().is_err(), "forward with no batch");
+        assert!(GpuBackend::new(ctx, &net, 0).is_err());
+        let other = Network::parse("2,2,1").unwrap();
+        assert!(gpu.set_params(&other.init(1)).is_err());
+    }
+}
