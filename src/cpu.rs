@@ -202,7 +202,7 @@ impl<T: Real> CpuBackend<T> {
 /// Returns the batch size.
 pub fn check_batch(net: &Network, capacity: usize, x_len: usize, y_len: usize) -> Result<usize> {
     let (ni, no) = (net.inputs(), net.outputs());
-    if x_len == 0 || x_len % ni != 0 {
+    if x_len == 0 || !x_len.is_multiple_of(ni) {
         return Err(Error::Shape(format!(
             "input batch of {x_len} values is not a whole number of rows of width {ni}"
         )));

@@ -144,7 +144,8 @@ impl Dataset {
     }
 
     /// Load a CSV with a header row. The target is the last column, or the
-    /// column named `target`. Every other column is an input, in file order.
+    /// column whose header is the `target` argument (`--target NAME`). Every
+    /// other column is an input, in file order.
     ///
     /// `outputs` is the width of the network's output layer: if `outputs > 1`,
     /// target cells must be integer labels `0..outputs-1` and are one-hot

@@ -178,16 +178,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_data(a: &TrainArgs, net_outputs: Option<usize>) -> Result<Dataset> {
+fn load_data(a: &TrainArgs, net_outputs: usize) -> Result<Dataset> {
     match a.data.as_str() {
         "spirals" => Ok(Dataset::spirals(1000, a.seed)),
         "xor" => Ok(Dataset::xor()),
         "example" => Ok(Dataset::example()),
         path if path.to_ascii_lowercase().ends_with(".csv") || Path::new(path).exists() => {
-            let outputs = net_outputs.ok_or_else(|| {
-                Error::Invalid("--layers is required with a CSV file, e.g. --layers 4,16,3".into())
-            })?;
-            Dataset::from_csv(Path::new(path), a.target.as_deref(), outputs)
+            Dataset::from_csv(Path::new(path), a.target.as_deref(), net_outputs)
         }
         other => Err(Error::Invalid(format!(
             "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file)"
@@ -197,6 +194,28 @@ fn load_data(a: &TrainArgs, net_outputs: Option<usize>) -> Result<Dataset> {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let d = defaults(&a.data);
+    let builtin = matches!(a.data.as_str(), "spirals" | "xor" | "example");
+    let is_file = a.data.to_ascii_lowercase().ends_with(".csv") || Path::new(&a.data).exists();
+    if !builtin && !is_file {
+        return Err(Error::Invalid(format!(
+            "--data: unknown dataset '{}' (built-in: spirals, xor, example; or a .csv file)",
+            a.data
+        )));
+    }
+    if !builtin && a.layers.is_none() {
+        return Err(Error::Invalid(
+            "--layers is required with a CSV file, e.g. --layers 4,16,3".into(),
+        ));
+    }
+    // Refuse an unwritable metrics path before training, not after.
+    if let Some(dir) = a.metrics.as_deref().and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "--metrics: directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
     let net = Network::parse(a.layers.as_deref().unwrap_or(d.layers))?;
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(d.epochs),
@@ -206,7 +225,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         shuffle: true,
     };
     cfg.validate()?;
-    let data = load_data(&a, Some(net.outputs()))?;
+    let data = load_data(&a, net.outputs())?;
     data.check_shape(net.inputs(), net.outputs())?;
     let device = pick_device(a.backend, a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);

@@ -68,19 +68,18 @@ fn check_classic(r: &example::Report, extra: f64) {
     // Biases are updated too (the original article leaves them): b −= α·δ.
     let b = &r.updated.biases;
     let d = &r.deltas;
-    for j in 0..2 {
-        let want_h = 0.35 - 0.5 * d.hidden[j];
-        let want_o = 0.60 - 0.5 * d.output[j];
-        assert!(
-            (b[0][j] - want_h).abs() <= 1e-12 + extra,
-            "hidden bias {j}: {} vs {want_h}",
-            b[0][j]
-        );
-        assert!(
-            (b[1][j] - want_o).abs() <= 1e-12 + extra,
-            "output bias {j}: {} vs {want_o}",
-            b[1][j]
-        );
+    let pairs = [
+        (&b[0], &d.hidden, 0.35, "hidden"),
+        (&b[1], &d.output, 0.60, "output"),
+    ];
+    for (bias, delta, start, layer) in pairs {
+        for (j, (&got, &dj)) in bias.iter().zip(delta.iter()).enumerate() {
+            let want = start - 0.5 * dj;
+            assert!(
+                (got - want).abs() <= 1e-12 + extra,
+                "{layer} bias {j}: {got} vs {want}"
+            );
+        }
     }
 }
 

@@ -88,7 +88,8 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f64], abs: f64, rel: f64) {
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let d = (g as f64 - w).abs();
-        if !(d <= abs + rel * w.abs()) {
+        // Written so that NaN fails too.
+        if d.is_nan() || d > abs + rel * w.abs() {
             bad.push(i);
         }
         if d > worst.0 || d.is_nan() {

@@ -1,0 +1,798 @@
+//! End-to-end tests of the `shadertrain` binary: `example`, `train`, `devices`
+//! and the one-line `error: ...` for every kind of bad input.
+//!
+//! Tests that need a GPU (`--backend gpu`) go through [`gpu_or_skip`]: without
+//! an adapter that can run compute shaders they print `skipped: ...` and
+//! return, unless `REQUIRE_GPU=1`, in which case they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------
+
+/// What one run of the binary did.
+struct Run {
+    args: Vec<String>,
+    out: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    /// Everything about the run, for assertion messages.
+    fn dump(&self) -> String {
+        format!(
+            "command: shadertrain {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--------------",
+            self.args.join(" "),
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Assert the run exited 0.
+    fn success(self) -> Run {
+        assert!(
+            self.out.status.success(),
+            "expected success\n{}",
+            self.dump()
+        );
+        self
+    }
+
+    /// The stdout parsed as JSON.
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.dump()))
+    }
+
+    /// The stderr lines that are ours, without the driver's noise.
+    fn stderr_lines(&self) -> Vec<String> {
+        self.stderr()
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !is_driver_noise(l))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Lines Mesa/lavapipe may print on their own.
+fn is_driver_noise(line: &str) -> bool {
+    line.contains("XDG_RUNTIME_DIR")
+        || line.starts_with("MESA")
+        || line.starts_with("WARNING: lavapipe")
+}
+
+/// Run the binary with `args`.
+fn run<S: AsRef<str>>(args: &[S]) -> Run {
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run shadertrain {}: {e}", args.join(" ")));
+    Run { args, out }
+}
+
+/// Assert that `args` fails cleanly: a non-zero exit, no panic, and exactly
+/// one stderr line, starting with `error:` and containing every word of `expect`.
+fn expect_error<S: AsRef<str>>(args: &[S], expect: &[&str]) -> String {
+    let r = run(args);
+    assert!(
+        !r.out.status.success(),
+        "expected a non-zero exit\n{}",
+        r.dump()
+    );
+    assert!(
+        r.out.status.code().is_some(),
+        "killed by a signal instead of exiting\n{}",
+        r.dump()
+    );
+    assert!(
+        !r.stderr().contains("panicked"),
+        "the binary panicked\n{}",
+        r.dump()
+    );
+    let lines = r.stderr_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got {lines:?}\n{}",
+        r.dump()
+    );
+    let line = &lines[0];
+    assert!(
+        line.starts_with("error:") && line.len() > "error:".len(),
+        "the stderr line must start with 'error:' and say something\n{}",
+        r.dump()
+    );
+    for word in expect {
+        assert!(
+            line.contains(word),
+            "the error line should mention {word:?}\n{}",
+            r.dump()
+        );
+    }
+    line.clone()
+}
+
+// ---------------------------------------------------------------------------
+// GPU availability
+// ---------------------------------------------------------------------------
+
+/// `None` if `devices --json` lists an adapter with `"compute": true`, else why not.
+fn gpu_missing() -> &'static Option<String> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let r = run(&["devices", "--json"]);
+        if !r.out.status.success() {
+            return Some(format!("`devices --json` failed: {}", r.stderr().trim()));
+        }
+        let list: Value = match serde_json::from_str(&r.stdout()) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("`devices --json` printed no JSON: {e}")),
+        };
+        let adapters = list.as_array().cloned().unwrap_or_default();
+        if adapters.iter().any(|a| a["compute"] == Value::Bool(true)) {
+            None
+        } else {
+            Some(format!(
+                "`devices --json` lists {} adapter(s), none with compute",
+                adapters.len()
+            ))
+        }
+    })
+}
+
+/// True if a GPU test can run. Without a GPU: panics if `REQUIRE_GPU=1`,
+/// else prints `skipped: no GPU adapter (...)` and returns false.
+fn gpu_or_skip(test: &str) -> bool {
+    match gpu_missing() {
+        None => true,
+        Some(why) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("{test}: REQUIRE_GPU=1 but there is no GPU adapter ({why})");
+            }
+            eprintln!("skipped: no GPU adapter ({why}) [{test}]");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, named after the process and
+/// the test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("shadertrain-cli-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Write `contents` to `name` in this directory; return the path as a string.
+    fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.path(name);
+        std::fs::write(&path, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
+    }
+
+    /// The names of the files in this directory, sorted.
+    fn listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A deterministic jitter in [-0.15, 0.15] for sample `i`, coordinate `k`.
+fn jitter(i: usize, k: usize) -> f64 {
+    // Knuth's multiplicative hash: well spread, no RNG crate needed.
+    let h = ((i * 2 + k) as u64 + 1).wrapping_mul(2_654_435_761) % 1000;
+    (h as f64 / 999.0 - 0.5) * 0.3
+}
+
+/// Three well-separated 2-D clusters, 50 points each, interleaved. Columns are
+/// the two inputs and `label` (0, 1 or 2); with `label_in_middle`, the order is
+/// `x,label,y` and a last column `noise` holds non-integer values.
+fn clusters_csv(label_in_middle: bool) -> String {
+    const CENTERS: [(f64, f64); 3] = [(-0.6, -0.6), (0.6, -0.6), (0.0, 0.6)];
+    let mut s = String::from(if label_in_middle {
+        "x,label,y,noise\n"
+    } else {
+        "x,y,label\n"
+    });
+    for i in 0..150 {
+        let class = i % 3;
+        let (cx, cy) = CENTERS[class];
+        let (x, y) = (cx + jitter(i, 0), cy + jitter(i, 1));
+        if label_in_middle {
+            s.push_str(&format!(
+                "{x:.4},{class},{y:.4},{:.3}\n",
+                0.5 + jitter(i, 2)
+            ));
+        } else {
+            s.push_str(&format!("{x:.4},{y:.4},{class}\n"));
+        }
+    }
+    s
+}
+
+/// 120 rows of a smooth real-valued function of two inputs, in (0, 1).
+fn regression_csv() -> String {
+    let mut s = String::from("a,b,value\n");
+    for i in 0..120 {
+        let a = (i % 12) as f64 / 11.0 - 0.5;
+        let b = (i / 12) as f64 / 9.0 - 0.5;
+        let v = 0.5 + 0.3 * a - 0.2 * b + 0.1 * (3.0 * a * b).sin();
+        s.push_str(&format!("{a:.4},{b:.4},{v:.5}\n"));
+    }
+    s
+}
+
+/// Read and parse a metrics file.
+fn read_metrics(path: &Path, r: &Run) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no metrics at {} ({e})\n{}", path.display(), r.dump()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("metrics are not JSON ({e}):\n{text}\n{}", r.dump()))
+}
+
+/// Check the metrics of a finished run: keys, layers, one entry per epoch,
+/// finite losses that went down, and the backend. Returns the per-epoch losses.
+fn check_metrics(m: &Value, backend: &str, layers: &[u64], epochs: usize, r: &Run) -> Vec<f64> {
+    let ctx = || format!("metrics:\n{m:#}\n{}", r.dump());
+    for key in ["backend", "adapter", "layers", "epochs"] {
+        assert!(m.get(key).is_some(), "metrics lack '{key}'\n{}", ctx());
+    }
+    assert_eq!(m["backend"], backend, "{}", ctx());
+    assert!(
+        m["adapter"].as_str().is_some_and(|a| !a.is_empty()),
+        "adapter should be a non-empty string\n{}",
+        ctx()
+    );
+    assert_eq!(m["layers"], serde_json::json!(layers), "{}", ctx());
+    let list = m["epochs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", ctx()));
+    assert_eq!(list.len(), epochs, "one entry per epoch\n{}", ctx());
+    let mut losses = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        for key in ["epoch", "loss", "accuracy", "seconds"] {
+            assert!(e.get(key).is_some(), "epoch {i} lacks '{key}'\n{}", ctx());
+        }
+        assert_eq!(e["epoch"], i + 1, "epochs are numbered from 1\n{}", ctx());
+        let loss = e["loss"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            loss.is_finite() && loss >= 0.0,
+            "epoch {i}: bad loss\n{}",
+            ctx()
+        );
+        let secs = e["seconds"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            secs.is_finite() && secs >= 0.0,
+            "epoch {i}: bad seconds\n{}",
+            ctx()
+        );
+        losses.push(loss);
+    }
+    assert!(
+        losses[losses.len() - 1] < losses[0],
+        "the loss should go down: first {}, last {}\n{}",
+        losses[0],
+        losses[losses.len() - 1],
+        ctx()
+    );
+    losses
+}
+
+// ---------------------------------------------------------------------------
+// example
+// ---------------------------------------------------------------------------
+
+/// A number at a JSON pointer, or a panic naming it.
+fn num(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in\n{v:#}"))
+}
+
+fn assert_close(v: &Value, pointer: &str, want: f64, tol: f64) {
+    let got = num(v, pointer);
+    assert!(
+        (got - want).abs() <= tol,
+        "{pointer}: got {got}, want {want} (±{tol})\n{v:#}"
+    );
+}
+
+/// Check an `example --json` report against the published worked example.
+fn check_example(v: &Value, tol: f64) {
+    for key in [
+        "/backend",
+        "/forward/hidden",
+        "/forward/output",
+        "/error",
+        "/deltas/output",
+        "/deltas/hidden",
+        "/updated/weights",
+        "/updated/biases",
+    ] {
+        assert!(v.pointer(key).is_some(), "missing {key} in\n{v:#}");
+    }
+    // Shapes: weights [layer][out][in], biases [layer][out].
+    let w = v["updated"]["weights"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "two layers of weights\n{v:#}");
+    for layer in w {
+        let rows = layer.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{v:#}");
+        assert!(rows.iter().all(|r| r.as_array().unwrap().len() == 2));
+    }
+    let b = v["updated"]["biases"].as_array().unwrap();
+    assert_eq!(b.len(), 2, "two layers of biases\n{v:#}");
+    assert!(b.iter().all(|r| r.as_array().unwrap().len() == 2));
+
+    // Forward pass and error.
+    assert_close(v, "/forward/hidden/0", 0.593269992, tol);
+    assert_close(v, "/forward/hidden/1", 0.596884378, tol);
+    assert_close(v, "/forward/output/0", 0.75136507, tol);
+    assert_close(v, "/forward/output/1", 0.772928465, tol);
+    assert_close(v, "/error", 0.298371109, tol);
+    assert_close(v, "/deltas/output/0", 0.138498562, tol);
+
+    // Updated weights w1..w8: hidden rows h1=[w1,w2], h2=[w3,w4];
+    // output rows o1=[w5,w6], o2=[w7,w8].
+    let want = [
+        ("/updated/weights/0/0/0", 0.149780716),
+        ("/updated/weights/0/0/1", 0.19956143),
+        ("/updated/weights/0/1/0", 0.24975114),
+        ("/updated/weights/0/1/1", 0.29950229),
+        ("/updated/weights/1/0/0", 0.35891648),
+        ("/updated/weights/1/0/1", 0.408666186),
+        ("/updated/weights/1/1/0", 0.511301270),
+        ("/updated/weights/1/1/1", 0.561370121),
+    ];
+    for (p, x) in want {
+        assert_close(v, p, x, tol);
+    }
+
+    // The deltas not in the published text must agree with the update:
+    // w' = w - lr·δ_out·in, b' = b - lr·δ_out (lr 0.5).
+    let lr = 0.5;
+    let input = [0.05, 0.10];
+    let w0 = [[[0.15, 0.20], [0.25, 0.30]], [[0.40, 0.45], [0.50, 0.55]]];
+    let b0 = [[0.35, 0.35], [0.60, 0.60]];
+    for (l, deltas) in ["/deltas/hidden", "/deltas/output"].iter().enumerate() {
+        for j in 0..2 {
+            let d = num(v, &format!("{deltas}/{j}"));
+            assert_close(
+                v,
+                &format!("/updated/biases/{l}/{j}"),
+                b0[l][j] - lr * d,
+                tol,
+            );
+            for (i, &x_in) in input.iter().enumerate() {
+                let a = if l == 0 {
+                    x_in
+                } else {
+                    num(v, &format!("/forward/hidden/{i}"))
+                };
+                assert_close(
+                    v,
+                    &format!("/updated/weights/{l}/{j}/{i}"),
+                    w0[l][j][i] - lr * d * a,
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn example_json_cpu_matches_worked_example() {
+    let r = run(&["example", "--json", "--backend", "cpu"]).success();
+    let v = r.json();
+    assert_eq!(v["backend"], "cpu", "{}", r.dump());
+    check_example(&v, 1e-8);
+}
+
+#[test]
+fn example_text_cpu_prints_e_total() {
+    let r = run(&["example", "--backend", "cpu"]).success();
+    let out = r.stdout();
+    assert!(out.contains("E_total"), "{}", r.dump());
+    assert!(out.contains("0.298371109"), "E_total value\n{}", r.dump());
+    assert!(out.contains("0.149780716"), "updated w1\n{}", r.dump());
+}
+
+#[test]
+fn example_json_gpu_matches_worked_example() {
+    if !gpu_or_skip("example_json_gpu_matches_worked_example") {
+        return;
+    }
+    let r = run(&["example", "--json", "--backend", "gpu"]).success();
+    let v = r.json();
+    assert!(
+        v["backend"].as_str().is_some_and(|b| b.starts_with("gpu")),
+        "backend should name the GPU\n{}",
+        r.dump()
+    );
+    check_example(&v, 1e-6);
+}
+
+// ---------------------------------------------------------------------------
+// train
+// ---------------------------------------------------------------------------
+
+/// Train the 3-class clusters on `backend` and check stdout and the metrics.
+fn train_clusters(test: &str, backend: &str) {
+    let dir = TempDir::new(test);
+    let data = dir.file("clusters.csv", &clusters_csv(false));
+    let metrics = dir.path("m.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let r = run(&[
+        "train",
+        "--data",
+        &data,
+        "--layers",
+        "2,8,3",
+        "--epochs",
+        "30",
+        "--batch",
+        "8",
+        "--lr",
+        "2",
+        "--backend",
+        backend,
+        "--quiet",
+        "--metrics",
+        &metrics_arg,
+    ])
+    .success();
+    let out = r.stdout();
+    assert!(out.contains("final loss"), "{}", r.dump());
+    assert!(out.contains("accuracy"), "{}", r.dump());
+    let m = read_metrics(&metrics, &r);
+    check_metrics(&m, backend, &[2, 8, 3], 30, &r);
+    let acc = m["final"]["accuracy"].as_f64();
+    assert!(
+        acc.is_some_and(|a| a >= 0.9),
+        "well-separated clusters should reach 90% accuracy, got {acc:?}\n{m:#}\n{}",
+        r.dump()
+    );
+    assert_eq!(
+        dir.listing(),
+        ["clusters.csv", "m.json"],
+        "no temporary files left behind"
+    );
+}
+
+#[test]
+fn train_csv_classification_cpu() {
+    train_clusters("train-cpu", "cpu");
+}
+
+#[test]
+fn train_csv_classification_gpu() {
+    if !gpu_or_skip("train_csv_classification_gpu") {
+        return;
+    }
+    train_clusters("train-gpu", "gpu");
+}
+
+#[test]
+fn train_csv_regression_has_null_accuracy() {
+    let dir = TempDir::new("regression");
+    let data = dir.file("reg.csv", &regression_csv());
+    let metrics = dir.path("m.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let r = run(&[
+        "train",
+        "--data",
+        &data,
+        "--layers",
+        "2,6,1",
+        "--epochs",
+        "20",
+        "--batch",
+        "8",
+        "--lr",
+        "2",
+        "--backend",
+        "cpu",
+        "--quiet",
+        "--metrics",
+        &metrics_arg,
+    ])
+    .success();
+    assert!(r.stdout().contains("final loss"), "{}", r.dump());
+    assert!(
+        !r.stdout().contains("accuracy:"),
+        "regression has no accuracy line\n{}",
+        r.dump()
+    );
+    let m = read_metrics(&metrics, &r);
+    check_metrics(&m, "cpu", &[2, 6, 1], 20, &r);
+    assert!(m["final"]["accuracy"].is_null(), "{m:#}");
+    for e in m["epochs"].as_array().unwrap() {
+        assert!(e["accuracy"].is_null(), "per-epoch accuracy is null\n{m:#}");
+    }
+}
+
+#[test]
+fn train_csv_target_in_middle_column() {
+    let dir = TempDir::new("target");
+    let data = dir.file("mid.csv", &clusters_csv(true));
+    let metrics = dir.path("m.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    // Inputs are x, y and noise (3 columns); the target is `label`.
+    let r = run(&[
+        "train",
+        "--data",
+        &data,
+        "--target",
+        "label",
+        "--layers",
+        "3,8,3",
+        "--epochs",
+        "30",
+        "--batch",
+        "8",
+        "--lr",
+        "2",
+        "--backend",
+        "cpu",
+        "--quiet",
+        "--metrics",
+        &metrics_arg,
+    ])
+    .success();
+    assert!(r.stdout().contains("accuracy"), "{}", r.dump());
+    let m = read_metrics(&metrics, &r);
+    check_metrics(&m, "cpu", &[3, 8, 3], 30, &r);
+    let acc = m["final"]["accuracy"].as_f64();
+    assert!(
+        acc.is_some_and(|a| a >= 0.9),
+        "the middle column was the label: accuracy should be high, got {acc:?}\n{m:#}"
+    );
+    // Without --target the last column (non-integer `noise`) is the target.
+    let args = [
+        "train",
+        "--data",
+        &data,
+        "--layers",
+        "3,8,3",
+        "--epochs",
+        "1",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
+    expect_error(&args, &["line 2", "noise"]);
+}
+
+#[test]
+fn train_builtin_sets() {
+    let r = run(&["train", "--data", "xor", "--backend", "cpu", "--quiet"]).success();
+    assert!(r.stdout().contains("final loss"), "{}", r.dump());
+    assert!(r.stdout().contains("accuracy"), "{}", r.dump());
+    assert!(
+        r.stderr_lines().is_empty(),
+        "--quiet prints nothing on stderr\n{}",
+        r.dump()
+    );
+    let r = run(&[
+        "train",
+        "--data",
+        "example",
+        "--epochs",
+        "1",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ])
+    .success();
+    assert!(r.stdout().contains("final loss"), "{}", r.dump());
+}
+
+// ---------------------------------------------------------------------------
+// devices
+// ---------------------------------------------------------------------------
+
+#[test]
+fn devices_text_and_json() {
+    let r = run(&["devices"]).success();
+    assert!(
+        !r.stdout().trim().is_empty(),
+        "devices prints a list or says there is none\n{}",
+        r.dump()
+    );
+    let r = run(&["devices", "--json"]).success();
+    let v = r.json();
+    let list = v
+        .as_array()
+        .unwrap_or_else(|| panic!("devices --json is not an array\n{}", r.dump()));
+    for a in list {
+        assert!(
+            a["name"].is_string(),
+            "adapter without a name\n{}",
+            r.dump()
+        );
+        assert!(
+            a["compute"].is_boolean(),
+            "adapter without compute\n{}",
+            r.dump()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad input: one `error:` line, non-zero exit, never a panic
+// ---------------------------------------------------------------------------
+
+/// `train --backend cpu --quiet` plus `extra`.
+fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--backend", "cpu", "--quiet"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn bad_layers() {
+    expect_error(&train_args(&["--layers", "2"]), &["--layers"]);
+    expect_error(&train_args(&["--layers", "2,0,2"]), &["--layers", "0"]);
+    expect_error(&train_args(&["--layers", "2,x,2"]), &["--layers", "'x'"]);
+}
+
+#[test]
+fn bad_batch_epochs_lr() {
+    expect_error(&train_args(&["--batch", "0"]), &["--batch"]);
+    expect_error(&train_args(&["--epochs", "0"]), &["--epochs"]);
+    for lr in ["0", "-1", "nan", "inf"] {
+        expect_error(&train_args(&["--lr", lr]), &["--lr"]);
+    }
+}
+
+#[test]
+fn bad_backend_flag_and_dataset() {
+    expect_error(
+        &["train", "--backend", "foo", "--quiet"],
+        &["foo", "--backend"],
+    );
+    expect_error(&train_args(&["--bogus"]), &["--bogus"]);
+    expect_error(&train_args(&["--data", "nosuch"]), &["nosuch", "--data"]);
+}
+
+/// Train on a CSV with these contents and expect a clean failure mentioning
+/// `expect`; a `--metrics` file must not be left behind.
+fn expect_csv_error(
+    test: &str,
+    contents: Option<&str>,
+    layers: &str,
+    extra: &[&str],
+    expect: &[&str],
+) {
+    let dir = TempDir::new(test);
+    let data = match contents {
+        Some(c) => dir.file("data.csv", c),
+        None => dir.path("missing.csv").to_string_lossy().into_owned(),
+    };
+    let metrics = dir.path("out.json").to_string_lossy().into_owned();
+    let mut args = train_args(&["--data", &data, "--layers", layers, "--metrics", &metrics]);
+    args.extend_from_slice(extra);
+    expect_error(&args, expect);
+    let left: Vec<String> = dir
+        .listing()
+        .into_iter()
+        .filter(|n| n != "data.csv")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{test}: a failed run left files behind: {left:?}"
+    );
+}
+
+#[test]
+fn bad_csv_files() {
+    expect_csv_error("missing", None, "2,4,3", &[], &["missing.csv"]);
+    expect_csv_error("empty", Some(""), "2,4,3", &[], &["data.csv", "empty"]);
+    expect_csv_error(
+        "header-only",
+        Some("a,b,label\n"),
+        "2,4,3",
+        &[],
+        &["data.csv", "no data rows"],
+    );
+    expect_csv_error(
+        "ragged",
+        Some("a,b,label\n0,0,0\n1,1,1\n0.5,1\n"),
+        "2,4,3",
+        &[],
+        &["line 4", "fields"],
+    );
+    expect_csv_error(
+        "non-numeric",
+        Some("a,b,label\n0,0,0\n1,abc,1\n"),
+        "2,4,3",
+        &[],
+        &["line 3", "'abc'"],
+    );
+    expect_csv_error(
+        "nan-cell",
+        Some("a,b,label\n0,0,0\nNaN,1,1\n"),
+        "2,4,3",
+        &[],
+        &["line 3", "NaN", "finite"],
+    );
+    expect_csv_error(
+        "inf-cell",
+        Some("a,b,label\n0,0,0\n1,1,1\n1,inf,2\n"),
+        "2,4,3",
+        &[],
+        &["line 4", "inf", "finite"],
+    );
+}
+
+#[test]
+fn csv_not_matching_the_network() {
+    expect_csv_error(
+        "width",
+        Some("a,b,c,y\n0,0,0,0\n1,1,1,1\n"),
+        "2,4,1",
+        &[],
+        &["3 input columns", "--layers"],
+    );
+    expect_csv_error(
+        "label-range",
+        Some("a,b,label\n0,0,0\n1,1,5\n"),
+        "2,4,3",
+        &[],
+        &["line 3", "'5'"],
+    );
+    expect_csv_error(
+        "no-target",
+        Some("a,b,label\n0,0,0\n1,1,1\n"),
+        "2,4,3",
+        &["--target", "nosuchcolumn"],
+        &["nosuchcolumn"],
+    );
+}
+
+#[test]
+fn csv_without_layers_is_refused() {
+    let dir = TempDir::new("no-layers");
+    // Two inputs and 0/1 labels: would train with the built-in default 2,32,2.
+    let data = dir.file("two.csv", "a,b,label\n0,0,0\n1,1,1\n0,1,1\n1,0,0\n");
+    expect_error(&train_args(&["--data", &data]), &["--layers"]);
+}
