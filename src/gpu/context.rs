@@ -97,10 +97,13 @@ fn rank(info: &wgpu::AdapterInfo, low_power: bool) -> (u8, u8) {
 fn choose_adapter() -> Result<wgpu::Adapter> {
     let adapters = all_adapters();
     if adapters.is_empty() {
-        return Err(Error::NoAdapter(
-            "wgpu found none (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)"
-                .into(),
-        ));
+        let filter = match std::env::var("WGPU_BACKEND") {
+            Ok(b) => format!(" with WGPU_BACKEND={b}"),
+            Err(_) => String::new(),
+        };
+        return Err(Error::NoAdapter(format!(
+            "wgpu found none{filter} (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)"
+        )));
     }
     let names: Vec<String> = adapters
         .iter()
