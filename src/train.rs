@@ -7,7 +7,6 @@
 
 use crate::backend::{Backend, Metric, Totals};
 use crate::data::Dataset;
-use crate::network::Params;
 use crate::{Error, Result};
 use num_traits::NumCast;
 use rand::seq::SliceRandom;
@@ -193,17 +192,4 @@ pub fn evaluate<B: Backend>(backend: &mut B, data: &Dataset) -> Result<(Totals, 
         backend.forward()?;
     }
     Ok((backend.take_totals()?, metric))
-}
-
-/// Largest absolute difference between two parameter sets, and where.
-pub fn max_param_diff(a: &Params<f32>, b: &Params<f32>) -> (f64, usize) {
-    a.data
-        .iter()
-        .zip(&b.data)
-        .enumerate()
-        .map(|(i, (x, y))| (((*x as f64) - (*y as f64)).abs(), i))
-        .fold(
-            (0.0, 0),
-            |m, v| if v.0 > m.0 || v.0.is_nan() { v } else { m },
-        )
 }

@@ -76,10 +76,16 @@ fn is_driver_noise(line: &str) -> bool {
 
 /// Run the binary with `args`.
 fn run<S: AsRef<str>>(args: &[S]) -> Run {
+    run_env(args, &[])
+}
+
+/// Run the binary with `args` and extra environment variables.
+fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
         .args(&args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run shadertrain {}: {e}", args.join(" ")));
     Run { args, out }
@@ -795,4 +801,37 @@ fn csv_without_layers_is_refused() {
     // Two inputs and 0/1 labels: would train with the built-in default 2,32,2.
     let data = dir.file("two.csv", "a,b,label\n0,0,0\n1,1,1\n0,1,1\n1,0,0\n");
     expect_error(&train_args(&["--data", &data]), &["--layers"]);
+}
+
+/// With no adapter (here: `WGPU_BACKEND` names an API this OS lacks),
+/// `--backend gpu` is a one-line error and `--backend auto` falls back to the
+/// CPU with a one-line notice. Runs on every machine, GPU or not.
+#[test]
+fn missing_gpu_is_an_error_or_a_notice() {
+    let no_gpu: &[(&str, &str)] = if cfg!(target_os = "macos") {
+        &[("WGPU_BACKEND", "dx12")]
+    } else {
+        &[("WGPU_BACKEND", "metal")]
+    };
+    let r = run_env(&["example", "--backend", "gpu", "--json"], no_gpu);
+    assert!(!r.out.status.success(), "expected failure\n{}", r.dump());
+    let lines = r.stderr_lines();
+    assert_eq!(lines.len(), 1, "{}", r.dump());
+    assert!(
+        lines[0].starts_with("error: no GPU adapter"),
+        "{}",
+        r.dump()
+    );
+    assert!(!r.stderr().contains("panicked"), "{}", r.dump());
+
+    let r = run_env(&["train", "--data", "xor", "--epochs", "5"], no_gpu).success();
+    let notices: Vec<String> = r
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("notice:"))
+        .collect();
+    assert_eq!(notices.len(), 1, "one notice line\n{}", r.dump());
+    assert!(notices[0].contains("using the CPU backend"), "{}", r.dump());
+    assert!(r.stderr().contains("backend: cpu"), "{}", r.dump());
+    assert!(r.stdout().contains("final loss"), "{}", r.dump());
 }
