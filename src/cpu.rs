@@ -309,7 +309,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn backward(&mut self) -> Result<()> {
         self.need_batch()?;
         let b = self.batch;
-        let layers = self.net.layers().to_vec();
+        let layers = self.net.layers();
         let last = layers.len();
         let no = self.net.outputs();
         delta_output(

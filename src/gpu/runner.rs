@@ -62,8 +62,8 @@ impl KernelRunner {
     }
 
     /// Dispatch `kernel` over `n` elements with `buffers` bound, then read
-    /// `len` floats of `out` from float offset `off`.
-    fn run(
+    /// `len` values of `out` from element offset `off`.
+    fn run<T: bytemuck::Pod>(
         &self,
         kernel: &Kernel,
         buffers: &[&wgpu::Buffer],
@@ -71,7 +71,7 @@ impl KernelRunner {
         out: &wgpu::Buffer,
         off: usize,
         len: usize,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<T>> {
         let group = kernel.bind(&self.ctx.device, buffers)?;
         let mut enc = self
             .ctx
@@ -88,7 +88,7 @@ impl KernelRunner {
             )?;
         }
         self.ctx.queue.submit([enc.finish()]);
-        readback::read(&self.ctx, out, (off * 4) as u64, len)
+        readback::read(&self.ctx, out, (off * std::mem::size_of::<T>()) as u64, len)
     }
 
     /// GPU twin of [`crate::cpu::forward_dense`]; returns `a (batch, n_out)`.
@@ -265,27 +265,14 @@ impl KernelRunner {
                 contents: bytemuck::bytes_of(&start),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             });
-        let group = self.kernels.loss_reduce.bind(
-            &self.ctx.device,
-            &[
-                &self.uniform(bytemuck::bytes_of(&d)),
-                &self.storage(a),
-                &self.storage(y),
-                &acc,
-            ],
-        )?;
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&self.kernels.loss_reduce.pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
-        }
-        self.ctx.queue.submit([enc.finish()]);
-        let out: Vec<Acc> = readback::read(&self.ctx, &acc, 0, 1)?;
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.storage(a),
+            &self.storage(y),
+            &acc,
+        ];
+        // One element: a single workgroup, which is what loss_reduce needs.
+        let out: Vec<Acc> = self.run(&self.kernels.loss_reduce, &bufs, 1, &acc, 0, 1)?;
         Ok(out.first().copied().unwrap_or_default())
     }
 }

@@ -331,8 +331,8 @@ impl Backend for GpuBackend {
     fn forward(&mut self) -> Result<()> {
         self.need_batch()?;
         let (b, max) = (self.batch as u64, self.max_dim());
-        let layers = self.net.layers().to_vec();
         let mut enc = self.encoder_take();
+        let layers = self.net.layers();
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
@@ -358,9 +358,9 @@ impl Backend for GpuBackend {
     fn backward(&mut self) -> Result<()> {
         self.need_batch()?;
         let (b, max) = (self.batch as u64, self.max_dim());
-        let layers = self.net.layers().to_vec();
-        let last = layers.len();
         let mut enc = self.encoder_take();
+        let layers = self.net.layers();
+        let last = layers.len();
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("backward"),
