@@ -178,13 +178,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_data(a: &TrainArgs, net_outputs: usize) -> Result<Dataset> {
-    match a.data.as_str() {
-        "spirals" => Ok(Dataset::spirals(1000, a.seed)),
-        "xor" => Ok(Dataset::xor()),
-        "example" => Ok(Dataset::example()),
+/// What `--data` names: a built-in set or a CSV file. Decided once, so the
+/// `--layers` check and the loader agree.
+enum DataArg<'a> {
+    Builtin(&'a str),
+    Csv(&'a Path),
+}
+
+fn data_arg(data: &str) -> Result<DataArg<'_>> {
+    match data {
+        "spirals" | "xor" | "example" => Ok(DataArg::Builtin(data)),
         path if path.to_ascii_lowercase().ends_with(".csv") || Path::new(path).exists() => {
-            Dataset::from_csv(Path::new(path), a.target.as_deref(), net_outputs)
+            Ok(DataArg::Csv(Path::new(path)))
         }
         other => Err(Error::Invalid(format!(
             "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file)"
@@ -192,17 +197,19 @@ fn load_data(a: &TrainArgs, net_outputs: usize) -> Result<Dataset> {
     }
 }
 
+fn load_data(a: &TrainArgs, source: &DataArg<'_>, net_outputs: usize) -> Result<Dataset> {
+    Ok(match source {
+        DataArg::Builtin("xor") => Dataset::xor(),
+        DataArg::Builtin("example") => Dataset::example(),
+        DataArg::Builtin(_) => Dataset::spirals(1000, a.seed),
+        DataArg::Csv(path) => Dataset::from_csv(path, a.target.as_deref(), net_outputs)?,
+    })
+}
+
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let d = defaults(&a.data);
-    let builtin = matches!(a.data.as_str(), "spirals" | "xor" | "example");
-    let is_file = a.data.to_ascii_lowercase().ends_with(".csv") || Path::new(&a.data).exists();
-    if !builtin && !is_file {
-        return Err(Error::Invalid(format!(
-            "--data: unknown dataset '{}' (built-in: spirals, xor, example; or a .csv file)",
-            a.data
-        )));
-    }
-    if !builtin && a.layers.is_none() {
+    let source = data_arg(&a.data)?;
+    if matches!(source, DataArg::Csv(_)) && a.layers.is_none() {
         return Err(Error::Invalid(
             "--layers is required with a CSV file, e.g. --layers 4,16,3".into(),
         ));
@@ -225,7 +232,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         shuffle: true,
     };
     cfg.validate()?;
-    let data = load_data(&a, net.outputs())?;
+    let data = load_data(&a, &source, net.outputs())?;
     data.check_shape(net.inputs(), net.outputs())?;
     let device = pick_device(a.backend, a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);

@@ -93,7 +93,7 @@ impl<T: crate::network::Real> BatchBuf<T> {
     }
 
     /// Gather rows `idx` of `data` and stage them on `backend`.
-    fn load<B: Backend<Scalar = T>>(
+    fn load<B: Backend<Scalar = T> + ?Sized>(
         &mut self,
         backend: &mut B,
         data: &Dataset,
@@ -118,7 +118,7 @@ impl<T: crate::network::Real> BatchBuf<T> {
 /// Train `backend` (whose parameters are already set) on `data`.
 /// `on` sees every step and every epoch. Stops with [`Error::Diverged`] at the
 /// first epoch whose loss is not finite.
-pub fn train<B: Backend>(
+pub fn train<B: Backend + ?Sized>(
     backend: &mut B,
     data: &Dataset,
     cfg: &TrainConfig,
@@ -179,7 +179,7 @@ pub fn train<B: Backend>(
 
 /// Loss and score of the backend's current parameters on `data`, in batches
 /// of the backend's capacity. Leaves the parameters unchanged.
-pub fn evaluate<B: Backend>(backend: &mut B, data: &Dataset) -> Result<(Totals, Metric)> {
+pub fn evaluate<B: Backend + ?Sized>(backend: &mut B, data: &Dataset) -> Result<(Totals, Metric)> {
     let net = backend.network().clone();
     data.check_shape(net.inputs(), net.outputs())?;
     let metric = Metric::for_task(data.task, net.outputs());

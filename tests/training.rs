@@ -188,35 +188,30 @@ fn runs_are_bitwise_repeatable() {
         seed: 11,
         shuffle: true,
     };
-    let run_cpu = || {
-        let mut b = CpuBackend::<f32>::new(&net, 16).unwrap();
-        b.set_params(&net.init(11)).unwrap();
-        let h = train(&mut b, &data, &cfg, |_| {}).unwrap();
-        (h, b.params().unwrap())
+    // Two fresh runs on backends from `make` must agree to the bit.
+    let same_twice = |name: &str, make: &dyn Fn() -> Box<dyn Backend<Scalar = f32>>| {
+        let run = || {
+            let mut b = make();
+            b.set_params(&net.init(11)).unwrap();
+            let h = train(&mut *b, &data, &cfg, |_| {}).unwrap();
+            (
+                h.iter().map(|e| e.loss).collect::<Vec<_>>(),
+                b.params().unwrap().data,
+            )
+        };
+        let (first, second) = (run(), run());
+        assert_eq!(first.0, second.0, "{name} losses differ between runs");
+        assert_eq!(first.1, second.1, "{name} parameters differ between runs");
     };
-    let (h1, p1) = run_cpu();
-    let (h2, p2) = run_cpu();
-    assert_eq!(
-        h1.iter().map(|e| e.loss).collect::<Vec<_>>(),
-        h2.iter().map(|e| e.loss).collect::<Vec<_>>()
-    );
-    assert_eq!(p1.data, p2.data, "cpu parameters differ between runs");
+    same_twice("cpu", &|| {
+        Box::new(CpuBackend::<f32>::new(&net, 16).unwrap())
+    });
     let Some(ctx) = gpu_or_skip("runs_are_bitwise_repeatable") else {
         return;
     };
-    let run_gpu = || {
-        let mut b = GpuBackend::new(ctx.clone(), &net, 16).unwrap();
-        b.set_params(&net.init(11)).unwrap();
-        let h = train(&mut b, &data, &cfg, |_| {}).unwrap();
-        (h, b.params().unwrap())
-    };
-    let (g1, q1) = run_gpu();
-    let (g2, q2) = run_gpu();
-    assert_eq!(
-        g1.iter().map(|e| e.loss).collect::<Vec<_>>(),
-        g2.iter().map(|e| e.loss).collect::<Vec<_>>()
-    );
-    assert_eq!(q1.data, q2.data, "gpu parameters differ between runs");
+    same_twice("gpu", &|| {
+        Box::new(GpuBackend::new(ctx.clone(), &net, 16).unwrap())
+    });
 }
 
 /// A batch larger than the backend's capacity, or of the wrong width, is an error.
