@@ -108,6 +108,12 @@ pub trait Backend {
         self.update(lr)
     }
 
+    /// Wait until every recorded command has finished on the device (a no-op
+    /// on the CPU). Timed regions end with this.
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// The totals since the last call, which resets them.
     fn take_totals(&mut self) -> Result<Totals>;
 

@@ -434,6 +434,11 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
+    fn sync(&mut self) -> Result<()> {
+        self.flush();
+        readback::finish(&self.ctx)
+    }
+
     fn take_totals(&mut self) -> Result<Totals> {
         self.flush();
         let acc: Vec<Acc> = readback::read(&self.ctx, &self.acc, 0, 1)?;
