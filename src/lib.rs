@@ -13,6 +13,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;

@@ -1,9 +1,10 @@
-//! The `shadertrain` command line: `train`, `example` and `devices`.
+//! The `shadertrain` command line: `train`, `bench`, `example` and `devices`.
 //! Every failure prints one line, `error: ...`, and exits non-zero.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::backend::Backend;
+use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::Dataset;
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext};
@@ -40,6 +41,8 @@ enum BackendArg {
 enum Cmd {
     /// Train a network (default: two interleaved spirals).
     Train(TrainArgs),
+    /// Time the training step on the CPU, the GPU or both, side by side.
+    Bench(BenchArgs),
     /// One SGD step of the classic 2-2-2 worked example, every value printed.
     Example {
         #[arg(long, value_enum, default_value = "auto")]
@@ -87,6 +90,50 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchBackend {
+    Cpu,
+    Gpu,
+    Both,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BenchBackend,
+    /// A named workload: W0 (2-2-2, batch 1), W1 (784-256-256-10, 1024),
+    /// W2 (1024-1024-1024-1024, 1024), W3 (4096-4096-4096, 4096). Default W1.
+    #[arg(long, conflicts_with = "layers")]
+    workload: Option<String>,
+    /// Layer sizes, instead of a workload.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Samples per step (default: the workload's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Timed steps (default: the workload's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Learning rate (the PyTorch peer's 0.5).
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    lr: f32,
+    /// Seed of the initial weights and the random batch.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print one JSON object per backend, one per line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Defaults that train each built-in set well: (layers, epochs, batch, lr).
@@ -166,6 +213,7 @@ fn main() -> ExitCode {
     };
     let run = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
+        Cmd::Bench(a) => cmd_bench(a),
         Cmd::Example { backend, json } => cmd_example(backend, json),
         Cmd::Devices { json } => cmd_devices(json),
     };
@@ -238,7 +286,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let capacity = cfg.batch.min(data.len()).max(1);
     match device {
         Device::Cpu => {
-            let b = CpuBackend::<f32>::new(&net, capacity)?;
+            let b = CpuBackend::<f32>::fast(&net, capacity, a.threads)?;
             run_training(b, "cpu", &net, &data, &cfg, &a)
         }
         Device::Gpu(ctx) => {
@@ -364,6 +412,136 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// One backend's result, as `bench --json` prints it.
+#[derive(serde::Serialize)]
+struct BenchRow {
+    backend: &'static str,
+    adapter: String,
+    layers: Vec<usize>,
+    batch: usize,
+    steps: usize,
+    ms_per_step_median: f64,
+    ms_per_step_min: f64,
+    ms_per_step_max: f64,
+    samples_per_s: f64,
+    gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_param_diff: Option<f64>,
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    // clap refuses --workload with --layers; with neither, W1.
+    let (workload, net) = match &a.layers {
+        Some(l) => (None, Network::parse(l)?),
+        None => {
+            let w = Workload::named(a.workload.as_deref().unwrap_or("W1"))?;
+            (Some(w), w.network())
+        }
+    };
+    let batch = a.batch.or(workload.map(|w| w.batch)).unwrap_or(1024);
+    let steps = a.steps.or(workload.map(|w| w.steps)).unwrap_or(20);
+    if batch == 0 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    if steps == 0 {
+        return Err(Error::Invalid("--steps must be at least 1".into()));
+    }
+    if !a.lr.is_finite() || a.lr <= 0.0 {
+        return Err(Error::Invalid(format!(
+            "--lr must be a positive number, got {}",
+            a.lr
+        )));
+    }
+    let params = net.init(a.seed);
+    let (x, y) = bench::random_batch(&net, batch, a.seed);
+    let flops = bench::flops_per_step(&net, batch);
+    let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
+    let mut rows: Vec<(BenchRow, shadertrain::network::Params<f32>)> = Vec::new();
+    // The GPU first: a missing adapter should fail before minutes of CPU timing.
+    let gpu = if want(BenchBackend::Gpu) {
+        Some(GpuBackend::new(GpuContext::new()?, &net, batch)?)
+    } else {
+        None
+    };
+    let mut run = |name: &'static str, b: &mut dyn Backend<Scalar = f32>| -> Result<()> {
+        if !a.json {
+            eprintln!("timing {name}: {} ...", b.describe());
+        }
+        let (t, p) = bench::time_steps(b, &params, (&x, &y), a.lr, a.warmup, steps)?;
+        let med = t.median();
+        rows.push((
+            BenchRow {
+                backend: name,
+                adapter: b.describe(),
+                layers: net.sizes().to_vec(),
+                batch,
+                steps,
+                ms_per_step_median: med,
+                ms_per_step_min: t.min(),
+                ms_per_step_max: t.max(),
+                samples_per_s: batch as f64 / (med / 1e3),
+                gflops: flops / (med / 1e3) / 1e9,
+                workload: workload.map(|w| w.name),
+                speedup: None,
+                max_param_diff: None,
+            },
+            p,
+        ));
+        Ok(())
+    };
+    if let Some(mut g) = gpu {
+        run("gpu", &mut g)?;
+    }
+    if want(BenchBackend::Cpu) {
+        run("cpu", &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?)?;
+    }
+    if let [(g, gp), (c, cp)] = rows.as_mut_slice() {
+        let diff = bench::max_param_diff(gp, cp)?;
+        let speedup = c.ms_per_step_median / g.ms_per_step_median;
+        for r in [g, c] {
+            r.speedup = Some(speedup);
+            r.max_param_diff = Some(diff);
+        }
+    }
+    for (r, _) in &rows {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{:<4} {:>10.3} ms/step (min {:.3}, max {:.3})  {:>12.0} samples/s  {:>8.2} GFLOP/s  [{}]",
+                r.backend,
+                r.ms_per_step_median,
+                r.ms_per_step_min,
+                r.ms_per_step_max,
+                r.samples_per_s,
+                r.gflops,
+                r.adapter
+            );
+        }
+    }
+    if !a.json {
+        if let Some((r, _)) = rows.first().filter(|_| rows.len() == 2) {
+            println!(
+                "speedup gpu over cpu: {:.2}x   max_param_diff after {} steps: {:.3e}",
+                r.speedup.unwrap_or(f64::NAN),
+                a.warmup + steps,
+                r.max_param_diff.unwrap_or(f64::NAN)
+            );
+        }
+        println!(
+            "network {} batch {batch}, {steps} timed steps after {} warm-up, {:.3} GFLOP per step",
+            net.describe(),
+            a.warmup,
+            flops / 1e9
+        );
+    }
+    Ok(())
 }
 
 fn cmd_example(arg: BackendArg, json: bool) -> Result<()> {

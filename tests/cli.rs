@@ -835,3 +835,141 @@ fn missing_gpu_is_an_error_or_a_notice() {
     assert!(r.stderr().contains("backend: cpu"), "{}", r.dump());
     assert!(r.stdout().contains("final loss"), "{}", r.dump());
 }
+
+// ---------------------------------------------------------------------------
+// bench
+// ---------------------------------------------------------------------------
+
+/// The JSON objects of `bench --json`, one per line.
+fn bench_rows(args: &[&str]) -> (Vec<Value>, Run) {
+    let r = run(args).success();
+    let rows = r
+        .stdout()
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{}", r.dump()))
+        })
+        .collect();
+    (rows, r)
+}
+
+/// The keys the issue names, with sane values.
+fn check_bench_row(v: &Value, backend: &str, layers: &[u64], batch: u64, steps: u64, r: &Run) {
+    assert_eq!(v["backend"], backend, "{}", r.dump());
+    assert!(v["adapter"].as_str().is_some_and(|s| !s.is_empty()));
+    let got: Vec<u64> = serde_json::from_value(v["layers"].clone()).unwrap();
+    assert_eq!(got, layers, "{}", r.dump());
+    assert_eq!(v["batch"], batch);
+    assert_eq!(v["steps"], steps);
+    let (med, min, max) = (
+        num(v, "/ms_per_step_median"),
+        num(v, "/ms_per_step_min"),
+        num(v, "/ms_per_step_max"),
+    );
+    assert!(0.0 < min && min <= med && med <= max, "{}", r.dump());
+    let sps = num(v, "/samples_per_s");
+    assert!(
+        (sps - batch as f64 / (med / 1e3)).abs() <= 1e-6 * sps,
+        "{}",
+        r.dump()
+    );
+    let macs: u64 = layers.windows(2).map(|w| w[0] * w[1]).sum();
+    let gflops = 6.0 * (batch * macs) as f64 / (med / 1e3) / 1e9;
+    assert!(
+        (num(v, "/gflops") - gflops).abs() <= 1e-6 * gflops,
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn bench_cpu_json_has_every_key() {
+    let (rows, r) = bench_rows(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--workload",
+        "W0",
+        "--steps",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(rows.len(), 1, "{}", r.dump());
+    check_bench_row(&rows[0], "cpu", &[2, 2, 2], 1, 50, &r);
+    assert!(
+        rows[0].get("speedup").is_none(),
+        "speedup needs both backends"
+    );
+    assert_eq!(rows[0]["workload"], "W0");
+}
+
+#[test]
+fn bench_text_reports_the_workload() {
+    let r = run(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--layers",
+        "5,17,3",
+        "--batch",
+        "9",
+        "--steps",
+        "4",
+    ])
+    .success();
+    let out = r.stdout();
+    assert!(
+        out.contains("ms/step") && out.contains("GFLOP/s"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        out.contains("5-17-3") && out.contains("batch 9"),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn bench_both_compares_gpu_with_cpu() {
+    if !gpu_or_skip("bench_both_compares_gpu_with_cpu") {
+        return;
+    }
+    let (rows, r) = bench_rows(&[
+        "bench", "--layers", "13,37,5", "--batch", "67", "--steps", "5", "--json",
+    ]);
+    assert_eq!(rows.len(), 2, "{}", r.dump());
+    check_bench_row(&rows[0], "gpu", &[13, 37, 5], 67, 5, &r);
+    check_bench_row(&rows[1], "cpu", &[13, 37, 5], 67, 5, &r);
+    let speedup = num(&rows[0], "/speedup");
+    let want = num(&rows[1], "/ms_per_step_median") / num(&rows[0], "/ms_per_step_median");
+    assert!((speedup - want).abs() <= 1e-9 * want, "{}", r.dump());
+    // Same seed, same 8 steps: the two backends agree to f32 rounding.
+    let diff = num(&rows[0], "/max_param_diff");
+    assert!(
+        (0.0..1e-4).contains(&diff),
+        "max_param_diff {diff}\n{}",
+        r.dump()
+    );
+    assert_eq!(rows[1]["max_param_diff"], rows[0]["max_param_diff"]);
+}
+
+#[test]
+fn bad_bench_flags() {
+    let bench = |extra: &[&'static str]| {
+        let mut v = vec!["bench", "--backend", "cpu"];
+        v.extend_from_slice(extra);
+        v
+    };
+    expect_error(&bench(&["--workload", "W9"]), &["W9"]);
+    expect_error(
+        &bench(&["--workload", "W1", "--layers", "2,2"]),
+        &["--workload", "--layers"],
+    );
+    expect_error(&bench(&["--steps", "0"]), &["--steps"]);
+    expect_error(&bench(&["--batch", "0"]), &["--batch"]);
+    expect_error(&bench(&["--lr", "nan"]), &["--lr"]);
+    expect_error(&["bench", "--backend", "tpu"], &["tpu"]);
+    expect_error(&bench(&["--layers", "3"]), &["--layers"]);
+}

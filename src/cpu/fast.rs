@@ -1,0 +1,347 @@
+//! The fast CPU path of [`CpuBackend`]: the same maths as the reference twins,
+//! with every matrix product done by the `gemm` crate (AVX2/AVX-512 kernels,
+//! runtime-detected) on a private rayon pool, and the element-wise work fused
+//! into one parallel pass per layer.
+//!
+//! `step` fuses the SGD update into the gradient product:
+//! `W ← W − (lr/B)·δᵀA_prev` is one gemm that reads and writes W in place, so
+//! the gradient never goes through memory. It runs top-down and computes the
+//! delta below a layer (from the old `W`) before that layer's update.
+//!
+//! Results do not depend on timing: gemm splits the output among threads, never
+//! the reduction, and loss sums run in sample order.
+
+use super::{argmax, sigmoid, CpuBackend};
+use crate::backend::Metric;
+use crate::network::Real;
+use rayon::prelude::*;
+
+/// Below this many multiply-adds a product runs on one thread: spawning costs more.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+/// Element-wise passes hand each task at least this many values.
+const CHUNK_MIN_VALUES: usize = 1 << 14;
+
+/// A strided matrix view for [`matmul`]: element `(r, c)` is at `r·rs + c·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    rs: usize,
+    cs: usize,
+}
+
+/// Row-major `(rows, cols)`.
+fn row_major(cols: usize) -> View {
+    View { rs: cols, cs: 1 }
+}
+
+/// The transpose of a row-major `(cols, rows)` matrix, seen as `(rows, cols)`.
+fn transposed(rows: usize) -> View {
+    View { rs: 1, cs: rows }
+}
+
+/// The last index a view of `(rows, cols)` touches, plus one.
+fn extent(v: View, rows: usize, cols: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * v.rs + (cols - 1) * v.cs + 1
+    }
+}
+
+/// `dst (m, n) = keep·dst + scale · lhs (m, k) · rhs (k, n)`; with `keep = None`
+/// dst is overwritten. Bounds are checked here, so the unsafe call stays in range.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    keep: Option<T>,
+    lhs: (&[T], View),
+    rhs: (&[T], View),
+    scale: T,
+    threads: usize,
+) {
+    let dv = row_major(n);
+    assert!(extent(dv, m, n) <= dst.len(), "matmul: dst out of range");
+    assert!(
+        extent(lhs.1, m, k) <= lhs.0.len(),
+        "matmul: lhs out of range"
+    );
+    assert!(
+        extent(rhs.1, k, n) <= rhs.0.len(),
+        "matmul: rhs out of range"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index the strides reach inside the
+    // slices; dst does not alias lhs or rhs (one is &mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dv.cs as isize,
+            dv.rs as isize,
+            keep.is_some(),
+            lhs.0.as_ptr(),
+            lhs.1.cs as isize,
+            lhs.1.rs as isize,
+            rhs.0.as_ptr(),
+            rhs.1.cs as isize,
+            rhs.1.rs as isize,
+            keep.unwrap_or_else(T::one),
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Rows per element-wise task for rows of `width` values, or all rows on one thread.
+fn rows_per_task(width: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        usize::MAX / width.max(1)
+    } else {
+        CHUNK_MIN_VALUES.div_ceil(width.max(1)).max(1)
+    }
+}
+
+/// Runs `f(first_row, rows)` over `data (rows, width)` in parallel chunks of whole rows.
+fn par_rows<T: Real>(
+    data: &mut [T],
+    width: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    let width = width.max(1);
+    let rows_per = rows_per_task(width, threads);
+    if data.len() <= rows_per.saturating_mul(width) {
+        f(0, data);
+        return;
+    }
+    data.par_chunks_mut(rows_per * width)
+        .enumerate()
+        .for_each(|(c, chunk)| f(c * rows_per, chunk));
+}
+
+impl<T: Real> CpuBackend<T> {
+    /// Runs `f(self, threads)` on the pool, or on this thread when one step's
+    /// work is too small to pay for waking the pool (W0-sized nets).
+    pub(super) fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self, usize) -> R + Send) -> R {
+        let macs: usize = self.net.layers().iter().map(|l| l.n_in * l.n_out).sum();
+        let pool = match self.pool.take() {
+            Some(p) if macs.saturating_mul(self.batch) >= PARALLEL_MIN_MACS => p,
+            other => {
+                self.pool = other;
+                return f(self, 1);
+            }
+        };
+        let n = pool.current_num_threads();
+        let r = pool.install(|| f(self, n));
+        self.pool = Some(pool);
+        r
+    }
+
+    /// Forward pass of every layer: `A = σ(A_prev·Wᵀ + b)`, one gemm and one
+    /// fused bias + sigmoid pass per layer.
+    pub(super) fn fast_forward_layers(&mut self, threads: usize) {
+        let b = self.batch;
+        for (l, ly) in self.net.layers().iter().enumerate() {
+            let (prev, rest) = self.acts.split_at_mut(l + 1);
+            let out = &mut rest[0][..b * ly.n_out];
+            // a_prev: (b, n_in); w: (n_out, n_in), used as wᵀ (n_in, n_out)
+            matmul(
+                (b, ly.n_out, ly.n_in),
+                out,
+                None,
+                (&prev[l][..b * ly.n_in], row_major(ly.n_in)),
+                (self.params.weights(l), transposed(ly.n_in)),
+                T::one(),
+                threads,
+            );
+            let bias = self.params.bias(l);
+            par_rows(out, ly.n_out, threads, |_, rows| {
+                for row in rows.chunks_mut(ly.n_out) {
+                    for (z, &bo) in row.iter_mut().zip(bias) {
+                        *z = sigmoid(*z + bo);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Per-sample loss and score of the staged batch, and, with `delta`, the
+    /// output delta in the same pass. Adds to the totals in sample order, so
+    /// the sum is the reference's `loss_reduce` exactly.
+    pub(super) fn fast_loss(&mut self, delta: bool, threads: usize) {
+        let b = self.batch;
+        let no = self.net.outputs();
+        let last = self.acts.len() - 1;
+        let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
+        let metric = self.metric;
+        self.row_loss.resize(b, (T::zero(), false));
+        let half = T::from(0.5).unwrap_or_else(T::one);
+        let score = |ar: &[T], yr: &[T]| match metric {
+            Metric::None => false,
+            Metric::Threshold => (ar[0] > half) == (yr[0] > half),
+            Metric::Argmax => argmax(ar) == argmax(yr),
+        };
+        let sample = |s: usize, d: Option<&mut [T]>| {
+            let (ar, yr) = (&a[s * no..(s + 1) * no], &y[s * no..(s + 1) * no]);
+            let mut l = T::zero();
+            match d {
+                Some(d) => {
+                    for ((di, &ai), &yi) in d.iter_mut().zip(ar).zip(yr) {
+                        let e = ai - yi;
+                        l = l + half * e * e;
+                        *di = e * ai * (T::one() - ai);
+                    }
+                }
+                None => {
+                    for (&ai, &yi) in ar.iter().zip(yr) {
+                        let e = ai - yi;
+                        l = l + half * e * e;
+                    }
+                }
+            }
+            (l, score(ar, yr))
+        };
+        let rows_per = rows_per_task(no, threads).min(b);
+        if delta {
+            let dl = &mut self.deltas[last][..b * no];
+            dl.par_chunks_mut(rows_per * no)
+                .zip(self.row_loss.par_chunks_mut(rows_per))
+                .enumerate()
+                .for_each(|(c, (dc, lc))| {
+                    for (r, (drow, out)) in dc.chunks_mut(no).zip(lc.iter_mut()).enumerate() {
+                        *out = sample(c * rows_per + r, Some(drow));
+                    }
+                });
+        } else {
+            self.row_loss
+                .par_chunks_mut(rows_per)
+                .enumerate()
+                .for_each(|(c, lc)| {
+                    for (r, out) in lc.iter_mut().enumerate() {
+                        *out = sample(c * rows_per + r, None);
+                    }
+                });
+        }
+        let mut loss = T::zero();
+        let mut correct = 0u64;
+        for &(l, ok) in &self.row_loss[..b] {
+            loss = loss + l;
+            correct += ok as u64;
+        }
+        self.totals.loss_sum += loss.to_f64().unwrap_or(f64::NAN);
+        self.totals.samples += b as u64;
+        self.totals.correct += correct;
+    }
+
+    /// The output delta alone (the loss was counted by `forward`).
+    pub(super) fn fast_delta_output(&mut self, threads: usize) {
+        let b = self.batch;
+        let no = self.net.outputs();
+        let last = self.acts.len() - 1;
+        let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
+        par_rows(
+            &mut self.deltas[last][..b * no],
+            no,
+            threads,
+            |first, rows| {
+                let r = first * no..first * no + rows.len();
+                super::delta_output(&a[r.clone()], &y[r], rows);
+            },
+        );
+    }
+
+    /// `δ_l = (δ_{l+1}·W_l) ⊙ A_l(1 − A_l)` for `1 <= l < L`, reading `W_l` as it is now.
+    pub(super) fn fast_delta_hidden(&mut self, l: usize, threads: usize) {
+        let b = self.batch;
+        let ly = self.net.layers()[l];
+        let (n, n_next) = (ly.n_in, ly.n_out);
+        let (lo, hi) = self.deltas.split_at_mut(l + 1);
+        let d = &mut lo[l][..b * n];
+        // delta_next: (b, n_next); w: (n_next, n)
+        matmul(
+            (b, n, n_next),
+            d,
+            None,
+            (&hi[0][..b * n_next], row_major(n_next)),
+            (self.params.weights(l), row_major(n)),
+            T::one(),
+            threads,
+        );
+        let a = &self.acts[l][..b * n];
+        par_rows(d, n, threads, |first, rows| {
+            let a = &a[first * n..first * n + rows.len()];
+            for (di, &ai) in rows.iter_mut().zip(a) {
+                *di = *di * ai * (T::one() - ai);
+            }
+        });
+    }
+
+    /// Gradients of layer `l`, averaged over the batch, into `grads`.
+    pub(super) fn fast_gradient(&mut self, l: usize, threads: usize) {
+        let b = self.batch;
+        let ly = self.net.layers()[l];
+        let inv = T::one() / T::from(b).unwrap_or_else(T::one);
+        let (d, a) = (
+            &self.deltas[l + 1][..b * ly.n_out],
+            &self.acts[l][..b * ly.n_in],
+        );
+        // δ: (b, n_out), used as δᵀ (n_out, b); a_prev: (b, n_in)
+        matmul(
+            (ly.n_out, ly.n_in, b),
+            self.grads.weights_mut(l),
+            None,
+            (d, transposed(ly.n_out)),
+            (a, row_major(ly.n_in)),
+            inv,
+            threads,
+        );
+        column_sums(d, ly.n_out, self.grads.bias_mut(l), inv, false);
+    }
+
+    /// The fused update of layer `l`: `W −= (lr/B)·δᵀA_prev`, `b −= (lr/B)·Σ_s δ`.
+    pub(super) fn fast_gradient_sgd(&mut self, l: usize, lr: T, threads: usize) {
+        let b = self.batch;
+        let ly = self.net.layers()[l];
+        let step = -lr / T::from(b).unwrap_or_else(T::one);
+        let (d, a) = (
+            &self.deltas[l + 1][..b * ly.n_out],
+            &self.acts[l][..b * ly.n_in],
+        );
+        matmul(
+            (ly.n_out, ly.n_in, b),
+            self.params.weights_mut(l),
+            Some(T::one()),
+            (d, transposed(ly.n_out)),
+            (a, row_major(ly.n_in)),
+            step,
+            threads,
+        );
+        column_sums(d, ly.n_out, self.params.bias_mut(l), step, true);
+    }
+}
+
+/// `out[o] (+)= scale · Σ_s d[s, o]`, summed in sample order.
+// d: (batch, n); out: (n)
+fn column_sums<T: Real>(d: &[T], n: usize, out: &mut [T], scale: T, add: bool) {
+    let mut acc = vec![T::zero(); n];
+    for row in d.chunks(n) {
+        for (s, &v) in acc.iter_mut().zip(row) {
+            *s = *s + v;
+        }
+    }
+    for (o, s) in out.iter_mut().zip(acc) {
+        *o = if add { *o + scale * s } else { scale * s };
+    }
+}

@@ -1,0 +1,157 @@
+//! The fast CPU backend (gemm, threads, fused passes) against the f64
+//! reference: every layer's activations, deltas and gradients on odd shapes
+//! and batch 1, whole runs of the fused `step`, and bitwise repeatability.
+
+mod common;
+
+use common::*;
+use shadertrain::backend::{Backend, Metric};
+use shadertrain::cpu::CpuBackend;
+use shadertrain::network::{Network, Params};
+
+/// Shapes that are not multiples of any SIMD width or block, with batch 1,
+/// one neuron, and some large enough that gemm and the passes go parallel.
+const CASES: &[(&[usize], usize)] = &[
+    (&[2, 2, 2], 1),
+    (&[1, 1, 1], 3),
+    (&[3, 7, 5], 1),
+    (&[5, 9, 1], 13),
+    (&[17, 33, 9, 4], 31),
+    (&[64, 130, 10], 65),
+    (&[97, 301, 203, 3], 129),
+];
+
+fn fast(net: &Network, batch: usize, threads: usize) -> CpuBackend<f32> {
+    CpuBackend::<f32>::fast(net, batch, threads).unwrap()
+}
+
+/// One random batch: x in (-1, 1), y in (0, 1).
+fn batch_for(net: &Network, batch: usize, label: &str) -> (Vec<f32>, Vec<f32>) {
+    let mut g = rng(label);
+    (
+        random(&mut g, batch * net.inputs(), -1.0, 1.0),
+        random(&mut g, batch * net.outputs(), 0.0, 1.0),
+    )
+}
+
+#[test]
+fn forward_backward_match_the_reference() {
+    for threads in [1, 2] {
+        for &(sizes, batch) in CASES {
+            let net = Network::new(sizes).unwrap();
+            let label = format!("{} batch {batch} threads {threads}", net.describe());
+            let (x, y) = batch_for(&net, batch, &label);
+            let init: Params<f32> = net.init(3);
+            let mut f = fast(&net, batch, threads);
+            let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
+            f.set_params(&init).unwrap();
+            r.set_params(&init.cast()).unwrap();
+            f.set_metric(Metric::Argmax).unwrap();
+            r.set_metric(Metric::Argmax).unwrap();
+            f.load_batch(&x, &y).unwrap();
+            r.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+            f.forward().unwrap();
+            r.forward().unwrap();
+            f.backward().unwrap();
+            r.backward().unwrap();
+            let last = net.layers().len();
+            for l in 1..=last {
+                let (a, b) = (
+                    f.read_activations(l).unwrap(),
+                    r.read_activations(l).unwrap(),
+                );
+                assert_close(&format!("{label} activations {l}"), &a, &b, 1e-6, 1e-5);
+                let (a, b) = (f.read_deltas(l).unwrap(), r.read_deltas(l).unwrap());
+                assert_close(&format!("{label} deltas {l}"), &a, &b, 1e-7, 1e-4);
+            }
+            let (gf, gr) = (f.read_gradients().unwrap(), r.read_gradients().unwrap());
+            assert_close(
+                &format!("{label} gradients"),
+                &gf.data,
+                &gr.data,
+                1e-7,
+                1e-4,
+            );
+            let (tf, tr) = (f.take_totals().unwrap(), r.take_totals().unwrap());
+            assert_close(
+                &format!("{label} loss"),
+                &[tf.loss() as f32],
+                &[tr.loss()],
+                1e-7,
+                1e-5,
+            );
+            assert_eq!(tf.correct, tr.correct, "{label}: correct count");
+            assert_eq!(tf.samples, batch as u64);
+        }
+    }
+}
+
+/// The fused step (update inside the gradient product, top-down order) gives
+/// what forward + backward + update give on the reference, step after step.
+#[test]
+fn fused_steps_match_the_reference() {
+    for &(sizes, batch) in CASES {
+        let net = Network::new(sizes).unwrap();
+        let label = format!("{} batch {batch}", net.describe());
+        let init: Params<f32> = net.init(11);
+        let mut f = fast(&net, batch, 2);
+        let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
+        f.set_params(&init).unwrap();
+        r.set_params(&init.cast()).unwrap();
+        for step in 0..8 {
+            let (x, y) = batch_for(&net, batch, &format!("{label} step {step}"));
+            f.load_batch(&x, &y).unwrap();
+            r.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+            f.step(0.7).unwrap();
+            r.step(0.7).unwrap();
+            let (tf, tr) = (f.take_totals().unwrap(), r.take_totals().unwrap());
+            assert_close(
+                &format!("{label} step {step} loss"),
+                &[tf.loss() as f32],
+                &[tr.loss()],
+                1e-6,
+                1e-4,
+            );
+        }
+        let (pf, pr) = (f.params().unwrap(), r.params().unwrap());
+        assert_close(&format!("{label} params"), &pf.data, &pr.data, 1e-5, 1e-4);
+    }
+}
+
+/// Gemm splits the outputs among threads, never a sum, so the same seed gives
+/// the same bits from run to run and for any thread count.
+#[test]
+fn fast_runs_are_bitwise_repeatable() {
+    let net = Network::new(&[97, 301, 203, 3]).unwrap();
+    let run = |threads: usize| {
+        let mut f = fast(&net, 129, threads);
+        f.set_params(&net.init(5)).unwrap();
+        let mut losses = Vec::new();
+        for step in 0..5 {
+            let (x, y) = batch_for(&net, 129, &format!("repeat {step}"));
+            f.load_batch(&x, &y).unwrap();
+            f.step(0.9).unwrap();
+            losses.push(f.take_totals().unwrap().loss_sum.to_bits());
+        }
+        (f.params().unwrap().data, losses)
+    };
+    let first = run(2);
+    assert!(first.0 == run(2).0, "two runs with 2 threads differ");
+    assert!(first.1 == run(2).1, "losses of two runs differ");
+    assert!(first.0 == run(1).0, "1 thread and 2 threads differ");
+}
+
+#[test]
+fn fast_backend_describes_itself_and_refuses_bad_batches() {
+    let net = Network::new(&[3, 4, 2]).unwrap();
+    let mut f = fast(&net, 4, 1);
+    assert_eq!(f.threads(), Some(1));
+    assert!(f.describe().contains("gemm"), "{}", f.describe());
+    assert!(f.step(0.1).is_err(), "a step with no batch loaded");
+    assert!(
+        f.load_batch(&[0.5; 15], &[0.5; 10]).is_err(),
+        "batch over capacity"
+    );
+    assert!(f.load_batch(&[0.5; 7], &[0.5; 4]).is_err(), "ragged input");
+    assert!(CpuBackend::<f32>::fast(&net, 0, 1).is_err());
+}
