@@ -19,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod example;
 pub mod gpu;
+pub mod idx;
 pub mod network;
 pub mod train;
 

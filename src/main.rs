@@ -61,7 +61,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// A built-in set (spirals, xor, example) or a CSV file with a header row.
+    /// A built-in set (spirals, xor, example), a CSV file with a header row, or
+    /// a directory holding MNIST-format IDX files (train-images-idx3-ubyte[.gz], …).
     #[arg(long, default_value = "spirals")]
     data: String,
     /// CSV target column (default: the last).
@@ -231,16 +232,19 @@ fn main() -> ExitCode {
 enum DataArg<'a> {
     Builtin(&'a str),
     Csv(&'a Path),
+    /// A directory holding MNIST-format IDX files.
+    Idx(&'a Path),
 }
 
 fn data_arg(data: &str) -> Result<DataArg<'_>> {
     match data {
         "spirals" | "xor" | "example" => Ok(DataArg::Builtin(data)),
+        dir if Path::new(dir).is_dir() => Ok(DataArg::Idx(Path::new(dir))),
         path if path.to_ascii_lowercase().ends_with(".csv") || Path::new(path).exists() => {
             Ok(DataArg::Csv(Path::new(path)))
         }
         other => Err(Error::Invalid(format!(
-            "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file)"
+            "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file, or a directory of MNIST IDX files)"
         ))),
     }
 }
@@ -251,15 +255,20 @@ fn load_data(a: &TrainArgs, source: &DataArg<'_>, net_outputs: usize) -> Result<
         DataArg::Builtin("example") => Dataset::example(),
         DataArg::Builtin(_) => Dataset::spirals(1000, a.seed),
         DataArg::Csv(path) => Dataset::from_csv(path, a.target.as_deref(), net_outputs)?,
+        DataArg::Idx(dir) => {
+            let ((images, labels), _test) = shadertrain::idx::find_mnist(dir)?;
+            Dataset::from_idx(&images, &labels, net_outputs)?
+        }
     })
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let d = defaults(&a.data);
     let source = data_arg(&a.data)?;
-    if matches!(source, DataArg::Csv(_)) && a.layers.is_none() {
+    if matches!(source, DataArg::Csv(_) | DataArg::Idx(_)) && a.layers.is_none() {
         return Err(Error::Invalid(
-            "--layers is required with a CSV file, e.g. --layers 4,16,3".into(),
+            "--layers is required with a CSV file or IDX directory, e.g. --layers 784,128,10"
+                .into(),
         ));
     }
     // Refuse an unwritable metrics path before training, not after.

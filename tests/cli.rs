@@ -79,10 +79,28 @@ fn run<S: AsRef<str>>(args: &[S]) -> Run {
     run_env(args, &[])
 }
 
+/// The binary: `SHADERTRAIN_BIN` if set; else the one cargo built; else, for
+/// test binaries copied elsewhere (the lent-GPU runs), `../shadertrain` beside
+/// the test binary's folder.
+fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHADERTRAIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_shadertrain"));
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("shadertrain")))
+        .filter(|p| p.exists())
+        .unwrap_or(built)
+}
+
 /// Run the binary with `args` and extra environment variables.
 fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+    let out = Command::new(bin())
         .args(&args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .envs(env.iter().copied())

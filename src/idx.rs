@@ -1,0 +1,317 @@
+//! MNIST-format IDX files (`train-images-idx3-ubyte`, `…-labels-idx1-ubyte`),
+//! plain or gzip-compressed (recognised by their first bytes, not the name).
+//!
+//! The header is `0 0 type ndim`, then `ndim` big-endian u32 sizes, then the
+//! values, big-endian. Sizes are checked against the file before anything is
+//! allocated, and values are decoded straight into the dataset's tables, so a
+//! file is never held twice in memory.
+
+use crate::data::{Dataset, Task};
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// The value types IDX declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdxType {
+    /// `0x08`
+    U8,
+    /// `0x09`
+    I8,
+    /// `0x0B`, big-endian
+    I16,
+    /// `0x0C`, big-endian
+    I32,
+    /// `0x0D`, big-endian
+    F32,
+    /// `0x0E`, big-endian
+    F64,
+}
+
+impl IdxType {
+    fn from_code(code: u8) -> Option<IdxType> {
+        Some(match code {
+            0x08 => IdxType::U8,
+            0x09 => IdxType::I8,
+            0x0B => IdxType::I16,
+            0x0C => IdxType::I32,
+            0x0D => IdxType::F32,
+            0x0E => IdxType::F64,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            IdxType::U8 | IdxType::I8 => 1,
+            IdxType::I16 => 2,
+            IdxType::I32 | IdxType::F32 => 4,
+            IdxType::F64 => 8,
+        }
+    }
+}
+
+/// An open IDX file, header read, positioned at the first value.
+pub struct IdxReader {
+    path: PathBuf,
+    /// The value type.
+    pub ty: IdxType,
+    /// The declared sizes, outermost first.
+    pub dims: Vec<usize>,
+    src: Box<dyn Read>,
+}
+
+/// Larger declared sizes than this are refused before any allocation (16 GiB
+/// of f32); a corrupt header must not exhaust memory.
+const MAX_VALUES: u64 = 1 << 32;
+
+impl IdxReader {
+    /// Opens `path`, reads and checks its header. For an uncompressed file
+    /// the declared sizes must match the file's length exactly.
+    pub fn open(path: &Path) -> Result<IdxReader> {
+        let err = |msg: String| Error::Data {
+            path: path.display().to_string(),
+            msg,
+        };
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut buf = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        read_exact(&mut buf, &mut magic, path, "the 4-byte header")?;
+        let gz = magic[0] == 0x1f && magic[1] == 0x8b;
+        let mut src: Box<dyn Read> = if gz {
+            let restart = File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut d = Box::new(flate2::read::GzDecoder::new(BufReader::new(restart)));
+            read_exact(&mut d, &mut magic, path, "the 4-byte header")?;
+            d
+        } else {
+            Box::new(buf)
+        };
+        if magic[0] != 0 || magic[1] != 0 {
+            return Err(err(format!(
+                "not an IDX file: it starts with {:02x} {:02x}, expected 00 00",
+                magic[0], magic[1]
+            )));
+        }
+        let ty = IdxType::from_code(magic[2])
+            .ok_or_else(|| err(format!("unknown IDX value type 0x{:02x}", magic[2])))?;
+        let ndim = magic[3] as usize;
+        if ndim == 0 {
+            return Err(err("IDX header declares 0 dimensions".into()));
+        }
+        let mut dims = Vec::with_capacity(ndim);
+        for k in 0..ndim {
+            let mut b = [0u8; 4];
+            read_exact(
+                &mut src,
+                &mut b,
+                path,
+                &format!("size {} of the header", k + 1),
+            )?;
+            dims.push(u32::from_be_bytes(b) as usize);
+        }
+        let values = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&v| v <= MAX_VALUES)
+            .ok_or_else(|| err(format!("declared sizes {dims:?} are too large")))?;
+        let want = 4 + 4 * ndim as u64 + values * ty.size() as u64;
+        if gz {
+            // gzip's last 4 bytes hold the uncompressed length mod 2^32.
+            let have = gzip_isize(path)?;
+            if have != (want & 0xffff_ffff) as u32 {
+                return Err(err(format!(
+                    "declared sizes {dims:?} need {want} bytes but the gzip stream holds {have}"
+                )));
+            }
+        } else {
+            if file_len != want {
+                return Err(err(format!(
+                    "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
+                    if file_len < want { " (truncated?)" } else { "" }
+                )));
+            }
+        }
+        Ok(IdxReader {
+            path: path.to_path_buf(),
+            ty,
+            dims,
+            src,
+        })
+    }
+
+    /// Values in the file: the product of the sizes.
+    pub fn count(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Decodes every value into `out` (reserved here), as f32, `scale`
+    /// applied; refuses NaN and infinity. Reads in blocks, never the whole file.
+    pub fn read_f32(mut self, scale: f32, out: &mut Vec<f32>) -> Result<()> {
+        let n = self.count();
+        out.try_reserve_exact(n).map_err(|_| Error::Data {
+            path: self.path.display().to_string(),
+            msg: format!("not enough memory for {n} values"),
+        })?;
+        let size = self.ty.size();
+        let mut block = vec![0u8; size * 65536];
+        let mut done = 0;
+        while done < n {
+            let take = (n - done).min(65536);
+            let bytes = &mut block[..take * size];
+            read_exact(&mut self.src, bytes, &self.path, "the values")?;
+            for (k, v) in bytes.chunks_exact(size).enumerate() {
+                let x = decode(self.ty, v) * scale;
+                if !x.is_finite() {
+                    return Err(Error::Data {
+                        path: self.path.display().to_string(),
+                        msg: format!("value {} is not finite", done + k),
+                    });
+                }
+                out.push(x);
+            }
+            done += take;
+        }
+        Ok(())
+    }
+}
+
+/// The uncompressed length (mod 2^32) a gzip file records in its trailer.
+fn gzip_isize(path: &Path) -> Result<u32> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut b = [0u8; 4];
+    f.seek(SeekFrom::End(-4))
+        .and_then(|_| f.read_exact(&mut b))
+        .map_err(|e| Error::Data {
+            path: path.display().to_string(),
+            msg: format!("truncated gzip file: {e}"),
+        })?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn decode(ty: IdxType, v: &[u8]) -> f32 {
+    match ty {
+        IdxType::U8 => v[0] as f32,
+        IdxType::I8 => v[0] as i8 as f32,
+        IdxType::I16 => i16::from_be_bytes([v[0], v[1]]) as f32,
+        IdxType::I32 => i32::from_be_bytes([v[0], v[1], v[2], v[3]]) as f32,
+        IdxType::F32 => f32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+        IdxType::F64 => f64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]) as f32,
+    }
+}
+
+fn read_exact(src: &mut dyn Read, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
+    src.read_exact(buf).map_err(|e| Error::Data {
+        path: path.display().to_string(),
+        msg: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("truncated: the file ends inside {what}")
+        } else {
+            format!("cannot read {what}: {e}")
+        },
+    })
+}
+
+/// `(images, labels)` paths.
+pub type IdxPair = (PathBuf, PathBuf);
+
+/// The MNIST files in `dir`, `.gz` or not (also spelled
+/// `train-images.idx3-ubyte`): the train pair and, when present, the `t10k` pair.
+pub fn find_mnist(dir: &Path) -> Result<(IdxPair, Option<IdxPair>)> {
+    let find = |stem: &str, kind: &str| -> Option<PathBuf> {
+        [format!("{stem}-{kind}"), format!("{stem}.{kind}")]
+            .iter()
+            .flat_map(|n| [n.clone(), format!("{n}.gz")])
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+    };
+    let pair = |set: &str| {
+        Some((
+            find(&format!("{set}-images"), "idx3-ubyte")?,
+            find(&format!("{set}-labels"), "idx1-ubyte")?,
+        ))
+    };
+    let train = pair("train").ok_or_else(|| Error::Data {
+        path: dir.display().to_string(),
+        msg: "no train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] here".into(),
+    })?;
+    Ok((train, pair("t10k")))
+}
+
+impl Dataset {
+    /// An image set and its labels: each image flattened into one input row,
+    /// pixel values divided by 255 for u8 files; labels one-hot over
+    /// `classes` (every label must be below it).
+    pub fn from_idx(images: &Path, labels: &Path, classes: usize) -> Result<Dataset> {
+        if classes < 2 {
+            return Err(Error::Invalid(
+                "IDX labels need a network with at least 2 outputs (one per class)".into(),
+            ));
+        }
+        let img = IdxReader::open(images)?;
+        let lab = IdxReader::open(labels)?;
+        let n = img.dims[0];
+        if lab.dims.len() != 1 {
+            return Err(Error::Data {
+                path: labels.display().to_string(),
+                msg: format!(
+                    "labels must be 1-dimensional, the header says {:?}",
+                    lab.dims
+                ),
+            });
+        }
+        if lab.dims[0] != n {
+            return Err(Error::Data {
+                path: labels.display().to_string(),
+                msg: format!(
+                    "{} labels for {n} images in {}",
+                    lab.dims[0],
+                    images.display()
+                ),
+            });
+        }
+        if n == 0 {
+            return Err(Error::Data {
+                path: images.display().to_string(),
+                msg: "no images".into(),
+            });
+        }
+        let inputs = img.dims[1..].iter().product::<usize>().max(1);
+        let scale = if img.ty == IdxType::U8 {
+            1.0 / 255.0
+        } else {
+            1.0
+        };
+        let mut x = Vec::new();
+        img.read_f32(scale, &mut x)?;
+        let mut raw = Vec::new();
+        lab.read_f32(1.0, &mut raw)?;
+        let mut y = vec![0.0f32; n * classes];
+        for (i, &l) in raw.iter().enumerate() {
+            if l < 0.0 || l.fract() != 0.0 || l as usize >= classes {
+                return Err(Error::Data {
+                    path: labels.display().to_string(),
+                    msg: format!(
+                        "label {l} of sample {i} is not a class 0..{} of the network's {classes} outputs",
+                        classes - 1
+                    ),
+                });
+            }
+            y[i * classes + l as usize] = 1.0;
+        }
+        let name = images
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "idx".into());
+        Ok(Dataset {
+            name,
+            inputs,
+            outputs: classes,
+            x,
+            y,
+            task: Task::Classification { classes },
+        })
+    }
+}
