@@ -15,6 +15,14 @@ struct Dims {
     metric: u32,     // loss_reduce scoring: 0 none, 1 threshold, 2 argmax
 }
 
+// SGD and gradient scaling, mirrors `shadertrain::gpu::SgdUniform` (16 bytes).
+struct Sgd {
+    count: u32,      // parameters to update (sgd_update)
+    lr: f32,         // learning rate
+    scale: f32,      // 1 / samples in the whole batch (gradient_*_tiled)
+    accumulate: u32, // 1: gradient_dense_tiled adds to grads (micro-batches)
+}
+
 // Invocations per workgroup of the element-wise kernels.
 const WG: u32 = 64u;
 

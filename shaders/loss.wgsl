@@ -3,7 +3,8 @@
 //   acc.loss_sum += Σ_s ½ Σ_k (A[s, k] − Y[s, k])²
 //   acc.samples  += batch;  acc.correct += samples scored correct (dims.metric)
 // One workgroup of LOSS_WG invocations: each sums a strided share of the
-// samples, then a fixed-order tree reduction, so the result is deterministic.
+// samples, then a fixed-order tree reduction (reduce.wgsl), so the result is
+// deterministic. The simple reference for delta_output_loss + loss_finish.
 //
 // | binding | name | access             | shape          |
 // |---------|------|--------------------|----------------|
@@ -12,23 +13,10 @@
 // | 2       | y    | storage read       | (batch, n_out) |
 // | 3       | acc  | storage read_write | Acc            |
 
-// Mirrors `shadertrain::gpu::Acc` (16 bytes).
-struct Acc {
-    loss_sum: f32,
-    samples: u32,
-    correct: u32,
-    steps: u32,
-}
-
-const LOSS_WG: u32 = 256u;
-
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> acc: Acc;
-
-var<workgroup> part_loss: array<f32, LOSS_WG>;
-var<workgroup> part_correct: array<u32, LOSS_WG>;
 
 @compute @workgroup_size(LOSS_WG)
 fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
@@ -59,20 +47,10 @@ fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
             correct += select(0u, 1u, best_a == best_y);
         }
     }
-    part_loss[lid] = loss;
-    part_correct[lid] = correct;
-    workgroupBarrier();
-    for (var stride = LOSS_WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            part_loss[lid] += part_loss[lid + stride];
-            part_correct[lid] += part_correct[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    w_loss[lid] = loss;
+    w_count[lid] = correct;
+    reduce_totals(lid);
     if (lid == 0u) {
-        acc.loss_sum += part_loss[0];
-        acc.samples += dims.batch;
-        acc.correct += part_correct[0];
-        acc.steps += 1u;
+        acc = totals_plus(acc, dims.batch);
     }
 }

@@ -4,17 +4,9 @@
 //
 // | binding | name   | access             | shape         |
 // |---------|--------|--------------------|---------------|
-// | 0       | hyper  | uniform Sgd        |               |
+// | 0       | hyper  | uniform Sgd        | (count, lr)   |
 // | 1       | params | storage read_write | (param_count) |
 // | 2       | grads  | storage read       | (param_count) |
-
-// Mirrors `shadertrain::gpu::SgdUniform` (16 bytes).
-struct Sgd {
-    count: u32, // parameters to update
-    lr: f32,    // learning rate
-    _pad0: u32,
-    _pad1: u32,
-}
 
 @group(0) @binding(0) var<uniform> hyper: Sgd;
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;

@@ -445,3 +445,56 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(self.grads.clone())
     }
 }
+
+/// Weight and bias gradients of one layer together, the twin of
+/// `gradient_dense_tiled`: `gw = (1/B) δᵀ·A_prev`, `gb = (1/B) Σ_s δ`.
+// delta: (batch, n_out); a_prev: (batch, n_in); gw: (n_out, n_in); gb: (n_out)
+pub fn gradient_dense<T: Real>(
+    delta: &[T],
+    a_prev: &[T],
+    gw: &mut [T],
+    gb: &mut [T],
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    gradient_weights(delta, a_prev, gw, batch, n_in, n_out);
+    gradient_bias(delta, gb, batch, n_out);
+}
+
+/// The gradients applied at once, the twin of `gradient_sgd_tiled`:
+/// `W −= lr·(1/B) δᵀ·A_prev`, `b −= lr·(1/B) Σ_s δ`.
+// delta: (batch, n_out); a_prev: (batch, n_in); w: (n_out, n_in); b: (n_out)
+#[allow(clippy::too_many_arguments)]
+pub fn gradient_sgd<T: Real>(
+    delta: &[T],
+    a_prev: &[T],
+    w: &mut [T],
+    b: &mut [T],
+    lr: T,
+    batch: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    let mut gw = vec![T::zero(); n_out * n_in];
+    let mut gb = vec![T::zero(); n_out];
+    gradient_dense(delta, a_prev, &mut gw, &mut gb, batch, n_in, n_out);
+    sgd_update(w, &gw, lr);
+    sgd_update(b, &gb, lr);
+}
+
+/// Output delta and the batch's loss in one pass, the twin of
+/// `delta_output_loss` (with `loss_finish`): writes `δ = (A − Y) ⊙ A(1 − A)`
+/// and returns `(Σ_s ½ Σ_k (a − y)², correct)`.
+// a, y, delta: (batch, n)
+pub fn delta_output_loss<T: Real>(
+    a: &[T],
+    y: &[T],
+    delta: &mut [T],
+    batch: usize,
+    n: usize,
+    metric: Metric,
+) -> (T, u64) {
+    delta_output(a, y, delta);
+    loss_reduce(a, y, batch, n, metric)
+}

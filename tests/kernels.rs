@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
-use shadertrain::gpu::{Acc, KernelRunner};
+use shadertrain::gpu::KernelRunner;
 
 const SHAPES: &[&[usize]] = &[
     &[1, 1, 1],
@@ -167,37 +167,11 @@ fn loss_reduce_matches_cpu() {
         let mut g = rng(label);
         let n = sizes[sizes.len() - 1];
         let a = random(&mut g, batch * n, 0.01, 0.99);
-        // Targets one-hot (argmax) or 0/1 (threshold), so scoring is meaningful.
-        let mut y = vec![0.0f32; batch * n];
-        for s in 0..batch {
-            let k = (a[s * n].to_bits() as usize + s) % n;
-            y[s * n + k] = 1.0;
-        }
-        let metric = if n == 1 {
-            Metric::Threshold
-        } else {
-            Metric::Argmax
-        };
+        let (y, metric) = scored_targets(&a, batch, n);
         for m in [Metric::None, metric] {
-            // Non-zero start: the kernel adds to the running totals.
-            let start = Acc {
-                loss_sum: 1.5,
-                samples: 3,
-                correct: 2,
-                steps: 1,
-            };
-            let got = r.loss_reduce(&a, &y, batch, n, m, start).unwrap();
+            let got = r.loss_reduce(&a, &y, batch, n, m, START_TOTALS).unwrap();
             let (loss, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m);
-            assert_close(
-                &format!("{label} {m:?} loss_sum"),
-                &[got.loss_sum],
-                &[1.5 + loss],
-                1e-6,
-                1e-5,
-            );
-            assert_eq!(got.samples, 3 + batch as u32, "{label}: samples");
-            assert_eq!(got.steps, 2, "{label}: steps");
-            assert_eq!(got.correct as u64, 2 + correct, "{label} {m:?}: correct");
+            assert_totals(&format!("{label} {m:?}"), got, loss, correct, batch);
         }
     });
 }

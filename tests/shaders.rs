@@ -4,7 +4,7 @@
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess};
-use shadertrain::gpu::kernels::{Slot, ALL, WG};
+use shadertrain::gpu::kernels::{KernelKind, Slot, TileConfig, ALL, LOSS_WG, WG};
 
 fn parse(spec: &shadertrain::gpu::kernels::KernelSpec) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(spec.source).unwrap_or_else(|e| {
@@ -112,20 +112,67 @@ fn bindings_match_host_layouts() {
 }
 
 #[test]
-fn element_wise_workgroup_size_matches_host() {
-    for spec in ALL.iter().filter(|s| s.entry != "loss_reduce") {
+fn workgroup_sizes_match_host() {
+    for spec in ALL.iter().filter(|s| s.kind != KernelKind::Tiled) {
         let (module, _) = parse(spec);
         let ep = module
             .entry_points
             .iter()
             .find(|e| e.name == spec.entry)
             .expect("entry point");
+        let want = match spec.kind {
+            KernelKind::Reduce => LOSS_WG,
+            _ => WG,
+        };
         assert_eq!(
             ep.workgroup_size,
-            [WG, 1, 1],
-            "{}: workgroup size differs from the host's WG",
+            [want, 1, 1],
+            "{}: workgroup size differs from the host's",
             spec.entry
         );
+    }
+}
+
+/// Every tiled kernel with each tile configuration's pipeline constants, as
+/// the device compiles it: the overrides resolve, the module still
+/// validates, and the workgroup shape and memory are what the host expects.
+#[test]
+fn tiled_kernels_resolve_with_every_tile_config() {
+    let configs = [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::DISCRETE];
+    for spec in ALL.iter().filter(|s| s.kind == KernelKind::Tiled) {
+        let (module, info) = parse(spec);
+        for tiles in configs {
+            let mut constants = naga::back::PipelineConstants::default();
+            for (name, value) in tiles.constants() {
+                constants.insert(name.to_string(), value);
+            }
+            let (resolved, _) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((ShaderStage::Compute, spec.entry)),
+                &constants,
+            )
+            .unwrap_or_else(|e| panic!("{} with {tiles:?}: {e}", spec.entry));
+            let ep = &resolved.entry_points[0];
+            assert_eq!(
+                ep.workgroup_size,
+                [tiles.wg_x, tiles.wg_y, 1],
+                "{} with {tiles:?}",
+                spec.entry
+            );
+            let shared: u32 = resolved
+                .global_variables
+                .iter()
+                .filter(|(_, v)| v.space == AddressSpace::WorkGroup)
+                .map(|(_, v)| resolved.types[v.ty].inner.size(resolved.to_ctx()))
+                .sum();
+            assert_eq!(
+                shared,
+                tiles.workgroup_bytes(),
+                "{} with {tiles:?}: workgroup memory",
+                spec.entry
+            );
+        }
     }
 }
 

@@ -8,9 +8,10 @@ use common::*;
 use shadertrain::backend::{Backend, Metric};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::{Dataset, Task};
-use shadertrain::gpu::GpuBackend;
+use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Network, Params};
 use shadertrain::train::{train, TrainConfig};
+use std::sync::Arc;
 
 /// `steps` batches of random data for `net`.
 fn batches(net: &Network, batch: usize, steps: usize, label: &str) -> Vec<(Vec<f32>, Vec<f32>)> {
@@ -25,6 +26,36 @@ fn batches(net: &Network, batch: usize, steps: usize, label: &str) -> Vec<(Vec<f
         .collect()
 }
 
+/// The simple kernels, and the tiled ones with both tile configurations.
+const KERNELS: [(&str, GpuOptions); 3] = [
+    (
+        "simple",
+        GpuOptions {
+            kernels: KernelSet::Simple,
+            tiles: None,
+        },
+    ),
+    (
+        "tiled small",
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            tiles: Some(TileConfig::SMALL),
+        },
+    ),
+    (
+        "tiled discrete",
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            tiles: Some(TileConfig::DISCRETE),
+        },
+    ),
+];
+
+fn gpu(ctx: &Arc<GpuContext>, net: &Network, batch: usize, options: GpuOptions) -> GpuBackend {
+    GpuBackend::with_options(ctx.clone(), net, batch, options).unwrap()
+}
+
+/// `step` on every kernel set, the tiled ones on the fused path.
 #[test]
 fn twenty_steps_gpu_matches_cpu_reference() {
     let Some(ctx) = gpu_or_skip("twenty_steps_gpu_matches_cpu_reference") else {
@@ -39,12 +70,16 @@ fn twenty_steps_gpu_matches_cpu_reference() {
         (&[17, 33, 9], 64, 0.9),
         (&[100, 257, 10], 7, 0.2),
         (&[5, 9, 1], 3, 0.9),
+        (&[40, 130, 33, 7], 37, 0.5),
     ];
-    for (sizes, batch, lr) in cases {
+    for ((sizes, batch, lr), (kernels, options)) in cases
+        .into_iter()
+        .flat_map(|c| KERNELS.into_iter().map(move |k| (c, k)))
+    {
         let net = Network::new(sizes).unwrap();
-        let label = format!("{} batch {batch}", net.describe());
+        let label = format!("{kernels} {} batch {batch}", net.describe());
         let init: Params<f32> = net.init(7);
-        let mut gpu = GpuBackend::new(ctx.clone(), &net, batch).unwrap();
+        let mut gpu = gpu(&ctx, &net, batch, options);
         let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
         gpu.set_params(&init).unwrap();
         cpu.set_params(&init.cast()).unwrap();
@@ -240,5 +275,53 @@ fn bad_batches_are_errors_not_panics() {
         assert!(GpuBackend::new(ctx, &net, 0).is_err());
         let other = Network::parse("2,2,1").unwrap();
         assert!(gpu.set_params(&other.init(1)).is_err());
+    }
+}
+
+/// The tiled step (update fused into the gradient pass) against the tiled
+/// forward, backward and update called one by one, against the simple
+/// kernels: parameters, losses and the gradients of `backward` agree.
+#[test]
+fn tiled_step_matches_separate_calls_and_simple_kernels() {
+    let Some(ctx) = gpu_or_skip("tiled_step_matches_separate_calls_and_simple_kernels") else {
+        return;
+    };
+    for (sizes, batch) in [(&[6, 35, 19, 3][..], 29), (&[2, 1, 1], 1)] {
+        let net = Network::new(sizes).unwrap();
+        let label = format!("{} batch {batch}", net.describe());
+        let [simple, small, discrete] = KERNELS.map(|(_, o)| gpu(&ctx, &net, batch, o));
+        let mut backends = [("simple", simple), ("small", small), ("discrete", discrete)];
+        let mut fused = gpu(&ctx, &net, batch, GpuOptions::default());
+        let init: Params<f32> = net.init(5);
+        fused.set_params(&init).unwrap();
+        for (_, b) in &mut backends {
+            b.set_params(&init).unwrap();
+        }
+        for (step, (x, y)) in batches(&net, batch, 6, &label).iter().enumerate() {
+            fused.load_batch(x, y).unwrap();
+            fused.step(0.8).unwrap();
+            let want = fused.take_totals().unwrap().loss();
+            let mut grads = Vec::new();
+            for (name, b) in &mut backends {
+                b.load_batch(x, y).unwrap();
+                b.forward().unwrap();
+                b.backward().unwrap();
+                grads.push((*name, b.read_gradients().unwrap().data));
+                b.update(0.8).unwrap();
+                let got = b.take_totals().unwrap().loss();
+                let what = format!("{label} step {step} {name} loss");
+                assert_close(&what, &[got as f32], &[want], 1e-6, 1e-5);
+            }
+            let (_, reference) = &grads[0];
+            for (name, g) in &grads[1..] {
+                let what = format!("{label} step {step} {name} gradients");
+                assert_close(&what, g, &f64s(reference), 1e-7, 1e-4);
+            }
+        }
+        let want = f64s(&fused.params().unwrap().data);
+        for (name, b) in &mut backends {
+            let what = format!("{label} {name} params after 6 steps");
+            assert_close(&what, &b.params().unwrap().data, &want, 1e-6, 1e-5);
+        }
     }
 }

@@ -31,16 +31,19 @@ pub struct Dims {
     pub metric: u32,
 }
 
-/// SGD hyper-parameters, mirrored by `struct Sgd` in `shaders/sgd.wgsl`.
+/// SGD hyper-parameters and gradient scaling, mirrored by `struct Sgd` in
+/// `shaders/common.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 pub struct SgdUniform {
-    /// Parameters to update.
+    /// Parameters to update (`sgd_update`).
     pub count: u32,
     /// Learning rate.
     pub lr: f32,
-    /// Uniforms are 16-byte aligned.
-    pub _pad: [u32; 2],
+    /// `1 / B` for a batch of `B` samples (the tiled gradient kernels).
+    pub scale: f32,
+    /// 1: `gradient_dense_tiled` adds to the gradients instead of storing them.
+    pub accumulate: u32,
 }
 
 /// The running loss totals, mirrored by `struct Acc` in `shaders/loss.wgsl`.
@@ -68,6 +71,18 @@ pub enum Slot {
     ReadWrite,
 }
 
+/// How a kernel's workgroups are shaped and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// `WG` invocations per workgroup, one per element.
+    ElementWise,
+    /// `LOSS_WG` invocations per workgroup (the loss kernels).
+    Reduce,
+    /// `(WG_X, WG_Y)` invocations, one output block per workgroup; the tile
+    /// sizes are pipeline constants from a [`TileConfig`].
+    Tiled,
+}
+
 /// One kernel: where its code is and what it binds.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSpec {
@@ -79,17 +94,22 @@ pub struct KernelSpec {
     pub source: &'static str,
     /// Binding `i` of group 0 is `bindings[i]`.
     pub bindings: &'static [Slot],
+    /// Workgroup shape.
+    pub kind: KernelKind,
 }
 
 /// Workgroup size of the element-wise kernels (`WG` in common.wgsl).
 pub const WG: u32 = 64;
 
+/// Invocations per workgroup of the loss kernels (`LOSS_WG` in reduce.wgsl).
+pub const LOSS_WG: u32 = 256;
+
+/// common.wgsl, then each named file under `shaders/`.
 macro_rules! shader {
-    ($file:literal) => {
+    ($($file:literal),+) => {
         concat!(
             include_str!("../../shaders/common.wgsl"),
-            "\n",
-            include_str!(concat!("../../shaders/", $file))
+            $("\n", include_str!(concat!("../../shaders/", $file))),+
         )
     };
 }
@@ -102,6 +122,7 @@ pub const FORWARD_DENSE: KernelSpec = KernelSpec {
     file: "forward.wgsl",
     source: shader!("forward.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::ElementWise,
 };
 /// `δ = (A − Y) ⊙ A(1 − A)`: dims, a, y, delta.
 pub const DELTA_OUTPUT: KernelSpec = KernelSpec {
@@ -109,6 +130,7 @@ pub const DELTA_OUTPUT: KernelSpec = KernelSpec {
     file: "delta_output.wgsl",
     source: shader!("delta_output.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::ElementWise,
 };
 /// `δ = (δ_next·W_next) ⊙ A(1 − A)`: dims, params, delta_next, a, delta.
 pub const DELTA_HIDDEN: KernelSpec = KernelSpec {
@@ -116,6 +138,7 @@ pub const DELTA_HIDDEN: KernelSpec = KernelSpec {
     file: "delta_hidden.wgsl",
     source: shader!("delta_hidden.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::ElementWise,
 };
 const GRADIENT_BINDINGS: &[Slot] = &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite];
 /// `∂L/∂W = δᵀA_prev / B`: dims, delta, a_prev, grads.
@@ -124,6 +147,7 @@ pub const GRADIENT_WEIGHTS: KernelSpec = KernelSpec {
     file: "gradient.wgsl",
     source: shader!("gradient.wgsl"),
     bindings: GRADIENT_BINDINGS,
+    kind: KernelKind::ElementWise,
 };
 /// `∂L/∂b = Σ_s δ / B`: dims, delta, a_prev (unused), grads.
 pub const GRADIENT_BIAS: KernelSpec = KernelSpec {
@@ -131,6 +155,7 @@ pub const GRADIENT_BIAS: KernelSpec = KernelSpec {
     file: "gradient.wgsl",
     source: shader!("gradient.wgsl"),
     bindings: GRADIENT_BINDINGS,
+    kind: KernelKind::ElementWise,
 };
 /// `p −= lr·g`: hyper, params, grads.
 pub const SGD_UPDATE: KernelSpec = KernelSpec {
@@ -142,13 +167,80 @@ pub const SGD_UPDATE: KernelSpec = KernelSpec {
         Slot::ReadWrite,
         Slot::Read,
     ],
+    kind: KernelKind::ElementWise,
 };
 /// Batch loss and score added to the totals: dims, a, y, acc.
 pub const LOSS_REDUCE: KernelSpec = KernelSpec {
     entry: "loss_reduce",
     file: "loss.wgsl",
-    source: shader!("loss.wgsl"),
+    source: shader!("reduce.wgsl", "loss.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::Reduce,
+};
+
+/// Tiled `A = σ(A_prev·Wᵀ + b)` (twin: `forward_dense`): dims, params, a_prev, a.
+pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
+    entry: "forward_dense_tiled",
+    file: "forward_tiled.wgsl",
+    source: shader!("tiled.wgsl", "forward_tiled.wgsl"),
+    bindings: FORWARD_DENSE.bindings,
+    kind: KernelKind::Tiled,
+};
+/// Tiled `δ = (δ_next·W_next) ⊙ A(1 − A)` (twin: `delta_hidden`): dims,
+/// params, delta_next, a, delta.
+pub const DELTA_HIDDEN_TILED: KernelSpec = KernelSpec {
+    entry: "delta_hidden_tiled",
+    file: "delta_hidden_tiled.wgsl",
+    source: shader!("tiled.wgsl", "delta_hidden_tiled.wgsl"),
+    bindings: DELTA_HIDDEN.bindings,
+    kind: KernelKind::Tiled,
+};
+const GRADIENT_TILED_BINDINGS: &[Slot] = &[
+    DIMS,
+    Slot::Uniform(std::mem::size_of::<SgdUniform>() as u64),
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+];
+/// Tiled `∂L/∂W = scale·δᵀA_prev` and `∂L/∂b = scale·Σ_s δ` in one pass, stored
+/// or accumulated into grads (twin: `gradient_dense`): dims, hyper, delta,
+/// a_prev, params (unused), grads.
+pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
+    entry: "gradient_dense_tiled",
+    file: "gradient_tiled.wgsl",
+    source: shader!("tiled.wgsl", "gradient_tiled.wgsl"),
+    bindings: GRADIENT_TILED_BINDINGS,
+    kind: KernelKind::Tiled,
+};
+/// The same gradients applied at once, `p −= lr·g` (twin: `gradient_sgd`):
+/// dims, hyper, delta, a_prev, params, grads (unused).
+pub const GRADIENT_SGD_TILED: KernelSpec = KernelSpec {
+    entry: "gradient_sgd_tiled",
+    ..GRADIENT_DENSE_TILED
+};
+/// Output delta and per-workgroup loss partials in one parallel pass (twin:
+/// `delta_output_loss`): dims, a, y, delta, partials.
+pub const DELTA_OUTPUT_LOSS: KernelSpec = KernelSpec {
+    entry: "delta_output_loss",
+    file: "loss_partial.wgsl",
+    source: shader!("reduce.wgsl", "loss_partial.wgsl"),
+    bindings: &[
+        DIMS,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ],
+    kind: KernelKind::Reduce,
+};
+/// The partials added in a fixed order to the totals: dims, partials, acc.
+pub const LOSS_FINISH: KernelSpec = KernelSpec {
+    entry: "loss_finish",
+    file: "loss_finish.wgsl",
+    source: shader!("reduce.wgsl", "loss_finish.wgsl"),
+    bindings: &[DIMS, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::Reduce,
 };
 
 /// Every kernel, for the naga test and for building pipelines.
@@ -160,7 +252,137 @@ pub const ALL: &[KernelSpec] = &[
     GRADIENT_BIAS,
     SGD_UPDATE,
     LOSS_REDUCE,
+    FORWARD_DENSE_TILED,
+    DELTA_HIDDEN_TILED,
+    GRADIENT_DENSE_TILED,
+    GRADIENT_SGD_TILED,
+    DELTA_OUTPUT_LOSS,
+    LOSS_FINISH,
 ];
+
+/// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).
+pub const MAX_T: u32 = 8;
+
+/// Tile sizes of the tiled kernels, passed as pipeline constants (tiled.wgsl):
+/// a workgroup of `wg_x × wg_y` invocations computes a `bm × bn` block of the
+/// output (`bm = wg_y·tm`, `bn = wg_x·tn`), `tm × tn` per invocation, stepping
+/// through K by `bk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileConfig {
+    /// Invocations along N.
+    pub wg_x: u32,
+    /// Invocations along M.
+    pub wg_y: u32,
+    /// Outputs per invocation along M, `1..=MAX_T`.
+    pub tm: u32,
+    /// Outputs per invocation along N, `1..=MAX_T`.
+    pub tn: u32,
+    /// Depth of one K step.
+    pub bk: u32,
+}
+
+impl TileConfig {
+    /// Discrete GPUs: 128×128 blocks, 8×8 per invocation, 256 invocations, K
+    /// steps of 8 (8 KiB of workgroup memory).
+    pub const DISCRETE: TileConfig = TileConfig {
+        wg_x: 16,
+        wg_y: 16,
+        tm: 8,
+        tn: 8,
+        bk: 8,
+    };
+    /// Integrated and other GPUs: 64×64 blocks, 4×4 per invocation, 256 invocations.
+    pub const MEDIUM: TileConfig = TileConfig {
+        wg_x: 16,
+        wg_y: 16,
+        tm: 4,
+        tn: 4,
+        bk: 8,
+    };
+    /// CPU adapters (lavapipe): 32×32 blocks, 4×4 per invocation, 64 invocations.
+    pub const SMALL: TileConfig = TileConfig {
+        wg_x: 8,
+        wg_y: 8,
+        tm: 4,
+        tn: 4,
+        bk: 8,
+    };
+
+    /// Output rows per workgroup.
+    pub fn bm(&self) -> u32 {
+        self.wg_y * self.tm
+    }
+
+    /// Output columns per workgroup.
+    pub fn bn(&self) -> u32 {
+        self.wg_x * self.tn
+    }
+
+    /// Bytes of workgroup memory (both staged blocks, padded).
+    pub fn workgroup_bytes(&self) -> u32 {
+        4 * self.bk * (self.bm() + 1 + self.bn() + 1)
+    }
+
+    /// The configuration for an adapter: by device type, falling back to
+    /// [`TileConfig::SMALL`] where a larger one exceeds its limits.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> TileConfig {
+        let want = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => TileConfig::DISCRETE,
+            wgpu::DeviceType::Cpu => TileConfig::SMALL,
+            _ => TileConfig::MEDIUM,
+        };
+        if want.check(limits).is_ok() {
+            want
+        } else {
+            TileConfig::SMALL
+        }
+    }
+
+    /// Whether the kernels can run with these sizes on a device with `limits`.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        let bad = |why: String| {
+            Err(Error::Invalid(format!(
+                "tile configuration {self:?}: {why}"
+            )))
+        };
+        if !(1..=MAX_T).contains(&self.tm) || !(1..=MAX_T).contains(&self.tn) || self.bk == 0 {
+            return bad(format!("tm and tn must be 1..={MAX_T} and bk at least 1"));
+        }
+        // The bias sums take one invocation per output row of a block.
+        if self.wg_x < self.tm {
+            return bad("wg_x must be at least tm".into());
+        }
+        let threads = self.wg_x * self.wg_y;
+        if threads > limits.max_compute_invocations_per_workgroup
+            || self.wg_x > limits.max_compute_workgroup_size_x
+            || self.wg_y > limits.max_compute_workgroup_size_y
+        {
+            return bad(format!(
+                "{}×{} invocations exceed this device's workgroup limits",
+                self.wg_x, self.wg_y
+            ));
+        }
+        if self.workgroup_bytes() > limits.max_compute_workgroup_storage_size {
+            return bad(format!(
+                "{} bytes of workgroup memory, over this device's {}",
+                self.workgroup_bytes(),
+                limits.max_compute_workgroup_storage_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pipeline constants of tiled.wgsl.
+    pub fn constants(&self) -> [(&'static str, f64); 5] {
+        [
+            ("WG_X", self.wg_x as f64),
+            ("WG_Y", self.wg_y as f64),
+            ("TM", self.tm as f64),
+            ("TN", self.tn as f64),
+            ("BK", self.bk as f64),
+        ]
+    }
+}
 
 /// A compiled kernel: its pipeline and bind-group layout.
 pub struct Kernel {
@@ -173,8 +395,9 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Compile `spec` on `device`.
-    pub fn new(device: &wgpu::Device, spec: KernelSpec) -> Kernel {
+    /// Compile `spec` on `device`; a [`KernelKind::Tiled`] kernel with the
+    /// tile sizes of `tiles`.
+    pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Kernel {
         let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
             .bindings
             .iter()
@@ -207,12 +430,20 @@ impl Kernel {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
+        let constants = tiles.constants();
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(spec.entry),
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some(spec.entry),
-            compilation_options: Default::default(),
+            compilation_options: match spec.kind {
+                KernelKind::Tiled => wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every staged word is written before it is read.
+                    zero_initialize_workgroup_memory: false,
+                },
+                _ => Default::default(),
+            },
             cache: None,
         });
         Kernel {
@@ -252,7 +483,7 @@ impl Kernel {
     }
 }
 
-/// Every pipeline, compiled once per device.
+/// Every simple pipeline, compiled once per device: the GPU reference twins.
 pub struct Kernels {
     /// See [`FORWARD_DENSE`].
     pub forward_dense: Kernel,
@@ -271,34 +502,106 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile every kernel on `device`.
+    /// Compile every simple kernel on `device`.
     pub fn new(device: &wgpu::Device) -> Kernels {
+        let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
         Kernels {
-            forward_dense: Kernel::new(device, FORWARD_DENSE),
-            delta_output: Kernel::new(device, DELTA_OUTPUT),
-            delta_hidden: Kernel::new(device, DELTA_HIDDEN),
-            gradient_weights: Kernel::new(device, GRADIENT_WEIGHTS),
-            gradient_bias: Kernel::new(device, GRADIENT_BIAS),
-            sgd_update: Kernel::new(device, SGD_UPDATE),
-            loss_reduce: Kernel::new(device, LOSS_REDUCE),
+            forward_dense: k(FORWARD_DENSE),
+            delta_output: k(DELTA_OUTPUT),
+            delta_hidden: k(DELTA_HIDDEN),
+            gradient_weights: k(GRADIENT_WEIGHTS),
+            gradient_bias: k(GRADIENT_BIAS),
+            sgd_update: k(SGD_UPDATE),
+            loss_reduce: k(LOSS_REDUCE),
         }
     }
 }
 
-/// Workgroup grid for `n` independent elements of [`WG`] invocations each,
-/// folded into two dimensions so that neither exceeds `max_per_dim`
-/// (`linear_index` in common.wgsl unfolds it).
-pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<(u32, u32)> {
-    let groups = n.div_ceil(WG as u64).max(1);
+/// The fast pipelines: tiled products and the parallel loss.
+pub struct TiledKernels {
+    /// The tile sizes they were compiled with.
+    pub tiles: TileConfig,
+    /// See [`FORWARD_DENSE_TILED`].
+    pub forward_dense: Kernel,
+    /// See [`DELTA_HIDDEN_TILED`].
+    pub delta_hidden: Kernel,
+    /// See [`GRADIENT_DENSE_TILED`].
+    pub gradient_dense: Kernel,
+    /// See [`GRADIENT_SGD_TILED`].
+    pub gradient_sgd: Kernel,
+    /// See [`DELTA_OUTPUT_LOSS`].
+    pub delta_output_loss: Kernel,
+    /// See [`LOSS_FINISH`].
+    pub loss_finish: Kernel,
+}
+
+impl TiledKernels {
+    /// Compile the fast kernels on `device` with `tiles`, checked against `limits`.
+    pub fn new(device: &wgpu::Device, limits: &wgpu::Limits, tiles: TileConfig) -> Result<Self> {
+        tiles.check(limits)?;
+        let k = |spec| Kernel::new(device, spec, &tiles);
+        Ok(TiledKernels {
+            tiles,
+            forward_dense: k(FORWARD_DENSE_TILED),
+            delta_hidden: k(DELTA_HIDDEN_TILED),
+            gradient_dense: k(GRADIENT_DENSE_TILED),
+            gradient_sgd: k(GRADIENT_SGD_TILED),
+            delta_output_loss: k(DELTA_OUTPUT_LOSS),
+            loss_finish: k(LOSS_FINISH),
+        })
+    }
+}
+
+/// Invocations sharing one sample row in `delta_output_loss` (mirrors
+/// `loss_lanes` in reduce.wgsl): the smallest power of two `>= n`, at most `LOSS_WG`.
+pub fn loss_lanes(n: u32) -> u32 {
+    n.max(1).next_power_of_two().min(LOSS_WG)
+}
+
+/// Workgroups of `delta_output_loss`, and partials it writes, for a batch
+/// (mirrors `loss_groups` in reduce.wgsl).
+pub fn loss_groups(batch: u32, n: u32) -> u32 {
+    batch.div_ceil(LOSS_WG / loss_lanes(n))
+}
+
+/// `groups` workgroups folded into a 2-D grid so that neither dimension
+/// exceeds `max_per_dim`; the shaders number them `wid.y·nwg.x + wid.x` and
+/// skip those past the end. `what` names the work for the error.
+pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<(u32, u32)> {
+    let groups = groups.max(1);
     let max = max_per_dim.max(1) as u64;
     let x = groups.min(max);
     let y = groups.div_ceil(x);
     if y > max {
         return Err(Error::Gpu(format!(
-            "{n} elements need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch"
+            "{what} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch"
         )));
     }
     Ok((x as u32, y as u32))
+}
+
+/// Workgroup grid for `n` independent elements of [`WG`] invocations each
+/// (`linear_index` in common.wgsl unfolds it).
+pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<(u32, u32)> {
+    grid(n.div_ceil(WG as u64), max_per_dim, &format!("{n} elements"))
+}
+
+/// Workgroup grid of a tiled kernel computing an `m × n` output.
+pub fn grid_tiled(m: u32, n: u32, tiles: &TileConfig, max_per_dim: u32) -> Result<(u32, u32)> {
+    let blocks = m.div_ceil(tiles.bm()) as u64 * n.div_ceil(tiles.bn()) as u64;
+    grid(blocks, max_per_dim, &format!("a {m}×{n} product"))
+}
+
+/// Record one dispatch of `kernel` on a `grid` of workgroups into `pass`.
+pub fn dispatch(
+    pass: &mut wgpu::ComputePass<'_>,
+    kernel: &Kernel,
+    group: &wgpu::BindGroup,
+    (x, y): (u32, u32),
+) {
+    pass.set_pipeline(&kernel.pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
 }
 
 /// Record one dispatch of `kernel` over `n` elements into `pass`.
@@ -309,9 +612,6 @@ pub fn dispatch_1d(
     n: u64,
     max_per_dim: u32,
 ) -> Result<()> {
-    let (x, y) = grid_1d(n, max_per_dim)?;
-    pass.set_pipeline(&kernel.pipeline);
-    pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    dispatch(pass, kernel, group, grid_1d(n, max_per_dim)?);
     Ok(())
 }

@@ -1,16 +1,20 @@
 //! Run one kernel on host slices: the GPU side of the kernel-twin tests.
 //!
 //! Each method takes the same arguments as its CPU twin in [`crate::cpu`] and
-//! returns what the kernel wrote. Outputs start poisoned with NaN, so an
-//! element the kernel never wrote shows up, and parameters sit behind a NaN
-//! prefix, so a wrong offset shows up too. Buffers are made per call: this is
-//! for tests, not for training.
+//! returns what the kernel wrote; a `_tiled` method runs the tiled kernel of
+//! the same maths with the runner's [`TileConfig`]. Outputs start poisoned
+//! with NaN, so an element the kernel never wrote shows up, and parameters sit
+//! behind a NaN prefix, so a wrong offset shows up too. Buffers are made per
+//! call: this is for tests, not for training.
 
 use super::context::GpuContext;
-use super::kernels::{dispatch_1d, Acc, Dims, Kernel, Kernels, SgdUniform};
+use super::kernels::{
+    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Kernel, Kernels, SgdUniform,
+    TileConfig, TiledKernels,
+};
 use super::readback;
 use crate::backend::Metric;
-use crate::Result;
+use crate::{Error, Result};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
@@ -21,13 +25,55 @@ const PREFIX: usize = 3;
 pub struct KernelRunner {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
+    /// `None` only where the adapter's tile sizes fail their own check.
+    tiled: Option<TiledKernels>,
 }
 
+/// One dispatch: the kernel, its buffers in binding order, its grid.
+type Step<'a> = (&'a Kernel, &'a [&'a wgpu::Buffer], (u32, u32));
+
 impl KernelRunner {
-    /// Compile every kernel on `ctx`'s device.
+    /// Compile every kernel on `ctx`'s device, the tiled ones with the tile
+    /// sizes for its adapter.
     pub fn new(ctx: Arc<GpuContext>) -> Self {
+        let tiles = TileConfig::for_adapter(&ctx.info, &ctx.limits);
+        let tiled = TiledKernels::new(&ctx.device, &ctx.limits, tiles).ok();
         let kernels = Kernels::new(&ctx.device);
-        KernelRunner { ctx, kernels }
+        KernelRunner {
+            ctx,
+            kernels,
+            tiled,
+        }
+    }
+
+    /// Compile every kernel, the tiled ones with `tiles`.
+    pub fn with_tiles(ctx: Arc<GpuContext>, tiles: TileConfig) -> Result<Self> {
+        let tiled = Some(TiledKernels::new(&ctx.device, &ctx.limits, tiles)?);
+        let kernels = Kernels::new(&ctx.device);
+        Ok(KernelRunner {
+            ctx,
+            kernels,
+            tiled,
+        })
+    }
+
+    /// The tiled kernels, or why there are none.
+    fn tiled(&self) -> Result<&TiledKernels> {
+        self.tiled
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("the tiled kernels do not fit this device".into()))
+    }
+
+    fn max_dim(&self) -> u32 {
+        self.ctx.limits.max_compute_workgroups_per_dimension
+    }
+
+    fn grid_1d(&self, n: usize) -> Result<(u32, u32)> {
+        grid_1d(n as u64, self.max_dim())
+    }
+
+    fn grid_tiled(&self, m: usize, n: usize) -> Result<(u32, u32)> {
+        grid_tiled(m as u32, n as u32, &self.tiled()?.tiles, self.max_dim())
     }
 
     fn storage(&self, data: &[f32]) -> wgpu::Buffer {
@@ -61,31 +107,28 @@ impl KernelRunner {
             })
     }
 
-    /// Dispatch `kernel` over `n` elements with `buffers` bound, then read
-    /// `len` values of `out` from element offset `off`.
+    /// Record `steps` in order into one pass and submit, then read `len`
+    /// values of `out` from element offset `off`.
     fn run<T: bytemuck::Pod>(
         &self,
-        kernel: &Kernel,
-        buffers: &[&wgpu::Buffer],
-        n: u64,
+        steps: &[Step<'_>],
         out: &wgpu::Buffer,
         off: usize,
         len: usize,
     ) -> Result<Vec<T>> {
-        let group = kernel.bind(&self.ctx.device, buffers)?;
+        let groups = steps
+            .iter()
+            .map(|(kernel, buffers, _)| kernel.bind(&self.ctx.device, buffers))
+            .collect::<Result<Vec<_>>>()?;
         let mut enc = self
             .ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            dispatch_1d(
-                &mut pass,
-                kernel,
-                &group,
-                n,
-                self.ctx.limits.max_compute_workgroups_per_dimension,
-            )?;
+            for ((kernel, _, grid), group) in steps.iter().zip(&groups) {
+                dispatch(&mut pass, kernel, group, *grid);
+            }
         }
         self.ctx.queue.submit([enc.finish()]);
         readback::read(&self.ctx, out, (off * std::mem::size_of::<T>()) as u64, len)
@@ -94,6 +137,54 @@ impl KernelRunner {
     /// GPU twin of [`crate::cpu::forward_dense`]; returns `a (batch, n_out)`.
     pub fn forward_dense(
         &self,
+        a_prev: &[f32],
+        w: &[f32],
+        b: &[f32],
+        batch: usize,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Vec<f32>> {
+        let grid = self.grid_1d(batch * n_out)?;
+        self.forward(
+            &self.kernels.forward_dense,
+            grid,
+            a_prev,
+            w,
+            b,
+            batch,
+            n_in,
+            n_out,
+        )
+    }
+
+    /// `forward_dense_tiled`, twin of [`crate::cpu::forward_dense`].
+    pub fn forward_dense_tiled(
+        &self,
+        a_prev: &[f32],
+        w: &[f32],
+        b: &[f32],
+        batch: usize,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Vec<f32>> {
+        let grid = self.grid_tiled(batch, n_out)?;
+        self.forward(
+            &self.tiled()?.forward_dense,
+            grid,
+            a_prev,
+            w,
+            b,
+            batch,
+            n_in,
+            n_out,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        kernel: &Kernel,
+        grid: (u32, u32),
         a_prev: &[f32],
         w: &[f32],
         b: &[f32],
@@ -110,14 +201,7 @@ impl KernelRunner {
             &self.storage(a_prev),
             &out,
         ];
-        self.run(
-            &self.kernels.forward_dense,
-            &bufs,
-            (batch * n_out) as u64,
-            &out,
-            0,
-            batch * n_out,
-        )
+        self.run(&[(kernel, &bufs, grid)], &out, 0, batch * n_out)
     }
 
     /// GPU twin of [`crate::cpu::delta_output`]; returns `delta (batch, n)`.
@@ -130,10 +214,9 @@ impl KernelRunner {
             &self.storage(y),
             &out,
         ];
+        let grid = self.grid_1d(batch * n)?;
         self.run(
-            &self.kernels.delta_output,
-            &bufs,
-            (batch * n) as u64,
+            &[(&self.kernels.delta_output, &bufs, grid)],
             &out,
             0,
             batch * n,
@@ -143,6 +226,38 @@ impl KernelRunner {
     /// GPU twin of [`crate::cpu::delta_hidden`]; returns `delta (batch, n)`.
     pub fn delta_hidden(
         &self,
+        w_next: &[f32],
+        delta_next: &[f32],
+        a: &[f32],
+        batch: usize,
+        n: usize,
+        n_next: usize,
+    ) -> Result<Vec<f32>> {
+        let grid = self.grid_1d(batch * n)?;
+        let k = &self.kernels.delta_hidden;
+        self.hidden(k, grid, w_next, delta_next, a, batch, n, n_next)
+    }
+
+    /// `delta_hidden_tiled`, twin of [`crate::cpu::delta_hidden`].
+    pub fn delta_hidden_tiled(
+        &self,
+        w_next: &[f32],
+        delta_next: &[f32],
+        a: &[f32],
+        batch: usize,
+        n: usize,
+        n_next: usize,
+    ) -> Result<Vec<f32>> {
+        let grid = self.grid_tiled(batch, n)?;
+        let k = &self.tiled()?.delta_hidden;
+        self.hidden(k, grid, w_next, delta_next, a, batch, n, n_next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hidden(
+        &self,
+        kernel: &Kernel,
+        grid: (u32, u32),
         w_next: &[f32],
         delta_next: &[f32],
         a: &[f32],
@@ -162,14 +277,7 @@ impl KernelRunner {
             &self.storage(a),
             &out,
         ];
-        self.run(
-            &self.kernels.delta_hidden,
-            &bufs,
-            (batch * n) as u64,
-            &out,
-            0,
-            batch * n,
-        )
+        self.run(&[(kernel, &bufs, grid)], &out, 0, batch * n)
     }
 
     /// GPU twin of [`crate::cpu::gradient_weights`]; returns `gw (n_out, n_in)`.
@@ -190,14 +298,9 @@ impl KernelRunner {
             &self.storage(a_prev),
             &out,
         ];
-        self.run(
-            &self.kernels.gradient_weights,
-            &bufs,
-            count as u64,
-            &out,
-            PREFIX,
-            count,
-        )
+        let grid = self.grid_1d(count)?;
+        let k = &self.kernels.gradient_weights;
+        self.run(&[(k, &bufs, grid)], &out, PREFIX, count)
     }
 
     /// GPU twin of [`crate::cpu::gradient_bias`]; returns `gb (n_out)`.
@@ -211,14 +314,98 @@ impl KernelRunner {
             &unused,
             &out,
         ];
+        let grid = self.grid_1d(n_out)?;
         self.run(
-            &self.kernels.gradient_bias,
-            &bufs,
-            n_out as u64,
+            &[(&self.kernels.gradient_bias, &bufs, grid)],
             &out,
             PREFIX,
             n_out,
         )
+    }
+
+    /// `gradient_dense_tiled`, twin of [`crate::cpu::gradient_dense`]: returns
+    /// `gw (n_out, n_in)` followed by `gb (n_out)`, the layer's parameter
+    /// layout. With `onto` (the same layout) the kernel accumulates, and the
+    /// result is `onto + g`.
+    pub fn gradient_dense_tiled(
+        &self,
+        delta: &[f32],
+        a_prev: &[f32],
+        batch: usize,
+        n_in: usize,
+        n_out: usize,
+        onto: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let len = n_out * n_in + n_out;
+        let grads = match onto {
+            Some(start) => self.storage(&layer_params(start, &[]).0),
+            None => self.poisoned(PREFIX + len),
+        };
+        let params = self.poisoned(PREFIX + len);
+        let hyper = SgdUniform {
+            count: 0,
+            lr: f32::NAN,
+            scale: 1.0 / batch as f32,
+            accumulate: u32::from(onto.is_some()),
+        };
+        let k = &self.tiled()?.gradient_dense;
+        let bufs = self.gradient_buffers(delta, a_prev, batch, n_in, n_out, hyper, &params, &grads);
+        let grid = self.grid_tiled(n_out, n_in)?;
+        self.run(&[(k, &bufs.each(), grid)], &grads, PREFIX, len)
+    }
+
+    /// `gradient_sgd_tiled`, twin of [`crate::cpu::gradient_sgd`]: returns the
+    /// layer's updated `w (n_out, n_in)` followed by `b (n_out)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gradient_sgd_tiled(
+        &self,
+        delta: &[f32],
+        a_prev: &[f32],
+        w: &[f32],
+        b: &[f32],
+        lr: f32,
+        batch: usize,
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<Vec<f32>> {
+        let len = n_out * n_in + n_out;
+        let params = self.storage(&layer_params(w, b).0);
+        let grads = self.poisoned(PREFIX + len);
+        let hyper = SgdUniform {
+            count: 0,
+            lr,
+            scale: 1.0 / batch as f32,
+            accumulate: 0,
+        };
+        let k = &self.tiled()?.gradient_sgd;
+        let bufs = self.gradient_buffers(delta, a_prev, batch, n_in, n_out, hyper, &params, &grads);
+        let grid = self.grid_tiled(n_out, n_in)?;
+        self.run(&[(k, &bufs.each(), grid)], &params, PREFIX, len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gradient_buffers<'a>(
+        &self,
+        delta: &[f32],
+        a_prev: &[f32],
+        batch: usize,
+        n_in: usize,
+        n_out: usize,
+        hyper: SgdUniform,
+        params: &'a wgpu::Buffer,
+        grads: &'a wgpu::Buffer,
+    ) -> GradientBuffers<'a> {
+        let d = dims(batch, n_in, n_out, PREFIX, PREFIX + n_out * n_in);
+        GradientBuffers {
+            owned: [
+                self.uniform(bytemuck::bytes_of(&d)),
+                self.uniform(bytemuck::bytes_of(&hyper)),
+                self.storage(delta),
+                self.storage(a_prev),
+            ],
+            params,
+            grads,
+        }
     }
 
     /// GPU twin of [`crate::cpu::sgd_update`]; returns the updated parameters.
@@ -226,7 +413,8 @@ impl KernelRunner {
         let u = SgdUniform {
             count: params.len() as u32,
             lr,
-            _pad: [0; 2],
+            scale: f32::NAN,
+            accumulate: 0,
         };
         let p = self.storage(params);
         let bufs = [
@@ -234,14 +422,24 @@ impl KernelRunner {
             &p,
             &self.storage(grads),
         ];
+        let grid = self.grid_1d(params.len())?;
         self.run(
-            &self.kernels.sgd_update,
-            &bufs,
-            params.len() as u64,
+            &[(&self.kernels.sgd_update, &bufs, grid)],
             &p,
             0,
             params.len(),
         )
+    }
+
+    /// The running totals, starting at `start`, as a storage buffer.
+    fn totals(&self, start: Acc) -> wgpu::Buffer {
+        self.ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("runner acc"),
+                contents: bytemuck::bytes_of(&start),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
     }
 
     /// GPU twin of [`crate::cpu::loss_reduce`]: adds the batch to `start` and
@@ -257,23 +455,64 @@ impl KernelRunner {
     ) -> Result<Acc> {
         let mut d = dims(batch, 0, n, 0, 0);
         d.metric = metric as u32;
-        let acc = self
-            .ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("runner acc"),
-                contents: bytemuck::bytes_of(&start),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            });
+        let acc = self.totals(start);
         let bufs = [
             &self.uniform(bytemuck::bytes_of(&d)),
             &self.storage(a),
             &self.storage(y),
             &acc,
         ];
-        // One element: a single workgroup, which is what loss_reduce needs.
-        let out: Vec<Acc> = self.run(&self.kernels.loss_reduce, &bufs, 1, &acc, 0, 1)?;
+        // A single workgroup, which is what loss_reduce needs.
+        let out: Vec<Acc> = self.run(&[(&self.kernels.loss_reduce, &bufs, (1, 1))], &acc, 0, 1)?;
         Ok(out.first().copied().unwrap_or_default())
+    }
+
+    /// `delta_output_loss` then `loss_finish`, twin of
+    /// [`crate::cpu::delta_output_loss`]: returns `delta (batch, n)` and the
+    /// totals `start` plus this batch.
+    pub fn delta_output_loss(
+        &self,
+        a: &[f32],
+        y: &[f32],
+        batch: usize,
+        n: usize,
+        metric: Metric,
+        start: Acc,
+    ) -> Result<(Vec<f32>, Acc)> {
+        let mut d = dims(batch, 0, n, 0, 0);
+        d.metric = metric as u32;
+        let acc = self.totals(start);
+        let delta = self.poisoned(batch * n);
+        let groups = loss_groups(batch as u32, n as u32);
+        // Poisoned too: a partial never written makes the loss NaN.
+        let partials = self.poisoned(2 * groups as usize);
+        let dims = self.uniform(bytemuck::bytes_of(&d));
+        let first = [&dims, &self.storage(a), &self.storage(y), &delta, &partials];
+        let second = [&dims, &partials, &acc];
+        let t = self.tiled()?;
+        let grid = grid(groups as u64, self.max_dim(), "loss groups")?;
+        let steps: [Step<'_>; 2] = [
+            (&t.delta_output_loss, &first, grid),
+            (&t.loss_finish, &second, (1, 1)),
+        ];
+        let out: Vec<Acc> = self.run(&steps, &acc, 0, 1)?;
+        let delta = readback::read(&self.ctx, &delta, 0, batch * n)?;
+        Ok((delta, out.first().copied().unwrap_or_default()))
+    }
+}
+
+/// The buffers of a tiled gradient kernel, in binding order.
+struct GradientBuffers<'a> {
+    /// dims, hyper, delta, a_prev
+    owned: [wgpu::Buffer; 4],
+    params: &'a wgpu::Buffer,
+    grads: &'a wgpu::Buffer,
+}
+
+impl GradientBuffers<'_> {
+    fn each(&self) -> [&wgpu::Buffer; 6] {
+        let [d, h, delta, a] = &self.owned;
+        [d, h, delta, a, self.params, self.grads]
     }
 }
 

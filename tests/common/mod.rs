@@ -4,7 +4,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shadertrain::gpu::GpuContext;
+use shadertrain::backend::Metric;
+use shadertrain::gpu::{Acc, GpuContext};
 use std::sync::{Arc, OnceLock};
 
 /// The GPU for this test binary, or `None` with a printed reason. With
@@ -131,4 +132,49 @@ pub fn assert_close64(name: &str, got: &[f64], want: &[f64], abs: f64, rel: f64)
         );
     }
     assert_eq!(got.len(), want.len(), "{name}: lengths differ");
+}
+
+/// Targets for outputs `a (batch, n)` that make scoring meaningful: one-hot
+/// rows scored by argmax, or 0/1 scored by threshold when `n == 1`.
+pub fn scored_targets(a: &[f32], batch: usize, n: usize) -> (Vec<f32>, Metric) {
+    let mut y = vec![0.0f32; batch * n];
+    for s in 0..batch {
+        let k = (a[s * n].to_bits() as usize + s) % n;
+        y[s * n + k] = 1.0;
+    }
+    let metric = if n == 1 {
+        Metric::Threshold
+    } else {
+        Metric::Argmax
+    };
+    (y, metric)
+}
+
+/// Non-zero running totals for a loss kernel to add to (they never overwrite).
+pub const START_TOTALS: Acc = Acc {
+    loss_sum: 1.5,
+    samples: 3,
+    correct: 2,
+    steps: 1,
+};
+
+/// `got` is [`START_TOTALS`] plus one batch of `batch` samples with the
+/// reference's `loss` and `correct`.
+pub fn assert_totals(label: &str, got: Acc, loss: f64, correct: u64, batch: usize) {
+    let s = START_TOTALS;
+    let want = s.loss_sum as f64 + loss;
+    assert_close(
+        &format!("{label} loss_sum"),
+        &[got.loss_sum],
+        &[want],
+        1e-6,
+        1e-5,
+    );
+    assert_eq!(got.samples, s.samples + batch as u32, "{label}: samples");
+    assert_eq!(got.steps, s.steps + 1, "{label}: steps");
+    assert_eq!(
+        got.correct as u64,
+        s.correct as u64 + correct,
+        "{label}: correct"
+    );
 }

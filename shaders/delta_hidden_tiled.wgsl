@@ -1,0 +1,51 @@
+// delta_hidden_tiled.wgsl — delta of a hidden layer as a tiled product, the
+// sigmoid derivative fused into the epilogue (the core is tiled.wgsl):
+//   δ = (δ_next · W_next) ⊙ A(1 − A)     M = batch, N = n = dims.n_out, K = n_next
+// with W_next as it was before the update. δ_next (batch, n_next) is contiguous
+// along K, W_next (n_next, n) along N.
+//
+// | binding | name       | access             | shape           |
+// |---------|------------|--------------------|-----------------|
+// | 0       | dims       | uniform Dims       |                 |
+// | 1       | params     | storage read       | (param_count)   |
+// | 2       | delta_next | storage read       | (batch, n_next) |
+// | 3       | a          | storage read       | (batch, n)      |
+// | 4       | delta      | storage read_write | (batch, n)      |
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(2) var<storage, read> delta_next: array<f32>;
+@group(0) @binding(3) var<storage, read> a: array<f32>;
+@group(0) @binding(4) var<storage, read_write> delta: array<f32>;
+
+const A_ALONG_K: bool = true;
+const B_ALONG_K: bool = false;
+const ROW_SUMS: bool = false;
+
+fn tile_shape() -> vec3<u32> {
+    return vec3<u32>(dims.batch, dims.n_out, dims.n_next);
+}
+
+fn a_at(m: u32, k: u32) -> f32 {
+    return delta_next[m * dims.n_next + k];
+}
+
+fn b_at(k: u32, n: u32) -> f32 {
+    return params[dims.w_next_off + k * dims.n_out + n];
+}
+
+fn tile_store(m: u32, n: u32, c: f32) {
+    let idx = m * dims.n_out + n;
+    let aj = a[idx];
+    delta[idx] = c * aj * (1.0 - aj);
+}
+
+fn row_sum_store(m: u32, s: f32) {}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn delta_hidden_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    tile_gemm(wid, nwg, lid);
+}

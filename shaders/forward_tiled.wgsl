@@ -1,0 +1,47 @@
+// forward_tiled.wgsl — forward pass of one dense layer as a tiled product,
+// bias and sigmoid fused into the epilogue (the core is tiled.wgsl):
+//   A = σ(A_prev · Wᵀ + b)       M = batch, N = n_out, K = n_in
+// Both operands are contiguous along K: a_prev (batch, n_in), W (n_out, n_in).
+//
+// | binding | name   | access             | shape          |
+// |---------|--------|--------------------|----------------|
+// | 0       | dims   | uniform Dims       |                |
+// | 1       | params | storage read       | (param_count)  |
+// | 2       | a_prev | storage read       | (batch, n_in)  |
+// | 3       | a      | storage read_write | (batch, n_out) |
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(2) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(3) var<storage, read_write> a: array<f32>;
+
+const A_ALONG_K: bool = true;
+const B_ALONG_K: bool = true;
+const ROW_SUMS: bool = false;
+
+fn tile_shape() -> vec3<u32> {
+    return vec3<u32>(dims.batch, dims.n_out, dims.n_in);
+}
+
+fn a_at(m: u32, k: u32) -> f32 {
+    return a_prev[m * dims.n_in + k];
+}
+
+// B[k, n] = W[n, k]
+fn b_at(k: u32, n: u32) -> f32 {
+    return params[dims.w_off + n * dims.n_in + k];
+}
+
+fn tile_store(m: u32, n: u32, c: f32) {
+    a[m * dims.n_out + n] = sigmoid(c + params[dims.b_off + n]);
+}
+
+fn row_sum_store(m: u32, s: f32) {}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn forward_dense_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    tile_gemm(wid, nwg, lid);
+}

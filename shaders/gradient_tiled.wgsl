@@ -1,0 +1,86 @@
+// gradient_tiled.wgsl — weight and bias gradients of one layer as one tiled
+// product (the core is tiled.wgsl), with the bias fused in as the row sums of
+// δᵀ, which the workgroups of the first N-tile take from their staged blocks:
+//   g_W[o, i] = scale · Σ_s δ[s, o] · A_prev[s, i]   M = n_out, N = n_in, K = batch
+//   g_b[o]    = scale · Σ_s δ[s, o]
+// scale is 1/B for the whole batch (hyper.scale). Both operands are contiguous
+// along M or N, not K: δ (batch, n_out), A_prev (batch, n_in).
+// Two entry points share the product and differ in where g goes:
+//   gradient_dense_tiled  grads[p] = g, or grads[p] += g when hyper.accumulate
+//   gradient_sgd_tiled    params[p] −= lr · g (SGD fused; grads untouched)
+// The fused form is safe because nothing in the dispatch reads this layer's
+// parameters; the host computes the layer below's delta (from the old W) first.
+//
+// | binding | name   | access             | shape          |
+// |---------|--------|--------------------|----------------|
+// | 0       | dims   | uniform Dims       |                |
+// | 1       | hyper  | uniform Sgd        |                |
+// | 2       | delta  | storage read       | (batch, n_out) |
+// | 3       | a_prev | storage read       | (batch, n_in)  |
+// | 4       | params | storage read_write | (param_count)  |
+// | 5       | grads  | storage read_write | (param_count)  |
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<uniform> hyper: Sgd;
+@group(0) @binding(2) var<storage, read> delta: array<f32>;
+@group(0) @binding(3) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(4) var<storage, read_write> params: array<f32>;
+@group(0) @binding(5) var<storage, read_write> grads: array<f32>;
+
+const A_ALONG_K: bool = false;
+const B_ALONG_K: bool = false;
+const ROW_SUMS: bool = true;
+
+// Set by the entry point: apply SGD instead of storing the gradient.
+var<private> fused_sgd: bool;
+
+fn tile_shape() -> vec3<u32> {
+    return vec3<u32>(dims.n_out, dims.n_in, dims.batch);
+}
+
+// A[o, s] = δ[s, o]
+fn a_at(m: u32, k: u32) -> f32 {
+    return delta[k * dims.n_out + m];
+}
+
+fn b_at(k: u32, n: u32) -> f32 {
+    return a_prev[k * dims.n_in + n];
+}
+
+// Gradient g of parameter p: store, accumulate, or step.
+fn put(p: u32, g: f32) {
+    if (fused_sgd) {
+        params[p] -= hyper.lr * g;
+    } else if (hyper.accumulate != 0u) {
+        grads[p] += g;
+    } else {
+        grads[p] = g;
+    }
+}
+
+fn tile_store(m: u32, n: u32, c: f32) {
+    put(dims.w_off + m * dims.n_in + n, c * hyper.scale);
+}
+
+fn row_sum_store(m: u32, s: f32) {
+    put(dims.b_off + m, s * hyper.scale);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn gradient_dense_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    fused_sgd = false;
+    tile_gemm(wid, nwg, lid);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn gradient_sgd_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    fused_sgd = true;
+    tile_gemm(wid, nwg, lid);
+}

@@ -1,0 +1,111 @@
+// loss_partial.wgsl — output delta and the loss of one batch in one parallel
+// pass, first of two stages (loss_finish.wgsl is the second):
+//   δ[s, k] = (A − Y) ⊙ A(1 − A)
+//   partials[g] = (Σ over group g's samples of ½ Σ_k (A − Y)², samples scored correct)
+// A row of n outputs is shared by `lanes = loss_lanes(n)` invocations, so a
+// workgroup takes LOSS_WG / lanes consecutive samples. Each lane sums its
+// strided share of the row; lanes, then rows, are combined by fixed-order trees,
+// so the result does not depend on scheduling.
+//
+// | binding | name     | access             | shape                           |
+// |---------|----------|--------------------|---------------------------------|
+// | 0       | dims     | uniform Dims       |                                 |
+// | 1       | a        | storage read       | (batch, n_out)                  |
+// | 2       | y        | storage read       | (batch, n_out)                  |
+// | 3       | delta    | storage read_write | (batch, n_out)                  |
+// | 4       | partials | storage read_write | (loss_groups(batch, n_out)) Partial |
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
+
+// A lane with no element holds NONE as its argmax.
+const NONE: u32 = 0xffffffffu;
+
+// Per invocation: the first largest a and y of its share, index and value.
+var<workgroup> w_ia: array<u32, LOSS_WG>;
+var<workgroup> w_va: array<f32, LOSS_WG>;
+var<workgroup> w_iy: array<u32, LOSS_WG>;
+var<workgroup> w_vy: array<f32, LOSS_WG>;
+
+// Whether (j, vj) beats (i, vi) as the first largest element.
+fn beats(j: u32, vj: f32, i: u32, vi: f32) -> bool {
+    return j != NONE && (i == NONE || vj > vi || (vj == vi && j < i));
+}
+
+@compute @workgroup_size(LOSS_WG)
+fn delta_output_loss(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = dims.n_out;
+    let lanes = loss_lanes(n);
+    let group = wid.y * nwg.x + wid.x;
+    let s = group * (LOSS_WG / lanes) + lid / lanes;
+    let lane = lid % lanes;
+    let live = s < dims.batch;
+    let base = s * n;
+    var loss = 0.0;
+    var ia = NONE;
+    var va = 0.0;
+    var iy = NONE;
+    var vy = 0.0;
+    if (live) {
+        for (var k = lane; k < n; k += lanes) {
+            let ak = a[base + k];
+            let yk = y[base + k];
+            let d = ak - yk;
+            delta[base + k] = d * ak * (1.0 - ak);
+            loss += 0.5 * d * d;
+            if (beats(k, ak, ia, va)) {
+                ia = k;
+                va = ak;
+            }
+            if (beats(k, yk, iy, vy)) {
+                iy = k;
+                vy = yk;
+            }
+        }
+    }
+    w_loss[lid] = loss;
+    w_ia[lid] = ia;
+    w_va[lid] = va;
+    w_iy[lid] = iy;
+    w_vy[lid] = vy;
+    workgroupBarrier();
+    // Combine the lanes of each row into its lane 0.
+    for (var stride = lanes / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) {
+            let o = lid + stride;
+            w_loss[lid] += w_loss[o];
+            if (beats(w_ia[o], w_va[o], w_ia[lid], w_va[lid])) {
+                w_ia[lid] = w_ia[o];
+                w_va[lid] = w_va[o];
+            }
+            if (beats(w_iy[o], w_vy[o], w_iy[lid], w_vy[lid])) {
+                w_iy[lid] = w_iy[o];
+                w_vy[lid] = w_vy[o];
+            }
+        }
+        workgroupBarrier();
+    }
+    var row_loss = 0.0;
+    var ok = false;
+    if (live && lane == 0u) {
+        row_loss = w_loss[lid];
+        if (dims.metric == 1u) {
+            ok = (a[base] > 0.5) == (y[base] > 0.5);
+        } else if (dims.metric == 2u) {
+            ok = w_ia[lid] == w_iy[lid];
+        }
+    }
+    workgroupBarrier();
+    w_loss[lid] = row_loss;
+    w_count[lid] = select(0u, 1u, ok);
+    reduce_totals(lid);
+    if (lid == 0u && group < loss_groups(dims.batch, n)) {
+        partials[group] = Partial(w_loss[0], w_count[0]);
+    }
+}

@@ -1,0 +1,59 @@
+// reduce.wgsl — what the loss kernels share, prepended by the host (after
+// common.wgsl) to loss.wgsl, loss_partial.wgsl and loss_finish.wgsl: the totals
+// struct, the partial sums, and a fixed-order tree reduction, so every loss
+// is deterministic (no float atomics).
+
+// Mirrors `shadertrain::gpu::Acc` (16 bytes).
+struct Acc {
+    loss_sum: f32,
+    samples: u32,
+    correct: u32,
+    steps: u32,
+}
+
+// One workgroup's share of a batch's loss (loss_partial.wgsl), 8 bytes.
+struct Partial {
+    loss: f32,
+    correct: u32,
+}
+
+// Invocations per workgroup of the loss kernels; mirrored by `LOSS_WG` in
+// src/gpu/kernels.rs.
+const LOSS_WG: u32 = 256u;
+
+var<workgroup> w_loss: array<f32, LOSS_WG>;
+var<workgroup> w_count: array<u32, LOSS_WG>;
+
+// Invocations that share one sample row in delta_output_loss: the smallest
+// power of two >= n, at most LOSS_WG. Mirrored by `loss_lanes` on the host.
+fn loss_lanes(n: u32) -> u32 {
+    var lanes = 1u;
+    while (lanes < n && lanes < LOSS_WG) {
+        lanes *= 2u;
+    }
+    return lanes;
+}
+
+// Workgroups (and partials) of delta_output_loss for a batch.
+fn loss_groups(batch: u32, n: u32) -> u32 {
+    let rows = LOSS_WG / loss_lanes(n);
+    return (batch + rows - 1u) / rows;
+}
+
+// Sum w_loss and w_count over the workgroup into element 0, in a fixed order.
+// Call from uniform control flow, after each invocation wrote its own element.
+fn reduce_totals(lid: u32) {
+    workgroupBarrier();
+    for (var stride = LOSS_WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            w_loss[lid] += w_loss[lid + stride];
+            w_count[lid] += w_count[lid + stride];
+        }
+        workgroupBarrier();
+    }
+}
+
+// `old` plus a reduced batch of `batch` samples (after reduce_totals).
+fn totals_plus(old: Acc, batch: u32) -> Acc {
+    return Acc(old.loss_sum + w_loss[0], old.samples + batch, old.correct + w_count[0], old.steps + 1u);
+}
