@@ -7,7 +7,7 @@ use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::Dataset;
-use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext};
+use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Network;
 use shadertrain::train::{evaluate, train, EpochStats, Progress, TrainConfig};
 use shadertrain::{example, Error, Result};
@@ -103,6 +103,24 @@ enum BenchBackend {
     Both,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KernelsArg {
+    /// Tiled products, fused loss and update (the default, fast path).
+    Tiled,
+    /// One invocation per output: the GPU reference twins.
+    Simple,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TilesArg {
+    /// 32×32 blocks, 4×4 per invocation (CPU adapters).
+    Small,
+    /// 64×64 blocks, 4×4 per invocation.
+    Medium,
+    /// 128×128 blocks, 8×8 per invocation (discrete GPUs).
+    Discrete,
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
     #[arg(long, value_enum, default_value = "both")]
@@ -132,6 +150,12 @@ struct BenchArgs {
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// GPU kernels.
+    #[arg(long, value_enum, default_value = "tiled")]
+    kernels: KernelsArg,
+    /// Tile sizes of the tiled kernels (default: chosen by adapter type).
+    #[arg(long, value_enum)]
+    tiles: Option<TilesArg>,
     /// Print one JSON object per backend, one per line.
     #[arg(long)]
     json: bool,
@@ -438,6 +462,9 @@ struct BenchRow {
     gflops: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     workload: Option<&'static str>,
+    /// GPU only: which kernels ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernels: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     speedup: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -474,17 +501,35 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut rows: Vec<(BenchRow, shadertrain::network::Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.
     let gpu = if want(BenchBackend::Gpu) {
-        Some(GpuBackend::new(GpuContext::new()?, &net, batch)?)
+        let options = GpuOptions {
+            kernels: match a.kernels {
+                KernelsArg::Tiled => KernelSet::Tiled,
+                KernelsArg::Simple => KernelSet::Simple,
+            },
+            tiles: a.tiles.map(|t| match t {
+                TilesArg::Small => TileConfig::SMALL,
+                TilesArg::Medium => TileConfig::MEDIUM,
+                TilesArg::Discrete => TileConfig::DISCRETE,
+            }),
+        };
+        Some(GpuBackend::with_options(
+            GpuContext::new()?,
+            &net,
+            batch,
+            options,
+        )?)
     } else {
         None
     };
-    let mut run = |name: &'static str, b: &mut dyn Backend<Scalar = f32>| -> Result<()> {
+    let run = |name: &'static str,
+               b: &mut dyn Backend<Scalar = f32>|
+     -> Result<(BenchRow, shadertrain::network::Params<f32>)> {
         if !a.json {
             eprintln!("timing {name}: {} ...", b.describe());
         }
         let (t, p) = bench::time_steps(b, &params, (&x, &y), a.lr, a.warmup, steps)?;
         let med = t.median();
-        rows.push((
+        Ok((
             BenchRow {
                 backend: name,
                 adapter: b.describe(),
@@ -497,18 +542,36 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 samples_per_s: batch as f64 / (med / 1e3),
                 gflops: flops / (med / 1e3) / 1e9,
                 workload: workload.map(|w| w.name),
+                kernels: None,
                 speedup: None,
                 max_param_diff: None,
             },
             p,
-        ));
-        Ok(())
+        ))
     };
     if let Some(mut g) = gpu {
-        run("gpu", &mut g)?;
+        let kernels = match g.tiles() {
+            Some(t) => format!(
+                "tiled {}x{}, {}x{} per invocation",
+                t.bm(),
+                t.bn(),
+                t.tm,
+                t.tn
+            ),
+            None => "simple".into(),
+        };
+        if !a.json {
+            eprintln!("gpu kernels: {kernels}");
+        }
+        let (mut r, p) = run("gpu", &mut g)?;
+        r.kernels = Some(kernels);
+        rows.push((r, p));
     }
     if want(BenchBackend::Cpu) {
-        run("cpu", &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?)?;
+        rows.push(run(
+            "cpu",
+            &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?,
+        )?);
     }
     if let [(g, gp), (c, cp)] = rows.as_mut_slice() {
         let diff = bench::max_param_diff(gp, cp)?;
