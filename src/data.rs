@@ -322,6 +322,107 @@ impl Dataset {
     pub fn is_classification(&self) -> bool {
         matches!(self.task, Task::Classification { .. })
     }
+
+    /// The rows `idx`, in that order, as a new set named `name`.
+    pub fn subset(&self, idx: &[usize], name: &str) -> Dataset {
+        let mut x = vec![0.0; idx.len() * self.inputs];
+        let mut y = vec![0.0; idx.len() * self.outputs];
+        self.gather(idx, &mut x, &mut y);
+        Dataset {
+            name: name.into(),
+            inputs: self.inputs,
+            outputs: self.outputs,
+            x,
+            y,
+            task: self.task,
+        }
+    }
+
+    /// Splits off a validation set of `fraction` of the rows (rounded, at
+    /// least one), chosen by a seeded shuffle: `(train, validation)`.
+    pub fn split_validation(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::Invalid(format!(
+                "--val-split must be between 0 and 1 (exclusive), got {fraction}"
+            )));
+        }
+        let n = self.len();
+        let n_val = ((n as f64 * fraction).round() as usize).max(1);
+        if n_val >= n {
+            return Err(Error::Invalid(format!(
+                "--val-split {fraction} of {n} samples leaves none to train on"
+            )));
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        // A stream of its own, so the split does not move with the shuffling.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(u64::MAX);
+        rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+        let (val, train) = order.split_at(n_val);
+        Ok((
+            self.subset(train, &self.name),
+            self.subset(val, &format!("{} (validation)", self.name)),
+        ))
+    }
+}
+
+/// Per-input-column mean and standard deviation, fitted on a training set
+/// and applied to it and to its validation set alike (`--normalize`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardizer {
+    /// Column means, `(inputs)`.
+    pub mean: Vec<f32>,
+    /// Column standard deviations, `(inputs)`; 1 where a column is constant.
+    pub std: Vec<f32>,
+}
+
+impl Standardizer {
+    /// Fits the columns of `data`'s inputs, accumulating in f64.
+    pub fn fit(data: &Dataset) -> Standardizer {
+        let (n, w) = (data.len().max(1), data.inputs);
+        let mut sum = vec![0.0f64; w];
+        let mut sq = vec![0.0f64; w];
+        for row in data.x.chunks(w.max(1)) {
+            for ((s, q), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
+                *s += v as f64;
+                *q += (v as f64) * (v as f64);
+            }
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| {
+                let var = (q / n as f64 - m * m).max(0.0);
+                if var > 1e-12 {
+                    var.sqrt() as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
+    }
+
+    /// `x ← (x − mean) / std`, column by column.
+    pub fn apply(&self, data: &mut Dataset) -> Result<()> {
+        if data.inputs != self.mean.len() {
+            return Err(Error::Shape(format!(
+                "normalising {} inputs with statistics of {}",
+                data.inputs,
+                self.mean.len()
+            )));
+        }
+        for row in data.x.chunks_mut(data.inputs.max(1)) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / s;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One trimmed cell as a finite `f32`, or why not.

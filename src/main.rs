@@ -9,7 +9,7 @@ use shadertrain::cpu::CpuBackend;
 use shadertrain::data::Dataset;
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Network;
-use shadertrain::train::{evaluate, train, EpochStats, Progress, TrainConfig};
+use shadertrain::train::{evaluate, train_validated, EpochStats, Progress, TrainConfig};
 use shadertrain::{example, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,6 +94,15 @@ struct TrainArgs {
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Hold out this fraction of the data (seeded) for validation after every epoch.
+    #[arg(long, conflicts_with = "val")]
+    val_split: Option<f64>,
+    /// A separate validation set (CSV file or IDX directory), scored after every epoch.
+    #[arg(long)]
+    val: Option<String>,
+    /// Standardise every input column with the training set's mean and standard deviation.
+    #[arg(long)]
+    normalize: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,6 +282,47 @@ fn data_arg(data: &str) -> Result<DataArg<'_>> {
     }
 }
 
+/// The training set and, with `--val-split` or `--val`, the validation set,
+/// both standardised with the training statistics under `--normalize`.
+fn load_sets(
+    a: &TrainArgs,
+    source: &DataArg<'_>,
+    net: &Network,
+) -> Result<(Dataset, Option<Dataset>)> {
+    let data = load_data(a, source, net.outputs())?;
+    data.check_shape(net.inputs(), net.outputs())?;
+    let (mut train, mut val) = match (a.val_split, &a.val) {
+        (Some(f), _) => {
+            let (t, v) = data.split_validation(f, a.seed)?;
+            (t, Some(v))
+        }
+        (None, Some(path)) => {
+            let src = data_arg(path).map_err(|_| {
+                Error::Invalid(format!(
+                    "--val: '{path}' is not a CSV file or an IDX directory"
+                ))
+            })?;
+            if matches!(src, DataArg::Builtin(_)) {
+                return Err(Error::Invalid(format!(
+                    "--val: '{path}' is not a CSV file or an IDX directory"
+                )));
+            }
+            let v = load_data(a, &src, net.outputs())?;
+            v.check_shape(net.inputs(), net.outputs())?;
+            (data, Some(v))
+        }
+        (None, None) => (data, None),
+    };
+    if a.normalize {
+        let z = shadertrain::data::Standardizer::fit(&train);
+        z.apply(&mut train)?;
+        if let Some(v) = val.as_mut() {
+            z.apply(v)?;
+        }
+    }
+    Ok((train, val))
+}
+
 fn load_data(a: &TrainArgs, source: &DataArg<'_>, net_outputs: usize) -> Result<Dataset> {
     Ok(match source {
         DataArg::Builtin("xor") => Dataset::xor(),
@@ -313,18 +363,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         shuffle: true,
     };
     cfg.validate()?;
-    let data = load_data(&a, &source, net.outputs())?;
-    data.check_shape(net.inputs(), net.outputs())?;
+    let (data, val) = load_sets(&a, &source, &net)?;
     let device = pick_device(a.backend, a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);
     match device {
         Device::Cpu => {
             let b = CpuBackend::<f32>::fast(&net, capacity, a.threads)?;
-            run_training(b, "cpu", &net, &data, &cfg, &a)
+            run_training(b, "cpu", &net, (&data, val.as_ref()), &cfg, &a)
         }
         Device::Gpu(ctx) => {
             let b = GpuBackend::new(ctx, &net, capacity)?;
-            run_training(b, "gpu", &net, &data, &cfg, &a)
+            run_training(b, "gpu", &net, (&data, val.as_ref()), &cfg, &a)
         }
     }
 }
@@ -333,7 +382,7 @@ fn run_training<B: Backend<Scalar = f32>>(
     mut backend: B,
     kind: &str,
     net: &Network,
-    data: &Dataset,
+    (data, val): (&Dataset, Option<&Dataset>),
     cfg: &TrainConfig,
     a: &TrainArgs,
 ) -> Result<()> {
@@ -368,7 +417,7 @@ fn run_training<B: Backend<Scalar = f32>>(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let t0 = Instant::now();
-    let history = train(&mut backend, data, cfg, |p| match p {
+    let history = train_validated(&mut backend, data, val, cfg, |p| match p {
         Progress::Step { .. } => bar.inc(1),
         Progress::Epoch(s) => bar.set_message(epoch_line(s, cfg.epochs)),
     })?;
@@ -380,6 +429,16 @@ fn run_training<B: Backend<Scalar = f32>>(
     println!("final loss: {:.6}", totals.loss());
     if let Some(acc) = acc {
         println!("accuracy: {:.2}%", acc * 100.0);
+    }
+    let val_totals = match val {
+        Some(v) => Some(evaluate(&mut backend, v)?),
+        None => None,
+    };
+    if let Some((t, m)) = &val_totals {
+        println!("validation loss: {:.6}", t.loss());
+        if let Some(acc) = t.accuracy(*m) {
+            println!("validation accuracy: {:.2}%", acc * 100.0);
+        }
     }
     println!(
         "throughput: {:.0} samples/s ({} samples in {:.2} s)",
@@ -398,6 +457,8 @@ fn run_training<B: Backend<Scalar = f32>>(
                 "accuracy": acc,
                 "samples_per_s": samples / train_secs,
                 "seconds": train_secs,
+                "val_loss": val_totals.as_ref().map(|(t, _)| t.loss()),
+                "val_accuracy": val_totals.as_ref().and_then(|(t, m)| t.accuracy(*m)),
             },
         });
         write_atomic(
@@ -411,15 +472,17 @@ fn run_training<B: Backend<Scalar = f32>>(
 }
 
 fn epoch_line(s: &EpochStats, epochs: usize) -> String {
-    match s.accuracy {
-        Some(acc) => format!(
-            "epoch {}/{epochs}  loss {:.5}  acc {:.1}%",
-            s.epoch,
-            s.loss,
-            acc * 100.0
-        ),
-        None => format!("epoch {}/{epochs}  loss {:.5}", s.epoch, s.loss),
+    let mut line = format!("epoch {}/{epochs}  loss {:.5}", s.epoch, s.loss);
+    if let Some(acc) = s.accuracy {
+        line += &format!("  acc {:.1}%", acc * 100.0);
     }
+    if let Some(l) = s.val_loss {
+        line += &format!("  val loss {l:.5}");
+    }
+    if let Some(acc) = s.val_accuracy {
+        line += &format!("  val acc {:.1}%", acc * 100.0);
+    }
+    line + &format!("  {:.0} samples/s", s.samples_per_s)
 }
 
 /// Write through a temporary file in the same directory, then rename, so a

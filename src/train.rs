@@ -57,8 +57,14 @@ pub struct EpochStats {
     pub loss: f64,
     /// Fraction correct over the epoch, `None` for regression.
     pub accuracy: Option<f64>,
-    /// Wall-clock seconds of the epoch, including the read-back of its loss.
+    /// Wall-clock seconds of the epoch's training, including the read-back of its loss.
     pub seconds: f64,
+    /// Training samples per second in this epoch.
+    pub samples_per_s: f64,
+    /// Mean loss on the validation set after the epoch, if there is one.
+    pub val_loss: Option<f64>,
+    /// Fraction correct on the validation set, if there is one and it is classification.
+    pub val_accuracy: Option<f64>,
 }
 
 /// Progress reported while training.
@@ -122,11 +128,31 @@ pub fn train<B: Backend + ?Sized>(
     backend: &mut B,
     data: &Dataset,
     cfg: &TrainConfig,
+    on: impl FnMut(Progress<'_>),
+) -> Result<Vec<EpochStats>> {
+    train_validated(backend, data, None, cfg, on)
+}
+
+/// [`train`], scoring `val` (if given) with the parameters after each epoch.
+pub fn train_validated<B: Backend + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
     mut on: impl FnMut(Progress<'_>),
 ) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     let net = backend.network().clone();
     data.check_shape(net.inputs(), net.outputs())?;
+    if let Some(v) = val {
+        v.check_shape(net.inputs(), net.outputs())?;
+        if v.is_empty() {
+            return Err(Error::Invalid(format!(
+                "validation set '{}' has no samples",
+                v.name
+            )));
+        }
+    }
     if data.is_empty() {
         return Err(Error::Invalid(format!(
             "dataset '{}' has no samples",
@@ -159,17 +185,28 @@ pub fn train<B: Backend + ?Sized>(
             });
         }
         let totals = backend.take_totals()?;
-        let stats = EpochStats {
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut stats = EpochStats {
             epoch,
             loss: totals.loss(),
             accuracy: totals.accuracy(metric),
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
+            samples_per_s: data.len() as f64 / seconds.max(1e-12),
+            val_loss: None,
+            val_accuracy: None,
         };
         if !stats.loss.is_finite() {
             return Err(Error::Diverged(format!(
                 "the loss became {} in epoch {epoch}; the learning rate ({}) is probably too high",
                 stats.loss, cfg.lr
             )));
+        }
+        if let Some(v) = val {
+            let (t, m) = evaluate(backend, v)?;
+            stats.val_loss = Some(t.loss());
+            stats.val_accuracy = t.accuracy(m);
+            // evaluate leaves its metric set; the next epoch scores training data.
+            backend.set_metric(metric)?;
         }
         on(Progress::Epoch(&stats));
         history.push(stats);

@@ -480,19 +480,22 @@ fn example_json_gpu_matches_worked_example() {
 // ---------------------------------------------------------------------------
 
 /// Train the 3-class clusters on `backend` and check stdout and the metrics.
-fn train_clusters(test: &str, backend: &str) {
-    let dir = TempDir::new(test);
-    let data = dir.file("clusters.csv", &clusters_csv(false));
-    let metrics = dir.path("m.json");
-    let metrics_arg = metrics.to_string_lossy().into_owned();
-    let r = run(&[
+/// `train` on a CSV, quietly, with metrics: batch 8, lr 2.
+fn csv_train_args<'a>(
+    data: &'a str,
+    layers: &'a str,
+    epochs: &'a str,
+    backend: &'a str,
+    metrics: &'a str,
+) -> Vec<&'a str> {
+    vec![
         "train",
         "--data",
-        &data,
+        data,
         "--layers",
-        "2,8,3",
+        layers,
         "--epochs",
-        "30",
+        epochs,
         "--batch",
         "8",
         "--lr",
@@ -501,9 +504,16 @@ fn train_clusters(test: &str, backend: &str) {
         backend,
         "--quiet",
         "--metrics",
-        &metrics_arg,
-    ])
-    .success();
+        metrics,
+    ]
+}
+
+fn train_clusters(test: &str, backend: &str) {
+    let dir = TempDir::new(test);
+    let data = dir.file("clusters.csv", &clusters_csv(false));
+    let metrics = dir.path("m.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let r = run(&csv_train_args(&data, "2,8,3", "30", backend, &metrics_arg)).success();
     let out = r.stdout();
     assert!(out.contains("final loss"), "{}", r.dump());
     assert!(out.contains("accuracy"), "{}", r.dump());
@@ -541,25 +551,7 @@ fn train_csv_regression_has_null_accuracy() {
     let data = dir.file("reg.csv", &regression_csv());
     let metrics = dir.path("m.json");
     let metrics_arg = metrics.to_string_lossy().into_owned();
-    let r = run(&[
-        "train",
-        "--data",
-        &data,
-        "--layers",
-        "2,6,1",
-        "--epochs",
-        "20",
-        "--batch",
-        "8",
-        "--lr",
-        "2",
-        "--backend",
-        "cpu",
-        "--quiet",
-        "--metrics",
-        &metrics_arg,
-    ])
-    .success();
+    let r = run(&csv_train_args(&data, "2,6,1", "20", "cpu", &metrics_arg)).success();
     assert!(r.stdout().contains("final loss"), "{}", r.dump());
     assert!(
         !r.stdout().contains("accuracy:"),
@@ -990,4 +982,60 @@ fn bad_bench_flags() {
     expect_error(&bench(&["--lr", "nan"]), &["--lr"]);
     expect_error(&["bench", "--backend", "tpu"], &["tpu"]);
     expect_error(&bench(&["--layers", "3"]), &["--layers"]);
+}
+
+// ---------------------------------------------------------------------------
+// validation and normalisation
+// ---------------------------------------------------------------------------
+
+/// `--val-split` and `--val` score a held-out set every epoch, into the
+/// progress, the metrics and the final lines; `--normalize` still learns.
+#[test]
+fn train_with_validation_and_normalize() {
+    let dir = TempDir::new("validation");
+    let data = dir.file("clusters.csv", &clusters_csv(false));
+    let metrics = dir.path("m.json");
+    let metrics_arg = metrics.to_string_lossy().into_owned();
+    let base = csv_train_args(&data, "2,8,3", "20", "cpu", &metrics_arg);
+    for extra in [
+        &["--val-split", "0.25"][..],
+        &["--val", &data, "--normalize"][..],
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let r = run(&args).success();
+        let m = read_metrics(&metrics, &r);
+        check_metrics(&m, "cpu", &[2, 8, 3], 20, &r);
+        for e in m["epochs"].as_array().unwrap() {
+            assert!(num(e, "/val_loss") >= 0.0, "{m:#}");
+            assert!((0.0..=1.0).contains(&num(e, "/val_accuracy")), "{m:#}");
+            assert!(num(e, "/samples_per_s") > 0.0, "{m:#}");
+        }
+        let val_acc = num(&m, "/final/val_accuracy");
+        assert!(
+            val_acc >= 0.9,
+            "validation accuracy {val_acc}\n{}",
+            r.dump()
+        );
+        assert!(r.stdout().contains("validation accuracy"), "{}", r.dump());
+    }
+}
+
+#[test]
+fn bad_validation_flags() {
+    expect_error(&train_args(&["--val-split", "1.5"]), &["--val-split"]);
+    expect_error(&train_args(&["--val-split", "0"]), &["--val-split"]);
+    expect_error(&train_args(&["--val-split", "nan"]), &["--val-split"]);
+    expect_error(
+        &train_args(&["--val-split", "0.1", "--val", "x.csv"]),
+        &["--val-split", "--val"],
+    );
+    expect_error(&train_args(&["--val", "spirals"]), &["--val", "spirals"]);
+    expect_error(&train_args(&["--val", "/nonexistent/v.csv"]), &["v.csv"]);
+    // A validation CSV whose width does not fit the network.
+    let dir = TempDir::new("bad-val");
+    let v = dir.file("v.csv", "a,b,c,label\n1,2,3,0\n");
+    expect_error(
+        &train_args(&["--layers", "2,4,2", "--val", &v]),
+        &["3 input columns"],
+    );
 }

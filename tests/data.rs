@@ -439,3 +439,52 @@ fn gather_matches_rows_of_builtin_sets() {
         assert_eq!(y[2 * k..2 * k + 2], d.y[2 * i..2 * i + 2]);
     }
 }
+
+#[test]
+fn validation_split_is_seeded_disjoint_and_complete() {
+    let d = Dataset::spirals(50, 3);
+    let (t, v) = d.split_validation(0.2, 9).unwrap();
+    assert_eq!((t.len(), v.len()), (80, 20));
+    assert_eq!((t.inputs, t.outputs, t.task), (d.inputs, d.outputs, d.task));
+    // Every row lands on exactly one side.
+    let key = |x: &[f32]| (x[0].to_bits(), x[1].to_bits());
+    let mut all: Vec<_> = t.x.chunks(2).chain(v.x.chunks(2)).map(key).collect();
+    let mut orig: Vec<_> = d.x.chunks(2).map(key).collect();
+    all.sort();
+    orig.sort();
+    assert_eq!(all, orig);
+    // Same seed, same split; another seed, another split.
+    assert_eq!(d.split_validation(0.2, 9).unwrap().1.x, v.x);
+    assert_ne!(d.split_validation(0.2, 10).unwrap().1.x, v.x);
+    // At least one validation row; never all of them.
+    assert_eq!(d.split_validation(0.001, 1).unwrap().1.len(), 1);
+    for bad in [0.0, 1.0, -0.5, f64::NAN, 0.9999] {
+        assert!(d.split_validation(bad, 1).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn standardizer_centres_and_scales_with_training_statistics() {
+    use shadertrain::data::Standardizer;
+    let mut d = Dataset::spirals(40, 1);
+    // A constant column is left at scale 1, not divided by zero.
+    for row in d.x.chunks_mut(2) {
+        row[1] = 5.0;
+    }
+    let z = Standardizer::fit(&d);
+    assert_eq!(z.std[1], 1.0);
+    z.apply(&mut d).unwrap();
+    let n = d.len() as f64;
+    let col = |c: usize| d.x.chunks(2).map(move |r| r[c] as f64);
+    let mean0 = col(0).sum::<f64>() / n;
+    let var0 = col(0).map(|v| (v - mean0).powi(2)).sum::<f64>() / n;
+    assert!(
+        mean0.abs() < 1e-6 && (var0 - 1.0).abs() < 1e-5,
+        "{mean0} {var0}"
+    );
+    assert!(col(1).all(|v| v == 0.0));
+    let mut other = Dataset::xor();
+    other.x.push(0.0);
+    other.inputs = 3;
+    assert!(z.apply(&mut other).is_err(), "width mismatch");
+}
