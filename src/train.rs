@@ -141,7 +141,32 @@ pub fn train_validated<B: Backend + ?Sized>(
     cfg: &TrainConfig,
     mut on: impl FnMut(Progress<'_>),
 ) -> Result<Vec<EpochStats>> {
+    train_epochs(backend, data, val, cfg, 1, |_, p| {
+        on(p);
+        Ok(())
+    })
+}
+
+/// Epochs `first..=cfg.epochs` of a run, the form that resuming uses: an
+/// epoch's shuffle depends only on the seed and its number, so epochs 3..=4
+/// after a checkpoint of epoch 2 are the epochs 3..=4 of a straight run.
+/// `on` also gets the backend, to save checkpoints at the end of an epoch;
+/// an error from it stops the run.
+pub fn train_epochs<B: Backend + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
+    first: usize,
+    mut on: impl FnMut(&mut B, Progress<'_>) -> Result<()>,
+) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
+    if first == 0 || first > cfg.epochs {
+        return Err(Error::Invalid(format!(
+            "nothing to train: epoch {first} is past --epochs {} (--epochs counts the total, resumed runs included)",
+            cfg.epochs
+        )));
+    }
     let net = backend.network().clone();
     data.check_shape(net.inputs(), net.outputs())?;
     if let Some(v) = val {
@@ -167,7 +192,7 @@ pub fn train_validated<B: Backend + ?Sized>(
     let steps = data.len().div_ceil(batch);
     let mut buf = BatchBuf::new();
     let mut history = Vec::with_capacity(cfg.epochs);
-    for epoch in 1..=cfg.epochs {
+    for epoch in first..=cfg.epochs {
         let t0 = Instant::now();
         if cfg.shuffle {
             // One stream per epoch: an epoch's order depends only on the seed and its number.
@@ -178,11 +203,14 @@ pub fn train_validated<B: Backend + ?Sized>(
         for (step, idx) in order.chunks(batch).enumerate() {
             buf.load(backend, data, idx)?;
             backend.step(cfg.lr)?;
-            on(Progress::Step {
-                epoch,
-                step: step + 1,
-                steps,
-            });
+            on(
+                backend,
+                Progress::Step {
+                    epoch,
+                    step: step + 1,
+                    steps,
+                },
+            )?;
         }
         let totals = backend.take_totals()?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -208,7 +236,7 @@ pub fn train_validated<B: Backend + ?Sized>(
             // evaluate leaves its metric set; the next epoch scores training data.
             backend.set_metric(metric)?;
         }
-        on(Progress::Epoch(&stats));
+        on(backend, Progress::Epoch(&stats))?;
         history.push(stats);
     }
     Ok(history)

@@ -1,0 +1,244 @@
+//! Checkpoints in the safetensors format: one f32 tensor per weight matrix and
+//! bias (`layers.{l}.weight (out, in)`, `layers.{l}.bias (out)`), the input
+//! standardisation if any (`normalize.mean`, `normalize.std`), and the
+//! architecture and training state in the string metadata, so a run can be
+//! resumed exactly and a model evaluated without its training command.
+//!
+//! Files are written atomically: a temporary file in the same directory,
+//! flushed and fsynced, then renamed over the target, so a crash leaves either
+//! the old checkpoint or the new one, never half of one.
+
+use crate::data::Standardizer;
+use crate::network::{Network, Params};
+use crate::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// `format` in the metadata.
+pub const FORMAT: &str = "shadertrain";
+/// The format version this build writes; newer files are refused.
+pub const VERSION: u32 = 1;
+
+/// Where a training run stands, enough to resume it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// The run's seed (initialisation, shuffling, validation split).
+    pub seed: u64,
+    /// Samples per step.
+    pub batch: usize,
+    /// Learning rate.
+    pub lr: f32,
+    /// Name of the training set, for a warning on resume.
+    pub data: String,
+    /// Samples in the training set.
+    pub samples: usize,
+}
+
+/// Parameters, training state and input standardisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Every weight and bias.
+    pub params: Params<f32>,
+    /// The run that produced them.
+    pub state: TrainState,
+    /// `--normalize` statistics, applied to any data the model sees.
+    pub standardizer: Option<Standardizer>,
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Checkpoint {
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let net = self.params.network();
+        // (name, shape, little-endian bytes)
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (l, ly) in net.layers().iter().enumerate() {
+            tensors.push((
+                format!("layers.{l}.weight"),
+                vec![ly.n_out, ly.n_in],
+                le_bytes(self.params.weights(l)),
+            ));
+            tensors.push((
+                format!("layers.{l}.bias"),
+                vec![ly.n_out],
+                le_bytes(self.params.bias(l)),
+            ));
+        }
+        if let Some(z) = &self.standardizer {
+            tensors.push(("normalize.mean".into(), vec![z.mean.len()], le_bytes(&z.mean)));
+            tensors.push(("normalize.std".into(), vec![z.std.len()], le_bytes(&z.std)));
+        }
+        let s = &self.state;
+        let meta: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("version", VERSION.to_string()),
+            ("layers", layers_string(net)),
+            ("epoch", s.epoch.to_string()),
+            ("seed", s.seed.to_string()),
+            ("batch", s.batch.to_string()),
+            ("lr", s.lr.to_string()),
+            ("optimizer", "sgd".to_string()),
+            ("data", s.data.clone()),
+            ("samples", s.samples.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Invalid(format!("cannot build checkpoint tensors: {e}")))?;
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Invalid(format!("cannot serialise checkpoint: {e}")))
+    }
+
+    /// Writes the checkpoint to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads and checks a checkpoint: a safetensors file written by this
+    /// format at a version this build understands, with every tensor of the
+    /// architecture it declares.
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|msg| Error::Data {
+            path: path.display().to_string(),
+            msg,
+        })
+    }
+
+    /// [`Checkpoint::load`] from memory; the error is the reason alone.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let get = |k: &str| {
+            meta.get(k)
+                .cloned()
+                .ok_or_else(|| format!("metadata lacks '{k}' (not a shadertrain checkpoint?)"))
+        };
+        if get("format")? != FORMAT {
+            return Err(format!("metadata format is '{}', not '{FORMAT}'", get("format")?));
+        }
+        let version: u32 = parse(&get("version")?, "version")?;
+        if version > VERSION {
+            return Err(format!(
+                "format version {version} is newer than this build reads ({VERSION}); upgrade shadertrain"
+            ));
+        }
+        let net = Network::parse(&get("layers")?).map_err(|e| format!("metadata layers: {e}"))?;
+        let mut params = Params::zeros(&net);
+        for (l, ly) in net.layers().iter().enumerate() {
+            read_f32(&st, &format!("layers.{l}.weight"), &[ly.n_out, ly.n_in], params.weights_mut(l))?;
+            read_f32(&st, &format!("layers.{l}.bias"), &[ly.n_out], params.bias_mut(l))?;
+        }
+        let standardizer = match st.tensor("normalize.mean") {
+            Ok(_) => {
+                let n = net.inputs();
+                let (mut mean, mut std) = (vec![0.0; n], vec![0.0; n]);
+                read_f32(&st, "normalize.mean", &[n], &mut mean)?;
+                read_f32(&st, "normalize.std", &[n], &mut std)?;
+                Some(Standardizer { mean, std })
+            }
+            Err(_) => None,
+        };
+        let state = TrainState {
+            epoch: parse(&get("epoch")?, "epoch")?,
+            seed: parse(&get("seed")?, "seed")?,
+            batch: parse(&get("batch")?, "batch")?,
+            lr: parse(&get("lr")?, "lr")?,
+            data: get("data")?,
+            samples: parse(&get("samples")?, "samples")?,
+        };
+        Ok(Checkpoint {
+            params,
+            state,
+            standardizer,
+        })
+    }
+}
+
+/// `784,128,10`: the architecture as `--layers` takes it.
+fn layers_string(net: &Network) -> String {
+    net.sizes()
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse<T: std::str::FromStr>(v: &str, key: &str) -> std::result::Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("metadata '{key}' is not a valid value: '{v}'"))
+}
+
+/// Copies tensor `name`, which must be f32 of `shape`, into `out`.
+fn read_f32(
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+    out: &mut [f32],
+) -> std::result::Result<(), String> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| format!("tensor '{name}' is missing"))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(format!("tensor '{name}' is {:?}, expected F32", t.dtype()));
+    }
+    if t.shape() != shape {
+        return Err(format!(
+            "tensor '{name}' has shape {:?}, the architecture needs {shape:?}",
+            t.shape()
+        ));
+    }
+    for (o, b) in out.iter_mut().zip(t.data().chunks_exact(4)) {
+        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        return Err(format!("tensor '{name}' holds a non-finite value at {i}"));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// flushed and fsynced before the rename, so a crash never leaves half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable once the directory is synced.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
