@@ -1,7 +1,7 @@
 // common.wgsl — prepended by the host (src/gpu/kernels.rs) to every kernel file
 // before compiling, so the uniform layout and helpers exist once.
 //
-// Dims mirrors `shadertrain::gpu::Dims` (8 × u32 = 32 bytes); the naga test
+// Dims mirrors `shadertrain::gpu::Dims` (12 × u32 = 48 bytes); the naga test
 // checks the sizes agree. Each layer has one Dims; a kernel reads the fields
 // it needs.
 struct Dims {
@@ -13,6 +13,10 @@ struct Dims {
     n_next: u32,     // neurons in the next layer (delta_hidden)
     w_next_off: u32, // offset of W_next (n_next, n_out) in params (delta_hidden)
     metric: u32,     // loss_reduce scoring: 0 none, 1 threshold, 2 argmax
+    splits: u32,     // K slices of the tiled gradient (1: none)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // SGD and gradient scaling, mirrors `shadertrain::gpu::SgdUniform` (16 bytes).

@@ -10,21 +10,26 @@
 //   gradient_sgd_tiled    params[p] −= lr · g (SGD fused; grads untouched)
 // The fused form is safe because nothing in the dispatch reads this layer's
 // parameters; the host computes the layer below's delta (from the old W) first.
+// With dims.splits > 1 (a long batch and few blocks: split K) each K slice
+// writes its sums to scratch, and gradient_dense_reduce / gradient_sgd_reduce
+// (one invocation per parameter) add the slices in order and put g as above.
 //
-// | binding | name   | access             | shape          |
-// |---------|--------|--------------------|----------------|
-// | 0       | dims   | uniform Dims       |                |
-// | 1       | hyper  | uniform Sgd        |                |
-// | 2       | delta  | storage read       | (batch, n_out) |
-// | 3       | a_prev | storage read       | (batch, n_in)  |
-// | 4       | params | storage read_write | (param_count)  |
-// | 5       | grads  | storage read_write | (param_count)  |
+// | binding | name    | access             | shape                      |
+// |---------|---------|--------------------|----------------------------|
+// | 0       | dims    | uniform Dims       |                            |
+// | 1       | hyper   | uniform Sgd        |                            |
+// | 2       | delta   | storage read       | (batch, n_out)             |
+// | 3       | a_prev  | storage read       | (batch, n_in)              |
+// | 4       | params  | storage read_write | (param_count)              |
+// | 5       | grads   | storage read_write | (param_count)              |
+// | 6       | scratch | storage read_write | (splits, n_out, n_in + 1)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> hyper: Sgd;
 @group(0) @binding(2) var<storage, read> delta: array<f32>;
 @group(0) @binding(3) var<storage, read> a_prev: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scratch: array<f32>;
 
 const A_ALONG_K: bool = false;
 const B_ALONG_K: bool = false;
@@ -57,12 +62,44 @@ fn put(p: u32, g: f32) {
     }
 }
 
+// Put the gradient of sum (m, n); column n_in of a row stands for the bias.
+fn put_sum(m: u32, n: u32, sum: f32) {
+    if (n < dims.n_in) {
+        put(dims.w_off + m * dims.n_in + n, sum * hyper.scale);
+    } else {
+        put(dims.b_off + m, sum * hyper.scale);
+    }
+}
+
+// A product's sum (m, n): straight to put_sum, or this slice's part to scratch.
+fn keep_sum(m: u32, n: u32, sum: f32) {
+    if (dims.splits > 1u) {
+        scratch[(tile_slice * dims.n_out + m) * (dims.n_in + 1u) + n] = sum;
+    } else {
+        put_sum(m, n, sum);
+    }
+}
+
 fn tile_store(m: u32, n: u32, c: f32) {
-    put(dims.w_off + m * dims.n_in + n, c * hyper.scale);
+    keep_sum(m, n, c);
 }
 
 fn row_sum_store(m: u32, s: f32) {
-    put(dims.b_off + m, s * hyper.scale);
+    keep_sum(m, dims.n_in, s);
+}
+
+// Add the K slices of scratch element idx in order; put the gradient.
+fn reduce_slices(idx: u32) {
+    let row = dims.n_in + 1u;
+    let len = dims.n_out * row;
+    if (idx >= len) {
+        return;
+    }
+    var sum = 0.0;
+    for (var s = 0u; s < dims.splits; s++) {
+        sum += scratch[s * len + idx];
+    }
+    put_sum(idx / row, idx % row, sum);
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
@@ -83,4 +120,24 @@ fn gradient_sgd_tiled(
 ) {
     fused_sgd = true;
     tile_gemm(wid, nwg, lid);
+}
+
+@compute @workgroup_size(WG)
+fn gradient_dense_reduce(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    fused_sgd = false;
+    reduce_slices(linear_index(wid, nwg, lid));
+}
+
+@compute @workgroup_size(WG)
+fn gradient_sgd_reduce(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    fused_sgd = true;
+    reduce_slices(linear_index(wid, nwg, lid));
 }

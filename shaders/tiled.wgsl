@@ -19,6 +19,10 @@
 // outputs. Blocks are numbered along N first and the numbers folded into a 2-D
 // grid, because one grid dimension holds at most 65535 workgroups.
 //
+// Split K: the grid's z dimension cuts K into that many slices (whole BK
+// steps), one workgroup per block and slice; tile_slice tells the epilogue
+// which slice its partial sums belong to, for a fixed-order reduction after.
+//
 // Tile sizes are pipeline-overridable; the host sets them per adapter
 // (`TileConfig` in src/gpu/kernels.rs).
 
@@ -41,6 +45,9 @@ override SB: u32 = WG_X * TN + 1u;
 var<workgroup> tile_a: array<f32, BK * SA>; // A block, (BK, BM) at stride SA
 var<workgroup> tile_b: array<f32, BK * SB>; // B block, (BK, BN) at stride SB
 
+// The K slice this workgroup sums (wid.z of nwg.z).
+var<private> tile_slice: u32;
+
 fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let shape = tile_shape();
     let m_len = shape.x;
@@ -53,6 +60,11 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     if (tile >= tiles_n * tiles_m) {
         return;
     }
+    // This slice's K range: whole BK steps, the last slice shorter or empty.
+    tile_slice = wid.z;
+    let k_step = ((k_len + nwg.z - 1u) / nwg.z + BK - 1u) / BK * BK;
+    let k_begin = min(k_len, wid.z * k_step);
+    let k_end = min(k_len, k_begin + k_step);
     let m0 = (tile / tiles_n) * BM;
     let n0 = (tile % tiles_n) * BN;
     let tx = lid % WG_X;
@@ -65,7 +77,7 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     var ar: array<f32, MAX_T>;
     var br: array<f32, MAX_T>;
     var rsum = 0.0;
-    for (var k0 = 0u; k0 < k_len; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Stage A (BM × BK) and B (BK × BN), zero outside the matrices.
         // Consecutive invocations take consecutive addresses of global memory.
         for (var e = lid; e < BM * BK; e += threads) {
@@ -76,7 +88,7 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
                 m = e / BK;
             }
             var v = 0.0;
-            if (m0 + m < m_len && k0 + k < k_len) {
+            if (m0 + m < m_len && k0 + k < k_end) {
                 v = a_at(m0 + m, k0 + k);
             }
             tile_a[k * SA + m] = v;
@@ -89,7 +101,7 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
                 n = e / BK;
             }
             var v = 0.0;
-            if (n0 + n < n_len && k0 + k < k_len) {
+            if (n0 + n < n_len && k0 + k < k_end) {
                 v = b_at(k0 + k, n0 + n);
             }
             tile_b[k * SB + n] = v;

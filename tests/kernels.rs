@@ -198,10 +198,10 @@ fn sgd_update_beyond_one_grid_dimension() {
 #[test]
 fn grid_folds_within_limits() {
     use shadertrain::gpu::kernels::grid_1d;
-    assert_eq!(grid_1d(1, 65535).unwrap(), (1, 1));
-    assert_eq!(grid_1d(64, 65535).unwrap(), (1, 1));
-    assert_eq!(grid_1d(65, 65535).unwrap(), (2, 1));
-    let (x, y) = grid_1d(65535 * 64 + 1, 65535).unwrap();
+    assert_eq!(grid_1d(1, 65535).unwrap(), (1, 1, 1));
+    assert_eq!(grid_1d(64, 65535).unwrap(), (1, 1, 1));
+    assert_eq!(grid_1d(65, 65535).unwrap(), (2, 1, 1));
+    let (x, y, _) = grid_1d(65535 * 64 + 1, 65535).unwrap();
     assert!(x <= 65535 && y == 2, "{x} {y}");
     assert!((x as u64 * y as u64) * 64 > 65535 * 64);
     assert!(grid_1d(u64::MAX / 2, 65535).is_err());

@@ -91,14 +91,13 @@ fn bindings_match_host_layouts() {
                     spec.file
                 ),
             }
-            // A read-write binding the entry point never writes would be a layout bug.
+            // A read-write binding that no entry point of the file (they
+            // share one layout) writes would be a layout bug.
             if *slot == Slot::ReadWrite && !ep_info[handle].is_empty() {
-                assert!(
-                    ep_info[handle].contains(naga::valid::GlobalUse::WRITE),
-                    "{}: {} never writes {name}",
-                    spec.file,
-                    spec.entry
-                );
+                let written = (0..module.entry_points.len()).any(|i| {
+                    info.get_entry_point(i)[handle].contains(naga::valid::GlobalUse::WRITE)
+                });
+                assert!(written, "{}: no entry point writes {name}", spec.file);
             }
         }
         assert_eq!(
@@ -179,7 +178,7 @@ fn tiled_kernels_resolve_with_every_tile_config() {
 #[test]
 fn uniform_structs_have_the_sizes_wgsl_expects() {
     use shadertrain::gpu::{Acc, Dims, SgdUniform};
-    assert_eq!(std::mem::size_of::<Dims>(), 32);
+    assert_eq!(std::mem::size_of::<Dims>(), 48);
     assert_eq!(std::mem::size_of::<SgdUniform>(), 16);
     assert_eq!(std::mem::size_of::<Acc>(), 16);
     // The loss totals struct is a storage binding; check its WGSL size too.

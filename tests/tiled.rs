@@ -76,12 +76,16 @@ fn delta_hidden_tiled_matches_cpu() {
     });
 }
 
+/// K slices of the gradient products: none, and three (some of them empty
+/// where K is short), added by the reduce kernels.
+const SPLITS: [u32; 2] = [1, 3];
+
 /// Stored, and accumulated onto earlier values (micro-batches).
 #[test]
 fn gradient_dense_tiled_matches_cpu() {
     each_config("gradient_dense_tiled", |r, label| {
-        for &(n_out, n_in, batch) in SHAPES {
-            let label = format!("{label} batch {batch} {n_in}->{n_out}");
+        for (&(n_out, n_in, batch), splits) in SHAPES.iter().flat_map(|s| SPLITS.map(|k| (s, k))) {
+            let label = format!("{label} batch {batch} {n_in}->{n_out} splits {splits}");
             let mut g = rng(&label);
             let d = random(&mut g, batch * n_out, -0.25, 0.25);
             let a = random(&mut g, batch * n_in, 0.01, 0.99);
@@ -90,11 +94,11 @@ fn gradient_dense_tiled_matches_cpu() {
             let (gw, gb) = want.split_at_mut(n_out * n_in);
             cpu::gradient_dense(&f64s(&d), &f64s(&a), gw, gb, batch, n_in, n_out);
             let got = r
-                .gradient_dense_tiled(&d, &a, batch, n_in, n_out, None)
+                .gradient_dense_tiled(&d, &a, batch, n_in, n_out, None, splits)
                 .unwrap();
             assert_close(&format!("{label} ∂W, ∂b"), &got, &want, ABS, REL);
             let got = r
-                .gradient_dense_tiled(&d, &a, batch, n_in, n_out, Some(&onto))
+                .gradient_dense_tiled(&d, &a, batch, n_in, n_out, Some(&onto), splits)
                 .unwrap();
             let summed: Vec<f64> = want.iter().zip(&onto).map(|(w, &o)| w + o as f64).collect();
             assert_close(&format!("{label} onto + ∂W, ∂b"), &got, &summed, ABS, REL);
@@ -105,8 +109,8 @@ fn gradient_dense_tiled_matches_cpu() {
 #[test]
 fn gradient_sgd_tiled_matches_cpu() {
     each_config("gradient_sgd_tiled", |r, label| {
-        for &(n_out, n_in, batch) in SHAPES {
-            let label = format!("{label} batch {batch} {n_in}->{n_out}");
+        for (&(n_out, n_in, batch), splits) in SHAPES.iter().flat_map(|s| SPLITS.map(|k| (s, k))) {
+            let label = format!("{label} batch {batch} {n_in}->{n_out} splits {splits}");
             let mut g = rng(&label);
             let d = random(&mut g, batch * n_out, -0.25, 0.25);
             let a = random(&mut g, batch * n_in, 0.01, 0.99);
@@ -114,7 +118,7 @@ fn gradient_sgd_tiled_matches_cpu() {
             let b = random(&mut g, n_out, -0.5, 0.5);
             let lr = 0.7f32;
             let got = r
-                .gradient_sgd_tiled(&d, &a, &w, &b, lr, batch, n_in, n_out)
+                .gradient_sgd_tiled(&d, &a, &w, &b, lr, batch, n_in, n_out, splits)
                 .unwrap();
             let (mut ww, mut wb) = (f64s(&w), f64s(&b));
             let (d, a) = (f64s(&d), f64s(&a));
@@ -196,4 +200,25 @@ fn tile_configs_fit_the_default_limits() {
         ..TileConfig::SMALL
     };
     assert!(no_row_sums.check(&limits).is_err());
+}
+
+/// Split K only where a layer has few output blocks and a long batch, and
+/// never past the scratch it is given.
+#[test]
+fn k_splits_fill_the_device_within_scratch() {
+    use shadertrain::gpu::kernels::k_splits;
+    let t = TileConfig::DISCRETE;
+    assert_eq!(k_splits(17, 3, 100, &t, u64::MAX), 1, "short batch");
+    assert_eq!(
+        k_splits(4096, 4096, 4096, &t, u64::MAX),
+        1,
+        "1024 blocks already"
+    );
+    let s = k_splits(17, 3, 200_000, &t, u64::MAX);
+    assert!(s > 100 && s <= 1024, "{s}");
+    assert_eq!(
+        k_splits(17, 3, 200_000, &t, 17 * 4 * 10),
+        10,
+        "scratch for 10"
+    );
 }

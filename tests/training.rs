@@ -33,6 +33,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Simple,
             tiles: None,
+            max_chunk: None,
         },
     ),
     (
@@ -40,6 +41,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(TileConfig::SMALL),
+            max_chunk: None,
         },
     ),
     (
@@ -47,6 +49,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(TileConfig::DISCRETE),
+            max_chunk: None,
         },
     ),
 ];
@@ -323,5 +326,71 @@ fn tiled_step_matches_separate_calls_and_simple_kernels() {
             let what = format!("{label} {name} params after 6 steps");
             assert_close(&what, &b.params().unwrap().data, &want, 1e-6, 1e-5);
         }
+    }
+}
+
+/// One profiled step per kernel set: a time for every dispatch, named by
+/// kernel and layer, and the same step as `step` takes.
+#[test]
+fn profile_step_times_every_kernel() {
+    let Some(ctx) = gpu_or_skip("profile_step_times_every_kernel") else {
+        return;
+    };
+    let net = Network::parse("4,7,3").unwrap();
+    let (x, y) = batches(&net, 5, 1, "profile").remove(0);
+    let expected: [(&str, &[&str]); 2] = [
+        (
+            "simple",
+            &[
+                "forward_dense layer 0",
+                "forward_dense layer 1",
+                "loss_reduce",
+                "delta_output",
+                "delta_hidden layer 0",
+                "gradient_weights layer 0",
+                "gradient_bias layer 1",
+                "sgd_update",
+            ],
+        ),
+        (
+            "tiled",
+            &[
+                "forward_dense_tiled layer 0",
+                "forward_dense_tiled layer 1",
+                "delta_output_loss",
+                "loss_finish",
+                "delta_hidden_tiled layer 0",
+                "gradient_sgd_tiled layer 1",
+                "gradient_sgd_tiled layer 0",
+            ],
+        ),
+    ];
+    for ((name, options), (_, labels)) in [KERNELS[0], KERNELS[1]].into_iter().zip(expected) {
+        let mut profiled = gpu(&ctx, &net, 5, options);
+        let mut plain = gpu(&ctx, &net, 5, options);
+        for b in [&mut profiled, &mut plain] {
+            b.set_params(&net.init(2)).unwrap();
+            b.load_batch(&x, &y).unwrap();
+        }
+        let Some(times) = profiled.profile_step(0.5).unwrap() else {
+            eprintln!(
+                "skipped profile_step_times_every_kernel: no timestamp queries on {}",
+                ctx.describe()
+            );
+            return;
+        };
+        plain.step(0.5).unwrap();
+        for want in labels {
+            assert!(
+                times.iter().any(|(l, _)| l == want),
+                "{name}: no time for {want} in {times:?}"
+            );
+        }
+        assert!(
+            times.iter().all(|(_, ms)| ms.is_finite() && *ms > 0.0),
+            "{name}: {times:?}"
+        );
+        let (a, b) = (profiled.params().unwrap(), plain.params().unwrap());
+        assert_eq!(a.data, b.data, "{name}: a profiled step is a step");
     }
 }

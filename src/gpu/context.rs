@@ -53,14 +53,14 @@ fn summary(adapter: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
-/// Our kernels bind up to 4 storage buffers and use 256-invocation workgroups.
+/// Our kernels bind up to 5 storage buffers and use 256-invocation workgroups.
 fn supports_compute(adapter: &wgpu::Adapter) -> bool {
     let l = adapter.limits();
     adapter
         .get_downlevel_capabilities()
         .flags
         .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-        && l.max_storage_buffers_per_shader_stage >= 4
+        && l.max_storage_buffers_per_shader_stage >= 5
         && l.max_compute_invocations_per_workgroup >= 256
 }
 
@@ -159,13 +159,15 @@ impl GpuContext {
     }
 
     /// Open a device on a given adapter, asking for every limit it offers so
-    /// that large batches fit.
+    /// that large batches fit, and for timestamp queries where it has them
+    /// (`GpuBackend::profile_step`).
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>> {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("shadertrain"),
             required_limits: limits.clone(),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;

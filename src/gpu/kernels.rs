@@ -29,6 +29,10 @@ pub struct Dims {
     pub w_next_off: u32,
     /// [`crate::backend::Metric`] as a number.
     pub metric: u32,
+    /// K slices of the tiled gradient product (split K); 1 for none.
+    pub splits: u32,
+    /// Uniforms are 16-byte aligned.
+    pub _pad: [u32; 3],
 }
 
 /// SGD hyper-parameters and gradient scaling, mirrored by `struct Sgd` in
@@ -202,10 +206,11 @@ const GRADIENT_TILED_BINDINGS: &[Slot] = &[
     Slot::Read,
     Slot::ReadWrite,
     Slot::ReadWrite,
+    Slot::ReadWrite,
 ];
 /// Tiled `∂L/∂W = scale·δᵀA_prev` and `∂L/∂b = scale·Σ_s δ` in one pass, stored
 /// or accumulated into grads (twin: `gradient_dense`): dims, hyper, delta,
-/// a_prev, params (unused), grads.
+/// a_prev, params (unused), grads, scratch (split K only).
 pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "gradient_dense_tiled",
     file: "gradient_tiled.wgsl",
@@ -214,10 +219,22 @@ pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     kind: KernelKind::Tiled,
 };
 /// The same gradients applied at once, `p −= lr·g` (twin: `gradient_sgd`):
-/// dims, hyper, delta, a_prev, params, grads (unused).
+/// dims, hyper, delta, a_prev, params, grads (unused), scratch.
 pub const GRADIENT_SGD_TILED: KernelSpec = KernelSpec {
     entry: "gradient_sgd_tiled",
     ..GRADIENT_DENSE_TILED
+};
+/// Split K: the slices in scratch added in order, then as
+/// [`GRADIENT_DENSE_TILED`]; one invocation per parameter of the layer.
+pub const GRADIENT_DENSE_REDUCE: KernelSpec = KernelSpec {
+    entry: "gradient_dense_reduce",
+    kind: KernelKind::ElementWise,
+    ..GRADIENT_DENSE_TILED
+};
+/// Split K: the slices in scratch added in order, then as [`GRADIENT_SGD_TILED`].
+pub const GRADIENT_SGD_REDUCE: KernelSpec = KernelSpec {
+    entry: "gradient_sgd_reduce",
+    ..GRADIENT_DENSE_REDUCE
 };
 /// Output delta and per-workgroup loss partials in one parallel pass (twin:
 /// `delta_output_loss`): dims, a, y, delta, partials.
@@ -256,6 +273,8 @@ pub const ALL: &[KernelSpec] = &[
     DELTA_HIDDEN_TILED,
     GRADIENT_DENSE_TILED,
     GRADIENT_SGD_TILED,
+    GRADIENT_DENSE_REDUCE,
+    GRADIENT_SGD_REDUCE,
     DELTA_OUTPUT_LOSS,
     LOSS_FINISH,
 ];
@@ -398,6 +417,12 @@ impl Kernel {
     /// Compile `spec` on `device`; a [`KernelKind::Tiled`] kernel with the
     /// tile sizes of `tiles`.
     pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Kernel {
+        let layout = Self::layout(device, &spec);
+        Self::with_layout(device, spec, tiles, layout)
+    }
+
+    /// Group 0's layout for `spec`, built from `spec.bindings`.
+    fn layout(device: &wgpu::Device, spec: &KernelSpec) -> wgpu::BindGroupLayout {
         let entries: Vec<wgpu::BindGroupLayoutEntry> = spec
             .bindings
             .iter()
@@ -417,10 +442,20 @@ impl Kernel {
                 count: None,
             })
             .collect();
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some(spec.entry),
             entries: &entries,
-        });
+        })
+    }
+
+    /// Compile `spec` with an existing layout of the same bindings, so that
+    /// kernels of one file share their bind groups.
+    pub fn with_layout(
+        device: &wgpu::Device,
+        spec: KernelSpec,
+        tiles: &TileConfig,
+        layout: wgpu::BindGroupLayout,
+    ) -> Kernel {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.file),
             source: wgpu::ShaderSource::Wgsl(spec.source.into()),
@@ -529,6 +564,10 @@ pub struct TiledKernels {
     pub gradient_dense: Kernel,
     /// See [`GRADIENT_SGD_TILED`].
     pub gradient_sgd: Kernel,
+    /// See [`GRADIENT_DENSE_REDUCE`].
+    pub gradient_dense_reduce: Kernel,
+    /// See [`GRADIENT_SGD_REDUCE`].
+    pub gradient_sgd_reduce: Kernel,
     /// See [`DELTA_OUTPUT_LOSS`].
     pub delta_output_loss: Kernel,
     /// See [`LOSS_FINISH`].
@@ -540,12 +579,18 @@ impl TiledKernels {
     pub fn new(device: &wgpu::Device, limits: &wgpu::Limits, tiles: TileConfig) -> Result<Self> {
         tiles.check(limits)?;
         let k = |spec| Kernel::new(device, spec, &tiles);
+        // The four gradient kernels take one bind group per layer.
+        let gradient_dense = k(GRADIENT_DENSE_TILED);
+        let shared =
+            |spec| Kernel::with_layout(device, spec, &tiles, gradient_dense.layout.clone());
         Ok(TiledKernels {
             tiles,
             forward_dense: k(FORWARD_DENSE_TILED),
             delta_hidden: k(DELTA_HIDDEN_TILED),
-            gradient_dense: k(GRADIENT_DENSE_TILED),
-            gradient_sgd: k(GRADIENT_SGD_TILED),
+            gradient_sgd: shared(GRADIENT_SGD_TILED),
+            gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE),
+            gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE),
+            gradient_dense,
             delta_output_loss: k(DELTA_OUTPUT_LOSS),
             loss_finish: k(LOSS_FINISH),
         })
@@ -564,10 +609,13 @@ pub fn loss_groups(batch: u32, n: u32) -> u32 {
     batch.div_ceil(LOSS_WG / loss_lanes(n))
 }
 
+/// A dispatch's workgroup counts, `(x, y, z)`.
+pub type Grid = (u32, u32, u32);
+
 /// `groups` workgroups folded into a 2-D grid so that neither dimension
 /// exceeds `max_per_dim`; the shaders number them `wid.y·nwg.x + wid.x` and
 /// skip those past the end. `what` names the work for the error.
-pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<(u32, u32)> {
+pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<Grid> {
     let groups = groups.max(1);
     let max = max_per_dim.max(1) as u64;
     let x = groups.min(max);
@@ -577,19 +625,49 @@ pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<(u32, u32)> {
             "{what} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch"
         )));
     }
-    Ok((x as u32, y as u32))
+    Ok((x as u32, y as u32, 1))
 }
 
 /// Workgroup grid for `n` independent elements of [`WG`] invocations each
 /// (`linear_index` in common.wgsl unfolds it).
-pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<(u32, u32)> {
+pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<Grid> {
     grid(n.div_ceil(WG as u64), max_per_dim, &format!("{n} elements"))
 }
 
-/// Workgroup grid of a tiled kernel computing an `m × n` output.
-pub fn grid_tiled(m: u32, n: u32, tiles: &TileConfig, max_per_dim: u32) -> Result<(u32, u32)> {
-    let blocks = m.div_ceil(tiles.bm()) as u64 * n.div_ceil(tiles.bn()) as u64;
-    grid(blocks, max_per_dim, &format!("a {m}×{n} product"))
+/// Output blocks of a tiled `m × n` product.
+pub fn tile_blocks(m: u32, n: u32, tiles: &TileConfig) -> u64 {
+    m.div_ceil(tiles.bm()) as u64 * n.div_ceil(tiles.bn()) as u64
+}
+
+/// Workgroup grid of a tiled kernel computing an `m × n` output with K cut
+/// into `splits` slices (the z dimension).
+pub fn grid_tiled(
+    m: u32,
+    n: u32,
+    splits: u32,
+    tiles: &TileConfig,
+    max_per_dim: u32,
+) -> Result<Grid> {
+    let what = format!("a {m}×{n} product");
+    let (x, y, _) = grid(tile_blocks(m, n, tiles), max_per_dim, &what)?;
+    Ok((x, y, splits.max(1)))
+}
+
+/// Workgroups a product with few output blocks is split up to (split K).
+const FILL_GROUPS: u64 = 1024;
+/// The shallowest K slice worth a workgroup of its own.
+const MIN_SLICE: u32 = 256;
+
+/// K slices for the tiled gradient of a layer `n_in → n_out` over `rows`
+/// samples: enough for about [`FILL_GROUPS`] workgroups where the layer has
+/// few output blocks, each slice at least [`MIN_SLICE`] deep, and no more than
+/// `max_scratch` floats of slice sums, `splits·n_out·(n_in + 1)`. Never more
+/// than `FILL_GROUPS`, so within any device's 65535 workgroups per dimension.
+pub fn k_splits(n_out: u32, n_in: u32, rows: u32, tiles: &TileConfig, max_scratch: u64) -> u32 {
+    let by_fill = FILL_GROUPS / tile_blocks(n_out, n_in, tiles).max(1);
+    let by_depth = (rows / MIN_SLICE) as u64;
+    let by_scratch = max_scratch / (n_out as u64 * (n_in as u64 + 1));
+    by_fill.min(by_depth).min(by_scratch).max(1) as u32
 }
 
 /// Record one dispatch of `kernel` on a `grid` of workgroups into `pass`.
@@ -597,11 +675,11 @@ pub fn dispatch(
     pass: &mut wgpu::ComputePass<'_>,
     kernel: &Kernel,
     group: &wgpu::BindGroup,
-    (x, y): (u32, u32),
+    (x, y, z): Grid,
 ) {
     pass.set_pipeline(&kernel.pipeline);
     pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    pass.dispatch_workgroups(x, y, z);
 }
 
 /// Record one dispatch of `kernel` over `n` elements into `pass`.

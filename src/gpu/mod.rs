@@ -12,4 +12,4 @@ pub mod trainer;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
 pub use kernels::{Acc, Dims, SgdUniform, TileConfig};
 pub use runner::KernelRunner;
-pub use trainer::{GpuBackend, GpuOptions, KernelSet};
+pub use trainer::{micro_batch_rows, GpuBackend, GpuOptions, KernelSet};

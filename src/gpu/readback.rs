@@ -65,8 +65,21 @@ pub fn read<T: bytemuck::Pod>(
 
 /// Wait for every submitted command to finish; report any GPU error.
 pub fn finish(ctx: &GpuContext) -> Result<()> {
+    wait(ctx, None)
+}
+
+/// Wait until the submission `index` has finished (and those before it);
+/// report any GPU error.
+pub fn wait_for(ctx: &GpuContext, index: wgpu::SubmissionIndex) -> Result<()> {
+    wait(ctx, Some(index))
+}
+
+fn wait(ctx: &GpuContext, submission_index: Option<wgpu::SubmissionIndex>) -> Result<()> {
     ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index,
+            timeout: None,
+        })
         .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
     ctx.check_errors()
 }

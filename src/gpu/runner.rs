@@ -9,7 +9,7 @@
 
 use super::context::GpuContext;
 use super::kernels::{
-    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Kernel, Kernels, SgdUniform,
+    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Grid, Kernel, Kernels, SgdUniform,
     TileConfig, TiledKernels,
 };
 use super::readback;
@@ -30,7 +30,7 @@ pub struct KernelRunner {
 }
 
 /// One dispatch: the kernel, its buffers in binding order, its grid.
-type Step<'a> = (&'a Kernel, &'a [&'a wgpu::Buffer], (u32, u32));
+type Step<'a> = (&'a Kernel, &'a [&'a wgpu::Buffer], Grid);
 
 impl KernelRunner {
     /// Compile every kernel on `ctx`'s device, the tiled ones with the tile
@@ -68,12 +68,13 @@ impl KernelRunner {
         self.ctx.limits.max_compute_workgroups_per_dimension
     }
 
-    fn grid_1d(&self, n: usize) -> Result<(u32, u32)> {
+    fn grid_1d(&self, n: usize) -> Result<Grid> {
         grid_1d(n as u64, self.max_dim())
     }
 
-    fn grid_tiled(&self, m: usize, n: usize) -> Result<(u32, u32)> {
-        grid_tiled(m as u32, n as u32, &self.tiled()?.tiles, self.max_dim())
+    fn grid_tiled(&self, m: usize, n: usize, splits: u32) -> Result<Grid> {
+        let tiles = &self.tiled()?.tiles;
+        grid_tiled(m as u32, n as u32, splits, tiles, self.max_dim())
     }
 
     fn storage(&self, data: &[f32]) -> wgpu::Buffer {
@@ -167,7 +168,7 @@ impl KernelRunner {
         n_in: usize,
         n_out: usize,
     ) -> Result<Vec<f32>> {
-        let grid = self.grid_tiled(batch, n_out)?;
+        let grid = self.grid_tiled(batch, n_out, 1)?;
         self.forward(
             &self.tiled()?.forward_dense,
             grid,
@@ -184,7 +185,7 @@ impl KernelRunner {
     fn forward(
         &self,
         kernel: &Kernel,
-        grid: (u32, u32),
+        grid: Grid,
         a_prev: &[f32],
         w: &[f32],
         b: &[f32],
@@ -248,7 +249,7 @@ impl KernelRunner {
         n: usize,
         n_next: usize,
     ) -> Result<Vec<f32>> {
-        let grid = self.grid_tiled(batch, n)?;
+        let grid = self.grid_tiled(batch, n, 1)?;
         let k = &self.tiled()?.delta_hidden;
         self.hidden(k, grid, w_next, delta_next, a, batch, n, n_next)
     }
@@ -257,7 +258,7 @@ impl KernelRunner {
     fn hidden(
         &self,
         kernel: &Kernel,
-        grid: (u32, u32),
+        grid: Grid,
         w_next: &[f32],
         delta_next: &[f32],
         a: &[f32],
@@ -326,7 +327,9 @@ impl KernelRunner {
     /// `gradient_dense_tiled`, twin of [`crate::cpu::gradient_dense`]: returns
     /// `gw (n_out, n_in)` followed by `gb (n_out)`, the layer's parameter
     /// layout. With `onto` (the same layout) the kernel accumulates, and the
-    /// result is `onto + g`.
+    /// result is `onto + g`. With `splits > 1`, K is cut into that many slices
+    /// and `gradient_dense_reduce` adds them.
+    #[allow(clippy::too_many_arguments)]
     pub fn gradient_dense_tiled(
         &self,
         delta: &[f32],
@@ -335,6 +338,7 @@ impl KernelRunner {
         n_in: usize,
         n_out: usize,
         onto: Option<&[f32]>,
+        splits: u32,
     ) -> Result<Vec<f32>> {
         let len = n_out * n_in + n_out;
         let grads = match onto {
@@ -348,14 +352,16 @@ impl KernelRunner {
             scale: 1.0 / batch as f32,
             accumulate: u32::from(onto.is_some()),
         };
-        let k = &self.tiled()?.gradient_dense;
-        let bufs = self.gradient_buffers(delta, a_prev, batch, n_in, n_out, hyper, &params, &grads);
-        let grid = self.grid_tiled(n_out, n_in)?;
-        self.run(&[(k, &bufs.each(), grid)], &grads, PREFIX, len)
+        let t = self.tiled()?;
+        let kernels = (&t.gradient_dense, &t.gradient_dense_reduce);
+        let shape = (batch, n_in, n_out, splits);
+        self.gradient(kernels, delta, a_prev, shape, hyper, &params, &grads)?;
+        readback::read(&self.ctx, &grads, (PREFIX * 4) as u64, len)
     }
 
     /// `gradient_sgd_tiled`, twin of [`crate::cpu::gradient_sgd`]: returns the
-    /// layer's updated `w (n_out, n_in)` followed by `b (n_out)`.
+    /// layer's updated `w (n_out, n_in)` followed by `b (n_out)`. `splits` as
+    /// for [`KernelRunner::gradient_dense_tiled`].
     #[allow(clippy::too_many_arguments)]
     pub fn gradient_sgd_tiled(
         &self,
@@ -367,6 +373,7 @@ impl KernelRunner {
         batch: usize,
         n_in: usize,
         n_out: usize,
+        splits: u32,
     ) -> Result<Vec<f32>> {
         let len = n_out * n_in + n_out;
         let params = self.storage(&layer_params(w, b).0);
@@ -377,35 +384,43 @@ impl KernelRunner {
             scale: 1.0 / batch as f32,
             accumulate: 0,
         };
-        let k = &self.tiled()?.gradient_sgd;
-        let bufs = self.gradient_buffers(delta, a_prev, batch, n_in, n_out, hyper, &params, &grads);
-        let grid = self.grid_tiled(n_out, n_in)?;
-        self.run(&[(k, &bufs.each(), grid)], &params, PREFIX, len)
+        let t = self.tiled()?;
+        let kernels = (&t.gradient_sgd, &t.gradient_sgd_reduce);
+        let shape = (batch, n_in, n_out, splits);
+        self.gradient(kernels, delta, a_prev, shape, hyper, &params, &grads)?;
+        readback::read(&self.ctx, &params, (PREFIX * 4) as u64, len)
     }
 
+    /// Run a tiled gradient kernel, and its reduction when K is split;
+    /// `shape` is `(batch, n_in, n_out, splits)`.
     #[allow(clippy::too_many_arguments)]
-    fn gradient_buffers<'a>(
+    fn gradient(
         &self,
+        (product, reduce): (&Kernel, &Kernel),
         delta: &[f32],
         a_prev: &[f32],
-        batch: usize,
-        n_in: usize,
-        n_out: usize,
+        (batch, n_in, n_out, splits): (usize, usize, usize, u32),
         hyper: SgdUniform,
-        params: &'a wgpu::Buffer,
-        grads: &'a wgpu::Buffer,
-    ) -> GradientBuffers<'a> {
-        let d = dims(batch, n_in, n_out, PREFIX, PREFIX + n_out * n_in);
-        GradientBuffers {
-            owned: [
-                self.uniform(bytemuck::bytes_of(&d)),
-                self.uniform(bytemuck::bytes_of(&hyper)),
-                self.storage(delta),
-                self.storage(a_prev),
-            ],
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+    ) -> Result<()> {
+        let mut d = dims(batch, n_in, n_out, PREFIX, PREFIX + n_out * n_in);
+        d.splits = splits;
+        let sums = n_out * (n_in + 1);
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.uniform(bytemuck::bytes_of(&hyper)),
+            &self.storage(delta),
+            &self.storage(a_prev),
             params,
             grads,
+            &self.poisoned(splits as usize * sums),
+        ];
+        let mut steps = vec![(product, &bufs[..], self.grid_tiled(n_out, n_in, splits)?)];
+        if splits > 1 {
+            steps.push((reduce, &bufs[..], self.grid_1d(sums)?));
         }
+        self.run::<f32>(&steps, grads, 0, 0).map(drop)
     }
 
     /// GPU twin of [`crate::cpu::sgd_update`]; returns the updated parameters.
@@ -463,7 +478,8 @@ impl KernelRunner {
             &acc,
         ];
         // A single workgroup, which is what loss_reduce needs.
-        let out: Vec<Acc> = self.run(&[(&self.kernels.loss_reduce, &bufs, (1, 1))], &acc, 0, 1)?;
+        let out: Vec<Acc> =
+            self.run(&[(&self.kernels.loss_reduce, &bufs, (1, 1, 1))], &acc, 0, 1)?;
         Ok(out.first().copied().unwrap_or_default())
     }
 
@@ -493,26 +509,11 @@ impl KernelRunner {
         let grid = grid(groups as u64, self.max_dim(), "loss groups")?;
         let steps: [Step<'_>; 2] = [
             (&t.delta_output_loss, &first, grid),
-            (&t.loss_finish, &second, (1, 1)),
+            (&t.loss_finish, &second, (1, 1, 1)),
         ];
         let out: Vec<Acc> = self.run(&steps, &acc, 0, 1)?;
         let delta = readback::read(&self.ctx, &delta, 0, batch * n)?;
         Ok((delta, out.first().copied().unwrap_or_default()))
-    }
-}
-
-/// The buffers of a tiled gradient kernel, in binding order.
-struct GradientBuffers<'a> {
-    /// dims, hyper, delta, a_prev
-    owned: [wgpu::Buffer; 4],
-    params: &'a wgpu::Buffer,
-    grads: &'a wgpu::Buffer,
-}
-
-impl GradientBuffers<'_> {
-    fn each(&self) -> [&wgpu::Buffer; 6] {
-        let [d, h, delta, a] = &self.owned;
-        [d, h, delta, a, self.params, self.grads]
     }
 }
 
@@ -523,6 +524,7 @@ fn dims(batch: usize, n_in: usize, n_out: usize, w_off: usize, b_off: usize) -> 
         n_out: n_out as u32,
         w_off: w_off as u32,
         b_off: b_off as u32,
+        splits: 1,
         ..Dims::default()
     }
 }

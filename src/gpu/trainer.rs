@@ -8,6 +8,12 @@
 //! then per layer from the top the next-lower delta (from the old weights)
 //! followed by the gradient with SGD applied in the same pass.
 //!
+//! Batches larger than one storage binding holds (or than
+//! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each chunk is
+//! uploaded and submitted in turn, its gradients added into `grads`, and one
+//! update follows. At most [`MAX_IN_FLIGHT`] submissions are left unfinished,
+//! so a loop that never reads back cannot queue without bound.
+//!
 //! ```no_run
 //! use shadertrain::backend::Backend;
 //! use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
@@ -23,16 +29,23 @@
 
 use super::context::GpuContext;
 use super::kernels::{
-    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Kernel, Kernels, SgdUniform,
-    TileConfig, TiledKernels,
+    dispatch, grid, grid_1d, grid_tiled, k_splits, loss_groups, Acc, Dims, Grid, Kernel, Kernels,
+    SgdUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::{Backend, Metric, Totals};
 use crate::cpu::{check_batch, check_layer};
 use crate::network::{Network, Params};
 use crate::{Error, Result};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
+
+/// Submissions a backend leaves unfinished before it waits for the oldest.
+pub const MAX_IN_FLIGHT: usize = 3;
+
+/// Floats of split-K slice sums a backend may keep (64 MiB).
+const SCRATCH_BUDGET: u64 = 16 << 20;
 
 /// Which kernels a [`GpuBackend`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +65,9 @@ pub struct GpuOptions {
     /// Tile sizes of the tiled kernels; `None` chooses by adapter
     /// ([`TileConfig::for_adapter`]).
     pub tiles: Option<TileConfig>,
+    /// Most samples per micro-batch; `None` for as many as the device's
+    /// bindings hold. Larger batches are split (tiled kernels only).
+    pub max_chunk: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -59,8 +75,37 @@ impl Default for GpuOptions {
         GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: None,
+            max_chunk: None,
         }
     }
+}
+
+/// Samples per micro-batch for `net`: as many as each per-sample buffer
+/// (activations, deltas, targets) holds within `limits`' largest storage
+/// binding and buffer, at most `capacity` and `cap`. An error names the limit
+/// when not even one sample fits.
+pub fn micro_batch_rows(
+    net: &Network,
+    capacity: usize,
+    limits: &wgpu::Limits,
+    cap: Option<usize>,
+) -> Result<usize> {
+    if cap == Some(0) {
+        return Err(Error::Invalid("max_chunk must be at least 1".into()));
+    }
+    let limit = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    let widest = net.sizes().iter().copied().max().unwrap_or(1);
+    let fit = limit / (widest as u64 * 4);
+    if fit == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample of a {widest}-wide layer needs {} bytes, over this device's max_storage_buffer_binding_size / max_buffer_size of {limit}; use narrower layers",
+            widest * 4
+        )));
+    }
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    Ok(capacity.min(fit).min(cap.unwrap_or(usize::MAX)))
 }
 
 /// Bind groups of one dense layer `l` (between sizes `l` and `l + 1`), for
@@ -69,64 +114,81 @@ struct LayerGroups {
     forward: wgpu::BindGroup,
     /// Hidden layers only: computes deltas[l + 1] from deltas[l + 2].
     delta_hidden: Option<wgpu::BindGroup>,
-    /// Simple: gradient_weights and gradient_bias; tiled: gradient_dense_tiled.
+    /// Simple: gradient_weights and gradient_bias; tiled: the four gradient kernels.
     gradient: wgpu::BindGroup,
-    /// Tiled only: gradient_sgd_tiled.
-    gradient_sgd: Option<wgpu::BindGroup>,
 }
 
 /// The parts of a step, as recorded into command encoders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Every layer's activations, then the loss (tiled: and the output delta).
-    Forward,
-    /// Deltas and gradients into `grads`.
-    Backward,
+    /// Every layer's activations; with `loss` the loss too (tiled: and the
+    /// output delta).
+    Forward { loss: bool },
+    /// The deltas, starting with `delta_output` unless the tiled forward wrote
+    /// the output delta, and the gradients: into grads, or with `fused`
+    /// applied to the parameters at once (tiled).
+    Backward { delta_output: bool, fused: bool },
     /// `p −= lr·g` over every parameter.
     Update,
-    /// Tiled `step`: deltas, with each layer's update fused into its gradient pass.
-    FusedBackward,
 }
 
 impl Stage {
     fn label(self) -> &'static str {
         match self {
-            Stage::Forward => "forward",
-            Stage::Backward => "backward",
+            Stage::Forward { .. } => "forward",
+            Stage::Backward { .. } => "backward",
             Stage::Update => "update",
-            Stage::FusedBackward => "backward + update",
         }
     }
 }
 
-/// One dispatch of a stage.
+/// One dispatch of a stage; `layer` is the dense layer it works on, if one.
 struct Dispatch<'a> {
     kernel: &'a Kernel,
     group: &'a wgpu::BindGroup,
-    grid: (u32, u32),
+    grid: Grid,
+    layer: Option<usize>,
+}
+
+/// Timestamp queries of a profiled step: two per dispatch, and its labels.
+struct Profile {
+    queries: wgpu::QuerySet,
+    labels: Vec<String>,
 }
 
 /// [`Backend`] on a wgpu device, in f32.
 ///
-/// With [`KernelSet::Tiled`] (the default), `step` applies the update inside
-/// the gradient pass and leaves `grads` alone: `read_gradients` returns the
-/// gradients of the last `backward`.
+/// With [`KernelSet::Tiled`] (the default), `step` on a batch that fits one
+/// micro-batch applies the update inside the gradient pass and leaves `grads`
+/// alone: `read_gradients` returns the gradients of the last `backward`.
+/// Activations and deltas of a batch split into micro-batches are not kept.
 pub struct GpuBackend {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
     tiled: Option<TiledKernels>,
     net: Network,
     capacity: usize,
+    /// Samples per micro-batch: the rows of every per-sample buffer.
+    chunk: usize,
+    /// Samples in the loaded batch.
     batch: usize,
+    /// Samples now in the device's per-sample buffers (<= chunk).
+    rows: usize,
+    /// K slices of each layer's tiled gradient for `rows`.
+    splits: Vec<u32>,
+    /// Floats in `scratch`.
+    scratch_floats: u64,
     metric: Metric,
     lr: Option<f32>,
+    /// A batch larger than `chunk`, kept to upload chunk by chunk: x, y.
+    host: Option<(Vec<f32>, Vec<f32>)>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
-    /// acts[l]: (capacity, sizes[l]); acts[0] is the input batch.
+    /// acts[l]: (chunk, sizes[l]); acts[0] is the input batch.
     acts: Vec<wgpu::Buffer>,
-    /// deltas[l]: (capacity, sizes[l]), l >= 1.
+    /// deltas[l]: (chunk, sizes[l]), l >= 1.
     deltas: Vec<wgpu::Buffer>,
-    /// (capacity, outputs)
+    /// (chunk, outputs)
     y: wgpu::Buffer,
     acc: wgpu::Buffer,
     /// One Dims per dense layer.
@@ -141,6 +203,8 @@ pub struct GpuBackend {
     sgd_group: wgpu::BindGroup,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
+    /// Submissions not yet known to be finished, oldest first.
+    in_flight: VecDeque<wgpu::SubmissionIndex>,
 }
 
 impl GpuBackend {
@@ -175,18 +239,25 @@ impl GpuBackend {
         if capacity == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
         }
+        let chunk = micro_batch_rows(net, capacity, &ctx.limits, options.max_chunk)?;
+        if chunk < capacity && options.kernels == KernelSet::Simple {
+            return Err(Error::Gpu(format!(
+                "a batch of {capacity} needs micro-batches of {chunk} on this device (max_storage_buffer_binding_size), which only the tiled kernels run; use a smaller batch"
+            )));
+        }
         let dev = &ctx.device;
-        let max_binding = ctx.limits.max_storage_buffer_binding_size;
-        let max_buffer = ctx.limits.max_buffer_size;
+        let limit = ctx
+            .limits
+            .max_storage_buffer_binding_size
+            .min(ctx.limits.max_buffer_size);
         let storage = |label: &str,
                        floats: usize,
                        extra: wgpu::BufferUsages|
          -> Result<wgpu::Buffer> {
             let bytes = (floats.max(1) * 4) as u64;
-            if bytes > max_binding.min(max_buffer) {
+            if bytes > limit {
                 return Err(Error::Gpu(format!(
-                    "{label} needs {bytes} bytes, over this device's limit of {} (max_storage_buffer_binding_size / max_buffer_size); use a smaller batch",
-                    max_binding.min(max_buffer)
+                    "{label} needs {bytes} bytes, over this device's limit of {limit} (max_storage_buffer_binding_size / max_buffer_size); use smaller layers"
                 )));
             }
             Ok(dev.create_buffer(&wgpu::BufferDescriptor {
@@ -199,37 +270,56 @@ impl GpuBackend {
         let copy_dst = wgpu::BufferUsages::COPY_DST;
         let none = wgpu::BufferUsages::empty();
         let params = storage("params", net.param_count(), copy_dst)?;
-        let grads = storage("grads", net.param_count(), none)?;
-        let acts = net
-            .sizes()
-            .iter()
-            .enumerate()
-            .map(|(l, &n)| {
-                storage(
-                    &format!("activations {l}"),
-                    capacity * n,
+        let grads = storage("grads", net.param_count(), copy_dst)?;
+        let per_sample = |what: &str, l: usize, n: usize, extra| {
+            storage(&format!("{what} {l}"), chunk * n, extra)
+        };
+        let sizes = net.sizes();
+        let acts = (0..sizes.len())
+            .map(|l| {
+                per_sample(
+                    "activations",
+                    l,
+                    sizes[l],
                     if l == 0 { copy_dst } else { none },
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let deltas = net
-            .sizes()
-            .iter()
-            .enumerate()
-            .map(|(l, &n)| {
-                storage(
-                    &format!("deltas {l}"),
-                    if l == 0 { 1 } else { capacity * n },
-                    none,
-                )
-            })
+        let deltas = (0..sizes.len())
+            .map(|l| per_sample("deltas", l, if l == 0 { 0 } else { sizes[l] }, none))
             .collect::<Result<Vec<_>>>()?;
-        let y = storage("targets", capacity * net.outputs(), copy_dst)?;
-        let partials = storage(
-            "loss partials",
-            2 * loss_groups(capacity as u32, net.outputs() as u32) as usize,
-            none,
-        )?;
+        let y = storage("targets", chunk * net.outputs(), copy_dst)?;
+        let groups_max = loss_groups(chunk as u32, net.outputs() as u32) as usize;
+        let partials = storage("loss partials", 2 * groups_max, none)?;
+        let tiled = match options.kernels {
+            KernelSet::Simple => None,
+            KernelSet::Tiled => {
+                let tiles = options
+                    .tiles
+                    .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
+                Some(TiledKernels::new(dev, &ctx.limits, tiles)?)
+            }
+        };
+        // Split-K slice sums: as many as the longest K (chunk rows) asks for.
+        let budget = SCRATCH_BUDGET.min(limit / 4);
+        let scratch_floats = match &tiled {
+            None => 1,
+            Some(t) => net
+                .layers()
+                .iter()
+                .map(|ly| {
+                    let (o, i) = (ly.n_out as u32, ly.n_in as u32);
+                    let s = k_splits(o, i, chunk as u32, &t.tiles, budget);
+                    if s > 1 {
+                        s as u64 * o as u64 * (i as u64 + 1)
+                    } else {
+                        1
+                    }
+                })
+                .max()
+                .unwrap_or(1),
+        };
+        let scratch = storage("split-K sums", scratch_floats as usize, none)?;
         let acc = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("loss totals"),
             contents: bytemuck::bytes_of(&Acc::default()),
@@ -240,26 +330,17 @@ impl GpuBackend {
             .map(|l| {
                 dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("dims"),
-                    contents: bytemuck::bytes_of(&layer_dims(net, l, capacity, Metric::None)),
+                    contents: bytemuck::bytes_of(&layer_dims(net, l, chunk, Metric::None, 1)),
                     usage: wgpu::BufferUsages::UNIFORM | copy_dst,
                 })
             })
             .collect();
         let sgd = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("sgd"),
-            contents: bytemuck::bytes_of(&sgd_uniform(net, 0.0, capacity)),
+            contents: bytemuck::bytes_of(&SgdUniform::default()),
             usage: wgpu::BufferUsages::UNIFORM | copy_dst,
         });
         let kernels = Kernels::new(dev);
-        let tiled = match options.kernels {
-            KernelSet::Simple => None,
-            KernelSet::Tiled => {
-                let tiles = options
-                    .tiles
-                    .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
-                Some(TiledKernels::new(dev, &ctx.limits, tiles)?)
-            }
-        };
         let last = layers.len();
         let mut groups = Vec::with_capacity(last);
         for l in 0..last {
@@ -282,17 +363,23 @@ impl GpuBackend {
                     gradient: kernels
                         .gradient_weights
                         .bind(dev, &[&dims[l], &deltas[l + 1], &acts[l], &grads])?,
-                    gradient_sgd: None,
                 },
-                Some(t) => {
-                    let gradient = [&dims[l], &sgd, &deltas[l + 1], &acts[l], &params, &grads];
-                    LayerGroups {
-                        forward: t.forward_dense.bind(dev, &forward)?,
-                        delta_hidden: hidden.map(|b| t.delta_hidden.bind(dev, &b)).transpose()?,
-                        gradient: t.gradient_dense.bind(dev, &gradient)?,
-                        gradient_sgd: Some(t.gradient_sgd.bind(dev, &gradient)?),
-                    }
-                }
+                Some(t) => LayerGroups {
+                    forward: t.forward_dense.bind(dev, &forward)?,
+                    delta_hidden: hidden.map(|b| t.delta_hidden.bind(dev, &b)).transpose()?,
+                    gradient: t.gradient_dense.bind(
+                        dev,
+                        &[
+                            &dims[l],
+                            &sgd,
+                            &deltas[l + 1],
+                            &acts[l],
+                            &params,
+                            &grads,
+                            &scratch,
+                        ],
+                    )?,
+                },
             });
         }
         let top = &dims[last - 1];
@@ -313,17 +400,20 @@ impl GpuBackend {
             ),
         };
         let sgd_group = kernels.sgd_update.bind(dev, &[&sgd, &params, &grads])?;
-        // Validation errors from creation surface here rather than at the first step.
-        readback::finish(&ctx)?;
-        Ok(GpuBackend {
+        let mut backend = GpuBackend {
             ctx,
             kernels,
             tiled,
             net: net.clone(),
             capacity,
+            chunk,
             batch: 0,
+            rows: chunk,
+            splits: vec![1; last],
+            scratch_floats,
             metric: Metric::None,
             lr: None,
+            host: None,
             params,
             grads,
             acts,
@@ -338,7 +428,23 @@ impl GpuBackend {
             loss_finish,
             sgd_group,
             pending: None,
-        })
+            in_flight: VecDeque::new(),
+        };
+        // The largest grids, those of a full micro-batch, must fit the device.
+        backend.set_rows(chunk);
+        for stage in [
+            Stage::Forward { loss: true },
+            Stage::Backward {
+                delta_output: true,
+                fused: false,
+            },
+            Stage::Update,
+        ] {
+            backend.plan(stage, &mut |_| Ok(()))?;
+        }
+        // Validation errors from creation surface here rather than at the first step.
+        readback::finish(&backend.ctx)?;
+        Ok(backend)
     }
 
     /// The device this backend runs on.
@@ -359,22 +465,110 @@ impl GpuBackend {
         self.tiled.as_ref().map(|t| t.tiles)
     }
 
+    /// Samples per micro-batch: larger batches are split into chunks of this many.
+    pub fn micro_batch(&self) -> usize {
+        self.chunk
+    }
+
+    /// One training step, as [`Backend::step`], with every dispatch in its own
+    /// compute pass between timestamp queries: returns `(kernel, milliseconds)`
+    /// per dispatch in order, the kernel named by its entry point and layer, or
+    /// `None` where the device has no timestamp queries. The batch must fit
+    /// one micro-batch.
+    pub fn profile_step(&mut self, lr: f32) -> Result<Option<Vec<(String, f64)>>> {
+        if !self
+            .ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(None);
+        }
+        self.need_batch()?;
+        if self.host.is_some() {
+            return Err(Error::Invalid(format!(
+                "profile_step times one submission; this batch of {} runs as micro-batches of {}",
+                self.batch, self.chunk
+            )));
+        }
+        self.write_lr(lr);
+        let stages = self.step_stages();
+        let mut count = 0u32;
+        for &stage in &stages {
+            self.plan(stage, &mut |_| {
+                count += 1;
+                Ok(())
+            })?;
+        }
+        let mut profile = Profile {
+            queries: self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile_step"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * count,
+            }),
+            labels: Vec::with_capacity(count as usize),
+        };
+        let mut enc = self.encoder_take();
+        for &stage in &stages {
+            self.record_into(&mut enc, stage, Some(&mut profile))?;
+        }
+        let ticks = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile_step ticks"),
+            size: 16 * count as u64,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        enc.resolve_query_set(&profile.queries, 0..2 * count, &ticks, 0);
+        self.pending = Some(enc);
+        self.flush()?;
+        let ticks: Vec<u64> = readback::read(&self.ctx, &ticks, 0, 2 * count as usize)?;
+        self.in_flight.clear();
+        let ns = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            profile
+                .labels
+                .into_iter()
+                .zip(ticks.chunks_exact(2))
+                .map(|(label, t)| (label, t[1].saturating_sub(t[0]) as f64 * ns / 1e6))
+                .collect(),
+        ))
+    }
+
     fn max_dim(&self) -> u32 {
         self.ctx.limits.max_compute_workgroups_per_dimension
     }
 
-    /// Rewrite every layer's Dims (batch size or metric changed).
+    /// Make `rows` the samples in the per-sample buffers: the split-K slices
+    /// and every layer's Dims follow.
+    fn set_rows(&mut self, rows: usize) {
+        self.rows = rows;
+        if let Some(t) = &self.tiled {
+            for (s, ly) in self.splits.iter_mut().zip(self.net.layers()) {
+                let (o, i) = (ly.n_out as u32, ly.n_in as u32);
+                *s = k_splits(o, i, rows as u32, &t.tiles, self.scratch_floats);
+            }
+        }
+        self.write_dims();
+    }
+
+    /// Rewrite every layer's Dims (rows, metric or splits changed).
     fn write_dims(&self) {
         for (l, buf) in self.dims.iter().enumerate() {
-            let d = layer_dims(&self.net, l, self.batch, self.metric);
+            let d = layer_dims(&self.net, l, self.rows, self.metric, self.splits[l]);
             self.ctx.queue.write_buffer(buf, 0, bytemuck::bytes_of(&d));
         }
     }
 
-    /// Rewrite the SGD uniform (learning rate and 1/B). The write lands
-    /// before this step's submit, after the previous one's.
+    /// Rewrite the SGD uniform: learning rate, 1/B of the whole batch, and
+    /// whether micro-batches accumulate. The write lands before the next
+    /// submit, after the previous one's.
     fn write_sgd(&self) {
-        let u = sgd_uniform(&self.net, self.lr.unwrap_or(0.0), self.batch);
+        let u = SgdUniform {
+            count: self.net.param_count() as u32,
+            lr: self.lr.unwrap_or(0.0),
+            scale: 1.0 / self.batch.max(1) as f32,
+            accumulate: u32::from(self.host.is_some()),
+        };
         self.ctx
             .queue
             .write_buffer(&self.sgd, 0, bytemuck::bytes_of(&u));
@@ -387,137 +581,246 @@ impl GpuBackend {
         }
     }
 
-    /// Every dispatch of `stage` for the loaded batch, in order, handed to `f`.
+    /// The stages of a step: tiled and in one submission, the update fused
+    /// into the gradient pass; split into micro-batches, the gradients
+    /// accumulated then one update.
+    fn step_stages(&self) -> Vec<Stage> {
+        let forward = Stage::Forward { loss: true };
+        let backward = |fused| Stage::Backward {
+            delta_output: false,
+            fused,
+        };
+        match (&self.tiled, &self.host) {
+            (None, _) => vec![
+                forward,
+                Stage::Backward {
+                    delta_output: true,
+                    fused: false,
+                },
+                Stage::Update,
+            ],
+            (Some(_), None) => vec![forward, backward(true)],
+            (Some(_), Some(_)) => vec![forward, backward(false)],
+        }
+    }
+
+    /// Every dispatch of `stage` for the rows in the buffers, in order, handed to `f`.
     fn plan<'a>(
         &'a self,
         stage: Stage,
         f: &mut dyn FnMut(Dispatch<'a>) -> Result<()>,
     ) -> Result<()> {
-        let (b, max) = (self.batch as u32, self.max_dim());
+        let (rows, max) = (self.rows as u32, self.max_dim());
         let layers = self.net.layers();
         let last = layers.len();
         let simple = &self.kernels;
-        let one = |kernel, group, n: usize| -> Result<Dispatch<'a>> {
+        let one = |kernel, group, n: usize, layer| -> Result<Dispatch<'a>> {
             Ok(Dispatch {
                 kernel,
                 group,
                 grid: grid_1d(n as u64, max)?,
+                layer,
             })
         };
+        let rows_by = |n: usize| self.rows * n;
         match (stage, &self.tiled) {
             (Stage::Update, _) => f(one(
                 &simple.sgd_update,
                 &self.sgd_group,
                 self.net.param_count(),
+                None,
             )?)?,
-            (Stage::Forward, None) => {
+            (Stage::Forward { loss }, None) => {
                 for (l, ly) in layers.iter().enumerate() {
-                    let n = self.batch * ly.n_out;
-                    f(one(&simple.forward_dense, &self.groups[l].forward, n)?)?;
+                    let g = &self.groups[l].forward;
+                    f(one(&simple.forward_dense, g, rows_by(ly.n_out), Some(l))?)?;
                 }
-                f(Dispatch {
-                    kernel: &simple.loss_reduce,
-                    group: &self.loss,
-                    grid: (1, 1),
-                })?;
-            }
-            (Stage::Backward, None) => {
-                let n = self.batch * self.net.outputs();
-                f(one(&simple.delta_output, &self.delta_output, n)?)?;
-                for l in (0..last - 1).rev() {
-                    if let Some(g) = &self.groups[l].delta_hidden {
-                        let n = self.batch * layers[l].n_out;
-                        f(one(&simple.delta_hidden, g, n)?)?;
-                    }
-                }
-                for (l, ly) in layers.iter().enumerate() {
-                    let g = &self.groups[l].gradient;
-                    f(one(&simple.gradient_weights, g, ly.n_out * ly.n_in)?)?;
-                    f(one(&simple.gradient_bias, g, ly.n_out)?)?;
+                if loss {
+                    f(Dispatch {
+                        kernel: &simple.loss_reduce,
+                        group: &self.loss,
+                        grid: (1, 1, 1),
+                        layer: None,
+                    })?;
                 }
             }
-            (Stage::FusedBackward, None) => {
+            (Stage::Backward { fused: true, .. }, None) => {
                 return Err(Error::Invalid(
                     "the simple kernels have no fused update".into(),
                 ))
             }
-            (Stage::Forward, Some(t)) => {
+            (Stage::Backward { .. }, None) => {
+                let n = rows_by(self.net.outputs());
+                f(one(&simple.delta_output, &self.delta_output, n, None)?)?;
+                for l in (0..last - 1).rev() {
+                    if let Some(g) = &self.groups[l].delta_hidden {
+                        let n = rows_by(layers[l].n_out);
+                        f(one(&simple.delta_hidden, g, n, Some(l))?)?;
+                    }
+                }
+                for (l, ly) in layers.iter().enumerate() {
+                    let g = &self.groups[l].gradient;
+                    f(one(
+                        &simple.gradient_weights,
+                        g,
+                        ly.n_out * ly.n_in,
+                        Some(l),
+                    )?)?;
+                    f(one(&simple.gradient_bias, g, ly.n_out, Some(l))?)?;
+                }
+            }
+            (Stage::Forward { loss }, Some(t)) => {
                 for (l, ly) in layers.iter().enumerate() {
                     f(Dispatch {
                         kernel: &t.forward_dense,
                         group: &self.groups[l].forward,
-                        grid: grid_tiled(b, ly.n_out as u32, &t.tiles, max)?,
+                        grid: grid_tiled(rows, ly.n_out as u32, 1, &t.tiles, max)?,
+                        layer: Some(l),
                     })?;
                 }
-                let no = self.net.outputs() as u32;
-                let what = "the loss's sample groups";
-                f(Dispatch {
-                    kernel: &t.delta_output_loss,
-                    group: &self.loss,
-                    grid: grid(loss_groups(b, no) as u64, max, what)?,
-                })?;
-                if let Some(g) = &self.loss_finish {
+                if let (true, Some(finish)) = (loss, &self.loss_finish) {
+                    let no = self.net.outputs() as u32;
+                    let what = "the loss's sample groups";
+                    f(Dispatch {
+                        kernel: &t.delta_output_loss,
+                        group: &self.loss,
+                        grid: grid(loss_groups(rows, no) as u64, max, what)?,
+                        layer: None,
+                    })?;
                     f(Dispatch {
                         kernel: &t.loss_finish,
-                        group: g,
-                        grid: (1, 1),
+                        group: finish,
+                        grid: (1, 1, 1),
+                        layer: None,
                     })?;
                 }
             }
-            (Stage::Backward | Stage::FusedBackward, Some(t)) => {
-                let fused = stage == Stage::FusedBackward;
-                if !fused {
-                    // Fused, delta_output_loss in the forward stage wrote it.
-                    let n = self.batch * self.net.outputs();
-                    f(one(&simple.delta_output, &self.delta_output, n)?)?;
+            (
+                Stage::Backward {
+                    delta_output,
+                    fused,
+                },
+                Some(t),
+            ) => {
+                if delta_output {
+                    let n = rows_by(self.net.outputs());
+                    f(one(&simple.delta_output, &self.delta_output, n, None)?)?;
                 }
+                let (product, reduce) = match fused {
+                    true => (&t.gradient_sgd, &t.gradient_sgd_reduce),
+                    false => (&t.gradient_dense, &t.gradient_dense_reduce),
+                };
                 // Layer l's gradient pass may update W_l, so the delta below
                 // it, which reads W_l, goes first.
                 for l in (0..last).rev() {
-                    if l > 0 {
-                        if let Some(g) = &self.groups[l - 1].delta_hidden {
-                            f(Dispatch {
-                                kernel: &t.delta_hidden,
-                                group: g,
-                                grid: grid_tiled(b, layers[l - 1].n_out as u32, &t.tiles, max)?,
-                            })?;
-                        }
+                    if let Some(g) = l
+                        .checked_sub(1)
+                        .and_then(|h| self.groups[h].delta_hidden.as_ref())
+                    {
+                        f(Dispatch {
+                            kernel: &t.delta_hidden,
+                            group: g,
+                            grid: grid_tiled(rows, layers[l - 1].n_out as u32, 1, &t.tiles, max)?,
+                            layer: Some(l - 1),
+                        })?;
                     }
-                    let ly = layers[l];
-                    let lg = &self.groups[l];
-                    let (kernel, group) = match (&lg.gradient_sgd, fused) {
-                        (Some(g), true) => (&t.gradient_sgd, g),
-                        _ => (&t.gradient_dense, &lg.gradient),
-                    };
+                    let (ly, group) = (layers[l], &self.groups[l].gradient);
+                    let (o, i, s) = (ly.n_out as u32, ly.n_in as u32, self.splits[l]);
                     f(Dispatch {
-                        kernel,
+                        kernel: product,
                         group,
-                        grid: grid_tiled(ly.n_out as u32, ly.n_in as u32, &t.tiles, max)?,
+                        grid: grid_tiled(o, i, s, &t.tiles, max)?,
+                        layer: Some(l),
                     })?;
+                    if s > 1 {
+                        f(one(reduce, group, ly.n_out * (ly.n_in + 1), Some(l))?)?;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Record `stage` into this step's encoder as one compute pass.
-    fn record(&mut self, stage: Stage) -> Result<()> {
-        let mut enc = self.encoder_take();
-        let done = {
+    /// Record `stage` into `enc`: one compute pass, or with `profile` one
+    /// pass per dispatch between two timestamp queries.
+    fn record_into(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        stage: Stage,
+        profile: Option<&mut Profile>,
+    ) -> Result<()> {
+        let Some(profile) = profile else {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(stage.label()),
                 timestamp_writes: None,
             });
-            self.plan(stage, &mut |d| {
+            return self.plan(stage, &mut |d| {
                 dispatch(&mut pass, d.kernel, d.group, d.grid);
                 Ok(())
-            })
+            });
         };
-        // A half-recorded step is dropped, not submitted.
-        if done.is_ok() {
-            self.pending = Some(enc);
+        self.plan(stage, &mut |d| {
+            let i = 2 * profile.labels.len() as u32;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.kernel.spec.entry),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &profile.queries,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                }),
+            });
+            dispatch(&mut pass, d.kernel, d.group, d.grid);
+            profile.labels.push(match d.layer {
+                Some(l) => format!("{} layer {l}", d.kernel.spec.entry),
+                None => d.kernel.spec.entry.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Record `stage` into this step's encoder. A half-recorded step is
+    /// dropped, not submitted.
+    fn record(&mut self, stage: Stage) -> Result<()> {
+        let mut enc = self.encoder_take();
+        self.record_into(&mut enc, stage, None)?;
+        self.pending = Some(enc);
+        Ok(())
+    }
+
+    /// Record `stages` for the loaded batch: straight into this step's
+    /// encoder, or for a batch kept on the host, chunk by chunk in order, each
+    /// chunk uploaded and submitted before the next.
+    fn run(&mut self, stages: &[Stage]) -> Result<()> {
+        let Some((x, y)) = self.host.take() else {
+            return stages.iter().try_for_each(|&s| self.record(s));
+        };
+        let (ni, no) = (self.net.inputs(), self.net.outputs());
+        let mut done = Ok(());
+        for lo in (0..self.batch).step_by(self.chunk) {
+            let hi = (lo + self.chunk).min(self.batch);
+            if hi - lo != self.rows {
+                self.set_rows(hi - lo);
+            }
+            let q = &self.ctx.queue;
+            q.write_buffer(&self.acts[0], 0, bytemuck::cast_slice(&x[lo * ni..hi * ni]));
+            q.write_buffer(&self.y, 0, bytemuck::cast_slice(&y[lo * no..hi * no]));
+            done = stages
+                .iter()
+                .try_for_each(|&s| self.record(s))
+                .and_then(|_| self.flush());
+            if done.is_err() {
+                break;
+            }
         }
+        self.host = Some((x, y));
         done
+    }
+
+    /// Zero the gradients before micro-batches add into them.
+    fn clear_grads(&mut self) {
+        let mut enc = self.encoder_take();
+        enc.clear_buffer(&self.grads, 0, None);
+        self.pending = Some(enc);
     }
 
     /// The open encoder for this step (made on first use), taken out so the
@@ -532,11 +835,20 @@ impl GpuBackend {
         })
     }
 
-    /// Submit what has been recorded, if anything. Does not wait.
-    fn flush(&mut self) {
+    /// Submit what has been recorded, if anything, without waiting for it;
+    /// but with more than [`MAX_IN_FLIGHT`] submissions unfinished, wait for
+    /// the oldest first.
+    fn flush(&mut self) -> Result<()> {
         if let Some(enc) = self.pending.take() {
-            self.ctx.queue.submit([enc.finish()]);
+            self.in_flight
+                .push_back(self.ctx.queue.submit([enc.finish()]));
         }
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                readback::wait_for(&self.ctx, oldest)?;
+            }
+        }
+        Ok(())
     }
 
     fn need_batch(&self) -> Result<()> {
@@ -546,15 +858,29 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// Activations and deltas of a batch are on the device only when it fits one micro-batch.
+    fn need_whole_batch(&self, what: &str) -> Result<()> {
+        if self.host.is_some() {
+            return Err(Error::Invalid(format!(
+                "the {what} of a batch of {} are not kept: it runs as micro-batches of {}",
+                self.batch, self.chunk
+            )));
+        }
+        Ok(())
+    }
+
     fn read_floats(&mut self, buf_index: Which, count: usize) -> Result<Vec<f32>> {
-        self.flush();
+        self.flush()?;
         let buf = match buf_index {
             Which::Params => &self.params,
             Which::Grads => &self.grads,
             Which::Act(l) => &self.acts[l],
             Which::Delta(l) => &self.deltas[l],
         };
-        readback::read(&self.ctx, buf, 0, count)
+        let out = readback::read(&self.ctx, buf, 0, count);
+        // A read waits for every submission.
+        self.in_flight.clear();
+        out
     }
 }
 
@@ -566,23 +892,13 @@ enum Which {
     Delta(usize),
 }
 
-/// The SGD uniform for a batch of `batch` samples.
-fn sgd_uniform(net: &Network, lr: f32, batch: usize) -> SgdUniform {
-    SgdUniform {
-        count: net.param_count() as u32,
-        lr,
-        scale: 1.0 / batch.max(1) as f32,
-        accumulate: 0,
-    }
-}
-
-/// Dims of dense layer `l` for a batch of `batch`.
-fn layer_dims(net: &Network, l: usize, batch: usize, metric: Metric) -> Dims {
+/// Dims of dense layer `l` for `rows` samples and `splits` K slices of its gradient.
+fn layer_dims(net: &Network, l: usize, rows: usize, metric: Metric, splits: u32) -> Dims {
     let layers = net.layers();
     let ly = layers[l];
     let next = layers.get(l + 1);
     Dims {
-        batch: batch as u32,
+        batch: rows as u32,
         n_in: ly.n_in as u32,
         n_out: ly.n_out as u32,
         w_off: ly.w_off as u32,
@@ -590,6 +906,8 @@ fn layer_dims(net: &Network, l: usize, batch: usize, metric: Metric) -> Dims {
         n_next: next.map_or(0, |n| n.n_out as u32),
         w_next_off: next.map_or(0, |n| n.w_off as u32),
         metric: metric as u32,
+        splits,
+        _pad: [0; 3],
     }
 }
 
@@ -617,7 +935,7 @@ impl Backend for GpuBackend {
             )));
         }
         // Queue writes land before the next submit, so recorded work must go first.
-        self.flush();
+        self.flush()?;
         self.ctx
             .queue
             .write_buffer(&self.params, 0, bytemuck::cast_slice(&p.data));
@@ -631,7 +949,7 @@ impl Backend for GpuBackend {
 
     fn set_metric(&mut self, metric: Metric) -> Result<()> {
         if metric != self.metric {
-            self.flush();
+            self.flush()?;
             self.metric = metric;
             self.write_dims();
         }
@@ -640,68 +958,77 @@ impl Backend for GpuBackend {
 
     fn load_batch(&mut self, x: &[f32], y: &[f32]) -> Result<()> {
         let batch = check_batch(&self.net, self.capacity, x.len(), y.len())?;
-        self.flush();
-        if batch != self.batch {
-            let old = self.batch;
-            self.batch = batch;
-            // Grids that do not fit the device are refused here, not mid-step.
-            for stage in [Stage::Forward, Stage::Backward, Stage::Update] {
-                if let Err(e) = self.plan(stage, &mut |_| Ok(())) {
-                    self.batch = old;
-                    return Err(e);
-                }
+        self.flush()?;
+        if batch > self.chunk {
+            // Uploaded chunk by chunk when the batch runs.
+            self.host = Some((x.to_vec(), y.to_vec()));
+        } else {
+            self.host = None;
+            if batch != self.rows {
+                self.set_rows(batch);
             }
-            self.write_dims();
-            // The gradients' 1/B lives in the SGD uniform.
-            self.write_sgd();
+            let q = &self.ctx.queue;
+            q.write_buffer(&self.acts[0], 0, bytemuck::cast_slice(x));
+            q.write_buffer(&self.y, 0, bytemuck::cast_slice(y));
         }
-        let q = &self.ctx.queue;
-        q.write_buffer(&self.acts[0], 0, bytemuck::cast_slice(x));
-        q.write_buffer(&self.y, 0, bytemuck::cast_slice(y));
+        self.batch = batch;
+        // 1/B and accumulation follow the batch.
+        self.write_sgd();
         Ok(())
     }
 
     fn forward(&mut self) -> Result<()> {
         self.need_batch()?;
-        self.record(Stage::Forward)
+        self.run(&[Stage::Forward { loss: true }])
     }
 
     fn backward(&mut self) -> Result<()> {
         self.need_batch()?;
-        self.record(Stage::Backward)
+        let backward = Stage::Backward {
+            delta_output: true,
+            fused: false,
+        };
+        if self.host.is_none() {
+            return self.run(&[backward]);
+        }
+        // Each chunk's activations again (the loss is not counted twice).
+        self.clear_grads();
+        self.run(&[Stage::Forward { loss: false }, backward])
     }
 
     fn update(&mut self, lr: f32) -> Result<()> {
         self.write_lr(lr);
         self.record(Stage::Update)?;
-        self.flush();
-        Ok(())
+        self.flush()
     }
 
     /// Tiled: forward with the output delta and loss fused, then the deltas
-    /// with each layer's update fused into its gradient pass; one submission.
+    /// with each layer's update fused into its gradient pass; one submission
+    /// (one per micro-batch, then the update, for a split batch).
     fn step(&mut self, lr: f32) -> Result<()> {
-        if self.tiled.is_none() {
-            self.forward()?;
-            self.backward()?;
-            return self.update(lr);
-        }
         self.need_batch()?;
         self.write_lr(lr);
-        self.record(Stage::Forward)?;
-        self.record(Stage::FusedBackward)?;
-        self.flush();
-        Ok(())
+        let stages = self.step_stages();
+        if self.host.is_some() {
+            self.clear_grads();
+        }
+        self.run(&stages)?;
+        if self.host.is_some() {
+            self.record(Stage::Update)?;
+        }
+        self.flush()
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.flush();
+        self.flush()?;
+        self.in_flight.clear();
         readback::finish(&self.ctx)
     }
 
     fn take_totals(&mut self) -> Result<Totals> {
-        self.flush();
+        self.flush()?;
         let acc: Vec<Acc> = readback::read(&self.ctx, &self.acc, 0, 1)?;
+        self.in_flight.clear();
         self.ctx
             .queue
             .write_buffer(&self.acc, 0, bytemuck::bytes_of(&Acc::default()));
@@ -715,12 +1042,14 @@ impl Backend for GpuBackend {
 
     fn read_activations(&mut self, l: usize) -> Result<Vec<f32>> {
         check_layer(&self.net, l, 0)?;
+        self.need_whole_batch("activations")?;
         let n = self.batch * self.net.sizes()[l];
         self.read_floats(Which::Act(l), n)
     }
 
     fn read_deltas(&mut self, l: usize) -> Result<Vec<f32>> {
         check_layer(&self.net, l, 1)?;
+        self.need_whole_batch("deltas")?;
         let n = self.batch * self.net.sizes()[l];
         self.read_floats(Which::Delta(l), n)
     }
