@@ -71,7 +71,11 @@ impl Checkpoint {
             ));
         }
         if let Some(z) = &self.standardizer {
-            tensors.push(("normalize.mean".into(), vec![z.mean.len()], le_bytes(&z.mean)));
+            tensors.push((
+                "normalize.mean".into(),
+                vec![z.mean.len()],
+                le_bytes(&z.mean),
+            ));
             tensors.push(("normalize.std".into(), vec![z.std.len()], le_bytes(&z.std)));
         }
         let s = &self.state;
@@ -131,7 +135,10 @@ impl Checkpoint {
                 .ok_or_else(|| format!("metadata lacks '{k}' (not a shadertrain checkpoint?)"))
         };
         if get("format")? != FORMAT {
-            return Err(format!("metadata format is '{}', not '{FORMAT}'", get("format")?));
+            return Err(format!(
+                "metadata format is '{}', not '{FORMAT}'",
+                get("format")?
+            ));
         }
         let version: u32 = parse(&get("version")?, "version")?;
         if version > VERSION {
@@ -142,8 +149,18 @@ impl Checkpoint {
         let net = Network::parse(&get("layers")?).map_err(|e| format!("metadata layers: {e}"))?;
         let mut params = Params::zeros(&net);
         for (l, ly) in net.layers().iter().enumerate() {
-            read_f32(&st, &format!("layers.{l}.weight"), &[ly.n_out, ly.n_in], params.weights_mut(l))?;
-            read_f32(&st, &format!("layers.{l}.bias"), &[ly.n_out], params.bias_mut(l))?;
+            read_f32(
+                &st,
+                &format!("layers.{l}.weight"),
+                &[ly.n_out, ly.n_in],
+                params.weights_mut(l),
+            )?;
+            read_f32(
+                &st,
+                &format!("layers.{l}.bias"),
+                &[ly.n_out],
+                params.bias_mut(l),
+            )?;
         }
         let standardizer = match st.tensor("normalize.mean") {
             Ok(_) => {

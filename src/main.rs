@@ -114,7 +114,9 @@ enum BenchBackend {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum KernelsArg {
-    /// Tiled products, fused loss and update (the default, fast path).
+    /// The faster set for the adapter: simple on CPU adapters (lavapipe), else tiled.
+    Auto,
+    /// Tiled products, fused loss and update.
     Tiled,
     /// One invocation per output: the GPU reference twins.
     Simple,
@@ -160,11 +162,14 @@ struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// GPU kernels.
-    #[arg(long, value_enum, default_value = "tiled")]
+    #[arg(long, value_enum, default_value = "auto")]
     kernels: KernelsArg,
     /// Tile sizes of the tiled kernels (default: chosen by adapter type).
     #[arg(long, value_enum)]
     tiles: Option<TilesArg>,
+    /// Also time each GPU kernel of a step with timestamp queries (median of 5 steps).
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object per backend, one per line.
     #[arg(long)]
     json: bool,
@@ -510,6 +515,41 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// One kernel dispatch's share of a profiled step.
+#[derive(serde::Serialize)]
+struct KernelTime {
+    kernel: String,
+    ms: f64,
+}
+
+/// Median per-dispatch times of `runs` profiled steps, in dispatch order, or
+/// `None` where the adapter has no timestamp queries.
+fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
+    let mut all: Vec<Vec<(String, f64)>> = Vec::new();
+    for _ in 0..runs {
+        match g.profile_step(lr)? {
+            Some(p) => all.push(p),
+            None => return Ok(None),
+        }
+    }
+    let Some(first) = all.first() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let ms = all.iter().filter_map(|p| p.get(i).map(|x| x.1)).collect();
+                KernelTime {
+                    kernel: name.clone(),
+                    ms: bench::Timing { ms }.median(),
+                }
+            })
+            .collect(),
+    ))
+}
+
 /// One backend's result, as `bench --json` prints it.
 #[derive(serde::Serialize)]
 struct BenchRow {
@@ -528,6 +568,9 @@ struct BenchRow {
     /// GPU only: which kernels ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernels: Option<String>,
+    /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<KernelTime>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     speedup: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -564,8 +607,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut rows: Vec<(BenchRow, shadertrain::network::Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.
     let gpu = if want(BenchBackend::Gpu) {
+        let ctx = GpuContext::new()?;
+        let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
         let options = GpuOptions {
             kernels: match a.kernels {
+                KernelsArg::Auto => auto.kernels,
                 KernelsArg::Tiled => KernelSet::Tiled,
                 KernelsArg::Simple => KernelSet::Simple,
             },
@@ -574,13 +620,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 TilesArg::Medium => TileConfig::MEDIUM,
                 TilesArg::Discrete => TileConfig::DISCRETE,
             }),
+            ..GpuOptions::default()
         };
-        Some(GpuBackend::with_options(
-            GpuContext::new()?,
-            &net,
-            batch,
-            options,
-        )?)
+        Some(GpuBackend::with_options(ctx, &net, batch, options)?)
     } else {
         None
     };
@@ -606,6 +648,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 gflops: flops / (med / 1e3) / 1e9,
                 workload: workload.map(|w| w.name),
                 kernels: None,
+                profile: None,
                 speedup: None,
                 max_param_diff: None,
             },
@@ -628,6 +671,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
+        if a.profile {
+            r.profile = profile_gpu(&mut g, a.lr, 5)?;
+            if r.profile.is_none() && !a.json {
+                eprintln!("--profile: this adapter has no timestamp queries");
+            }
+        }
         rows.push((r, p));
     }
     if want(BenchBackend::Cpu) {
@@ -657,6 +706,21 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 r.samples_per_s,
                 r.gflops,
                 r.adapter
+            );
+        }
+    }
+    for (r, _) in &rows {
+        let Some(prof) = r.profile.as_ref().filter(|_| !a.json) else {
+            continue;
+        };
+        let total: f64 = prof.iter().map(|k| k.ms).sum();
+        println!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
+        for k in prof {
+            println!(
+                "  {:<36} {:>10.3} ms  {:>5.1}%",
+                k.kernel,
+                k.ms,
+                100.0 * k.ms / total.max(1e-12)
             );
         }
     }

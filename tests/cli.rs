@@ -1039,3 +1039,51 @@ fn bad_validation_flags() {
         &["3 input columns"],
     );
 }
+
+#[test]
+fn bench_gpu_profile_and_kernel_sets() {
+    if !gpu_or_skip("bench_gpu_profile_and_kernel_sets") {
+        return;
+    }
+    for kernels in ["tiled", "simple"] {
+        let (rows, r) = bench_rows(&[
+            "bench",
+            "--backend",
+            "gpu",
+            "--layers",
+            "9,21,4",
+            "--batch",
+            "33",
+            "--steps",
+            "3",
+            "--kernels",
+            kernels,
+            "--profile",
+            "--json",
+        ]);
+        assert_eq!(rows.len(), 1, "{}", r.dump());
+        check_bench_row(&rows[0], "gpu", &[9, 21, 4], 33, 3, &r);
+        assert!(
+            rows[0]["kernels"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(kernels),
+            "{}",
+            r.dump()
+        );
+        // lavapipe has timestamp queries: every dispatch is named and timed.
+        let prof = rows[0]["profile"].as_array().cloned().unwrap_or_default();
+        assert!(!prof.is_empty(), "{}", r.dump());
+        for k in &prof {
+            assert!(
+                k["kernel"].as_str().is_some_and(|s| !s.is_empty()),
+                "{}",
+                r.dump()
+            );
+            assert!(num(k, "/ms") >= 0.0, "{}", r.dump());
+        }
+        let names: Vec<&str> = prof.iter().filter_map(|k| k["kernel"].as_str()).collect();
+        assert!(names.iter().any(|n| n.starts_with("forward")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("delta")), "{names:?}");
+    }
+}

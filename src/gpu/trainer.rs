@@ -57,6 +57,40 @@ pub enum KernelSet {
     Tiled,
 }
 
+impl GpuOptions {
+    /// The options [`GpuBackend::new`] uses: the kernel set for the adapter
+    /// and this batch ([`KernelSet::for_adapter`]), tiles chosen by adapter.
+    pub fn for_adapter(ctx: &GpuContext, net: &Network, capacity: usize) -> Result<GpuOptions> {
+        let fits = micro_batch_rows(net, capacity, &ctx.limits, None)? == capacity;
+        Ok(GpuOptions {
+            kernels: KernelSet::for_adapter(&ctx.info, fits, capacity),
+            ..GpuOptions::default()
+        })
+    }
+}
+
+impl KernelSet {
+    /// The faster set for an adapter and a batch of `capacity` samples. On a
+    /// CPU adapter (lavapipe) the tiled kernels measured no faster than the
+    /// simple ones at W1 and up to 9× slower on narrow layers (barriers are
+    /// costly there; BENCHMARKS.md), so it runs the simple set, unless:
+    /// - the batch must be split into micro-batches (`fits` false), which only
+    ///   the tiled set does;
+    /// - the batch exceeds [`SIMPLE_MAX_BATCH`]: the simple gradient kernels
+    ///   sum each column over the batch serially in f32, whose rounding grows
+    ///   with the batch (2% off at 200,000), where the tiled ones split it.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, fits: bool, capacity: usize) -> KernelSet {
+        if info.device_type == wgpu::DeviceType::Cpu && fits && capacity <= SIMPLE_MAX_BATCH {
+            KernelSet::Simple
+        } else {
+            KernelSet::Tiled
+        }
+    }
+}
+
+/// The largest batch [`KernelSet::for_adapter`] gives the simple kernels.
+pub const SIMPLE_MAX_BATCH: usize = 8192;
+
 /// How a [`GpuBackend`] is built; `Default` is the fast path for the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuOptions {
@@ -209,10 +243,12 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     /// Buffers, pipelines and bind groups for `net` and batches of up to
-    /// `capacity` samples, made once, running the tiled kernels with the tile
-    /// sizes for the adapter. Parameters start at zero.
+    /// `capacity` samples, made once, running the kernel set and tile sizes
+    /// for the adapter ([`KernelSet::for_adapter`], [`TileConfig::for_adapter`]).
+    /// Parameters start at zero.
     pub fn new(ctx: Arc<GpuContext>, net: &Network, capacity: usize) -> Result<Self> {
-        Self::with_options(ctx, net, capacity, GpuOptions::default())
+        let options = GpuOptions::for_adapter(&ctx, net, capacity)?;
+        Self::with_options(ctx, net, capacity, options)
     }
 
     /// As [`GpuBackend::new`], running the given kernel set.
