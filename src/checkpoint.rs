@@ -82,7 +82,7 @@ impl Checkpoint {
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
-            ("layers", layers_string(net)),
+            ("layers", net.spec()),
             ("epoch", s.epoch.to_string()),
             ("seed", s.seed.to_string()),
             ("batch", s.batch.to_string()),
@@ -186,15 +186,6 @@ impl Checkpoint {
             standardizer,
         })
     }
-}
-
-/// `784,128,10`: the architecture as `--layers` takes it.
-fn layers_string(net: &Network) -> String {
-    net.sizes()
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn parse<T: std::str::FromStr>(v: &str, key: &str) -> std::result::Result<T, String> {

@@ -129,13 +129,23 @@ impl Network {
         self.layers.last().map_or(0, |l| l.b_off + l.n_out)
     }
 
+    /// The architecture as `--layers` writes it, `"784,128,10"`, which
+    /// [`Network::parse`] reads back (checkpoints store this).
+    pub fn spec(&self) -> String {
+        self.join(",")
+    }
+
     /// `"2-32-32-2"`, for messages and metrics.
     pub fn describe(&self) -> String {
+        self.join("-")
+    }
+
+    fn join(&self, sep: &str) -> String {
         self.sizes
             .iter()
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
-            .join("-")
+            .join(sep)
     }
 
     /// Seeded Xavier (Glorot) uniform weights, `U(-r, r)` with `r = sqrt(6 / (in + out))`,
