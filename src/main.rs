@@ -5,11 +5,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
+use shadertrain::checkpoint::{write_atomic, Checkpoint, TrainState};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::Dataset;
+use shadertrain::data::Standardizer;
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Network;
-use shadertrain::train::{evaluate, train_validated, EpochStats, Progress, TrainConfig};
+use shadertrain::train::{evaluate, train_epochs, EpochStats, Progress, TrainConfig};
 use shadertrain::{example, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,11 +82,21 @@ struct TrainArgs {
     /// Learning rate (default: per dataset).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
-    /// Seed for the initial weights, the shuffling and the built-in data.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Seed for the initial weights, the shuffling, the validation split and
+    /// the built-in data [default: 42, or the checkpoint's with --resume].
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// Write a checkpoint (safetensors: weights, architecture, training state) here when training ends.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Also write the --save checkpoint every N epochs.
+    #[arg(long, requires = "save")]
+    save_every: Option<usize>,
+    /// Continue the run saved in this checkpoint; --epochs counts the total.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -244,9 +256,23 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line: clap's first line already starts with "error: ".
+            // One line: clap's first line already starts with "error: "; a
+            // first line ending in ':' continues with a list, joined on.
             let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            let mut line = text
+                .lines()
+                .next()
+                .unwrap_or("error: bad arguments")
+                .to_string();
+            if line.ends_with(':') {
+                let rest = text.lines().skip(1);
+                let items: Vec<&str> = rest
+                    .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage"))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{line} {}", items.join(", "));
+            }
+            eprintln!("{line}");
             return ExitCode::from(2);
         }
     };
@@ -288,17 +314,20 @@ fn data_arg(data: &str) -> Result<DataArg<'_>> {
 }
 
 /// The training set and, with `--val-split` or `--val`, the validation set,
-/// both standardised with the training statistics under `--normalize`.
+/// both standardised under `--normalize` (or as the resumed run was) with
+/// the training statistics, which are returned for checkpoints.
 fn load_sets(
     a: &TrainArgs,
     source: &DataArg<'_>,
     net: &Network,
-) -> Result<(Dataset, Option<Dataset>)> {
-    let data = load_data(a, source, net.outputs())?;
+    seed: u64,
+    resumed: Option<&Checkpoint>,
+) -> Result<(Dataset, Option<Dataset>, Option<Standardizer>)> {
+    let data = load_data(a, source, net.outputs(), seed)?;
     data.check_shape(net.inputs(), net.outputs())?;
     let (mut train, mut val) = match (a.val_split, &a.val) {
         (Some(f), _) => {
-            let (t, v) = data.split_validation(f, a.seed)?;
+            let (t, v) = data.split_validation(f, seed)?;
             (t, Some(v))
         }
         (None, Some(path)) => {
@@ -312,27 +341,42 @@ fn load_sets(
                     "--val: '{path}' is not a CSV file or an IDX directory"
                 )));
             }
-            let v = load_data(a, &src, net.outputs())?;
+            let v = load_data(a, &src, net.outputs(), seed)?;
             v.check_shape(net.inputs(), net.outputs())?;
             (data, Some(v))
         }
         (None, None) => (data, None),
     };
-    if a.normalize {
-        let z = shadertrain::data::Standardizer::fit(&train);
+    let z = match resumed {
+        Some(c) => {
+            if a.normalize && c.standardizer.is_none() {
+                return Err(Error::Invalid(
+                    "--normalize: the resumed run was trained without it".into(),
+                ));
+            }
+            c.standardizer.clone()
+        }
+        None => a.normalize.then(|| Standardizer::fit(&train)),
+    };
+    if let Some(z) = &z {
         z.apply(&mut train)?;
         if let Some(v) = val.as_mut() {
             z.apply(v)?;
         }
     }
-    Ok((train, val))
+    Ok((train, val, z))
 }
 
-fn load_data(a: &TrainArgs, source: &DataArg<'_>, net_outputs: usize) -> Result<Dataset> {
+fn load_data(
+    a: &TrainArgs,
+    source: &DataArg<'_>,
+    net_outputs: usize,
+    seed: u64,
+) -> Result<Dataset> {
     Ok(match source {
         DataArg::Builtin("xor") => Dataset::xor(),
         DataArg::Builtin("example") => Dataset::example(),
-        DataArg::Builtin(_) => Dataset::spirals(1000, a.seed),
+        DataArg::Builtin(_) => Dataset::spirals(1000, seed),
         DataArg::Csv(path) => Dataset::from_csv(path, a.target.as_deref(), net_outputs)?,
         DataArg::Idx(dir) => {
             let ((images, labels), _test) = shadertrain::idx::find_mnist(dir)?;
@@ -344,53 +388,144 @@ fn load_data(a: &TrainArgs, source: &DataArg<'_>, net_outputs: usize) -> Result<
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let d = defaults(&a.data);
     let source = data_arg(&a.data)?;
-    if matches!(source, DataArg::Csv(_) | DataArg::Idx(_)) && a.layers.is_none() {
+    let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
+    if matches!(source, DataArg::Csv(_) | DataArg::Idx(_))
+        && a.layers.is_none()
+        && resumed.is_none()
+    {
         return Err(Error::Invalid(
             "--layers is required with a CSV file or IDX directory, e.g. --layers 784,128,10"
                 .into(),
         ));
     }
-    // Refuse an unwritable metrics path before training, not after.
-    if let Some(dir) = a.metrics.as_deref().and_then(Path::parent) {
-        if !dir.as_os_str().is_empty() && !dir.is_dir() {
-            return Err(Error::Invalid(format!(
-                "--metrics: directory {} does not exist",
-                dir.display()
-            )));
+    // Refuse unwritable output paths before training, not after.
+    for (flag, path) in [("--metrics", &a.metrics), ("--save", &a.save)] {
+        if let Some(dir) = path.as_deref().and_then(Path::parent) {
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{flag}: directory {} does not exist",
+                    dir.display()
+                )));
+            }
         }
     }
-    let net = Network::parse(a.layers.as_deref().unwrap_or(d.layers))?;
+    if a.save_every == Some(0) {
+        return Err(Error::Invalid("--save-every must be at least 1".into()));
+    }
+    let net = match (&resumed, &a.layers) {
+        (Some(c), Some(l)) => {
+            let n = Network::parse(l)?;
+            if &n != c.params.network() {
+                return Err(Error::Shape(format!(
+                    "--layers {} does not match the checkpoint's {}",
+                    n.describe(),
+                    c.params.network().describe()
+                )));
+            }
+            n
+        }
+        (Some(c), None) => c.params.network().clone(),
+        (None, l) => Network::parse(l.as_deref().unwrap_or(d.layers))?,
+    };
+    let seed = match (&resumed, a.seed) {
+        (Some(c), Some(s)) if s != c.state.seed => {
+            return Err(Error::Invalid(format!(
+                "--seed {s} conflicts with the checkpoint's seed {}; resuming needs the same seed",
+                c.state.seed
+            )))
+        }
+        (Some(c), _) => c.state.seed,
+        (None, s) => s.unwrap_or(42),
+    };
+    let st = resumed.as_ref().map(|c| &c.state);
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(d.epochs),
-        batch: a.batch.unwrap_or(d.batch),
-        lr: a.lr.unwrap_or(d.lr),
-        seed: a.seed,
+        batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(d.batch),
+        lr: a.lr.or(st.map(|s| s.lr)).unwrap_or(d.lr),
+        seed,
         shuffle: true,
     };
     cfg.validate()?;
-    let (data, val) = load_sets(&a, &source, &net)?;
+    let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
+    if let Some(s) = st {
+        if s.samples != data.len() {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint was trained on '{}' ({} samples), this run has '{}' ({} samples); resuming needs the same data",
+                s.data,
+                s.samples,
+                data.name,
+                data.len()
+            )));
+        }
+        if s.epoch >= cfg.epochs {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint has already trained {} epochs; --epochs counts the total, so ask for more than {}",
+                s.epoch, s.epoch
+            )));
+        }
+    }
+    let run = Run {
+        net: &net,
+        data: &data,
+        val: val.as_ref(),
+        cfg: &cfg,
+        standardizer: z.as_ref(),
+        resumed: resumed.as_ref(),
+    };
     let device = pick_device(a.backend, a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);
     match device {
         Device::Cpu => {
             let b = CpuBackend::<f32>::fast(&net, capacity, a.threads)?;
-            run_training(b, "cpu", &net, (&data, val.as_ref()), &cfg, &a)
+            run_training(b, "cpu", &run, &a)
         }
         Device::Gpu(ctx) => {
             let b = GpuBackend::new(ctx, &net, capacity)?;
-            run_training(b, "gpu", &net, (&data, val.as_ref()), &cfg, &a)
+            run_training(b, "gpu", &run, &a)
         }
+    }
+}
+
+/// Everything a training run is about, decided before a backend exists.
+struct Run<'a> {
+    net: &'a Network,
+    data: &'a Dataset,
+    val: Option<&'a Dataset>,
+    cfg: &'a TrainConfig,
+    standardizer: Option<&'a Standardizer>,
+    resumed: Option<&'a Checkpoint>,
+}
+
+impl Run<'_> {
+    /// The checkpoint of `backend`'s parameters after `epoch` epochs.
+    fn checkpoint<B: Backend<Scalar = f32> + ?Sized>(
+        &self,
+        backend: &mut B,
+        epoch: usize,
+    ) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            params: backend.params()?,
+            state: TrainState {
+                epoch,
+                seed: self.cfg.seed,
+                batch: self.cfg.batch,
+                lr: self.cfg.lr,
+                data: self.data.name.clone(),
+                samples: self.data.len(),
+            },
+            standardizer: self.standardizer.cloned(),
+        })
     }
 }
 
 fn run_training<B: Backend<Scalar = f32>>(
     mut backend: B,
     kind: &str,
-    net: &Network,
-    (data, val): (&Dataset, Option<&Dataset>),
-    cfg: &TrainConfig,
+    run: &Run<'_>,
     a: &TrainArgs,
 ) -> Result<()> {
+    let (net, data, val, cfg) = (run.net, run.data, run.val, run.cfg);
+    let first = run.resumed.map_or(1, |c| c.state.epoch + 1);
     let adapter = backend.describe();
     if !a.quiet {
         eprintln!("backend: {kind}: {adapter}");
@@ -405,15 +540,21 @@ fn run_training<B: Backend<Scalar = f32>>(
             cfg.seed
         );
     }
-    // The worked example starts from its published weights; everything else from a seeded init.
-    let init = if a.data == "example" && net == &example::network() {
-        example::params()
-    } else {
-        net.init(cfg.seed)
+    // A resumed run starts from its checkpoint, the worked example from its
+    // published weights, everything else from a seeded init.
+    let init = match run.resumed {
+        Some(c) => {
+            if !a.quiet {
+                eprintln!("resuming after epoch {}", c.state.epoch);
+            }
+            c.params.clone()
+        }
+        None if a.data == "example" && net == &example::network() => example::params(),
+        None => net.init(cfg.seed),
     };
     backend.set_params(&init)?;
     let steps = data.len().div_ceil(cfg.batch.min(data.len()).max(1));
-    let bar = ProgressBar::new((cfg.epochs * steps) as u64);
+    let bar = ProgressBar::new(((cfg.epochs + 1 - first) * steps) as u64);
     if a.quiet {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
@@ -422,14 +563,31 @@ fn run_training<B: Backend<Scalar = f32>>(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let t0 = Instant::now();
-    let history = train_validated(&mut backend, data, val, cfg, |p| match p {
-        Progress::Step { .. } => bar.inc(1),
-        Progress::Epoch(s) => bar.set_message(epoch_line(s, cfg.epochs)),
+    let mut saved = first - 1;
+    let history = train_epochs(&mut backend, data, val, cfg, first, |b, p| {
+        match p {
+            Progress::Step { .. } => bar.inc(1),
+            Progress::Epoch(s) => {
+                bar.set_message(epoch_line(s, cfg.epochs));
+                if let (Some(path), Some(n)) = (&a.save, a.save_every) {
+                    if s.epoch % n == 0 {
+                        run.checkpoint(b, s.epoch)?.save(path)?;
+                        saved = s.epoch;
+                    }
+                }
+            }
+        }
+        Ok(())
     })?;
+    if let Some(path) = &a.save {
+        if saved != cfg.epochs {
+            run.checkpoint(&mut backend, cfg.epochs)?.save(path)?;
+        }
+    }
     let train_secs = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let (totals, metric) = evaluate(&mut backend, data)?;
-    let samples = (cfg.epochs * data.len()) as f64;
+    let samples = ((cfg.epochs + 1 - first) * data.len()) as f64;
     let acc = totals.accuracy(metric);
     println!("final loss: {:.6}", totals.loss());
     if let Some(acc) = acc {
@@ -488,31 +646,6 @@ fn epoch_line(s: &EpochStats, epochs: usize) -> String {
         line += &format!("  val acc {:.1}%", acc * 100.0);
     }
     line + &format!("  {:.0} samples/s", s.samples_per_s)
-}
-
-/// Write through a temporary file in the same directory, then rename, so a
-/// crash never leaves half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 /// One kernel dispatch's share of a profiled step.

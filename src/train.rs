@@ -195,9 +195,13 @@ pub fn train_epochs<B: Backend + ?Sized>(
     for epoch in first..=cfg.epochs {
         let t0 = Instant::now();
         if cfg.shuffle {
-            // One stream per epoch: an epoch's order depends only on the seed and its number.
+            // One stream per epoch, shuffling the identity: an epoch's order
+            // depends only on the seed and its number, so resumed runs repeat it.
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
             rng.set_stream(epoch as u64);
+            for (i, o) in order.iter_mut().enumerate() {
+                *o = i;
+            }
             order.shuffle(&mut rng);
         }
         for (step, idx) in order.chunks(batch).enumerate() {

@@ -1087,3 +1087,124 @@ fn bench_gpu_profile_and_kernel_sets() {
         assert!(names.iter().any(|n| n.contains("delta")), "{names:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// checkpoints
+// ---------------------------------------------------------------------------
+
+/// Training 4 epochs straight, and 2 then resuming to 4, give the same
+/// parameters bit for bit and the same losses in epochs 3 and 4.
+fn resume_matches_straight_run(test: &str, backend: &str) {
+    let dir = TempDir::new(test);
+    let data = dir.file("clusters.csv", &clusters_csv(false));
+    let [straight, half, resumed] = ["straight", "half", "resumed"].map(|n| {
+        (
+            dir.path(&format!("{n}.safetensors"))
+                .to_string_lossy()
+                .into_owned(),
+            dir.path(&format!("{n}.json"))
+                .to_string_lossy()
+                .into_owned(),
+        )
+    });
+    let train = |epochs: &str, out: &(String, String), extra: &[&str]| {
+        let mut args = csv_train_args(&data, "2,8,3", epochs, backend, &out.1);
+        args.extend_from_slice(&["--save", &out.0, "--val-split", "0.2", "--normalize"]);
+        args.extend_from_slice(extra);
+        run(&args).success()
+    };
+    let r4 = train("4", &straight, &[]);
+    train("2", &half, &["--save-every", "1"]);
+    let r = train("4", &resumed, &["--resume", &half.0]);
+    let load = |p: &str| shadertrain::checkpoint::Checkpoint::load(Path::new(p)).unwrap();
+    let (a, b) = (load(&straight.0), load(&resumed.0));
+    assert_eq!(a.state.epoch, 4);
+    assert_eq!(b.state.epoch, 4);
+    assert_eq!(load(&half.0).state.epoch, 2);
+    assert!(
+        a.params
+            .data
+            .iter()
+            .zip(&b.params.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "resumed parameters differ from the straight run's\n{}\n{}",
+        r4.dump(),
+        r.dump()
+    );
+    assert_eq!(a.standardizer, b.standardizer);
+    let (ma, mb) = (
+        read_metrics(Path::new(&straight.1), &r4),
+        read_metrics(Path::new(&resumed.1), &r),
+    );
+    let epochs_b = mb["epochs"].as_array().unwrap();
+    assert_eq!(epochs_b.len(), 2, "the resumed run trains epochs 3 and 4");
+    for (i, e) in epochs_b.iter().enumerate() {
+        let e_a = &ma["epochs"][i + 2];
+        assert_eq!(e["epoch"], e_a["epoch"]);
+        for key in ["loss", "val_loss"] {
+            assert_eq!(e[key], e_a[key], "epoch {} {key}\n{ma:#}\n{mb:#}", i + 3);
+        }
+    }
+    // Nothing but the outputs in the directory: no temporary files.
+    for name in dir.listing() {
+        assert!(!name.contains(".tmp"), "left behind: {name}");
+    }
+}
+
+#[test]
+fn resume_matches_straight_run_cpu() {
+    resume_matches_straight_run("resume-cpu", "cpu");
+}
+
+#[test]
+fn resume_matches_straight_run_gpu() {
+    if gpu_or_skip("resume_matches_straight_run_gpu") {
+        resume_matches_straight_run("resume-gpu", "gpu");
+    }
+}
+
+#[test]
+fn bad_checkpoint_flags() {
+    let dir = TempDir::new("bad-ckpt");
+    let ckpt = dir.path("c.safetensors").to_string_lossy().into_owned();
+    run(&train_args(&["--epochs", "2", "--save", &ckpt])).success();
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "2"]),
+        &["already trained 2 epochs"],
+    );
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "3", "--seed", "7"]),
+        &["--seed 7", "42"],
+    );
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "3", "--layers", "2,16,2"]),
+        &["--layers", "2-16-2", "2-32-2"],
+    );
+    let other = dir.file("other.csv", "a,b,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,0.6,1\n");
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "3", "--data", &other]),
+        &["same data", "2000 samples", "3 samples"],
+    );
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "3", "--normalize"]),
+        &["--normalize"],
+    );
+    expect_error(&train_args(&["--save-every", "1"]), &["--save"]);
+    expect_error(
+        &train_args(&["--save", &ckpt, "--save-every", "0"]),
+        &["--save-every"],
+    );
+    expect_error(
+        &train_args(&["--save", "/nonexistent/dir/c.safetensors"]),
+        &["--save"],
+    );
+    expect_error(
+        &train_args(&["--resume", "/nonexistent/c.safetensors"]),
+        &["c.safetensors"],
+    );
+    let junk = dir.file("junk.safetensors", "not a checkpoint at all");
+    expect_error(
+        &train_args(&["--resume", &junk]),
+        &["junk.safetensors", "safetensors"],
+    );
+}
