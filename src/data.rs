@@ -156,6 +156,44 @@ impl Dataset {
     /// Cells are trimmed; blank lines are skipped. Errors name the file and,
     /// for a bad row, its 1-based line (the header is line 1).
     pub fn from_csv(path: &Path, target: Option<&str>, outputs: usize) -> Result<Dataset> {
+        Self::parse_csv(path, Some(target), outputs)
+    }
+
+    /// The number of columns of a CSV file's header row.
+    pub fn csv_columns(path: &Path) -> Result<usize> {
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_path(path)
+            .map_err(|e| csv_error(path, e))?;
+        match r.records().next() {
+            Some(rec) => Ok(rec.map_err(|e| csv_error(path, e))?.len()),
+            None => Err(Error::Data {
+                path: path.display().to_string(),
+                msg: "the file is empty (expected a header row)".into(),
+            }),
+        }
+    }
+
+    /// A CSV file of inputs only (a header, then `inputs` numbers per row),
+    /// as `predict` takes it; the targets are zeros of width `outputs`.
+    pub fn from_csv_inputs(path: &Path, inputs: usize, outputs: usize) -> Result<Dataset> {
+        let d = Self::parse_csv(path, None, outputs)?;
+        if d.inputs != inputs {
+            return Err(Error::Data {
+                path: path.display().to_string(),
+                msg: format!(
+                    "{} columns, but the network takes {inputs} inputs",
+                    d.inputs
+                ),
+            });
+        }
+        Ok(d)
+    }
+
+    /// `target`: `Some(None)` the last column, `Some(Some(name))` that
+    /// column, `None` no target (every column an input, zero targets).
+    fn parse_csv(path: &Path, target: Option<Option<&str>>, outputs: usize) -> Result<Dataset> {
         if outputs == 0 {
             return Err(Error::Invalid(
                 "the network must have at least one output".into(),
@@ -196,14 +234,16 @@ impl Dataset {
         }
         let headers = record.clone();
         let width = headers.len();
-        if width < 2 {
+        if width < 2 && target.is_some() {
             return Err(data_err(format!(
                 "need at least 2 columns (one or more inputs and the target), found {width}"
             )));
         }
+        // usize::MAX: no column is the target.
         let target_col = match target {
-            None => width - 1,
-            Some(name) => headers.iter().position(|h| h == name).ok_or_else(|| {
+            None => usize::MAX,
+            Some(None) => width - 1,
+            Some(Some(name)) => headers.iter().position(|h| h == name).ok_or_else(|| {
                 let names: Vec<&str> = headers.iter().collect();
                 data_err(format!(
                     "no column named '{name}' for the target; columns are: {}",
@@ -218,7 +258,7 @@ impl Dataset {
             }
         };
 
-        let inputs = width - 1;
+        let inputs = if target.is_some() { width - 1 } else { width };
         let mut x: Vec<f32> = Vec::new();
         let mut y: Vec<f32> = Vec::new();
         let mut all_binary = true;
@@ -257,6 +297,9 @@ impl Dataset {
                     all_binary &= v == 0.0 || v == 1.0;
                     y.push(v);
                 }
+            }
+            if target.is_none() {
+                y.extend(std::iter::repeat_n(0.0, outputs));
             }
             rows += 1;
         }

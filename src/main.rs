@@ -45,6 +45,16 @@ enum Cmd {
     Train(TrainArgs),
     /// Time the training step on the CPU, the GPU or both, side by side.
     Bench(BenchArgs),
+    /// Score a saved model on a dataset: loss, accuracy, confusion matrix.
+    Eval(ModelArgs),
+    /// Write a saved model's outputs for every row of a dataset as CSV.
+    Predict {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Where to write the CSV (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// One SGD step of the classic 2-2-2 worked example, every value printed.
     Example {
         #[arg(long, value_enum, default_value = "auto")]
@@ -115,6 +125,31 @@ struct TrainArgs {
     /// Standardise every input column with the training set's mean and standard deviation.
     #[arg(long)]
     normalize: bool,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A checkpoint written by `train --save`.
+    #[arg(long)]
+    model: PathBuf,
+    /// A built-in set, a CSV file (for predict: with or without the target
+    /// column) or an IDX directory.
+    #[arg(long)]
+    data: String,
+    /// CSV target column (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print JSON (eval).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -279,6 +314,8 @@ fn main() -> ExitCode {
     let run = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Eval(m) => cmd_eval(m),
+        Cmd::Predict { m, out } => cmd_predict(m, out),
         Cmd::Example { backend, json } => cmd_example(backend, json),
         Cmd::Devices { json } => cmd_devices(json),
     };
@@ -323,7 +360,7 @@ fn load_sets(
     seed: u64,
     resumed: Option<&Checkpoint>,
 ) -> Result<(Dataset, Option<Dataset>, Option<Standardizer>)> {
-    let data = load_data(a, source, net.outputs(), seed)?;
+    let data = load_data(source, a.target.as_deref(), net.outputs(), seed)?;
     data.check_shape(net.inputs(), net.outputs())?;
     let (mut train, mut val) = match (a.val_split, &a.val) {
         (Some(f), _) => {
@@ -341,7 +378,7 @@ fn load_sets(
                     "--val: '{path}' is not a CSV file or an IDX directory"
                 )));
             }
-            let v = load_data(a, &src, net.outputs(), seed)?;
+            let v = load_data(&src, a.target.as_deref(), net.outputs(), seed)?;
             v.check_shape(net.inputs(), net.outputs())?;
             (data, Some(v))
         }
@@ -367,9 +404,11 @@ fn load_sets(
     Ok((train, val, z))
 }
 
+/// The set `source` names, targets one-hot over `net_outputs` classes
+/// (CSV: the `target` column); the spirals drawn with `seed`.
 fn load_data(
-    a: &TrainArgs,
     source: &DataArg<'_>,
+    target: Option<&str>,
     net_outputs: usize,
     seed: u64,
 ) -> Result<Dataset> {
@@ -377,7 +416,7 @@ fn load_data(
         DataArg::Builtin("xor") => Dataset::xor(),
         DataArg::Builtin("example") => Dataset::example(),
         DataArg::Builtin(_) => Dataset::spirals(1000, seed),
-        DataArg::Csv(path) => Dataset::from_csv(path, a.target.as_deref(), net_outputs)?,
+        DataArg::Csv(path) => Dataset::from_csv(path, target, net_outputs)?,
         DataArg::Idx(dir) => {
             let ((images, labels), _test) = shadertrain::idx::find_mnist(dir)?;
             Dataset::from_idx(&images, &labels, net_outputs)?
@@ -646,6 +685,157 @@ fn epoch_line(s: &EpochStats, epochs: usize) -> String {
         line += &format!("  val acc {:.1}%", acc * 100.0);
     }
     line + &format!("  {:.0} samples/s", s.samples_per_s)
+}
+
+/// A saved model on the chosen device, and the data it is to see,
+/// standardised as in training.
+struct Loaded {
+    ckpt: Checkpoint,
+    data: Dataset,
+}
+
+fn load_model(m: &ModelArgs, inputs_only_ok: bool) -> Result<Loaded> {
+    if m.batch == 0 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    let ckpt = Checkpoint::load(&m.model)?;
+    let net = ckpt.params.network().clone();
+    let source = data_arg(&m.data)?;
+    let mut data = match source {
+        DataArg::Csv(path)
+            if inputs_only_ok
+                && m.target.is_none()
+                && Dataset::csv_columns(path)? == net.inputs() =>
+        {
+            Dataset::from_csv_inputs(path, net.inputs(), net.outputs())?
+        }
+        _ => load_data(&source, m.target.as_deref(), net.outputs(), ckpt.state.seed)?,
+    };
+    data.check_shape(net.inputs(), net.outputs())?;
+    if let Some(z) = &ckpt.standardizer {
+        z.apply(&mut data)?;
+    }
+    Ok(Loaded { ckpt, data })
+}
+
+/// Runs `f` on a backend holding the model, on the device `--backend` names.
+fn with_model<R>(
+    m: &ModelArgs,
+    l: &Loaded,
+    quiet: bool,
+    f: impl FnOnce(&mut dyn Backend<Scalar = f32>) -> Result<R>,
+) -> Result<R> {
+    let net = l.ckpt.params.network();
+    let capacity = m.batch.min(l.data.len()).max(1);
+    let mut b: Box<dyn Backend<Scalar = f32>> = match pick_device(m.backend, quiet)? {
+        Device::Cpu => Box::new(CpuBackend::<f32>::fast(net, capacity, m.threads)?),
+        Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx, net, capacity)?),
+    };
+    b.set_params(&l.ckpt.params)?;
+    f(b.as_mut())
+}
+
+/// The class a row of outputs predicts: argmax, or a 0.5 threshold for one output.
+fn class_of(row: &[f32]) -> usize {
+    if row.len() == 1 {
+        (row[0] > 0.5) as usize
+    } else {
+        shadertrain::cpu::argmax(row)
+    }
+}
+
+fn cmd_eval(m: ModelArgs) -> Result<()> {
+    let l = load_model(&m, false)?;
+    let (totals, metric, out) = with_model(&m, &l, m.json, |b| {
+        let (t, metric) = evaluate(b, &l.data)?;
+        Ok((t, metric, shadertrain::train::predict(b, &l.data)?))
+    })?;
+    let no = l.data.outputs;
+    // confusion[true][predicted], classification only.
+    let confusion = l.data.is_classification().then(|| {
+        let k = no.max(2);
+        let mut c = vec![vec![0u64; k]; k];
+        for (p, y) in out.chunks(no).zip(l.data.y.chunks(no)) {
+            c[class_of(y)][class_of(p)] += 1;
+        }
+        c
+    });
+    let acc = totals.accuracy(metric);
+    if m.json {
+        let json = serde_json::json!({
+            "model": m.model.display().to_string(),
+            "layers": l.ckpt.params.network().sizes(),
+            "samples": l.data.len(),
+            "loss": totals.loss(),
+            "accuracy": acc,
+            "confusion": confusion,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "model {} ({} epochs) on '{}' ({} samples)",
+        l.ckpt.params.network().describe(),
+        l.ckpt.state.epoch,
+        l.data.name,
+        l.data.len()
+    );
+    println!("loss: {:.6}", totals.loss());
+    if let Some(acc) = acc {
+        println!("accuracy: {:.2}%", acc * 100.0);
+    }
+    if let Some(c) = confusion {
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        let w = c
+            .iter()
+            .flatten()
+            .max()
+            .map_or(1, |v| v.to_string().len())
+            .max(3);
+        let head: Vec<String> = (0..c.len()).map(|j| format!("{j:>w$}")).collect();
+        println!("      {}", head.join(" "));
+        for (i, row) in c.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>w$}")).collect();
+            println!("  {i:>3} {}", cells.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_predict(m: ModelArgs, out_path: Option<PathBuf>) -> Result<()> {
+    if let Some(dir) = out_path.as_deref().and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "--out: directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
+    let l = load_model(&m, true)?;
+    let out = with_model(&m, &l, out_path.is_none(), |b| {
+        shadertrain::train::predict(b, &l.data)
+    })?;
+    let no = l.data.outputs;
+    let mut csv = String::new();
+    let mut head: Vec<String> = (0..no).map(|k| format!("output_{k}")).collect();
+    head.push("predicted".into());
+    csv += &head.join(",");
+    csv.push('\n');
+    for row in out.chunks(no) {
+        for v in row {
+            csv += &format!("{v},");
+        }
+        csv += &format!("{}\n", class_of(row));
+    }
+    match out_path {
+        Some(p) => write_atomic(&p, csv.as_bytes()),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(csv.as_bytes())
+                .map_err(|e| Error::io(Path::new("<stdout>"), e))
+        }
+    }
 }
 
 /// One kernel dispatch's share of a profiled step.

@@ -262,3 +262,24 @@ pub fn evaluate<B: Backend + ?Sized>(backend: &mut B, data: &Dataset) -> Result<
     }
     Ok((backend.take_totals()?, metric))
 }
+
+/// The network's outputs for every row of `data`, `(len, outputs)`, in
+/// batches of the backend's capacity. Leaves the parameters unchanged.
+pub fn predict<B: Backend<Scalar = f32> + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+) -> Result<Vec<f32>> {
+    let net = backend.network().clone();
+    data.check_shape(net.inputs(), net.outputs())?;
+    let last = net.layers().len();
+    let order: Vec<usize> = (0..data.len()).collect();
+    let mut buf = BatchBuf::new();
+    let mut out = Vec::with_capacity(data.len() * net.outputs());
+    for idx in order.chunks(backend.capacity()) {
+        buf.load(backend, data, idx)?;
+        backend.forward()?;
+        out.extend(backend.read_activations(last)?);
+    }
+    backend.take_totals()?;
+    Ok(out)
+}
