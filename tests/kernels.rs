@@ -53,6 +53,7 @@ fn forward_dense_matches_cpu() {
                 batch,
                 n_in,
                 n_out,
+                SIG,
             );
             assert_close(
                 &format!("{label} A ({n_in}->{n_out})"),
@@ -74,7 +75,7 @@ fn delta_output_matches_cpu() {
         let y = random(&mut g, batch * n, 0.0, 1.0);
         let got = r.delta_output(&a, &y, batch, n).unwrap();
         let mut want = vec![0.0; batch * n];
-        cpu::delta_output(&f64s(&a), &f64s(&y), &mut want);
+        cpu::delta_output(&f64s(&a), &f64s(&y), &mut want, SIG, MSE);
         assert_close(&format!("{label} δ_out"), &got, &want, 1e-7, REL);
     });
 }
@@ -98,6 +99,7 @@ fn delta_hidden_matches_cpu() {
                 batch,
                 n,
                 n_next,
+                SIG,
             );
             assert_close(
                 &format!("{label} δ_hidden ({n}<-{n_next})"),
@@ -170,7 +172,7 @@ fn loss_reduce_matches_cpu() {
         let (y, metric) = scored_targets(&a, batch, n);
         for m in [Metric::None, metric] {
             let got = r.loss_reduce(&a, &y, batch, n, m, START_TOTALS).unwrap();
-            let (loss, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m);
+            let (loss, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m, MSE);
             assert_totals(&format!("{label} {m:?}"), got, loss, correct, batch);
         }
     });

@@ -50,7 +50,7 @@ fn forward_dense_tiled_matches_cpu() {
                 .unwrap();
             let mut want = vec![0.0; batch * n_out];
             let (x, w, b) = (f64s(&x), f64s(&w), f64s(&b));
-            cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out);
+            cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out, SIG);
             assert_close(&format!("{label} A"), &got, &want, ABS, REL);
         }
     });
@@ -70,7 +70,7 @@ fn delta_hidden_tiled_matches_cpu() {
                 .unwrap();
             let mut want = vec![0.0; batch * n];
             let (w_next, dn, a) = (f64s(&w_next), f64s(&dn), f64s(&a));
-            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next);
+            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next, SIG);
             assert_close(&format!("{label} δ"), &got, &want, ABS, REL);
         }
     });
@@ -149,7 +149,7 @@ fn delta_output_loss_matches_cpu() {
                     .unwrap();
                 let mut want = vec![0.0; batch * n];
                 let (loss, correct) =
-                    cpu::delta_output_loss(&f64s(&a), &f64s(&y), &mut want, batch, n, m);
+                    cpu::delta_output_loss(&f64s(&a), &f64s(&y), &mut want, batch, n, m, SIG, MSE);
                 assert_close(&format!("{label} δ"), &delta, &want, 1e-7, REL);
                 assert_totals(&format!("{label} {m:?}"), got, loss, correct, batch);
             }
@@ -179,7 +179,16 @@ fn delta_output_loss_argmax_ties_take_the_first() {
         .delta_output_loss(&a, &y, 2, n, Metric::Argmax, Acc::default())
         .unwrap();
     let mut delta = vec![0.0; 2 * n];
-    let (_, want) = cpu::delta_output_loss(&f64s(&a), &f64s(&y), &mut delta, 2, n, Metric::Argmax);
+    let (_, want) = cpu::delta_output_loss(
+        &f64s(&a),
+        &f64s(&y),
+        &mut delta,
+        2,
+        n,
+        Metric::Argmax,
+        SIG,
+        MSE,
+    );
     assert_eq!(want, 1);
     assert_eq!(got.correct as u64, want);
 }

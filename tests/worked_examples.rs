@@ -14,6 +14,7 @@ use shadertrain::backend::Backend;
 use shadertrain::cpu::{self, CpuBackend};
 use shadertrain::example;
 use shadertrain::gpu::{GpuBackend, KernelRunner};
+use shadertrain::network::{Activation, Loss};
 
 /// A printed reference value and the tolerance its digits allow.
 fn reference(s: &str) -> (f64, f64) {
@@ -145,7 +146,7 @@ const X: [f64; 2] = [0.05, 0.10];
 #[test]
 fn delta_example_2_2_1_cpu_kernels() {
     let mut d_o = [0.0];
-    cpu::delta_output(&[A_O], &[Y], &mut d_o);
+    cpu::delta_output(&[A_O], &[Y], &mut d_o, Activation::Sigmoid, Loss::Mse);
     expect("δ_o1", d_o[0], "-0.0105", 0.0);
     let mut g_o = [0.0; 2];
     cpu::gradient_weights(&d_o, &A_H, &mut g_o, 1, 2, 1);
@@ -155,7 +156,7 @@ fn delta_example_2_2_1_cpu_kernels() {
     cpu::sgd_update(&mut w, &g_o, 0.5);
     expect("W31_new", w[0], "0.4030975", 0.0);
     let mut d_h = [0.0; 2];
-    cpu::delta_hidden(&W_O, &d_o, &A_H, &mut d_h, 1, 2, 1);
+    cpu::delta_hidden(&W_O, &d_o, &A_H, &mut d_h, 1, 2, 1, Activation::Sigmoid);
     expect("δ_h1", d_h[0], "-0.00101598", 0.0);
     expect("δ_h2", d_h[1], "-0.001134", 0.0);
     let mut g_h = [0.0; 4];

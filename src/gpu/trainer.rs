@@ -35,7 +35,7 @@ use super::kernels::{
 use super::readback;
 use crate::backend::{Backend, Metric, Totals};
 use crate::cpu::{check_batch, check_layer};
-use crate::network::{Network, Params};
+use crate::network::{Activation, Network, Params};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -274,6 +274,12 @@ impl GpuBackend {
     ) -> Result<Self> {
         if capacity == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        if net.layers().iter().any(|l| l.act != Activation::Sigmoid) {
+            return Err(Error::Gpu(format!(
+                "{}: the GPU kernels run sigmoid layers only so far",
+                net.describe()
+            )));
         }
         let chunk = micro_batch_rows(net, capacity, &ctx.limits, options.max_chunk)?;
         if chunk < capacity && options.kernels == KernelSet::Simple {
@@ -1071,6 +1077,7 @@ impl Backend for GpuBackend {
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
             loss_sum: a.loss_sum as f64,
+            loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,
         })
