@@ -8,9 +8,10 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use shadertrain::backend::Backend;
+use shadertrain::backend::{Backend, Metric};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::{Dataset, Task};
+use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Activation, Loss, Network, Params};
 use shadertrain::train::{evaluate, train, TrainConfig};
 
@@ -178,4 +179,50 @@ fn relu_softmax_learns_mnist_shaped_classes() {
         cfg.epochs,
         history.iter().map(|e| e.loss).collect::<Vec<_>>()
     );
+}
+
+/// Every kernel set and tile size against the f64 reference over several
+/// steps on mixed nets: losses step by step, parameters at the end.
+#[test]
+fn gpu_runs_match_the_reference_every_activation() {
+    let Some(ctx) = gpu_or_skip("gpu_runs_match_the_reference_every_activation") else {
+        return;
+    };
+    let sets = [
+        (KernelSet::Simple, None),
+        (KernelSet::Tiled, Some(TileConfig::SMALL)),
+        (KernelSet::Tiled, Some(TileConfig::DISCRETE)),
+    ];
+    for (spec, batch) in [(NETS[0], 11), (NETS[1], 1), (NETS[4], 5), (NETS[2], 3)] {
+        let net = Network::parse(spec).unwrap();
+        for (kernels, tiles) in sets {
+            let label = format!("{spec} batch {batch} {kernels:?} {tiles:?}");
+            let options = GpuOptions {
+                kernels,
+                tiles,
+                max_chunk: None,
+            };
+            let mut gpu = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
+            let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+            let init: Params<f32> = net.init(7);
+            gpu.set_params(&init).unwrap();
+            cpu.set_params(&init.cast()).unwrap();
+            gpu.set_metric(Metric::Argmax).unwrap();
+            cpu.set_metric(Metric::Argmax).unwrap();
+            for step in 0..8 {
+                let (x, y) = batch_for(&net, batch, &format!("{label} step {step}"));
+                gpu.load_batch(&x, &y).unwrap();
+                cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+                gpu.step(0.4).unwrap();
+                cpu.step(0.4).unwrap();
+                let (tg, tc) = (gpu.take_totals().unwrap(), cpu.take_totals().unwrap());
+                assert_eq!(tg.loss_fn, net.loss());
+                let what = format!("{label} step {step} loss");
+                assert_close(&what, &[tg.loss() as f32], &[tc.loss()], 1e-6, 1e-4);
+                assert_eq!(tg.correct, tc.correct, "{label} step {step} correct");
+            }
+            let (pg, pc) = (gpu.params().unwrap(), cpu.params().unwrap());
+            assert_close(&format!("{label} params"), &pg.data, &pc.data, 1e-5, 1e-4);
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! output, the GPU reference twins) and the tiled ones, where `step` runs the
 //! fused fast path: tiled forward, output delta and loss in one parallel pass,
 //! then per layer from the top the next-lower delta (from the old weights)
-//! followed by the gradient with SGD applied in the same pass.
+//! followed by the gradient with SGD applied in the same pass. Each layer's
+//! activation and the network's loss travel in its `Dims`; a softmax output
+//! adds one row-wise `softmax_forward` dispatch after the last product.
 //!
 //! Batches larger than one storage binding holds (or than
 //! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each chunk is
@@ -229,6 +231,8 @@ pub struct GpuBackend {
     dims: Vec<wgpu::Buffer>,
     sgd: wgpu::Buffer,
     groups: Vec<LayerGroups>,
+    /// A softmax output only: softmax_forward on the output activations.
+    softmax: Option<wgpu::BindGroup>,
     delta_output: wgpu::BindGroup,
     /// Simple: loss_reduce; tiled: delta_output_loss.
     loss: wgpu::BindGroup,
@@ -274,12 +278,6 @@ impl GpuBackend {
     ) -> Result<Self> {
         if capacity == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
-        }
-        if net.layers().iter().any(|l| l.act != Activation::Sigmoid) {
-            return Err(Error::Gpu(format!(
-                "{}: the GPU kernels run sigmoid layers only so far",
-                net.describe()
-            )));
         }
         let chunk = micro_batch_rows(net, capacity, &ctx.limits, options.max_chunk)?;
         if chunk < capacity && options.kernels == KernelSet::Simple {
@@ -425,6 +423,9 @@ impl GpuBackend {
             });
         }
         let top = &dims[last - 1];
+        let softmax = (net.output_activation() == Activation::Softmax)
+            .then(|| kernels.softmax_forward.bind(dev, &[top, &acts[last]]))
+            .transpose()?;
         let delta_output = kernels
             .delta_output
             .bind(dev, &[top, &acts[last], &y, &deltas[last]])?;
@@ -465,6 +466,7 @@ impl GpuBackend {
             dims,
             sgd,
             groups,
+            softmax,
             delta_output,
             loss,
             loss_finish,
@@ -677,6 +679,9 @@ impl GpuBackend {
                     let g = &self.groups[l].forward;
                     f(one(&simple.forward_dense, g, rows_by(ly.n_out), Some(l))?)?;
                 }
+                if let Some(g) = &self.softmax {
+                    f(one(&simple.softmax_forward, g, self.rows, Some(last - 1))?)?;
+                }
                 if loss {
                     f(Dispatch {
                         kernel: &simple.loss_reduce,
@@ -719,6 +724,9 @@ impl GpuBackend {
                         grid: grid_tiled(rows, ly.n_out as u32, 1, &t.tiles, max)?,
                         layer: Some(l),
                     })?;
+                }
+                if let Some(g) = &self.softmax {
+                    f(one(&simple.softmax_forward, g, self.rows, Some(last - 1))?)?;
                 }
                 if let (true, Some(finish)) = (loss, &self.loss_finish) {
                     let no = self.net.outputs() as u32;
@@ -949,7 +957,9 @@ fn layer_dims(net: &Network, l: usize, rows: usize, metric: Metric, splits: u32)
         w_next_off: next.map_or(0, |n| n.w_off as u32),
         metric: metric as u32,
         splits,
-        _pad: [0; 3],
+        act: ly.act as u32,
+        loss: net.loss() as u32,
+        _pad: 0,
     }
 }
 

@@ -5,6 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shadertrain::backend::Metric;
+use shadertrain::cpu;
 use shadertrain::gpu::{Acc, GpuContext};
 use shadertrain::network::{Activation, Loss, Network};
 use std::sync::{Arc, OnceLock};
@@ -13,6 +14,36 @@ use std::sync::{Arc, OnceLock};
 pub const SIG: Activation = Activation::Sigmoid;
 /// See [`SIG`].
 pub const MSE: Loss = Loss::Mse;
+
+/// Every activation a hidden layer may have.
+pub const HIDDEN: [Activation; 4] = [
+    Activation::Sigmoid,
+    Activation::Relu,
+    Activation::Tanh,
+    Activation::Linear,
+];
+
+/// Every activation an output layer may have, with its loss.
+pub const OUTPUTS: [(Activation, Loss); 5] = [
+    (Activation::Sigmoid, Loss::Mse),
+    (Activation::Relu, Loss::Mse),
+    (Activation::Tanh, Loss::Mse),
+    (Activation::Linear, Loss::Mse),
+    (Activation::Softmax, Loss::CrossEntropy),
+];
+
+/// What a layer with `act` outputs for random logits in (-2, 2), `(batch, n)`:
+/// the `A` a backward kernel reads (relu's zeros, softmax's rows included).
+pub fn activated(g: &mut ChaCha8Rng, act: Activation, batch: usize, n: usize) -> Vec<f32> {
+    let mut a: Vec<f64> = random(g, batch * n, -2.0, 2.0)
+        .iter()
+        .map(|&z| cpu::activate(act, z as f64))
+        .collect();
+    if act == Activation::Softmax {
+        cpu::softmax_forward(&mut a, batch, n);
+    }
+    a.iter().map(|&v| v as f32).collect()
+}
 
 /// The GPU for this test binary, or `None` with a printed reason. With
 /// `REQUIRE_GPU=1` a missing adapter fails the test instead.
