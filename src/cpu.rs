@@ -89,15 +89,25 @@ pub fn forward_dense<T: Real>(
 // a: (batch, n), logits in, probabilities out
 pub fn softmax_forward<T: Real>(a: &mut [T], batch: usize, n: usize) {
     for row in a[..batch * n].chunks_mut(n.max(1)) {
-        let m = row.iter().fold(T::neg_infinity(), |m, &z| m.max(z));
-        let mut sum = T::zero();
-        for z in row.iter_mut() {
-            *z = (*z - m).exp();
-            sum = sum + *z;
-        }
-        for z in row.iter_mut() {
-            *z = *z / sum;
-        }
+        softmax_row(row, T::exp);
+    }
+}
+
+/// Softmax of one row of logits in place with the given `exp` (the fast path
+/// passes its f32 one): max-subtracted, summed in order, scaled by `1 / Σ`
+/// as `softmax_forward` in softmax.wgsl does.
+// row: (n)
+#[inline(always)]
+pub(crate) fn softmax_row<T: Real>(row: &mut [T], exp: impl Fn(T) -> T) {
+    let m = row.iter().fold(T::neg_infinity(), |m, &z| m.max(z));
+    let mut sum = T::zero();
+    for z in row.iter_mut() {
+        *z = exp(*z - m);
+        sum = sum + *z;
+    }
+    let inv = T::one() / sum;
+    for z in row.iter_mut() {
+        *z = *z * inv;
     }
 }
 

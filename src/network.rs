@@ -44,8 +44,9 @@ pub enum Activation {
     Tanh = 2,
     /// `z`, `f' = 1`.
     Linear = 3,
-    /// Row-wise `e^z_k / Σ_j e^z_j` (max-subtracted); output layer only, and
-    /// trained with [`Loss::CrossEntropy`], whose delta `A − Y` needs no `f'`.
+    /// Row-wise `e^z_k / Σ_j e^z_j` (max-subtracted); output layer only, of at
+    /// least 2 outputs, and trained with [`Loss::CrossEntropy`], whose delta
+    /// `A − Y` needs no `f'`.
     Softmax = 4,
 }
 
@@ -173,6 +174,11 @@ impl Network {
                 i + 1,
                 sizes[i + 1]
             )));
+        }
+        if acts[acts.len() - 1] == Activation::Softmax && sizes[sizes.len() - 1] < 2 {
+            return Err(Error::Invalid(
+                "--layers: softmax over 1 output is always 1; it needs at least 2".into(),
+            ));
         }
         let mut layers = Vec::with_capacity(sizes.len() - 1);
         let mut off = 0usize;

@@ -23,7 +23,7 @@ const NETS: &[&str] = &[
     "3,5:tanh,1:linear",
     "6,7:relu,4",
     "5,1:relu,3:softmax",
-    "9,11:sigmoid,1:softmax",
+    "9,11:sigmoid,2:softmax",
 ];
 
 #[test]
@@ -74,6 +74,7 @@ fn bad_layer_syntax_is_refused_with_one_line() {
         ("4", "at least two"),
         ("", "not a layer size"),
         ("4,3:Relu", "unknown activation"),
+        ("4,3,1:softmax", "at least 2"),
     ] {
         let err = Network::parse(spec).expect_err(spec).to_string();
         assert!(err.contains(says), "{spec:?}: {err}");
@@ -188,19 +189,21 @@ fn gpu_runs_match_the_reference_every_activation() {
     let Some(ctx) = gpu_or_skip("gpu_runs_match_the_reference_every_activation") else {
         return;
     };
+    // The last splits batches into micro-batches of 4 (gradients accumulated).
     let sets = [
-        (KernelSet::Simple, None),
-        (KernelSet::Tiled, Some(TileConfig::SMALL)),
-        (KernelSet::Tiled, Some(TileConfig::DISCRETE)),
+        (KernelSet::Simple, None, None),
+        (KernelSet::Tiled, Some(TileConfig::SMALL), None),
+        (KernelSet::Tiled, Some(TileConfig::DISCRETE), None),
+        (KernelSet::Tiled, Some(TileConfig::SMALL), Some(4)),
     ];
     for (spec, batch) in [(NETS[0], 11), (NETS[1], 1), (NETS[4], 5), (NETS[2], 3)] {
         let net = Network::parse(spec).unwrap();
-        for (kernels, tiles) in sets {
-            let label = format!("{spec} batch {batch} {kernels:?} {tiles:?}");
+        for (kernels, tiles, max_chunk) in sets {
+            let label = format!("{spec} batch {batch} {kernels:?} {tiles:?} chunk {max_chunk:?}");
             let options = GpuOptions {
                 kernels,
                 tiles,
-                max_chunk: None,
+                max_chunk,
             };
             let mut gpu = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
             let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();

@@ -24,7 +24,7 @@ const CASES: &[(&str, usize)] = &[
     ("4,6:linear,3:relu,2:tanh", 1),
     ("3,5:tanh,1:linear", 9),
     ("5,1:relu,3:softmax", 4),
-    ("9,11,1:softmax", 2),
+    ("9,11,2:softmax", 2),
     ("64,130:tanh,33:relu,10:softmax", 65),
     ("97,301:relu,203:linear,3", 129),
 ];

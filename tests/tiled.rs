@@ -25,6 +25,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
 // f32 against an f64 reference: sums of up to 203 products.
 const ABS: f64 = 5e-6;
 const REL: f64 = 1e-4;
+/// Forward outputs: sums that cancel near 0 keep their rounding, which
+/// relu, tanh and linear pass through at slope 1 (sigmoid at ≤ 1/4).
+const ABS_FORWARD: f64 = 2e-5;
 
 /// Run `f(runner, label)` once per tile configuration.
 fn each_config(test: &str, mut f: impl FnMut(&KernelRunner, &str)) {
@@ -55,7 +58,7 @@ fn forward_dense_tiled_matches_cpu() {
             let mut want = vec![0.0; batch * n_out];
             let (x, w, b) = (f64s(&x), f64s(&w), f64s(&b));
             cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out, act);
-            assert_close(&format!("{label} A"), &got, &want, ABS, REL);
+            assert_close(&format!("{label} A"), &got, &want, ABS_FORWARD, REL);
         }
     });
 }

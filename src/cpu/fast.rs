@@ -15,7 +15,7 @@
 //! so each is branch-free and vectorises; in f32 the exponentials are
 //! [`exp_f32`], not libm's scalar `expf`.
 
-use super::{activate, activation_derivative, loss_term, score, CpuBackend};
+use super::{activate, activation_derivative, loss_term, score, softmax_row, CpuBackend};
 use crate::network::{Activation, Real};
 use rayon::prelude::*;
 
@@ -394,22 +394,6 @@ fn activate_f32(act: Activation, z: f32) -> f32 {
             ((1.0 - e) / (1.0 + e)).copysign(z)
         }
         _ => activate(act, z),
-    }
-}
-
-/// Softmax of one row of logits in place, max-subtracted, summed in order
-/// (the reference's [`super::softmax_forward`], with `exp` given).
-// row: (n)
-fn softmax_row<T: Real>(row: &mut [T], exp: impl Fn(T) -> T) {
-    let m = row.iter().fold(T::neg_infinity(), |m, &z| m.max(z));
-    let mut sum = T::zero();
-    for z in row.iter_mut() {
-        *z = exp(*z - m);
-        sum = sum + *z;
-    }
-    let inv = T::one() / sum;
-    for z in row.iter_mut() {
-        *z = *z * inv;
     }
 }
 
