@@ -4,17 +4,23 @@
 //! and an [`Activation`] per dense layer, sigmoid unless `--layers` says
 //! otherwise (`784,128:relu,10:softmax`). The [`Loss`] follows from the output
 //! activation: softmax trains with cross-entropy, everything else with MSE.
-//! [`Params`] holds every weight and bias in one flat
-//! buffer shared by both backends, laid out layer after layer as
-//! `W0 (out, in) row-major, b0 (out), W1, b1, ...`, so the GPU uploads it with
-//! `bytemuck` and a read-back compares like with like.
+//!
+//! [`Params`] holds every weight and bias in one flat buffer shared by both
+//! backends, laid out layer after layer as `W0 (out, in) row-major, b0 (out),
+//! W1, b1, ...`, so the GPU uploads it with `bytemuck` and a read-back
+//! compares like with like.
 //!
 //! ```
-//! use shadertrain::network::Network;
+//! use shadertrain::network::{Activation, Loss, Network};
 //! let net = Network::parse("2,3,1").unwrap();
 //! assert_eq!(net.param_count(), 2 * 3 + 3 + 3 * 1 + 1);
 //! let p = net.init::<f32>(42);
 //! assert_eq!(p.weights(0).len(), 6);
+//!
+//! let mnist = Network::parse("784,128:relu,10:softmax").unwrap();
+//! assert_eq!(mnist.activation(0), Activation::Relu);
+//! assert_eq!(mnist.loss(), Loss::CrossEntropy);
+//! assert_eq!(Network::parse(&mnist.spec()).unwrap(), mnist);
 //! ```
 
 use crate::{Error, Result};
