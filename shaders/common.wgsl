@@ -14,10 +14,20 @@ struct Dims {
     w_next_off: u32, // offset of W_next (n_next, n_out) in params (delta_hidden)
     metric: u32,     // loss_reduce scoring: 0 none, 1 threshold, 2 argmax
     splits: u32,     // K slices of the tiled gradient (1: none)
+    act: u32,        // this layer's activation, ACT_* below
+    loss: u32,       // the network's loss, LOSS_* below
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+// Activations, mirrors `shadertrain::network::Activation` (tests/shaders.rs checks).
+const ACT_SIGMOID: u32 = 0u;
+const ACT_RELU: u32 = 1u;
+const ACT_TANH: u32 = 2u;
+const ACT_LINEAR: u32 = 3u;
+const ACT_SOFTMAX: u32 = 4u; // output layer only, with LOSS_CE
+// Losses, mirrors `shadertrain::network::Loss`.
+const LOSS_MSE: u32 = 0u;
+const LOSS_CE: u32 = 1u;
 
 // SGD and gradient scaling, mirrors `shadertrain::gpu::SgdUniform` (16 bytes).
 struct Sgd {
@@ -38,4 +48,41 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 fn sigmoid(z: f32) -> f32 {
     return 1.0 / (1.0 + exp(-z));
+}
+
+// f(z) of one element (twin: cpu::activate). Softmax is row-wise: here the
+// identity, then softmax_forward (softmax.wgsl) finishes the row.
+// tanh as sign(z)·(1 − e^−2|z|)/(1 + e^−2|z|), which cannot overflow.
+fn activate(act: u32, z: f32) -> f32 {
+    if (act == ACT_SIGMOID) {
+        return sigmoid(z);
+    } else if (act == ACT_RELU) {
+        return max(z, 0.0);
+    } else if (act == ACT_TANH) {
+        let e = exp(-2.0 * abs(z));
+        return sign(z) * (1.0 - e) / (1.0 + e);
+    }
+    return z;
+}
+
+// f'(z) through a = f(z) (twin: cpu::activation_derivative): sigmoid a(1 − a),
+// tanh 1 − a², relu [a > 0], linear 1; softmax 1, as it only feeds LOSS_CE.
+fn activation_derivative(act: u32, a: f32) -> f32 {
+    if (act == ACT_SIGMOID) {
+        return a * (1.0 - a);
+    } else if (act == ACT_RELU) {
+        return select(0.0, 1.0, a > 0.0);
+    } else if (act == ACT_TANH) {
+        return 1.0 - a * a;
+    }
+    return 1.0;
+}
+
+// Output delta of one element (twin: cpu::delta_output): MSE (a − y)·f'(a),
+// softmax with cross-entropy a − y.
+fn output_delta(act: u32, loss: u32, a: f32, y: f32) -> f32 {
+    if (loss == LOSS_CE) {
+        return a - y;
+    }
+    return (a - y) * activation_derivative(act, a);
 }

@@ -1,6 +1,6 @@
 // delta_hidden.wgsl — delta of a hidden layer, from the next layer's delta and
 // the next layer's weights as they were before the update:
-//   δ[s, j] = (Σ_k W_next[k, j] · δ_next[s, k]) · A[s, j](1 − A[s, j])
+//   δ[s, j] = (Σ_k W_next[k, j] · δ_next[s, k]) · f'(A[s, j])     f = dims.act
 // One invocation per element (s, j); n = dims.n_out is this layer's width.
 //
 // | binding | name       | access             | shape            |
@@ -34,6 +34,5 @@ fn delta_hidden(
     for (var k = 0u; k < dims.n_next; k++) {
         back += params[dims.w_next_off + k * n + j] * delta_next[d0 + k];
     }
-    let aj = a[idx];
-    delta[idx] = back * aj * (1.0 - aj);
+    delta[idx] = back * activation_derivative(dims.act, a[idx]);
 }

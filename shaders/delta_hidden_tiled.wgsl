@@ -1,6 +1,6 @@
 // delta_hidden_tiled.wgsl — delta of a hidden layer as a tiled product, the
-// sigmoid derivative fused into the epilogue (the core is tiled.wgsl):
-//   δ = (δ_next · W_next) ⊙ A(1 − A)     M = batch, N = n = dims.n_out, K = n_next
+// activation's derivative fused into the epilogue (the core is tiled.wgsl):
+//   δ = (δ_next · W_next) ⊙ f'(A)     M = batch, N = n = dims.n_out, K = n_next
 // with W_next as it was before the update. δ_next (batch, n_next) is contiguous
 // along K, W_next (n_next, n) along N.
 //
@@ -35,8 +35,7 @@ fn b_at(k: u32, n: u32) -> f32 {
 
 fn tile_store(m: u32, n: u32, c: f32) {
     let idx = m * dims.n_out + n;
-    let aj = a[idx];
-    delta[idx] = c * aj * (1.0 - aj);
+    delta[idx] = c * activation_derivative(dims.act, a[idx]);
 }
 
 fn row_sum_store(m: u32, s: f32) {}

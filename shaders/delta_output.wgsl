@@ -1,5 +1,5 @@
-// delta_output.wgsl — delta of the output layer under MSE and sigmoid:
-//   δ = (A − Y) ⊙ A(1 − A)
+// delta_output.wgsl — delta of the output layer:
+//   MSE: δ = (A − Y) ⊙ f'(A)      softmax + cross-entropy: δ = A − Y
 // One invocation per element.
 //
 // | binding | name  | access             | shape          |
@@ -23,6 +23,5 @@ fn delta_output(
     if (idx >= dims.batch * dims.n_out) {
         return;
     }
-    let ai = a[idx];
-    delta[idx] = (ai - y[idx]) * ai * (1.0 - ai);
+    delta[idx] = output_delta(dims.act, dims.loss, a[idx], y[idx]);
 }

@@ -1,5 +1,5 @@
-// forward.wgsl — forward pass of one dense layer, matmul + bias + sigmoid fused:
-//   A = σ(A_prev · Wᵀ + b)
+// forward.wgsl — forward pass of one dense layer, matmul + bias + activation fused:
+//   A = f(A_prev · Wᵀ + b)       f = dims.act (softmax: Z here, softmax_forward after)
 // One invocation per output element (s, o).
 //
 // | binding | name   | access             | shape          |
@@ -31,5 +31,5 @@ fn forward_dense(
     for (var i = 0u; i < dims.n_in; i++) {
         z += a_prev[x0 + i] * params[w0 + i];
     }
-    a[idx] = sigmoid(z);
+    a[idx] = activate(dims.act, z);
 }

@@ -1,6 +1,7 @@
 // forward_tiled.wgsl — forward pass of one dense layer as a tiled product,
-// bias and sigmoid fused into the epilogue (the core is tiled.wgsl):
-//   A = σ(A_prev · Wᵀ + b)       M = batch, N = n_out, K = n_in
+// bias and activation fused into the epilogue (the core is tiled.wgsl):
+//   A = f(A_prev · Wᵀ + b)       M = batch, N = n_out, K = n_in
+// f = dims.act; for softmax this writes Z and softmax_forward finishes the rows.
 // Both operands are contiguous along K: a_prev (batch, n_in), W (n_out, n_in).
 //
 // | binding | name   | access             | shape          |
@@ -32,7 +33,7 @@ fn b_at(k: u32, n: u32) -> f32 {
 }
 
 fn tile_store(m: u32, n: u32, c: f32) {
-    a[m * dims.n_out + n] = sigmoid(c + params[dims.b_off + n]);
+    a[m * dims.n_out + n] = activate(dims.act, c + params[dims.b_off + n]);
 }
 
 fn row_sum_store(m: u32, s: f32) {}

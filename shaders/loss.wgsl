@@ -1,6 +1,6 @@
 // loss.wgsl — loss and score of one batch, reduced on the GPU and added to a
 // running total that the host reads only when it asks (end of an epoch):
-//   acc.loss_sum += Σ_s ½ Σ_k (A[s, k] − Y[s, k])²
+//   acc.loss_sum += Σ_s Σ_k loss_term(A[s, k], Y[s, k])   (MSE or cross-entropy, dims.loss)
 //   acc.samples  += batch;  acc.correct += samples scored correct (dims.metric)
 // One workgroup of LOSS_WG invocations: each sums a strided share of the
 // samples, then a fixed-order tree reduction (reduce.wgsl), so the result is
@@ -31,8 +31,7 @@ fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
         for (var k = 0u; k < n; k++) {
             let ak = a[base + k];
             let yk = y[base + k];
-            let d = ak - yk;
-            sample += 0.5 * d * d;
+            sample += loss_term(dims.loss, ak, yk);
             if (ak > a[base + best_a]) {
                 best_a = k;
             }

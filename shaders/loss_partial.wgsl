@@ -1,7 +1,7 @@
 // loss_partial.wgsl — output delta and the loss of one batch in one parallel
 // pass, first of two stages (loss_finish.wgsl is the second):
-//   δ[s, k] = (A − Y) ⊙ A(1 − A)
-//   partials[g] = (Σ over group g's samples of ½ Σ_k (A − Y)², samples scored correct)
+//   δ[s, k] = output_delta(A, Y): MSE (A − Y) ⊙ f'(A), softmax + cross-entropy A − Y
+//   partials[g] = (Σ over group g's samples of Σ_k loss_term(A, Y), samples scored correct)
 // A row of n outputs is shared by `lanes = loss_lanes(n)` invocations, so a
 // workgroup takes LOSS_WG / lanes consecutive samples. Each lane sums its
 // strided share of the row; lanes, then rows, are combined by fixed-order trees,
@@ -56,9 +56,8 @@ fn delta_output_loss(
         for (var k = lane; k < n; k += lanes) {
             let ak = a[base + k];
             let yk = y[base + k];
-            let d = ak - yk;
-            delta[base + k] = d * ak * (1.0 - ak);
-            loss += 0.5 * d * d;
+            delta[base + k] = output_delta(dims.act, dims.loss, ak, yk);
+            loss += loss_term(dims.loss, ak, yk);
             if (beats(k, ak, ia, va)) {
                 ia = k;
                 va = ak;

@@ -17,6 +17,19 @@ struct Partial {
     correct: u32,
 }
 
+// The smallest output cross-entropy takes the log of (mirrors network::CE_CLAMP).
+const CE_CLAMP: f32 = 1e-12;
+
+// One output's share of a sample's loss (twin: cpu::loss_term):
+// MSE ½(a − y)², cross-entropy −y ln max(a, CE_CLAMP).
+fn loss_term(loss: u32, a: f32, y: f32) -> f32 {
+    if (loss == LOSS_CE) {
+        return -y * log(max(a, CE_CLAMP));
+    }
+    let d = a - y;
+    return 0.5 * d * d;
+}
+
 // Invocations per workgroup of the loss kernels; mirrored by `LOSS_WG` in
 // src/gpu/kernels.rs.
 const LOSS_WG: u32 = 256u;

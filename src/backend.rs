@@ -8,7 +8,7 @@
 //! [`Backend::take_totals`] call asks for it.
 
 use crate::data::Task;
-use crate::network::{Network, Params, Real};
+use crate::network::{Loss, Network, Params, Real};
 use crate::Result;
 
 /// How a forward pass scores its predictions, besides the loss.
@@ -37,8 +37,11 @@ impl Metric {
 /// Loss and accuracy accumulated over forward passes since the last reset.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
-    /// Σ over samples of `½ Σ_k (a_k − y_k)²`.
+    /// Σ over samples of the per-sample loss: `½ Σ_k (a_k − y_k)²` under
+    /// [`Loss::Mse`], `−Σ_k y_k ln a_k` under [`Loss::CrossEntropy`].
     pub loss_sum: f64,
+    /// Which loss `loss_sum` sums (the network's, [`Network::loss`]).
+    pub loss_fn: Loss,
     /// Samples seen.
     pub samples: u64,
     /// Samples predicted correctly (0 under [`Metric::None`]).
@@ -46,7 +49,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Mean loss per sample: `L = ½ Σ (A − Y)²` averaged over the samples.
+    /// Mean loss per sample (of [`Totals::loss_fn`]).
     pub fn loss(&self) -> f64 {
         if self.samples == 0 {
             f64::NAN

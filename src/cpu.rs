@@ -7,16 +7,17 @@
 //!
 //! ```
 //! use shadertrain::cpu::forward_dense;
+//! use shadertrain::network::Activation;
 //! // one sample, 2 inputs, 1 neuron: sigmoid(0.5*1 + 0.25*2 + 0) = sigmoid(1)
 //! let mut a = [0.0f64];
-//! forward_dense(&[1.0, 2.0], &[0.5, 0.25], &[0.0], &mut a, 1, 2, 1);
+//! forward_dense(&[1.0, 2.0], &[0.5, 0.25], &[0.0], &mut a, 1, 2, 1, Activation::Sigmoid);
 //! assert!((a[0] - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-15);
 //! ```
 
 mod fast;
 
 use crate::backend::{Backend, Metric, Totals};
-use crate::network::{Network, Params, Real};
+use crate::network::{Activation, Loss, Network, Params, Real, CE_CLAMP};
 use crate::{Error, Result};
 
 /// `σ(z) = 1 / (1 + e^−z)`.
@@ -24,8 +25,42 @@ pub fn sigmoid<T: Real>(z: T) -> T {
     T::one() / (T::one() + (-z).exp())
 }
 
-/// Forward pass of one dense sigmoid layer: `A = σ(A_prev·Wᵀ + b)`.
+/// `f(z)` of one element (`activate` in common.wgsl). Softmax is row-wise
+/// ([`softmax_forward`]), so here it is the identity.
+#[inline(always)]
+pub fn activate<T: Real>(act: Activation, z: T) -> T {
+    match act {
+        Activation::Sigmoid => sigmoid(z),
+        Activation::Relu => z.max(T::zero()),
+        Activation::Tanh => z.tanh(),
+        Activation::Linear | Activation::Softmax => z,
+    }
+}
+
+/// `f'(z)` written through `a = f(z)` (`activation_derivative` in
+/// common.wgsl): sigmoid `a(1 − a)`, tanh `1 − a²`, relu `[a > 0]`, linear 1.
+/// Softmax gives 1: it only ever feeds cross-entropy, whose delta `A − Y`
+/// already includes it.
+#[inline(always)]
+pub fn activation_derivative<T: Real>(act: Activation, a: T) -> T {
+    match act {
+        Activation::Sigmoid => a * (T::one() - a),
+        Activation::Relu => {
+            if a > T::zero() {
+                T::one()
+            } else {
+                T::zero()
+            }
+        }
+        Activation::Tanh => T::one() - a * a,
+        Activation::Linear | Activation::Softmax => T::one(),
+    }
+}
+
+/// Forward pass of one dense layer: `A = f(A_prev·Wᵀ + b)`; a softmax layer
+/// finishes with [`softmax_forward`] (on the GPU a second kernel).
 // a_prev: (batch, n_in); w: (n_out, n_in); b: (n_out); a: (batch, n_out)
+#[allow(clippy::too_many_arguments)]
 pub fn forward_dense<T: Real>(
     a_prev: &[T],
     w: &[T],
@@ -34,27 +69,78 @@ pub fn forward_dense<T: Real>(
     batch: usize,
     n_in: usize,
     n_out: usize,
+    act: Activation,
 ) {
     for n in 0..batch {
         let x = &a_prev[n * n_in..(n + 1) * n_in];
         for o in 0..n_out {
             let row = &w[o * n_in..(o + 1) * n_in];
             let z = x.iter().zip(row).fold(b[o], |s, (&xi, &wi)| s + xi * wi);
-            a[n * n_out + o] = sigmoid(z);
+            a[n * n_out + o] = activate(act, z);
+        }
+    }
+    if act == Activation::Softmax {
+        softmax_forward(a, batch, n_out);
+    }
+}
+
+/// Softmax of every row in place: `a_k = e^(z_k − m) / Σ_j e^(z_j − m)`,
+/// `m = max_j z_j`, so no exponent overflows; sums in index order.
+// a: (batch, n), logits in, probabilities out
+pub fn softmax_forward<T: Real>(a: &mut [T], batch: usize, n: usize) {
+    for row in a[..batch * n].chunks_mut(n.max(1)) {
+        softmax_row(row, T::exp);
+    }
+}
+
+/// Softmax of one row of logits in place with the given `exp` (the fast path
+/// passes its f32 one): max-subtracted, summed in order, scaled by `1 / Σ`
+/// as `softmax_forward` in softmax.wgsl does.
+// row: (n)
+#[inline(always)]
+pub(crate) fn softmax_row<T: Real>(row: &mut [T], exp: impl Fn(T) -> T) {
+    let m = row.iter().fold(T::neg_infinity(), |m, &z| m.max(z));
+    let mut sum = T::zero();
+    for z in row.iter_mut() {
+        *z = exp(*z - m);
+        sum = sum + *z;
+    }
+    let inv = T::one() / sum;
+    for z in row.iter_mut() {
+        *z = *z * inv;
+    }
+}
+
+/// Output delta: MSE `δ = (A − Y) ⊙ f'(A)`; softmax with cross-entropy `δ = A − Y`.
+// a, y, delta: (batch, n) — flat, the same length
+pub fn delta_output<T: Real>(a: &[T], y: &[T], delta: &mut [T], act: Activation, loss: Loss) {
+    for ((d, &ai), &yi) in delta.iter_mut().zip(a).zip(y) {
+        *d = match loss {
+            Loss::Mse => (ai - yi) * activation_derivative(act, ai),
+            Loss::CrossEntropy => ai - yi,
+        };
+    }
+}
+
+/// One output's share of a sample's loss (`loss_term` in reduce.wgsl): MSE
+/// `½ (a − y)²`, cross-entropy `−y ln max(a, CE_CLAMP)`.
+#[inline(always)]
+pub fn loss_term<T: Real>(loss: Loss, a: T, y: T) -> T {
+    match loss {
+        Loss::Mse => {
+            let d = a - y;
+            T::from(0.5).unwrap_or_else(T::one) * d * d
+        }
+        Loss::CrossEntropy => {
+            let floor = T::from(CE_CLAMP).unwrap_or_else(T::min_positive_value);
+            -y * a.max(floor).ln()
         }
     }
 }
 
-/// Output delta: `δ = (A − Y) ⊙ A(1 − A)`.
-// a, y, delta: (batch, n) — flat, the same length
-pub fn delta_output<T: Real>(a: &[T], y: &[T], delta: &mut [T]) {
-    for ((d, &ai), &yi) in delta.iter_mut().zip(a).zip(y) {
-        *d = (ai - yi) * ai * (T::one() - ai);
-    }
-}
-
-/// Hidden delta: `δ_j = (Σ_k W_next[k, j] δ_next_k) ⊙ A_j(1 − A_j)`.
+/// Hidden delta: `δ_j = (Σ_k W_next[k, j] δ_next_k) ⊙ f'(A_j)`.
 // w_next: (n_next, n); delta_next: (batch, n_next); a, delta: (batch, n)
+#[allow(clippy::too_many_arguments)]
 pub fn delta_hidden<T: Real>(
     w_next: &[T],
     delta_next: &[T],
@@ -63,6 +149,7 @@ pub fn delta_hidden<T: Real>(
     batch: usize,
     n: usize,
     n_next: usize,
+    act: Activation,
 ) {
     for s in 0..batch {
         let dn = &delta_next[s * n_next..(s + 1) * n_next];
@@ -71,8 +158,7 @@ pub fn delta_hidden<T: Real>(
                 .iter()
                 .enumerate()
                 .fold(T::zero(), |acc, (k, &d)| acc + w_next[k * n + j] * d);
-            let aj = a[s * n + j];
-            delta[s * n + j] = back * aj * (T::one() - aj);
+            delta[s * n + j] = back * activation_derivative(act, a[s * n + j]);
         }
     }
 }
@@ -116,31 +202,38 @@ pub fn sgd_update<T: Real>(params: &mut [T], grads: &[T], lr: T) {
     }
 }
 
-/// Loss and score of one batch: returns `(Σ_s ½ Σ_k (a − y)², correct)`.
+/// Loss and score of one batch: returns `(Σ_s Σ_k loss_term(a, y), correct)`.
 // a, y: (batch, n)
-pub fn loss_reduce<T: Real>(a: &[T], y: &[T], batch: usize, n: usize, metric: Metric) -> (T, u64) {
-    let half = T::from(0.5).unwrap_or_else(T::one);
+pub fn loss_reduce<T: Real>(
+    a: &[T],
+    y: &[T],
+    batch: usize,
+    n: usize,
+    metric: Metric,
+    loss_fn: Loss,
+) -> (T, u64) {
     let mut loss = T::zero();
     let mut correct = 0u64;
     for s in 0..batch {
         let (ar, yr) = (&a[s * n..(s + 1) * n], &y[s * n..(s + 1) * n]);
-        let mut sample = T::zero();
-        for (&ai, &yi) in ar.iter().zip(yr) {
-            let d = ai - yi;
-            sample = sample + half * d * d;
-        }
+        let sample = ar
+            .iter()
+            .zip(yr)
+            .fold(T::zero(), |s, (&ai, &yi)| s + loss_term(loss_fn, ai, yi));
         loss = loss + sample;
-        let ok = match metric {
-            Metric::None => false,
-            Metric::Threshold => {
-                let h = T::from(0.5).unwrap_or_else(T::one);
-                (ar[0] > h) == (yr[0] > h)
-            }
-            Metric::Argmax => argmax(ar) == argmax(yr),
-        };
-        correct += ok as u64;
+        correct += score(metric, ar, yr) as u64;
     }
     (loss, correct)
+}
+
+/// Whether one sample's outputs `a (n)` score correct against `y (n)`.
+pub fn score<T: Real>(metric: Metric, a: &[T], y: &[T]) -> bool {
+    let h = T::from(0.5).unwrap_or_else(T::one);
+    match metric {
+        Metric::None => false,
+        Metric::Threshold => (a[0] > h) == (y[0] > h),
+        Metric::Argmax => argmax(a) == argmax(y),
+    }
 }
 
 /// Index of the first largest element.
@@ -330,6 +423,7 @@ impl<T: Real> Backend for CpuBackend<T> {
                 b,
                 ly.n_in,
                 ly.n_out,
+                ly.act,
             );
         }
         let no = self.net.outputs();
@@ -340,6 +434,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             b,
             no,
             self.metric,
+            self.net.loss(),
         );
         self.totals.loss_sum += loss.to_f64().unwrap_or(f64::NAN);
         self.totals.samples += b as u64;
@@ -369,6 +464,8 @@ impl<T: Real> Backend for CpuBackend<T> {
             &self.acts[last][..b * no],
             &self.y[..b * no],
             &mut self.deltas[last][..b * no],
+            self.net.output_activation(),
+            self.net.loss(),
         );
         // Hidden deltas from the top down, with the weights from before the update.
         for l in (1..last).rev() {
@@ -382,6 +479,7 @@ impl<T: Real> Backend for CpuBackend<T> {
                 b,
                 n,
                 n_next,
+                layers[l - 1].act,
             );
         }
         for (l, ly) in layers.iter().enumerate() {
@@ -428,7 +526,9 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn take_totals(&mut self) -> Result<Totals> {
-        Ok(std::mem::take(&mut self.totals))
+        let mut t = std::mem::take(&mut self.totals);
+        t.loss_fn = self.net.loss();
+        Ok(t)
     }
 
     fn read_activations(&mut self, l: usize) -> Result<Vec<T>> {
@@ -484,9 +584,10 @@ pub fn gradient_sgd<T: Real>(
 }
 
 /// Output delta and the batch's loss in one pass, the twin of
-/// `delta_output_loss` (with `loss_finish`): writes `δ = (A − Y) ⊙ A(1 − A)`
-/// and returns `(Σ_s ½ Σ_k (a − y)², correct)`.
+/// `delta_output_loss` (with `loss_finish`): writes [`delta_output`]'s `δ`
+/// and returns [`loss_reduce`]'s `(loss, correct)`.
 // a, y, delta: (batch, n)
+#[allow(clippy::too_many_arguments)]
 pub fn delta_output_loss<T: Real>(
     a: &[T],
     y: &[T],
@@ -494,7 +595,9 @@ pub fn delta_output_loss<T: Real>(
     batch: usize,
     n: usize,
     metric: Metric,
+    act: Activation,
+    loss: Loss,
 ) -> (T, u64) {
-    delta_output(a, y, delta);
-    loss_reduce(a, y, batch, n, metric)
+    delta_output(a, y, delta, act, loss);
+    loss_reduce(a, y, batch, n, metric, loss)
 }

@@ -1,17 +1,26 @@
 //! The network description and its parameters.
 //!
-//! A [`Network`] is a list of layer sizes (`[2, 2, 2]`, `[784, 256, 256, 10]`),
-//! sigmoid on every layer. [`Params`] holds every weight and bias in one flat
-//! buffer shared by both backends, laid out layer after layer as
-//! `W0 (out, in) row-major, b0 (out), W1, b1, ...`, so the GPU uploads it with
-//! `bytemuck` and a read-back compares like with like.
+//! A [`Network`] is a list of layer sizes (`[2, 2, 2]`, `[784, 256, 256, 10]`)
+//! and an [`Activation`] per dense layer, sigmoid unless `--layers` says
+//! otherwise (`784,128:relu,10:softmax`). The [`Loss`] follows from the output
+//! activation: softmax trains with cross-entropy, everything else with MSE.
+//!
+//! [`Params`] holds every weight and bias in one flat buffer shared by both
+//! backends, laid out layer after layer as `W0 (out, in) row-major, b0 (out),
+//! W1, b1, ...`, so the GPU uploads it with `bytemuck` and a read-back
+//! compares like with like.
 //!
 //! ```
-//! use shadertrain::network::Network;
+//! use shadertrain::network::{Activation, Loss, Network};
 //! let net = Network::parse("2,3,1").unwrap();
 //! assert_eq!(net.param_count(), 2 * 3 + 3 + 3 * 1 + 1);
 //! let p = net.init::<f32>(42);
 //! assert_eq!(p.weights(0).len(), 6);
+//!
+//! let mnist = Network::parse("784,128:relu,10:softmax").unwrap();
+//! assert_eq!(mnist.activation(0), Activation::Relu);
+//! assert_eq!(mnist.loss(), Loss::CrossEntropy);
+//! assert_eq!(Network::parse(&mnist.spec()).unwrap(), mnist);
 //! ```
 
 use crate::{Error, Result};
@@ -27,6 +36,88 @@ pub trait Real:
 impl Real for f32 {}
 impl Real for f64 {}
 
+/// The non-linearity of a dense layer, `A = f(Z)`. The number is what the
+/// shaders see in `Dims.act` (the `ACT_*` constants of `shaders/common.wgsl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Activation {
+    /// `σ(z) = 1 / (1 + e^−z)`, `f' = A(1 − A)`.
+    #[default]
+    Sigmoid = 0,
+    /// `max(0, z)`, `f' = [A > 0]`.
+    Relu = 1,
+    /// `tanh z`, `f' = 1 − A²`.
+    Tanh = 2,
+    /// `z`, `f' = 1`.
+    Linear = 3,
+    /// Row-wise `e^z_k / Σ_j e^z_j` (max-subtracted); output layer only, of at
+    /// least 2 outputs, and trained with [`Loss::CrossEntropy`], whose delta
+    /// `A − Y` needs no `f'`.
+    Softmax = 4,
+}
+
+impl Activation {
+    /// Every activation, in `Dims.act` order.
+    pub const ALL: [Activation; 5] = [
+        Activation::Sigmoid,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Linear,
+        Activation::Softmax,
+    ];
+
+    /// The name `--layers` uses: `sigmoid`, `relu`, `tanh`, `linear`, `softmax`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Sigmoid => "sigmoid",
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Linear => "linear",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// The activation called `name` (see [`Activation::name`]).
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--layers: unknown activation '{name}' (expected sigmoid, relu, tanh, linear or softmax)"
+                ))
+            })
+    }
+}
+
+/// What training minimises, per sample, summed into [`crate::backend::Totals`].
+/// A network's loss follows from its output activation ([`Network::loss`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Loss {
+    /// `½ Σ_k (a_k − y_k)²`; output delta `(A − Y) ⊙ f'`.
+    #[default]
+    Mse = 0,
+    /// `−Σ_k y_k ln max(a_k, CE_CLAMP)` after a softmax; output delta `A − Y`
+    /// (for target rows that sum to 1). The clamp keeps the reported loss
+    /// finite where an output underflows to 0; it does not touch the gradient.
+    CrossEntropy = 1,
+}
+
+impl Loss {
+    /// `mse` or `cross-entropy`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Mse => "mse",
+            Loss::CrossEntropy => "cross-entropy",
+        }
+    }
+}
+
+/// The smallest output cross-entropy takes the log of (`CE_CLAMP` in
+/// `shaders/reduce.wgsl`): a sample's loss is at most `−ln 1e-12 ≈ 27.6` per target unit.
+pub const CE_CLAMP: f64 = 1e-12;
+
 /// The shape of one dense layer and where its parameters live in the flat buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layer {
@@ -38,9 +129,11 @@ pub struct Layer {
     pub w_off: usize,
     /// Offset of `b (n_out)` in the flat parameter buffer.
     pub b_off: usize,
+    /// Its non-linearity.
+    pub act: Activation,
 }
 
-/// A fully connected sigmoid network, described by its layer sizes.
+/// A fully connected network: layer sizes and each dense layer's activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
     sizes: Vec<usize>,
@@ -48,8 +141,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network from layer sizes, inputs first. Needs at least two sizes, none zero.
+    /// A sigmoid network from layer sizes, inputs first. Needs at least two sizes, none zero.
     pub fn new(sizes: &[usize]) -> Result<Self> {
+        let acts = vec![Activation::Sigmoid; sizes.len().saturating_sub(1)];
+        Self::with_activations(sizes, &acts)
+    }
+
+    /// A network from layer sizes, inputs first, and one activation per dense
+    /// layer (`sizes.len() − 1` of them); softmax only on the output layer.
+    pub fn with_activations(sizes: &[usize], acts: &[Activation]) -> Result<Self> {
         if sizes.len() < 2 {
             return Err(Error::Invalid(format!(
                 "--layers needs at least two sizes (inputs and outputs), got {}",
@@ -63,9 +163,32 @@ impl Network {
                 i + 1
             )));
         }
+        if acts.len() != sizes.len() - 1 {
+            return Err(Error::Invalid(format!(
+                "--layers: {} sizes make {} layers, but {} activations were given",
+                sizes.len(),
+                sizes.len() - 1,
+                acts.len()
+            )));
+        }
+        if let Some(i) = acts[..acts.len() - 1]
+            .iter()
+            .position(|&a| a == Activation::Softmax)
+        {
+            return Err(Error::Invalid(format!(
+                "--layers: softmax on hidden layer {} (size {}); softmax is for the output layer only",
+                i + 1,
+                sizes[i + 1]
+            )));
+        }
+        if acts[acts.len() - 1] == Activation::Softmax && sizes[sizes.len() - 1] < 2 {
+            return Err(Error::Invalid(
+                "--layers: softmax over 1 output is always 1; it needs at least 2".into(),
+            ));
+        }
         let mut layers = Vec::with_capacity(sizes.len() - 1);
         let mut off = 0usize;
-        for w in sizes.windows(2) {
+        for (w, &act) in sizes.windows(2).zip(acts) {
             let (n_in, n_out) = (w[0], w[1]);
             let w_off = off;
             let b_off = w_off + n_in * n_out;
@@ -75,6 +198,7 @@ impl Network {
                 n_out,
                 w_off,
                 b_off,
+                act,
             });
         }
         if off > u32::MAX as usize {
@@ -88,20 +212,39 @@ impl Network {
         })
     }
 
-    /// Parse `"784,256,10"` (spaces allowed) into a network.
+    /// Parse `"784,256,10"` (spaces allowed) into a sigmoid network, or with
+    /// activations, `"784,128:relu,64:tanh,10:softmax"`: a suffix names the
+    /// activation of the layer producing that size (sigmoid without one); the
+    /// input size takes none.
     pub fn parse(spec: &str) -> Result<Self> {
-        let sizes = spec
-            .split(',')
-            .map(|s| {
-                let s = s.trim();
-                s.parse::<usize>().map_err(|_| {
-                    Error::Invalid(format!(
-                        "--layers: '{s}' is not a layer size (expected e.g. 2,32,32,2)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Self::new(&sizes)
+        let mut sizes = Vec::new();
+        let mut acts = Vec::new();
+        for (i, item) in spec.split(',').enumerate() {
+            let item = item.trim();
+            let (size, act) = match item.split_once(':') {
+                Some((size, act)) => (size.trim(), Some(act.trim())),
+                None => (item, None),
+            };
+            let size = size.parse::<usize>().map_err(|_| {
+                Error::Invalid(format!(
+                    "--layers: '{item}' is not a layer size (expected e.g. 2,32,32,2 or 784,128:relu,10:softmax)"
+                ))
+            })?;
+            match (i, act) {
+                (0, Some(a)) => {
+                    return Err(Error::Invalid(format!(
+                        "--layers: the input size '{item}' takes no activation ('{a}'); put it on the layers after"
+                    )))
+                }
+                (0, None) => {}
+                (_, a) => acts.push(a.map_or(Ok(Activation::Sigmoid), Activation::parse)?),
+            }
+            sizes.push(size);
+        }
+        if sizes.len() < 2 {
+            return Self::new(&sizes);
+        }
+        Self::with_activations(&sizes, &acts)
     }
 
     /// Layer sizes, inputs first.
@@ -124,38 +267,71 @@ impl Network {
         &self.layers
     }
 
+    /// The activation of dense layer `l` (`0..layers().len()`).
+    pub fn activation(&self, l: usize) -> Activation {
+        self.layers[l].act
+    }
+
+    /// The output layer's activation.
+    pub fn output_activation(&self) -> Activation {
+        self.layers.last().map_or(Activation::Sigmoid, |l| l.act)
+    }
+
+    /// The loss this network trains with: [`Loss::CrossEntropy`] after a
+    /// softmax output, [`Loss::Mse`] otherwise.
+    pub fn loss(&self) -> Loss {
+        match self.output_activation() {
+            Activation::Softmax => Loss::CrossEntropy,
+            _ => Loss::Mse,
+        }
+    }
+
     /// Total weights and biases.
     pub fn param_count(&self) -> usize {
         self.layers.last().map_or(0, |l| l.b_off + l.n_out)
     }
 
-    /// The architecture as `--layers` writes it, `"784,128,10"`, which
+    /// The architecture as `--layers` writes it, `"784,128,10"` or
+    /// `"784,128:relu,10:softmax"` (sigmoid layers carry no suffix), which
     /// [`Network::parse`] reads back (checkpoints store this).
     pub fn spec(&self) -> String {
         self.join(",")
     }
 
-    /// `"2-32-32-2"`, for messages and metrics.
+    /// `"2-32-32-2"`, or `"784-128:relu-10:softmax"`, for messages and metrics.
     pub fn describe(&self) -> String {
         self.join("-")
     }
 
     fn join(&self, sep: &str) -> String {
-        self.sizes
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(sep)
+        let mut out = self.sizes[0].to_string();
+        for l in &self.layers {
+            out.push_str(sep);
+            out.push_str(&l.n_out.to_string());
+            if l.act != Activation::Sigmoid {
+                out.push(':');
+                out.push_str(l.act.name());
+            }
+        }
+        out
     }
 
-    /// Seeded Xavier (Glorot) uniform weights, `U(-r, r)` with `r = sqrt(6 / (in + out))`,
-    /// which keeps sigmoid layers out of saturation; biases start at zero.
-    /// The same seed gives the same parameters on every machine (ChaCha8).
+    /// Seeded uniform weights `U(-r, r)` fitted to each layer's activation,
+    /// biases at zero: Xavier (Glorot), `r = sqrt(6 / (in + out))`, for
+    /// sigmoid, tanh, linear and softmax, which keeps them out of saturation;
+    /// He uniform, `r = sqrt(6 / in)` (variance `2 / in`), for relu, which
+    /// zeroes half its inputs. One stream for all layers, so sigmoid networks
+    /// start exactly where they always have. The same seed gives the same
+    /// parameters on every machine (ChaCha8).
     pub fn init<T: Real>(&self, seed: u64) -> Params<T> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut p = Params::zeros(self);
         for l in &self.layers {
-            let r = (6.0 / (l.n_in + l.n_out) as f64).sqrt();
+            let fan = match l.act {
+                Activation::Relu => l.n_in,
+                _ => l.n_in + l.n_out,
+            };
+            let r = (6.0 / fan as f64).sqrt();
             for w in &mut p.data[l.w_off..l.b_off] {
                 // Draw in f32 so f32 and f64 parameters start from the same values.
                 let v: f32 = rng.random_range(-r as f32..r as f32);

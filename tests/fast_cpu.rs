@@ -10,35 +10,34 @@ use shadertrain::cpu::CpuBackend;
 use shadertrain::network::{Network, Params};
 
 /// Shapes that are not multiples of any SIMD width or block, with batch 1,
-/// one neuron, and some large enough that gemm and the passes go parallel.
-const CASES: &[(&[usize], usize)] = &[
-    (&[2, 2, 2], 1),
-    (&[1, 1, 1], 3),
-    (&[3, 7, 5], 1),
-    (&[5, 9, 1], 13),
-    (&[17, 33, 9, 4], 31),
-    (&[64, 130, 10], 65),
-    (&[97, 301, 203, 3], 129),
+/// one neuron, and some large enough that gemm and the passes go parallel;
+/// every activation, hidden and output, softmax on one output and on several.
+const CASES: &[(&str, usize)] = &[
+    ("2,2,2", 1),
+    ("1,1,1", 3),
+    ("3,7,5", 1),
+    ("5,9,1", 13),
+    ("17,33,9,4", 31),
+    ("64,130,10", 65),
+    ("97,301,203,3", 129),
+    ("13,31:relu,17:tanh,5:softmax", 7),
+    ("4,6:linear,3:relu,2:tanh", 1),
+    ("3,5:tanh,1:linear", 9),
+    ("5,1:relu,3:softmax", 4),
+    ("9,11,2:softmax", 2),
+    ("64,130:tanh,33:relu,10:softmax", 65),
+    ("97,301:relu,203:linear,3", 129),
 ];
 
 fn fast(net: &Network, batch: usize, threads: usize) -> CpuBackend<f32> {
     CpuBackend::<f32>::fast(net, batch, threads).unwrap()
 }
 
-/// One random batch: x in (-1, 1), y in (0, 1).
-fn batch_for(net: &Network, batch: usize, label: &str) -> (Vec<f32>, Vec<f32>) {
-    let mut g = rng(label);
-    (
-        random(&mut g, batch * net.inputs(), -1.0, 1.0),
-        random(&mut g, batch * net.outputs(), 0.0, 1.0),
-    )
-}
-
 #[test]
 fn forward_backward_match_the_reference() {
     for threads in [1, 2] {
-        for &(sizes, batch) in CASES {
-            let net = Network::new(sizes).unwrap();
+        for &(spec, batch) in CASES {
+            let net = Network::parse(spec).unwrap();
             let label = format!("{} batch {batch} threads {threads}", net.describe());
             let (x, y) = batch_for(&net, batch, &label);
             let init: Params<f32> = net.init(3);
@@ -81,6 +80,7 @@ fn forward_backward_match_the_reference() {
                 1e-5,
             );
             assert_eq!(tf.correct, tr.correct, "{label}: correct count");
+            assert_eq!((tf.loss_fn, tr.loss_fn), (net.loss(), net.loss()));
             assert_eq!(tf.samples, batch as u64);
         }
     }
@@ -90,8 +90,8 @@ fn forward_backward_match_the_reference() {
 /// what forward + backward + update give on the reference, step after step.
 #[test]
 fn fused_steps_match_the_reference() {
-    for &(sizes, batch) in CASES {
-        let net = Network::new(sizes).unwrap();
+    for &(spec, batch) in CASES {
+        let net = Network::parse(spec).unwrap();
         let label = format!("{} batch {batch}", net.describe());
         let init: Params<f32> = net.init(11);
         let mut f = fast(&net, batch, 2);

@@ -1,7 +1,7 @@
 //! Every GPU kernel against its CPU twin (computed in f64) on random data:
 //! odd shapes that are not multiples of the workgroup, batch 1, one neuron.
 //! Outputs start poisoned with NaN (see `gpu::runner`), so an element the
-//! kernel never wrote fails.
+//! kernel never wrote fails. Every activation, and both losses.
 
 mod common;
 
@@ -9,6 +9,7 @@ use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
 use shadertrain::gpu::KernelRunner;
+use shadertrain::network::{Activation, Loss};
 
 const SHAPES: &[&[usize]] = &[
     &[1, 1, 1],
@@ -21,6 +22,10 @@ const BATCHES: &[usize] = &[1, 7, 64];
 // f32 against an f64 reference: sums of up to 257 products.
 const ABS: f64 = 2e-6;
 const REL: f64 = 1e-4;
+/// Forward outputs: the rounding of a sum of 257 products of magnitude ≤ 1
+/// reaches a few 1e-6 where the sum cancels near 0; sigmoid's slope (≤ 1/4)
+/// hid it, relu, tanh and linear pass it through.
+const ABS_FORWARD: f64 = 1e-5;
 
 /// Run `f(runner, case label, sizes, batch)` for every shape and batch.
 fn each_case(test: &str, mut f: impl FnMut(&KernelRunner, &str, &[usize], usize)) {
@@ -34,48 +39,60 @@ fn each_case(test: &str, mut f: impl FnMut(&KernelRunner, &str, &[usize], usize)
     }
 }
 
+/// Every activation; softmax runs `softmax_forward` after the product.
 #[test]
 fn forward_dense_matches_cpu() {
     each_case("forward_dense", |r, label, sizes, batch| {
         let mut g = rng(label);
-        for w in sizes.windows(2) {
+        for (w, act) in sizes
+            .windows(2)
+            .flat_map(|w| Activation::ALL.map(|a| (w, a)))
+        {
             let (n_in, n_out) = (w[0], w[1]);
             let x = random(&mut g, batch * n_in, -1.0, 1.0);
             let wt = random(&mut g, n_out * n_in, -1.0, 1.0);
             let b = random(&mut g, n_out, -0.5, 0.5);
-            let got = r.forward_dense(&x, &wt, &b, batch, n_in, n_out).unwrap();
+            let got = r
+                .forward_dense(&x, &wt, &b, batch, n_in, n_out, act)
+                .unwrap();
             let mut want = vec![0.0; batch * n_out];
-            cpu::forward_dense(
-                &f64s(&x),
-                &f64s(&wt),
-                &f64s(&b),
-                &mut want,
-                batch,
-                n_in,
-                n_out,
-            );
-            assert_close(
-                &format!("{label} A ({n_in}->{n_out})"),
-                &got,
-                &want,
-                ABS,
-                REL,
-            );
+            let (x, wt, b) = (f64s(&x), f64s(&wt), f64s(&b));
+            cpu::forward_dense(&x, &wt, &b, &mut want, batch, n_in, n_out, act);
+            let what = format!("{label} {act:?} A ({n_in}->{n_out})");
+            assert_close(&what, &got, &want, ABS_FORWARD, REL);
         }
     });
 }
 
+/// Logits far apart (e^80 overflows f32): the max subtraction keeps rows finite.
+#[test]
+fn softmax_forward_matches_cpu() {
+    each_case("softmax_forward", |r, label, sizes, batch| {
+        let mut g = rng(label);
+        for &n in sizes {
+            let z = random(&mut g, batch * n, -50.0, 80.0);
+            let got = r.softmax_forward(&z, batch, n).unwrap();
+            let mut want = f64s(&z);
+            cpu::softmax_forward(&mut want, batch, n);
+            assert_close(&format!("{label} softmax ({n})"), &got, &want, 1e-7, REL);
+        }
+    });
+}
+
+/// MSE after every activation but softmax, and softmax with cross-entropy.
 #[test]
 fn delta_output_matches_cpu() {
     each_case("delta_output", |r, label, sizes, batch| {
         let mut g = rng(label);
         let n = sizes[sizes.len() - 1];
-        let a = random(&mut g, batch * n, 0.01, 0.99);
-        let y = random(&mut g, batch * n, 0.0, 1.0);
-        let got = r.delta_output(&a, &y, batch, n).unwrap();
-        let mut want = vec![0.0; batch * n];
-        cpu::delta_output(&f64s(&a), &f64s(&y), &mut want);
-        assert_close(&format!("{label} δ_out"), &got, &want, 1e-7, REL);
+        for (act, loss) in OUTPUTS {
+            let a = activated(&mut g, act, batch, n);
+            let y = random(&mut g, batch * n, 0.0, 1.0);
+            let got = r.delta_output(&a, &y, batch, n, act, loss).unwrap();
+            let mut want = vec![0.0; batch * n];
+            cpu::delta_output(&f64s(&a), &f64s(&y), &mut want, act, loss);
+            assert_close(&format!("{label} {act:?} δ_out"), &got, &want, 1e-7, REL);
+        }
     });
 }
 
@@ -83,29 +100,19 @@ fn delta_output_matches_cpu() {
 fn delta_hidden_matches_cpu() {
     each_case("delta_hidden", |r, label, sizes, batch| {
         let mut g = rng(label);
-        for w in sizes[1..].windows(2) {
+        for (w, act) in sizes[1..].windows(2).flat_map(|w| HIDDEN.map(|a| (w, a))) {
             let (n, n_next) = (w[0], w[1]);
             let w_next = random(&mut g, n_next * n, -1.0, 1.0);
             let dn = random(&mut g, batch * n_next, -0.25, 0.25);
-            let a = random(&mut g, batch * n, 0.01, 0.99);
-            let got = r.delta_hidden(&w_next, &dn, &a, batch, n, n_next).unwrap();
+            let a = activated(&mut g, act, batch, n);
+            let got = r
+                .delta_hidden(&w_next, &dn, &a, batch, n, n_next, act)
+                .unwrap();
             let mut want = vec![0.0; batch * n];
-            cpu::delta_hidden(
-                &f64s(&w_next),
-                &f64s(&dn),
-                &f64s(&a),
-                &mut want,
-                batch,
-                n,
-                n_next,
-            );
-            assert_close(
-                &format!("{label} δ_hidden ({n}<-{n_next})"),
-                &got,
-                &want,
-                ABS,
-                REL,
-            );
+            let (w_next, dn, a) = (f64s(&w_next), f64s(&dn), f64s(&a));
+            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next, act);
+            let what = format!("{label} {act:?} δ_hidden ({n}<-{n_next})");
+            assert_close(&what, &got, &want, ABS, REL);
         }
     });
 }
@@ -161,17 +168,27 @@ fn sgd_update_matches_cpu() {
     });
 }
 
+/// MSE on sigmoid outputs; cross-entropy on softmax rows, one of them with
+/// an output that underflowed to 0 (the clamp).
 #[test]
 fn loss_reduce_matches_cpu() {
     each_case("loss_reduce", |r, label, sizes, batch| {
         let mut g = rng(label);
         let n = sizes[sizes.len() - 1];
-        let a = random(&mut g, batch * n, 0.01, 0.99);
-        let (y, metric) = scored_targets(&a, batch, n);
-        for m in [Metric::None, metric] {
-            let got = r.loss_reduce(&a, &y, batch, n, m, START_TOTALS).unwrap();
-            let (loss, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m);
-            assert_totals(&format!("{label} {m:?}"), got, loss, correct, batch);
+        for (act, loss) in [OUTPUTS[0], OUTPUTS[4]] {
+            let mut a = activated(&mut g, act, batch, n);
+            let (y, metric) = scored_targets(&a, batch, n);
+            if loss == Loss::CrossEntropy {
+                a[y.iter().position(|&v| v == 1.0).unwrap_or(0)] = 0.0;
+            }
+            for m in [Metric::None, metric] {
+                let got = r
+                    .loss_reduce(&a, &y, batch, n, m, loss, START_TOTALS)
+                    .unwrap();
+                let (want, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m, loss);
+                let what = format!("{label} {loss:?} {m:?}");
+                assert_totals(&what, got, want, correct, batch);
+            }
         }
     });
 }

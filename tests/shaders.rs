@@ -198,3 +198,32 @@ fn uniform_structs_have_the_sizes_wgsl_expects() {
         std::mem::size_of::<Acc>()
     );
 }
+
+/// The `ACT_*` and `LOSS_*` constants of common.wgsl are the host's
+/// `Activation` and `Loss` numbers (what `Dims.act` and `Dims.loss` carry).
+#[test]
+fn activation_and_loss_numbers_match_host() {
+    use shadertrain::network::{Activation, Loss};
+    let spec = ALL
+        .iter()
+        .find(|s| s.entry == "forward_dense")
+        .expect("forward kernel");
+    let module = naga::front::wgsl::parse_str(spec.source).expect("parses");
+    let value = |name: &str| -> u32 {
+        let (_, c) = module
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("common.wgsl has no {name}"));
+        match module.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => v,
+            ref e => panic!("{name} is {e:?}, not a u32 literal"),
+        }
+    };
+    for act in Activation::ALL {
+        let name = format!("ACT_{}", act.name().to_uppercase());
+        assert_eq!(value(&name), act as u32, "{name}");
+    }
+    assert_eq!(value("LOSS_MSE"), Loss::Mse as u32);
+    assert_eq!(value("LOSS_CE"), Loss::CrossEntropy as u32);
+}

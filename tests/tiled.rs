@@ -1,7 +1,8 @@
 //! The fast kernels against their CPU twins (computed in f64) on random data,
 //! with both the small (CPU adapter) and the discrete-GPU tile sizes: shapes
 //! smaller and larger than one block, none a multiple of any tile size, batch
-//! 1 and K = 1. Outputs start poisoned with NaN (see `gpu::runner`).
+//! 1 and K = 1, every activation and both losses. Outputs start poisoned
+//! with NaN (see `gpu::runner`).
 
 mod common;
 
@@ -9,6 +10,7 @@ use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
 use shadertrain::gpu::{Acc, KernelRunner, TileConfig};
+use shadertrain::network::Activation;
 
 /// Products `(M, N, K)`: one element, K = 1, inside one block, across
 /// blocks in M and N (the discrete block is 128 × 128), K over several BK steps.
@@ -23,6 +25,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
 // f32 against an f64 reference: sums of up to 203 products.
 const ABS: f64 = 5e-6;
 const REL: f64 = 1e-4;
+/// Forward outputs: sums that cancel near 0 keep their rounding, which
+/// relu, tanh and linear pass through at slope 1 (sigmoid at ≤ 1/4).
+const ABS_FORWARD: f64 = 2e-5;
 
 /// Run `f(runner, label)` once per tile configuration.
 fn each_config(test: &str, mut f: impl FnMut(&KernelRunner, &str)) {
@@ -39,19 +44,21 @@ fn each_config(test: &str, mut f: impl FnMut(&KernelRunner, &str)) {
 #[test]
 fn forward_dense_tiled_matches_cpu() {
     each_config("forward_dense_tiled", |r, label| {
-        for &(batch, n_out, n_in) in SHAPES {
-            let label = format!("{label} batch {batch} {n_in}->{n_out}");
+        for (&(batch, n_out, n_in), act) in
+            SHAPES.iter().flat_map(|s| Activation::ALL.map(|a| (s, a)))
+        {
+            let label = format!("{label} batch {batch} {n_in}->{n_out} {act:?}");
             let mut g = rng(&label);
             let x = random(&mut g, batch * n_in, -1.0, 1.0);
             let w = random(&mut g, n_out * n_in, -1.0, 1.0);
             let b = random(&mut g, n_out, -0.5, 0.5);
             let got = r
-                .forward_dense_tiled(&x, &w, &b, batch, n_in, n_out)
+                .forward_dense_tiled(&x, &w, &b, batch, n_in, n_out, act)
                 .unwrap();
             let mut want = vec![0.0; batch * n_out];
             let (x, w, b) = (f64s(&x), f64s(&w), f64s(&b));
-            cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out);
-            assert_close(&format!("{label} A"), &got, &want, ABS, REL);
+            cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out, act);
+            assert_close(&format!("{label} A"), &got, &want, ABS_FORWARD, REL);
         }
     });
 }
@@ -59,18 +66,18 @@ fn forward_dense_tiled_matches_cpu() {
 #[test]
 fn delta_hidden_tiled_matches_cpu() {
     each_config("delta_hidden_tiled", |r, label| {
-        for &(batch, n, n_next) in SHAPES {
-            let label = format!("{label} batch {batch} {n}<-{n_next}");
+        for (&(batch, n, n_next), act) in SHAPES.iter().flat_map(|s| HIDDEN.map(|a| (s, a))) {
+            let label = format!("{label} batch {batch} {n}<-{n_next} {act:?}");
             let mut g = rng(&label);
             let w_next = random(&mut g, n_next * n, -1.0, 1.0);
             let dn = random(&mut g, batch * n_next, -0.25, 0.25);
-            let a = random(&mut g, batch * n, 0.01, 0.99);
+            let a = activated(&mut g, act, batch, n);
             let got = r
-                .delta_hidden_tiled(&w_next, &dn, &a, batch, n, n_next)
+                .delta_hidden_tiled(&w_next, &dn, &a, batch, n, n_next, act)
                 .unwrap();
             let mut want = vec![0.0; batch * n];
             let (w_next, dn, a) = (f64s(&w_next), f64s(&dn), f64s(&a));
-            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next);
+            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next, act);
             assert_close(&format!("{label} δ"), &got, &want, ABS, REL);
         }
     });
@@ -130,7 +137,7 @@ fn gradient_sgd_tiled_matches_cpu() {
 }
 
 /// Output widths below, at and above the loss's 256 lanes; batches within one
-/// workgroup and across many.
+/// workgroup and across many; every output activation with its loss.
 #[test]
 fn delta_output_loss_matches_cpu() {
     let Some(ctx) = gpu_or_skip("delta_output_loss") else {
@@ -139,19 +146,22 @@ fn delta_output_loss_matches_cpu() {
     let r = KernelRunner::new(ctx);
     for n in [1, 2, 5, 256, 300] {
         for batch in [1, 7, 600] {
-            let label = format!("delta_output_loss n {n} batch {batch}");
-            let mut g = rng(&label);
-            let a = random(&mut g, batch * n, 0.01, 0.99);
-            let (y, metric) = scored_targets(&a, batch, n);
-            for m in [Metric::None, metric] {
-                let (delta, got) = r
-                    .delta_output_loss(&a, &y, batch, n, m, START_TOTALS)
-                    .unwrap();
-                let mut want = vec![0.0; batch * n];
-                let (loss, correct) =
-                    cpu::delta_output_loss(&f64s(&a), &f64s(&y), &mut want, batch, n, m);
-                assert_close(&format!("{label} δ"), &delta, &want, 1e-7, REL);
-                assert_totals(&format!("{label} {m:?}"), got, loss, correct, batch);
+            for (act, loss) in OUTPUTS {
+                let label = format!("delta_output_loss n {n} batch {batch} {act:?}");
+                let mut g = rng(&label);
+                let a = activated(&mut g, act, batch, n);
+                let (y, metric) = scored_targets(&a, batch, n);
+                for m in [Metric::None, metric] {
+                    let (delta, got) = r
+                        .delta_output_loss(&a, &y, batch, n, m, act, loss, START_TOTALS)
+                        .unwrap();
+                    let mut want = vec![0.0; batch * n];
+                    let (a, y) = (f64s(&a), f64s(&y));
+                    let (total, correct) =
+                        cpu::delta_output_loss(&a, &y, &mut want, batch, n, m, act, loss);
+                    assert_close(&format!("{label} δ"), &delta, &want, 1e-7, REL);
+                    assert_totals(&format!("{label} {m:?}"), got, total, correct, batch);
+                }
             }
         }
     }
@@ -176,10 +186,19 @@ fn delta_output_loss_argmax_ties_take_the_first() {
         y[s * n + t] = 1.0;
     }
     let (_, got) = r
-        .delta_output_loss(&a, &y, 2, n, Metric::Argmax, Acc::default())
+        .delta_output_loss(&a, &y, 2, n, Metric::Argmax, SIG, MSE, Acc::default())
         .unwrap();
     let mut delta = vec![0.0; 2 * n];
-    let (_, want) = cpu::delta_output_loss(&f64s(&a), &f64s(&y), &mut delta, 2, n, Metric::Argmax);
+    let (_, want) = cpu::delta_output_loss(
+        &f64s(&a),
+        &f64s(&y),
+        &mut delta,
+        2,
+        n,
+        Metric::Argmax,
+        SIG,
+        MSE,
+    );
     assert_eq!(want, 1);
     assert_eq!(got.correct as u64, want);
 }

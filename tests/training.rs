@@ -9,7 +9,7 @@ use shadertrain::backend::{Backend, Metric};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
-use shadertrain::network::{Network, Params};
+use shadertrain::network::{Loss, Network, Params};
 use shadertrain::train::{train, TrainConfig};
 use std::sync::Arc;
 
@@ -111,15 +111,31 @@ fn twenty_steps_gpu_matches_cpu_reference() {
     }
 }
 
-/// Central differences in f64 against the reference's backward pass.
+/// Central differences in f64 against the reference's backward pass, for
+/// every activation and both losses.
 #[test]
 fn finite_difference_gradient_check() {
-    for (sizes, batch) in [(&[3, 4, 2][..], 5), (&[2, 3, 3, 2], 4), (&[4, 1, 3], 1)] {
-        let net = Network::new(sizes).unwrap();
+    for (spec, batch) in [
+        ("3,4,2", 5),
+        ("2,3,3,2", 4),
+        ("4,1,3", 1),
+        ("3,4:relu,2:tanh", 5),
+        ("2,3:tanh,3:linear,2:relu", 4),
+        ("4,5:linear,3:softmax", 3),
+        ("3,6:relu,4:tanh,5:softmax", 1),
+    ] {
+        let net = Network::parse(spec).unwrap();
         let label = format!("fd {}", net.describe());
         let mut g = rng(&label);
         let x: Vec<f64> = f64s(&random(&mut g, batch * net.inputs(), -1.0, 1.0));
-        let y: Vec<f64> = f64s(&random(&mut g, batch * net.outputs(), 0.0, 1.0));
+        let mut y: Vec<f64> = f64s(&random(&mut g, batch * net.outputs(), 0.05, 1.0));
+        // Cross-entropy's delta A − Y assumes target rows summing to 1: soft targets.
+        if net.loss() == Loss::CrossEntropy {
+            for row in y.chunks_mut(net.outputs()) {
+                let sum: f64 = row.iter().sum();
+                row.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
         // Larger weights than the init, so the sigmoids are not all near-linear.
         let p: Params<f64> =
             Params::from_vec(&net, f64s(&random(&mut g, net.param_count(), -2.0, 2.0))).unwrap();

@@ -14,6 +14,7 @@ use shadertrain::backend::Backend;
 use shadertrain::cpu::{self, CpuBackend};
 use shadertrain::example;
 use shadertrain::gpu::{GpuBackend, KernelRunner};
+use shadertrain::network::{Activation, Loss};
 
 /// A printed reference value and the tolerance its digits allow.
 fn reference(s: &str) -> (f64, f64) {
@@ -145,7 +146,7 @@ const X: [f64; 2] = [0.05, 0.10];
 #[test]
 fn delta_example_2_2_1_cpu_kernels() {
     let mut d_o = [0.0];
-    cpu::delta_output(&[A_O], &[Y], &mut d_o);
+    cpu::delta_output(&[A_O], &[Y], &mut d_o, Activation::Sigmoid, Loss::Mse);
     expect("δ_o1", d_o[0], "-0.0105", 0.0);
     let mut g_o = [0.0; 2];
     cpu::gradient_weights(&d_o, &A_H, &mut g_o, 1, 2, 1);
@@ -155,7 +156,7 @@ fn delta_example_2_2_1_cpu_kernels() {
     cpu::sgd_update(&mut w, &g_o, 0.5);
     expect("W31_new", w[0], "0.4030975", 0.0);
     let mut d_h = [0.0; 2];
-    cpu::delta_hidden(&W_O, &d_o, &A_H, &mut d_h, 1, 2, 1);
+    cpu::delta_hidden(&W_O, &d_o, &A_H, &mut d_h, 1, 2, 1, Activation::Sigmoid);
     expect("δ_h1", d_h[0], "-0.00101598", 0.0);
     expect("δ_h2", d_h[1], "-0.001134", 0.0);
     let mut g_h = [0.0; 4];
@@ -171,14 +172,18 @@ fn delta_example_2_2_1_gpu_kernels() {
     let r = KernelRunner::new(ctx);
     let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
     let tol = 1e-6;
-    let d_o = r.delta_output(&f(&[A_O]), &f(&[Y]), 1, 1).unwrap();
+    let d_o = r
+        .delta_output(&f(&[A_O]), &f(&[Y]), 1, 1, Activation::Sigmoid, Loss::Mse)
+        .unwrap();
     expect("gpu δ_o1", d_o[0] as f64, "-0.0105", tol);
     let g_o = r.gradient_weights(&d_o, &f(&A_H), 1, 2, 1).unwrap();
     expect("gpu ∂L/∂W31", g_o[0] as f64, "-0.006195", tol);
     expect("gpu ∂L/∂W41", g_o[1] as f64, "-0.0063", tol);
     let w = r.sgd_update(&f(&W_O), &g_o, 0.5).unwrap();
     expect("gpu W31_new", w[0] as f64, "0.4030975", tol);
-    let d_h = r.delta_hidden(&f(&W_O), &d_o, &f(&A_H), 1, 2, 1).unwrap();
+    let d_h = r
+        .delta_hidden(&f(&W_O), &d_o, &f(&A_H), 1, 2, 1, Activation::Sigmoid)
+        .unwrap();
     expect("gpu δ_h1", d_h[0] as f64, "-0.00101598", tol);
     expect("gpu δ_h2", d_h[1] as f64, "-0.001134", tol);
     let g_h = r.gradient_weights(&d_h, &f(&X), 1, 2, 2).unwrap();

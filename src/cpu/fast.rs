@@ -10,11 +10,44 @@
 //!
 //! Results do not depend on timing: gemm splits the output among threads, never
 //! the reduction, and loss sums run in sample order.
+//!
+//! Element-wise loops are written once per activation ([`per_activation!`]),
+//! so each is branch-free and vectorises; in f32 the exponentials are
+//! [`exp_f32`], not libm's scalar `expf`.
 
-use super::{argmax, sigmoid, CpuBackend};
-use crate::backend::Metric;
-use crate::network::Real;
+use super::{activate, activation_derivative, loss_term, score, softmax_row, CpuBackend};
+use crate::network::{Activation, Real};
 use rayon::prelude::*;
+
+/// `per_activation!(act, |a| body)`: `body` copied into one match arm per
+/// activation with `a` bound to that arm's constant, so the `match a` inside
+/// the helpers it calls folds away and its loops have no branch.
+macro_rules! per_activation {
+    ($act:expr, |$a:ident| $body:expr) => {
+        match $act {
+            Activation::Sigmoid => {
+                let $a = Activation::Sigmoid;
+                $body
+            }
+            Activation::Relu => {
+                let $a = Activation::Relu;
+                $body
+            }
+            Activation::Tanh => {
+                let $a = Activation::Tanh;
+                $body
+            }
+            Activation::Linear => {
+                let $a = Activation::Linear;
+                $body
+            }
+            Activation::Softmax => {
+                let $a = Activation::Softmax;
+                $body
+            }
+        }
+    };
+}
 
 /// Below this many multiply-adds a product runs on one thread: spawning costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
@@ -149,8 +182,8 @@ impl<T: Real> CpuBackend<T> {
         r
     }
 
-    /// Forward pass of every layer: `A = σ(A_prev·Wᵀ + b)`, one gemm and one
-    /// fused bias + sigmoid pass per layer.
+    /// Forward pass of every layer: `A = f(A_prev·Wᵀ + b)`, one gemm and one
+    /// fused bias + activation pass per layer (softmax row by row).
     pub(super) fn fast_forward_layers(&mut self, threads: usize) {
         let b = self.batch;
         for (l, ly) in self.net.layers().iter().enumerate() {
@@ -169,7 +202,7 @@ impl<T: Real> CpuBackend<T> {
             let bias = self.params.bias(l);
             par_rows(out, ly.n_out, threads, |_, rows| {
                 for row in rows.chunks_mut(ly.n_out) {
-                    bias_sigmoid(row, bias);
+                    bias_activate(row, bias, ly.act);
                 }
             });
         }
@@ -184,32 +217,18 @@ impl<T: Real> CpuBackend<T> {
         let last = self.acts.len() - 1;
         let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
         let metric = self.metric;
+        let (act, loss_fn) = (self.net.output_activation(), self.net.loss());
         self.row_loss.resize(b, (T::zero(), false));
-        let half = T::from(0.5).unwrap_or_else(T::one);
-        let score = |ar: &[T], yr: &[T]| match metric {
-            Metric::None => false,
-            Metric::Threshold => (ar[0] > half) == (yr[0] > half),
-            Metric::Argmax => argmax(ar) == argmax(yr),
-        };
         let sample = |s: usize, d: Option<&mut [T]>| {
             let (ar, yr) = (&a[s * no..(s + 1) * no], &y[s * no..(s + 1) * no]);
-            let mut l = T::zero();
-            match d {
-                Some(d) => {
-                    for ((di, &ai), &yi) in d.iter_mut().zip(ar).zip(yr) {
-                        let e = ai - yi;
-                        l = l + half * e * e;
-                        *di = e * ai * (T::one() - ai);
-                    }
-                }
-                None => {
-                    for (&ai, &yi) in ar.iter().zip(yr) {
-                        let e = ai - yi;
-                        l = l + half * e * e;
-                    }
-                }
+            let l = ar
+                .iter()
+                .zip(yr)
+                .fold(T::zero(), |l, (&ai, &yi)| l + loss_term(loss_fn, ai, yi));
+            if let Some(d) = d {
+                super::delta_output(ar, yr, d, act, loss_fn);
             }
-            (l, score(ar, yr))
+            (l, score(metric, ar, yr))
         };
         let rows_per = rows_per_task(no, threads).min(b);
         if delta {
@@ -249,18 +268,19 @@ impl<T: Real> CpuBackend<T> {
         let no = self.net.outputs();
         let last = self.acts.len() - 1;
         let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
+        let (act, loss_fn) = (self.net.output_activation(), self.net.loss());
         par_rows(
             &mut self.deltas[last][..b * no],
             no,
             threads,
             |first, rows| {
                 let r = first * no..first * no + rows.len();
-                super::delta_output(&a[r.clone()], &y[r], rows);
+                super::delta_output(&a[r.clone()], &y[r], rows, act, loss_fn);
             },
         );
     }
 
-    /// `δ_l = (δ_{l+1}·W_l) ⊙ A_l(1 − A_l)` for `1 <= l < L`, reading `W_l` as it is now.
+    /// `δ_l = (δ_{l+1}·W_l) ⊙ f'(A_l)` for `1 <= l < L`, reading `W_l` as it is now.
     pub(super) fn fast_delta_hidden(&mut self, l: usize, threads: usize) {
         let b = self.batch;
         let ly = self.net.layers()[l];
@@ -278,11 +298,15 @@ impl<T: Real> CpuBackend<T> {
             threads,
         );
         let a = &self.acts[l][..b * n];
+        // The activation of the layer that produced A_l.
+        let act = self.net.activation(l - 1);
         par_rows(d, n, threads, |first, rows| {
             let a = &a[first * n..first * n + rows.len()];
-            for (di, &ai) in rows.iter_mut().zip(a) {
-                *di = *di * ai * (T::one() - ai);
-            }
+            per_activation!(act, |act| {
+                for (di, &ai) in rows.iter_mut().zip(a) {
+                    *di = *di * activation_derivative(act, ai);
+                }
+            });
         });
     }
 
@@ -330,20 +354,46 @@ impl<T: Real> CpuBackend<T> {
     }
 }
 
-/// `z ← σ(z + b)` over one row. In f32 with a branch-free exp the compiler
-/// vectorises; libm's scalar `expf` was 4% of a W1 step.
-fn bias_sigmoid<T: Real>(row: &mut [T], bias: &[T]) {
+/// `z ← f(z + b)` over one row (`b`, `z`: `(n)`), softmax over the whole
+/// row. In f32 with a branch-free exp the compiler vectorises; libm's scalar
+/// `expf` was 4% of a W1 step.
+fn bias_activate<T: Real>(row: &mut [T], bias: &[T], act: Activation) {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
-        for (z, &bo) in row.iter_mut().zip(bias) {
-            *z = sigmoid(*z + bo);
+        per_activation!(act, |act| {
+            for (z, &bo) in row.iter_mut().zip(bias) {
+                *z = activate(act, *z + bo);
+            }
+        });
+        if act == Activation::Softmax {
+            softmax_row(row, T::exp);
         }
         return;
     }
     // T is f32: the same memory, seen as what it is.
     let row: &mut [f32] = bytemuck::cast_slice_mut(row);
     let bias: &[f32] = bytemuck::cast_slice(bias);
-    for (z, &bo) in row.iter_mut().zip(bias) {
-        *z = 1.0 / (1.0 + exp_f32(-(*z + bo)));
+    per_activation!(act, |act| {
+        for (z, &bo) in row.iter_mut().zip(bias) {
+            *z = activate_f32(act, *z + bo);
+        }
+    });
+    if act == Activation::Softmax {
+        softmax_row(row, exp_f32);
+    }
+}
+
+/// [`activate`] in f32 with [`exp_f32`]: `σ(z) = 1 / (1 + e^−z)`, and
+/// `tanh z = sign(z)·(1 − e^−2|z|) / (1 + e^−2|z|)`, which cannot overflow
+/// (within 1e-7 of libm's absolutely).
+#[inline(always)]
+fn activate_f32(act: Activation, z: f32) -> f32 {
+    match act {
+        Activation::Sigmoid => 1.0 / (1.0 + exp_f32(-z)),
+        Activation::Tanh => {
+            let e = exp_f32(-2.0 * z.abs());
+            ((1.0 - e) / (1.0 + e)).copysign(z)
+        }
+        _ => activate(act, z),
     }
 }
 

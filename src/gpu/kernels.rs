@@ -31,8 +31,12 @@ pub struct Dims {
     pub metric: u32,
     /// K slices of the tiled gradient product (split K); 1 for none.
     pub splits: u32,
+    /// This layer's [`crate::network::Activation`] as a number.
+    pub act: u32,
+    /// The network's [`crate::network::Loss`] as a number.
+    pub loss: u32,
     /// Uniforms are 16-byte aligned.
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 /// SGD hyper-parameters and gradient scaling, mirrored by `struct Sgd` in
@@ -120,7 +124,7 @@ macro_rules! shader {
 
 const DIMS: Slot = Slot::Uniform(std::mem::size_of::<Dims>() as u64);
 
-/// `A = σ(A_prev·Wᵀ + b)`: dims, params, a_prev, a.
+/// `A = f(A_prev·Wᵀ + b)` (softmax: `Z`, then [`SOFTMAX_FORWARD`]): dims, params, a_prev, a.
 pub const FORWARD_DENSE: KernelSpec = KernelSpec {
     entry: "forward_dense",
     file: "forward.wgsl",
@@ -128,7 +132,7 @@ pub const FORWARD_DENSE: KernelSpec = KernelSpec {
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
     kind: KernelKind::ElementWise,
 };
-/// `δ = (A − Y) ⊙ A(1 − A)`: dims, a, y, delta.
+/// `δ = (A − Y) ⊙ f'(A)`, or `A − Y` for softmax + cross-entropy: dims, a, y, delta.
 pub const DELTA_OUTPUT: KernelSpec = KernelSpec {
     entry: "delta_output",
     file: "delta_output.wgsl",
@@ -136,12 +140,21 @@ pub const DELTA_OUTPUT: KernelSpec = KernelSpec {
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
     kind: KernelKind::ElementWise,
 };
-/// `δ = (δ_next·W_next) ⊙ A(1 − A)`: dims, params, delta_next, a, delta.
+/// `δ = (δ_next·W_next) ⊙ f'(A)`: dims, params, delta_next, a, delta.
 pub const DELTA_HIDDEN: KernelSpec = KernelSpec {
     entry: "delta_hidden",
     file: "delta_hidden.wgsl",
     source: shader!("delta_hidden.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+    kind: KernelKind::ElementWise,
+};
+/// Softmax of each row of a, in place, after the output layer's product
+/// (one invocation per sample; both kernel sets): dims, a.
+pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec {
+    entry: "softmax_forward",
+    file: "softmax.wgsl",
+    source: shader!("softmax.wgsl"),
+    bindings: &[DIMS, Slot::ReadWrite],
     kind: KernelKind::ElementWise,
 };
 const GRADIENT_BINDINGS: &[Slot] = &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite];
@@ -182,7 +195,7 @@ pub const LOSS_REDUCE: KernelSpec = KernelSpec {
     kind: KernelKind::Reduce,
 };
 
-/// Tiled `A = σ(A_prev·Wᵀ + b)` (twin: `forward_dense`): dims, params, a_prev, a.
+/// Tiled `A = f(A_prev·Wᵀ + b)` (twin: `forward_dense`): dims, params, a_prev, a.
 pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "forward_dense_tiled",
     file: "forward_tiled.wgsl",
@@ -190,7 +203,7 @@ pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
     bindings: FORWARD_DENSE.bindings,
     kind: KernelKind::Tiled,
 };
-/// Tiled `δ = (δ_next·W_next) ⊙ A(1 − A)` (twin: `delta_hidden`): dims,
+/// Tiled `δ = (δ_next·W_next) ⊙ f'(A)` (twin: `delta_hidden`): dims,
 /// params, delta_next, a, delta.
 pub const DELTA_HIDDEN_TILED: KernelSpec = KernelSpec {
     entry: "delta_hidden_tiled",
@@ -263,6 +276,7 @@ pub const LOSS_FINISH: KernelSpec = KernelSpec {
 /// Every kernel, for the naga test and for building pipelines.
 pub const ALL: &[KernelSpec] = &[
     FORWARD_DENSE,
+    SOFTMAX_FORWARD,
     DELTA_OUTPUT,
     DELTA_HIDDEN,
     GRADIENT_WEIGHTS,
@@ -518,10 +532,13 @@ impl Kernel {
     }
 }
 
-/// Every simple pipeline, compiled once per device: the GPU reference twins.
+/// Every simple pipeline, compiled once per device: the GPU reference twins
+/// (and `softmax_forward`, which the tiled set runs too).
 pub struct Kernels {
     /// See [`FORWARD_DENSE`].
     pub forward_dense: Kernel,
+    /// See [`SOFTMAX_FORWARD`].
+    pub softmax_forward: Kernel,
     /// See [`DELTA_OUTPUT`].
     pub delta_output: Kernel,
     /// See [`DELTA_HIDDEN`].
@@ -542,6 +559,7 @@ impl Kernels {
         let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
         Kernels {
             forward_dense: k(FORWARD_DENSE),
+            softmax_forward: k(SOFTMAX_FORWARD),
             delta_output: k(DELTA_OUTPUT),
             delta_hidden: k(DELTA_HIDDEN),
             gradient_weights: k(GRADIENT_WEIGHTS),

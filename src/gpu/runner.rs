@@ -14,6 +14,7 @@ use super::kernels::{
 };
 use super::readback;
 use crate::backend::Metric;
+use crate::network::{Activation, Loss};
 use crate::{Error, Result};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
@@ -136,6 +137,8 @@ impl KernelRunner {
     }
 
     /// GPU twin of [`crate::cpu::forward_dense`]; returns `a (batch, n_out)`.
+    /// A softmax layer runs `softmax_forward` after the product, as training does.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_dense(
         &self,
         a_prev: &[f32],
@@ -144,21 +147,16 @@ impl KernelRunner {
         batch: usize,
         n_in: usize,
         n_out: usize,
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_1d(batch * n_out)?;
-        self.forward(
-            &self.kernels.forward_dense,
-            grid,
-            a_prev,
-            w,
-            b,
-            batch,
-            n_in,
-            n_out,
-        )
+        let k = &self.kernels.forward_dense;
+        self.forward(k, grid, a_prev, w, b, (batch, n_in, n_out), act)
     }
 
-    /// `forward_dense_tiled`, twin of [`crate::cpu::forward_dense`].
+    /// `forward_dense_tiled`, twin of [`crate::cpu::forward_dense`] (softmax
+    /// as for [`KernelRunner::forward_dense`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_dense_tiled(
         &self,
         a_prev: &[f32],
@@ -167,20 +165,14 @@ impl KernelRunner {
         batch: usize,
         n_in: usize,
         n_out: usize,
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_tiled(batch, n_out, 1)?;
-        self.forward(
-            &self.tiled()?.forward_dense,
-            grid,
-            a_prev,
-            w,
-            b,
-            batch,
-            n_in,
-            n_out,
-        )
+        let k = &self.tiled()?.forward_dense;
+        self.forward(k, grid, a_prev, w, b, (batch, n_in, n_out), act)
     }
 
+    /// `shape` is `(batch, n_in, n_out)`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -189,25 +181,50 @@ impl KernelRunner {
         a_prev: &[f32],
         w: &[f32],
         b: &[f32],
-        batch: usize,
-        n_in: usize,
-        n_out: usize,
+        (batch, n_in, n_out): (usize, usize, usize),
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let (params, w_off, b_off) = layer_params(w, b);
-        let d = dims(batch, n_in, n_out, w_off, b_off);
+        let mut d = dims(batch, n_in, n_out, w_off, b_off);
+        d.act = act as u32;
         let out = self.poisoned(batch * n_out);
-        let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
-            &self.storage(&params),
-            &self.storage(a_prev),
-            &out,
-        ];
-        self.run(&[(kernel, &bufs, grid)], &out, 0, batch * n_out)
+        let dims = self.uniform(bytemuck::bytes_of(&d));
+        let bufs = [&dims, &self.storage(&params), &self.storage(a_prev), &out];
+        let rows = [&dims, &out];
+        let mut steps = vec![(kernel, &bufs[..], grid)];
+        if act == Activation::Softmax {
+            steps.push((
+                &self.kernels.softmax_forward,
+                &rows[..],
+                self.grid_1d(batch)?,
+            ));
+        }
+        self.run(&steps, &out, 0, batch * n_out)
+    }
+
+    /// GPU twin of [`crate::cpu::softmax_forward`]: returns the softmax of
+    /// every row of `z (batch, n)`.
+    pub fn softmax_forward(&self, z: &[f32], batch: usize, n: usize) -> Result<Vec<f32>> {
+        let d = dims(batch, 0, n, 0, 0);
+        let a = self.storage(z);
+        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &a];
+        let grid = self.grid_1d(batch)?;
+        let k = &self.kernels.softmax_forward;
+        self.run(&[(k, &bufs, grid)], &a, 0, batch * n)
     }
 
     /// GPU twin of [`crate::cpu::delta_output`]; returns `delta (batch, n)`.
-    pub fn delta_output(&self, a: &[f32], y: &[f32], batch: usize, n: usize) -> Result<Vec<f32>> {
-        let d = dims(batch, 0, n, 0, 0);
+    pub fn delta_output(
+        &self,
+        a: &[f32],
+        y: &[f32],
+        batch: usize,
+        n: usize,
+        act: Activation,
+        loss: Loss,
+    ) -> Result<Vec<f32>> {
+        let mut d = dims(batch, 0, n, 0, 0);
+        (d.act, d.loss) = (act as u32, loss as u32);
         let out = self.poisoned(batch * n);
         let bufs = [
             &self.uniform(bytemuck::bytes_of(&d)),
@@ -225,6 +242,7 @@ impl KernelRunner {
     }
 
     /// GPU twin of [`crate::cpu::delta_hidden`]; returns `delta (batch, n)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn delta_hidden(
         &self,
         w_next: &[f32],
@@ -233,13 +251,15 @@ impl KernelRunner {
         batch: usize,
         n: usize,
         n_next: usize,
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_1d(batch * n)?;
         let k = &self.kernels.delta_hidden;
-        self.hidden(k, grid, w_next, delta_next, a, batch, n, n_next)
+        self.hidden(k, grid, w_next, delta_next, a, (batch, n, n_next), act)
     }
 
     /// `delta_hidden_tiled`, twin of [`crate::cpu::delta_hidden`].
+    #[allow(clippy::too_many_arguments)]
     pub fn delta_hidden_tiled(
         &self,
         w_next: &[f32],
@@ -248,12 +268,14 @@ impl KernelRunner {
         batch: usize,
         n: usize,
         n_next: usize,
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_tiled(batch, n, 1)?;
         let k = &self.tiled()?.delta_hidden;
-        self.hidden(k, grid, w_next, delta_next, a, batch, n, n_next)
+        self.hidden(k, grid, w_next, delta_next, a, (batch, n, n_next), act)
     }
 
+    /// `shape` is `(batch, n, n_next)`.
     #[allow(clippy::too_many_arguments)]
     fn hidden(
         &self,
@@ -262,12 +284,12 @@ impl KernelRunner {
         w_next: &[f32],
         delta_next: &[f32],
         a: &[f32],
-        batch: usize,
-        n: usize,
-        n_next: usize,
+        (batch, n, n_next): (usize, usize, usize),
+        act: Activation,
     ) -> Result<Vec<f32>> {
         let (params, w_off, _) = layer_params(w_next, &[]);
         let mut d = dims(batch, 0, n, 0, 0);
+        d.act = act as u32;
         d.n_next = n_next as u32;
         d.w_next_off = w_off as u32;
         let out = self.poisoned(batch * n);
@@ -459,6 +481,7 @@ impl KernelRunner {
 
     /// GPU twin of [`crate::cpu::loss_reduce`]: adds the batch to `start` and
     /// returns the new totals.
+    #[allow(clippy::too_many_arguments)]
     pub fn loss_reduce(
         &self,
         a: &[f32],
@@ -466,10 +489,11 @@ impl KernelRunner {
         batch: usize,
         n: usize,
         metric: Metric,
+        loss: Loss,
         start: Acc,
     ) -> Result<Acc> {
         let mut d = dims(batch, 0, n, 0, 0);
-        d.metric = metric as u32;
+        (d.metric, d.loss) = (metric as u32, loss as u32);
         let acc = self.totals(start);
         let bufs = [
             &self.uniform(bytemuck::bytes_of(&d)),
@@ -486,6 +510,7 @@ impl KernelRunner {
     /// `delta_output_loss` then `loss_finish`, twin of
     /// [`crate::cpu::delta_output_loss`]: returns `delta (batch, n)` and the
     /// totals `start` plus this batch.
+    #[allow(clippy::too_many_arguments)]
     pub fn delta_output_loss(
         &self,
         a: &[f32],
@@ -493,10 +518,12 @@ impl KernelRunner {
         batch: usize,
         n: usize,
         metric: Metric,
+        act: Activation,
+        loss: Loss,
         start: Acc,
     ) -> Result<(Vec<f32>, Acc)> {
         let mut d = dims(batch, 0, n, 0, 0);
-        d.metric = metric as u32;
+        (d.metric, d.act, d.loss) = (metric as u32, act as u32, loss as u32);
         let acc = self.totals(start);
         let delta = self.poisoned(batch * n);
         let groups = loss_groups(batch as u32, n as u32);

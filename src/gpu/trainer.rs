@@ -6,7 +6,9 @@
 //! output, the GPU reference twins) and the tiled ones, where `step` runs the
 //! fused fast path: tiled forward, output delta and loss in one parallel pass,
 //! then per layer from the top the next-lower delta (from the old weights)
-//! followed by the gradient with SGD applied in the same pass.
+//! followed by the gradient with SGD applied in the same pass. Each layer's
+//! activation and the network's loss travel in its `Dims`; a softmax output
+//! adds one row-wise `softmax_forward` dispatch after the last product.
 //!
 //! Batches larger than one storage binding holds (or than
 //! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each chunk is
@@ -35,7 +37,7 @@ use super::kernels::{
 use super::readback;
 use crate::backend::{Backend, Metric, Totals};
 use crate::cpu::{check_batch, check_layer};
-use crate::network::{Network, Params};
+use crate::network::{Activation, Network, Params};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -229,6 +231,8 @@ pub struct GpuBackend {
     dims: Vec<wgpu::Buffer>,
     sgd: wgpu::Buffer,
     groups: Vec<LayerGroups>,
+    /// A softmax output only: softmax_forward on the output activations.
+    softmax: Option<wgpu::BindGroup>,
     delta_output: wgpu::BindGroup,
     /// Simple: loss_reduce; tiled: delta_output_loss.
     loss: wgpu::BindGroup,
@@ -419,6 +423,9 @@ impl GpuBackend {
             });
         }
         let top = &dims[last - 1];
+        let softmax = (net.output_activation() == Activation::Softmax)
+            .then(|| kernels.softmax_forward.bind(dev, &[top, &acts[last]]))
+            .transpose()?;
         let delta_output = kernels
             .delta_output
             .bind(dev, &[top, &acts[last], &y, &deltas[last]])?;
@@ -459,6 +466,7 @@ impl GpuBackend {
             dims,
             sgd,
             groups,
+            softmax,
             delta_output,
             loss,
             loss_finish,
@@ -671,6 +679,9 @@ impl GpuBackend {
                     let g = &self.groups[l].forward;
                     f(one(&simple.forward_dense, g, rows_by(ly.n_out), Some(l))?)?;
                 }
+                if let Some(g) = &self.softmax {
+                    f(one(&simple.softmax_forward, g, self.rows, Some(last - 1))?)?;
+                }
                 if loss {
                     f(Dispatch {
                         kernel: &simple.loss_reduce,
@@ -713,6 +724,9 @@ impl GpuBackend {
                         grid: grid_tiled(rows, ly.n_out as u32, 1, &t.tiles, max)?,
                         layer: Some(l),
                     })?;
+                }
+                if let Some(g) = &self.softmax {
+                    f(one(&simple.softmax_forward, g, self.rows, Some(last - 1))?)?;
                 }
                 if let (true, Some(finish)) = (loss, &self.loss_finish) {
                     let no = self.net.outputs() as u32;
@@ -943,7 +957,9 @@ fn layer_dims(net: &Network, l: usize, rows: usize, metric: Metric, splits: u32)
         w_next_off: next.map_or(0, |n| n.w_off as u32),
         metric: metric as u32,
         splits,
-        _pad: [0; 3],
+        act: ly.act as u32,
+        loss: net.loss() as u32,
+        _pad: 0,
     }
 }
 
@@ -1071,6 +1087,7 @@ impl Backend for GpuBackend {
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
             loss_sum: a.loss_sum as f64,
+            loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,
         })

@@ -5,8 +5,45 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shadertrain::backend::Metric;
+use shadertrain::cpu;
 use shadertrain::gpu::{Acc, GpuContext};
+use shadertrain::network::{Activation, Loss, Network};
 use std::sync::{Arc, OnceLock};
+
+/// The default activation and loss, for kernels checked in their sigmoid form.
+pub const SIG: Activation = Activation::Sigmoid;
+/// See [`SIG`].
+pub const MSE: Loss = Loss::Mse;
+
+/// Every activation a hidden layer may have.
+pub const HIDDEN: [Activation; 4] = [
+    Activation::Sigmoid,
+    Activation::Relu,
+    Activation::Tanh,
+    Activation::Linear,
+];
+
+/// Every activation an output layer may have, with its loss.
+pub const OUTPUTS: [(Activation, Loss); 5] = [
+    (Activation::Sigmoid, Loss::Mse),
+    (Activation::Relu, Loss::Mse),
+    (Activation::Tanh, Loss::Mse),
+    (Activation::Linear, Loss::Mse),
+    (Activation::Softmax, Loss::CrossEntropy),
+];
+
+/// What a layer with `act` outputs for random logits in (-2, 2), `(batch, n)`:
+/// the `A` a backward kernel reads (relu's zeros, softmax's rows included).
+pub fn activated(g: &mut ChaCha8Rng, act: Activation, batch: usize, n: usize) -> Vec<f32> {
+    let mut a: Vec<f64> = random(g, batch * n, -2.0, 2.0)
+        .iter()
+        .map(|&z| cpu::activate(act, z as f64))
+        .collect();
+    if act == Activation::Softmax {
+        cpu::softmax_forward(&mut a, batch, n);
+    }
+    a.iter().map(|&v| v as f32).collect()
+}
 
 /// The GPU for this test binary, or `None` with a printed reason. With
 /// `REQUIRE_GPU=1` a missing adapter fails the test instead.
@@ -67,6 +104,25 @@ pub fn random(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// One random batch for `net`: x in (-1, 1); targets one-hot under
+/// cross-entropy (rows that sum to 1, as its delta `A − Y` needs), else in (0, 1).
+pub fn batch_for(net: &Network, batch: usize, label: &str) -> (Vec<f32>, Vec<f32>) {
+    let mut g = rng(label);
+    let x = random(&mut g, batch * net.inputs(), -1.0, 1.0);
+    let no = net.outputs();
+    let y = match net.loss() {
+        Loss::CrossEntropy => {
+            let mut y = vec![0.0; batch * no];
+            for s in 0..batch {
+                y[s * no + g.random_range(0..no)] = 1.0;
+            }
+            y
+        }
+        Loss::Mse => random(&mut g, batch * no, 0.0, 1.0),
+    };
+    (x, y)
 }
 
 /// Widen to f64 for the reference.
