@@ -10,6 +10,7 @@
 
 use crate::data::Standardizer;
 use crate::network::{Network, Params};
+use crate::train::EpochStats;
 use crate::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ pub struct TrainState {
     pub data: String,
     /// Samples in the training set.
     pub samples: usize,
+    /// What every epoch so far measured, so a resumed run's metrics and
+    /// plots cover the whole run.
+    pub history: Vec<EpochStats>,
 }
 
 /// Parameters, training state and input standardisation.
@@ -90,6 +94,10 @@ impl Checkpoint {
             ("optimizer", "sgd".to_string()),
             ("data", s.data.clone()),
             ("samples", s.samples.to_string()),
+            (
+                "history",
+                serde_json::to_string(&s.history).unwrap_or_else(|_| "[]".into()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -179,6 +187,11 @@ impl Checkpoint {
             lr: parse(&get("lr")?, "lr")?,
             data: get("data")?,
             samples: parse(&get("samples")?, "samples")?,
+            history: match meta.get("history") {
+                Some(h) => serde_json::from_str(h)
+                    .map_err(|e| format!("metadata 'history' is not valid: {e}"))?,
+                None => Vec::new(),
+            },
         };
         Ok(Checkpoint {
             params,

@@ -110,6 +110,9 @@ struct TrainArgs {
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Draw the loss and accuracy curves (training and validation) into this .png or .svg.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -438,7 +441,22 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     }
     // Refuse unwritable output paths before training, not after.
-    for (flag, path) in [("--metrics", &a.metrics), ("--save", &a.save)] {
+    if let Some(p) = &a.plot {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("png" | "svg")) {
+            return Err(Error::Invalid(format!(
+                "--plot: {} must end in .png or .svg",
+                p.display()
+            )));
+        }
+    }
+    for (flag, path) in [
+        ("--metrics", &a.metrics),
+        ("--save", &a.save),
+        ("--plot", &a.plot),
+    ] {
         if let Some(dir) = path.as_deref().and_then(Path::parent) {
             if !dir.as_os_str().is_empty() && !dir.is_dir() {
                 return Err(Error::Invalid(format!(
@@ -510,6 +528,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg: &cfg,
         standardizer: z.as_ref(),
         resumed: resumed.as_ref(),
+        history: std::cell::RefCell::new(
+            resumed
+                .as_ref()
+                .map(|c| c.state.history.clone())
+                .unwrap_or_default(),
+        ),
     };
     let device = pick_device(a.backend, a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);
@@ -533,6 +557,8 @@ struct Run<'a> {
     cfg: &'a TrainConfig,
     standardizer: Option<&'a Standardizer>,
     resumed: Option<&'a Checkpoint>,
+    /// Every epoch so far, the resumed ones first.
+    history: std::cell::RefCell<Vec<EpochStats>>,
 }
 
 impl Run<'_> {
@@ -551,6 +577,7 @@ impl Run<'_> {
                 lr: self.cfg.lr,
                 data: self.data.name.clone(),
                 samples: self.data.len(),
+                history: self.history.borrow().clone(),
             },
             standardizer: self.standardizer.cloned(),
         })
@@ -603,11 +630,12 @@ fn run_training<B: Backend<Scalar = f32>>(
     );
     let t0 = Instant::now();
     let mut saved = first - 1;
-    let history = train_epochs(&mut backend, data, val, cfg, first, |b, p| {
+    train_epochs(&mut backend, data, val, cfg, first, |b, p| {
         match p {
             Progress::Step { .. } => bar.inc(1),
             Progress::Epoch(s) => {
                 bar.set_message(epoch_line(s, cfg.epochs));
+                run.history.borrow_mut().push(*s);
                 if let (Some(path), Some(n)) = (&a.save, a.save_every) {
                     if s.epoch % n == 0 {
                         run.checkpoint(b, s.epoch)?.save(path)?;
@@ -648,12 +676,16 @@ fn run_training<B: Backend<Scalar = f32>>(
         samples,
         train_secs
     );
+    if let Some(path) = &a.plot {
+        let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
+        shadertrain::plot::plot_history(path, &title, &run.history.borrow())?;
+    }
     if let Some(path) = &a.metrics {
         let json = serde_json::json!({
             "backend": kind,
             "adapter": adapter,
             "layers": net.sizes(),
-            "epochs": history,
+            "epochs": *run.history.borrow(),
             "final": {
                 "loss": totals.loss(),
                 "accuracy": acc,

@@ -49,7 +49,7 @@ impl TrainConfig {
 }
 
 /// What one epoch measured.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,

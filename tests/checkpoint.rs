@@ -4,6 +4,7 @@
 use shadertrain::checkpoint::{Checkpoint, TrainState, VERSION};
 use shadertrain::data::Standardizer;
 use shadertrain::network::Network;
+use shadertrain::train::EpochStats;
 use std::collections::HashMap;
 
 fn sample(norm: bool) -> Checkpoint {
@@ -17,6 +18,17 @@ fn sample(norm: bool) -> Checkpoint {
             lr: 0.25,
             data: "clusters".into(),
             samples: 300,
+            history: (1..=2)
+                .map(|epoch| EpochStats {
+                    epoch,
+                    loss: 0.5 / epoch as f64,
+                    accuracy: Some(0.25 * epoch as f64),
+                    seconds: 0.125,
+                    samples_per_s: 2400.0,
+                    val_loss: (epoch == 2).then_some(0.3),
+                    val_accuracy: None,
+                })
+                .collect(),
         },
         standardizer: norm.then(|| Standardizer {
             mean: vec![0.5, -1.0, 2.0, 0.0, 1e-3],

@@ -1136,13 +1136,14 @@ fn resume_matches_straight_run(test: &str, backend: &str) {
         read_metrics(Path::new(&straight.1), &r4),
         read_metrics(Path::new(&resumed.1), &r),
     );
+    // The resumed run's metrics cover the whole run, its first two epochs
+    // from the checkpoint.
     let epochs_b = mb["epochs"].as_array().unwrap();
-    assert_eq!(epochs_b.len(), 2, "the resumed run trains epochs 3 and 4");
+    assert_eq!(epochs_b.len(), 4, "{mb:#}");
     for (i, e) in epochs_b.iter().enumerate() {
-        let e_a = &ma["epochs"][i + 2];
-        assert_eq!(e["epoch"], e_a["epoch"]);
-        for key in ["loss", "val_loss"] {
-            assert_eq!(e[key], e_a[key], "epoch {} {key}\n{ma:#}\n{mb:#}", i + 3);
+        let e_a = &ma["epochs"][i];
+        for key in ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"] {
+            assert_eq!(e[key], e_a[key], "epoch {} {key}\n{ma:#}\n{mb:#}", i + 1);
         }
     }
     // Nothing but the outputs in the directory: no temporary files.
@@ -1391,5 +1392,46 @@ fn bad_eval_and_predict_flags() {
             "cpu",
         ],
         &["bad.csv", "line 2"],
+    );
+}
+
+#[test]
+fn train_plots_png_and_svg() {
+    let dir = TempDir::new("plot");
+    for name in ["curves.png", "curves.svg"] {
+        let p = dir.path(name).to_string_lossy().into_owned();
+        run(&train_args(&[
+            "--epochs",
+            "3",
+            "--val-split",
+            "0.1",
+            "--plot",
+            &p,
+        ]))
+        .success();
+        let bytes = std::fs::read(&p).unwrap();
+        if name.ends_with("png") {
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+            assert!(bytes.len() > 10_000, "a drawn picture, not an empty one");
+        } else {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                text.contains("<svg") && text.contains("validation"),
+                "{text:.200}"
+            );
+        }
+    }
+    assert_eq!(
+        dir.listing(),
+        ["curves.png", "curves.svg"],
+        "no temporary files left"
+    );
+    expect_error(
+        &train_args(&["--plot", "curves.pdf"]),
+        &["--plot", ".png or .svg"],
+    );
+    expect_error(
+        &train_args(&["--plot", "/nonexistent/dir/c.png"]),
+        &["--plot"],
     );
 }
