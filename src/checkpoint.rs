@@ -238,22 +238,14 @@ fn read_f32(
 /// flushed and fsynced before the rename, so a crash never leaves half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = sibling_temp(path);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename itself is durable once the directory is synced.
-        if let Ok(d) = std::fs::File::open(dir) {
+        if let Some(d) = tmp.parent().and_then(|d| std::fs::File::open(d).ok()) {
             let _ = d.sync_all();
         }
         Ok(())
@@ -262,4 +254,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// A temporary name beside `path` (same directory, so a rename is atomic),
+/// ending like `path` so tools that go by the extension still recognise it.
+pub(crate) fn sibling_temp(path: &Path) -> std::path::PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    dir.join(format!(".{}.tmp.{name}", std::process::id()))
 }

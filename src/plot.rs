@@ -31,16 +31,8 @@ pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<
         return Err(Error::Invalid("--plot: no epochs to draw".into()));
     }
     register_font()?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
     // The temporary name keeps the extension: plotters picks the encoder by it.
-    let tmp = dir.join(format!(".{}.tmp.{name}", std::process::id()));
+    let tmp = crate::checkpoint::sibling_temp(path);
     let drawn = if ext == "png" {
         draw(
             BitMapBackend::new(&tmp, SIZE).into_drawing_area(),
