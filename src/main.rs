@@ -59,6 +59,9 @@ enum Cmd {
     Example {
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendArg,
+        /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+        #[arg(long)]
+        adapter: Option<String>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -98,6 +101,9 @@ struct TrainArgs {
     seed: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
     /// Write a checkpoint (safetensors: weights, architecture, training state) here when training ends.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -144,6 +150,9 @@ struct ModelArgs {
     target: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
     /// Samples per forward pass.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
@@ -186,6 +195,9 @@ enum TilesArg {
 struct BenchArgs {
     #[arg(long, value_enum, default_value = "both")]
     backend: BenchBackend,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
     /// A named workload: W0 (2-2-2, batch 1), W1 (784-256-256-10, 1024),
     /// W2 (1024-1024-1024-1024, 1024), W3 (4096-4096-4096, 4096). Default W1.
     #[arg(long, conflicts_with = "layers")]
@@ -262,11 +274,24 @@ enum Device {
     Gpu(Arc<GpuContext>),
 }
 
-fn pick_device(arg: BackendArg, quiet: bool) -> Result<Device> {
-    match arg {
-        BackendArg::Cpu => Ok(Device::Cpu),
-        BackendArg::Gpu => Ok(Device::Gpu(GpuContext::new()?)),
-        BackendArg::Auto => match GpuContext::new() {
+/// The GPU `--adapter` names (an index from `devices`, or part of a name), or the best one.
+fn gpu_context(adapter: Option<&str>) -> Result<Arc<GpuContext>> {
+    match adapter {
+        Some(sel) => GpuContext::with_adapter(sel),
+        None => GpuContext::new(),
+    }
+}
+
+fn pick_device(arg: BackendArg, adapter: Option<&str>, quiet: bool) -> Result<Device> {
+    match (arg, adapter) {
+        (BackendArg::Cpu, Some(_)) => Err(Error::Invalid(
+            "--adapter picks a GPU; it cannot go with --backend cpu".into(),
+        )),
+        (BackendArg::Cpu, None) => Ok(Device::Cpu),
+        (BackendArg::Gpu, _) | (BackendArg::Auto, Some(_)) => {
+            Ok(Device::Gpu(gpu_context(adapter)?))
+        }
+        (BackendArg::Auto, None) => match GpuContext::new() {
             Ok(ctx) => Ok(Device::Gpu(ctx)),
             Err(e) => {
                 if !quiet {
@@ -319,7 +344,11 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Eval(m) => cmd_eval(m),
         Cmd::Predict { m, out } => cmd_predict(m, out),
-        Cmd::Example { backend, json } => cmd_example(backend, json),
+        Cmd::Example {
+            backend,
+            adapter,
+            json,
+        } => cmd_example(backend, adapter.as_deref(), json),
         Cmd::Devices { json } => cmd_devices(json),
     };
     match run {
@@ -535,7 +564,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 .unwrap_or_default(),
         ),
     };
-    let device = pick_device(a.backend, a.quiet)?;
+    let device = pick_device(a.backend, a.adapter.as_deref(), a.quiet)?;
     let capacity = cfg.batch.min(data.len()).max(1);
     match device {
         Device::Cpu => {
@@ -759,10 +788,11 @@ fn with_model<R>(
 ) -> Result<R> {
     let net = l.ckpt.params.network();
     let capacity = m.batch.min(l.data.len()).max(1);
-    let mut b: Box<dyn Backend<Scalar = f32>> = match pick_device(m.backend, quiet)? {
-        Device::Cpu => Box::new(CpuBackend::<f32>::fast(net, capacity, m.threads)?),
-        Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx, net, capacity)?),
-    };
+    let mut b: Box<dyn Backend<Scalar = f32>> =
+        match pick_device(m.backend, m.adapter.as_deref(), quiet)? {
+            Device::Cpu => Box::new(CpuBackend::<f32>::fast(net, capacity, m.threads)?),
+            Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx, net, capacity)?),
+        };
     b.set_params(&l.ckpt.params)?;
     f(b.as_mut())
 }
@@ -962,7 +992,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut rows: Vec<(BenchRow, shadertrain::network::Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.
     let gpu = if want(BenchBackend::Gpu) {
-        let ctx = GpuContext::new()?;
+        let ctx = gpu_context(a.adapter.as_deref())?;
         let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
         let options = GpuOptions {
             kernels: match a.kernels {
@@ -1098,9 +1128,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_example(arg: BackendArg, json: bool) -> Result<()> {
+fn cmd_example(arg: BackendArg, adapter: Option<&str>, json: bool) -> Result<()> {
     let net = example::network();
-    let report = match pick_device(arg, json)? {
+    let report = match pick_device(arg, adapter, json)? {
         Device::Cpu => example::run(&mut CpuBackend::<f64>::new(&net, 1)?, "cpu")?,
         Device::Gpu(ctx) => {
             let name = format!("gpu: {}", ctx.describe());

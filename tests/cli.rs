@@ -1435,3 +1435,39 @@ fn train_plots_png_and_svg() {
         &["--plot"],
     );
 }
+
+#[test]
+fn adapter_by_index_or_name() {
+    expect_error(
+        &["train", "--backend", "cpu", "--adapter", "0", "--quiet"],
+        &["--adapter", "--backend cpu"],
+    );
+    expect_error(
+        &["example", "--adapter", "99"],
+        &["--adapter", "no adapter 99"],
+    );
+    expect_error(
+        &["example", "--adapter", "no-such-gpu"],
+        &["--adapter", "no-such-gpu"],
+    );
+    if !gpu_or_skip("adapter_by_index_or_name") {
+        return;
+    }
+    let list: Value = run(&["devices", "--json"]).success().json();
+    let adapters = list.as_array().unwrap();
+    let (i, a) = adapters
+        .iter()
+        .enumerate()
+        .find(|(_, a)| a["compute"] == Value::Bool(true))
+        .unwrap();
+    let name = a["name"].as_str().unwrap();
+    for sel in [i.to_string(), name.to_uppercase()] {
+        let r = run(&["example", "--adapter", &sel, "--json"]).success();
+        check_example(&r.json(), 1e-6);
+        assert!(
+            r.json()["backend"].as_str().unwrap().contains(name),
+            "{}",
+            r.dump()
+        );
+    }
+}

@@ -137,6 +137,51 @@ fn choose_adapter() -> Result<wgpu::Adapter> {
     Ok(usable.swap_remove(0))
 }
 
+/// The adapter `sel` names: an index into [`list_adapters`]' order (what
+/// `shadertrain devices` prints), or a case-insensitive substring of its name
+/// (the best-ranked match wins). For `--adapter`.
+fn select_adapter(sel: &str) -> Result<wgpu::Adapter> {
+    let mut adapters = all_adapters();
+    let listing = adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let info = a.get_info();
+            format!("[{i}] {} ({:?})", info.name, info.backend)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let none = |why: String| Error::NoAdapter(format!("--adapter {sel:?}: {why}"));
+    let adapter = match sel.trim().parse::<usize>() {
+        Ok(i) if i < adapters.len() => adapters.swap_remove(i),
+        Ok(i) => {
+            return Err(none(format!(
+                "there is no adapter {i}; the adapters are: {}",
+                if listing.is_empty() { "none" } else { &listing }
+            )))
+        }
+        Err(_) => {
+            let want = sel.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            adapters.sort_by_key(|a| rank(&a.get_info(), false));
+            if adapters.is_empty() {
+                return Err(none(format!(
+                    "matches no adapter's name; the adapters are: {}",
+                    if listing.is_empty() { "none" } else { &listing }
+                )));
+            }
+            adapters.swap_remove(0)
+        }
+    };
+    if !supports_compute(&adapter) {
+        return Err(none(format!(
+            "{} lacks the compute shaders shadertrain needs",
+            adapter.get_info().name
+        )));
+    }
+    Ok(adapter)
+}
+
 /// The device, its queue and what we know about the adapter, made once and shared.
 pub struct GpuContext {
     /// The logical device.
@@ -156,6 +201,12 @@ impl GpuContext {
     pub fn new() -> Result<Arc<Self>> {
         let adapter = choose_adapter()?;
         Self::from_adapter(&adapter)
+    }
+
+    /// Open a device on the adapter `sel` names: an index as `shadertrain
+    /// devices` lists them, or a substring of the adapter's name.
+    pub fn with_adapter(sel: &str) -> Result<Arc<Self>> {
+        Self::from_adapter(&select_adapter(sel)?)
     }
 
     /// Open a device on a given adapter, asking for every limit it offers so
