@@ -81,6 +81,47 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// A set from row-major tables: `x (len, inputs)`, `y (len, outputs)`.
+    /// Refuses tables that are not whole rows, disagree on the count, or
+    /// hold NaN or infinity.
+    pub fn from_vecs(
+        name: &str,
+        (inputs, outputs): (usize, usize),
+        x: Vec<f32>,
+        y: Vec<f32>,
+        task: Task,
+    ) -> Result<Dataset> {
+        let bad = |msg: String| Error::Shape(format!("dataset '{name}': {msg}"));
+        if inputs == 0 || outputs == 0 {
+            return Err(bad("inputs and outputs must be at least 1 wide".into()));
+        }
+        if !x.len().is_multiple_of(inputs) || !y.len().is_multiple_of(outputs) {
+            return Err(bad(format!(
+                "{} inputs are not rows of {inputs}, or {} targets not rows of {outputs}",
+                x.len(),
+                y.len()
+            )));
+        }
+        if x.len() / inputs != y.len() / outputs {
+            return Err(bad(format!(
+                "{} input rows but {} target rows",
+                x.len() / inputs,
+                y.len() / outputs
+            )));
+        }
+        if let Some(i) = x.iter().chain(&y).position(|v| !v.is_finite()) {
+            return Err(bad(format!("value {i} is not finite")));
+        }
+        Ok(Dataset {
+            name: name.into(),
+            inputs,
+            outputs,
+            x,
+            y,
+            task,
+        })
+    }
+
     /// Two interleaved spirals in 2-D, `n_per_class` points each, seeded
     /// (`ChaCha8Rng::seed_from_u64`), one-hot targets width 2,
     /// `Classification { classes: 2 }`.

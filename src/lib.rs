@@ -24,5 +24,7 @@ pub mod idx;
 pub mod network;
 pub mod plot;
 pub mod train;
+pub mod trainer;
 
 pub use error::{Error, Result};
+pub use trainer::Trainer;
