@@ -36,7 +36,10 @@ use crate::error::{Error, Result};
 pub enum Task {
     /// Class labels: with `classes > 2` or outputs > 1 the targets are one-hot rows of width `classes`;
     /// with one output neuron (binary), the target is 0.0 or 1.0.
-    Classification { classes: usize },
+    Classification {
+        /// Number of classes.
+        classes: usize,
+    },
     /// Real-valued targets used as they are.
     Regression,
 }

@@ -12,18 +12,28 @@ pub enum Error {
     Invalid(String),
     /// A dataset as a whole is unusable (empty, wrong width, ...).
     #[error("{path}: {msg}")]
-    Data { path: String, msg: String },
+    Data {
+        /// The file (or dataset) at fault.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// One line of a data file is malformed.
     #[error("{path}: line {line}: {msg}")]
     DataLine {
+        /// The file.
         path: String,
+        /// The 1-based line.
         line: u64,
+        /// What is wrong with it.
         msg: String,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -12,6 +12,8 @@
 //! assert!(cpu.take_totals().unwrap().loss() > 0.0);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

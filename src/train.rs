@@ -72,8 +72,11 @@ pub struct EpochStats {
 pub enum Progress<'a> {
     /// A step was submitted (`step` of `steps` in the epoch).
     Step {
+        /// 1-based epoch.
         epoch: usize,
+        /// 1-based step within the epoch.
         step: usize,
+        /// Steps in the epoch.
         steps: usize,
     },
     /// An epoch finished.

@@ -1,0 +1,99 @@
+//! The library's front door, `Trainer`, on the CPU and on the GPU: training
+//! with validation, evaluation, prediction, and a checkpoint that the CLI and
+//! `Checkpoint::load` read back.
+
+mod common;
+
+use common::*;
+use shadertrain::checkpoint::Checkpoint;
+use shadertrain::cpu::CpuBackend;
+use shadertrain::data::{Dataset, Task};
+use shadertrain::gpu::GpuBackend;
+use shadertrain::network::Network;
+use shadertrain::Trainer;
+
+/// Three noisy clusters in 4-D, one-hot over 3 classes.
+fn clusters(n: usize, label: &str) -> Dataset {
+    let mut g = rng(label);
+    let noise = random(&mut g, n * 4, -0.3, 0.3);
+    let mut x = Vec::with_capacity(n * 4);
+    let mut y = vec![0.0; n * 3];
+    for i in 0..n {
+        let c = i % 3;
+        for k in 0..4 {
+            x.push(if k == c { 1.0 } else { 0.0 } + noise[i * 4 + k]);
+        }
+        y[i * 3 + c] = 1.0;
+    }
+    Dataset::from_vecs(
+        "clusters",
+        (4, 3),
+        x,
+        y,
+        Task::Classification { classes: 3 },
+    )
+    .unwrap()
+}
+
+fn exercise(mut t: Trainer, what: &str) {
+    let (train, val) = (clusters(300, "lib train"), clusters(90, "lib val"));
+    let mut seen = Vec::new();
+    let new = t
+        .fit_with(&train, Some(&val), |e| seen.push(e.epoch))
+        .unwrap();
+    assert_eq!(seen, (1..=15).collect::<Vec<_>>(), "{what}");
+    assert_eq!(new.len(), 15);
+    assert!(new[14].loss < new[0].loss, "{what}: the loss goes down");
+    assert!(new[14].val_accuracy.unwrap() > 0.9, "{what}: {:?}", new[14]);
+    let (totals, metric) = t.evaluate(&val).unwrap();
+    assert!(totals.accuracy(metric).unwrap() > 0.9, "{what}");
+    let out = t.predict(&val).unwrap();
+    assert_eq!(out.len(), 90 * 3);
+    // Going on to 20 epochs continues the run's history.
+    let mut t = t.epochs(20);
+    assert_eq!(t.fit(&train).unwrap().len(), 5);
+    assert_eq!(t.history().len(), 20);
+    let dir = std::env::temp_dir().join(format!("shadertrain-lib-{}-{what}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.safetensors");
+    t.save(&path).unwrap();
+    let c = Checkpoint::load(&path).unwrap();
+    assert_eq!(c.state.epoch, 20);
+    assert_eq!(c.state.history.len(), 20);
+    assert_eq!(c.params.data, t.backend().params().unwrap().data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn trainer_on_the_cpu() {
+    let net = Network::parse("4,12:tanh,3:softmax").unwrap();
+    exercise(
+        Trainer::cpu(&net, 16).unwrap().epochs(15).lr(0.5).seed(3),
+        "cpu",
+    );
+}
+
+#[test]
+fn trainer_on_the_gpu() {
+    let Some(ctx) = gpu_or_skip("trainer_on_the_gpu") else {
+        return;
+    };
+    let net = Network::parse("4,12:tanh,3:softmax").unwrap();
+    let t = Trainer::new(Box::new(GpuBackend::new(ctx, &net, 16).unwrap())).unwrap();
+    exercise(t.epochs(15).lr(0.5).seed(3), "gpu");
+}
+
+#[test]
+fn trainer_refuses_bad_settings_and_data() {
+    let net = Network::parse("4,5,3").unwrap();
+    let t = Trainer::new(Box::new(CpuBackend::<f32>::fast(&net, 8, 1).unwrap())).unwrap();
+    let mut bad = t.epochs(0);
+    assert!(bad.fit(&clusters(30, "x")).is_err(), "zero epochs");
+    let mut t = bad.epochs(2).lr(f32::NAN);
+    assert!(t.fit(&clusters(30, "x")).is_err(), "NaN learning rate");
+    let mut t = t.lr(0.1);
+    assert!(t.fit(&Dataset::xor()).is_err(), "data of another width");
+    assert!(Dataset::from_vecs("d", (2, 1), vec![1.0; 5], vec![0.0; 2], Task::Regression).is_err());
+    assert!(Dataset::from_vecs("d", (2, 1), vec![1.0; 4], vec![0.0; 3], Task::Regression).is_err());
+    assert!(Dataset::from_vecs("d", (1, 1), vec![f32::NAN], vec![0.0], Task::Regression).is_err());
+}
