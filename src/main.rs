@@ -76,8 +76,9 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// A built-in set (spirals, xor, example), a CSV file with a header row, or
-    /// a directory holding MNIST-format IDX files (train-images-idx3-ubyte[.gz], …).
+    /// A built-in set (spirals, xor, example), a CSV file with a header row,
+    /// a directory holding MNIST-format IDX files (train-images-idx3-ubyte[.gz], …),
+    /// or an IDX images file and its labels file as IMAGES,LABELS.
     #[arg(long, default_value = "spirals")]
     data: String,
     /// CSV target column (default: the last).
@@ -367,17 +368,23 @@ enum DataArg<'a> {
     Csv(&'a Path),
     /// A directory holding MNIST-format IDX files.
     Idx(&'a Path),
+    /// An IDX images file and its labels file, `IMAGES,LABELS`.
+    IdxFiles(&'a Path, &'a Path),
 }
 
 fn data_arg(data: &str) -> Result<DataArg<'_>> {
     match data {
         "spirals" | "xor" | "example" => Ok(DataArg::Builtin(data)),
         dir if Path::new(dir).is_dir() => Ok(DataArg::Idx(Path::new(dir))),
+        pair if pair.contains(',') && !pair.to_ascii_lowercase().ends_with(".csv") => {
+            let (images, labels) = pair.split_once(',').unwrap_or((pair, ""));
+            Ok(DataArg::IdxFiles(Path::new(images), Path::new(labels)))
+        }
         path if path.to_ascii_lowercase().ends_with(".csv") || Path::new(path).exists() => {
             Ok(DataArg::Csv(Path::new(path)))
         }
         other => Err(Error::Invalid(format!(
-            "--data: unknown dataset '{other}' (built-in: spirals, xor, example; or a .csv file, or a directory of MNIST IDX files)"
+            "--data: unknown dataset '{other}' (built-in: spirals, xor, example; a .csv file, a directory of MNIST IDX files, or IMAGES,LABELS IDX files)"
         ))),
     }
 }
@@ -453,6 +460,7 @@ fn load_data(
             let ((images, labels), _test) = shadertrain::idx::find_mnist(dir)?;
             Dataset::from_idx(&images, &labels, net_outputs)?
         }
+        DataArg::IdxFiles(images, labels) => Dataset::from_idx(images, labels, net_outputs)?,
     })
 }
 
@@ -460,8 +468,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let d = defaults(&a.data);
     let source = data_arg(&a.data)?;
     let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
-    if matches!(source, DataArg::Csv(_) | DataArg::Idx(_))
-        && a.layers.is_none()
+    if matches!(
+        source,
+        DataArg::Csv(_) | DataArg::Idx(_) | DataArg::IdxFiles(..)
+    ) && a.layers.is_none()
         && resumed.is_none()
     {
         return Err(Error::Invalid(

@@ -202,3 +202,46 @@ fn train_on_an_idx_directory() {
         .unwrap_or_else(|| panic!("no accuracy line in {stdout}"));
     assert!(acc > 95.0, "accuracy {acc}%\n{stdout}");
 }
+
+/// The two files named directly, `IMAGES,LABELS`, for training and for
+/// `--val`; a missing file is named in the error.
+#[test]
+fn train_on_named_idx_files() {
+    let d = Dir::new("pair");
+    let (img, lab) = mnist_like(200);
+    let i = d.write("imgs.gz", &img).to_string_lossy().into_owned();
+    let l = d.write("labs.gz", &lab).to_string_lossy().into_owned();
+    let (vi, vl) = mnist_like(40);
+    let vi = d.write("vimgs", &vi).to_string_lossy().into_owned();
+    let vl = d.write("vlabs", &vl).to_string_lossy().into_owned();
+    let run = |data: &str, val: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+            .args([
+                "train",
+                "--backend",
+                "cpu",
+                "--quiet",
+                "--layers",
+                "784,16:relu,4:softmax",
+            ])
+            .args([
+                "--epochs", "5", "--batch", "16", "--lr", "0.2", "--data", data, "--val", val,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run(&format!("{i},{l}"), &format!("{vi},{vl}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("validation accuracy: 100.00%"), "{stdout}");
+    let out = run(
+        &format!("{i},{}", d.0.join("nope").display()),
+        &format!("{vi},{vl}"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope"), "{err}");
+}
