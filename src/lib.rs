@@ -22,6 +22,7 @@ pub mod example;
 pub mod gpu;
 pub mod idx;
 pub mod network;
+pub mod optim;
 pub mod train;
 
 pub use error::{Error, Result};
