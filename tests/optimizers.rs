@@ -391,3 +391,56 @@ fn adam_learns_mnist_shaped_classes() {
         learns(&mut GpuBackend::new(ctx, &net, 32).unwrap());
     }
 }
+
+/// `forward`, `backward`, `update` called one by one give what `step` gives,
+/// and a profiled GPU step names the update kernel.
+#[test]
+fn separate_calls_match_step() {
+    let net = Network::parse(NET).unwrap();
+    fn check(
+        net: &Network,
+        label: &str,
+        a: &mut dyn Backend<Scalar = f32>,
+        b: &mut dyn Backend<Scalar = f32>,
+    ) {
+        a.set_optimizer(&ADAM).unwrap();
+        b.set_optimizer(&ADAM).unwrap();
+        a.set_params(&net.init(8)).unwrap();
+        b.set_params(&net.init(8)).unwrap();
+        for s in 0..4 {
+            let (x, y) = batch_for(net, 11, &format!("separate {s}"));
+            a.load_batch(&x, &y).unwrap();
+            b.load_batch(&x, &y).unwrap();
+            a.step(0.01).unwrap();
+            b.forward().unwrap();
+            b.backward().unwrap();
+            b.update(0.01).unwrap();
+        }
+        let (pa, pb) = (a.params().unwrap(), b.params().unwrap());
+        assert_close(
+            &format!("{label} params"),
+            &pa.data,
+            &f64s(&pb.data),
+            1e-6,
+            1e-5,
+        );
+        assert_eq!(a.optimizer_state().unwrap().0, 4, "{label}: t");
+        assert_eq!(b.optimizer_state().unwrap().0, 4, "{label}: t");
+    }
+    let fast = || CpuBackend::<f32>::fast(&net, 11, 2).unwrap();
+    check(&net, "fast cpu", &mut fast(), &mut fast());
+    let Some(ctx) = gpu_or_skip("separate_calls_match_step") else {
+        return;
+    };
+    let gpu = || GpuBackend::with_kernel_set(ctx.clone(), &net, 11, KernelSet::Tiled).unwrap();
+    check(&net, "gpu tiled", &mut gpu(), &mut gpu());
+    let mut g = gpu();
+    g.set_optimizer(&ADAM).unwrap();
+    let (x, y) = batch_for(&net, 11, "profile");
+    g.load_batch(&x, &y).unwrap();
+    if let Some(times) = g.profile_step(0.01).unwrap() {
+        let names: Vec<&str> = times.iter().map(|(l, _)| l.as_str()).collect();
+        assert!(names.contains(&"adam_update"), "{names:?}");
+        assert!(names.contains(&"gradient_dense_tiled layer 0"), "{names:?}");
+    }
+}

@@ -10,6 +10,14 @@
 //! activation and the network's loss travel in its `Dims`; a softmax output
 //! adds one row-wise `softmax_forward` dispatch after the last product.
 //!
+//! Other optimizers ([`crate::optim`], chosen by [`Backend::set_optimizer`])
+//! store the gradients instead (the tiled pass without the fused update, or
+//! the simple gradient kernels) and add one `momentum_update` or
+//! `adam_update` dispatch over the whole flat buffer, in the same submission.
+//! Their state lives in one buffer, `v (P)` or `m (P)` then `v (P)`; the
+//! update count `t` stays on the host, which writes the bias corrections
+//! `1 − β^t` into the update's uniform before each step.
+//!
 //! Batches larger than one storage binding holds (or than
 //! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each chunk is
 //! uploaded and submitted in turn, its gradients added into `grads`, and one
@@ -56,7 +64,7 @@ pub enum KernelSet {
     /// One invocation per output element: the GPU reference twins.
     Simple,
     /// Tiled products, the parallel loss fused with the output delta, and in
-    /// `step` the SGD update fused into the gradient pass.
+    /// `step` the plain SGD update fused into the gradient pass.
     Tiled,
 }
 
@@ -208,9 +216,9 @@ struct Profile {
 
 /// [`Backend`] on a wgpu device, in f32.
 ///
-/// With [`KernelSet::Tiled`] (the default), `step` on a batch that fits one
-/// micro-batch applies the update inside the gradient pass and leaves `grads`
-/// alone: `read_gradients` returns the gradients of the last `backward`.
+/// With [`KernelSet::Tiled`] (the default) and plain SGD, `step` on a batch
+/// that fits one micro-batch applies the update inside the gradient pass and
+/// leaves `grads` alone: `read_gradients` returns the gradients of the last `backward`.
 /// Activations and deltas of a batch split into micro-batches are not kept.
 pub struct GpuBackend {
     ctx: Arc<GpuContext>,
@@ -647,8 +655,8 @@ impl GpuBackend {
     }
 
     /// The stages of a step: tiled and in one submission, the update fused
-    /// into the gradient pass (plain SGD) or run after it (other optimizers); split into micro-batches, the gradients
-    /// accumulated then one update.
+    /// into the gradient pass (plain SGD) or run after it (other optimizers);
+    /// split into micro-batches, the gradients accumulated then one update.
     fn step_stages(&self) -> Vec<Stage> {
         let forward = Stage::Forward { loss: true };
         let backward = |fused| Stage::Backward {
@@ -1172,8 +1180,9 @@ impl Backend for GpuBackend {
     }
 
     /// Tiled: forward with the output delta and loss fused, then the deltas
-    /// with each layer's update fused into its gradient pass; one submission
-    /// (one per micro-batch, then the update, for a split batch).
+    /// with each layer's update fused into its gradient pass (other
+    /// optimizers: the gradients, then their update); one submission (one per
+    /// micro-batch, then the update, for a split batch).
     fn step(&mut self, lr: f32) -> Result<()> {
         self.need_batch()?;
         self.prepare_update(lr);
