@@ -9,6 +9,7 @@
 
 use crate::data::Task;
 use crate::network::{Loss, Network, Params, Real};
+use crate::optim::Optimizer;
 use crate::Result;
 
 /// How a forward pass scores its predictions, besides the loss.
@@ -65,7 +66,8 @@ impl Totals {
     }
 }
 
-/// A device that trains a [`Network`] with mini-batch SGD.
+/// A device that trains a [`Network`] with mini-batch gradient descent and
+/// an [`Optimizer`] (plain SGD unless [`Backend::set_optimizer`] says otherwise).
 ///
 /// Layer indices: activations `0..=L` (0 is the input batch), deltas `1..=L`,
 /// where `L = network.layers().len()`.
@@ -101,8 +103,21 @@ pub trait Backend {
     /// from the weights as they were before any update.
     fn backward(&mut self) -> Result<()>;
 
-    /// SGD: `p −= lr · ∂L/∂p` for every weight and bias.
+    /// The optimizer's update of every weight and bias from the gradients
+    /// (plain SGD: `p −= lr · ∂L/∂p`); counts one update.
     fn update(&mut self, lr: f32) -> Result<()>;
+
+    /// Train with `opt` from now on; its state starts at zero and the update
+    /// count `t` at 0. An invalid `opt` is an error ([`Optimizer::validate`]).
+    fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()>;
+
+    /// The update count `t` and the optimizer's state, in the parameter
+    /// layout: nothing for SGD, `v (P)` for momentum, `m (P)` then `v (P)` for Adam.
+    fn optimizer_state(&mut self) -> Result<(u64, Vec<Self::Scalar>)>;
+
+    /// Restore what [`Backend::optimizer_state`] returned, for the optimizer
+    /// now set; a state of the wrong length is an error.
+    fn set_optimizer_state(&mut self, t: u64, state: &[Self::Scalar]) -> Result<()>;
 
     /// One training step on the staged batch.
     fn step(&mut self, lr: f32) -> Result<()> {

@@ -18,6 +18,7 @@ mod fast;
 
 use crate::backend::{Backend, Metric, Totals};
 use crate::network::{Activation, Loss, Network, Params, Real, CE_CLAMP};
+use crate::optim::{check_state_len, Optimizer, OptimizerKind, UpdateTerms};
 use crate::{Error, Result};
 
 /// `σ(z) = 1 / (1 + e^−z)`.
@@ -202,6 +203,45 @@ pub fn sgd_update<T: Real>(params: &mut [T], grads: &[T], lr: T) {
     }
 }
 
+/// Momentum over the whole flat buffer (twin of `momentum_update` in
+/// optim.wgsl), with L2 decay `λ = decay[i]` added to the gradient:
+/// `g ← g + λ·p`, `v ← μ·v + g`, `p ← p − lr·v`.
+// params, grads, velocity, decay: (param_count)
+pub fn momentum_update<T: Real>(
+    params: &mut [T],
+    grads: &[T],
+    velocity: &mut [T],
+    decay: &[T],
+    h: &UpdateTerms<T>,
+) {
+    for (((p, &g), v), &wd) in params.iter_mut().zip(grads).zip(velocity).zip(decay) {
+        let g = g + wd * *p;
+        *v = h.momentum * *v + g;
+        *p = *p - h.lr * *v;
+    }
+}
+
+/// Adam over the whole flat buffer (twin of `adam_update` in optim.wgsl),
+/// with decoupled decay `λ = decay[i]`: `m ← β1·m + (1 − β1)·g`,
+/// `v ← β2·v + (1 − β2)·g²`, `p ← p − lr·((m / bc1) / (√(v / bc2) + ε) + λ·p)`.
+// params, grads, decay: (param_count); state: m (param_count) then v (param_count)
+pub fn adam_update<T: Real>(
+    params: &mut [T],
+    grads: &[T],
+    state: &mut [T],
+    decay: &[T],
+    h: &UpdateTerms<T>,
+) {
+    let (m, v) = state.split_at_mut(params.len());
+    let (c1, c2) = (T::one() - h.beta1, T::one() - h.beta2);
+    for ((((p, &g), m), v), &wd) in params.iter_mut().zip(grads).zip(m).zip(v).zip(decay) {
+        *m = h.beta1 * *m + c1 * g;
+        *v = h.beta2 * *v + c2 * (g * g);
+        let step = (*m / h.bc1) / ((*v / h.bc2).sqrt() + h.eps);
+        *p = *p - h.lr * (step + wd * *p);
+    }
+}
+
 /// Loss and score of one batch: returns `(Σ_s Σ_k loss_term(a, y), correct)`.
 // a, y: (batch, n)
 pub fn loss_reduce<T: Real>(
@@ -266,6 +306,13 @@ pub struct CpuBackend<T: Real = f32> {
     pool: Option<rayon::ThreadPool>,
     /// Fast path scratch: per-sample loss and score, (capacity).
     row_loss: Vec<(T, bool)>,
+    optim: Optimizer,
+    /// Updates applied since the optimizer was set.
+    t: u64,
+    /// The optimizer's state (`Optimizer::state_len`); for SGD with decay, (P) scratch.
+    state: Vec<T>,
+    /// Per-parameter decay, (P) (`Optimizer::decay`); empty for plain SGD.
+    decay: Vec<T>,
 }
 
 impl<T: Real> CpuBackend<T> {
@@ -288,6 +335,10 @@ impl<T: Real> CpuBackend<T> {
             totals: Totals::default(),
             pool: None,
             row_loss: Vec::new(),
+            optim: Optimizer::default(),
+            t: 0,
+            state: Vec::new(),
+            decay: Vec::new(),
         })
     }
 
@@ -315,6 +366,18 @@ impl<T: Real> CpuBackend<T> {
             return Err(Error::Invalid("no batch loaded".into()));
         }
         Ok(())
+    }
+
+    /// The optimizer's update of every parameter from `grads`, counted in `t`.
+    fn apply_update(&mut self, lr: f32) {
+        self.t += 1;
+        let h = self.optim.terms::<T>(lr, self.t);
+        let (p, g) = (&mut self.params.data, &self.grads.data);
+        match self.optim.update_kernel() {
+            None => sgd_update(p, g, h.lr),
+            Some(OptimizerKind::Adam) => adam_update(p, g, &mut self.state, &self.decay, &h),
+            Some(_) => momentum_update(p, g, &mut self.state, &self.decay, &h),
+        }
     }
 }
 
@@ -445,15 +508,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn backward(&mut self) -> Result<()> {
         self.need_batch()?;
         if self.pool.is_some() {
-            self.on_pool(|s, n| {
-                s.fast_delta_output(n);
-                for l in (1..s.net.layers().len()).rev() {
-                    s.fast_delta_hidden(l, n);
-                }
-                for l in 0..s.net.layers().len() {
-                    s.fast_gradient(l, n);
-                }
-            });
+            self.on_pool(|s, n| s.fast_deltas_and_gradients(true, n));
             return Ok(());
         }
         let b = self.batch;
@@ -498,8 +553,37 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn update(&mut self, lr: f32) -> Result<()> {
-        let lr = T::from(lr).unwrap_or_else(T::nan);
-        sgd_update(&mut self.params.data, &self.grads.data, lr);
+        self.apply_update(lr);
+        Ok(())
+    }
+
+    fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
+        opt.validate()?;
+        let p = self.net.param_count();
+        self.optim = *opt;
+        self.t = 0;
+        let (state, decay) = match opt.update_kernel() {
+            None => (0, false),
+            Some(_) => (opt.state_len(p).max(p), true),
+        };
+        self.state = vec![T::zero(); state];
+        self.decay = if decay {
+            opt.decay(&self.net)
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    fn optimizer_state(&mut self) -> Result<(u64, Vec<T>)> {
+        let n = self.optim.state_len(self.net.param_count());
+        Ok((self.t, self.state[..n].to_vec()))
+    }
+
+    fn set_optimizer_state(&mut self, t: u64, state: &[T]) -> Result<()> {
+        check_state_len(&self.optim, self.net.param_count(), state.len())?;
+        self.state[..state.len()].copy_from_slice(state);
+        self.t = t;
         Ok(())
     }
 
@@ -510,6 +594,17 @@ impl<T: Real> Backend for CpuBackend<T> {
             return self.update(lr);
         }
         self.need_batch()?;
+        if !self.optim.is_plain_sgd() {
+            // Gradients into grads by the fast backward, then one update loop.
+            self.on_pool(|s, n| {
+                s.fast_forward_layers(n);
+                s.fast_loss(true, n);
+                s.fast_deltas_and_gradients(false, n);
+            });
+            self.apply_update(lr);
+            return Ok(());
+        }
+        self.t += 1;
         let lr = T::from(lr).unwrap_or_else(T::nan);
         self.on_pool(|s, n| {
             s.fast_forward_layers(n);

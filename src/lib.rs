@@ -24,6 +24,7 @@ pub mod example;
 pub mod gpu;
 pub mod idx;
 pub mod network;
+pub mod optim;
 pub mod plot;
 pub mod train;
 pub mod trainer;

@@ -7,10 +7,8 @@
 mod common;
 
 use common::*;
-use rand::Rng;
 use shadertrain::backend::{Backend, Metric};
 use shadertrain::cpu::CpuBackend;
-use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Activation, Loss, Network, Params};
 use shadertrain::train::{evaluate, train, TrainConfig};
@@ -132,33 +130,7 @@ fn softmax_output_and_cross_entropy_loss() {
 /// 10:softmax` with cross-entropy and SGD on the fast CPU path learns them.
 #[test]
 fn relu_softmax_learns_mnist_shaped_classes() {
-    let (classes, per_class, pixels) = (10, 40, 784);
-    let mut g = rng("mnist-shaped");
-    let protos: Vec<Vec<f32>> = (0..classes)
-        .map(|_| (0..pixels).map(|_| g.random_range(0.0..1.0)).collect())
-        .collect();
-    let make = |g: &mut rand_chacha::ChaCha8Rng, n: usize| {
-        let mut x = Vec::with_capacity(n * pixels);
-        let mut y = vec![0.0f32; n * classes];
-        for s in 0..n {
-            let c = s % classes;
-            x.extend(protos[c].iter().map(|&p| {
-                let v: f32 = p + g.random_range(-0.6..0.6);
-                v.clamp(0.0, 1.0)
-            }));
-            y[s * classes + c] = 1.0;
-        }
-        Dataset {
-            name: "mnist-shaped".into(),
-            inputs: pixels,
-            outputs: classes,
-            x,
-            y,
-            task: Task::Classification { classes },
-        }
-    };
-    let train_set = make(&mut g, classes * per_class);
-    let test_set = make(&mut g, 200);
+    let (train_set, test_set) = mnist_shaped("mnist-shaped");
     let net = Network::parse("784,128:relu,10:softmax").unwrap();
     let mut cpu = CpuBackend::<f32>::fast(&net, 32, 2).unwrap();
     cpu.set_params(&net.init(4)).unwrap();

@@ -8,6 +8,10 @@
 //! the gradient never goes through memory. It runs top-down and computes the
 //! delta below a layer (from the old `W`) before that layer's update.
 //!
+//! Other optimizers store the gradients (the same gemm into `grads`) and
+//! then run their update over the flat buffer in one loop
+//! ([`super::momentum_update`], [`super::adam_update`]), which vectorises.
+//!
 //! Results do not depend on timing: gemm splits the output among threads, never
 //! the reduction, and loss sums run in sample order.
 //!
@@ -308,6 +312,21 @@ impl<T: Real> CpuBackend<T> {
                 }
             });
         });
+    }
+
+    /// Every layer's deltas from the top down (the output delta too with
+    /// `delta_output`, else `fast_loss` wrote it) and then their gradients
+    /// into `grads`, for `backward` and for a step with a stateful optimizer.
+    pub(super) fn fast_deltas_and_gradients(&mut self, delta_output: bool, threads: usize) {
+        if delta_output {
+            self.fast_delta_output(threads);
+        }
+        for l in (1..self.net.layers().len()).rev() {
+            self.fast_delta_hidden(l, threads);
+        }
+        for l in 0..self.net.layers().len() {
+            self.fast_gradient(l, threads);
+        }
     }
 
     /// Gradients of layer `l`, averaged over the batch, into `grads`.

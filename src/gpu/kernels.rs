@@ -54,6 +54,45 @@ pub struct SgdUniform {
     pub accumulate: u32,
 }
 
+/// One optimizer update's terms ([`crate::optim::UpdateTerms`] in f32),
+/// mirrored by `struct Optim` in `shaders/optim.wgsl`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct OptimUniform {
+    /// Parameters to update.
+    pub count: u32,
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// Momentum `μ`.
+    pub momentum: f32,
+    /// Adam's `β1`.
+    pub beta1: f32,
+    /// Adam's `β2`.
+    pub beta2: f32,
+    /// Adam's `ε`.
+    pub eps: f32,
+    /// `1 − β1^t`.
+    pub bc1: f32,
+    /// `1 − β2^t`.
+    pub bc2: f32,
+}
+
+impl OptimUniform {
+    /// The uniform for `count` parameters and these terms.
+    pub fn new(count: usize, h: &crate::optim::UpdateTerms<f32>) -> Self {
+        OptimUniform {
+            count: count as u32,
+            lr: h.lr,
+            momentum: h.momentum,
+            beta1: h.beta1,
+            beta2: h.beta2,
+            eps: h.eps,
+            bc1: h.bc1,
+            bc2: h.bc2,
+        }
+    }
+}
+
 /// The running loss totals, mirrored by `struct Acc` in `shaders/loss.wgsl`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
@@ -186,6 +225,27 @@ pub const SGD_UPDATE: KernelSpec = KernelSpec {
     ],
     kind: KernelKind::ElementWise,
 };
+/// `v = μ·v + g + λ·p`, `p −= lr·v` over every parameter: hyper, params,
+/// grads, decay, state `v (P)`.
+pub const MOMENTUM_UPDATE: KernelSpec = KernelSpec {
+    entry: "momentum_update",
+    file: "optim.wgsl",
+    source: shader!("optim.wgsl"),
+    bindings: &[
+        Slot::Uniform(std::mem::size_of::<OptimUniform>() as u64),
+        Slot::ReadWrite,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+    ],
+    kind: KernelKind::ElementWise,
+};
+/// Adam with bias correction and decoupled decay over every parameter:
+/// hyper, params, grads, decay, state `m (P)` then `v (P)`.
+pub const ADAM_UPDATE: KernelSpec = KernelSpec {
+    entry: "adam_update",
+    ..MOMENTUM_UPDATE
+};
 /// Batch loss and score added to the totals: dims, a, y, acc.
 pub const LOSS_REDUCE: KernelSpec = KernelSpec {
     entry: "loss_reduce",
@@ -282,6 +342,8 @@ pub const ALL: &[KernelSpec] = &[
     GRADIENT_WEIGHTS,
     GRADIENT_BIAS,
     SGD_UPDATE,
+    MOMENTUM_UPDATE,
+    ADAM_UPDATE,
     LOSS_REDUCE,
     FORWARD_DENSE_TILED,
     DELTA_HIDDEN_TILED,
@@ -549,6 +611,10 @@ pub struct Kernels {
     pub gradient_bias: Kernel,
     /// See [`SGD_UPDATE`].
     pub sgd_update: Kernel,
+    /// See [`MOMENTUM_UPDATE`].
+    pub momentum_update: Kernel,
+    /// See [`ADAM_UPDATE`] (the same layout as `momentum_update`).
+    pub adam_update: Kernel,
     /// See [`LOSS_REDUCE`].
     pub loss_reduce: Kernel,
 }
@@ -557,7 +623,16 @@ impl Kernels {
     /// Compile every simple kernel on `device`.
     pub fn new(device: &wgpu::Device) -> Kernels {
         let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
+        let momentum_update = k(MOMENTUM_UPDATE);
+        let adam_update = Kernel::with_layout(
+            device,
+            ADAM_UPDATE,
+            &TileConfig::SMALL,
+            momentum_update.layout.clone(),
+        );
         Kernels {
+            momentum_update,
+            adam_update,
             forward_dense: k(FORWARD_DENSE),
             softmax_forward: k(SOFTMAX_FORWARD),
             delta_output: k(DELTA_OUTPUT),

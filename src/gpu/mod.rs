@@ -10,6 +10,6 @@ pub mod runner;
 pub mod trainer;
 
 pub use context::{list_adapters, AdapterSummary, GpuContext};
-pub use kernels::{Acc, Dims, SgdUniform, TileConfig};
+pub use kernels::{Acc, Dims, OptimUniform, SgdUniform, TileConfig};
 pub use runner::KernelRunner;
 pub use trainer::{micro_batch_rows, GpuBackend, GpuOptions, KernelSet};

@@ -9,12 +9,13 @@
 
 use super::context::GpuContext;
 use super::kernels::{
-    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Grid, Kernel, Kernels, SgdUniform,
-    TileConfig, TiledKernels,
+    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Grid, Kernel, Kernels,
+    OptimUniform, SgdUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::Metric;
 use crate::network::{Activation, Loss};
+use crate::optim::{OptimizerKind, UpdateTerms};
 use crate::{Error, Result};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
@@ -466,6 +467,41 @@ impl KernelRunner {
             0,
             params.len(),
         )
+    }
+
+    /// `momentum_update` or `adam_update` (`kind`), GPU twin of
+    /// [`crate::cpu::momentum_update`] and [`crate::cpu::adam_update`]:
+    /// returns the updated parameters and state (momentum `v (P)`, Adam `m`
+    /// then `v`, `2P`).
+    pub fn optimizer_update(
+        &self,
+        kind: OptimizerKind,
+        params: &[f32],
+        grads: &[f32],
+        state: &[f32],
+        decay: &[f32],
+        h: &UpdateTerms<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let kernel = match kind {
+            OptimizerKind::Adam => &self.kernels.adam_update,
+            OptimizerKind::Momentum => &self.kernels.momentum_update,
+            OptimizerKind::Sgd => {
+                return Err(Error::Invalid(
+                    "SGD's kernel is sgd_update; with decay it is momentum_update".into(),
+                ))
+            }
+        };
+        let n = params.len();
+        let (p, st) = (self.storage(params), self.storage(state));
+        let bufs = [
+            &self.uniform(bytemuck::bytes_of(&OptimUniform::new(n, h))),
+            &p,
+            &self.storage(grads),
+            &self.storage(decay),
+            &st,
+        ];
+        let out = self.run(&[(kernel, &bufs, self.grid_1d(n)?)], &p, 0, n)?;
+        Ok((out, readback::read(&self.ctx, &st, 0, state.len())?))
     }
 
     /// The running totals, starting at `start`, as a storage buffer.

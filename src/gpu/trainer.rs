@@ -10,6 +10,14 @@
 //! activation and the network's loss travel in its `Dims`; a softmax output
 //! adds one row-wise `softmax_forward` dispatch after the last product.
 //!
+//! Other optimizers ([`crate::optim`], chosen by [`Backend::set_optimizer`])
+//! store the gradients instead (the tiled pass without the fused update, or
+//! the simple gradient kernels) and add one `momentum_update` or
+//! `adam_update` dispatch over the whole flat buffer, in the same submission.
+//! Their state lives in one buffer, `v (P)` or `m (P)` then `v (P)`; the
+//! update count `t` stays on the host, which writes the bias corrections
+//! `1 − β^t` into the update's uniform before each step.
+//!
 //! Batches larger than one storage binding holds (or than
 //! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each chunk is
 //! uploaded and submitted in turn, its gradients added into `grads`, and one
@@ -32,12 +40,13 @@
 use super::context::GpuContext;
 use super::kernels::{
     dispatch, grid, grid_1d, grid_tiled, k_splits, loss_groups, Acc, Dims, Grid, Kernel, Kernels,
-    SgdUniform, TileConfig, TiledKernels,
+    OptimUniform, SgdUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::{Backend, Metric, Totals};
 use crate::cpu::{check_batch, check_layer};
 use crate::network::{Activation, Network, Params};
+use crate::optim::{check_state_len, Optimizer};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,7 +64,7 @@ pub enum KernelSet {
     /// One invocation per output element: the GPU reference twins.
     Simple,
     /// Tiled products, the parallel loss fused with the output delta, and in
-    /// `step` the SGD update fused into the gradient pass.
+    /// `step` the plain SGD update fused into the gradient pass.
     Tiled,
 }
 
@@ -154,6 +163,19 @@ struct LayerGroups {
     gradient: wgpu::BindGroup,
 }
 
+/// What `momentum_update` or `adam_update` binds besides params and grads.
+struct UpdateBuffers {
+    /// Adam (else momentum).
+    adam: bool,
+    /// OptimUniform.
+    hyper: wgpu::Buffer,
+    /// Per-parameter decay, (P); held beside the group that binds it.
+    _decay: wgpu::Buffer,
+    /// Momentum `v (P)`, Adam `m (P)` then `v (P)`.
+    state: wgpu::Buffer,
+    group: wgpu::BindGroup,
+}
+
 /// The parts of a step, as recorded into command encoders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -164,7 +186,7 @@ enum Stage {
     /// the output delta, and the gradients: into grads, or with `fused`
     /// applied to the parameters at once (tiled).
     Backward { delta_output: bool, fused: bool },
-    /// `p −= lr·g` over every parameter.
+    /// The optimizer's update of every parameter from grads.
     Update,
 }
 
@@ -194,9 +216,9 @@ struct Profile {
 
 /// [`Backend`] on a wgpu device, in f32.
 ///
-/// With [`KernelSet::Tiled`] (the default), `step` on a batch that fits one
-/// micro-batch applies the update inside the gradient pass and leaves `grads`
-/// alone: `read_gradients` returns the gradients of the last `backward`.
+/// With [`KernelSet::Tiled`] (the default) and plain SGD, `step` on a batch
+/// that fits one micro-batch applies the update inside the gradient pass and
+/// leaves `grads` alone: `read_gradients` returns the gradients of the last `backward`.
 /// Activations and deltas of a batch split into micro-batches are not kept.
 pub struct GpuBackend {
     ctx: Arc<GpuContext>,
@@ -239,6 +261,11 @@ pub struct GpuBackend {
     /// Tiled only: loss_finish.
     loss_finish: Option<wgpu::BindGroup>,
     sgd_group: wgpu::BindGroup,
+    optim: Optimizer,
+    /// Updates applied since the optimizer was set.
+    t: u64,
+    /// The buffers of a stateful update; `None` for plain SGD.
+    update: Option<UpdateBuffers>,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
     /// Submissions not yet known to be finished, oldest first.
@@ -290,23 +317,8 @@ impl GpuBackend {
             .limits
             .max_storage_buffer_binding_size
             .min(ctx.limits.max_buffer_size);
-        let storage = |label: &str,
-                       floats: usize,
-                       extra: wgpu::BufferUsages|
-         -> Result<wgpu::Buffer> {
-            let bytes = (floats.max(1) * 4) as u64;
-            if bytes > limit {
-                return Err(Error::Gpu(format!(
-                    "{label} needs {bytes} bytes, over this device's limit of {limit} (max_storage_buffer_binding_size / max_buffer_size); use smaller layers"
-                )));
-            }
-            Ok(dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra,
-                mapped_at_creation: false,
-            }))
-        };
+        let storage =
+            |label: &str, floats: usize, extra| storage_buffer(&ctx, label, floats, extra);
         let copy_dst = wgpu::BufferUsages::COPY_DST;
         let none = wgpu::BufferUsages::empty();
         let params = storage("params", net.param_count(), copy_dst)?;
@@ -471,6 +483,9 @@ impl GpuBackend {
             loss,
             loss_finish,
             sgd_group,
+            optim: Optimizer::default(),
+            t: 0,
+            update: None,
             pending: None,
             in_flight: VecDeque::new(),
         };
@@ -535,7 +550,7 @@ impl GpuBackend {
                 self.batch, self.chunk
             )));
         }
-        self.write_lr(lr);
+        self.prepare_update(lr);
         let stages = self.step_stages();
         let mut count = 0u32;
         for &stage in &stages {
@@ -625,9 +640,23 @@ impl GpuBackend {
         }
     }
 
+    /// Count one update and write what it reads: the SGD learning rate, or
+    /// the optimizer's terms for update `t`.
+    fn prepare_update(&mut self, lr: f32) {
+        self.t += 1;
+        self.write_lr(lr);
+        if let Some(u) = &self.update {
+            let h = self.optim.terms::<f32>(lr, self.t);
+            let uniform = OptimUniform::new(self.net.param_count(), &h);
+            self.ctx
+                .queue
+                .write_buffer(&u.hyper, 0, bytemuck::bytes_of(&uniform));
+        }
+    }
+
     /// The stages of a step: tiled and in one submission, the update fused
-    /// into the gradient pass; split into micro-batches, the gradients
-    /// accumulated then one update.
+    /// into the gradient pass (plain SGD) or run after it (other optimizers);
+    /// split into micro-batches, the gradients accumulated then one update.
     fn step_stages(&self) -> Vec<Stage> {
         let forward = Stage::Forward { loss: true };
         let backward = |fused| Stage::Backward {
@@ -643,7 +672,8 @@ impl GpuBackend {
                 },
                 Stage::Update,
             ],
-            (Some(_), None) => vec![forward, backward(true)],
+            (Some(_), None) if self.update.is_none() => vec![forward, backward(true)],
+            (Some(_), None) => vec![forward, backward(false), Stage::Update],
             (Some(_), Some(_)) => vec![forward, backward(false)],
         }
     }
@@ -668,12 +698,14 @@ impl GpuBackend {
         };
         let rows_by = |n: usize| self.rows * n;
         match (stage, &self.tiled) {
-            (Stage::Update, _) => f(one(
-                &simple.sgd_update,
-                &self.sgd_group,
-                self.net.param_count(),
-                None,
-            )?)?,
+            (Stage::Update, _) => {
+                let (kernel, group) = match &self.update {
+                    None => (&simple.sgd_update, &self.sgd_group),
+                    Some(u) if u.adam => (&simple.adam_update, &u.group),
+                    Some(u) => (&simple.momentum_update, &u.group),
+                };
+                f(one(kernel, group, self.net.param_count(), None)?)?
+            }
             (Stage::Forward { loss }, None) => {
                 for (l, ly) in layers.iter().enumerate() {
                     let g = &self.groups[l].forward;
@@ -926,6 +958,10 @@ impl GpuBackend {
             Which::Grads => &self.grads,
             Which::Act(l) => &self.acts[l],
             Which::Delta(l) => &self.deltas[l],
+            Which::State => match &self.update {
+                Some(u) => &u.state,
+                None => return Ok(Vec::new()),
+            },
         };
         let out = readback::read(&self.ctx, buf, 0, count);
         // A read waits for every submission.
@@ -940,6 +976,33 @@ enum Which {
     Grads,
     Act(usize),
     Delta(usize),
+    State,
+}
+
+/// A storage buffer of `floats` f32 (at least one), also a copy source and
+/// `extra`; an error where it exceeds the device's binding or buffer limit.
+fn storage_buffer(
+    ctx: &GpuContext,
+    label: &str,
+    floats: usize,
+    extra: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    let limit = ctx
+        .limits
+        .max_storage_buffer_binding_size
+        .min(ctx.limits.max_buffer_size);
+    let bytes = (floats.max(1) * 4) as u64;
+    if bytes > limit {
+        return Err(Error::Gpu(format!(
+            "{label} needs {bytes} bytes, over this device's limit of {limit} (max_storage_buffer_binding_size / max_buffer_size); use smaller layers"
+        )));
+    }
+    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra,
+        mapped_at_creation: false,
+    }))
 }
 
 /// Dims of dense layer `l` for `rows` samples and `splits` K slices of its gradient.
@@ -1049,17 +1112,80 @@ impl Backend for GpuBackend {
     }
 
     fn update(&mut self, lr: f32) -> Result<()> {
-        self.write_lr(lr);
+        self.prepare_update(lr);
         self.record(Stage::Update)?;
         self.flush()
     }
 
+    fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
+        opt.validate()?;
+        // Recorded work runs with the old buffers.
+        self.flush()?;
+        let p = self.net.param_count();
+        self.update = match opt.update_kernel() {
+            None => None,
+            Some(kind) => {
+                let ctx = &self.ctx;
+                let copy_dst = wgpu::BufferUsages::COPY_DST;
+                // SGD with decay keeps a (P) scratch v that it never reads
+                // back. New buffers start at zero (wgpu clears them).
+                let floats = opt.state_len(p).max(p);
+                let state = storage_buffer(ctx, "optimizer state", floats, copy_dst)?;
+                let decay = storage_buffer(ctx, "decay", p, copy_dst)?;
+                let d = opt.decay::<f32>(&self.net);
+                ctx.queue.write_buffer(&decay, 0, bytemuck::cast_slice(&d));
+                let hyper = ctx
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("optim"),
+                        contents: bytemuck::bytes_of(&OptimUniform::default()),
+                        usage: wgpu::BufferUsages::UNIFORM | copy_dst,
+                    });
+                let group = self.kernels.momentum_update.bind(
+                    &ctx.device,
+                    &[&hyper, &self.params, &self.grads, &decay, &state],
+                )?;
+                Some(UpdateBuffers {
+                    adam: kind == crate::optim::OptimizerKind::Adam,
+                    hyper,
+                    _decay: decay,
+                    state,
+                    group,
+                })
+            }
+        };
+        self.optim = *opt;
+        self.t = 0;
+        Ok(())
+    }
+
+    fn optimizer_state(&mut self) -> Result<(u64, Vec<f32>)> {
+        let n = self.optim.state_len(self.net.param_count());
+        if n == 0 {
+            return Ok((self.t, Vec::new()));
+        }
+        Ok((self.t, self.read_floats(Which::State, n)?))
+    }
+
+    fn set_optimizer_state(&mut self, t: u64, state: &[f32]) -> Result<()> {
+        check_state_len(&self.optim, self.net.param_count(), state.len())?;
+        self.flush()?;
+        if let Some(u) = &self.update {
+            self.ctx
+                .queue
+                .write_buffer(&u.state, 0, bytemuck::cast_slice(state));
+        }
+        self.t = t;
+        Ok(())
+    }
+
     /// Tiled: forward with the output delta and loss fused, then the deltas
-    /// with each layer's update fused into its gradient pass; one submission
-    /// (one per micro-batch, then the update, for a split batch).
+    /// with each layer's update fused into its gradient pass (other
+    /// optimizers: the gradients, then their update); one submission (one per
+    /// micro-batch, then the update, for a split batch).
     fn step(&mut self, lr: f32) -> Result<()> {
         self.need_batch()?;
-        self.write_lr(lr);
+        self.prepare_update(lr);
         let stages = self.step_stages();
         if self.host.is_some() {
             self.clear_grads();

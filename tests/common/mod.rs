@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
+use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::{Acc, GpuContext};
 use shadertrain::network::{Activation, Loss, Network};
 use std::sync::{Arc, OnceLock};
@@ -233,4 +234,37 @@ pub fn assert_totals(label: &str, got: Acc, loss: f64, correct: u64, batch: usiz
         s.correct as u64 + correct,
         "{label}: correct"
     );
+}
+
+/// MNIST-shaped data: 10 classes, each a fixed random 28×28 prototype in
+/// [0, 1) plus uniform noise of ±0.6, clamped: 400 training samples and 200
+/// test samples, classes in turn, one-hot targets.
+pub fn mnist_shaped(label: &str) -> (Dataset, Dataset) {
+    let (classes, per_class, pixels) = (10, 40, 784);
+    let mut g = rng(label);
+    let protos: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..pixels).map(|_| g.random_range(0.0..1.0)).collect())
+        .collect();
+    let mut make = |n: usize| {
+        let mut x = Vec::with_capacity(n * pixels);
+        let mut y = vec![0.0f32; n * classes];
+        for s in 0..n {
+            let c = s % classes;
+            x.extend(protos[c].iter().map(|&p| {
+                let v: f32 = p + g.random_range(-0.6..0.6);
+                v.clamp(0.0, 1.0)
+            }));
+            y[s * classes + c] = 1.0;
+        }
+        Dataset {
+            name: label.into(),
+            inputs: pixels,
+            outputs: classes,
+            x,
+            y,
+            task: Task::Classification { classes },
+        }
+    };
+    let train = make(classes * per_class);
+    (train, make(200))
 }
