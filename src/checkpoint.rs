@@ -8,9 +8,11 @@
 //! flushed and fsynced, then renamed over the target, so a crash leaves either
 //! the old checkpoint or the new one, never half of one.
 
+use crate::backend::Backend;
 use crate::data::Standardizer;
 use crate::network::{Network, Params};
-use crate::train::EpochStats;
+use crate::optim::{check_state_len, Optimizer, OptimizerKind};
+use crate::train::{EpochStats, Schedule};
 use crate::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -39,6 +41,20 @@ pub struct TrainState {
     /// What every epoch so far measured, so a resumed run's metrics and
     /// plots cover the whole run.
     pub history: Vec<EpochStats>,
+    /// The optimiser and its hyper-parameters.
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+}
+
+/// An optimiser's state: updates so far and its moments (momentum `v`, or
+/// Adam `m` then `v`), in the parameter layout.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OptimizerState {
+    /// Updates applied so far (Adam's bias correction uses it).
+    pub t: u64,
+    /// The moments; empty for plain SGD.
+    pub moments: Vec<f32>,
 }
 
 /// Parameters, training state and input standardisation.
@@ -50,6 +66,8 @@ pub struct Checkpoint {
     pub state: TrainState,
     /// `--normalize` statistics, applied to any data the model sees.
     pub standardizer: Option<Standardizer>,
+    /// Where the optimiser stands, so a resumed run continues it exactly.
+    pub optimizer_state: OptimizerState,
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
@@ -57,6 +75,29 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 impl Checkpoint {
+    /// `backend`'s parameters and optimiser state, with `state` describing the run.
+    pub fn capture<B: Backend<Scalar = f32> + ?Sized>(
+        backend: &mut B,
+        state: TrainState,
+        standardizer: Option<Standardizer>,
+    ) -> Result<Checkpoint> {
+        let (t, moments) = backend.optimizer_state()?;
+        Ok(Checkpoint {
+            params: backend.params()?,
+            state,
+            standardizer,
+            optimizer_state: OptimizerState { t, moments },
+        })
+    }
+
+    /// Puts the parameters, the optimiser and its state on `backend`, so
+    /// training continues where it stopped.
+    pub fn restore<B: Backend<Scalar = f32> + ?Sized>(&self, backend: &mut B) -> Result<()> {
+        backend.set_params(&self.params)?;
+        backend.set_optimizer(&self.state.optimizer)?;
+        backend.set_optimizer_state(self.optimizer_state.t, &self.optimizer_state.moments)
+    }
+
     /// The file's bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let net = self.params.network();
@@ -72,6 +113,13 @@ impl Checkpoint {
                 format!("layers.{l}.bias"),
                 vec![ly.n_out],
                 le_bytes(self.params.bias(l)),
+            ));
+        }
+        if !self.optimizer_state.moments.is_empty() {
+            tensors.push((
+                "optimizer.state".into(),
+                vec![self.optimizer_state.moments.len()],
+                le_bytes(&self.optimizer_state.moments),
             ));
         }
         if let Some(z) = &self.standardizer {
@@ -91,7 +139,14 @@ impl Checkpoint {
             ("seed", s.seed.to_string()),
             ("batch", s.batch.to_string()),
             ("lr", s.lr.to_string()),
-            ("optimizer", "sgd".to_string()),
+            ("optimizer", s.optimizer.name().to_string()),
+            ("momentum", s.optimizer.momentum.to_string()),
+            ("beta1", s.optimizer.beta1.to_string()),
+            ("beta2", s.optimizer.beta2.to_string()),
+            ("eps", s.optimizer.eps.to_string()),
+            ("weight_decay", s.optimizer.weight_decay.to_string()),
+            ("optimizer_t", self.optimizer_state.t.to_string()),
+            ("lr_schedule", s.schedule.spec()),
             ("data", s.data.clone()),
             ("samples", s.samples.to_string()),
             (
@@ -180,6 +235,29 @@ impl Checkpoint {
             }
             Err(_) => None,
         };
+        let optimizer = Optimizer {
+            kind: OptimizerKind::parse(&get("optimizer")?).map_err(|e| format!("metadata: {e}"))?,
+            momentum: parse(&get("momentum")?, "momentum")?,
+            beta1: parse(&get("beta1")?, "beta1")?,
+            beta2: parse(&get("beta2")?, "beta2")?,
+            eps: parse(&get("eps")?, "eps")?,
+            weight_decay: parse(&get("weight_decay")?, "weight_decay")?,
+        };
+        optimizer
+            .validate()
+            .map_err(|e| format!("metadata optimizer: {e}"))?;
+        let len = optimizer.state_len(net.param_count());
+        let mut moments = vec![0.0; len];
+        if len > 0 {
+            read_f32(&st, "optimizer.state", &[len], &mut moments)?;
+        }
+        check_state_len(&optimizer, net.param_count(), moments.len()).map_err(|e| e.to_string())?;
+        let optimizer_state = OptimizerState {
+            t: parse(&get("optimizer_t")?, "optimizer_t")?,
+            moments,
+        };
+        let schedule =
+            Schedule::parse(&get("lr_schedule")?).map_err(|e| format!("metadata: {e}"))?;
         let state = TrainState {
             epoch: parse(&get("epoch")?, "epoch")?,
             seed: parse(&get("seed")?, "seed")?,
@@ -192,11 +270,14 @@ impl Checkpoint {
                     .map_err(|e| format!("metadata 'history' is not valid: {e}"))?,
                 None => Vec::new(),
             },
+            optimizer,
+            schedule,
         };
         Ok(Checkpoint {
             params,
             state,
             standardizer,
+            optimizer_state,
         })
     }
 }

@@ -11,7 +11,8 @@ use shadertrain::data::Dataset;
 use shadertrain::data::Standardizer;
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Network;
-use shadertrain::train::{evaluate, train_epochs, EpochStats, Progress, TrainConfig};
+use shadertrain::optim::{Optimizer, OptimizerKind};
+use shadertrain::train::{evaluate, train_epochs, EpochStats, Progress, Schedule, TrainConfig};
 use shadertrain::{example, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,7 +43,7 @@ enum BackendArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a network (default: two interleaved spirals).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Time the training step on the CPU, the GPU or both, side by side.
     Bench(BenchArgs),
     /// Score a saved model on a dataset: loss, accuracy, confusion matrix.
@@ -114,6 +115,33 @@ struct TrainArgs {
     /// Continue the run saved in this checkpoint; --epochs counts the total.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// sgd, momentum or adam [default: sgd, or the checkpoint's].
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Momentum's μ [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
+    /// Adam's β1 [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    beta1: Option<f32>,
+    /// Adam's β2 [default: 0.999].
+    #[arg(long, allow_negative_numbers = true)]
+    beta2: Option<f32>,
+    /// Adam's ε [default: 1e-8].
+    #[arg(long, allow_negative_numbers = true)]
+    eps: Option<f32>,
+    /// Weight decay λ on weights, not biases (L2 for sgd/momentum, decoupled for adam) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f32>,
+    /// constant, step (× --lr-gamma every --lr-step epochs) or cosine [default: constant].
+    #[arg(long)]
+    lr_schedule: Option<String>,
+    /// Epochs between decays of the step schedule.
+    #[arg(long, default_value_t = 10)]
+    lr_step: usize,
+    /// Factor of each decay of the step schedule.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    lr_gamma: f32,
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -341,7 +369,7 @@ fn main() -> ExitCode {
         }
     };
     let run = match cli.cmd {
-        Cmd::Train(a) => cmd_train(a),
+        Cmd::Train(a) => cmd_train(*a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Eval(m) => cmd_eval(m),
         Cmd::Predict { m, out } => cmd_predict(m, out),
@@ -534,12 +562,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         (None, s) => s.unwrap_or(42),
     };
     let st = resumed.as_ref().map(|c| &c.state);
+    let (optimizer, schedule) = optimizer_and_schedule(&a, st)?;
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(d.epochs),
         batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(d.batch),
         lr: a.lr.or(st.map(|s| s.lr)).unwrap_or(d.lr),
         seed,
         shuffle: true,
+        schedule,
     };
     cfg.validate()?;
     let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
@@ -567,6 +597,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         cfg: &cfg,
         standardizer: z.as_ref(),
         resumed: resumed.as_ref(),
+        optimizer,
         history: std::cell::RefCell::new(
             resumed
                 .as_ref()
@@ -588,6 +619,60 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
 }
 
+/// The optimiser and schedule from the flags, or, when resuming, from the
+/// checkpoint (a flag that disagrees with it is refused: the saved state
+/// belongs to the saved optimiser).
+fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Optimizer, Schedule)> {
+    let base = st.map(|s| s.optimizer).unwrap_or_default();
+    let kind = match &a.optimizer {
+        Some(name) => OptimizerKind::parse(name)?,
+        None => base.kind,
+    };
+    let opt = Optimizer {
+        kind,
+        momentum: a.momentum.unwrap_or(base.momentum),
+        beta1: a.beta1.unwrap_or(base.beta1),
+        beta2: a.beta2.unwrap_or(base.beta2),
+        eps: a.eps.unwrap_or(base.eps),
+        weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
+    };
+    opt.validate()?;
+    let schedule = match (&a.lr_schedule, st) {
+        (Some(name), _) => match name.as_str() {
+            "constant" => Schedule::Constant,
+            "cosine" => Schedule::Cosine,
+            "step" => Schedule::Step {
+                every: a.lr_step,
+                gamma: a.lr_gamma,
+            },
+            other => {
+                return Err(Error::Invalid(format!(
+                    "--lr-schedule: '{other}' is not constant, step or cosine"
+                )))
+            }
+        },
+        (None, Some(s)) => s.schedule,
+        (None, None) => Schedule::Constant,
+    };
+    schedule.validate()?;
+    if let Some(s) = st {
+        if opt != s.optimizer {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint was trained with {} ({:?}); resuming needs the same optimizer settings",
+                s.optimizer.name(),
+                s.optimizer
+            )));
+        }
+        if schedule != s.schedule {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint's --lr-schedule is {}; resuming needs the same schedule",
+                s.schedule.spec()
+            )));
+        }
+    }
+    Ok((opt, schedule))
+}
+
 /// Everything a training run is about, decided before a backend exists.
 struct Run<'a> {
     net: &'a Network,
@@ -596,30 +681,30 @@ struct Run<'a> {
     cfg: &'a TrainConfig,
     standardizer: Option<&'a Standardizer>,
     resumed: Option<&'a Checkpoint>,
+    optimizer: Optimizer,
     /// Every epoch so far, the resumed ones first.
     history: std::cell::RefCell<Vec<EpochStats>>,
 }
 
 impl Run<'_> {
-    /// The checkpoint of `backend`'s parameters after `epoch` epochs.
+    /// The checkpoint of `backend`'s parameters and optimiser after `epoch` epochs.
     fn checkpoint<B: Backend<Scalar = f32> + ?Sized>(
         &self,
         backend: &mut B,
         epoch: usize,
     ) -> Result<Checkpoint> {
-        Ok(Checkpoint {
-            params: backend.params()?,
-            state: TrainState {
-                epoch,
-                seed: self.cfg.seed,
-                batch: self.cfg.batch,
-                lr: self.cfg.lr,
-                data: self.data.name.clone(),
-                samples: self.data.len(),
-                history: self.history.borrow().clone(),
-            },
-            standardizer: self.standardizer.cloned(),
-        })
+        let state = TrainState {
+            epoch,
+            seed: self.cfg.seed,
+            batch: self.cfg.batch,
+            lr: self.cfg.lr,
+            data: self.data.name.clone(),
+            samples: self.data.len(),
+            history: self.history.borrow().clone(),
+            optimizer: self.optimizer,
+            schedule: self.cfg.schedule,
+        };
+        Checkpoint::capture(backend, state, self.standardizer.cloned())
     }
 }
 
@@ -645,19 +730,26 @@ fn run_training<B: Backend<Scalar = f32>>(
             cfg.seed
         );
     }
-    // A resumed run starts from its checkpoint, the worked example from its
-    // published weights, everything else from a seeded init.
-    let init = match run.resumed {
+    // A resumed run starts from its checkpoint (parameters, optimiser and its
+    // state), the worked example from its published weights, everything else
+    // from a seeded init.
+    match run.resumed {
         Some(c) => {
             if !a.quiet {
                 eprintln!("resuming after epoch {}", c.state.epoch);
             }
-            c.params.clone()
+            c.restore(&mut backend)?;
         }
-        None if a.data == "example" && net == &example::network() => example::params(),
-        None => net.init(cfg.seed),
-    };
-    backend.set_params(&init)?;
+        None => {
+            let init = if a.data == "example" && net == &example::network() {
+                example::params()
+            } else {
+                net.init(cfg.seed)
+            };
+            backend.set_params(&init)?;
+            backend.set_optimizer(&run.optimizer)?;
+        }
+    }
     let steps = data.len().div_ceil(cfg.batch.min(data.len()).max(1));
     let bar = ProgressBar::new(((cfg.epochs + 1 - first) * steps) as u64);
     if a.quiet {

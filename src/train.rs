@@ -27,6 +27,94 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Shuffle the samples every epoch.
     pub shuffle: bool,
+    /// How the learning rate changes from epoch to epoch.
+    pub schedule: Schedule,
+}
+
+/// A learning-rate schedule: the rate of epoch `e` (1-based) of `E`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Schedule {
+    /// `lr` throughout.
+    #[default]
+    Constant,
+    /// `lr · gamma^⌊(e − 1) / every⌋`: multiplied by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Factor of each decay.
+        gamma: f32,
+    },
+    /// `lr · ½(1 + cos(π (e − 1) / E))`: from `lr` down towards 0.
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning rate of epoch `epoch` (1-based) of `epochs`.
+    pub fn lr(&self, base: f32, epoch: usize, epochs: usize) -> f32 {
+        let e = epoch.saturating_sub(1);
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => {
+                base * gamma.powi((e / every.max(1)).min(i32::MAX as usize) as i32)
+            }
+            Schedule::Cosine => {
+                let frac = e as f64 / epochs.max(1) as f64;
+                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())) as f32
+            }
+        }
+    }
+
+    /// `constant`, `step:EVERY:GAMMA` or `cosine`, as checkpoints store it.
+    pub fn spec(&self) -> String {
+        match self {
+            Schedule::Constant => "constant".into(),
+            Schedule::Step { every, gamma } => format!("step:{every}:{gamma}"),
+            Schedule::Cosine => "cosine".into(),
+        }
+    }
+
+    /// Reads [`Schedule::spec`]'s form.
+    pub fn parse(s: &str) -> Result<Schedule> {
+        let bad = || {
+            Error::Invalid(format!(
+                "--lr-schedule: '{s}' is not constant, step or cosine"
+            ))
+        };
+        let mut parts = s.split(':');
+        let sched = match parts.next() {
+            Some("constant") => Schedule::Constant,
+            Some("cosine") => Schedule::Cosine,
+            Some("step") => {
+                let every = parts.next().map_or(Ok(10), str::parse).map_err(|_| bad())?;
+                let gamma = parts
+                    .next()
+                    .map_or(Ok(0.1), str::parse)
+                    .map_err(|_| bad())?;
+                Schedule::Step { every, gamma }
+            }
+            _ => return Err(bad()),
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        sched.validate()?;
+        Ok(sched)
+    }
+
+    /// Refuse a step schedule with `every` 0 or a `gamma` outside (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if let Schedule::Step { every, gamma } = *self {
+            if every == 0 {
+                return Err(Error::Invalid("--lr-step must be at least 1".into()));
+            }
+            if !(gamma > 0.0 && gamma <= 1.0) {
+                return Err(Error::Invalid(format!(
+                    "--lr-gamma must be in (0, 1], got {gamma}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TrainConfig {
@@ -38,6 +126,7 @@ impl TrainConfig {
         if self.batch == 0 {
             return Err(Error::Invalid("--batch must be at least 1".into()));
         }
+        self.schedule.validate()?;
         if !self.lr.is_finite() || self.lr <= 0.0 {
             return Err(Error::Invalid(format!(
                 "--lr must be a positive finite number, got {}",
@@ -197,6 +286,7 @@ pub fn train_epochs<B: Backend + ?Sized>(
     let mut history = Vec::with_capacity(cfg.epochs);
     for epoch in first..=cfg.epochs {
         let t0 = Instant::now();
+        let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
         if cfg.shuffle {
             // One stream per epoch, shuffling the identity: an epoch's order
             // depends only on the seed and its number, so resumed runs repeat it.
@@ -209,7 +299,7 @@ pub fn train_epochs<B: Backend + ?Sized>(
         }
         for (step, idx) in order.chunks(batch).enumerate() {
             buf.load(backend, data, idx)?;
-            backend.step(cfg.lr)?;
+            backend.step(lr)?;
             on(
                 backend,
                 Progress::Step {

@@ -21,7 +21,8 @@ use crate::cpu::CpuBackend;
 use crate::data::Dataset;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::network::Network;
-use crate::train::{evaluate, predict, train_epochs, EpochStats, Progress, TrainConfig};
+use crate::optim::Optimizer;
+use crate::train::{evaluate, predict, train_epochs, EpochStats, Progress, Schedule, TrainConfig};
 use crate::Result;
 use std::path::Path;
 
@@ -31,6 +32,7 @@ pub struct Trainer {
     cfg: TrainConfig,
     /// Parameters not yet set: the first use draws them from the seed.
     fresh: bool,
+    optimizer: Optimizer,
     history: Vec<EpochStats>,
     data_name: String,
     data_len: usize,
@@ -47,11 +49,13 @@ impl Trainer {
             lr: 0.1,
             seed: 42,
             shuffle: true,
+            schedule: Default::default(),
         };
         Ok(Trainer {
             backend,
             cfg,
             fresh: true,
+            optimizer: Optimizer::default(),
             history: Vec::new(),
             data_name: String::new(),
             data_len: 0,
@@ -88,6 +92,34 @@ impl Trainer {
     pub fn lr(mut self, lr: f32) -> Self {
         self.cfg.lr = lr;
         self
+    }
+
+    /// The optimiser (SGD by default); its state starts at zero.
+    pub fn optimizer(mut self, opt: Optimizer) -> Result<Self> {
+        self.backend.set_optimizer(&opt)?;
+        self.optimizer = opt;
+        Ok(self)
+    }
+
+    /// The learning-rate schedule (constant by default).
+    pub fn schedule(mut self, s: Schedule) -> Self {
+        self.cfg.schedule = s;
+        self
+    }
+
+    /// Continues the run saved in `ckpt`: its parameters, optimiser and
+    /// state, history, seed, batch, learning rate and schedule.
+    pub fn resume(mut self, ckpt: &Checkpoint) -> Result<Self> {
+        ckpt.restore(self.backend.as_mut())?;
+        let s = &ckpt.state;
+        self.fresh = false;
+        self.optimizer = s.optimizer;
+        self.history = s.history.clone();
+        self.cfg.seed = s.seed;
+        self.cfg.batch = s.batch;
+        self.cfg.lr = s.lr;
+        self.cfg.schedule = s.schedule;
+        Ok(self)
     }
 
     /// Seed of the shuffling and of the initial parameters.
@@ -167,19 +199,17 @@ impl Trainer {
     /// Writes a checkpoint that `train --resume`, `eval` and `predict` read.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.ensure_params()?;
-        Checkpoint {
-            params: self.backend.params()?,
-            state: TrainState {
-                epoch: self.history.len(),
-                seed: self.cfg.seed,
-                batch: self.cfg.batch,
-                lr: self.cfg.lr,
-                data: self.data_name.clone(),
-                samples: self.data_len,
-                history: self.history.clone(),
-            },
-            standardizer: None,
-        }
-        .save(path)
+        let state = TrainState {
+            epoch: self.history.len(),
+            seed: self.cfg.seed,
+            batch: self.cfg.batch,
+            lr: self.cfg.lr,
+            data: self.data_name.clone(),
+            samples: self.data_len,
+            history: self.history.clone(),
+            optimizer: self.optimizer,
+            schedule: self.cfg.schedule,
+        };
+        Checkpoint::capture(self.backend.as_mut(), state, None)?.save(path)
     }
 }

@@ -140,6 +140,7 @@ fn relu_softmax_learns_mnist_shaped_classes() {
         lr: 0.1,
         seed: 4,
         shuffle: true,
+        schedule: Default::default(),
     };
     let history = train(&mut cpu, &train_set, &cfg, |_| {}).unwrap();
     assert!(history.iter().all(|e| e.loss.is_finite()));

@@ -1,14 +1,22 @@
 //! Checkpoints: a round trip keeps every bit, and every kind of bad file is
 //! refused with the reason.
 
-use shadertrain::checkpoint::{Checkpoint, TrainState, VERSION};
+use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState, VERSION};
 use shadertrain::data::Standardizer;
 use shadertrain::network::Network;
+use shadertrain::optim::{Optimizer, OptimizerKind};
 use shadertrain::train::EpochStats;
+use shadertrain::train::Schedule;
 use std::collections::HashMap;
 
 fn sample(norm: bool) -> Checkpoint {
-    let net = Network::parse("5,7,3").unwrap();
+    let net = Network::parse("5,7:relu,3:softmax").unwrap();
+    let opt = Optimizer {
+        beta2: 0.99,
+        weight_decay: 1e-4,
+        ..Optimizer::new(OptimizerKind::Adam)
+    };
+    let p = net.param_count();
     Checkpoint {
         params: net.init(3),
         state: TrainState {
@@ -29,6 +37,15 @@ fn sample(norm: bool) -> Checkpoint {
                     val_accuracy: None,
                 })
                 .collect(),
+            optimizer: opt,
+            schedule: Schedule::Step {
+                every: 3,
+                gamma: 0.5,
+            },
+        },
+        optimizer_state: OptimizerState {
+            t: 17,
+            moments: (0..2 * p).map(|i| (i as f32 * 0.37).sin()).collect(),
         },
         standardizer: norm.then(|| Standardizer {
             mean: vec![0.5, -1.0, 2.0, 0.0, 1e-3],
@@ -109,6 +126,14 @@ fn meta<'a>(over: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         ("lr", "0.5"),
         ("data", "d"),
         ("samples", "8"),
+        ("optimizer", "sgd"),
+        ("momentum", "0.9"),
+        ("beta1", "0.9"),
+        ("beta2", "0.999"),
+        ("eps", "1e-8"),
+        ("weight_decay", "0"),
+        ("optimizer_t", "0"),
+        ("lr_schedule", "constant"),
     ];
     for (k, v) in over {
         m.retain(|(mk, _)| mk != k);

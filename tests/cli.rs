@@ -479,7 +479,6 @@ fn example_json_gpu_matches_worked_example() {
 // train
 // ---------------------------------------------------------------------------
 
-/// Train the 3-class clusters on `backend` and check stdout and the metrics.
 /// `train` on a CSV, quietly, with metrics: batch 8, lr 2.
 fn csv_train_args<'a>(
     data: &'a str,
@@ -488,26 +487,27 @@ fn csv_train_args<'a>(
     backend: &'a str,
     metrics: &'a str,
 ) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--data",
-        data,
-        "--layers",
-        layers,
-        "--epochs",
-        epochs,
-        "--batch",
-        "8",
-        "--lr",
-        "2",
-        "--backend",
-        backend,
-        "--quiet",
-        "--metrics",
-        metrics,
-    ]
+    csv_train_args_lr(data, layers, epochs, backend, metrics, "2")
 }
 
+/// [`csv_train_args`] with another learning rate.
+fn csv_train_args_lr<'a>(
+    data: &'a str,
+    layers: &'a str,
+    epochs: &'a str,
+    backend: &'a str,
+    metrics: &'a str,
+    lr: &'a str,
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "train", "--data", data, "--layers", layers, "--epochs", epochs,
+    ];
+    v.extend_from_slice(&["--batch", "8", "--lr", lr, "--backend", backend, "--quiet"]);
+    v.extend_from_slice(&["--metrics", metrics]);
+    v
+}
+
+/// Train the 3-class clusters on `backend` and check stdout and the metrics.
 fn train_clusters(test: &str, backend: &str) {
     let dir = TempDir::new(test);
     let data = dir.file("clusters.csv", &clusters_csv(false));
@@ -1093,8 +1093,32 @@ fn bench_gpu_profile_and_kernel_sets() {
 // ---------------------------------------------------------------------------
 
 /// Training 4 epochs straight, and 2 then resuming to 4, give the same
-/// parameters bit for bit and the same losses in epochs 3 and 4.
+/// parameters bit for bit and the same losses in epochs 3 and 4; with the
+/// plain defaults, and with Adam, a step schedule and relu/softmax layers,
+/// whose moments and schedule the checkpoint must carry.
 fn resume_matches_straight_run(test: &str, backend: &str) {
+    resume_case(&format!("{test}-sgd"), backend, "2,8,3", "2", &[]);
+    resume_case(
+        &format!("{test}-adam"),
+        backend,
+        "2,8:relu,3:softmax",
+        "0.05",
+        &[
+            "--optimizer",
+            "adam",
+            "--weight-decay",
+            "0.001",
+            "--lr-schedule",
+            "step",
+            "--lr-step",
+            "1",
+            "--lr-gamma",
+            "0.5",
+        ],
+    );
+}
+
+fn resume_case(test: &str, backend: &str, layers: &str, lr: &str, flags: &[&str]) {
     let dir = TempDir::new(test);
     let data = dir.file("clusters.csv", &clusters_csv(false));
     let [straight, half, resumed] = ["straight", "half", "resumed"].map(|n| {
@@ -1108,13 +1132,15 @@ fn resume_matches_straight_run(test: &str, backend: &str) {
         )
     });
     let train = |epochs: &str, out: &(String, String), extra: &[&str]| {
-        let mut args = csv_train_args(&data, "2,8,3", epochs, backend, &out.1);
+        let mut args = csv_train_args_lr(&data, layers, epochs, backend, &out.1, lr);
         args.extend_from_slice(&["--save", &out.0, "--val-split", "0.2", "--normalize"]);
         args.extend_from_slice(extra);
         run(&args).success()
     };
-    let r4 = train("4", &straight, &[]);
-    train("2", &half, &["--save-every", "1"]);
+    let r4 = train("4", &straight, flags);
+    let half_flags: Vec<&str> = flags.iter().copied().chain(["--save-every", "1"]).collect();
+    train("2", &half, &half_flags);
+    // The optimiser and schedule come back from the checkpoint.
     let r = train("4", &resumed, &["--resume", &half.0]);
     let load = |p: &str| shadertrain::checkpoint::Checkpoint::load(Path::new(p)).unwrap();
     let (a, b) = (load(&straight.0), load(&resumed.0));
@@ -1132,6 +1158,8 @@ fn resume_matches_straight_run(test: &str, backend: &str) {
         r.dump()
     );
     assert_eq!(a.standardizer, b.standardizer);
+    assert_eq!(a.state.optimizer, b.state.optimizer);
+    assert_eq!(a.optimizer_state, b.optimizer_state, "optimizer moments");
     let (ma, mb) = (
         read_metrics(Path::new(&straight.1), &r4),
         read_metrics(Path::new(&resumed.1), &r),
@@ -1189,6 +1217,21 @@ fn bad_checkpoint_flags() {
     expect_error(
         &train_args(&["--resume", &ckpt, "--epochs", "3", "--normalize"]),
         &["--normalize"],
+    );
+    expect_error(
+        &train_args(&["--resume", &ckpt, "--epochs", "3", "--optimizer", "adam"]),
+        &["--resume", "sgd", "same optimizer"],
+    );
+    expect_error(
+        &train_args(&[
+            "--resume",
+            &ckpt,
+            "--epochs",
+            "3",
+            "--lr-schedule",
+            "cosine",
+        ]),
+        &["--resume", "constant"],
     );
     expect_error(&train_args(&["--save-every", "1"]), &["--save"]);
     expect_error(
@@ -1469,5 +1512,78 @@ fn adapter_by_index_or_name() {
             "{}",
             r.dump()
         );
+    }
+}
+
+#[test]
+fn bad_optimizer_and_schedule_flags() {
+    expect_error(
+        &train_args(&["--optimizer", "rmsprop"]),
+        &["--optimizer", "rmsprop"],
+    );
+    expect_error(
+        &train_args(&["--optimizer", "momentum", "--momentum", "1.5"]),
+        &["--momentum"],
+    );
+    expect_error(
+        &train_args(&["--optimizer", "adam", "--beta2", "1"]),
+        &["--beta2"],
+    );
+    expect_error(
+        &train_args(&["--optimizer", "adam", "--eps", "0"]),
+        &["--eps"],
+    );
+    expect_error(&train_args(&["--weight-decay", "-1"]), &["--weight-decay"]);
+    expect_error(&train_args(&["--momentum", "nan"]), &["--momentum"]);
+    expect_error(
+        &train_args(&["--lr-schedule", "linear"]),
+        &["--lr-schedule", "linear"],
+    );
+    expect_error(
+        &train_args(&["--lr-schedule", "step", "--lr-step", "0"]),
+        &["--lr-step"],
+    );
+    expect_error(
+        &train_args(&["--lr-schedule", "step", "--lr-gamma", "2"]),
+        &["--lr-gamma"],
+    );
+}
+
+/// Every optimiser and schedule trains the default set from the CLI.
+#[test]
+fn optimizers_and_schedules_train() {
+    let cases: [&[&str]; 4] = [
+        &["--optimizer", "momentum", "--lr", "0.8"],
+        &[
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.1",
+            "--lr-schedule",
+            "cosine",
+        ],
+        &[
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.05",
+            "--lr-schedule",
+            "step",
+            "--lr-step",
+            "15",
+        ],
+        &["--weight-decay", "0.0001"],
+    ];
+    for extra in cases {
+        let mut args = train_args(&["--epochs", "20"]);
+        args.extend_from_slice(extra);
+        let r = run(&args).success();
+        let acc: f64 = r
+            .stdout()
+            .lines()
+            .find_map(|l| l.strip_prefix("accuracy: "))
+            .and_then(|v| v.trim_end_matches('%').parse().ok())
+            .unwrap_or(0.0);
+        assert!(acc > 80.0, "{extra:?}: accuracy {acc}\n{}", r.dump());
     }
 }

@@ -245,3 +245,68 @@ fn train_on_named_idx_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("nope"), "{err}");
 }
+
+/// The acceptance run: MNIST's real shape (28×28 u8 images, 10
+/// classes, gzip IDX files) through the binary, a 784-128:relu-10:softmax
+/// network with Adam; it learns to well above chance.
+#[test]
+fn adam_learns_mnist_shaped_idx_data() {
+    let d = Dir::new("adam");
+    let n = 600;
+    let (mut img, mut lab) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let class = (i * 7 + 1) % 10;
+        // Class c lights a 7×7 block at row (c / 4)·7, column (c % 4)·7, on noise.
+        for r in 0..28 {
+            for c in 0..28 {
+                let on = r / 7 == class / 4 && c / 7 == class % 4;
+                let noise = ((i * 131 + r * 17 + c * 29) % 97) as u8;
+                img.push(if on { 160 + noise / 2 } else { noise });
+            }
+        }
+        lab.push(class as u8);
+    }
+    d.write(
+        "train-images-idx3-ubyte.gz",
+        &idx(0x08, &[n as u32, 28, 28], &img),
+    );
+    d.write("train-labels-idx1-ubyte.gz", &idx(0x08, &[n as u32], &lab));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
+        .args([
+            "train",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--layers",
+            "784,128:relu,10:softmax",
+        ])
+        .args([
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.001",
+            "--epochs",
+            "3",
+            "--batch",
+            "32",
+        ])
+        .args(["--val-split", "0.2", "--data"])
+        .arg(&d.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("validation accuracy: "))
+        .and_then(|v| v.trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("no validation accuracy in {stdout}"));
+    assert!(
+        acc > 90.0,
+        "validation accuracy {acc}% (chance is 10%)\n{stdout}"
+    );
+}

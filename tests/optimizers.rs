@@ -371,6 +371,7 @@ fn adam_learns_mnist_shaped_classes() {
         lr: 1e-3,
         seed: 4,
         shuffle: true,
+        schedule: Default::default(),
     };
     let learns = |b: &mut dyn Backend<Scalar = f32>| {
         b.set_optimizer(&ADAM).unwrap();

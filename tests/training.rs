@@ -197,6 +197,7 @@ fn training_loop_with_partial_batches_gpu_matches_cpu() {
         lr: 1.0,
         seed: 3,
         shuffle: true,
+        schedule: Default::default(),
     };
     let mut cpu = CpuBackend::<f64>::new(&net, 8).unwrap();
     cpu.set_params(&net.init(3)).unwrap();
@@ -241,6 +242,7 @@ fn runs_are_bitwise_repeatable() {
         lr: 0.8,
         seed: 11,
         shuffle: true,
+        schedule: Default::default(),
     };
     // Two fresh runs on backends from `make` must agree to the bit.
     let same_twice = |name: &str, make: &dyn Fn() -> Box<dyn Backend<Scalar = f32>>| {

@@ -113,6 +113,7 @@ fn classic_step_through_the_training_loop() {
         lr: 0.5,
         seed: 1,
         shuffle: true,
+        schedule: Default::default(),
     };
     let data = Dataset::example();
     let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();
