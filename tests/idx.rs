@@ -176,31 +176,11 @@ fn train_on_an_idx_directory() {
     let (img, lab) = mnist_like(400);
     d.write("train-images-idx3-ubyte.gz", &img);
     d.write("train-labels-idx1-ubyte.gz", &lab);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args([
-            "train",
-            "--backend",
-            "cpu",
-            "--quiet",
-            "--layers",
-            "784,32,4",
-        ])
-        .args(["--epochs", "10", "--batch", "16", "--lr", "2", "--data"])
-        .arg(&d.0)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let acc: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("accuracy: "))
-        .and_then(|v| v.trim_end_matches('%').parse().ok())
-        .unwrap_or_else(|| panic!("no accuracy line in {stdout}"));
-    assert!(acc > 95.0, "accuracy {acc}%\n{stdout}");
+    let args = [
+        "--layers", "784,32,4", "--epochs", "10", "--batch", "16", "--lr", "2",
+    ];
+    let acc = train_percent(&args, &d.0, "accuracy");
+    assert!(acc > 95.0, "accuracy {acc}%");
 }
 
 /// The two files named directly, `IMAGES,LABELS`, for training and for
@@ -271,42 +251,44 @@ fn adam_learns_mnist_shaped_idx_data() {
         &idx(0x08, &[n as u32, 28, 28], &img),
     );
     d.write("train-labels-idx1-ubyte.gz", &idx(0x08, &[n as u32], &lab));
+    let args = [
+        "--layers",
+        "784,128:relu,10:softmax",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--epochs",
+        "3",
+        "--batch",
+        "32",
+        "--val-split",
+        "0.2",
+    ];
+    let acc = train_percent(&args, &d.0, "validation accuracy");
+    assert!(acc > 90.0, "validation accuracy {acc}% (chance is 10%)");
+}
+
+/// Runs `shadertrain train --backend cpu --quiet ARGS --data DATA`, expects
+/// success, and returns the percentage on the stdout line starting `label: `.
+fn train_percent(args: &[&str], data: &std::path::Path, label: &str) -> f64 {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadertrain"))
-        .args([
-            "train",
-            "--backend",
-            "cpu",
-            "--quiet",
-            "--layers",
-            "784,128:relu,10:softmax",
-        ])
-        .args([
-            "--optimizer",
-            "adam",
-            "--lr",
-            "0.001",
-            "--epochs",
-            "3",
-            "--batch",
-            "32",
-        ])
-        .args(["--val-split", "0.2", "--data"])
-        .arg(&d.0)
+        .args(["train", "--backend", "cpu", "--quiet"])
+        .args(args)
+        .arg("--data")
+        .arg(data)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{stdout}{}",
+        "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let acc: f64 = stdout
+    let prefix = format!("{label}: ");
+    stdout
         .lines()
-        .find_map(|l| l.strip_prefix("validation accuracy: "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim_end_matches('%').parse().ok())
-        .unwrap_or_else(|| panic!("no validation accuracy in {stdout}"));
-    assert!(
-        acc > 90.0,
-        "validation accuracy {acc}% (chance is 10%)\n{stdout}"
-    );
+        .unwrap_or_else(|| panic!("no '{label}' line in {stdout}"))
 }
