@@ -752,8 +752,8 @@ const FILL_GROUPS: u64 = 1024;
 const MIN_SLICE: u32 = 256;
 
 /// K slices for the tiled gradient of a layer `n_in → n_out` over `rows`
-/// samples: enough for about [`FILL_GROUPS`] workgroups where the layer has
-/// few output blocks, each slice at least [`MIN_SLICE`] deep, and no more than
+/// samples: enough for about `FILL_GROUPS` workgroups where the layer has
+/// few output blocks, each slice at least `MIN_SLICE` deep, and no more than
 /// `max_scratch` floats of slice sums, `splits·n_out·(n_in + 1)`. Never more
 /// than `FILL_GROUPS`, so within any device's 65535 workgroups per dimension.
 pub fn k_splits(n_out: u32, n_in: u32, rows: u32, tiles: &TileConfig, max_scratch: u64) -> u32 {
