@@ -391,28 +391,27 @@ fn bias_activate<T: Real>(row: &mut [T], bias: &[T], act: Activation) {
     // T is f32: the same memory, seen as what it is.
     let row: &mut [f32] = bytemuck::cast_slice_mut(row);
     let bias: &[f32] = bytemuck::cast_slice(bias);
-    per_activation!(act, |act| {
-        for (z, &bo) in row.iter_mut().zip(bias) {
-            *z = activate_f32(act, *z + bo);
-        }
-    });
+    // One loop per activation, each a closure the compiler inlines and
+    // vectorises (a shared `match` inside the loop kept W1 2 ms slower).
+    match act {
+        Activation::Sigmoid => map_bias(row, bias, |x| 1.0 / (1.0 + exp_f32(-x))),
+        Activation::Tanh => map_bias(row, bias, |x| {
+            let e = exp_f32(-2.0 * x.abs());
+            ((1.0 - e) / (1.0 + e)).copysign(x)
+        }),
+        Activation::Relu => map_bias(row, bias, |x| x.max(0.0)),
+        Activation::Linear | Activation::Softmax => map_bias(row, bias, |x| x),
+    }
     if act == Activation::Softmax {
         softmax_row(row, exp_f32);
     }
 }
 
-/// [`activate`] in f32 with [`exp_f32`]: `σ(z) = 1 / (1 + e^−z)`, and
-/// `tanh z = sign(z)·(1 − e^−2|z|) / (1 + e^−2|z|)`, which cannot overflow
-/// (within 1e-7 of libm's absolutely).
+/// `z ← f(z + b)` over one row.
 #[inline(always)]
-fn activate_f32(act: Activation, z: f32) -> f32 {
-    match act {
-        Activation::Sigmoid => 1.0 / (1.0 + exp_f32(-z)),
-        Activation::Tanh => {
-            let e = exp_f32(-2.0 * z.abs());
-            ((1.0 - e) / (1.0 + e)).copysign(z)
-        }
-        _ => activate(act, z),
+fn map_bias(row: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
+    for (z, &bo) in row.iter_mut().zip(bias) {
+        *z = f(*z + bo);
     }
 }
 
