@@ -10,9 +10,12 @@ use shadertrain::cpu::CpuBackend;
 use shadertrain::data::Dataset;
 use shadertrain::data::Standardizer;
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
+use shadertrain::network::Loss;
 use shadertrain::network::Network;
 use shadertrain::optim::{Optimizer, OptimizerKind};
-use shadertrain::train::{evaluate, train_epochs, EpochStats, Progress, Schedule, TrainConfig};
+use shadertrain::train::{
+    class_of, confusion_matrix, evaluate, train_epochs, EpochStats, Progress, Schedule, TrainConfig,
+};
 use shadertrain::{example, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -115,6 +118,10 @@ struct TrainArgs {
     /// Continue the run saved in this checkpoint; --epochs counts the total.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// mse or ce; follows from the output layer (ce after softmax, else mse),
+    /// and a value that disagrees is refused.
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
     /// sgd, momentum or adam [default: sgd, or the checkpoint's].
     #[arg(long)]
     optimizer: Option<String>,
@@ -191,6 +198,14 @@ struct ModelArgs {
     /// Print JSON (eval).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LossArg {
+    /// Mean squared error, `½ Σ (a − y)²`.
+    Mse,
+    /// Cross-entropy, `−Σ y log a`, after a softmax output.
+    Ce,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -551,6 +566,22 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         (Some(c), None) => c.params.network().clone(),
         (None, l) => Network::parse(l.as_deref().unwrap_or(d.layers))?,
     };
+    match (a.loss, net.loss()) {
+        (Some(LossArg::Ce), Loss::Mse) => {
+            return Err(Error::Invalid(format!(
+                "--loss ce needs a softmax output layer (end --layers with {}:softmax); {} ends in {}",
+                net.outputs().max(2),
+                net.describe(),
+                net.output_activation().name()
+            )))
+        }
+        (Some(LossArg::Mse), Loss::CrossEntropy) => {
+            return Err(Error::Invalid(
+                "--loss mse is not supported after a softmax output (softmax trains with cross-entropy); use another output activation, e.g. :sigmoid".into(),
+            ))
+        }
+        _ => {}
+    }
     let seed = match (&resumed, a.seed) {
         (Some(c), Some(s)) if s != c.state.seed => {
             return Err(Error::Invalid(format!(
@@ -787,7 +818,11 @@ fn run_training<B: Backend<Scalar = f32>>(
     let (totals, metric) = evaluate(&mut backend, data)?;
     let samples = ((cfg.epochs + 1 - first) * data.len()) as f64;
     let acc = totals.accuracy(metric);
-    println!("final loss: {:.6}", totals.loss());
+    println!(
+        "final loss: {:.6} ({})",
+        totals.loss(),
+        totals.loss_fn.name()
+    );
     if let Some(acc) = acc {
         println!("accuracy: {:.2}%", acc * 100.0);
     }
@@ -899,31 +934,16 @@ fn with_model<R>(
     f(b.as_mut())
 }
 
-/// The class a row of outputs predicts: argmax, or a 0.5 threshold for one output.
-fn class_of(row: &[f32]) -> usize {
-    if row.len() == 1 {
-        (row[0] > 0.5) as usize
-    } else {
-        shadertrain::cpu::argmax(row)
-    }
-}
-
 fn cmd_eval(m: ModelArgs) -> Result<()> {
     let l = load_model(&m, false)?;
     let (totals, metric, out) = with_model(&m, &l, m.json, |b| {
         let (t, metric) = evaluate(b, &l.data)?;
         Ok((t, metric, shadertrain::train::predict(b, &l.data)?))
     })?;
-    let no = l.data.outputs;
-    // confusion[true][predicted], classification only.
-    let confusion = l.data.is_classification().then(|| {
-        let k = no.max(2);
-        let mut c = vec![vec![0u64; k]; k];
-        for (p, y) in out.chunks(no).zip(l.data.y.chunks(no)) {
-            c[class_of(y)][class_of(p)] += 1;
-        }
-        c
-    });
+    let confusion = l
+        .data
+        .is_classification()
+        .then(|| confusion_matrix(&out, &l.data));
     let acc = totals.accuracy(metric);
     if m.json {
         let json = serde_json::json!({

@@ -376,3 +376,25 @@ pub fn predict<B: Backend<Scalar = f32> + ?Sized>(
     backend.take_totals()?;
     Ok(out)
 }
+
+/// The class a row of outputs predicts: the argmax, or for a single output
+/// a 0.5 threshold (class 1 above it).
+pub fn class_of(row: &[f32]) -> usize {
+    if row.len() == 1 {
+        (row[0] > 0.5) as usize
+    } else {
+        crate::cpu::argmax(row)
+    }
+}
+
+/// `confusion[true class][predicted class]` counts of `outputs`
+/// ([`predict`]'s, `(len, outputs)`) against `data`'s targets.
+pub fn confusion_matrix(outputs: &[f32], data: &Dataset) -> Vec<Vec<u64>> {
+    let no = data.outputs.max(1);
+    let k = no.max(2);
+    let mut c = vec![vec![0u64; k]; k];
+    for (p, y) in outputs.chunks(no).zip(data.y.chunks(no)) {
+        c[class_of(y)][class_of(p)] += 1;
+    }
+    c
+}

@@ -18,7 +18,7 @@
 use crate::backend::{Backend, Metric, Totals};
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::cpu::CpuBackend;
-use crate::data::Dataset;
+use crate::data::{Dataset, Standardizer};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::network::Network;
 use crate::optim::Optimizer;
@@ -33,6 +33,7 @@ pub struct Trainer {
     /// Parameters not yet set: the first use draws them from the seed.
     fresh: bool,
     optimizer: Optimizer,
+    standardizer: Option<Standardizer>,
     history: Vec<EpochStats>,
     data_name: String,
     data_len: usize,
@@ -56,6 +57,7 @@ impl Trainer {
             cfg,
             fresh: true,
             optimizer: Optimizer::default(),
+            standardizer: None,
             history: Vec::new(),
             data_name: String::new(),
             data_len: 0,
@@ -101,6 +103,14 @@ impl Trainer {
         Ok(self)
     }
 
+    /// The input standardisation the data was given (fit it on the training
+    /// set and apply it to every set yourself); saved with the checkpoint so
+    /// `eval` and `predict` apply it too.
+    pub fn standardizer(mut self, z: Standardizer) -> Self {
+        self.standardizer = Some(z);
+        self
+    }
+
     /// The learning-rate schedule (constant by default).
     pub fn schedule(mut self, s: Schedule) -> Self {
         self.cfg.schedule = s;
@@ -119,6 +129,7 @@ impl Trainer {
         self.cfg.batch = s.batch;
         self.cfg.lr = s.lr;
         self.cfg.schedule = s.schedule;
+        self.standardizer = ckpt.standardizer.clone();
         Ok(self)
     }
 
@@ -210,6 +221,6 @@ impl Trainer {
             optimizer: self.optimizer,
             schedule: self.cfg.schedule,
         };
-        Checkpoint::capture(self.backend.as_mut(), state, None)?.save(path)
+        Checkpoint::capture(self.backend.as_mut(), state, self.standardizer.clone())?.save(path)
     }
 }

@@ -1587,3 +1587,28 @@ fn optimizers_and_schedules_train() {
         assert!(acc > 80.0, "{extra:?}: accuracy {acc}\n{}", r.dump());
     }
 }
+
+#[test]
+fn loss_flag_must_fit_the_output_layer() {
+    expect_error(
+        &train_args(&["--loss", "ce"]),
+        &["--loss ce", "softmax", "sigmoid"],
+    );
+    expect_error(
+        &train_args(&["--loss", "mse", "--layers", "2,8,2:softmax"]),
+        &["--loss mse", "softmax"],
+    );
+    expect_error(&train_args(&["--loss", "hinge"]), &["hinge", "--loss"]);
+    let r = run(&train_args(&[
+        "--loss",
+        "ce",
+        "--layers",
+        "2,16:tanh,2:softmax",
+        "--epochs",
+        "3",
+    ]))
+    .success();
+    assert!(r.stdout().contains("(cross-entropy)"), "{}", r.dump());
+    let r = run(&train_args(&["--loss", "mse", "--epochs", "1"])).success();
+    assert!(r.stdout().contains("(mse)"), "{}", r.dump());
+}

@@ -97,3 +97,67 @@ fn trainer_refuses_bad_settings_and_data() {
     assert!(Dataset::from_vecs("d", (2, 1), vec![1.0; 4], vec![0.0; 3], Task::Regression).is_err());
     assert!(Dataset::from_vecs("d", (1, 1), vec![f32::NAN], vec![0.0], Task::Regression).is_err());
 }
+
+/// Through the library alone: Adam, a schedule and a standardiser; a run
+/// saved after 3 epochs and resumed to 6 equals 6 straight epochs; the
+/// confusion matrix of its predictions adds up.
+#[test]
+fn trainer_resume_matches_a_straight_run() {
+    use shadertrain::data::Standardizer;
+    use shadertrain::optim::{Optimizer, OptimizerKind};
+    use shadertrain::train::{confusion_matrix, Schedule};
+    let net = Network::parse("4,10:relu,3:softmax").unwrap();
+    let mut data = clusters(120, "lib resume");
+    let z = Standardizer::fit(&data);
+    z.apply(&mut data).unwrap();
+    let make = |epochs: usize| {
+        Trainer::cpu(&net, 8)
+            .unwrap()
+            .epochs(epochs)
+            .lr(0.02)
+            .seed(9)
+            // Not cosine: it spans --epochs, which differ between the runs.
+            .schedule(Schedule::Step {
+                every: 2,
+                gamma: 0.5,
+            })
+            .standardizer(z.clone())
+            .optimizer(Optimizer::new(OptimizerKind::Adam))
+            .unwrap()
+    };
+    let mut straight = make(6);
+    straight.fit(&data).unwrap();
+    let mut first = make(3);
+    first.fit(&data).unwrap();
+    let dir = std::env::temp_dir().join(format!("shadertrain-lib-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("half.safetensors");
+    first.save(&path).unwrap();
+    let ckpt = Checkpoint::load(&path).unwrap();
+    assert_eq!(ckpt.standardizer.as_ref(), Some(&z));
+    let mut resumed = Trainer::cpu(&net, 8)
+        .unwrap()
+        .epochs(6)
+        .resume(&ckpt)
+        .unwrap();
+    resumed.fit(&data).unwrap();
+    let (a, b) = (
+        straight.backend().params().unwrap(),
+        resumed.backend().params().unwrap(),
+    );
+    assert!(a
+        .data
+        .iter()
+        .zip(&b.data)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(straight.history().len(), 6);
+    assert_eq!(resumed.history().len(), 6);
+    for (x, y) in straight.history().iter().zip(resumed.history()) {
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "epoch {}", x.epoch);
+    }
+    let out = resumed.predict(&data).unwrap();
+    let c = confusion_matrix(&out, &data);
+    assert_eq!(c.len(), 3);
+    assert_eq!(c.iter().flatten().sum::<u64>(), 120);
+    let _ = std::fs::remove_dir_all(&dir);
+}
