@@ -98,12 +98,16 @@ fn fused_steps_match_the_reference() {
         let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
         f.set_params(&init).unwrap();
         r.set_params(&init.cast()).unwrap();
+        // Sigmoid nets at 0.7; the others at 0.1: with relu and linear layers
+        // (slope 1, kinks) a large step amplifies f32 rounding from step to
+        // step, which would test the dynamics' chaos, not the arithmetic.
+        let lr = if spec.contains(':') { 0.1 } else { 0.7 };
         for step in 0..8 {
             let (x, y) = batch_for(&net, batch, &format!("{label} step {step}"));
             f.load_batch(&x, &y).unwrap();
             r.load_batch(&f64s(&x), &f64s(&y)).unwrap();
-            f.step(0.7).unwrap();
-            r.step(0.7).unwrap();
+            f.step(lr).unwrap();
+            r.step(lr).unwrap();
             let (tf, tr) = (f.take_totals().unwrap(), r.take_totals().unwrap());
             assert_close(
                 &format!("{label} step {step} loss"),
@@ -113,8 +117,12 @@ fn fused_steps_match_the_reference() {
                 1e-4,
             );
         }
+        // A relu whose input sits within rounding of 0 can switch between f32
+        // and f64 and move that neuron's gradient by one sample's share;
+        // after 8 steps that is up to ~2e-5 (seen once in 25+ seeds).
+        let abs = if spec.contains("relu") { 1e-4 } else { 1e-5 };
         let (pf, pr) = (f.params().unwrap(), r.params().unwrap());
-        assert_close(&format!("{label} params"), &pf.data, &pr.data, 1e-5, 1e-4);
+        assert_close(&format!("{label} params"), &pf.data, &pr.data, abs, 1e-4);
     }
 }
 
