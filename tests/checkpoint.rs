@@ -29,10 +29,11 @@ fn sample(norm: bool) -> Checkpoint {
             history: (1..=2)
                 .map(|epoch| EpochStats {
                     epoch,
-                    loss: 0.5 / epoch as f64,
+                    // Values whose shortest decimal form needs 17 digits.
+                    loss: (epoch as f64).sqrt() / 7.0,
                     accuracy: Some(0.25 * epoch as f64),
                     seconds: 0.125,
-                    samples_per_s: 2400.0,
+                    samples_per_s: 1.0 / 3.0,
                     val_loss: (epoch == 2).then_some(0.3),
                     val_accuracy: None,
                 })
