@@ -9,20 +9,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
-use shadertrain::bench::{random_batch, Workload, WORKLOADS};
+use shadertrain::bench::{random_batch, workloads_from_env, Workload};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
 
 fn workloads() -> Vec<Workload> {
-    let pick = std::env::var("SHADERTRAIN_BENCH_WORKLOADS").unwrap_or_else(|_| "W1".into());
-    WORKLOADS
-        .iter()
-        .filter(|w| {
-            pick.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case(w.name))
-        })
-        .copied()
-        .collect()
+    workloads_from_env("SHADERTRAIN_BENCH_WORKLOADS", "W1")
 }
 
 /// Benches `forward` and `backward` of one backend on one workload.

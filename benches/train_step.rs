@@ -9,22 +9,14 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
-use shadertrain::bench::{random_batch, Workload, WORKLOADS};
+use shadertrain::bench::{random_batch, workloads_from_env, Workload};
 use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuContext};
 use shadertrain::network::Network;
 
 /// The workloads to run, from the environment.
 fn workloads() -> Vec<Workload> {
-    let pick = std::env::var("SHADERTRAIN_BENCH_WORKLOADS").unwrap_or_else(|_| "W0,W1,W2".into());
-    WORKLOADS
-        .iter()
-        .filter(|w| {
-            pick.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case(w.name))
-        })
-        .copied()
-        .collect()
+    workloads_from_env("SHADERTRAIN_BENCH_WORKLOADS", "W0,W1,W2")
 }
 
 fn bench_backend<B: Backend<Scalar = f32>>(

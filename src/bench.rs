@@ -53,6 +53,20 @@ pub const WORKLOADS: [Workload; 4] = [
     },
 ];
 
+/// The workloads named in the environment variable `var` (comma-separated,
+/// any case), or in `default` when it is unset; for the criterion benches.
+pub fn workloads_from_env(var: &str, default: &str) -> Vec<Workload> {
+    let pick = std::env::var(var).unwrap_or_else(|_| default.into());
+    WORKLOADS
+        .iter()
+        .filter(|w| {
+            pick.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case(w.name))
+        })
+        .copied()
+        .collect()
+}
+
 impl Workload {
     /// The workload called `name` (`W0`…`W3`, any case).
     pub fn named(name: &str) -> Result<Workload> {
