@@ -9,9 +9,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
-use shadertrain::bench::{random_batch, workloads_from_env, Workload};
+use shadertrain::bench::{gpu_for_benches, random_batch, workloads_from_env, Workload};
 use shadertrain::cpu::CpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
+use shadertrain::gpu::{GpuBackend, KernelSet};
 
 fn workloads() -> Vec<Workload> {
     workloads_from_env("SHADERTRAIN_BENCH_WORKLOADS", "W1")
@@ -49,14 +49,9 @@ fn cpu(c: &mut Criterion) {
 }
 
 fn gpu(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("skipping gpu benches: {e}");
-            return;
-        }
+    let Some(ctx) = gpu_for_benches() else {
+        return;
     };
-    eprintln!("gpu benches on {}", ctx.describe());
     for w in workloads() {
         for (name, set) in [
             ("gpu_tiled", KernelSet::Tiled),

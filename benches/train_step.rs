@@ -9,9 +9,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
-use shadertrain::bench::{random_batch, workloads_from_env, Workload};
+use shadertrain::bench::{gpu_for_benches, random_batch, workloads_from_env, Workload};
 use shadertrain::cpu::CpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext};
+use shadertrain::gpu::GpuBackend;
 use shadertrain::network::Network;
 
 /// The workloads to run, from the environment.
@@ -52,14 +52,9 @@ fn cpu(c: &mut Criterion) {
 }
 
 fn gpu(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("skipping gpu benches: {e}");
-            return;
-        }
+    let Some(ctx) = gpu_for_benches() else {
+        return;
     };
-    eprintln!("gpu benches on {}", ctx.describe());
     bench_backend(c, "gpu", |net, batch| {
         GpuBackend::new(ctx.clone(), net, batch).expect("gpu backend")
     });

@@ -67,6 +67,20 @@ pub fn workloads_from_env(var: &str, default: &str) -> Vec<Workload> {
         .collect()
 }
 
+/// The GPU for the criterion benches, or `None` after printing why they skip.
+pub fn gpu_for_benches() -> Option<std::sync::Arc<crate::gpu::GpuContext>> {
+    match crate::gpu::GpuContext::new() {
+        Ok(ctx) => {
+            eprintln!("gpu benches on {}", ctx.describe());
+            Some(ctx)
+        }
+        Err(e) => {
+            eprintln!("skipping gpu benches: {e}");
+            None
+        }
+    }
+}
+
 impl Workload {
     /// The workload called `name` (`W0`…`W3`, any case).
     pub fn named(name: &str) -> Result<Workload> {

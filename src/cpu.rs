@@ -306,6 +306,8 @@ pub struct CpuBackend<T: Real = f32> {
     pool: Option<rayon::ThreadPool>,
     /// Fast path scratch: per-sample loss and score, (capacity).
     row_loss: Vec<(T, bool)>,
+    /// Fast path scratch: the bias gradient's column sums, (widest layer).
+    col_sums: Vec<T>,
     optim: Optimizer,
     /// Updates applied since the optimizer was set.
     t: u64,
@@ -335,6 +337,7 @@ impl<T: Real> CpuBackend<T> {
             totals: Totals::default(),
             pool: None,
             row_loss: Vec::new(),
+            col_sums: Vec::new(),
             optim: Optimizer::default(),
             t: 0,
             state: Vec::new(),

@@ -539,14 +539,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         ("--save", &a.save),
         ("--plot", &a.plot),
     ] {
-        if let Some(dir) = path.as_deref().and_then(Path::parent) {
-            if !dir.as_os_str().is_empty() && !dir.is_dir() {
-                return Err(Error::Invalid(format!(
-                    "{flag}: directory {} does not exist",
-                    dir.display()
-                )));
-            }
-        }
+        check_out_dir(flag, path.as_deref())?;
     }
     if a.save_every == Some(0) {
         return Err(Error::Invalid("--save-every must be at least 1".into()));
@@ -936,9 +929,9 @@ fn with_model<R>(
 
 fn cmd_eval(m: ModelArgs) -> Result<()> {
     let l = load_model(&m, false)?;
+    // One pass: the totals and the outputs the confusion matrix needs.
     let (totals, metric, out) = with_model(&m, &l, m.json, |b| {
-        let (t, metric) = evaluate(b, &l.data)?;
-        Ok((t, metric, shadertrain::train::predict(b, &l.data)?))
+        shadertrain::train::evaluate_and_predict(b, &l.data)
     })?;
     let confusion = l
         .data
@@ -986,15 +979,19 @@ fn cmd_eval(m: ModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_predict(m: ModelArgs, out_path: Option<PathBuf>) -> Result<()> {
-    if let Some(dir) = out_path.as_deref().and_then(Path::parent) {
-        if !dir.as_os_str().is_empty() && !dir.is_dir() {
-            return Err(Error::Invalid(format!(
-                "--out: directory {} does not exist",
-                dir.display()
-            )));
-        }
+/// Refuses an output path whose directory is missing, before any work.
+fn check_out_dir(flag: &str, path: Option<&Path>) -> Result<()> {
+    match path.and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::Invalid(format!(
+            "{flag}: directory {} does not exist",
+            dir.display()
+        ))),
+        _ => Ok(()),
     }
+}
+
+fn cmd_predict(m: ModelArgs, out_path: Option<PathBuf>) -> Result<()> {
+    check_out_dir("--out", out_path.as_deref())?;
     let l = load_model(&m, true)?;
     let out = with_model(&m, &l, out_path.is_none(), |b| {
         shadertrain::train::predict(b, &l.data)

@@ -342,6 +342,39 @@ pub fn train_epochs<B: Backend + ?Sized>(
 /// Loss and score of the backend's current parameters on `data`, in batches
 /// of the backend's capacity. Leaves the parameters unchanged.
 pub fn evaluate<B: Backend + ?Sized>(backend: &mut B, data: &Dataset) -> Result<(Totals, Metric)> {
+    forward_all(backend, data, |_| Ok(()))
+}
+
+/// The network's outputs for every row of `data`, `(len, outputs)`, in
+/// batches of the backend's capacity. Leaves the parameters unchanged.
+pub fn predict<B: Backend<Scalar = f32> + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+) -> Result<Vec<f32>> {
+    Ok(evaluate_and_predict(backend, data)?.2)
+}
+
+/// [`evaluate`] and [`predict`] in one pass over the data.
+pub fn evaluate_and_predict<B: Backend<Scalar = f32> + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+) -> Result<(Totals, Metric, Vec<f32>)> {
+    let last = backend.network().layers().len();
+    let mut out = Vec::with_capacity(data.len() * data.outputs);
+    let (totals, metric) = forward_all(backend, data, |b| {
+        out.extend(b.read_activations(last)?);
+        Ok(())
+    })?;
+    Ok((totals, metric, out))
+}
+
+/// Forward passes over all of `data` in batches of the backend's capacity,
+/// `after` running once per batch; returns the totals, which it resets.
+fn forward_all<B: Backend + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+    mut after: impl FnMut(&mut B) -> Result<()>,
+) -> Result<(Totals, Metric)> {
     let net = backend.network().clone();
     data.check_shape(net.inputs(), net.outputs())?;
     let metric = Metric::for_task(data.task, net.outputs());
@@ -352,29 +385,9 @@ pub fn evaluate<B: Backend + ?Sized>(backend: &mut B, data: &Dataset) -> Result<
     for idx in order.chunks(backend.capacity()) {
         buf.load(backend, data, idx)?;
         backend.forward()?;
+        after(backend)?;
     }
     Ok((backend.take_totals()?, metric))
-}
-
-/// The network's outputs for every row of `data`, `(len, outputs)`, in
-/// batches of the backend's capacity. Leaves the parameters unchanged.
-pub fn predict<B: Backend<Scalar = f32> + ?Sized>(
-    backend: &mut B,
-    data: &Dataset,
-) -> Result<Vec<f32>> {
-    let net = backend.network().clone();
-    data.check_shape(net.inputs(), net.outputs())?;
-    let last = net.layers().len();
-    let order: Vec<usize> = (0..data.len()).collect();
-    let mut buf = BatchBuf::new();
-    let mut out = Vec::with_capacity(data.len() * net.outputs());
-    for idx in order.chunks(backend.capacity()) {
-        buf.load(backend, data, idx)?;
-        backend.forward()?;
-        out.extend(backend.read_activations(last)?);
-    }
-    backend.take_totals()?;
-    Ok(out)
 }
 
 /// The class a row of outputs predicts: the argmax, or for a single output

@@ -348,7 +348,14 @@ impl<T: Real> CpuBackend<T> {
             inv,
             threads,
         );
-        column_sums(d, ly.n_out, self.grads.bias_mut(l), inv, false);
+        column_sums(
+            d,
+            ly.n_out,
+            self.grads.bias_mut(l),
+            inv,
+            false,
+            &mut self.col_sums,
+        );
     }
 
     /// The fused update of layer `l`: `W −= (lr/B)·δᵀA_prev`, `b −= (lr/B)·Σ_s δ`.
@@ -369,7 +376,14 @@ impl<T: Real> CpuBackend<T> {
             step,
             threads,
         );
-        column_sums(d, ly.n_out, self.params.bias_mut(l), step, true);
+        column_sums(
+            d,
+            ly.n_out,
+            self.params.bias_mut(l),
+            step,
+            true,
+            &mut self.col_sums,
+        );
     }
 }
 
@@ -438,14 +452,16 @@ fn exp_f32(x: f32) -> f32 {
 
 /// `out[o] (+)= scale · Σ_s d[s, o]`, summed in sample order.
 // d: (batch, n); out: (n)
-fn column_sums<T: Real>(d: &[T], n: usize, out: &mut [T], scale: T, add: bool) {
-    let mut acc = vec![T::zero(); n];
+// acc: scratch kept by the backend, so a step allocates nothing.
+fn column_sums<T: Real>(d: &[T], n: usize, out: &mut [T], scale: T, add: bool, acc: &mut Vec<T>) {
+    acc.clear();
+    acc.resize(n, T::zero());
     for row in d.chunks(n) {
         for (s, &v) in acc.iter_mut().zip(row) {
             *s = *s + v;
         }
     }
-    for (o, s) in out.iter_mut().zip(acc) {
+    for (o, &s) in out.iter_mut().zip(acc.iter()) {
         *o = if add { *o + scale * s } else { scale * s };
     }
 }
