@@ -135,6 +135,11 @@ pub trait Backend {
     /// The totals since the last call, which resets them.
     fn take_totals(&mut self) -> Result<Totals>;
 
+    /// The totals since the last [`Backend::take_totals`], without resetting
+    /// them: `--nan-check` reads the running loss after every step. On a GPU
+    /// this waits for the submitted work and reads back one small buffer.
+    fn peek_totals(&mut self) -> Result<Totals>;
+
     /// Activations of layer `l` for the staged batch, `(batch, sizes[l])`.
     fn read_activations(&mut self, l: usize) -> Result<Vec<Self::Scalar>>;
 

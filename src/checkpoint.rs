@@ -82,8 +82,16 @@ impl Checkpoint {
         standardizer: Option<Standardizer>,
     ) -> Result<Checkpoint> {
         let (t, moments) = backend.optimizer_state()?;
+        let params = backend.params()?;
+        // Never replace a good checkpoint with a diverged state.
+        if !params.data.iter().chain(&moments).all(|v| v.is_finite()) {
+            return Err(Error::Diverged(format!(
+                "the parameters are not finite after epoch {}, so it was not saved (an earlier checkpoint is kept); the learning rate ({}) is probably too high: try a smaller --lr",
+                state.epoch, state.lr
+            )));
+        }
         Ok(Checkpoint {
-            params: backend.params()?,
+            params,
             state,
             standardizer,
             optimizer_state: OptimizerState { t, moments },
@@ -329,12 +337,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         if let Some(d) = tmp.parent().and_then(|d| std::fs::File::open(d).ok()) {
             let _ = d.sync_all();
         }
+        remove_stale_temps(path);
         Ok(())
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Removes the temporary files that writers of `path` killed mid-write left
+/// behind (`.PID.tmp.NAME` whose process is gone). Best effort: Linux only,
+/// where `/proc/PID` says whether a process is alive.
+fn remove_stale_temps(path: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let tmp = sibling_temp(path);
+    let (Some(dir), Some(name)) = (tmp.parent(), path.file_name()) else {
+        return;
+    };
+    let suffix = format!(".tmp.{}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        let pid = file
+            .strip_prefix('.')
+            .and_then(|f| f.strip_suffix(&suffix))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(pid) = pid {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// A temporary name beside `path` (same directory, so a rename is atomic),

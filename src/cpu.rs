@@ -21,6 +21,10 @@ use crate::network::{Activation, Loss, Network, Params, Real, CE_CLAMP};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind, UpdateTerms};
 use crate::{Error, Result};
 
+/// The most threads the fast CPU path starts (`--threads`): far past any
+/// core count, low enough that a typo cannot spawn a million threads.
+pub const MAX_THREADS: usize = 1024;
+
 /// `σ(z) = 1 / (1 + e^−z)`.
 pub fn sigmoid<T: Real>(z: T) -> T {
     T::one() / (T::one() + (-z).exp())
@@ -347,8 +351,14 @@ impl<T: Real> CpuBackend<T> {
 
     /// The fast backend: the same maths, with the matrix products done by the
     /// `gemm` crate on `threads` threads (0: one per core) and the element-wise
-    /// work fused. This is what `--backend cpu` trains with.
+    /// work fused. This is what `--backend cpu` trains with. More than
+    /// [`MAX_THREADS`] threads is refused.
     pub fn fast(net: &Network, capacity: usize, threads: usize) -> Result<Self> {
+        if threads > MAX_THREADS {
+            return Err(Error::Invalid(format!(
+                "--threads {threads} is more than {MAX_THREADS}; use 0 for one per core"
+            )));
+        }
         let mut b = Self::new(net, capacity)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -624,9 +634,16 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn take_totals(&mut self) -> Result<Totals> {
-        let mut t = std::mem::take(&mut self.totals);
-        t.loss_fn = self.net.loss();
-        Ok(t)
+        let t = self.peek_totals();
+        self.totals = Totals::default();
+        t
+    }
+
+    fn peek_totals(&mut self) -> Result<Totals> {
+        Ok(Totals {
+            loss_fn: self.net.loss(),
+            ..self.totals
+        })
     }
 
     fn read_activations(&mut self, l: usize) -> Result<Vec<T>> {

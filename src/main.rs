@@ -92,17 +92,17 @@ struct TrainArgs {
     #[arg(long)]
     layers: Option<String>,
     /// Passes over the data (default: per dataset).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Samples per step (default: per dataset).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     /// Learning rate (default: per dataset).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed for the initial weights, the shuffling, the validation split and
     /// the built-in data [default: 42, or the checkpoint's with --resume].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
@@ -113,7 +113,7 @@ struct TrainArgs {
     #[arg(long)]
     save: Option<PathBuf>,
     /// Also write the --save checkpoint every N epochs.
-    #[arg(long, requires = "save")]
+    #[arg(long, allow_negative_numbers = true, requires = "save")]
     save_every: Option<usize>,
     /// Continue the run saved in this checkpoint; --epochs counts the total.
     #[arg(long)]
@@ -143,12 +143,12 @@ struct TrainArgs {
     /// constant, step (× --lr-gamma every --lr-step epochs) or cosine [default: constant].
     #[arg(long)]
     lr_schedule: Option<String>,
-    /// Epochs between decays of the step schedule.
-    #[arg(long, default_value_t = 10)]
-    lr_step: usize,
-    /// Factor of each decay of the step schedule.
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    lr_gamma: f32,
+    /// Epochs between decays of the step schedule [default: 10].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_step: Option<usize>,
+    /// Factor of each decay of the step schedule [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_gamma: Option<f32>,
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -158,8 +158,12 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Check the loss after every step, not only after each epoch, and stop
+    /// at the first step where it is not finite (on a GPU: one small read-back per step).
+    #[arg(long)]
+    nan_check: bool,
     /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     threads: usize,
     /// Hold out this fraction of the data (seeded) for validation after every epoch.
     #[arg(long, conflicts_with = "val")]
@@ -190,10 +194,10 @@ struct ModelArgs {
     #[arg(long)]
     adapter: Option<String>,
     /// Samples per forward pass.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1024)]
     batch: usize,
     /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     threads: usize,
     /// Print JSON (eval).
     #[arg(long)]
@@ -250,22 +254,22 @@ struct BenchArgs {
     #[arg(long)]
     layers: Option<String>,
     /// Samples per step (default: the workload's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     /// Timed steps (default: the workload's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     steps: Option<usize>,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     warmup: usize,
     /// Learning rate (the PyTorch peer's 0.5).
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     lr: f32,
     /// Seed of the initial weights and the random batch.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     seed: u64,
     /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     threads: usize,
     /// GPU kernels.
     #[arg(long, value_enum, default_value = "auto")]
@@ -494,6 +498,11 @@ fn load_data(
     net_outputs: usize,
     seed: u64,
 ) -> Result<Dataset> {
+    if let (Some(t), false) = (target, matches!(source, DataArg::Csv(_))) {
+        return Err(Error::Invalid(format!(
+            "--target {t:?} names a CSV column, but the data is not a CSV file"
+        )));
+    }
     Ok(match source {
         DataArg::Builtin("xor") => Dataset::xor(),
         DataArg::Builtin("example") => Dataset::example(),
@@ -594,6 +603,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         seed,
         shuffle: true,
         schedule,
+        nan_check: a.nan_check,
     };
     cfg.validate()?;
     let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
@@ -652,6 +662,22 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         Some(name) => OptimizerKind::parse(name)?,
         None => base.kind,
     };
+    // Settings of another optimiser or schedule would be silently ignored.
+    let only = |flag: &str, given: bool, applies: bool, to: &str, now: &str| {
+        if given && !applies {
+            return Err(Error::Invalid(format!(
+                "{flag} applies only to {to}, and this run uses {now}"
+            )));
+        }
+        Ok(())
+    };
+    let uses = format!("--optimizer {}", kind.name());
+    let momentum = kind == OptimizerKind::Momentum;
+    only("--momentum", a.momentum.is_some(), momentum, "--optimizer momentum", &uses)?;
+    let adam = kind == OptimizerKind::Adam;
+    for (flag, v) in [("--beta1", a.beta1), ("--beta2", a.beta2), ("--eps", a.eps)] {
+        only(flag, v.is_some(), adam, "--optimizer adam", &uses)?;
+    }
     let opt = Optimizer {
         kind,
         momentum: a.momentum.unwrap_or(base.momentum),
@@ -665,10 +691,17 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         (Some(name), _) => match name.as_str() {
             "constant" => Schedule::Constant,
             "cosine" => Schedule::Cosine,
-            "step" => Schedule::Step {
-                every: a.lr_step,
-                gamma: a.lr_gamma,
-            },
+            "step" => {
+                // On resume the checkpoint's step settings are the defaults.
+                let (every, gamma) = match st.map(|s| s.schedule) {
+                    Some(Schedule::Step { every, gamma }) => (every, gamma),
+                    _ => (10, 0.1),
+                };
+                Schedule::Step {
+                    every: a.lr_step.unwrap_or(every),
+                    gamma: a.lr_gamma.unwrap_or(gamma),
+                }
+            }
             other => {
                 return Err(Error::Invalid(format!(
                     "--lr-schedule: '{other}' is not constant, step or cosine"
@@ -678,6 +711,11 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         (None, Some(s)) => s.schedule,
         (None, None) => Schedule::Constant,
     };
+    let step = matches!(schedule, Schedule::Step { .. });
+    let sched = format!("--lr-schedule {}", schedule.spec());
+    for (flag, given) in [("--lr-step", a.lr_step.is_some()), ("--lr-gamma", a.lr_gamma.is_some())] {
+        only(flag, given, step, "--lr-schedule step", &sched)?;
+    }
     schedule.validate()?;
     if let Some(s) = st {
         if opt != s.optimizer {

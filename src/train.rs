@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// How the learning rate changes from epoch to epoch.
     pub schedule: Schedule,
+    /// Check the running loss after every step (`--nan-check`), not only at
+    /// the end of each epoch: a divergence stops at the step it happens. On a
+    /// GPU each check waits for the step and reads back a few bytes.
+    pub nan_check: bool,
 }
 
 /// A learning-rate schedule: the rate of epoch `e` (1-based) of `E`.
@@ -300,6 +304,16 @@ pub fn train_epochs<B: Backend + ?Sized>(
         for (step, idx) in order.chunks(batch).enumerate() {
             buf.load(backend, data, idx)?;
             backend.step(lr)?;
+            if cfg.nan_check {
+                let loss = backend.peek_totals()?.loss();
+                if !loss.is_finite() {
+                    let what = format!(
+                        "the loss became {loss} in epoch {epoch} (step {} of {steps})",
+                        step + 1
+                    );
+                    return Err(diverged(&what, lr, data));
+                }
+            }
             on(
                 backend,
                 Progress::Step {
@@ -321,10 +335,8 @@ pub fn train_epochs<B: Backend + ?Sized>(
             val_accuracy: None,
         };
         if !stats.loss.is_finite() {
-            return Err(Error::Diverged(format!(
-                "the loss became {} in epoch {epoch}; the learning rate ({}) is probably too high",
-                stats.loss, cfg.lr
-            )));
+            let what = format!("the loss became {} in epoch {epoch}", stats.loss);
+            return Err(diverged(&what, lr, data));
         }
         if let Some(v) = val {
             let (t, m) = evaluate(backend, v)?;
@@ -336,7 +348,35 @@ pub fn train_epochs<B: Backend + ?Sized>(
         on(backend, Progress::Epoch(&stats))?;
         history.push(stats);
     }
+    // An epoch's loss is measured before each update, so the last update can
+    // still have overflowed: the run ends with finite parameters or an error.
+    if !backend.params()?.data.iter().all(|v| num_traits::Float::is_finite(*v)) {
+        let what = format!(
+            "the parameters became non-finite in the last update of epoch {}",
+            cfg.epochs
+        );
+        let lr = cfg.schedule.lr(cfg.lr, cfg.epochs, cfg.epochs);
+        return Err(diverged(&what, lr, data));
+    }
     Ok(history)
+}
+
+/// Inputs larger than this in magnitude make a divergence likely to come
+/// from unscaled data rather than only from the learning rate.
+const LARGE_INPUT: f32 = 1e3;
+
+/// The [`Error::Diverged`] for `what` went wrong, with the
+/// likely cause: the learning rate, and unscaled inputs when they are large.
+fn diverged(what: &str, lr: f32, data: &Dataset) -> Error {
+    let big = data.x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inputs = if big > LARGE_INPUT {
+        format!(", or the inputs (up to {big:.3e} in magnitude) need scaling: try --normalize")
+    } else {
+        String::new()
+    };
+    Error::Diverged(format!(
+        "{what}; the learning rate ({lr}) is probably too high: try a smaller --lr{inputs}"
+    ))
 }
 
 /// Loss and score of the backend's current parameters on `data`, in batches

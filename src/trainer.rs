@@ -51,6 +51,7 @@ impl Trainer {
             seed: 42,
             shuffle: true,
             schedule: Default::default(),
+            nan_check: false,
         };
         Ok(Trainer {
             backend,
@@ -93,6 +94,13 @@ impl Trainer {
     /// Learning rate.
     pub fn lr(mut self, lr: f32) -> Self {
         self.cfg.lr = lr;
+        self
+    }
+
+    /// Check the loss after every step and stop at the first that is not
+    /// finite ([`TrainConfig::nan_check`]); off by default.
+    pub fn nan_check(mut self, on: bool) -> Self {
+        self.cfg.nan_check = on;
         self
     }
 

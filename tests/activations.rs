@@ -141,6 +141,7 @@ fn relu_softmax_learns_mnist_shaped_classes() {
         seed: 4,
         shuffle: true,
         schedule: Default::default(),
+        nan_check: false,
     };
     let history = train(&mut cpu, &train_set, &cfg, |_| {}).unwrap();
     assert!(history.iter().all(|e| e.loss.is_finite()));

@@ -372,6 +372,7 @@ fn adam_learns_mnist_shaped_classes() {
         seed: 4,
         shuffle: true,
         schedule: Default::default(),
+        nan_check: false,
     };
     let learns = |b: &mut dyn Backend<Scalar = f32>| {
         b.set_optimizer(&ADAM).unwrap();

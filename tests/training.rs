@@ -198,6 +198,7 @@ fn training_loop_with_partial_batches_gpu_matches_cpu() {
         seed: 3,
         shuffle: true,
         schedule: Default::default(),
+        nan_check: false,
     };
     let mut cpu = CpuBackend::<f64>::new(&net, 8).unwrap();
     cpu.set_params(&net.init(3)).unwrap();
@@ -243,6 +244,7 @@ fn runs_are_bitwise_repeatable() {
         seed: 11,
         shuffle: true,
         schedule: Default::default(),
+        nan_check: false,
     };
     // Two fresh runs on backends from `make` must agree to the bit.
     let same_twice = |name: &str, make: &dyn Fn() -> Box<dyn Backend<Scalar = f32>>| {

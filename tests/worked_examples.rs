@@ -114,6 +114,7 @@ fn classic_step_through_the_training_loop() {
         seed: 1,
         shuffle: true,
         schedule: Default::default(),
+        nan_check: false,
     };
     let data = Dataset::example();
     let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();

@@ -1204,12 +1204,17 @@ impl Backend for GpuBackend {
     }
 
     fn take_totals(&mut self) -> Result<Totals> {
-        self.flush()?;
-        let acc: Vec<Acc> = readback::read(&self.ctx, &self.acc, 0, 1)?;
-        self.in_flight.clear();
+        let t = self.peek_totals()?;
         self.ctx
             .queue
             .write_buffer(&self.acc, 0, bytemuck::bytes_of(&Acc::default()));
+        Ok(t)
+    }
+
+    fn peek_totals(&mut self) -> Result<Totals> {
+        self.flush()?;
+        let acc: Vec<Acc> = readback::read(&self.ctx, &self.acc, 0, 1)?;
+        self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
             loss_sum: a.loss_sum as f64,
