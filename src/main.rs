@@ -673,7 +673,13 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
     };
     let uses = format!("--optimizer {}", kind.name());
     let momentum = kind == OptimizerKind::Momentum;
-    only("--momentum", a.momentum.is_some(), momentum, "--optimizer momentum", &uses)?;
+    only(
+        "--momentum",
+        a.momentum.is_some(),
+        momentum,
+        "--optimizer momentum",
+        &uses,
+    )?;
     let adam = kind == OptimizerKind::Adam;
     for (flag, v) in [("--beta1", a.beta1), ("--beta2", a.beta2), ("--eps", a.eps)] {
         only(flag, v.is_some(), adam, "--optimizer adam", &uses)?;
@@ -713,7 +719,10 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
     };
     let step = matches!(schedule, Schedule::Step { .. });
     let sched = format!("--lr-schedule {}", schedule.spec());
-    for (flag, given) in [("--lr-step", a.lr_step.is_some()), ("--lr-gamma", a.lr_gamma.is_some())] {
+    for (flag, given) in [
+        ("--lr-step", a.lr_step.is_some()),
+        ("--lr-gamma", a.lr_gamma.is_some()),
+    ] {
         only(flag, given, step, "--lr-schedule step", &sched)?;
     }
     schedule.validate()?;

@@ -350,7 +350,12 @@ pub fn train_epochs<B: Backend + ?Sized>(
     }
     // An epoch's loss is measured before each update, so the last update can
     // still have overflowed: the run ends with finite parameters or an error.
-    if !backend.params()?.data.iter().all(|v| num_traits::Float::is_finite(*v)) {
+    if !backend
+        .params()?
+        .data
+        .iter()
+        .all(|v| num_traits::Float::is_finite(*v))
+    {
         let what = format!(
             "the parameters became non-finite in the last update of epoch {}",
             cfg.epochs
@@ -361,21 +366,26 @@ pub fn train_epochs<B: Backend + ?Sized>(
     Ok(history)
 }
 
-/// Inputs larger than this in magnitude make a divergence likely to come
-/// from unscaled data rather than only from the learning rate.
+/// Inputs or targets larger than this in magnitude make a divergence likely
+/// to come from unscaled data rather than only from the learning rate.
 const LARGE_INPUT: f32 = 1e3;
 
 /// The [`Error::Diverged`] for `what` went wrong, with the
 /// likely cause: the learning rate, and unscaled inputs when they are large.
 fn diverged(what: &str, lr: f32, data: &Dataset) -> Error {
-    let big = data.x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let inputs = if big > LARGE_INPUT {
-        format!(", or the inputs (up to {big:.3e} in magnitude) need scaling: try --normalize")
-    } else {
-        String::new()
-    };
+    let largest = |v: &[f32]| v.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut also = String::new();
+    let x = largest(&data.x);
+    if x > LARGE_INPUT {
+        also +=
+            &format!(", or the inputs (up to {x:.3e} in magnitude) need scaling: try --normalize");
+    }
+    let y = largest(&data.y);
+    if y > LARGE_INPUT {
+        also += &format!(", or the targets (up to {y:.3e} in magnitude) need scaling");
+    }
     Error::Diverged(format!(
-        "{what}; the learning rate ({lr}) is probably too high: try a smaller --lr{inputs}"
+        "{what}; the learning rate ({lr}) is probably too high: try a smaller --lr{also}"
     ))
 }
 
