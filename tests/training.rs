@@ -272,6 +272,75 @@ fn runs_are_bitwise_repeatable() {
     });
 }
 
+/// Builds a fresh backend for one run.
+type MakeBackend = Box<dyn Fn() -> Box<dyn Backend<Scalar = f32>>>;
+
+/// `nan_check` reads the running totals after every step without disturbing
+/// them: a converging run is bit for bit the same with and without it, on
+/// every backend; a diverging one stops at the step, naming it.
+#[test]
+fn nan_check_changes_nothing_and_stops_at_the_step() {
+    let net = Network::parse("3,9:linear,2:linear").unwrap();
+    let data = small_set(50, "nan-check");
+    let cfg = |lr, nan_check| TrainConfig {
+        epochs: 3,
+        batch: 16,
+        lr,
+        seed: 5,
+        shuffle: true,
+        schedule: Default::default(),
+        nan_check,
+    };
+    let mut makers: Vec<(&str, MakeBackend)> = vec![
+        (
+            "cpu",
+            Box::new(|| Box::new(CpuBackend::<f32>::new(&net, 16).unwrap())),
+        ),
+        (
+            "fast",
+            Box::new(|| Box::new(CpuBackend::<f32>::fast(&net, 16, 2).unwrap())),
+        ),
+    ];
+    if let Some(ctx) = gpu_or_skip("nan_check_changes_nothing_and_stops_at_the_step") {
+        for kernels in [KernelSet::Simple, KernelSet::Tiled] {
+            let ctx = ctx.clone();
+            let net = net.clone();
+            let options = GpuOptions {
+                kernels,
+                tiles: Some(TileConfig::SMALL),
+                max_chunk: None,
+            };
+            makers.push((
+                "gpu",
+                Box::new(move || Box::new(gpu(&ctx, &net, 16, options))),
+            ));
+        }
+    }
+    for (name, make) in &makers {
+        let run = |c: &TrainConfig| {
+            let mut b = make();
+            b.set_params(&net.init(5)).unwrap();
+            let r = train(&mut *b, &data, c, |_| {});
+            r.map(|h| {
+                (
+                    h.iter().map(|e| e.loss).collect::<Vec<_>>(),
+                    b.params().unwrap().data,
+                )
+            })
+        };
+        let plain = run(&cfg(0.05, false)).unwrap();
+        let checked = run(&cfg(0.05, true)).unwrap();
+        assert_eq!(plain, checked, "{name}: --nan-check changed the run");
+        let e = run(&cfg(50.0, true)).unwrap_err().to_string();
+        assert!(
+            e.contains("diverged") && e.contains("(step "),
+            "{name}: {e}"
+        );
+        let e = run(&cfg(50.0, false)).unwrap_err().to_string();
+        assert!(e.contains("in epoch 1;"), "{name}: {e}");
+    }
+}
+
 /// A batch larger than the backend's capacity, or of the wrong width, is an error.
 #[test]
 fn bad_batches_are_errors_not_panics() {
