@@ -273,7 +273,7 @@ fn runs_are_bitwise_repeatable() {
 }
 
 /// Builds a fresh backend for one run.
-type MakeBackend = Box<dyn Fn() -> Box<dyn Backend<Scalar = f32>>>;
+type MakeBackend<'a> = Box<dyn Fn() -> Box<dyn Backend<Scalar = f32>> + 'a>;
 
 /// `nan_check` reads the running totals after every step without disturbing
 /// them: a converging run is bit for bit the same with and without it, on
