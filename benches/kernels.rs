@@ -21,7 +21,7 @@ fn workloads() -> Vec<Workload> {
 fn passes(c: &mut Criterion, name: &str, w: &Workload, b: &mut dyn Backend<Scalar = f32>) {
     let net = w.network();
     b.set_params(&net.init(1)).expect("params");
-    let (x, y) = random_batch(&net, w.batch, 1);
+    let (x, y) = random_batch(&net, w.batch, 1).expect("batch fits in memory");
     b.load_batch(&x, &y).expect("batch");
     for pass in ["forward", "backward"] {
         let mut g = c.benchmark_group(format!("{pass}/{name}"));

@@ -29,7 +29,7 @@ fn bench_backend<B: Backend<Scalar = f32>>(
         let net = w.network();
         let mut b = make(&net, w.batch);
         b.set_params(&net.init(1)).expect("params");
-        let (x, y) = random_batch(&net, w.batch, 1);
+        let (x, y) = random_batch(&net, w.batch, 1).expect("batch fits in memory");
         b.load_batch(&x, &y).expect("batch");
         g.throughput(Throughput::Elements(w.batch as u64));
         g.sample_size(if w.batch >= 1024 { 10 } else { 100 });

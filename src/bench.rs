@@ -108,13 +108,21 @@ pub fn flops_per_step(net: &Network, batch: usize) -> f64 {
 
 /// A seeded random batch, uniform in (0, 1) and never zero:
 /// `x (batch, inputs)`, `y (batch, outputs)`.
-pub fn random_batch(net: &Network, batch: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+/// A batch that cannot be held in memory is an error.
+pub fn random_batch(net: &Network, batch: usize, seed: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+    let width = net.inputs() + net.outputs();
+    let need = crate::memory::bytes(&[(batch, width.saturating_mul(4))]);
+    crate::memory::ensure(
+        need,
+        &format!("a batch of {batch}"),
+        "use a smaller --batch",
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut draw =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(0.01f32..1.0)).collect() };
     let x = draw(batch * net.inputs());
     let y = draw(batch * net.outputs());
-    (x, y)
+    Ok((x, y))
 }
 
 /// Milliseconds per step, as measured.

@@ -327,6 +327,17 @@ impl<T: Real> CpuBackend<T> {
         if capacity == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
         }
+        // Refuse what cannot fit before allocating any of it.
+        let size = std::mem::size_of::<T>();
+        let values: usize = net.sizes().iter().sum();
+        let p = net.param_count();
+        let need = crate::memory::bytes(&[
+            (p, 2 * size),
+            (capacity, values.saturating_mul(2).saturating_mul(size)),
+            (capacity, net.outputs() * size),
+        ]);
+        let what = format!("the CPU backend for {} at batch {capacity}", net.describe());
+        crate::memory::ensure(need, &what, "use a smaller --batch or smaller --layers")?;
         let per = |n: usize| vec![T::zero(); capacity * n];
         Ok(CpuBackend {
             net: net.clone(),
@@ -579,7 +590,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             None => (0, false),
             Some(_) => (opt.state_len(p).max(p), true),
         };
-        self.state = vec![T::zero(); state];
+        self.state = crate::memory::zeroed(state, "the optimizer's state", "use smaller --layers")?;
         self.decay = if decay {
             opt.decay(&self.net)
         } else {

@@ -46,6 +46,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("training diverged: {0}")]
     Diverged(String),
+    /// The machine does not have the memory a request needs.
+    #[error("not enough memory: {0}")]
+    Memory(String),
     /// The GPU refused or failed an operation.
     #[error("GPU error: {0}")]
     Gpu(String),

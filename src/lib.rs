@@ -23,6 +23,7 @@ pub mod error;
 pub mod example;
 pub mod gpu;
 pub mod idx;
+pub mod memory;
 pub mod network;
 pub mod optim;
 pub mod plot;

@@ -812,6 +812,8 @@ fn run_training<B: Backend<Scalar = f32>>(
             c.restore(&mut backend)?;
         }
         None => {
+            // The initial parameters, and a read-back for each checkpoint.
+            shadertrain::memory::ensure_params(net, 2)?;
             let init = if a.data == "example" && net == &example::network() {
                 example::params()
             } else {
@@ -1151,8 +1153,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             a.lr
         )));
     }
+    // The initial parameters, and one read-back per backend.
+    shadertrain::memory::ensure_params(&net, 3)?;
     let params = net.init(a.seed);
-    let (x, y) = bench::random_batch(&net, batch, a.seed);
+    let (x, y) = bench::random_batch(&net, batch, a.seed)?;
     let flops = bench::flops_per_step(&net, batch);
     let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
     let mut rows: Vec<(BenchRow, shadertrain::network::Params<f32>)> = Vec::new();

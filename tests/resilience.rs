@@ -126,6 +126,60 @@ fn bad_and_conflicting_flags_leave_no_output() {
     }
 }
 
+#[test]
+fn requests_beyond_memory_are_refused_before_allocating() {
+    let dir = TempDir::new("memory");
+    let save = dir.path("m.safetensors").display().to_string();
+    // 1.5 TiB of batch: more than any machine has.
+    let bench = [
+        "bench",
+        "--backend",
+        "cpu",
+        "--workload",
+        "W0",
+        "--steps",
+        "1",
+    ];
+    let mut args = bench.to_vec();
+    args.extend(["--batch", "100000000000"]);
+    expect_error(
+        &args,
+        &["not enough memory", "batch of 100000000000", "--batch"],
+    );
+    // With the memory the run may use capped, a 400M-parameter net is refused
+    // by the CPU backend before it allocates, and by bench's own check.
+    let limit = [("SHADERTRAIN_MEMORY_LIMIT", "1000000000")];
+    let train = [
+        "train",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--layers",
+    ];
+    let mut args = train.to_vec();
+    args.extend(["2,20000,20000,2", "--save", &save]);
+    let line = expect_error_env(&args, &limit, &["not enough memory", "2-20000-20000-2"]);
+    assert!(line.contains("953.7 MiB is available"), "{line}");
+    let mut args = bench[..3].to_vec();
+    args.extend(["--layers", "2,20000,20000,2", "--steps", "1"]);
+    expect_error_env(
+        &args,
+        &limit,
+        &["not enough memory", "parameters", "--layers"],
+    );
+    assert_only(&dir, &[]);
+    // On the GPU, parameters past the device's buffer limits name the limit.
+    if gpu_or_skip("requests_beyond_memory_are_refused_before_allocating") {
+        let mut args = train.to_vec();
+        args[2] = "gpu";
+        args.extend(["2,60000,60000,2", "--save", &save]);
+        expect_error(&args, &["GPU", "max_buffer_size", "smaller"]);
+        assert_only(&dir, &[]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Divergence
 // ---------------------------------------------------------------------------

@@ -152,7 +152,16 @@ pub fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
 /// Assert that `args` fails cleanly: a non-zero exit, no panic, and exactly
 /// one stderr line, starting with `error:` and containing every word of `expect`.
 pub fn expect_error<S: AsRef<str>>(args: &[S], expect: &[&str]) -> String {
-    let r = run(args);
+    expect_error_env(args, &[], expect)
+}
+
+/// [`expect_error`] with extra environment variables.
+pub fn expect_error_env<S: AsRef<str>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    expect: &[&str],
+) -> String {
+    let r = run_env(args, env);
     assert!(
         !r.out.status.success(),
         "expected a non-zero exit\n{}",

@@ -1,0 +1,131 @@
+//! Host memory: sizes are added up with overflow checks and compared with
+//! what the machine has before the large buffers are allocated, so a batch or
+//! a network that cannot fit is an [`Error::Memory`] naming what needed how
+//! much, not an allocator abort or a visit from the OOM killer.
+
+use crate::{Error, Result};
+
+/// Bytes of `count` values of `size` bytes each, as a sum over `(count, size)`
+/// pairs; `None` when the sum overflows (it could never be allocated).
+pub fn bytes(parts: &[(usize, usize)]) -> Option<u64> {
+    parts.iter().try_fold(0u64, |sum, &(count, size)| {
+        let b = (count as u64).checked_mul(size as u64)?;
+        sum.checked_add(b)
+    })
+}
+
+/// Memory that may be used: what the kernel says can be allocated without
+/// swapping (`MemAvailable` in `/proc/meminfo`), capped by
+/// `SHADERTRAIN_MEMORY_LIMIT` (bytes) when set, e.g. on a shared machine;
+/// `None` where neither is known.
+pub fn available() -> Option<u64> {
+    let cap = std::env::var("SHADERTRAIN_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let os = (|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    })();
+    match (os, cap) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `n` bytes for people: `512 B`, `3.2 MiB`, `14.4 GiB`.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Refuse `need` bytes (`None`: more than can be counted) for `what` when the
+/// machine does not have them available; `hint` says what to change.
+pub fn ensure(need: Option<u64>, what: &str, hint: &str) -> Result<()> {
+    let Some(need) = need else {
+        return Err(Error::Memory(format!(
+            "{what} needs more bytes than a 64-bit size can count; {hint}"
+        )));
+    };
+    match available() {
+        Some(have) if need > have => Err(Error::Memory(format!(
+            "{what} needs {} but {} is available; {hint}",
+            human(need),
+            human(have)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a network whose `copies` host copies of the f32 parameters (an
+/// initialisation, a read-back, ...) the machine cannot hold.
+pub fn ensure_params(net: &crate::network::Network, copies: usize) -> Result<()> {
+    let need = bytes(&[(net.param_count(), copies.saturating_mul(4))]);
+    let what = format!("{} ({} parameters)", net.describe(), net.param_count());
+    ensure(need, &what, "use smaller --layers")
+}
+
+/// `n` zeroed values, or an [`Error::Memory`] when the allocator refuses
+/// (where [`available`] is unknown, this is what catches an impossible size).
+pub fn zeroed<T: Clone + bytemuck::Zeroable>(n: usize, what: &str, hint: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        let need = bytes(&[(n, std::mem::size_of::<T>())]);
+        Error::Memory(format!(
+            "cannot allocate {} for {what}; {hint}",
+            need.map_or_else(|| "that much".to_string(), human)
+        ))
+    })?;
+    v.resize(n, T::zeroed());
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_overflow_to_none() {
+        assert_eq!(bytes(&[(3, 4), (2, 8)]), Some(28));
+        assert_eq!(bytes(&[(usize::MAX, 8)]), None);
+        assert_eq!(
+            bytes(&[(usize::MAX / 2, 1), (usize::MAX / 2, 1), (usize::MAX, 1)]),
+            None
+        );
+    }
+
+    #[test]
+    fn impossible_requests_are_errors() {
+        let e = ensure(None, "the thing", "use less")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the thing") && e.contains("use less"), "{e}");
+        if let Some(have) = available() {
+            assert!(have > 0);
+            let e = ensure(Some(have.saturating_mul(4)), "x", "y").unwrap_err();
+            assert!(e.to_string().contains("is available"), "{e}");
+            assert!(ensure(Some(1), "x", "y").is_ok());
+        }
+        let e = zeroed::<f32>(usize::MAX / 4, "a buffer", "smaller").unwrap_err();
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
+        assert_eq!(zeroed::<f32>(3, "a", "b").unwrap(), vec![0.0; 3]);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
+        assert_eq!(human(15_461_882_266), "14.4 GiB");
+    }
+}
