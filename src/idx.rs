@@ -203,7 +203,7 @@ impl IdxReader {
                     return Err(Error::Data {
                         path: self.path.display().to_string(),
                         msg: format!(
-                            "corrupt gzip stream: {}",
+                            "cannot decompress: {}",
                             crate::error::one_line(&e.to_string(), 200)
                         ),
                     })
