@@ -235,6 +235,15 @@ fn gzip_claiming(bytes: &[u8], len: u64) -> Vec<u8> {
     z
 }
 
+/// (test, images, labels, words of the error)
+type IdxCase = (&'static str, Vec<u8>, Vec<u8>, Vec<&'static str>);
+/// (test, files, words of the error)
+type FilesCase = (
+    &'static str,
+    Vec<(&'static str, Vec<u8>)>,
+    Vec<&'static str>,
+);
+
 const IMAGES: &str = "train-images-idx3-ubyte";
 const LABELS: &str = "train-labels-idx1-ubyte";
 
@@ -255,8 +264,7 @@ fn bad_idx_files() {
         v[at..at + b.len()].copy_from_slice(b);
         v
     };
-    // (test, images, labels, words of the error)
-    let cases: Vec<(&str, Vec<u8>, Vec<u8>, Vec<&str>)> = vec![
+    let cases: Vec<IdxCase> = vec![
         (
             "idx-magic-images",
             with(&img, 0, b"PK"),
@@ -445,7 +453,7 @@ fn huge_declared_sizes_are_refused_before_allocating() {
     // 12 + 2^32 bytes declared, which a gzip trailer (mod 2^32) records as 12.
     let lying_images = gzip_claiming(&idx(0x08, &[1 << 30, 4], &[]), 12);
     let lying_labels = gzip_claiming(&idx(0x08, &[1 << 30], &[]), 8 + (1 << 30));
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, Vec<&str>)> = vec![
+    let cases: Vec<FilesCase> = vec![
         (
             "huge-product",
             vec![(IMAGES, huge), (LABELS, lab.clone())],
@@ -515,7 +523,7 @@ fn with_meta(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
     let mut json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     json["__metadata__"][key] = value.into();
     let mut head = json.to_string().into_bytes();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = (head.len() as u64).to_le_bytes().to_vec();

@@ -850,7 +850,7 @@ fn edit_header(bytes: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
         }
     }
     let mut head = text.unwrap_or_else(|| json.to_string()).into_bytes();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut out = (head.len() as u64).to_le_bytes().to_vec();
