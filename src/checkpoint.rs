@@ -10,10 +10,12 @@
 
 use crate::backend::Backend;
 use crate::data::Standardizer;
+use crate::error::{one_line, quote};
 use crate::network::{Network, Params};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind};
 use crate::train::{EpochStats, Schedule};
 use crate::{Error, Result};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
@@ -193,8 +195,14 @@ impl Checkpoint {
         })
     }
 
-    /// [`Checkpoint::load`] from memory; the error is the reason alone.
+    /// [`Checkpoint::load`] from memory; the error is the reason alone, one line.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
+        // Messages from elsewhere (safetensors, serde_json, the parsers) may
+        // quote metadata text, which may hold newlines.
+        Self::parse_bytes(bytes).map_err(|e| one_line(&e, 500))
+    }
+
+    fn parse_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
         let st = SafeTensors::deserialize(bytes)
@@ -205,10 +213,11 @@ impl Checkpoint {
                 .cloned()
                 .ok_or_else(|| format!("metadata lacks '{k}' (not a shadertrain checkpoint?)"))
         };
-        if get("format")? != FORMAT {
+        let format = get("format")?;
+        if format != FORMAT {
             return Err(format!(
                 "metadata format is '{}', not '{FORMAT}'",
-                get("format")?
+                quote(&format)
             ));
         }
         let version: u32 = parse(&get("version")?, "version")?;
@@ -218,28 +227,28 @@ impl Checkpoint {
             ));
         }
         let net = Network::parse(&get("layers")?).map_err(|e| format!("metadata layers: {e}"))?;
-        let mut params = Params::zeros(&net);
+        // Every tensor is found and its shape checked before anything is
+        // allocated for it: the metadata may declare billions of parameters,
+        // but tensors that are in the file are no larger than the file.
+        let mut tensors = Vec::with_capacity(2 * net.layers().len());
         for (l, ly) in net.layers().iter().enumerate() {
-            read_f32(
-                &st,
-                &format!("layers.{l}.weight"),
-                &[ly.n_out, ly.n_in],
-                params.weights_mut(l),
-            )?;
-            read_f32(
-                &st,
-                &format!("layers.{l}.bias"),
-                &[ly.n_out],
-                params.bias_mut(l),
-            )?;
+            let weight = format!("layers.{l}.weight");
+            tensors.push(f32_tensor(&st, &weight, &[ly.n_out, ly.n_in])?);
+            let bias = format!("layers.{l}.bias");
+            tensors.push(f32_tensor(&st, &bias, &[ly.n_out])?);
         }
+        let mut data = Vec::with_capacity(net.param_count());
+        for t in &tensors {
+            decode_f32(t, &mut data)?;
+        }
+        let params = Params::from_vec(&net, data).map_err(|e| e.to_string())?;
         let standardizer = match st.tensor("normalize.mean") {
             Ok(_) => {
                 let n = net.inputs();
-                let (mut mean, mut std) = (vec![0.0; n], vec![0.0; n]);
-                read_f32(&st, "normalize.mean", &[n], &mut mean)?;
-                read_f32(&st, "normalize.std", &[n], &mut std)?;
-                Some(Standardizer { mean, std })
+                Some(Standardizer {
+                    mean: read_f32(&st, "normalize.mean", &[n])?,
+                    std: read_f32(&st, "normalize.std", &[n])?,
+                })
             }
             Err(_) => None,
         };
@@ -255,10 +264,11 @@ impl Checkpoint {
             .validate()
             .map_err(|e| format!("metadata optimizer: {e}"))?;
         let len = optimizer.state_len(net.param_count());
-        let mut moments = vec![0.0; len];
-        if len > 0 {
-            read_f32(&st, "optimizer.state", &[len], &mut moments)?;
-        }
+        let moments = if len > 0 {
+            read_f32(&st, "optimizer.state", &[len])?
+        } else {
+            Vec::new()
+        };
         check_state_len(&optimizer, net.param_count(), moments.len()).map_err(|e| e.to_string())?;
         let optimizer_state = OptimizerState {
             t: parse(&get("optimizer_t")?, "optimizer_t")?,
@@ -292,16 +302,15 @@ impl Checkpoint {
 
 fn parse<T: std::str::FromStr>(v: &str, key: &str) -> std::result::Result<T, String> {
     v.parse()
-        .map_err(|_| format!("metadata '{key}' is not a valid value: '{v}'"))
+        .map_err(|_| format!("metadata '{key}' is not a valid value: '{}'", quote(v)))
 }
 
-/// Copies tensor `name`, which must be f32 of `shape`, into `out`.
-fn read_f32(
-    st: &SafeTensors<'_>,
+/// Tensor `name`, which must be f32 of `shape`, with its name for messages.
+fn f32_tensor<'a>(
+    st: &SafeTensors<'a>,
     name: &str,
     shape: &[usize],
-    out: &mut [f32],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(String, TensorView<'a>), String> {
     let t = st
         .tensor(name)
         .map_err(|_| format!("tensor '{name}' is missing"))?;
@@ -314,13 +323,37 @@ fn read_f32(
             t.shape()
         ));
     }
-    for (o, b) in out.iter_mut().zip(t.data().chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+    Ok((name.to_string(), t))
+}
+
+/// Appends the values of a tensor from [`f32_tensor`] to `out`; refuses NaN
+/// and infinity.
+fn decode_f32(
+    (name, t): &(String, TensorView<'_>),
+    out: &mut Vec<f32>,
+) -> std::result::Result<(), String> {
+    let start = out.len();
+    out.extend(
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+    if let Some(i) = out[start..].iter().position(|v| !v.is_finite()) {
         return Err(format!("tensor '{name}' holds a non-finite value at {i}"));
     }
     Ok(())
+}
+
+/// Tensor `name`, which must be f32 of `shape`, decoded.
+fn read_f32(
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<Vec<f32>, String> {
+    let t = f32_tensor(st, name, shape)?;
+    let mut out = Vec::with_capacity(t.1.data().len() / 4);
+    decode_f32(&t, &mut out)?;
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,

@@ -29,7 +29,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 
 /// What the targets mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,16 +288,17 @@ impl Dataset {
             None => usize::MAX,
             Some(None) => width - 1,
             Some(Some(name)) => headers.iter().position(|h| h == name).ok_or_else(|| {
-                let names: Vec<&str> = headers.iter().collect();
+                let names: Vec<String> = headers.iter().map(quote).collect();
                 data_err(format!(
-                    "no column named '{name}' for the target; columns are: {}",
-                    names.join(", ")
+                    "no column named '{}' for the target; columns are: {}",
+                    quote(name),
+                    crate::error::one_line(&names.join(", "), 200)
                 ))
             })?,
         };
         let column = |j: usize| -> String {
             match headers.get(j) {
-                Some(h) if !h.is_empty() => format!("column '{h}'"),
+                Some(h) if !h.is_empty() => format!("column '{}'", quote(h)),
                 _ => format!("column {}", j + 1),
             }
         };
@@ -329,9 +330,10 @@ impl Dataset {
                     // Label -> one-hot row of width `outputs`.
                     if v.fract() != 0.0 || v < 0.0 || v >= outputs as f32 {
                         return Err(line_err(format!(
-                            "{}: label '{cell}' is not an integer class in 0..={} \
+                            "{}: label '{}' is not an integer class in 0..={} \
                              (the network has {outputs} outputs)",
                             column(j),
+                            quote(cell),
                             outputs - 1
                         )));
                     }
@@ -520,8 +522,8 @@ fn parse_cell(cell: &str) -> std::result::Result<f32, String> {
     match cell.parse::<f32>() {
         // Rust parses "NaN" and "inf"; a huge value like 1e39 becomes inf.
         Ok(v) if v.is_finite() => Ok(v),
-        Ok(_) => Err(format!("value '{cell}' is not a finite number")),
-        Err(_) => Err(format!("cannot parse '{cell}' as a number")),
+        Ok(_) => Err(format!("value '{}' is not a finite number", quote(cell))),
+        Err(_) => Err(format!("cannot parse '{}' as a number", quote(cell))),
     }
 }
 

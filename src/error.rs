@@ -66,3 +66,30 @@ impl Error {
         }
     }
 }
+
+/// `text` from a user's file or flag, fit to quote inside a one-line message:
+/// control characters escaped (a newline shows as `\n`) and, past `max`
+/// characters, cut short with `…`.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Longest quoted cell, name or value in a message, in characters.
+pub(crate) const QUOTE_MAX: usize = 40;
+
+/// [`one_line`] for a short quotation (a cell, a name, a value).
+pub(crate) fn quote(text: &str) -> String {
+    one_line(text, QUOTE_MAX)
+}

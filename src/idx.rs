@@ -61,6 +61,9 @@ pub struct IdxReader {
     /// The declared sizes, outermost first.
     pub dims: Vec<usize>,
     src: Box<dyn Read>,
+    /// The sizes were checked against the file's length. A gzip file's
+    /// length field holds only the low 32 bits and may lie.
+    sized: bool,
 }
 
 /// Larger declared sizes than this are refused before any allocation (16 GiB
@@ -139,6 +142,7 @@ impl IdxReader {
             ty,
             dims,
             src,
+            sized: !gz,
         })
     }
 
@@ -150,18 +154,24 @@ impl IdxReader {
     /// Decodes every value into `out` (reserved here), as f32, `scale`
     /// applied; refuses NaN and infinity. Reads in blocks, never the whole file.
     pub fn read_f32(mut self, scale: f32, out: &mut Vec<f32>) -> Result<()> {
+        const BLOCK: usize = 65536;
         let n = self.count();
-        out.try_reserve_exact(n).map_err(|_| Error::Data {
+        let no_memory = |n: usize| Error::Data {
             path: self.path.display().to_string(),
             msg: format!("not enough memory for {n} values"),
-        })?;
+        };
+        // Reserve all at once only where the file is known to hold it all;
+        // else as the values arrive, so a lying gzip header costs nothing.
+        let first = if self.sized { n } else { n.min(BLOCK) };
+        out.try_reserve_exact(first).map_err(|_| no_memory(n))?;
         let size = self.ty.size();
-        let mut block = vec![0u8; size * 65536];
+        let mut block = vec![0u8; size * BLOCK.min(n)];
         let mut done = 0;
         while done < n {
-            let take = (n - done).min(65536);
+            let take = (n - done).min(BLOCK);
             let bytes = &mut block[..take * size];
             read_exact(&mut self.src, bytes, &self.path, "the values")?;
+            out.try_reserve(take).map_err(|_| no_memory(n))?;
             for (k, v) in bytes.chunks_exact(size).enumerate() {
                 let x = decode(self.ty, v) * scale;
                 if !x.is_finite() {
@@ -173,6 +183,32 @@ impl IdxReader {
                 out.push(x);
             }
             done += take;
+        }
+        if !self.sized {
+            // Reading to the end makes the decoder check the CRC and length,
+            // and nothing may follow the declared values, as in a plain file.
+            let mut more = [0u8; 1];
+            match self.src.read(&mut more) {
+                Ok(0) => {}
+                Ok(_) => {
+                    return Err(Error::Data {
+                        path: self.path.display().to_string(),
+                        msg: format!(
+                            "the gzip stream holds more than the declared sizes {:?}",
+                            self.dims
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(Error::Data {
+                        path: self.path.display().to_string(),
+                        msg: format!(
+                            "cannot decompress: {}",
+                            crate::error::one_line(&e.to_string(), 200)
+                        ),
+                    })
+                }
+            }
         }
         Ok(())
     }
@@ -278,7 +314,14 @@ impl Dataset {
                 msg: "no images".into(),
             });
         }
-        let inputs = img.dims[1..].iter().product::<usize>().max(1);
+        // An image of no values would leave the inputs table short of rows.
+        let inputs = img.dims[1..].iter().product::<usize>();
+        if inputs == 0 {
+            return Err(Error::Data {
+                path: images.display().to_string(),
+                msg: format!("images of 0 values: the header's sizes are {:?}", img.dims),
+            });
+        }
         let scale = if img.ty == IdxType::U8 {
             1.0 / 255.0
         } else {
@@ -288,7 +331,14 @@ impl Dataset {
         img.read_f32(scale, &mut x)?;
         let mut raw = Vec::new();
         lab.read_f32(1.0, &mut raw)?;
-        let mut y = vec![0.0f32; n * classes];
+        // Every label was read, so `n` is real; the product may still overflow.
+        let mut y = n
+            .checked_mul(classes)
+            .map(|len| vec![0.0f32; len])
+            .ok_or_else(|| Error::Data {
+                path: labels.display().to_string(),
+                msg: format!("{n} labels of {classes} classes are too many"),
+            })?;
         for (i, &l) in raw.iter().enumerate() {
             if l < 0.0 || l.fract() != 0.0 || l as usize >= classes {
                 return Err(Error::Data {

@@ -23,6 +23,7 @@
 //! assert_eq!(Network::parse(&mnist.spec()).unwrap(), mnist);
 //! ```
 
+use crate::error::quote;
 use crate::{Error, Result};
 use num_traits::Float;
 use rand::{Rng, SeedableRng};
@@ -84,7 +85,8 @@ impl Activation {
             .find(|a| a.name() == name)
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "--layers: unknown activation '{name}' (expected sigmoid, relu, tanh, linear or softmax)"
+                    "--layers: unknown activation '{}' (expected sigmoid, relu, tanh, linear or softmax)",
+                    quote(name)
                 ))
             })
     }
@@ -191,8 +193,22 @@ impl Network {
         for (w, &act) in sizes.windows(2).zip(acts) {
             let (n_in, n_out) = (w[0], w[1]);
             let w_off = off;
-            let b_off = w_off + n_in * n_out;
-            off = b_off + n_out;
+            // Checked: sizes come from users and checkpoints, up to usize::MAX.
+            let (b_off, end) = n_in
+                .checked_mul(n_out)
+                .and_then(|w| w.checked_add(w_off))
+                .and_then(|b| Some((b, b.checked_add(n_out)?)))
+                .filter(|&(_, end)| end <= u32::MAX as usize)
+                .ok_or_else(|| {
+                    // In u128 one layer (at most 2^128 - 2^64) cannot overflow.
+                    let total = sizes.windows(2).fold(0u128, |acc, w| {
+                        acc.saturating_add((w[0] as u128) * (w[1] as u128) + w[1] as u128)
+                    });
+                    Error::Invalid(format!(
+                        "--layers: {total} parameters is more than the 2^32 a GPU buffer can index"
+                    ))
+                })?;
+            off = end;
             layers.push(Layer {
                 n_in,
                 n_out,
@@ -200,11 +216,6 @@ impl Network {
                 b_off,
                 act,
             });
-        }
-        if off > u32::MAX as usize {
-            return Err(Error::Invalid(format!(
-                "--layers: {off} parameters is more than the 2^32 a GPU buffer can index"
-            )));
         }
         Ok(Network {
             sizes: sizes.to_vec(),
@@ -227,13 +238,16 @@ impl Network {
             };
             let size = size.parse::<usize>().map_err(|_| {
                 Error::Invalid(format!(
-                    "--layers: '{item}' is not a layer size (expected e.g. 2,32,32,2 or 784,128:relu,10:softmax)"
+                    "--layers: '{}' is not a layer size (expected e.g. 2,32,32,2 or 784,128:relu,10:softmax)",
+                    quote(item)
                 ))
             })?;
             match (i, act) {
                 (0, Some(a)) => {
                     return Err(Error::Invalid(format!(
-                        "--layers: the input size '{item}' takes no activation ('{a}'); put it on the layers after"
+                        "--layers: the input size '{}' takes no activation ('{}'); put it on the layers after",
+                        quote(item),
+                        quote(a)
                     )))
                 }
                 (0, None) => {}

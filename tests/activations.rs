@@ -73,6 +73,14 @@ fn bad_layer_syntax_is_refused_with_one_line() {
         ("", "not a layer size"),
         ("4,3:Relu", "unknown activation"),
         ("4,3,1:softmax", "at least 2"),
+        // Found by tests/fuzz_loaders.rs: quoted text kept on one line, and
+        // sizes whose product overflowed usize panicked.
+        ("0:soft\nmax", "'0:soft\\nmax'"),
+        ("4,3:re\nlu", "unknown activation 're\\nlu'"),
+        ("18446744073709551615,1", "2^32"),
+        ("4294967296,4294967296", "2^32"),
+        ("1,18446744073709551615,18446744073709551615", "2^32"),
+        ("65536,65536", "4295032832 parameters"),
     ] {
         let err = Network::parse(spec).expect_err(spec).to_string();
         assert!(err.contains(says), "{spec:?}: {err}");

@@ -203,9 +203,35 @@ fn bad_files_are_refused_with_the_reason() {
             "has shape [2, 3], the architecture needs [3, 2]",
         ),
     ];
+    // Found by tests/fuzz_loaders.rs: a small file declaring 4.3e9 parameters
+    // had them allocated before its tensors were looked at; quoted metadata
+    // broke the one-line message.
+    let cases = cases.into_iter().chain([
+        (
+            "huge architecture",
+            file(&good, &meta(&[("layers", "65535,65535")])),
+            "'layers.0.weight' has shape [3, 2], the architecture needs [65535, 65535]",
+        ),
+        (
+            "overflowing architecture",
+            file(&good, &meta(&[("layers", "18446744073709551615,2")])),
+            "2^32",
+        ),
+        (
+            "format with a newline",
+            file(&good, &meta(&[("format", "a\nb")])),
+            "format is 'a\\nb'",
+        ),
+        (
+            "schedule with a newline",
+            file(&good, &meta(&[("lr_schedule", "x\ny")])),
+            "'x\\ny'",
+        ),
+    ]);
     for (name, bytes, want) in cases {
         let e = Checkpoint::from_bytes(&bytes).unwrap_err();
         assert!(e.contains(want), "{name}: {e:?} should say {want:?}");
+        assert!(!e.contains('\n'), "{name}: {e:?} is not one line");
     }
     // A NaN weight is refused too.
     let mut c = sample(false);

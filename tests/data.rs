@@ -293,6 +293,25 @@ fn csv_non_numeric_cell() {
     assert!(msg.contains("'y'") && msg.contains("'yes'"), "{msg}");
 }
 
+/// Found by tests/fuzz_loaders.rs: a quoted cell or header holding a line
+/// break made a message of two lines.
+#[test]
+fn csv_quoted_line_breaks_stay_on_one_line() {
+    let msg = line_err("x,y\n\"1\n2\",0\n", None, 1, 2);
+    assert!(msg.contains("'1\\n2'"), "{msg}");
+    let msg = line_err("\"a\nb\",y\n1,0\nq,1\n", None, 1, 4);
+    assert!(
+        msg.contains("column 'a\\nb'") && msg.contains("'q'"),
+        "{msg}"
+    );
+    let msg = data_err("a,b\n1,0\n", Some("c\nd"), 1);
+    assert!(msg.contains("'c\\nd'"), "{msg}");
+    // A long cell is cut short.
+    let long = "z".repeat(1000);
+    let msg = line_err(&format!("x,y\n{long},0\n"), None, 1, 2);
+    assert!(msg.contains('…') && msg.len() < 200, "{msg}");
+}
+
 #[test]
 fn csv_non_finite_cells() {
     for bad in ["NaN", "nan", "inf", "-inf", "infinity", "1e39"] {

@@ -292,3 +292,90 @@ fn train_percent(args: &[&str], data: &std::path::Path, label: &str) -> f64 {
         .and_then(|v| v.trim_end_matches('%').parse().ok())
         .unwrap_or_else(|| panic!("no '{label}' line in {stdout}"))
 }
+
+/// Found by tests/fuzz_loaders.rs: a gzip file's length field holds only the
+/// low 32 bits of the uncompressed length, so a crafted one passed the size
+/// check and the loader reserved memory for every declared value (2^30 here,
+/// 4 GiB) before finding the stream empty. Now it reserves as values arrive.
+#[test]
+fn gzip_with_a_lying_length_field_is_refused_as_truncated() {
+    let d = Dir::new("gzip-lying");
+    let header = idx(0x08, &[1 << 30, 4], &[]);
+    let mut z = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&header).unwrap();
+        e.finish().unwrap()
+    };
+    // 12 + 2^32 bytes needed, which is 12 mod 2^32: what the trailer says.
+    let n = z.len();
+    z[n - 4..].copy_from_slice(&12u32.to_le_bytes());
+    let images = d.0.join("images.gz");
+    std::fs::write(&images, &z).unwrap();
+    let labels = d.write("labels", &idx(0x08, &[1 << 30], &[]));
+    let e = Dataset::from_idx(&images, &labels, 10)
+        .unwrap_err()
+        .to_string();
+    // The labels file is checked first as plain: its length is wrong.
+    assert!(e.contains("labels") && e.contains("truncated"), "{e}");
+    let e = IdxReader::open(&images)
+        .unwrap()
+        .read_f32(1.0, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("images.gz") && e.contains("truncated"), "{e}");
+}
+
+/// Found by tests/fuzz_loaders.rs: images declared `[1, 0, 1]` loaded as one
+/// image of no pixels, a set whose inputs table had no rows for its labels
+/// (training would then index past it).
+#[test]
+fn images_of_no_values_are_refused() {
+    let d = Dir::new("zero-pixels");
+    let labels = d.write("labels", &idx(0x08, &[1], &[0]));
+    for name in ["images", "images.gz"] {
+        let images = d.write(name, &idx(0x08, &[1, 0, 1], &[]));
+        let e = Dataset::from_idx(&images, &labels, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name) && e.contains("0 values"), "{e}");
+    }
+}
+
+/// A gzip stream must hold exactly the declared values, and its checksum is
+/// checked: the length field alone (mod 2^32) let extra data or a corrupt
+/// stream through.
+#[test]
+fn gzip_streams_are_read_to_the_end_and_checked() {
+    let d = Dir::new("gzip-end");
+    let labels = d.write("labels", &idx(0x08, &[1], &[0]));
+    let mut long = idx(0x08, &[1, 2], &[1, 2, 3]);
+    let images = d.write("long.gz", &long);
+    let e = Dataset::from_idx(&images, &labels, 10)
+        .unwrap_err()
+        .to_string();
+    // The trailer's length is 15, the header's sizes need 14.
+    assert!(e.contains("long.gz") && e.contains("need 14"), "{e}");
+    // With the length field matching, the extra byte is still found.
+    let mut z = std::fs::read(&images).unwrap();
+    let n = z.len();
+    z[n - 4..].copy_from_slice(&14u32.to_le_bytes());
+    std::fs::write(&images, &z).unwrap();
+    let e = Dataset::from_idx(&images, &labels, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("long.gz") && e.contains("more than the declared"),
+        "{e}"
+    );
+    // A stream whose checksum is wrong.
+    long.pop();
+    let images = d.write("crc.gz", &long);
+    let mut z = std::fs::read(&images).unwrap();
+    let n = z.len();
+    z[n - 8] ^= 1;
+    std::fs::write(&images, &z).unwrap();
+    let e = Dataset::from_idx(&images, &labels, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("crc.gz") && e.contains("checksum"), "{e}");
+}
