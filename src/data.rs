@@ -379,13 +379,13 @@ impl Dataset {
     pub fn check_shape(&self, inputs: usize, outputs: usize) -> Result<()> {
         if inputs != self.inputs {
             return Err(Error::Shape(format!(
-                "{} data has {} input columns but --layers starts with {inputs}",
+                "'{}' has {} input columns but the network takes {inputs} inputs",
                 self.name, self.inputs
             )));
         }
         if outputs != self.outputs {
             return Err(Error::Shape(format!(
-                "{} data has {} target columns but --layers ends with {outputs}",
+                "'{}' has {} target columns but the network has {outputs} outputs",
                 self.name, self.outputs
             )));
         }

@@ -69,8 +69,9 @@ impl Error {
 
 /// `text` from a user's file or flag, fit to quote inside a one-line message:
 /// control characters escaped (a newline shows as `\n`) and, past `max`
-/// characters, cut short with `…`.
-pub(crate) fn one_line(text: &str, max: usize) -> String {
+/// characters, cut short with `…`. The CLI also passes every message through
+/// it, so no error can span two lines whatever a user's input holds.
+pub fn one_line(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
         if i == max {

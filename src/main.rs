@@ -402,7 +402,8 @@ fn main() -> ExitCode {
     match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            let msg = shadertrain::error::one_line(&e.to_string(), usize::MAX);
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -447,7 +448,11 @@ fn load_sets(
     resumed: Option<&Checkpoint>,
 ) -> Result<(Dataset, Option<Dataset>, Option<Standardizer>)> {
     let data = load_data(source, a.target.as_deref(), net.outputs(), seed)?;
-    data.check_shape(net.inputs(), net.outputs())?;
+    let by = match (resumed, &a.layers) {
+        (Some(_), None) => "the checkpoint's network",
+        _ => "--layers",
+    };
+    check_fits(&data, source, net, by)?;
     let (mut train, mut val) = match (a.val_split, &a.val) {
         (Some(f), _) => {
             let (t, v) = data.split_validation(f, seed)?;
@@ -465,7 +470,7 @@ fn load_sets(
                 )));
             }
             let v = load_data(&src, a.target.as_deref(), net.outputs(), seed)?;
-            v.check_shape(net.inputs(), net.outputs())?;
+            check_fits(&v, &src, net, by)?;
             (data, Some(v))
         }
         (None, None) => (data, None),
@@ -492,6 +497,45 @@ fn load_sets(
 
 /// The set `source` names, targets one-hot over `net_outputs` classes
 /// (CSV: the `target` column); the spirals drawn with `seed`.
+/// The data argument as messages name it: the file, the directory or the set.
+fn shown(source: &DataArg<'_>) -> String {
+    match source {
+        DataArg::Builtin(name) => (*name).to_string(),
+        DataArg::Csv(p) | DataArg::Idx(p) | DataArg::IdxFiles(p, _) => p.display().to_string(),
+    }
+}
+
+/// Refuse data whose widths do not fit `net`, naming the file and what
+/// defines the network (`by`: `--layers`, or the model).
+fn check_fits(data: &Dataset, source: &DataArg<'_>, net: &Network, by: &str) -> Result<()> {
+    let unit = match source {
+        DataArg::Csv(_) => "input columns",
+        DataArg::Idx(_) | DataArg::IdxFiles(..) => "values per image",
+        DataArg::Builtin(_) => "inputs",
+    };
+    let msg = if data.inputs != net.inputs() {
+        format!(
+            "{} {unit}, but {by} {} takes {} inputs",
+            data.inputs,
+            net.describe(),
+            net.inputs()
+        )
+    } else if data.outputs != net.outputs() {
+        format!(
+            "{} target columns, but {by} {} has {} outputs",
+            data.outputs,
+            net.describe(),
+            net.outputs()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Data {
+        path: shown(source),
+        msg,
+    })
+}
+
 fn load_data(
     source: &DataArg<'_>,
     target: Option<&str>,
@@ -951,7 +995,7 @@ fn load_model(m: &ModelArgs, inputs_only_ok: bool) -> Result<Loaded> {
         }
         _ => load_data(&source, m.target.as_deref(), net.outputs(), ckpt.state.seed)?,
     };
-    data.check_shape(net.inputs(), net.outputs())?;
+    check_fits(&data, &source, &net, "the model")?;
     if let Some(z) = &ckpt.standardizer {
         z.apply(&mut data)?;
     }

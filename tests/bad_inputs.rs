@@ -141,14 +141,21 @@ fn bad_csv_files() {
             "csv-too-wide",
             "a,b,c,label\n0,0,0,0\n",
             "2,4,2",
-            // The message names the set by the file's stem.
-            &["data", "3 input columns", "--layers starts with 2"],
+            &[
+                "data.csv",
+                "3 input columns",
+                "--layers 2-4-2 takes 2 inputs",
+            ],
         ),
         (
             "csv-too-narrow",
             "a,label\n0,0\n",
             "2,4,2",
-            &["data", "1 input columns", "--layers starts with 2"],
+            &[
+                "data.csv",
+                "1 input columns",
+                "--layers 2-4-2 takes 2 inputs",
+            ],
         ),
     ];
     for (test, contents, layers, expect) in cases {
@@ -365,7 +372,7 @@ fn bad_idx_files() {
             "idx-wrong-width",
             idx(0x08, &[3, 3, 3], &[1; 27]),
             lab.clone(),
-            vec!["9 input columns", "--layers starts with 4"],
+            vec!["idx-wrong-width", "9 values per image", "takes 4 inputs"],
         ),
         (
             "idx-empty-file",
@@ -702,12 +709,12 @@ fn checkpoint_of_another_architecture_than_the_data() {
             "--data",
             "@/wide.csv",
         ],
-        &["wide", "3 input columns"],
+        &["wide.csv", "3 input columns", "the model"],
     );
     expect_clean_failure(
         "arch-predict",
         &[("m.safetensors", good), ("wide.csv", wide)],
         &predict("@/m.safetensors", "@/wide.csv"),
-        &["wide", "3 input columns"],
+        &["wide.csv", "3 input columns", "the model"],
     );
 }

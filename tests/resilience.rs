@@ -73,6 +73,15 @@ fn bad_and_conflicting_flags_leave_no_output() {
         ),
         (vec!["--lr", "fast"], vec!["--lr", "fast"]),
         (vec!["--save-every", "-2"], vec!["--save-every"]),
+        // A value holding a line break still gives one line.
+        (
+            vec!["--optimizer", "ad\nam"],
+            vec!["--optimizer", "'ad\\nam'"],
+        ),
+        (
+            vec!["--lr-schedule", "x\ny"],
+            vec!["--lr-schedule", "'x\\ny'"],
+        ),
         // Out of range.
         (vec!["--lr", "0"], vec!["--lr"]),
         (vec!["--lr", "1e39"], vec!["--lr", "inf"]),
@@ -104,7 +113,7 @@ fn bad_and_conflicting_flags_leave_no_output() {
         ),
         (
             vec!["--data", &csv, "--layers", "3,4,1"],
-            vec!["2 input columns", "--layers starts with 3"],
+            vec!["r.csv", "2 input columns", "--layers 3-4-1 takes 3 inputs"],
         ),
         (
             vec!["--data", &csv, "--layers", "2,4,1", "--loss", "ce"],
