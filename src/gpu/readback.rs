@@ -4,12 +4,15 @@
 //! Each wait reports the first GPU error recorded on the context (a
 //! validation error in submitted work, or the device's loss) as
 //! [`Error::Gpu`], and none can hang on a lost device: a mapping whose
-//! callback has not run once `poll` has waited out every submission is an
-//! error, not a wait.
+//! callback has not run a minute after `poll` waited out every submission is
+//! an error, not a wait.
 
 use super::context::{self, GpuContext};
 use crate::{Error, Result};
 use std::sync::mpsc;
+
+/// How long a read-back may take to be mapped once its work has finished.
+const MAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Copy `count` plain values of type `T` from `src` (starting at byte
 /// `offset`) to the host, waiting for all submitted work first.
@@ -48,22 +51,36 @@ pub fn read<T: bytemuck::Pod>(
         let _ = tx.send(r);
     });
     finish(ctx)?;
-    // A blocking poll runs the callbacks of the work it waited for, so the
-    // result is here now; waiting for it could hang on a lost device.
-    match rx.try_recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            ctx.check_errors()?;
-            return Err(Error::Gpu(format!(
-                "mapping a read-back buffer failed: {e}"
-            )));
+    // The work is done, but another thread's poll may be the one running our
+    // callback: wait for it a while, polling, rather than forever.
+    let start = std::time::Instant::now();
+    let mapped = loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(r) => break r,
+            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < MAP_TIMEOUT => {
+                let _ = ctx.device.poll(wgpu::PollType::Poll);
+                ctx.check_errors()?;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                ctx.check_errors()?;
+                return Err(Error::Gpu(format!(
+                    "a read-back was not mapped {} s after the GPU finished its work",
+                    MAP_TIMEOUT.as_secs()
+                )));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                ctx.check_errors()?;
+                return Err(Error::Gpu(
+                    "a read-back was dropped before it was mapped".into(),
+                ));
+            }
         }
-        Err(_) => {
-            ctx.check_errors()?;
-            return Err(Error::Gpu(
-                "a read-back did not finish although the GPU reported its work done".into(),
-            ));
-        }
+    };
+    if let Err(e) = mapped {
+        ctx.check_errors()?;
+        return Err(Error::Gpu(format!(
+            "mapping a read-back buffer failed: {e}"
+        )));
     }
     let out = {
         let view = staging
