@@ -2,7 +2,9 @@
 //! backend keep the process's resident memory flat and, on the GPU, wgpu's
 //! count of live objects and memory unchanged.
 //!
-//! Each run trains a small network (4-16-3, batches of 8, four batches in
+//! The GPU runs twice: with the kernels `GpuBackend::new` picks (on lavapipe
+//! the simple ones) and with the tiled kernels and fused update that a real
+//! GPU gets. Each run trains a small network (4-16-3, batches of 8, four batches in
 //! turn, the totals read every 100 steps as the training loop does), warms
 //! up, then measures `VmRSS` (`/proc/self/status`) and wgpu's internal
 //! counters (`Device::get_internal_counters`, live with the `counters`
@@ -19,7 +21,7 @@ mod common;
 use common::*;
 use shadertrain::backend::Backend;
 use shadertrain::cpu::CpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext};
+use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
 use shadertrain::network::Network;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -153,18 +155,24 @@ fn cpu_memory_stays_flat() {
     soak("cpu (reference)", &mut reference, &batches, Vec::new);
 }
 
-#[test]
-fn gpu_memory_and_resources_stay_flat() {
+/// The GPU soak with the kernels [`GpuBackend::new`] picks for the adapter
+/// (lavapipe: the simple ones at this batch) or with `kernels`.
+fn gpu_soak(test: &str, kernels: Option<KernelSet>) {
     // Before the device opens: loading the driver moves resident memory.
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(ctx) = gpu_or_skip("gpu_memory_and_resources_stay_flat") else {
+    let Some(ctx) = gpu_or_skip(test) else {
         return;
     };
     let (net, batches) = workload();
-    let mut gpu = GpuBackend::new(ctx.clone(), &net, 8).unwrap();
+    let mut gpu = match kernels {
+        None => GpuBackend::new(ctx.clone(), &net, 8),
+        Some(k) => GpuBackend::with_kernel_set(ctx.clone(), &net, 8, k),
+    }
+    .unwrap();
     gpu.set_params(&net.init(5)).unwrap();
-    eprintln!("gpu: {} ({:?} kernels)", gpu.describe(), gpu.kernel_set());
-    let (c0, c1) = soak("gpu", &mut gpu, &batches, || counters(&ctx));
+    let name = format!("gpu ({:?} kernels)", gpu.kernel_set());
+    eprintln!("{name}: {}", gpu.describe());
+    let (c0, c1) = soak(&name, &mut gpu, &batches, || counters(&ctx));
     assert_eq!(
         show(&c0),
         show(&c1),
@@ -174,5 +182,20 @@ fn gpu_memory_and_resources_stay_flat() {
     assert!(
         live > 0,
         "wgpu's counters read zero: is wgpu's `counters` feature on for the tests?"
+    );
+}
+
+#[test]
+fn gpu_memory_and_resources_stay_flat() {
+    gpu_soak("gpu_memory_and_resources_stay_flat", None);
+}
+
+/// The tiled kernels with the SGD update fused into the gradient pass: what
+/// a real GPU runs.
+#[test]
+fn gpu_tiled_memory_and_resources_stay_flat() {
+    gpu_soak(
+        "gpu_tiled_memory_and_resources_stay_flat",
+        Some(KernelSet::Tiled),
     );
 }
