@@ -30,7 +30,7 @@ const ABS_FORWARD: f64 = 1e-5;
 /// Run `f(runner, case label, sizes, batch)` for every shape and batch.
 fn each_case(test: &str, mut f: impl FnMut(&KernelRunner, &str, &[usize], usize)) {
     let Some(ctx) = gpu_or_skip(test) else { return };
-    let runner = KernelRunner::new(ctx);
+    let runner = KernelRunner::new(ctx).unwrap();
     for sizes in SHAPES {
         for &batch in BATCHES {
             let label = format!("{test} {sizes:?} batch {batch}");
@@ -200,7 +200,7 @@ fn sgd_update_beyond_one_grid_dimension() {
     let Some(ctx) = gpu_or_skip("sgd_update_beyond_one_grid_dimension") else {
         return;
     };
-    let r = KernelRunner::new(ctx.clone());
+    let r = KernelRunner::new(ctx.clone()).unwrap();
     let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let count = max * 64 + 1000; // needs a second row of workgroups
     let mut g = rng("sgd big");

@@ -130,7 +130,7 @@ fn update_kernels_match_cpu() {
     let Some(ctx) = gpu_or_skip("update_kernels_match_cpu") else {
         return;
     };
-    let r = KernelRunner::new(ctx);
+    let r = KernelRunner::new(ctx).unwrap();
     for n in [1, 7, 65, 1001] {
         for t in [1, 2, 10, 1000] {
             for wd in [0.0, 0.03] {

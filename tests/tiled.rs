@@ -143,7 +143,7 @@ fn delta_output_loss_matches_cpu() {
     let Some(ctx) = gpu_or_skip("delta_output_loss") else {
         return;
     };
-    let r = KernelRunner::new(ctx);
+    let r = KernelRunner::new(ctx).unwrap();
     for n in [1, 2, 5, 256, 300] {
         for batch in [1, 7, 600] {
             for (act, loss) in OUTPUTS {
@@ -174,7 +174,7 @@ fn delta_output_loss_argmax_ties_take_the_first() {
     let Some(ctx) = gpu_or_skip("delta_output_loss ties") else {
         return;
     };
-    let r = KernelRunner::new(ctx);
+    let r = KernelRunner::new(ctx).unwrap();
     let n = 40;
     // Sample 0: a ties at 3 and 35 (y's maximum at 3: correct); sample 1:
     // a ties at 2 and 39 (y's maximum at 39: wrong).

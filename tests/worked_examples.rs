@@ -171,7 +171,7 @@ fn delta_example_2_2_1_gpu_kernels() {
     let Some(ctx) = gpu_or_skip("delta_example_2_2_1_gpu_kernels") else {
         return;
     };
-    let r = KernelRunner::new(ctx);
+    let r = KernelRunner::new(ctx).unwrap();
     let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
     let tol = 1e-6;
     let d_o = r

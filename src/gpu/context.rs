@@ -192,7 +192,9 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     /// The limits the device was created with (all that the adapter offers).
     pub limits: wgpu::Limits,
-    /// The first uncaptured validation or device error, if any: checked at every read-back.
+    /// The first uncaptured validation error, or the device's loss: checked
+    /// at every submit, sync and read-back, and sticky, since the work it
+    /// spoiled cannot be trusted.
     errors: Arc<Mutex<Option<String>>>,
 }
 
@@ -213,8 +215,23 @@ impl GpuContext {
     /// that large batches fit, and for timestamp queries where it has them
     /// (`GpuBackend::profile_step`).
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>> {
+        Self::from_adapter_with_limits(adapter, adapter.limits())
+    }
+
+    /// As [`GpuContext::new`], the device opened with `limits` instead of all
+    /// that the adapter offers: to check that a large request is refused or
+    /// split as it would be on a smaller device. A limit beyond the adapter's
+    /// is an error that names it.
+    pub fn with_limits(limits: wgpu::Limits) -> Result<Arc<Self>> {
+        Self::from_adapter_with_limits(&choose_adapter()?, limits)
+    }
+
+    /// Open a device on `adapter` with `limits` (at most the adapter's).
+    pub fn from_adapter_with_limits(
+        adapter: &wgpu::Adapter,
+        limits: wgpu::Limits,
+    ) -> Result<Arc<Self>> {
         let info = adapter.get_info();
-        let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("shadertrain"),
             required_limits: limits.clone(),
@@ -222,18 +239,31 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;
-        // The default handler panics; record the error instead and report it as an Error.
+        // The default handler panics; record the error instead and report it
+        // as an Error at the next submit, sync or read-back. Errors while
+        // building are caught by error scopes ([`scoped`]) and never land here.
         let errors: Arc<Mutex<Option<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut slot) = sink.lock() {
-                slot.get_or_insert_with(|| e.to_string().lines().next().unwrap_or("").to_string());
+                slot.get_or_insert_with(|| describe_error(&e));
             }
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {
+            // wgpu gives no message when the device was destroyed on purpose.
+            let msg = match msg.trim() {
+                "" => "the device can no longer be used".to_string(),
+                m => one_line(m),
+            };
             if let Ok(mut slot) = sink.lock() {
-                slot.get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+                // A loss outranks an earlier validation error (nothing works
+                // after it), which is kept as the likely cause.
+                let lost = format!("GPU device lost ({reason:?}): {msg}");
+                *slot = Some(match slot.take() {
+                    Some(earlier) => format!("{lost} (after: {earlier})"),
+                    None => lost,
+                });
             }
         });
         Ok(Arc::new(GpuContext {
@@ -262,5 +292,99 @@ impl GpuContext {
             },
             Err(_) => Err(Error::Gpu("error handler poisoned".into())),
         }
+    }
+}
+
+/// One line from a wgpu error. wgpu's own text opens with a bare
+/// "Validation Error" heading and puts the cause on indented lines below it;
+/// those are joined with ": ", e.g. `In Device::create_buffer, label =
+/// 'state': Buffer size 64 is greater than the maximum buffer size (16)`.
+pub fn describe_error(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::OutOfMemory { source } => {
+            let mut parts = vec!["out of memory".to_string()];
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(c) = cause {
+                parts.push(one_line(&c.to_string()));
+                cause = c.source();
+            }
+            parts.join(": ")
+        }
+        wgpu::Error::Validation { description, .. } | wgpu::Error::Internal { description, .. } => {
+            one_line(description)
+        }
+    }
+}
+
+/// The non-empty lines of `text` joined with ": ", without wgpu's headings;
+/// a shader error's source excerpt shrinks to its location ("at wgsl:1:19").
+fn one_line(text: &str) -> String {
+    let mut parts = Vec::new();
+    for l in text.lines().map(|l| l.trim().trim_end_matches(':')) {
+        if let Some(at) = l.strip_prefix("┌─") {
+            parts.push(format!("at {}", at.trim()));
+            break;
+        }
+        if !l.is_empty() && l != "Validation Error" && l != "Caused by" {
+            parts.push(l.to_string());
+        }
+    }
+    parts.join(": ")
+}
+
+/// Run `f`, which creates GPU objects on `device`, inside out-of-memory,
+/// validation and internal error scopes: what `f` returned, or the first
+/// error one of them caught (instead of the uncaptured-error handler, which
+/// would spoil the whole context). Scopes are per thread, as `f` runs.
+pub fn scoped<T>(
+    device: &wgpu::Device,
+    f: impl FnOnce() -> T,
+) -> std::result::Result<T, wgpu::Error> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out = f();
+    // Popped innermost first; wgpu-core resolves these futures at once.
+    let caught = [internal.pop(), validation.pop(), oom.pop()].map(pollster::block_on);
+    match caught.into_iter().flatten().next() {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// [`scoped`], a caught error reported as `<what>: <wgpu's message>`, e.g.
+/// `creating pipeline forward_dense_tiled: In Device::create_compute_pipeline, ...`.
+pub fn creating<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    scoped(device, f).map_err(|e| Error::Gpu(format!("creating {what}: {}", describe_error(&e))))
+}
+
+/// A buffer made inside error scopes ([`scoped`]): one the driver cannot
+/// allocate becomes "GPU out of memory allocating N MiB for <label>; try a
+/// smaller --batch", a validation error names the buffer.
+pub fn create_buffer(device: &wgpu::Device, desc: &wgpu::BufferDescriptor) -> Result<wgpu::Buffer> {
+    let label = desc.label.unwrap_or("a buffer");
+    scoped(device, || device.create_buffer(desc)).map_err(|e| buffer_error(label, desc.size, &e))
+}
+
+/// [`create_buffer`] with initial contents.
+pub fn create_buffer_init(
+    device: &wgpu::Device,
+    desc: &wgpu::util::BufferInitDescriptor,
+) -> Result<wgpu::Buffer> {
+    use wgpu::util::DeviceExt;
+    let label = desc.label.unwrap_or("a buffer");
+    let size = desc.contents.len() as u64;
+    scoped(device, || device.create_buffer_init(desc)).map_err(|e| buffer_error(label, size, &e))
+}
+
+/// The message for a buffer of `bytes` that could not be made.
+pub fn buffer_error(label: &str, bytes: u64, e: &wgpu::Error) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => Error::Gpu(format!(
+            "GPU out of memory allocating {:.1} MiB for {label}; try a smaller --batch ({})",
+            bytes as f64 / (1 << 20) as f64,
+            describe_error(e)
+        )),
+        _ => Error::Gpu(format!("creating buffer {label}: {}", describe_error(e))),
     }
 }

@@ -6,6 +6,7 @@
 //! needed) checks every shader's declared bindings and uniform sizes against
 //! the same table, so pipeline and bind group agree by construction.
 
+use super::context::creating;
 use crate::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 
@@ -491,9 +492,11 @@ pub struct Kernel {
 
 impl Kernel {
     /// Compile `spec` on `device`; a [`KernelKind::Tiled`] kernel with the
-    /// tile sizes of `tiles`.
-    pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Kernel {
-        let layout = Self::layout(device, &spec);
+    /// tile sizes of `tiles`. A shader or pipeline wgpu rejects is an
+    /// [`Error::Gpu`] naming the kernel, with wgpu's message.
+    pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Result<Kernel> {
+        let what = format!("the bind group layout of {}", spec.entry);
+        let layout = creating(device, &what, || Self::layout(device, &spec))?;
         Self::with_layout(device, spec, tiles, layout)
     }
 
@@ -531,37 +534,44 @@ impl Kernel {
         spec: KernelSpec,
         tiles: &TileConfig,
         layout: wgpu::BindGroupLayout,
-    ) -> Kernel {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(spec.file),
-            source: wgpu::ShaderSource::Wgsl(spec.source.into()),
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(spec.entry),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
+    ) -> Result<Kernel> {
+        let module = creating(device, &format!("shader module {}", spec.file), || {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.file),
+                source: wgpu::ShaderSource::Wgsl(spec.source.into()),
+            })
+        })?;
+        let what = format!("pipeline {} ({})", spec.entry, spec.file);
+        let pipeline_layout = creating(device, &what, || {
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(spec.entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            })
+        })?;
         let constants = tiles.constants();
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(spec.entry),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(spec.entry),
-            compilation_options: match spec.kind {
-                KernelKind::Tiled => wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    // Every staged word is written before it is read.
-                    zero_initialize_workgroup_memory: false,
+        let pipeline = creating(device, &what, || {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: match spec.kind {
+                    KernelKind::Tiled => wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        // Every staged word is written before it is read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    _ => Default::default(),
                 },
-                _ => Default::default(),
-            },
-            cache: None,
-        });
-        Kernel {
+                cache: None,
+            })
+        })?;
+        Ok(Kernel {
             spec,
             pipeline,
             layout,
-        }
+        })
     }
 
     /// A bind group over `buffers`, in binding order.
@@ -586,11 +596,14 @@ impl Kernel {
                 resource: b.as_entire_binding(),
             })
             .collect();
-        Ok(device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(self.spec.entry),
-            layout: &self.layout,
-            entries: &entries,
-        }))
+        let what = format!("a bind group for {}", self.spec.entry);
+        creating(device, &what, || {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(self.spec.entry),
+                layout: &self.layout,
+                entries: &entries,
+            })
+        })
     }
 }
 
@@ -621,27 +634,27 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compile every simple kernel on `device`.
-    pub fn new(device: &wgpu::Device) -> Kernels {
+    pub fn new(device: &wgpu::Device) -> Result<Kernels> {
         let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
-        let momentum_update = k(MOMENTUM_UPDATE);
+        let momentum_update = k(MOMENTUM_UPDATE)?;
         let adam_update = Kernel::with_layout(
             device,
             ADAM_UPDATE,
             &TileConfig::SMALL,
             momentum_update.layout.clone(),
-        );
-        Kernels {
+        )?;
+        Ok(Kernels {
             momentum_update,
             adam_update,
-            forward_dense: k(FORWARD_DENSE),
-            softmax_forward: k(SOFTMAX_FORWARD),
-            delta_output: k(DELTA_OUTPUT),
-            delta_hidden: k(DELTA_HIDDEN),
-            gradient_weights: k(GRADIENT_WEIGHTS),
-            gradient_bias: k(GRADIENT_BIAS),
-            sgd_update: k(SGD_UPDATE),
-            loss_reduce: k(LOSS_REDUCE),
-        }
+            forward_dense: k(FORWARD_DENSE)?,
+            softmax_forward: k(SOFTMAX_FORWARD)?,
+            delta_output: k(DELTA_OUTPUT)?,
+            delta_hidden: k(DELTA_HIDDEN)?,
+            gradient_weights: k(GRADIENT_WEIGHTS)?,
+            gradient_bias: k(GRADIENT_BIAS)?,
+            sgd_update: k(SGD_UPDATE)?,
+            loss_reduce: k(LOSS_REDUCE)?,
+        })
     }
 }
 
@@ -673,19 +686,19 @@ impl TiledKernels {
         tiles.check(limits)?;
         let k = |spec| Kernel::new(device, spec, &tiles);
         // The four gradient kernels take one bind group per layer.
-        let gradient_dense = k(GRADIENT_DENSE_TILED);
+        let gradient_dense = k(GRADIENT_DENSE_TILED)?;
         let shared =
             |spec| Kernel::with_layout(device, spec, &tiles, gradient_dense.layout.clone());
         Ok(TiledKernels {
             tiles,
-            forward_dense: k(FORWARD_DENSE_TILED),
-            delta_hidden: k(DELTA_HIDDEN_TILED),
-            gradient_sgd: shared(GRADIENT_SGD_TILED),
-            gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE),
-            gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE),
+            forward_dense: k(FORWARD_DENSE_TILED)?,
+            delta_hidden: k(DELTA_HIDDEN_TILED)?,
+            gradient_sgd: shared(GRADIENT_SGD_TILED)?,
+            gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE)?,
+            gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE)?,
             gradient_dense,
-            delta_output_loss: k(DELTA_OUTPUT_LOSS),
-            loss_finish: k(LOSS_FINISH),
+            delta_output_loss: k(DELTA_OUTPUT_LOSS)?,
+            loss_finish: k(LOSS_FINISH)?,
         })
     }
 }

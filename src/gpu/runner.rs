@@ -37,21 +37,26 @@ type Step<'a> = (&'a Kernel, &'a [&'a wgpu::Buffer], Grid);
 impl KernelRunner {
     /// Compile every kernel on `ctx`'s device, the tiled ones with the tile
     /// sizes for its adapter.
-    pub fn new(ctx: Arc<GpuContext>) -> Self {
+    pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let tiles = TileConfig::for_adapter(&ctx.info, &ctx.limits);
-        let tiled = TiledKernels::new(&ctx.device, &ctx.limits, tiles).ok();
-        let kernels = Kernels::new(&ctx.device);
-        KernelRunner {
+        // Tile sizes that fail their own check leave the runner without
+        // tiled kernels; a shader wgpu rejects is an error.
+        let tiled = match tiles.check(&ctx.limits) {
+            Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, tiles)?),
+            Err(_) => None,
+        };
+        let kernels = Kernels::new(&ctx.device)?;
+        Ok(KernelRunner {
             ctx,
             kernels,
             tiled,
-        }
+        })
     }
 
     /// Compile every kernel, the tiled ones with `tiles`.
     pub fn with_tiles(ctx: Arc<GpuContext>, tiles: TileConfig) -> Result<Self> {
         let tiled = Some(TiledKernels::new(&ctx.device, &ctx.limits, tiles)?);
-        let kernels = Kernels::new(&ctx.device);
+        let kernels = Kernels::new(&ctx.device)?;
         Ok(KernelRunner {
             ctx,
             kernels,

@@ -37,10 +37,10 @@
 //! # Ok::<(), shadertrain::Error>(())
 //! ```
 
-use super::context::GpuContext;
+use super::context::{create_buffer, create_buffer_init, creating, GpuContext};
 use super::kernels::{
     dispatch, grid, grid_1d, grid_tiled, k_splits, loss_groups, Acc, Dims, Grid, Kernel, Kernels,
-    OptimUniform, SgdUniform, TileConfig, TiledKernels,
+    OptimUniform, SgdUniform, TileConfig, TiledKernels, WG,
 };
 use super::readback;
 use crate::backend::{Backend, Metric, Totals};
@@ -50,7 +50,6 @@ use crate::optim::{check_state_len, Optimizer};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use wgpu::util::DeviceExt;
 
 /// Submissions a backend leaves unfinished before it waits for the oldest.
 pub const MAX_IN_FLIGHT: usize = 3;
@@ -127,8 +126,10 @@ impl Default for GpuOptions {
 
 /// Samples per micro-batch for `net`: as many as each per-sample buffer
 /// (activations, deltas, targets) holds within `limits`' largest storage
-/// binding and buffer, at most `capacity` and `cap`. An error names the limit
-/// when not even one sample fits.
+/// binding and buffer, and as many as the element-wise kernels' grids (one
+/// invocation per sample and neuron) reach within
+/// `max_compute_workgroups_per_dimension`; at most `capacity` and `cap`. An
+/// error names the limit when not even one sample fits.
 pub fn micro_batch_rows(
     net: &Network,
     capacity: usize,
@@ -138,19 +139,39 @@ pub fn micro_batch_rows(
     if cap == Some(0) {
         return Err(Error::Invalid("max_chunk must be at least 1".into()));
     }
+    let (fit, _) = rows_limit(net, limits)?;
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    Ok(capacity.min(fit).min(cap.unwrap_or(usize::MAX)))
+}
+
+/// The most samples one micro-batch of `net` may hold on a device with
+/// `limits`, and the name of the limit that sets it.
+fn rows_limit(net: &Network, limits: &wgpu::Limits) -> Result<(u64, &'static str)> {
     let limit = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size);
-    let widest = net.sizes().iter().copied().max().unwrap_or(1);
-    let fit = limit / (widest as u64 * 4);
-    if fit == 0 {
+    let widest = net.sizes().iter().copied().max().unwrap_or(1) as u64;
+    let by_binding = limit / (widest * 4);
+    if by_binding == 0 {
         return Err(Error::Gpu(format!(
             "one sample of a {widest}-wide layer needs {} bytes, over this device's max_storage_buffer_binding_size / max_buffer_size of {limit}; use narrower layers",
             widest * 4
         )));
     }
-    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
-    Ok(capacity.min(fit).min(cap.unwrap_or(usize::MAX)))
+    // grid() folds workgroups into at most max × max.
+    let max = limits.max_compute_workgroups_per_dimension.max(1) as u64;
+    let by_grid = max * max * WG as u64 / widest;
+    if by_grid == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample of a {widest}-wide layer needs {} workgroups, more than this device's max_compute_workgroups_per_dimension of {max} allows; use narrower layers",
+            widest.div_ceil(WG as u64)
+        )));
+    }
+    Ok(if by_grid < by_binding {
+        (by_grid, "max_compute_workgroups_per_dimension")
+    } else {
+        (by_binding, "max_storage_buffer_binding_size")
+    })
 }
 
 /// Bind groups of one dense layer `l` (between sizes `l` and `l + 1`), for
@@ -306,10 +327,16 @@ impl GpuBackend {
         if capacity == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
         }
+        // A device already lost or spoiled fails here, not at the first step.
+        ctx.check_errors()?;
         let chunk = micro_batch_rows(net, capacity, &ctx.limits, options.max_chunk)?;
         if chunk < capacity && options.kernels == KernelSet::Simple {
+            let why = match options.max_chunk {
+                Some(c) if c == chunk => "max_chunk".to_string(),
+                _ => format!("its {}", rows_limit(net, &ctx.limits)?.1),
+            };
             return Err(Error::Gpu(format!(
-                "a batch of {capacity} needs micro-batches of {chunk} on this device (max_storage_buffer_binding_size), which only the tiled kernels run; use a smaller batch"
+                "a batch of {capacity} needs micro-batches of {chunk} on this device ({why}), which only the tiled kernels run; use a smaller batch (--batch {chunk} fits)"
             )));
         }
         let dev = &ctx.device;
@@ -372,27 +399,36 @@ impl GpuBackend {
                 .unwrap_or(1),
         };
         let scratch = storage("split-K sums", scratch_floats as usize, none)?;
-        let acc = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("loss totals"),
-            contents: bytemuck::bytes_of(&Acc::default()),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | copy_dst,
-        });
+        let acc = create_buffer_init(
+            dev,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("loss totals"),
+                contents: bytemuck::bytes_of(&Acc::default()),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | copy_dst,
+            },
+        )?;
         let layers = net.layers();
         let dims: Vec<wgpu::Buffer> = (0..layers.len())
             .map(|l| {
-                dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("dims"),
-                    contents: bytemuck::bytes_of(&layer_dims(net, l, chunk, Metric::None, 1)),
-                    usage: wgpu::BufferUsages::UNIFORM | copy_dst,
-                })
+                create_buffer_init(
+                    dev,
+                    &wgpu::util::BufferInitDescriptor {
+                        label: Some("dims"),
+                        contents: bytemuck::bytes_of(&layer_dims(net, l, chunk, Metric::None, 1)),
+                        usage: wgpu::BufferUsages::UNIFORM | copy_dst,
+                    },
+                )
             })
-            .collect();
-        let sgd = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("sgd"),
-            contents: bytemuck::bytes_of(&SgdUniform::default()),
-            usage: wgpu::BufferUsages::UNIFORM | copy_dst,
-        });
-        let kernels = Kernels::new(dev);
+            .collect::<Result<_>>()?;
+        let sgd = create_buffer_init(
+            dev,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("sgd"),
+                contents: bytemuck::bytes_of(&SgdUniform::default()),
+                usage: wgpu::BufferUsages::UNIFORM | copy_dst,
+            },
+        )?;
+        let kernels = Kernels::new(dev)?;
         let last = layers.len();
         let mut groups = Vec::with_capacity(last);
         for l in 0..last {
@@ -553,30 +589,37 @@ impl GpuBackend {
         self.prepare_update(lr);
         let stages = self.step_stages();
         let mut count = 0u32;
-        for &stage in &stages {
+        for &stage in stages {
             self.plan(stage, &mut |_| {
                 count += 1;
                 Ok(())
             })?;
         }
-        let mut profile = Profile {
-            queries: self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+        let dev = &self.ctx.device;
+        let queries = creating(dev, "the query set of profile_step", || {
+            dev.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("profile_step"),
                 ty: wgpu::QueryType::Timestamp,
                 count: 2 * count,
-            }),
+            })
+        })?;
+        let mut profile = Profile {
+            queries,
             labels: Vec::with_capacity(count as usize),
         };
         let mut enc = self.encoder_take();
-        for &stage in &stages {
+        for &stage in stages {
             self.record_into(&mut enc, stage, Some(&mut profile))?;
         }
-        let ticks = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("profile_step ticks"),
-            size: 16 * count as u64,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
+        let ticks = create_buffer(
+            &self.ctx.device,
+            &wgpu::BufferDescriptor {
+                label: Some("profile_step ticks"),
+                size: 16 * count as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            },
+        )?;
         enc.resolve_query_set(&profile.queries, 0..2 * count, &ticks, 0);
         self.pending = Some(enc);
         self.flush()?;
@@ -657,24 +700,26 @@ impl GpuBackend {
     /// The stages of a step: tiled and in one submission, the update fused
     /// into the gradient pass (plain SGD) or run after it (other optimizers);
     /// split into micro-batches, the gradients accumulated then one update.
-    fn step_stages(&self) -> Vec<Stage> {
-        let forward = Stage::Forward { loss: true };
-        let backward = |fused| Stage::Backward {
+    /// (Constant lists: a step allocates nothing on the host.)
+    fn step_stages(&self) -> &'static [Stage] {
+        const FORWARD: Stage = Stage::Forward { loss: true };
+        const BACKWARD: Stage = Stage::Backward {
             delta_output: false,
-            fused,
+            fused: false,
+        };
+        const FUSED: Stage = Stage::Backward {
+            delta_output: false,
+            fused: true,
+        };
+        const SIMPLE_BACKWARD: Stage = Stage::Backward {
+            delta_output: true,
+            fused: false,
         };
         match (&self.tiled, &self.host) {
-            (None, _) => vec![
-                forward,
-                Stage::Backward {
-                    delta_output: true,
-                    fused: false,
-                },
-                Stage::Update,
-            ],
-            (Some(_), None) if self.update.is_none() => vec![forward, backward(true)],
-            (Some(_), None) => vec![forward, backward(false), Stage::Update],
-            (Some(_), Some(_)) => vec![forward, backward(false)],
+            (None, _) => &[FORWARD, SIMPLE_BACKWARD, Stage::Update],
+            (Some(_), None) if self.update.is_none() => &[FORWARD, FUSED],
+            (Some(_), None) => &[FORWARD, BACKWARD, Stage::Update],
+            (Some(_), Some(_)) => &[FORWARD, BACKWARD],
         }
     }
 
@@ -920,7 +965,10 @@ impl GpuBackend {
     /// Submit what has been recorded, if anything, without waiting for it;
     /// but with more than [`MAX_IN_FLIGHT`] submissions unfinished, wait for
     /// the oldest first.
+    /// A GPU error recorded since (a failed submission, a lost device)
+    /// fails this and every later call rather than letting work pile up.
     fn flush(&mut self) -> Result<()> {
+        self.ctx.check_errors()?;
         if let Some(enc) = self.pending.take() {
             self.in_flight
                 .push_back(self.ctx.queue.submit([enc.finish()]));
@@ -997,12 +1045,15 @@ fn storage_buffer(
             "{label} needs {bytes} bytes, over this device's limit of {limit} (max_storage_buffer_binding_size / max_buffer_size); use smaller layers"
         )));
     }
-    Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra,
-        mapped_at_creation: false,
-    }))
+    create_buffer(
+        &ctx.device,
+        &wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | extra,
+            mapped_at_creation: false,
+        },
+    )
 }
 
 /// Dims of dense layer `l` for `rows` samples and `splits` K slices of its gradient.
@@ -1075,8 +1126,13 @@ impl Backend for GpuBackend {
         let batch = check_batch(&self.net, self.capacity, x.len(), y.len())?;
         self.flush()?;
         if batch > self.chunk {
-            // Uploaded chunk by chunk when the batch runs.
-            self.host = Some((x.to_vec(), y.to_vec()));
+            // Uploaded chunk by chunk when the batch runs; the host copies
+            // are reused from batch to batch.
+            let (hx, hy) = self.host.get_or_insert_with(Default::default);
+            hx.clear();
+            hx.extend_from_slice(x);
+            hy.clear();
+            hy.extend_from_slice(y);
         } else {
             self.host = None;
             if batch != self.rows {
@@ -1134,13 +1190,14 @@ impl Backend for GpuBackend {
                 let decay = storage_buffer(ctx, "decay", p, copy_dst)?;
                 let d = opt.decay::<f32>(&self.net);
                 ctx.queue.write_buffer(&decay, 0, bytemuck::cast_slice(&d));
-                let hyper = ctx
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                let hyper = create_buffer_init(
+                    &ctx.device,
+                    &wgpu::util::BufferInitDescriptor {
                         label: Some("optim"),
                         contents: bytemuck::bytes_of(&OptimUniform::default()),
                         usage: wgpu::BufferUsages::UNIFORM | copy_dst,
-                    });
+                    },
+                )?;
                 let group = self.kernels.momentum_update.bind(
                     &ctx.device,
                     &[&hyper, &self.params, &self.grads, &decay, &state],
@@ -1190,7 +1247,7 @@ impl Backend for GpuBackend {
         if self.host.is_some() {
             self.clear_grads();
         }
-        self.run(&stages)?;
+        self.run(stages)?;
         if self.host.is_some() {
             self.record(Stage::Update)?;
         }
