@@ -73,7 +73,7 @@ fn device_loss_is_an_error_not_a_panic_or_hang() {
         ctx.device.destroy();
         // More steps than MAX_IN_FLIGHT, so the backend waits on one of them.
         let steps: Vec<_> = (0..8).map(|_| gpu.step(0.5)).collect();
-        let lost = "GPU device lost (Destroyed)";
+        let lost = "device lost (Destroyed)";
         for (i, s) in steps.iter().enumerate() {
             if let Err(e) = s {
                 assert!(e.to_string().contains(lost), "step {i} after loss: {e}");

@@ -259,7 +259,7 @@ impl GpuContext {
             if let Ok(mut slot) = sink.lock() {
                 // A loss outranks an earlier validation error (nothing works
                 // after it), which is kept as the likely cause.
-                let lost = format!("GPU device lost ({reason:?}): {msg}");
+                let lost = format!("device lost ({reason:?}): {msg}");
                 *slot = Some(match slot.take() {
                     Some(earlier) => format!("{lost} (after: {earlier})"),
                     None => lost,
