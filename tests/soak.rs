@@ -111,6 +111,15 @@ fn show(c: &[(&str, isize)]) -> String {
         .join(", ")
 }
 
+/// The counters that must not move at all: all but wgpu-core's pool of
+/// command encoders (see [`gpu_soak`]).
+fn fixed(c: &Counters) -> Counters {
+    c.iter()
+        .filter(|(k, _)| *k != "command_encoders")
+        .copied()
+        .collect()
+}
+
 /// Warm up, measure, soak, measure; prints the figures and checks the RSS bound.
 fn soak<B: Backend<Scalar = f32>>(
     name: &str,
@@ -184,12 +193,6 @@ fn gpu_soak(test: &str, kernels: Option<KernelSet>) {
             .map_or(0, |c| c.1)
     };
     assert!(pool(&c1) <= 16, "command encoders: {}", show(&c1));
-    let fixed = |c: &Counters| {
-        c.iter()
-            .filter(|(k, _)| *k != "command_encoders")
-            .copied()
-            .collect::<Counters>()
-    };
     assert_eq!(
         show(&fixed(&c0)),
         show(&fixed(&c1)),
@@ -215,4 +218,67 @@ fn gpu_tiled_memory_and_resources_stay_flat() {
         "gpu_tiled_memory_and_resources_stay_flat",
         Some(KernelSet::Tiled),
     );
+}
+
+/// The training loop itself (`train::train`: shuffles, batch staging, totals
+/// per epoch) with `nan_check`, so every step also reads the running loss
+/// back: 20,000 steps as 2,000 epochs of 10 batches, on the fast CPU backend
+/// and on the GPU, with the same bounds.
+#[test]
+fn training_loop_with_nan_check_stays_flat() {
+    use shadertrain::data::{Dataset, Task};
+    use shadertrain::train::{train, TrainConfig};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Network::parse("4,16,3").unwrap();
+    let (x, y) = batch_for(&net, 80, "soak loop data");
+    let data = Dataset::from_vecs("soak", (4, 3), x, y, Task::Regression).unwrap();
+    let steps_per_epoch = 10;
+    let cfg = |epochs: usize| TrainConfig {
+        epochs,
+        batch: 8,
+        lr: 0.1,
+        seed: 5,
+        shuffle: true,
+        schedule: Default::default(),
+        nan_check: true,
+    };
+    let epochs = soak_steps().div_ceil(steps_per_epoch);
+    let run = |name: &str, b: &mut dyn Backend<Scalar = f32>, probe: &dyn Fn() -> Counters| {
+        b.set_params(&net.init(5)).unwrap();
+        train(b, &data, &cfg(WARM_UP / steps_per_epoch), |_| {}).unwrap();
+        let (rss0, c0) = (rss_kib(), probe());
+        let t = Instant::now();
+        train(b, &data, &cfg(epochs), |_| {}).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let (rss1, c1) = (rss_kib(), probe());
+        let steps = epochs * steps_per_epoch;
+        eprintln!(
+            "{name} training-loop soak: {steps} steps with --nan-check in {secs:.1} s ({:.1} µs/step); VmRSS {rss0} → {rss1} KiB ({:+} KiB)",
+            secs * 1e6 / steps as f64,
+            rss1 - rss0
+        );
+        assert!(
+            rss1 - rss0 < RSS_BOUND_KIB,
+            "{name}: VmRSS grew {} KiB",
+            rss1 - rss0
+        );
+        if !c0.is_empty() {
+            eprintln!("{name} counters start: {}", show(&c0));
+            eprintln!("{name} counters end:   {}", show(&c1));
+            assert_eq!(
+                show(&fixed(&c0)),
+                show(&fixed(&c1)),
+                "{name}: wgpu counters moved"
+            );
+        }
+    };
+    run(
+        "cpu (fast)",
+        &mut CpuBackend::<f32>::fast(&net, 8, 0).unwrap(),
+        &Vec::new,
+    );
+    if let Some(ctx) = gpu_or_skip("training_loop_with_nan_check_stays_flat") {
+        let mut gpu = GpuBackend::new(ctx.clone(), &net, 8).unwrap();
+        run("gpu", &mut gpu, &|| counters(&ctx));
+    }
 }
