@@ -1175,6 +1175,21 @@ struct BenchRow {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.backend == BenchBackend::Cpu {
+        // GPU settings would be silently ignored.
+        for (flag, given) in [
+            ("--kernels", a.kernels != KernelsArg::Auto),
+            ("--tiles", a.tiles.is_some()),
+            ("--profile", a.profile),
+            ("--adapter", a.adapter.is_some()),
+        ] {
+            if given {
+                return Err(Error::Invalid(format!(
+                    "{flag} applies to the GPU, and this bench runs --backend cpu only (use --backend gpu or both)"
+                )));
+            }
+        }
+    }
     // clap refuses --workload with --layers; with neither, W1.
     let (workload, net) = match &a.layers {
         Some(l) => (None, Network::parse(l)?),

@@ -189,6 +189,40 @@ fn requests_beyond_memory_are_refused_before_allocating() {
     }
 }
 
+#[test]
+fn bench_refuses_gpu_settings_for_a_cpu_only_run() {
+    let base = [
+        "bench",
+        "--backend",
+        "cpu",
+        "--workload",
+        "W0",
+        "--steps",
+        "1",
+    ];
+    for (extra, flag) in [
+        (&["--kernels", "tiled"][..], "--kernels"),
+        (&["--tiles", "discrete"], "--tiles"),
+        (&["--profile"], "--profile"),
+        (&["--adapter", "0"], "--adapter"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        expect_error(&args, &[flag, "applies to the GPU", "--backend cpu"]);
+    }
+    // Out of range and malformed bench values name their flag too.
+    for (extra, flag) in [
+        (&["--steps", "0"][..], "--steps"),
+        (&["--warmup", "-1"], "--warmup"),
+        (&["--threads", "5000"], "--threads"),
+        (&["--kernels", "fast"], "--kernels"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        expect_error(&args, &[flag]);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Divergence
 // ---------------------------------------------------------------------------
