@@ -191,15 +191,7 @@ fn requests_beyond_memory_are_refused_before_allocating() {
 
 #[test]
 fn bench_refuses_gpu_settings_for_a_cpu_only_run() {
-    let base = [
-        "bench",
-        "--backend",
-        "cpu",
-        "--workload",
-        "W0",
-        "--steps",
-        "1",
-    ];
+    let base = ["bench", "--backend", "cpu", "--workload", "W0"];
     for (extra, flag) in [
         (&["--kernels", "tiled"][..], "--kernels"),
         (&["--tiles", "discrete"], "--tiles"),
