@@ -19,9 +19,7 @@ pub fn bytes(parts: &[(usize, usize)]) -> Option<u64> {
 /// `SHADERTRAIN_MEMORY_LIMIT` (bytes) when set, e.g. on a shared machine;
 /// `None` where neither is known.
 pub fn available() -> Option<u64> {
-    let cap = std::env::var("SHADERTRAIN_MEMORY_LIMIT")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let cap = limit().ok().flatten();
     let os = (|| {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
         let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -31,6 +29,20 @@ pub fn available() -> Option<u64> {
     match (os, cap) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// `SHADERTRAIN_MEMORY_LIMIT` in bytes, if set; a value that is not a
+/// whole number of bytes is an error ([`ensure`] reports it).
+fn limit() -> Result<Option<u64>> {
+    match std::env::var("SHADERTRAIN_MEMORY_LIMIT") {
+        Err(_) => Ok(None),
+        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "SHADERTRAIN_MEMORY_LIMIT={:?} is not a number of bytes",
+                crate::error::one_line(&v, 40)
+            ))
+        }),
     }
 }
 
@@ -53,6 +65,7 @@ pub fn human(n: u64) -> String {
 /// Refuse `need` bytes (`None`: more than can be counted) for `what` when the
 /// machine does not have them available; `hint` says what to change.
 pub fn ensure(need: Option<u64>, what: &str, hint: &str) -> Result<()> {
+    limit()?;
     let Some(need) = need else {
         return Err(Error::Memory(format!(
             "{what} needs more bytes than a 64-bit size can count; {hint}"

@@ -178,6 +178,12 @@ fn requests_beyond_memory_are_refused_before_allocating() {
         &limit,
         &["not enough memory", "parameters", "--layers"],
     );
+    let bad = [("SHADERTRAIN_MEMORY_LIMIT", "1GB")];
+    expect_error_env(
+        &args,
+        &bad,
+        &["SHADERTRAIN_MEMORY_LIMIT", "\"1GB\"", "bytes"],
+    );
     assert_only(&dir, &[]);
     // On the GPU, parameters past the device's buffer limits name the limit.
     if gpu_or_skip("requests_beyond_memory_are_refused_before_allocating") {
