@@ -31,6 +31,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{quote, Error, Result};
 
+/// A dataset width that does not fit a network ([`Dataset::mismatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    /// The set has this many input columns, and the network takes another number.
+    Inputs(usize),
+    /// The set has this many target columns, and the network another number of outputs.
+    Outputs(usize),
+}
+
 /// What the targets mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -374,22 +383,31 @@ impl Dataset {
         })
     }
 
+    /// The first of this set's widths that differs from a network's:
+    /// [`Width::Inputs`] or [`Width::Outputs`] with this set's value.
+    pub fn mismatch(&self, inputs: usize, outputs: usize) -> Option<Width> {
+        if inputs != self.inputs {
+            Some(Width::Inputs(self.inputs))
+        } else if outputs != self.outputs {
+            Some(Width::Outputs(self.outputs))
+        } else {
+            None
+        }
+    }
+
     /// `Error::Shape` unless `inputs == self.inputs && outputs == self.outputs`,
     /// with a message naming both widths.
     pub fn check_shape(&self, inputs: usize, outputs: usize) -> Result<()> {
-        if inputs != self.inputs {
-            return Err(Error::Shape(format!(
-                "'{}' has {} input columns but the network takes {inputs} inputs",
-                self.name, self.inputs
-            )));
+        let name = &self.name;
+        match self.mismatch(inputs, outputs) {
+            None => Ok(()),
+            Some(Width::Inputs(n)) => Err(Error::Shape(format!(
+                "'{name}' has {n} input columns but the network takes {inputs} inputs"
+            ))),
+            Some(Width::Outputs(n)) => Err(Error::Shape(format!(
+                "'{name}' has {n} target columns but the network has {outputs} outputs"
+            ))),
         }
-        if outputs != self.outputs {
-            return Err(Error::Shape(format!(
-                "'{}' has {} target columns but the network has {outputs} outputs",
-                self.name, self.outputs
-            )));
-        }
-        Ok(())
     }
 
     /// Copy rows `idx` (indices into the set) into `x`, shape

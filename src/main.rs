@@ -7,8 +7,8 @@ use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::checkpoint::{write_atomic, Checkpoint, TrainState};
 use shadertrain::cpu::CpuBackend;
-use shadertrain::data::Dataset;
 use shadertrain::data::Standardizer;
+use shadertrain::data::{Dataset, Width};
 use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Loss;
 use shadertrain::network::Network;
@@ -513,22 +513,18 @@ fn check_fits(data: &Dataset, source: &DataArg<'_>, net: &Network, by: &str) -> 
         DataArg::Idx(_) | DataArg::IdxFiles(..) => "values per image",
         DataArg::Builtin(_) => "inputs",
     };
-    let msg = if data.inputs != net.inputs() {
-        format!(
-            "{} {unit}, but {by} {} takes {} inputs",
-            data.inputs,
+    let msg = match data.mismatch(net.inputs(), net.outputs()) {
+        None => return Ok(()),
+        Some(Width::Inputs(n)) => format!(
+            "{n} {unit}, but {by} {} takes {} inputs",
             net.describe(),
             net.inputs()
-        )
-    } else if data.outputs != net.outputs() {
-        format!(
-            "{} target columns, but {by} {} has {} outputs",
-            data.outputs,
+        ),
+        Some(Width::Outputs(n)) => format!(
+            "{n} target columns, but {by} {} has {} outputs",
             net.describe(),
             net.outputs()
-        )
-    } else {
-        return Ok(());
+        ),
     };
     Err(Error::Data {
         path: shown(source),

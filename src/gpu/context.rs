@@ -254,7 +254,7 @@ impl GpuContext {
             // wgpu gives no message when the device was destroyed on purpose.
             let msg = match msg.trim() {
                 "" => "the device can no longer be used".to_string(),
-                m => one_line(m),
+                m => join_lines(m),
             };
             if let Ok(mut slot) = sink.lock() {
                 // A loss outranks an earlier validation error (nothing works
@@ -305,20 +305,21 @@ pub fn describe_error(e: &wgpu::Error) -> String {
             let mut parts = vec!["out of memory".to_string()];
             let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
             while let Some(c) = cause {
-                parts.push(one_line(&c.to_string()));
+                parts.push(join_lines(&c.to_string()));
                 cause = c.source();
             }
             parts.join(": ")
         }
         wgpu::Error::Validation { description, .. } | wgpu::Error::Internal { description, .. } => {
-            one_line(description)
+            join_lines(description)
         }
     }
 }
 
-/// The non-empty lines of `text` joined with ": ", without wgpu's headings;
+/// The non-empty lines of wgpu's `text` joined with ": ", without its headings
+/// (unlike [`crate::error::one_line`], which escapes a user's text);
 /// a shader error's source excerpt shrinks to its location ("at wgsl:1:19").
-fn one_line(text: &str) -> String {
+fn join_lines(text: &str) -> String {
     let mut parts = Vec::new();
     for l in text.lines().map(|l| l.trim().trim_end_matches(':')) {
         if let Some(at) = l.strip_prefix("┌─") {

@@ -14,6 +14,20 @@ use std::sync::mpsc;
 /// How long a read-back may take to be mapped once its work has finished.
 const MAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A buffer the host can map, to read `bytes` back through; a caller that
+/// reads the same small buffer often (the loss totals) keeps one.
+pub fn staging(ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
+    context::create_buffer(
+        &ctx.device,
+        &wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        },
+    )
+}
+
 /// Copy `count` plain values of type `T` from `src` (starting at byte
 /// `offset`) to the host, waiting for all submitted work first.
 pub fn read<T: bytemuck::Pod>(
@@ -22,31 +36,39 @@ pub fn read<T: bytemuck::Pod>(
     offset: u64,
     count: usize,
 ) -> Result<Vec<T>> {
+    let bytes = (count * std::mem::size_of::<T>()) as u64;
+    if bytes == 0 {
+        ctx.check_errors()?;
+        return Ok(Vec::new());
+    }
+    read_via(ctx, src, offset, &staging(ctx, bytes)?, count)
+}
+
+/// [`read`] through `staging` (from [`staging`], at least as large as the
+/// values), which is left unmapped for the next read.
+pub fn read_via<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    src: &wgpu::Buffer,
+    offset: u64,
+    staging: &wgpu::Buffer,
+    count: usize,
+) -> Result<Vec<T>> {
     ctx.check_errors()?;
+    // Copies must be multiples of 4 bytes; every type we read is.
     let bytes = (count * std::mem::size_of::<T>()) as u64;
     if bytes == 0 {
         return Ok(Vec::new());
     }
-    // Copies must be multiples of 4 bytes; every type we read is.
-    let staging = context::create_buffer(
-        &ctx.device,
-        &wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        },
-    )?;
     let mut enc = ctx
         .device
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("readback"),
         });
-    enc.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+    enc.copy_buffer_to_buffer(src, offset, staging, 0, bytes);
     ctx.queue.submit([enc.finish()]);
 
     let (tx, rx) = mpsc::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+    staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
         // The receiver may be gone if we returned early with an error.
         let _ = tx.send(r);
     });
@@ -84,7 +106,7 @@ pub fn read<T: bytemuck::Pod>(
     }
     let out = {
         let view = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..bytes)
             .map_err(|e| Error::Gpu(format!("reading a mapped buffer failed: {e}")))?;
         bytemuck::pod_collect_to_vec(&view)
     };

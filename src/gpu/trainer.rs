@@ -270,6 +270,8 @@ pub struct GpuBackend {
     /// (chunk, outputs)
     y: wgpu::Buffer,
     acc: wgpu::Buffer,
+    /// Where `acc` is read back, kept: `--nan-check` reads it every step.
+    acc_staging: wgpu::Buffer,
     /// One Dims per dense layer.
     dims: Vec<wgpu::Buffer>,
     sgd: wgpu::Buffer,
@@ -407,6 +409,7 @@ impl GpuBackend {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | copy_dst,
             },
         )?;
+        let acc_staging = readback::staging(&ctx, std::mem::size_of::<Acc>() as u64)?;
         let layers = net.layers();
         let dims: Vec<wgpu::Buffer> = (0..layers.len())
             .map(|l| {
@@ -511,6 +514,7 @@ impl GpuBackend {
             deltas,
             y,
             acc,
+            acc_staging,
             dims,
             sgd,
             groups,
@@ -1270,7 +1274,7 @@ impl Backend for GpuBackend {
 
     fn peek_totals(&mut self) -> Result<Totals> {
         self.flush()?;
-        let acc: Vec<Acc> = readback::read(&self.ctx, &self.acc, 0, 1)?;
+        let acc: Vec<Acc> = readback::read_via(&self.ctx, &self.acc, 0, &self.acc_staging, 1)?;
         self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
