@@ -696,6 +696,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 /// The optimiser and schedule from the flags, or, when resuming, from the
 /// checkpoint (a flag that disagrees with it is refused: the saved state
 /// belongs to the saved optimiser).
+/// Refuse a `flag` the user `given` that does not apply to this run (it
+/// applies only `to` something, and the run `now` uses something else):
+/// settings that would be silently ignored.
+fn refuse_unused(flag: &str, given: bool, applies: bool, to: &str, now: &str) -> Result<()> {
+    if given && !applies {
+        return Err(Error::Invalid(format!(
+            "{flag} applies only to {to}, and this run uses {now}"
+        )));
+    }
+    Ok(())
+}
+
 fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Optimizer, Schedule)> {
     let base = st.map(|s| s.optimizer).unwrap_or_default();
     let kind = match &a.optimizer {
@@ -703,17 +715,9 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         None => base.kind,
     };
     // Settings of another optimiser or schedule would be silently ignored.
-    let only = |flag: &str, given: bool, applies: bool, to: &str, now: &str| {
-        if given && !applies {
-            return Err(Error::Invalid(format!(
-                "{flag} applies only to {to}, and this run uses {now}"
-            )));
-        }
-        Ok(())
-    };
     let uses = format!("--optimizer {}", kind.name());
     let momentum = kind == OptimizerKind::Momentum;
-    only(
+    refuse_unused(
         "--momentum",
         a.momentum.is_some(),
         momentum,
@@ -722,7 +726,7 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
     )?;
     let adam = kind == OptimizerKind::Adam;
     for (flag, v) in [("--beta1", a.beta1), ("--beta2", a.beta2), ("--eps", a.eps)] {
-        only(flag, v.is_some(), adam, "--optimizer adam", &uses)?;
+        refuse_unused(flag, v.is_some(), adam, "--optimizer adam", &uses)?;
     }
     let opt = Optimizer {
         kind,
@@ -763,7 +767,7 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         ("--lr-step", a.lr_step.is_some()),
         ("--lr-gamma", a.lr_gamma.is_some()),
     ] {
-        only(flag, given, step, "--lr-schedule step", &sched)?;
+        refuse_unused(flag, given, step, "--lr-schedule step", &sched)?;
     }
     schedule.validate()?;
     if let Some(s) = st {
@@ -1171,20 +1175,20 @@ struct BenchRow {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    if a.backend == BenchBackend::Cpu {
-        // GPU settings would be silently ignored.
-        for (flag, given) in [
-            ("--kernels", a.kernels != KernelsArg::Auto),
-            ("--tiles", a.tiles.is_some()),
-            ("--profile", a.profile),
-            ("--adapter", a.adapter.is_some()),
-        ] {
-            if given {
-                return Err(Error::Invalid(format!(
-                    "{flag} applies to the GPU, and this bench runs --backend cpu only (use --backend gpu or both)"
-                )));
-            }
-        }
+    let on_gpu = a.backend != BenchBackend::Cpu;
+    for (flag, given) in [
+        ("--kernels", a.kernels != KernelsArg::Auto),
+        ("--tiles", a.tiles.is_some()),
+        ("--profile", a.profile),
+        ("--adapter", a.adapter.is_some()),
+    ] {
+        refuse_unused(
+            flag,
+            given,
+            on_gpu,
+            "the GPU (--backend gpu or both)",
+            "--backend cpu",
+        )?;
     }
     // clap refuses --workload with --layers; with neither, W1.
     let (workload, net) = match &a.layers {

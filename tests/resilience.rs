@@ -206,7 +206,7 @@ fn bench_refuses_gpu_settings_for_a_cpu_only_run() {
     ] {
         let mut args = base.to_vec();
         args.extend(extra);
-        expect_error(&args, &[flag, "applies to the GPU", "--backend cpu"]);
+        expect_error(&args, &[flag, "applies only to the GPU", "--backend cpu"]);
     }
     // Out of range and malformed bench values name their flag too.
     for (extra, flag) in [
