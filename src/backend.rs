@@ -8,9 +8,9 @@
 //! [`Backend::take_totals`] call asks for it.
 
 use crate::data::Task;
+use crate::error::{Error, Result};
 use crate::network::{Loss, Network, Params, Real};
 use crate::optim::Optimizer;
-use crate::Result;
 
 /// How a forward pass scores its predictions, besides the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,4 +148,50 @@ pub trait Backend {
 
     /// Gradients from the last backward pass, in the parameter layout.
     fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
+}
+
+/// Index of the first largest element.
+pub fn argmax<T: Real>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Checks shared by both backends: `x (batch, inputs)`, `y (batch, outputs)`, `1 <= batch <= capacity`.
+/// Returns the batch size.
+pub fn check_batch(net: &Network, capacity: usize, x_len: usize, y_len: usize) -> Result<usize> {
+    let (ni, no) = (net.inputs(), net.outputs());
+    if x_len == 0 || !x_len.is_multiple_of(ni) {
+        return Err(Error::Shape(format!(
+            "input batch of {x_len} values is not a whole number of rows of width {ni}"
+        )));
+    }
+    let batch = x_len / ni;
+    if y_len != batch * no {
+        return Err(Error::Shape(format!(
+            "{batch} input rows need {} target values (width {no}), got {y_len}",
+            batch * no
+        )));
+    }
+    if batch > capacity {
+        return Err(Error::Shape(format!(
+            "batch of {batch} exceeds this backend's capacity of {capacity}"
+        )));
+    }
+    Ok(batch)
+}
+
+/// Checks an activation or delta layer index: `lo..=L`.
+pub fn check_layer(net: &Network, l: usize, lo: usize) -> Result<()> {
+    let last = net.layers().len();
+    if l < lo || l > last {
+        return Err(Error::Invalid(format!(
+            "layer {l} is out of range {lo}..={last}"
+        )));
+    }
+    Ok(())
 }

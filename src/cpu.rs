@@ -16,7 +16,7 @@
 
 mod fast;
 
-use crate::backend::{Backend, Metric, Totals};
+use crate::backend::{argmax, check_batch, check_layer, Backend, Metric, Totals};
 use crate::network::{Activation, Loss, Network, Params, Real, CE_CLAMP};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind, UpdateTerms};
 use crate::{Error, Result};
@@ -280,17 +280,6 @@ pub fn score<T: Real>(metric: Metric, a: &[T], y: &[T]) -> bool {
     }
 }
 
-/// Index of the first largest element.
-pub fn argmax<T: Real>(v: &[T]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// The CPU backend: the reference kernels above, driven through [`Backend`].
 pub struct CpuBackend<T: Real = f32> {
     net: Network,
@@ -403,41 +392,6 @@ impl<T: Real> CpuBackend<T> {
             Some(_) => momentum_update(p, g, &mut self.state, &self.decay, &h),
         }
     }
-}
-
-/// Checks shared by both backends: `x (batch, inputs)`, `y (batch, outputs)`, `1 <= batch <= capacity`.
-/// Returns the batch size.
-pub fn check_batch(net: &Network, capacity: usize, x_len: usize, y_len: usize) -> Result<usize> {
-    let (ni, no) = (net.inputs(), net.outputs());
-    if x_len == 0 || !x_len.is_multiple_of(ni) {
-        return Err(Error::Shape(format!(
-            "input batch of {x_len} values is not a whole number of rows of width {ni}"
-        )));
-    }
-    let batch = x_len / ni;
-    if y_len != batch * no {
-        return Err(Error::Shape(format!(
-            "{batch} input rows need {} target values (width {no}), got {y_len}",
-            batch * no
-        )));
-    }
-    if batch > capacity {
-        return Err(Error::Shape(format!(
-            "batch of {batch} exceeds this backend's capacity of {capacity}"
-        )));
-    }
-    Ok(batch)
-}
-
-/// Checks an activation or delta layer index: `lo..=L`.
-pub fn check_layer(net: &Network, l: usize, lo: usize) -> Result<()> {
-    let last = net.layers().len();
-    if l < lo || l > last {
-        return Err(Error::Invalid(format!(
-            "layer {l} is out of range {lo}..={last}"
-        )));
-    }
-    Ok(())
 }
 
 impl<T: Real> Backend for CpuBackend<T> {

@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod example;
+pub mod fsutil;
 pub mod gpu;
 pub mod idx;
 pub mod memory;

@@ -32,7 +32,7 @@ pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<
     }
     register_font()?;
     // The temporary name keeps the extension: plotters picks the encoder by it.
-    let tmp = crate::checkpoint::sibling_temp(path);
+    let tmp = crate::fsutil::sibling_temp(path);
     let drawn = if ext == "png" {
         draw(
             BitMapBackend::new(&tmp, SIZE).into_drawing_area(),

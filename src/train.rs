@@ -446,7 +446,7 @@ pub fn class_of(row: &[f32]) -> usize {
     if row.len() == 1 {
         (row[0] > 0.5) as usize
     } else {
-        crate::cpu::argmax(row)
+        crate::backend::argmax(row)
     }
 }
 

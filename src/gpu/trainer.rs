@@ -43,8 +43,8 @@ use super::kernels::{
     OptimUniform, SgdUniform, TileConfig, TiledKernels, WG,
 };
 use super::readback;
+use crate::backend::{check_batch, check_layer};
 use crate::backend::{Backend, Metric, Totals};
-use crate::cpu::{check_batch, check_layer};
 use crate::network::{Activation, Network, Params};
 use crate::optim::{check_state_len, Optimizer};
 use crate::{Error, Result};
