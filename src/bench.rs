@@ -115,7 +115,7 @@ pub fn random_batch(net: &Network, batch: usize, seed: u64) -> Result<(Vec<f32>,
     crate::memory::ensure(
         need,
         &format!("a batch of {batch}"),
-        "use a smaller --batch",
+        &[crate::error::Setting::Batch],
     )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut draw =
@@ -172,7 +172,11 @@ pub fn time_steps<B: Backend<Scalar = f32> + ?Sized>(
     steps: usize,
 ) -> Result<(Timing, Params<f32>)> {
     if steps == 0 {
-        return Err(Error::Invalid("--steps must be at least 1".into()));
+        return Err(Error::setting(
+            crate::error::Setting::Steps,
+            0,
+            "must be at least 1",
+        ));
     }
     backend.set_params(params)?;
     backend.set_metric(Metric::None)?;

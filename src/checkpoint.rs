@@ -88,10 +88,15 @@ impl Checkpoint {
         let params = backend.params()?;
         // Never replace a good checkpoint with a diverged state.
         if !params.data.iter().chain(&moments).all(|v| v.is_finite()) {
-            return Err(Error::Diverged(format!(
-                "the parameters are not finite after epoch {}, so it was not saved (an earlier checkpoint is kept); the learning rate ({}) is probably too high: try a smaller --lr",
-                state.epoch, state.lr
-            )));
+            return Err(Error::Diverged {
+                what: format!(
+                    "the parameters are not finite after epoch {}, so it was not saved (an earlier checkpoint is kept)",
+                    state.epoch
+                ),
+                lr: state.lr,
+                inputs: None,
+                targets: None,
+            });
         }
         Ok(Checkpoint {
             params,

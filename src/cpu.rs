@@ -17,9 +17,9 @@
 mod fast;
 
 use crate::backend::{argmax, check_batch, check_layer, Backend, Metric, Totals};
+use crate::error::{Error, Result, Setting};
 use crate::network::{Activation, Loss, Network, Params, Real, CE_CLAMP};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind, UpdateTerms};
-use crate::{Error, Result};
 
 /// The most threads the fast CPU path starts (`--threads`): far past any
 /// core count, low enough that a typo cannot spawn a million threads.
@@ -326,7 +326,7 @@ impl<T: Real> CpuBackend<T> {
             (capacity, net.outputs() * size),
         ]);
         let what = format!("the CPU backend for {} at batch {capacity}", net.describe());
-        crate::memory::ensure(need, &what, "use a smaller --batch or smaller --layers")?;
+        crate::memory::ensure(need, &what, &[Setting::Batch, Setting::Layers])?;
         let per = |n: usize| vec![T::zero(); capacity * n];
         Ok(CpuBackend {
             net: net.clone(),
@@ -355,9 +355,11 @@ impl<T: Real> CpuBackend<T> {
     /// [`MAX_THREADS`] threads is refused.
     pub fn fast(net: &Network, capacity: usize, threads: usize) -> Result<Self> {
         if threads > MAX_THREADS {
-            return Err(Error::Invalid(format!(
-                "--threads {threads} is more than {MAX_THREADS}; use 0 for one per core"
-            )));
+            return Err(Error::setting(
+                Setting::Threads,
+                threads,
+                format!("is more than {MAX_THREADS}; use 0 for one per core"),
+            ));
         }
         let mut b = Self::new(net, capacity)?;
         let pool = rayon::ThreadPoolBuilder::new()
@@ -544,7 +546,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             None => (0, false),
             Some(_) => (opt.state_len(p).max(p), true),
         };
-        self.state = crate::memory::zeroed(state, "the optimizer's state", "use smaller --layers")?;
+        self.state = crate::memory::zeroed(state, "the optimizer's state", &[Setting::Layers])?;
         self.decay = if decay {
             opt.decay(&self.net)
         } else {

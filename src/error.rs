@@ -4,10 +4,103 @@
 
 use std::path::Path;
 
+/// A setting of a run, as the library names it. Errors about a value carry
+/// the setting it belongs to, so each front end can name it in its own
+/// words: the library says "learning rate", the command line `--lr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// The network's layer sizes and activations.
+    Layers,
+    /// Passes over the data.
+    Epochs,
+    /// Samples per step.
+    Batch,
+    /// The base learning rate.
+    LearningRate,
+    /// The seed of the initial weights, the shuffling and the validation split.
+    Seed,
+    /// The optimiser kind.
+    Optimizer,
+    /// Momentum's μ.
+    Momentum,
+    /// Adam's β1.
+    Beta1,
+    /// Adam's β2.
+    Beta2,
+    /// Adam's ε.
+    Eps,
+    /// Weight decay λ.
+    WeightDecay,
+    /// The learning-rate schedule.
+    Schedule,
+    /// Epochs between the step schedule's decays.
+    ScheduleStep,
+    /// The step schedule's factor.
+    ScheduleGamma,
+    /// The fraction of the data held out for validation.
+    ValSplit,
+    /// Input standardisation.
+    Normalize,
+    /// CPU threads.
+    Threads,
+    /// Timed steps of a benchmark.
+    Steps,
+    /// The file a plot is drawn into.
+    Plot,
+    /// The GPU adapter.
+    Adapter,
+    /// Epochs between periodic checkpoints.
+    SaveEvery,
+    /// The dataset.
+    Data,
+}
+
+impl Setting {
+    /// The library's name for it, as [`Error`]'s `Display` uses it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Layers => "layers",
+            Setting::Epochs => "epochs",
+            Setting::Batch => "batch size",
+            Setting::LearningRate => "learning rate",
+            Setting::Seed => "seed",
+            Setting::Optimizer => "optimizer",
+            Setting::Momentum => "momentum",
+            Setting::Beta1 => "beta1",
+            Setting::Beta2 => "beta2",
+            Setting::Eps => "eps",
+            Setting::WeightDecay => "weight decay",
+            Setting::Schedule => "learning-rate schedule",
+            Setting::ScheduleStep => "schedule step",
+            Setting::ScheduleGamma => "schedule gamma",
+            Setting::ValSplit => "validation fraction",
+            Setting::Normalize => "input standardisation",
+            Setting::Threads => "threads",
+            Setting::Steps => "steps",
+            Setting::Plot => "plot file",
+            Setting::Adapter => "adapter",
+            Setting::SaveEvery => "checkpoint interval",
+            Setting::Data => "data",
+        }
+    }
+}
+
 /// Everything that can go wrong in shadertrain, each with a one-line message.
+/// Variants carry what went wrong as values; [`Error::render`] words a
+/// message with the caller's names for the settings.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A flag or argument is malformed or out of range.
+    /// A setting has a value it cannot take: `problem` says what was needed.
+    #[error("{}", self.render(Setting::name))]
+    Setting {
+        /// Which setting.
+        setting: Setting,
+        /// The value given, as written.
+        value: String,
+        /// What is wrong with it, or what was needed ("must be at least 1").
+        problem: String,
+    },
+    /// An argument is malformed or out of range in a way no single setting owns.
     #[error("invalid argument: {0}")]
     Invalid(String),
     /// A dataset as a whole is unusable (empty, wrong width, ...).
@@ -43,12 +136,26 @@ pub enum Error {
     /// No usable GPU adapter was found.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
-    /// Training produced a non-finite loss.
-    #[error("training diverged: {0}")]
-    Diverged(String),
+    /// Training produced a non-finite loss or parameters.
+    #[error("{}", self.render(Setting::name))]
+    Diverged {
+        /// What became non-finite, and where.
+        what: String,
+        /// The learning rate in force then.
+        lr: f32,
+        /// The largest input magnitude, when large enough to be a likely cause.
+        inputs: Option<f32>,
+        /// The largest target magnitude, when large enough to be a likely cause.
+        targets: Option<f32>,
+    },
     /// The machine does not have the memory a request needs.
-    #[error("not enough memory: {0}")]
-    Memory(String),
+    #[error("{}", self.render(Setting::name))]
+    Memory {
+        /// What was asked for and what is available.
+        msg: String,
+        /// The settings whose smaller values would need less.
+        shrink: &'static [Setting],
+    },
     /// The GPU refused or failed an operation.
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -63,6 +170,72 @@ impl Error {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+
+    /// An [`Error::Setting`]: `setting` cannot be `value`, because `problem`.
+    pub fn setting(
+        setting: Setting,
+        value: impl std::fmt::Display,
+        problem: impl Into<String>,
+    ) -> Self {
+        Error::Setting {
+            setting,
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    /// An [`Error::Memory`] asking for less of `shrink`.
+    pub fn memory(msg: impl Into<String>, shrink: &'static [Setting]) -> Self {
+        Error::Memory {
+            msg: msg.into(),
+            shrink,
+        }
+    }
+
+    /// The message, with every setting it mentions called `name(setting)`:
+    /// `Display` passes [`Setting::name`]; the command line its flags.
+    pub fn render(&self, name: impl Fn(Setting) -> &'static str) -> String {
+        match self {
+            Error::Setting {
+                setting,
+                value,
+                problem,
+            } => format!("{} {}: {problem}", name(*setting), quote(value)),
+            Error::Diverged {
+                what,
+                lr,
+                inputs,
+                targets,
+            } => {
+                let mut also = String::new();
+                if let Some(x) = inputs {
+                    also += &format!(
+                        ", or the inputs (up to {x:.3e} in magnitude) need scaling: try {}",
+                        name(Setting::Normalize)
+                    );
+                }
+                if let Some(y) = targets {
+                    also += &format!(", or the targets (up to {y:.3e} in magnitude) need scaling");
+                }
+                format!(
+                    "training diverged: {what}; the learning rate ({lr}) is probably too high: try a smaller {}{also}",
+                    name(Setting::LearningRate)
+                )
+            }
+            Error::Memory { msg, shrink } => {
+                let names: Vec<&str> = shrink.iter().map(|s| name(*s)).collect();
+                match names.as_slice() {
+                    [] => format!("not enough memory: {msg}"),
+                    [one] => format!("not enough memory: {msg}; use a smaller {one}"),
+                    [first @ .., last] => format!(
+                        "not enough memory: {msg}; use a smaller {} or smaller {last}",
+                        first.join(", smaller ")
+                    ),
+                }
+            }
+            other => other.to_string(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! a network that cannot fit is an [`Error::Memory`] naming what needed how
 //! much, not an allocator abort or a visit from the OOM killer.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Bytes of `count` values of `size` bytes each, as a sum over `(count, size)`
 /// pairs; `None` when the sum overflows (it could never be allocated).
@@ -63,20 +63,24 @@ pub fn human(n: u64) -> String {
 }
 
 /// Refuse `need` bytes (`None`: more than can be counted) for `what` when the
-/// machine does not have them available; `hint` says what to change.
-pub fn ensure(need: Option<u64>, what: &str, hint: &str) -> Result<()> {
+/// machine does not have them available; `shrink` names the settings to lower.
+pub fn ensure(need: Option<u64>, what: &str, shrink: &'static [Setting]) -> Result<()> {
     limit()?;
     let Some(need) = need else {
-        return Err(Error::Memory(format!(
-            "{what} needs more bytes than a 64-bit size can count; {hint}"
-        )));
+        return Err(Error::memory(
+            format!("{what} needs more bytes than a 64-bit size can count"),
+            shrink,
+        ));
     };
     match available() {
-        Some(have) if need > have => Err(Error::Memory(format!(
-            "{what} needs {} but {} is available; {hint}",
-            human(need),
-            human(have)
-        ))),
+        Some(have) if need > have => Err(Error::memory(
+            format!(
+                "{what} needs {} but {} is available",
+                human(need),
+                human(have)
+            ),
+            shrink,
+        )),
         _ => Ok(()),
     }
 }
@@ -86,19 +90,21 @@ pub fn ensure(need: Option<u64>, what: &str, hint: &str) -> Result<()> {
 pub fn ensure_params(net: &crate::network::Network, copies: usize) -> Result<()> {
     let need = bytes(&[(net.param_count(), copies.saturating_mul(4))]);
     let what = format!("{} ({} parameters)", net.describe(), net.param_count());
-    ensure(need, &what, "use smaller --layers")
+    ensure(need, &what, &[Setting::Layers])
 }
 
 /// `n` zeroed values, or an [`Error::Memory`] when the allocator refuses
 /// (where [`available`] is unknown, this is what catches an impossible size).
-pub fn zeroed<T: Clone + bytemuck::Zeroable>(n: usize, what: &str, hint: &str) -> Result<Vec<T>> {
+pub fn zeroed<T: Clone + bytemuck::Zeroable>(
+    n: usize,
+    what: &str,
+    shrink: &'static [Setting],
+) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         let need = bytes(&[(n, std::mem::size_of::<T>())]);
-        Error::Memory(format!(
-            "cannot allocate {} for {what}; {hint}",
-            need.map_or_else(|| "that much".to_string(), human)
-        ))
+        let need = need.map_or_else(|| "that much".to_string(), human);
+        Error::memory(format!("cannot allocate {need} for {what}"), shrink)
     })?;
     v.resize(n, T::zeroed());
     Ok(v)

@@ -23,8 +23,7 @@
 //! assert_eq!(Network::parse(&mnist.spec()).unwrap(), mnist);
 //! ```
 
-use crate::error::quote;
-use crate::{Error, Result};
+use crate::error::{quote, Error, Result, Setting};
 use num_traits::Float;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -84,12 +83,22 @@ impl Activation {
             .into_iter()
             .find(|a| a.name() == name)
             .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--layers: unknown activation '{}' (expected sigmoid, relu, tanh, linear or softmax)",
-                    quote(name)
-                ))
+                Error::setting(
+                    Setting::Layers,
+                    name,
+                    "unknown activation (expected sigmoid, relu, tanh, linear or softmax)",
+                )
             })
     }
+}
+
+/// `sizes` as a layers spec (`2,32,2`), for messages.
+fn spec_of(sizes: &[usize]) -> String {
+    sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What training minimises, per sample, summed into [`crate::backend::Totals`].
@@ -153,39 +162,57 @@ impl Network {
     /// layer (`sizes.len() − 1` of them); softmax only on the output layer.
     pub fn with_activations(sizes: &[usize], acts: &[Activation]) -> Result<Self> {
         if sizes.len() < 2 {
-            return Err(Error::Invalid(format!(
-                "--layers needs at least two sizes (inputs and outputs), got {}",
-                sizes.len()
-            )));
+            return Err(Error::setting(
+                Setting::Layers,
+                spec_of(sizes),
+                format!(
+                    "needs at least two sizes (inputs and outputs), got {}",
+                    sizes.len()
+                ),
+            ));
         }
         if let Some(i) = sizes.iter().position(|&s| s == 0) {
-            return Err(Error::Invalid(format!(
-                "--layers: size {} (position {}) is 0; every layer needs at least one neuron",
-                sizes[i],
-                i + 1
-            )));
+            return Err(Error::setting(
+                Setting::Layers,
+                spec_of(sizes),
+                format!(
+                    "size {} (position {}) is 0; every layer needs at least one neuron",
+                    sizes[i],
+                    i + 1
+                ),
+            ));
         }
         if acts.len() != sizes.len() - 1 {
-            return Err(Error::Invalid(format!(
-                "--layers: {} sizes make {} layers, but {} activations were given",
-                sizes.len(),
-                sizes.len() - 1,
-                acts.len()
-            )));
+            return Err(Error::setting(
+                Setting::Layers,
+                spec_of(sizes),
+                format!(
+                    "{} sizes make {} layers, but {} activations were given",
+                    sizes.len(),
+                    sizes.len() - 1,
+                    acts.len()
+                ),
+            ));
         }
         if let Some(i) = acts[..acts.len() - 1]
             .iter()
             .position(|&a| a == Activation::Softmax)
         {
-            return Err(Error::Invalid(format!(
-                "--layers: softmax on hidden layer {} (size {}); softmax is for the output layer only",
-                i + 1,
-                sizes[i + 1]
-            )));
+            return Err(Error::setting(
+                Setting::Layers,
+                spec_of(sizes),
+                format!(
+                    "softmax on hidden layer {} (size {}); softmax is for the output layer only",
+                    i + 1,
+                    sizes[i + 1]
+                ),
+            ));
         }
         if acts[acts.len() - 1] == Activation::Softmax && sizes[sizes.len() - 1] < 2 {
-            return Err(Error::Invalid(
-                "--layers: softmax over 1 output is always 1; it needs at least 2".into(),
+            return Err(Error::setting(
+                Setting::Layers,
+                spec_of(sizes),
+                "softmax over 1 output is always 1; it needs at least 2",
             ));
         }
         let mut layers = Vec::with_capacity(sizes.len() - 1);
@@ -204,9 +231,11 @@ impl Network {
                     let total = sizes.windows(2).fold(0u128, |acc, w| {
                         acc.saturating_add((w[0] as u128) * (w[1] as u128) + w[1] as u128)
                     });
-                    Error::Invalid(format!(
-                        "--layers: {total} parameters is more than the 2^32 a GPU buffer can index"
-                    ))
+                    Error::setting(
+                        Setting::Layers,
+                        spec_of(sizes),
+                        format!("{total} parameters is more than the 2^32 a GPU buffer can index"),
+                    )
                 })?;
             off = end;
             layers.push(Layer {
@@ -237,18 +266,26 @@ impl Network {
                 None => (item, None),
             };
             let size = size.parse::<usize>().map_err(|_| {
-                Error::Invalid(format!(
-                    "--layers: '{}' is not a layer size (expected e.g. 2,32,32,2 or 784,128:relu,10:softmax)",
-                    quote(item)
-                ))
+                Error::setting(
+                    Setting::Layers,
+                    spec,
+                    format!(
+                        "'{}' is not a layer size (expected e.g. 2,32,32,2 or 784,128:relu,10:softmax)",
+                        quote(item)
+                    ),
+                )
             })?;
             match (i, act) {
                 (0, Some(a)) => {
-                    return Err(Error::Invalid(format!(
-                        "--layers: the input size '{}' takes no activation ('{}'); put it on the layers after",
-                        quote(item),
-                        quote(a)
-                    )))
+                    return Err(Error::setting(
+                        Setting::Layers,
+                        spec,
+                        format!(
+                            "the input size '{}' takes no activation ('{}'); put it on the layers after",
+                            quote(item),
+                            quote(a)
+                        ),
+                    ))
                 }
                 (0, None) => {}
                 (_, a) => acts.push(a.map_or(Ok(Activation::Sigmoid), Activation::parse)?),

@@ -30,8 +30,8 @@
 //! # Ok::<(), shadertrain::Error>(())
 //! ```
 
+use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Real};
-use crate::{Error, Result};
 
 /// Which update rule a backend applies (see the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -68,9 +68,11 @@ impl OptimizerKind {
             .into_iter()
             .find(|k| k.name() == name)
             .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "--optimizer: unknown optimizer '{name}' (expected sgd, momentum or adam)"
-                ))
+                Error::setting(
+                    Setting::Optimizer,
+                    name,
+                    "unknown optimizer (expected sgd, momentum or adam)",
+                )
             })
     }
 }
@@ -121,29 +123,31 @@ impl Optimizer {
     }
 
     /// Checks every hyper-parameter's range, whatever the kind; the error
-    /// names the flag.
+    /// names the setting.
     pub fn validate(&self) -> Result<()> {
-        let unit = |flag: &str, v: f32| {
+        let unit = |setting: Setting, v: f32| {
             if v.is_finite() && (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(Error::Invalid(format!("{flag} must be in [0, 1), got {v}")))
+                Err(Error::setting(setting, v, "must be in [0, 1)"))
             }
         };
-        unit("--momentum", self.momentum)?;
-        unit("--beta1", self.beta1)?;
-        unit("--beta2", self.beta2)?;
+        unit(Setting::Momentum, self.momentum)?;
+        unit(Setting::Beta1, self.beta1)?;
+        unit(Setting::Beta2, self.beta2)?;
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::Invalid(format!(
-                "--eps must be a finite number above 0, got {}",
-                self.eps
-            )));
+            return Err(Error::setting(
+                Setting::Eps,
+                self.eps,
+                "must be a finite number above 0",
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::Invalid(format!(
-                "--weight-decay must be a finite number >= 0, got {}",
-                self.weight_decay
-            )));
+            return Err(Error::setting(
+                Setting::WeightDecay,
+                self.weight_decay,
+                "must be a finite number >= 0",
+            ));
         }
         Ok(())
     }

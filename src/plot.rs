@@ -5,8 +5,8 @@
 //! Text is set in DejaVu Sans, embedded through the `dejavu` crate, so a PNG
 //! renders the same on a machine with no fonts installed (CI).
 
+use crate::error::{Error, Result, Setting};
 use crate::train::EpochStats;
-use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -17,18 +17,11 @@ const SIZE: (u32, u32) = (1200, 480);
 /// Draws `history` into `path` (`.png` or `.svg`), written through a
 /// temporary file and a rename, like every output.
 pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<()> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if ext != "png" && ext != "svg" {
-        return Err(Error::Invalid(format!(
-            "--plot: {} must end in .png or .svg",
-            path.display()
-        )));
-    }
+    let ext = check_path(path)?;
     if history.is_empty() {
-        return Err(Error::Invalid("--plot: no epochs to draw".into()));
+        return Err(Error::Invalid(
+            "a plot needs at least one epoch to draw".into(),
+        ));
     }
     register_font()?;
     // The temporary name keeps the extension: plotters picks the encoder by it.
@@ -53,6 +46,22 @@ pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<
         })
 }
 
+/// The lower-case extension of a plot file, which must be `png` or `svg`.
+pub fn check_path(path: &Path) -> Result<String> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext != "png" && ext != "svg" {
+        return Err(Error::setting(
+            Setting::Plot,
+            path.display(),
+            "must end in .png or .svg",
+        ));
+    }
+    Ok(ext)
+}
+
 fn register_font() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut ok = true;
@@ -68,13 +77,13 @@ fn register_font() -> Result<()> {
         Ok(())
     } else {
         Err(Error::Invalid(
-            "--plot: the embedded font did not load".into(),
+            "plotting: the embedded font did not load".into(),
         ))
     }
 }
 
 fn plot_err<E: std::fmt::Display>(e: E) -> Error {
-    Error::Invalid(format!("--plot: drawing failed: {e}"))
+    Error::Invalid(format!("plotting failed: {e}"))
 }
 
 /// One series: its name, colour and points (epoch, value).

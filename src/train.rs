@@ -7,7 +7,7 @@
 
 use crate::backend::{Backend, Metric, Totals};
 use crate::data::Dataset;
-use crate::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use num_traits::NumCast;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -19,9 +19,9 @@ use std::time::Instant;
 pub struct TrainConfig {
     /// Passes over the data.
     pub epochs: usize,
-    /// Samples per SGD step (the last batch of an epoch may be smaller).
+    /// Samples per step (the last batch of an epoch may be smaller).
     pub batch: usize,
-    /// SGD learning rate.
+    /// The base learning rate, before the schedule.
     pub lr: f32,
     /// Seeds the initial parameters and the shuffling.
     pub seed: u64,
@@ -80,9 +80,11 @@ impl Schedule {
     /// Reads [`Schedule::spec`]'s form.
     pub fn parse(s: &str) -> Result<Schedule> {
         let bad = || {
-            Error::Invalid(format!(
-                "--lr-schedule: '{s}' is not constant, step or cosine"
-            ))
+            Error::setting(
+                Setting::Schedule,
+                s,
+                "is not constant, step:EVERY:GAMMA or cosine",
+            )
         };
         let mut parts = s.split(':');
         let sched = match parts.next() {
@@ -109,12 +111,18 @@ impl Schedule {
     pub fn validate(&self) -> Result<()> {
         if let Schedule::Step { every, gamma } = *self {
             if every == 0 {
-                return Err(Error::Invalid("--lr-step must be at least 1".into()));
+                return Err(Error::setting(
+                    Setting::ScheduleStep,
+                    every,
+                    "must be at least 1",
+                ));
             }
             if !(gamma > 0.0 && gamma <= 1.0) {
-                return Err(Error::Invalid(format!(
-                    "--lr-gamma must be in (0, 1], got {gamma}"
-                )));
+                return Err(Error::setting(
+                    Setting::ScheduleGamma,
+                    gamma,
+                    "must be in (0, 1]",
+                ));
             }
         }
         Ok(())
@@ -125,20 +133,29 @@ impl TrainConfig {
     /// Refuse values that cannot train.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
-            return Err(Error::Invalid("--epochs must be at least 1".into()));
+            return Err(Error::setting(Setting::Epochs, 0, "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(Error::Invalid("--batch must be at least 1".into()));
+            return Err(Error::setting(Setting::Batch, 0, "must be at least 1"));
         }
         self.schedule.validate()?;
         if !self.lr.is_finite() || self.lr <= 0.0 {
-            return Err(Error::Invalid(format!(
-                "--lr must be a positive finite number, got {}",
-                self.lr
-            )));
+            return Err(Error::setting(
+                Setting::LearningRate,
+                self.lr,
+                "must be a positive finite number",
+            ));
         }
         Ok(())
     }
+}
+
+/// The samples per step that training uses: the requested batch, at most
+/// the backend's `capacity` and the data's `rows`, and at least 1. The one
+/// place this rule is written; size a backend with
+/// `batch_size(requested, usize::MAX, rows)`.
+pub fn batch_size(requested: usize, capacity: usize, rows: usize) -> usize {
+    requested.min(capacity).min(rows).max(1)
 }
 
 /// What one epoch measured.
@@ -258,10 +275,11 @@ pub fn train_epochs<B: Backend + ?Sized>(
 ) -> Result<Vec<EpochStats>> {
     cfg.validate()?;
     if first == 0 || first > cfg.epochs {
-        return Err(Error::Invalid(format!(
-            "nothing to train: epoch {first} is past --epochs {} (--epochs counts the total, resumed runs included)",
-            cfg.epochs
-        )));
+        return Err(Error::setting(
+            Setting::Epochs,
+            cfg.epochs,
+            format!("nothing to train: epoch {first} is past it (epochs count the total, resumed ones included)"),
+        ));
     }
     let net = backend.network().clone();
     data.check_shape(net.inputs(), net.outputs())?;
@@ -280,7 +298,7 @@ pub fn train_epochs<B: Backend + ?Sized>(
             data.name
         )));
     }
-    let batch = cfg.batch.min(backend.capacity()).min(data.len());
+    let batch = batch_size(cfg.batch, backend.capacity(), data.len());
     let metric = Metric::for_task(data.task, net.outputs());
     backend.set_metric(metric)?;
     backend.take_totals()?;
@@ -373,20 +391,13 @@ const LARGE_INPUT: f32 = 1e3;
 /// The [`Error::Diverged`] for `what` went wrong, with the
 /// likely cause: the learning rate, and unscaled inputs when they are large.
 fn diverged(what: &str, lr: f32, data: &Dataset) -> Error {
-    let largest = |v: &[f32]| v.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let mut also = String::new();
-    let x = largest(&data.x);
-    if x > LARGE_INPUT {
-        also +=
-            &format!(", or the inputs (up to {x:.3e} in magnitude) need scaling: try --normalize");
+    let largest = |v: &[f32]| Some(v.iter().fold(0f32, |m, v| m.max(v.abs())));
+    Error::Diverged {
+        what: what.to_string(),
+        lr,
+        inputs: largest(&data.x).filter(|&x| x > LARGE_INPUT),
+        targets: largest(&data.y).filter(|&y| y > LARGE_INPUT),
     }
-    let y = largest(&data.y);
-    if y > LARGE_INPUT {
-        also += &format!(", or the targets (up to {y:.3e} in magnitude) need scaling");
-    }
-    Error::Diverged(format!(
-        "{what}; the learning rate ({lr}) is probably too high: try a smaller --lr{also}"
-    ))
 }
 
 /// Loss and score of the backend's current parameters on `data`, in batches

@@ -1,10 +1,14 @@
-//! [`Trainer`]: the library's front door. It owns a backend (the GPU when
-//! there is one, else the fast CPU backend, or one you give it), the training
-//! settings and the run's history, and trains, validates, evaluates,
-//! predicts and saves with the same code paths the command line uses.
+//! [`Trainer`]: the one training pipeline, for the command line and library
+//! users alike. It owns a backend (chosen by [`Device`]: a real GPU when there
+//! is one, else the fast CPU backend, or one you give it), the training
+//! settings, the initial parameters, the run's history and its checkpoint
+//! state; it trains (reporting every step and epoch to a callback that can
+//! see the backend), validates, saves every N epochs, evaluates and predicts.
+//! `shadertrain train`, `eval` and `predict` are this type plus flag parsing
+//! and rendering.
 //!
 //! ```
-//! use shadertrain::{data::Dataset, network::Network, Trainer};
+//! use shadertrain::{Dataset, Network, Trainer};
 //! # fn main() -> shadertrain::Result<()> {
 //! let data = Dataset::xor();
 //! let mut t = Trainer::cpu(&Network::parse("2,4,1")?, 4)?.epochs(2000).batch(4).lr(5.0);
@@ -19,64 +23,196 @@ use crate::backend::{Backend, Metric, Totals};
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::cpu::CpuBackend;
 use crate::data::{Dataset, Standardizer};
+use crate::error::{Error, Result, Setting};
 use crate::gpu::{GpuBackend, GpuContext};
-use crate::network::Network;
+use crate::network::{Network, Params};
 use crate::optim::Optimizer;
-use crate::train::{evaluate, predict, train_epochs, EpochStats, Progress, Schedule, TrainConfig};
-use crate::Result;
-use std::path::Path;
+use crate::train::{
+    evaluate, evaluate_and_predict, train_epochs, EpochStats, Progress, Schedule, TrainConfig,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where to train.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// A real GPU if there is one, else the fast CPU backend on `threads`. A
+    /// software adapter (device type `Cpu`, such as Mesa's lavapipe) counts
+    /// as none: it is about a hundred times slower than the CPU backend.
+    Auto {
+        /// CPU threads if it falls back to the CPU; 0 for one per core.
+        threads: usize,
+    },
+    /// The fast CPU backend on this many threads (0: one per core).
+    Cpu {
+        /// Threads; 0 for one per core.
+        threads: usize,
+    },
+    /// A GPU: the one `adapter` names (an index as [`crate::gpu::list_adapters`]
+    /// orders them, or part of a name), or the best one; software adapters
+    /// included. An error when there is none.
+    Gpu {
+        /// The adapter's index or part of its name; `None` for the best.
+        adapter: Option<String>,
+    },
+}
+
+/// What a [`Device`] comes to on this machine.
+pub enum Resolved {
+    /// The CPU on `threads` (0: one per core), and why, if `Auto` chose it.
+    Cpu {
+        /// Threads; 0 for one per core.
+        threads: usize,
+        /// Why [`Device::Auto`] chose the CPU.
+        fallback: Option<Fallback>,
+    },
+    /// An opened GPU.
+    Gpu(Arc<GpuContext>),
+}
+
+impl Device {
+    /// Finds the device: opens the GPU it names, or decides for the CPU.
+    pub fn resolve(&self) -> Result<Resolved> {
+        let cpu = |threads, why| Resolved::Cpu {
+            threads,
+            fallback: Some(why),
+        };
+        Ok(match self {
+            Device::Cpu { threads } => Resolved::Cpu {
+                threads: *threads,
+                fallback: None,
+            },
+            Device::Gpu { adapter: Some(sel) } => Resolved::Gpu(GpuContext::with_adapter(sel)?),
+            Device::Gpu { adapter: None } => Resolved::Gpu(GpuContext::new()?),
+            Device::Auto { threads } => match GpuContext::new() {
+                Ok(ctx) if ctx.info.device_type != wgpu::DeviceType::Cpu => Resolved::Gpu(ctx),
+                Ok(ctx) => cpu(*threads, Fallback::SoftwareGpu(ctx.describe())),
+                Err(e) => cpu(*threads, Fallback::NoGpu(e.to_string())),
+            },
+        })
+    }
+}
+
+/// Why [`Device::Auto`] chose the CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// No GPU adapter could be opened; the reason.
+    NoGpu(String),
+    /// The only adapter is a software one (named), slower than the CPU backend.
+    SoftwareGpu(String),
+}
+
+/// Which kind of backend a [`Trainer`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A CPU backend.
+    Cpu,
+    /// A GPU backend.
+    Gpu,
+}
+
+impl Kind {
+    /// `cpu` or `gpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cpu => "cpu",
+            Kind::Gpu => "gpu",
+        }
+    }
+}
 
 /// Trains one network on one backend; settings are chained builder-style.
 pub struct Trainer {
     backend: Box<dyn Backend<Scalar = f32>>,
+    kind: Kind,
+    fallback: Option<Fallback>,
     cfg: TrainConfig,
     /// Parameters not yet set: the first use draws them from the seed.
     fresh: bool,
     optimizer: Optimizer,
     standardizer: Option<Standardizer>,
+    /// Every epoch so far, resumed ones first.
     history: Vec<EpochStats>,
-    data_name: String,
-    data_len: usize,
+    /// The data the parameters were trained on: (name, samples).
+    trained_on: Option<(String, usize)>,
+    /// Where to write checkpoints, and every how many epochs (else at the end only).
+    save: Option<(PathBuf, Option<usize>)>,
 }
 
 impl Trainer {
-    /// On `backend`. Defaults: 10 epochs, batches of the backend's capacity,
-    /// lr 0.1, seed 42; parameters drawn from the seed at first use unless
-    /// [`Trainer::set_params`] gives them.
-    pub fn new(backend: Box<dyn Backend<Scalar = f32>>) -> Result<Trainer> {
+    /// On `backend` (of `kind` [`Kind::Cpu`] unless it is a [`GpuBackend`];
+    /// see [`Trainer::on`]). Defaults: 10 epochs, batches of the backend's
+    /// capacity, lr 0.1, seed 42, plain SGD, constant rate; parameters drawn
+    /// from the seed at first use unless [`Trainer::set_params`] gives them.
+    pub fn new(backend: Box<dyn Backend<Scalar = f32>>) -> Trainer {
         let cfg = TrainConfig {
             epochs: 10,
             batch: backend.capacity(),
             lr: 0.1,
             seed: 42,
             shuffle: true,
-            schedule: Default::default(),
+            schedule: Schedule::default(),
             nan_check: false,
         };
-        Ok(Trainer {
+        Trainer {
             backend,
+            kind: Kind::Cpu,
+            fallback: None,
             cfg,
             fresh: true,
             optimizer: Optimizer::default(),
             standardizer: None,
             history: Vec::new(),
-            data_name: String::new(),
-            data_len: 0,
-        })
+            trained_on: None,
+            save: None,
+        }
     }
 
-    /// On the best GPU, or on the CPU when there is none; batches up to `batch`.
+    /// On `device`, with buffers for batches of up to `capacity` samples.
+    pub fn on(device: &Device, net: &Network, capacity: usize) -> Result<Trainer> {
+        let (backend, kind, fallback): (Box<dyn Backend<Scalar = f32>>, _, _) =
+            match device.resolve()? {
+                Resolved::Cpu { threads, fallback } => (
+                    Box::new(CpuBackend::<f32>::fast(net, capacity, threads)?),
+                    Kind::Cpu,
+                    fallback,
+                ),
+                Resolved::Gpu(ctx) => (
+                    Box::new(GpuBackend::new(ctx, net, capacity)?),
+                    Kind::Gpu,
+                    None,
+                ),
+            };
+        let mut t = Trainer::new(backend);
+        t.kind = kind;
+        t.fallback = fallback;
+        Ok(t)
+    }
+
+    /// On the best real GPU, or on the CPU when there is none; batches up to `batch`.
     pub fn auto(net: &Network, batch: usize) -> Result<Trainer> {
-        let backend: Box<dyn Backend<Scalar = f32>> = match GpuContext::new() {
-            Ok(ctx) => Box::new(GpuBackend::new(ctx, net, batch)?),
-            Err(_) => Box::new(CpuBackend::<f32>::fast(net, batch, 0)?),
-        };
-        Self::new(backend)
+        Self::on(&Device::Auto { threads: 0 }, net, batch)
     }
 
     /// On the fast CPU backend, all cores; batches up to `batch`.
     pub fn cpu(net: &Network, batch: usize) -> Result<Trainer> {
-        Self::new(Box::new(CpuBackend::<f32>::fast(net, batch, 0)?))
+        Self::on(&Device::Cpu { threads: 0 }, net, batch)
+    }
+
+    /// The kind of backend it trains on.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Why [`Device::Auto`] chose the CPU, if it did.
+    pub fn fallback(&self) -> Option<&Fallback> {
+        self.fallback.as_ref()
+    }
+
+    /// Every setting of [`TrainConfig`] at once.
+    pub fn with_config(mut self, cfg: TrainConfig) -> Self {
+        self.cfg = cfg;
+        self
     }
 
     /// Epochs to train (in total, counting resumed ones).
@@ -85,7 +221,8 @@ impl Trainer {
         self
     }
 
-    /// Samples per step, at most the backend's capacity.
+    /// Samples per step; steps use at most the backend's capacity and the
+    /// data's rows ([`crate::train::batch_size`]).
     pub fn batch(mut self, n: usize) -> Self {
         self.cfg.batch = n;
         self
@@ -125,8 +262,25 @@ impl Trainer {
         self
     }
 
+    /// Seed of the shuffling, the validation split and the initial parameters.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.cfg.seed = seed;
+        self
+    }
+
+    /// Write a checkpoint to `path` when training ends and, with `every`,
+    /// also after every `every` epochs (an interval of 0 is an error).
+    pub fn checkpoints(mut self, path: impl Into<PathBuf>, every: Option<usize>) -> Result<Self> {
+        if every == Some(0) {
+            return Err(Error::setting(Setting::SaveEvery, 0, "must be at least 1"));
+        }
+        self.save = Some((path.into(), every));
+        Ok(self)
+    }
+
     /// Continues the run saved in `ckpt`: its parameters, optimiser and
-    /// state, history, seed, batch, learning rate and schedule.
+    /// state, history, seed, batch, learning rate, schedule and input
+    /// standardisation. Training it on other data is refused.
     pub fn resume(mut self, ckpt: &Checkpoint) -> Result<Self> {
         ckpt.restore(self.backend.as_mut())?;
         let s = &ckpt.state;
@@ -138,28 +292,38 @@ impl Trainer {
         self.cfg.lr = s.lr;
         self.cfg.schedule = s.schedule;
         self.standardizer = ckpt.standardizer.clone();
+        self.trained_on = Some((s.data.clone(), s.samples));
         Ok(self)
     }
 
-    /// Seed of the shuffling and of the initial parameters.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.cfg.seed = seed;
-        self
+    /// A model to evaluate or predict with: `ckpt`'s parameters and input
+    /// standardisation ([`Trainer::standardizer_in_use`]).
+    pub fn model(mut self, ckpt: &Checkpoint) -> Result<Self> {
+        self.set_params(&ckpt.params)?;
+        self.standardizer = ckpt.standardizer.clone();
+        Ok(self)
     }
 
     /// Starts from these parameters instead of the seeded ones.
-    pub fn set_params(&mut self, p: &crate::network::Params<f32>) -> Result<()> {
+    pub fn set_params(&mut self, p: &Params<f32>) -> Result<()> {
         self.backend.set_params(p)?;
         self.fresh = false;
         Ok(())
     }
 
-    fn ensure_params(&mut self) -> Result<()> {
-        if self.fresh {
-            let init = self.backend.network().init(self.cfg.seed);
-            self.set_params(&init)?;
-        }
-        Ok(())
+    /// The settings in force.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The optimiser in force.
+    pub fn optimizer_in_use(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The input standardisation the model expects, if any.
+    pub fn standardizer_in_use(&self) -> Option<&Standardizer> {
+        self.standardizer.as_ref()
     }
 
     /// The backend, to read parameters, activations or the device.
@@ -167,35 +331,111 @@ impl Trainer {
         self.backend.as_mut()
     }
 
-    /// What each epoch so far measured.
+    /// What each epoch so far measured, resumed ones first.
     pub fn history(&self) -> &[EpochStats] {
         &self.history
     }
 
+    /// The first epoch the next [`Trainer::fit`] trains (1, or one past a resumed run).
+    pub fn first_epoch(&self) -> usize {
+        self.history.len() + 1
+    }
+
+    /// Seeded initial parameters, the first time they are needed.
+    fn ensure_params(&mut self) -> Result<()> {
+        if self.fresh {
+            let net = self.backend.network().clone();
+            // The initial parameters, and a read-back for each checkpoint.
+            crate::memory::ensure_params(&net, 2)?;
+            self.set_params(&net.init(self.cfg.seed))?;
+        }
+        Ok(())
+    }
+
     /// Trains on `data` up to the configured epochs, scoring `val` (if any)
-    /// after each; `on` sees each epoch. Returns this call's epochs.
+    /// after each, writing checkpoints as [`Trainer::checkpoints`] asked;
+    /// `on` sees every step and every epoch, and the backend (an error from
+    /// it stops the run). Returns this call's epochs.
+    pub fn fit_observed(
+        &mut self,
+        data: &Dataset,
+        val: Option<&Dataset>,
+        mut on: impl FnMut(&mut dyn Backend<Scalar = f32>, Progress<'_>) -> Result<()>,
+    ) -> Result<Vec<EpochStats>> {
+        let done = self.history.len();
+        if done >= self.cfg.epochs {
+            return Err(Error::setting(
+                Setting::Epochs,
+                self.cfg.epochs,
+                format!(
+                    "the run has already trained {done} epochs; epochs count the total, so ask for more than {done}"
+                ),
+            ));
+        }
+        if let Some((name, samples)) = &self.trained_on {
+            if *samples != data.len() {
+                return Err(Error::Data {
+                    path: data.name.clone(),
+                    msg: format!(
+                        "{} samples, but the resumed run was trained on '{name}' ({samples} samples); resuming needs the same data",
+                        data.len()
+                    ),
+                });
+            }
+        }
+        self.ensure_params()?;
+        let first = done + 1;
+        let mut meta = RunMeta {
+            cfg: self.cfg,
+            optimizer: self.optimizer,
+            standardizer: self.standardizer.clone(),
+            data: (data.name.clone(), data.len()),
+            history: self.history.clone(),
+        };
+        let mut saved = done;
+        let save = self.save.clone();
+        let new = train_epochs(
+            self.backend.as_mut(),
+            data,
+            val,
+            &self.cfg,
+            first,
+            |b, p| {
+                if let Progress::Epoch(s) = p {
+                    meta.history.push(*s);
+                    if let Some((path, Some(every))) = &save {
+                        if s.epoch.is_multiple_of(*every) {
+                            meta.checkpoint(b)?.save(path)?;
+                            saved = s.epoch;
+                        }
+                    }
+                }
+                on(b, p)
+            },
+        )?;
+        if let Some((path, _)) = &save {
+            if saved != self.cfg.epochs {
+                meta.checkpoint(self.backend.as_mut())?.save(path)?;
+            }
+        }
+        self.history = meta.history;
+        self.trained_on = Some(meta.data);
+        Ok(new)
+    }
+
+    /// [`Trainer::fit_observed`], `on` seeing each epoch only.
     pub fn fit_with(
         &mut self,
         data: &Dataset,
         val: Option<&Dataset>,
         mut on: impl FnMut(&EpochStats),
     ) -> Result<Vec<EpochStats>> {
-        self.ensure_params()?;
-        let first = self.history.len() + 1;
-        let cfg = TrainConfig {
-            batch: self.cfg.batch.min(self.backend.capacity()),
-            ..self.cfg
-        };
-        let new = train_epochs(self.backend.as_mut(), data, val, &cfg, first, |_, p| {
+        self.fit_observed(data, val, |_, p| {
             if let Progress::Epoch(s) = p {
                 on(s);
             }
             Ok(())
-        })?;
-        self.history.extend_from_slice(&new);
-        self.data_name = data.name.clone();
-        self.data_len = data.len();
-        Ok(new)
+        })
     }
 
     /// [`Trainer::fit_with`] without validation or a callback.
@@ -211,24 +451,57 @@ impl Trainer {
 
     /// The network's outputs for every row of `data`, `(len, outputs)`.
     pub fn predict(&mut self, data: &Dataset) -> Result<Vec<f32>> {
+        Ok(self.evaluate_and_predict(data)?.2)
+    }
+
+    /// [`Trainer::evaluate`] and [`Trainer::predict`] in one pass.
+    pub fn evaluate_and_predict(&mut self, data: &Dataset) -> Result<(Totals, Metric, Vec<f32>)> {
         self.ensure_params()?;
-        predict(self.backend.as_mut(), data)
+        evaluate_and_predict(self.backend.as_mut(), data)
+    }
+
+    /// The checkpoint of the run as it stands.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint> {
+        self.ensure_params()?;
+        let meta = RunMeta {
+            cfg: self.cfg,
+            optimizer: self.optimizer,
+            standardizer: self.standardizer.clone(),
+            data: self.trained_on.clone().unwrap_or_default(),
+            history: self.history.clone(),
+        };
+        meta.checkpoint(self.backend.as_mut())
     }
 
     /// Writes a checkpoint that `train --resume`, `eval` and `predict` read.
     pub fn save(&mut self, path: &Path) -> Result<()> {
-        self.ensure_params()?;
+        self.checkpoint()?.save(path)
+    }
+}
+
+/// What a checkpoint records besides the backend's tensors.
+struct RunMeta {
+    cfg: TrainConfig,
+    optimizer: Optimizer,
+    standardizer: Option<Standardizer>,
+    /// The training data: (name, samples).
+    data: (String, usize),
+    history: Vec<EpochStats>,
+}
+
+impl RunMeta {
+    fn checkpoint(&self, backend: &mut dyn Backend<Scalar = f32>) -> Result<Checkpoint> {
         let state = TrainState {
             epoch: self.history.len(),
             seed: self.cfg.seed,
             batch: self.cfg.batch,
             lr: self.cfg.lr,
-            data: self.data_name.clone(),
-            samples: self.data_len,
+            data: self.data.0.clone(),
+            samples: self.data.1,
             history: self.history.clone(),
             optimizer: self.optimizer,
             schedule: self.cfg.schedule,
         };
-        Checkpoint::capture(self.backend.as_mut(), state, self.standardizer.clone())?.save(path)
+        Checkpoint::capture(backend, state, self.standardizer.clone())
     }
 }

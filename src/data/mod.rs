@@ -1,4 +1,5 @@
-//! Datasets: a few built-in ones and a CSV loader.
+//! Datasets: a few built-in ones, a CSV loader, and [`Source`], which
+//! resolves where a dataset comes from (built-in, CSV, IDX) in one place.
 //!
 //! A [`Dataset`] is two flat row-major `f32` tables: inputs `x` of shape
 //! `(len, inputs)` and targets `y` of shape `(len, outputs)`. Class labels are
@@ -21,6 +22,9 @@
 //! assert_eq!(&x[2..4], &d.x[0..2]);
 //! ```
 
+mod source;
+pub use source::{Builtin, Recipe, Source, FILE_RECIPE};
+
 use std::f64::consts::PI;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -29,7 +33,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{quote, Error, Result};
+use crate::error::{quote, Error, Result, Setting};
 
 /// A dataset width that does not fit a network ([`Dataset::mismatch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,16 +453,20 @@ impl Dataset {
     /// least one), chosen by a seeded shuffle: `(train, validation)`.
     pub fn split_validation(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
         if !(fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::Invalid(format!(
-                "--val-split must be between 0 and 1 (exclusive), got {fraction}"
-            )));
+            return Err(Error::setting(
+                Setting::ValSplit,
+                fraction,
+                "must be between 0 and 1 (exclusive)",
+            ));
         }
         let n = self.len();
         let n_val = ((n as f64 * fraction).round() as usize).max(1);
         if n_val >= n {
-            return Err(Error::Invalid(format!(
-                "--val-split {fraction} of {n} samples leaves none to train on"
-            )));
+            return Err(Error::setting(
+                Setting::ValSplit,
+                fraction,
+                format!("holding out that fraction of {n} samples leaves none to train on"),
+            ));
         }
         let mut order: Vec<usize> = (0..n).collect();
         // A stream of its own, so the split does not move with the shuffling.

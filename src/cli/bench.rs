@@ -1,0 +1,334 @@
+//! `shadertrain bench`: the training step timed on the CPU, the GPU or both,
+//! side by side on the same initial parameters and batch, with the largest
+//! parameter difference between them afterwards; `--profile` adds each GPU
+//! kernel's share of a step.
+
+use super::refuse_unused;
+use clap::ValueEnum;
+use shadertrain::backend::Backend;
+use shadertrain::bench::{self, Workload};
+use shadertrain::cpu::CpuBackend;
+use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
+use shadertrain::network::{Network, Params};
+use shadertrain::{Error, Result};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    Cpu,
+    Gpu,
+    Both,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelsArg {
+    /// The faster set for the adapter: simple on CPU adapters (lavapipe), else tiled.
+    Auto,
+    /// Tiled products, fused loss and update.
+    Tiled,
+    /// One invocation per output: the GPU reference twins.
+    Simple,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TilesArg {
+    /// 32×32 blocks, 4×4 per invocation (CPU adapters).
+    Small,
+    /// 64×64 blocks, 4×4 per invocation.
+    Medium,
+    /// 128×128 blocks, 8×8 per invocation (discrete GPUs).
+    Discrete,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BenchBackend,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// A named workload: W0 (2-2-2, batch 1), W1 (784-256-256-10, 1024),
+    /// W2 (1024-1024-1024-1024, 1024), W3 (4096-4096-4096, 4096). Default W1.
+    #[arg(long, conflicts_with = "layers")]
+    workload: Option<String>,
+    /// Layer sizes, instead of a workload.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Samples per step (default: the workload's).
+    #[arg(long, allow_negative_numbers = true)]
+    batch: Option<usize>,
+    /// Timed steps (default: the workload's).
+    #[arg(long, allow_negative_numbers = true)]
+    steps: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
+    warmup: usize,
+    /// Learning rate (the PyTorch peer's 0.5).
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    lr: f32,
+    /// Seed of the initial weights and the random batch.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
+    seed: u64,
+    /// CPU threads (0: one per core).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    threads: usize,
+    /// GPU kernels.
+    #[arg(long, value_enum, default_value = "auto")]
+    kernels: KernelsArg,
+    /// Tile sizes of the tiled kernels (default: chosen by adapter type).
+    #[arg(long, value_enum)]
+    tiles: Option<TilesArg>,
+    /// Also time each GPU kernel of a step with timestamp queries (median of 5 steps).
+    #[arg(long)]
+    profile: bool,
+    /// Print one JSON object per backend, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One kernel dispatch's share of a profiled step.
+#[derive(serde::Serialize)]
+struct KernelTime {
+    kernel: String,
+    ms: f64,
+}
+
+/// Median per-dispatch times of `runs` profiled steps, in dispatch order, or
+/// `None` where the adapter has no timestamp queries.
+fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
+    let mut all: Vec<Vec<(String, f64)>> = Vec::new();
+    for _ in 0..runs {
+        match g.profile_step(lr)? {
+            Some(p) => all.push(p),
+            None => return Ok(None),
+        }
+    }
+    let Some(first) = all.first() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let ms = all.iter().filter_map(|p| p.get(i).map(|x| x.1)).collect();
+                KernelTime {
+                    kernel: name.clone(),
+                    ms: bench::Timing { ms }.median(),
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// One backend's result, as `bench --json` prints it.
+#[derive(serde::Serialize)]
+struct BenchRow {
+    backend: &'static str,
+    adapter: String,
+    layers: Vec<usize>,
+    batch: usize,
+    steps: usize,
+    ms_per_step_median: f64,
+    ms_per_step_min: f64,
+    ms_per_step_max: f64,
+    samples_per_s: f64,
+    gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload: Option<&'static str>,
+    /// GPU only: which kernels ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernels: Option<String>,
+    /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<KernelTime>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_param_diff: Option<f64>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let on_gpu = a.backend != BenchBackend::Cpu;
+    for (flag, given) in [
+        ("--kernels", a.kernels != KernelsArg::Auto),
+        ("--tiles", a.tiles.is_some()),
+        ("--profile", a.profile),
+        ("--adapter", a.adapter.is_some()),
+    ] {
+        refuse_unused(
+            flag,
+            given,
+            on_gpu,
+            "the GPU (--backend gpu or both)",
+            "--backend cpu",
+        )?;
+    }
+    // clap refuses --workload with --layers; with neither, W1.
+    let (workload, net) = match &a.layers {
+        Some(l) => (None, Network::parse(l)?),
+        None => {
+            let w = Workload::named(a.workload.as_deref().unwrap_or("W1"))?;
+            (Some(w), w.network())
+        }
+    };
+    let batch = a.batch.or(workload.map(|w| w.batch)).unwrap_or(1024);
+    let steps = a.steps.or(workload.map(|w| w.steps)).unwrap_or(20);
+    if batch == 0 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    if steps == 0 {
+        return Err(Error::Invalid("--steps must be at least 1".into()));
+    }
+    if !a.lr.is_finite() || a.lr <= 0.0 {
+        return Err(Error::Invalid(format!(
+            "--lr must be a positive number, got {}",
+            a.lr
+        )));
+    }
+    // The initial parameters, and one read-back per backend.
+    shadertrain::memory::ensure_params(&net, 3)?;
+    let params = net.init(a.seed);
+    let (x, y) = bench::random_batch(&net, batch, a.seed)?;
+    let flops = bench::flops_per_step(&net, batch);
+    let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
+    let mut rows: Vec<(BenchRow, Params<f32>)> = Vec::new();
+    // The GPU first: a missing adapter should fail before minutes of CPU timing.
+    let gpu = if want(BenchBackend::Gpu) {
+        let ctx = match a.adapter.as_deref() {
+            Some(sel) => GpuContext::with_adapter(sel)?,
+            None => GpuContext::new()?,
+        };
+        let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
+        let options = GpuOptions {
+            kernels: match a.kernels {
+                KernelsArg::Auto => auto.kernels,
+                KernelsArg::Tiled => KernelSet::Tiled,
+                KernelsArg::Simple => KernelSet::Simple,
+            },
+            tiles: a.tiles.map(|t| match t {
+                TilesArg::Small => TileConfig::SMALL,
+                TilesArg::Medium => TileConfig::MEDIUM,
+                TilesArg::Discrete => TileConfig::DISCRETE,
+            }),
+            ..GpuOptions::default()
+        };
+        Some(GpuBackend::with_options(ctx, &net, batch, options)?)
+    } else {
+        None
+    };
+    let run = |name: &'static str,
+               b: &mut dyn Backend<Scalar = f32>|
+     -> Result<(BenchRow, Params<f32>)> {
+        if !a.json {
+            eprintln!("timing {name}: {} ...", b.describe());
+        }
+        let (t, p) = bench::time_steps(b, &params, (&x, &y), a.lr, a.warmup, steps)?;
+        let med = t.median();
+        Ok((
+            BenchRow {
+                backend: name,
+                adapter: b.describe(),
+                layers: net.sizes().to_vec(),
+                batch,
+                steps,
+                ms_per_step_median: med,
+                ms_per_step_min: t.min(),
+                ms_per_step_max: t.max(),
+                samples_per_s: batch as f64 / (med / 1e3),
+                gflops: flops / (med / 1e3) / 1e9,
+                workload: workload.map(|w| w.name),
+                kernels: None,
+                profile: None,
+                speedup: None,
+                max_param_diff: None,
+            },
+            p,
+        ))
+    };
+    if let Some(mut g) = gpu {
+        let kernels = match g.tiles() {
+            Some(t) => format!(
+                "tiled {}x{}, {}x{} per invocation",
+                t.bm(),
+                t.bn(),
+                t.tm,
+                t.tn
+            ),
+            None => "simple".into(),
+        };
+        if !a.json {
+            eprintln!("gpu kernels: {kernels}");
+        }
+        let (mut r, p) = run("gpu", &mut g)?;
+        r.kernels = Some(kernels);
+        if a.profile {
+            r.profile = profile_gpu(&mut g, a.lr, 5)?;
+            if r.profile.is_none() && !a.json {
+                eprintln!("--profile: this adapter has no timestamp queries");
+            }
+        }
+        rows.push((r, p));
+    }
+    if want(BenchBackend::Cpu) {
+        rows.push(run(
+            "cpu",
+            &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?,
+        )?);
+    }
+    if let [(g, gp), (c, cp)] = rows.as_mut_slice() {
+        let diff = bench::max_param_diff(gp, cp)?;
+        let speedup = c.ms_per_step_median / g.ms_per_step_median;
+        for r in [g, c] {
+            r.speedup = Some(speedup);
+            r.max_param_diff = Some(diff);
+        }
+    }
+    for (r, _) in &rows {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{:<4} {:>10.3} ms/step (min {:.3}, max {:.3})  {:>12.0} samples/s  {:>8.2} GFLOP/s  [{}]",
+                r.backend,
+                r.ms_per_step_median,
+                r.ms_per_step_min,
+                r.ms_per_step_max,
+                r.samples_per_s,
+                r.gflops,
+                r.adapter
+            );
+        }
+    }
+    for (r, _) in &rows {
+        let Some(prof) = r.profile.as_ref().filter(|_| !a.json) else {
+            continue;
+        };
+        let total: f64 = prof.iter().map(|k| k.ms).sum();
+        println!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
+        for k in prof {
+            println!(
+                "  {:<36} {:>10.3} ms  {:>5.1}%",
+                k.kernel,
+                k.ms,
+                100.0 * k.ms / total.max(1e-12)
+            );
+        }
+    }
+    if !a.json {
+        if let Some((r, _)) = rows.first().filter(|_| rows.len() == 2) {
+            println!(
+                "speedup gpu over cpu: {:.2}x   max_param_diff after {} steps: {:.3e}",
+                r.speedup.unwrap_or(f64::NAN),
+                a.warmup + steps,
+                r.max_param_diff.unwrap_or(f64::NAN)
+            );
+        }
+        println!(
+            "network {} batch {batch}, {steps} timed steps after {} warm-up, {:.3} GFLOP per step",
+            net.describe(),
+            a.warmup,
+            flops / 1e9
+        );
+    }
+    Ok(())
+}

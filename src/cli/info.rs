@@ -1,0 +1,120 @@
+//! `shadertrain example` (the classic 2-2-2 worked example, one step, every
+//! value printed) and `shadertrain devices` (every adapter wgpu sees).
+
+use super::{device, notice, BackendArg};
+use shadertrain::cpu::CpuBackend;
+use shadertrain::example;
+use shadertrain::gpu::{list_adapters, GpuBackend, GpuContext};
+use shadertrain::trainer::Resolved;
+use shadertrain::Result;
+
+#[derive(clap::Args)]
+pub struct ExampleArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn example(a: ExampleArgs) -> Result<()> {
+    let json = a.json;
+    let net = example::network();
+    let dev = device(a.backend, a.adapter.as_deref(), 0)?;
+    let report = match dev.resolve()? {
+        Resolved::Cpu { fallback, .. } => {
+            if let (Some(f), false) = (fallback, json) {
+                notice(&f);
+            }
+            example::run(&mut CpuBackend::<f64>::new(&net, 1)?, "cpu")?
+        }
+        Resolved::Gpu(ctx) => {
+            let name = format!("gpu: {}", ctx.describe());
+            example::run(&mut GpuBackend::new(ctx, &net, 1)?, &name)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        return Ok(());
+    }
+    let v = |x: &[f64]| {
+        x.iter()
+            .map(|v| format!("{v:.9}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "classic 2-2-2 worked example, one SGD step (lr {}), backend {}",
+        example::LEARNING_RATE,
+        report.backend
+    );
+    println!("inputs {:?}  targets {:?}", example::INPUT, example::TARGET);
+    println!("forward");
+    println!("  out_h1, out_h2  = {}", v(&report.forward.hidden));
+    println!("  out_o1, out_o2  = {}", v(&report.forward.output));
+    println!("  E_total         = {:.9}", report.error);
+    println!("backward");
+    println!("  δ_o1, δ_o2      = {}", v(&report.deltas.output));
+    println!("  δ_h1, δ_h2      = {}", v(&report.deltas.hidden));
+    let names = [["hidden", "h"], ["output", "o"]];
+    for (l, [layer, n]) in names.iter().enumerate() {
+        for (j, row) in report.gradients.weights[l].iter().enumerate() {
+            println!("  ∂E/∂W {layer} into {n}{} = {}", j + 1, v(row));
+        }
+        println!(
+            "  ∂E/∂b {layer}          = {}",
+            v(&report.gradients.biases[l])
+        );
+    }
+    println!("after the update");
+    for (l, [layer, n]) in names.iter().enumerate() {
+        for (j, row) in report.updated.weights[l].iter().enumerate() {
+            println!("  W {layer} into {n}{} = {}", j + 1, v(row));
+        }
+        println!("  b {layer}          = {}", v(&report.updated.biases[l]));
+    }
+    Ok(())
+}
+
+pub fn devices(json: bool) -> Result<()> {
+    let list = list_adapters();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
+        return Ok(());
+    }
+    for (i, a) in list.iter().enumerate() {
+        println!(
+            "[{i}] {} ({}, {}){}",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.compute { "" } else { "  [no compute]" }
+        );
+        if !a.driver.is_empty() {
+            println!("    driver: {}", a.driver);
+        }
+        println!(
+            "    max buffer {} MiB, max storage binding {} MiB, max workgroups/dim {}, invocations/workgroup {}, storage buffers/stage {}",
+            a.max_buffer_size >> 20,
+            a.max_storage_binding >> 20,
+            a.max_workgroups_per_dim,
+            a.max_invocations_per_workgroup,
+            a.max_storage_buffers_per_stage
+        );
+    }
+    match GpuContext::new() {
+        Ok(ctx) => println!("chosen: {}", ctx.describe()),
+        Err(e) => println!("chosen: none ({e})"),
+    }
+    Ok(())
+}

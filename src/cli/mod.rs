@@ -1,0 +1,186 @@
+//! The command line's shared pieces: the flag that names each library
+//! [`Setting`], the one-line rendering of every error, the device flags, and
+//! the checks every command makes before it works. One file per command
+//! beside it; none of them trains by itself: they parse, drive
+//! [`shadertrain::Trainer`], and render.
+
+pub mod bench;
+pub mod info;
+pub mod model;
+pub mod train;
+
+use clap::ValueEnum;
+use shadertrain::error::{one_line, Setting};
+use shadertrain::trainer::{Device, Fallback, Trainer};
+use shadertrain::{Error, Result};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// The flag that sets `s`.
+pub fn flag(s: Setting) -> &'static str {
+    match s {
+        Setting::Layers => "--layers",
+        Setting::Epochs => "--epochs",
+        Setting::Batch => "--batch",
+        Setting::LearningRate => "--lr",
+        Setting::Seed => "--seed",
+        Setting::Optimizer => "--optimizer",
+        Setting::Momentum => "--momentum",
+        Setting::Beta1 => "--beta1",
+        Setting::Beta2 => "--beta2",
+        Setting::Eps => "--eps",
+        Setting::WeightDecay => "--weight-decay",
+        Setting::Schedule => "--lr-schedule",
+        Setting::ScheduleStep => "--lr-step",
+        Setting::ScheduleGamma => "--lr-gamma",
+        Setting::ValSplit => "--val-split",
+        Setting::Normalize => "--normalize",
+        Setting::Threads => "--threads",
+        Setting::Steps => "--steps",
+        Setting::Plot => "--plot",
+        Setting::Adapter => "--adapter",
+        Setting::SaveEvery => "--save-every",
+        Setting::Data => "--data",
+    }
+}
+
+/// `e` as one line, settings named by their flags. Every message passes
+/// through [`one_line`], so no input can make it span two lines.
+pub fn message(e: &Error) -> String {
+    one_line(&e.render(flag), usize::MAX)
+}
+
+/// Prints clap's refusal as one line (help and version as clap prints them)
+/// and returns the exit code.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind::*};
+    if matches!(
+        e.kind(),
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    // An invalid value is worded here: clap would print a value holding a
+    // line break across two lines.
+    let ctx = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    if let (InvalidValue, Some(arg), Some(value)) = (
+        e.kind(),
+        ctx(ContextKind::InvalidArg),
+        ctx(ContextKind::InvalidValue),
+    ) {
+        let arg = arg.split_whitespace().next().unwrap_or(&arg).to_string();
+        let mut line = format!(
+            "error: invalid value '{}' for '{arg}'",
+            one_line(&value, 40)
+        );
+        if let Some(valid) = ctx(ContextKind::ValidValue) {
+            line += &format!(" [possible values: {valid}]");
+        }
+        eprintln!("{line}");
+        return ExitCode::from(2);
+    }
+    // Otherwise clap's first line, which starts with "error: "; a first line
+    // ending in ':' continues with a list, joined on.
+    let text = e.render().to_string();
+    let mut line = text
+        .lines()
+        .next()
+        .unwrap_or("error: bad arguments")
+        .to_string();
+    if line.ends_with(':') {
+        let items: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage"))
+            .map(str::trim)
+            .collect();
+        line = format!("{line} {}", items.join(", "));
+    }
+    eprintln!("{}", one_line(&line, usize::MAX));
+    ExitCode::from(2)
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// A real GPU; the CPU, with a notice, when there is none or only a
+    /// software one (lavapipe, ~100× slower than the CPU backend).
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// A GPU, software adapters included; an error when there is none.
+    Gpu,
+}
+
+/// `--backend`, `--adapter` and `--threads` as a [`Device`].
+pub fn device(backend: BackendArg, adapter: Option<&str>, threads: usize) -> Result<Device> {
+    Ok(match (backend, adapter) {
+        (BackendArg::Cpu, Some(_)) => {
+            return Err(Error::Invalid(
+                "--adapter picks a GPU; it cannot go with --backend cpu".into(),
+            ))
+        }
+        (BackendArg::Cpu, None) => Device::Cpu { threads },
+        // An adapter named under auto means that GPU.
+        (BackendArg::Gpu, _) | (BackendArg::Auto, Some(_)) => Device::Gpu {
+            adapter: adapter.map(String::from),
+        },
+        (BackendArg::Auto, None) => Device::Auto { threads },
+    })
+}
+
+/// Opens a trainer on `device` and, unless `quiet`, says why `auto` chose the CPU.
+pub fn open(
+    device: &Device,
+    net: &shadertrain::Network,
+    capacity: usize,
+    quiet: bool,
+) -> Result<Trainer> {
+    let t = Trainer::on(device, net, capacity)?;
+    if let (Some(f), false) = (t.fallback(), quiet) {
+        notice(f);
+    }
+    Ok(t)
+}
+
+/// Says on stderr why `--backend auto` chose the CPU.
+pub fn notice(f: &Fallback) {
+    match f {
+        Fallback::NoGpu(why) => eprintln!("notice: {why}; using the CPU backend"),
+        Fallback::SoftwareGpu(name) => eprintln!(
+            "notice: the only GPU is a software one ({name}), far slower than the CPU backend here; using the CPU backend (--backend gpu uses it anyway)"
+        ),
+    }
+}
+
+/// Refuses an output path whose directory is missing, before any work.
+pub fn check_out_dir(flag: &str, path: Option<&Path>) -> Result<()> {
+    match path.and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::Invalid(format!(
+            "{flag}: directory {} does not exist",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a `flag` the user `given` that does not apply to this run (it
+/// applies only `to` something, and the run `now` uses something else):
+/// settings that would be silently ignored.
+pub fn refuse_unused(flag: &str, given: bool, applies: bool, to: &str, now: &str) -> Result<()> {
+    if given && !applies {
+        return Err(Error::Invalid(format!(
+            "{flag} applies only to {to}, and this run uses {now}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `shadertrain eval` and `predict`: a saved model on the chosen device,
+//! through [`shadertrain::Trainer::model`], scored or run on a dataset
+//! standardised as in training.
+
+use super::{check_out_dir, device, open, BackendArg};
+use shadertrain::checkpoint::Checkpoint;
+use shadertrain::data::{Dataset, Source};
+use shadertrain::fsutil::write_atomic;
+use shadertrain::train::{batch_size, class_of, confusion_matrix};
+use shadertrain::{Error, Result, Trainer};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A checkpoint written by `train --save`.
+    #[arg(long)]
+    model: PathBuf,
+    /// A built-in set, a CSV file (for predict: with or without the target
+    /// column) or an IDX directory.
+    #[arg(long)]
+    data: String,
+    /// CSV target column (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Samples per forward pass.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1024)]
+    batch: usize,
+    /// CPU threads (0: one per core).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    threads: usize,
+    /// Print JSON (eval).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Where to write the CSV (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A saved model on the chosen device, and the data it is to see,
+/// standardised as in training.
+struct Loaded {
+    ckpt: Checkpoint,
+    data: Dataset,
+    trainer: Trainer,
+}
+
+/// `inputs_only_ok`: a CSV of the model's input columns alone is data (predict).
+fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
+    if m.batch == 0 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    let ckpt = Checkpoint::load(&m.model)?;
+    let net = ckpt.params.network().clone();
+    let source = Source::parse(&m.data)?;
+    if m.target.is_some() && !matches!(source, Source::Csv(_)) {
+        return Err(Error::Invalid(format!(
+            "--target {:?} names a CSV column, but the data is not a CSV file",
+            m.target.as_deref().unwrap_or_default()
+        )));
+    }
+    let target = m.target.as_deref();
+    let seed = ckpt.state.seed;
+    let mut data = if inputs_only_ok {
+        source.load_for_prediction(target, &net, seed)?
+    } else {
+        source.load(target, net.outputs(), seed)?
+    };
+    source.check_fits(&data, &net, "the model")?;
+    if let Some(z) = &ckpt.standardizer {
+        z.apply(&mut data)?;
+    }
+    let dev = device(m.backend, m.adapter.as_deref(), m.threads)?;
+    let capacity = batch_size(m.batch, usize::MAX, data.len());
+    let trainer = open(&dev, &net, capacity, quiet)?.model(&ckpt)?;
+    Ok(Loaded {
+        ckpt,
+        data,
+        trainer,
+    })
+}
+
+pub fn eval(m: ModelArgs) -> Result<()> {
+    let Loaded {
+        ckpt,
+        data,
+        mut trainer,
+    } = load(&m, false, m.json)?;
+    // One pass: the totals and the outputs the confusion matrix needs.
+    let (totals, metric, out) = trainer.evaluate_and_predict(&data)?;
+    let confusion = data
+        .is_classification()
+        .then(|| confusion_matrix(&out, &data));
+    let acc = totals.accuracy(metric);
+    if m.json {
+        let json = serde_json::json!({
+            "model": m.model.display().to_string(),
+            "layers": ckpt.params.network().sizes(),
+            "samples": data.len(),
+            "loss": totals.loss(),
+            "accuracy": acc,
+            "confusion": confusion,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "model {} ({} epochs) on '{}' ({} samples)",
+        ckpt.params.network().describe(),
+        ckpt.state.epoch,
+        data.name,
+        data.len()
+    );
+    println!("loss: {:.6}", totals.loss());
+    if let Some(acc) = acc {
+        println!("accuracy: {:.2}%", acc * 100.0);
+    }
+    if let Some(c) = confusion {
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        let w = c
+            .iter()
+            .flatten()
+            .max()
+            .map_or(1, |v| v.to_string().len())
+            .max(3);
+        let head: Vec<String> = (0..c.len()).map(|j| format!("{j:>w$}")).collect();
+        println!("      {}", head.join(" "));
+        for (i, row) in c.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>w$}")).collect();
+            println!("  {i:>3} {}", cells.join(" "));
+        }
+    }
+    Ok(())
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    check_out_dir("--out", a.out.as_deref())?;
+    let Loaded {
+        data, mut trainer, ..
+    } = load(&a.m, true, a.out.is_none())?;
+    let out = trainer.predict(&data)?;
+    let no = data.outputs;
+    let mut csv = String::new();
+    let mut head: Vec<String> = (0..no).map(|k| format!("output_{k}")).collect();
+    head.push("predicted".into());
+    csv += &head.join(",");
+    csv.push('\n');
+    for row in out.chunks(no) {
+        for v in row {
+            csv += &format!("{v},");
+        }
+        csv += &format!("{}\n", class_of(row));
+    }
+    match a.out {
+        Some(p) => write_atomic(&p, csv.as_bytes()),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(csv.as_bytes())
+                .map_err(|e| Error::io(Path::new("<stdout>"), e))
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! `shadertrain train`: flags to a [`Trainer`], a progress bar while it runs,
+//! then the final figures, the plot and the metrics file. Every rule of the
+//! run itself (batch size, initial weights, checkpoints, validation) is the
+//! Trainer's; this file only decides what the flags ask for and refuses
+//! flags that contradict each other or a resumed checkpoint.
+
+use super::{check_out_dir, device, open, refuse_unused, BackendArg};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shadertrain::checkpoint::{Checkpoint, TrainState};
+use shadertrain::data::{Dataset, Source, Standardizer};
+use shadertrain::fsutil::write_atomic;
+use shadertrain::network::{Loss, Network};
+use shadertrain::optim::{Optimizer, OptimizerKind};
+use shadertrain::train::{batch_size, EpochStats, Progress, Schedule, TrainConfig};
+use shadertrain::{Error, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A built-in set (spirals, xor, example), a CSV file with a header row,
+    /// a directory holding MNIST-format IDX files (train-images-idx3-ubyte[.gz], …),
+    /// or an IDX images file and its labels file as IMAGES,LABELS.
+    #[arg(long, default_value = "spirals")]
+    data: String,
+    /// CSV target column (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    /// Layer sizes, inputs first, e.g. 2,32,32,2 (default: per built-in set; required for files).
+    #[arg(long)]
+    layers: Option<String>,
+    /// Passes over the data [default: per built-in set; 10 for files].
+    #[arg(long, allow_negative_numbers = true)]
+    epochs: Option<usize>,
+    /// Samples per step [default: per built-in set; 32 for files].
+    #[arg(long, allow_negative_numbers = true)]
+    batch: Option<usize>,
+    /// Learning rate [default: per built-in set; 0.001 for files].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// Seed for the initial weights, the shuffling, the validation split and
+    /// the built-in data [default: 42, or the checkpoint's with --resume].
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// The GPU to use: its index in `shadertrain devices`, or part of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Write a checkpoint (safetensors: weights, architecture, training state) here when training ends.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Also write the --save checkpoint every N epochs.
+    #[arg(long, allow_negative_numbers = true, requires = "save")]
+    save_every: Option<usize>,
+    /// Continue the run saved in this checkpoint; --epochs counts the total.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// mse or ce; follows from the output layer (ce after softmax, else mse),
+    /// and a value that disagrees is refused.
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
+    /// The optimiser [default: sgd for built-in sets, adam for files, or the checkpoint's].
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// Momentum's μ [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
+    /// Adam's β1 [default: 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    beta1: Option<f32>,
+    /// Adam's β2 [default: 0.999].
+    #[arg(long, allow_negative_numbers = true)]
+    beta2: Option<f32>,
+    /// Adam's ε [default: 1e-8].
+    #[arg(long, allow_negative_numbers = true)]
+    eps: Option<f32>,
+    /// Weight decay λ on weights, not biases (L2 for sgd/momentum, decoupled for adam) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f32>,
+    /// How the learning rate changes from epoch to epoch [default: constant].
+    #[arg(long, value_enum)]
+    lr_schedule: Option<ScheduleArg>,
+    /// Epochs between decays of the step schedule [default: 10].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_step: Option<usize>,
+    /// Factor of each decay of the step schedule [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_gamma: Option<f32>,
+    /// Write per-epoch metrics as JSON to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Draw the loss and accuracy curves (training and validation) into this .png or .svg.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Check the loss after every step, not only after each epoch, and stop
+    /// at the first step where it is not finite (on a GPU: one small read-back per step).
+    #[arg(long)]
+    nan_check: bool,
+    /// CPU threads (0: one per core).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    threads: usize,
+    /// Hold out this fraction of the data (seeded) for validation after every epoch.
+    #[arg(long, conflicts_with = "val")]
+    val_split: Option<f64>,
+    /// A separate validation set (CSV file or IDX directory), scored after every epoch.
+    #[arg(long)]
+    val: Option<String>,
+    /// Standardise every input column with the training set's mean and standard deviation.
+    #[arg(long)]
+    normalize: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LossArg {
+    /// Mean squared error, `½ Σ (a − y)²`.
+    Mse,
+    /// Cross-entropy, `−Σ y log a`, after a softmax output.
+    Ce,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// Plain stochastic gradient descent.
+    Sgd,
+    /// SGD with (heavy-ball) momentum, --momentum.
+    Momentum,
+    /// Adam, --beta1, --beta2, --eps.
+    Adam,
+}
+
+impl From<OptimizerArg> for OptimizerKind {
+    fn from(a: OptimizerArg) -> Self {
+        match a {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Momentum => OptimizerKind::Momentum,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// The same rate every epoch.
+    Constant,
+    /// × --lr-gamma every --lr-step epochs.
+    Step,
+    /// From --lr down towards 0 along half a cosine.
+    Cosine,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let source = Source::parse(&a.data)?;
+    let recipe = source.recipe();
+    let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
+    if recipe.layers.is_none() && a.layers.is_none() && resumed.is_none() {
+        return Err(Error::Invalid(
+            "--layers is required with a CSV file or IDX directory, e.g. --layers 784,128,10"
+                .into(),
+        ));
+    }
+    if a.target.is_some() && !matches!(source, Source::Csv(_)) {
+        return Err(Error::Invalid(format!(
+            "--target {:?} names a CSV column, but the data is not a CSV file",
+            a.target.as_deref().unwrap_or_default()
+        )));
+    }
+    // Refuse unwritable output paths before training, not after.
+    if let Some(p) = &a.plot {
+        shadertrain::plot::check_path(p)?;
+    }
+    for (flag, path) in [
+        ("--metrics", &a.metrics),
+        ("--save", &a.save),
+        ("--plot", &a.plot),
+    ] {
+        check_out_dir(flag, path.as_deref())?;
+    }
+    let net = network(&a, resumed.as_ref(), recipe.layers)?;
+    let seed = match (&resumed, a.seed) {
+        (Some(c), Some(s)) if s != c.state.seed => {
+            return Err(Error::Invalid(format!(
+                "--seed {s} conflicts with the checkpoint's seed {}; resuming needs the same seed",
+                c.state.seed
+            )))
+        }
+        (Some(c), _) => c.state.seed,
+        (None, s) => s.unwrap_or(42),
+    };
+    let st = resumed.as_ref().map(|c| &c.state);
+    let (optimizer, schedule) = optimizer_and_schedule(&a, st, recipe.optimizer)?;
+    let cfg = TrainConfig {
+        epochs: a.epochs.unwrap_or(recipe.epochs),
+        batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(recipe.batch),
+        lr: a.lr.or(st.map(|s| s.lr)).unwrap_or(recipe.lr),
+        seed,
+        shuffle: true,
+        schedule,
+        nan_check: a.nan_check,
+    };
+    cfg.validate()?;
+    let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
+    let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
+    let capacity = batch_size(cfg.batch, usize::MAX, data.len());
+    let mut t = open(&dev, &net, capacity, a.quiet)?
+        .with_config(cfg)
+        .optimizer(optimizer)?;
+    if let Some(z) = z {
+        t = t.standardizer(z);
+    }
+    if let Some(path) = &a.save {
+        t = t.checkpoints(path, a.save_every)?;
+    }
+    match &resumed {
+        Some(c) => t = t.resume(c)?,
+        None => {
+            if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
+                t.set_params(&p)?;
+            }
+        }
+    }
+    let adapter = t.backend().describe();
+    let kind = t.kind().name();
+    if !a.quiet {
+        eprintln!("backend: {kind}: {adapter}");
+        let cfg = t.config();
+        eprintln!(
+            "training {} on '{}' ({} samples): {} epochs, batch {}, lr {}, {}, seed {}{}",
+            net.describe(),
+            data.name,
+            data.len(),
+            cfg.epochs,
+            cfg.batch,
+            cfg.lr,
+            t.optimizer_in_use().name(),
+            cfg.seed,
+            defaults_note(&a, &source, resumed.is_some())
+        );
+        if let Some(c) = &resumed {
+            eprintln!("resuming after epoch {}", c.state.epoch);
+        }
+    }
+    let first = t.first_epoch();
+    let epochs = t.config().epochs;
+    let steps = data
+        .len()
+        .div_ceil(batch_size(t.config().batch, usize::MAX, data.len()));
+    let bar = progress_bar(((epochs + 1 - first) * steps) as u64, a.quiet);
+    let t0 = Instant::now();
+    t.fit_observed(&data, val.as_ref(), |_, p| {
+        match p {
+            Progress::Step { .. } => bar.inc(1),
+            Progress::Epoch(s) => bar.set_message(epoch_line(s, epochs)),
+        }
+        Ok(())
+    })?;
+    let train_secs = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (totals, metric) = t.evaluate(&data)?;
+    let samples = ((epochs + 1 - first) * data.len()) as f64;
+    let acc = totals.accuracy(metric);
+    println!(
+        "final loss: {:.6} ({})",
+        totals.loss(),
+        totals.loss_fn.name()
+    );
+    if let Some(acc) = acc {
+        println!("accuracy: {:.2}%", acc * 100.0);
+    }
+    let val_totals = match &val {
+        Some(v) => Some(t.evaluate(v)?),
+        None => None,
+    };
+    if let Some((vt, m)) = &val_totals {
+        println!("validation loss: {:.6}", vt.loss());
+        if let Some(acc) = vt.accuracy(*m) {
+            println!("validation accuracy: {:.2}%", acc * 100.0);
+        }
+    }
+    println!(
+        "throughput: {:.0} samples/s ({} samples in {:.2} s)",
+        samples / train_secs,
+        samples,
+        train_secs
+    );
+    if let Some(path) = &a.plot {
+        let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
+        shadertrain::plot::plot_history(path, &title, t.history())?;
+    }
+    if let Some(path) = &a.metrics {
+        let json = serde_json::json!({
+            "backend": kind,
+            "adapter": adapter,
+            "layers": net.sizes(),
+            "epochs": t.history(),
+            "final": {
+                "loss": totals.loss(),
+                "accuracy": acc,
+                "samples_per_s": samples / train_secs,
+                "seconds": train_secs,
+                "val_loss": val_totals.as_ref().map(|(vt, _)| vt.loss()),
+                "val_accuracy": val_totals.as_ref().and_then(|(vt, m)| vt.accuracy(*m)),
+            },
+        });
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The network: `--layers`, the checkpoint's, or the data's default; a loss
+/// that disagrees with its output layer is refused.
+fn network(a: &TrainArgs, resumed: Option<&Checkpoint>, default: Option<&str>) -> Result<Network> {
+    let net = match (resumed, &a.layers) {
+        (Some(c), Some(l)) => {
+            let n = Network::parse(l)?;
+            if &n != c.params.network() {
+                return Err(Error::Shape(format!(
+                    "--layers {} does not match the checkpoint's {}",
+                    n.describe(),
+                    c.params.network().describe()
+                )));
+            }
+            n
+        }
+        (Some(c), None) => c.params.network().clone(),
+        (None, l) => Network::parse(l.as_deref().or(default).unwrap_or_default())?,
+    };
+    match (a.loss, net.loss()) {
+        (Some(LossArg::Ce), Loss::Mse) => Err(Error::Invalid(format!(
+            "--loss ce needs a softmax output layer (end --layers with {}:softmax); {} ends in {}",
+            net.outputs().max(2),
+            net.describe(),
+            net.output_activation().name()
+        ))),
+        (Some(LossArg::Mse), Loss::CrossEntropy) => Err(Error::Invalid(
+            "--loss mse is not supported after a softmax output (softmax trains with cross-entropy); use another output activation, e.g. :sigmoid".into(),
+        )),
+        _ => Ok(net),
+    }
+}
+
+/// The training set and, with `--val-split` or `--val`, the validation set,
+/// both standardised under `--normalize` (or as the resumed run was) with
+/// the training statistics, which are returned for checkpoints.
+fn load_sets(
+    a: &TrainArgs,
+    source: &Source,
+    net: &Network,
+    seed: u64,
+    resumed: Option<&Checkpoint>,
+) -> Result<(Dataset, Option<Dataset>, Option<Standardizer>)> {
+    let target = a.target.as_deref();
+    let data = source.load(target, net.outputs(), seed)?;
+    let by = match (resumed, &a.layers) {
+        (Some(_), None) => "the checkpoint's network",
+        _ => "--layers",
+    };
+    source.check_fits(&data, net, by)?;
+    let (mut train, mut val) = match (a.val_split, &a.val) {
+        (Some(f), _) => {
+            let (t, v) = data.split_validation(f, seed)?;
+            (t, Some(v))
+        }
+        (None, Some(path)) => {
+            let not_file = || {
+                Error::Invalid(format!(
+                    "--val: '{path}' is not a CSV file or an IDX directory"
+                ))
+            };
+            let src = Source::parse(path).map_err(|_| not_file())?;
+            if src.builtin().is_some() {
+                return Err(not_file());
+            }
+            let v = src.load(target, net.outputs(), seed)?;
+            src.check_fits(&v, net, by)?;
+            (data, Some(v))
+        }
+        (None, None) => (data, None),
+    };
+    let z = match resumed {
+        Some(c) => {
+            if a.normalize && c.standardizer.is_none() {
+                return Err(Error::Invalid(
+                    "--normalize: the resumed run was trained without it".into(),
+                ));
+            }
+            c.standardizer.clone()
+        }
+        None => a.normalize.then(|| Standardizer::fit(&train)),
+    };
+    if let Some(z) = &z {
+        z.apply(&mut train)?;
+        if let Some(v) = val.as_mut() {
+            z.apply(v)?;
+        }
+    }
+    Ok((train, val, z))
+}
+
+/// The optimiser and schedule from the flags, or, when resuming, from the
+/// checkpoint (a flag that disagrees with it is refused: the saved state
+/// belongs to the saved optimiser); `default` is the data's optimiser.
+fn optimizer_and_schedule(
+    a: &TrainArgs,
+    st: Option<&TrainState>,
+    default: OptimizerKind,
+) -> Result<(Optimizer, Schedule)> {
+    let base = st.map_or_else(|| Optimizer::new(default), |s| s.optimizer);
+    let kind = a.optimizer.map_or(base.kind, OptimizerKind::from);
+    // Settings of another optimiser or schedule would be silently ignored.
+    let uses = format!("--optimizer {}", kind.name());
+    let momentum = kind == OptimizerKind::Momentum;
+    refuse_unused(
+        "--momentum",
+        a.momentum.is_some(),
+        momentum,
+        "--optimizer momentum",
+        &uses,
+    )?;
+    let adam = kind == OptimizerKind::Adam;
+    for (flag, v) in [("--beta1", a.beta1), ("--beta2", a.beta2), ("--eps", a.eps)] {
+        refuse_unused(flag, v.is_some(), adam, "--optimizer adam", &uses)?;
+    }
+    let opt = Optimizer {
+        kind,
+        momentum: a.momentum.unwrap_or(base.momentum),
+        beta1: a.beta1.unwrap_or(base.beta1),
+        beta2: a.beta2.unwrap_or(base.beta2),
+        eps: a.eps.unwrap_or(base.eps),
+        weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
+    };
+    opt.validate()?;
+    let schedule = match (a.lr_schedule, st) {
+        (Some(ScheduleArg::Constant), _) => Schedule::Constant,
+        (Some(ScheduleArg::Cosine), _) => Schedule::Cosine,
+        (Some(ScheduleArg::Step), _) => {
+            // On resume the checkpoint's step settings are the defaults.
+            let (every, gamma) = match st.map(|s| s.schedule) {
+                Some(Schedule::Step { every, gamma }) => (every, gamma),
+                _ => (10, 0.1),
+            };
+            Schedule::Step {
+                every: a.lr_step.unwrap_or(every),
+                gamma: a.lr_gamma.unwrap_or(gamma),
+            }
+        }
+        (None, Some(s)) => s.schedule,
+        (None, None) => Schedule::Constant,
+    };
+    let step = matches!(schedule, Schedule::Step { .. });
+    let sched = format!("--lr-schedule {}", schedule.spec());
+    for (flag, given) in [
+        ("--lr-step", a.lr_step.is_some()),
+        ("--lr-gamma", a.lr_gamma.is_some()),
+    ] {
+        refuse_unused(flag, given, step, "--lr-schedule step", &sched)?;
+    }
+    schedule.validate()?;
+    if let Some(s) = st {
+        if opt != s.optimizer {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint was trained with {} ({:?}); resuming needs the same optimizer settings",
+                s.optimizer.name(),
+                s.optimizer
+            )));
+        }
+        if schedule != s.schedule {
+            return Err(Error::Invalid(format!(
+                "--resume: the checkpoint's --lr-schedule is {}; resuming needs the same schedule",
+                s.schedule.spec()
+            )));
+        }
+    }
+    Ok((opt, schedule))
+}
+
+/// Where a file's run takes defaults, which ones: they suit arbitrary data,
+/// not this data, so the user should know they are in force.
+fn defaults_note(a: &TrainArgs, source: &Source, resumed: bool) -> String {
+    let unset: Vec<&str> = [
+        ("--epochs", a.epochs.is_none()),
+        ("--batch", a.batch.is_none()),
+        ("--lr", a.lr.is_none()),
+        ("--optimizer", a.optimizer.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(f, unset)| unset.then_some(f))
+    .collect();
+    if resumed || source.builtin().is_some() || unset.is_empty() {
+        return String::new();
+    }
+    format!(
+        " (defaults for a file: set {} to change them)",
+        unset.join(", ")
+    )
+}
+
+fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {elapsed_precise}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn epoch_line(s: &EpochStats, epochs: usize) -> String {
+    let mut line = format!("epoch {}/{epochs}  loss {:.5}", s.epoch, s.loss);
+    if let Some(acc) = s.accuracy {
+        line += &format!("  acc {:.1}%", acc * 100.0);
+    }
+    if let Some(l) = s.val_loss {
+        line += &format!("  val loss {l:.5}");
+    }
+    if let Some(acc) = s.val_accuracy {
+        line += &format!("  val acc {:.1}%", acc * 100.0);
+    }
+    line + &format!("  {:.0} samples/s", s.samples_per_s)
+}

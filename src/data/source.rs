@@ -1,0 +1,253 @@
+//! Where a dataset comes from, resolved in one place: a built-in set, a CSV
+//! file, a directory of MNIST-format IDX files, or an IDX images file and its
+//! labels file. The command line's `--data` is a [`Source::parse`] away, and
+//! each source knows the settings that suit it when the user gives none
+//! ([`Recipe`]).
+//!
+//! ```
+//! use shadertrain::data::{Builtin, Source};
+//! let src = Source::parse("xor").unwrap();
+//! assert_eq!(src, Source::Builtin(Builtin::Xor));
+//! let data = src.load(None, 1, 42).unwrap();
+//! assert_eq!(data.len(), 4);
+//! ```
+
+use super::{Dataset, Width};
+use crate::error::{Error, Result, Setting};
+use crate::network::{Network, Params};
+use crate::optim::OptimizerKind;
+use std::path::{Path, PathBuf};
+
+/// The data sets built into the crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// Two interleaved spirals, 1,000 points each, drawn from the seed.
+    Spirals,
+    /// The four rows of XOR.
+    Xor,
+    /// The one sample of the classic 2-2-2 worked example.
+    Example,
+}
+
+impl Builtin {
+    /// Every built-in set.
+    pub const ALL: [Builtin; 3] = [Builtin::Spirals, Builtin::Xor, Builtin::Example];
+
+    /// Its name, as `--data` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Spirals => "spirals",
+            Builtin::Xor => "xor",
+            Builtin::Example => "example",
+        }
+    }
+
+    /// The set called `name`, if there is one.
+    pub fn named(name: &str) -> Option<Builtin> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The data (the spirals drawn with `seed`).
+    pub fn load(self, seed: u64) -> Dataset {
+        match self {
+            Builtin::Spirals => Dataset::spirals(1000, seed),
+            Builtin::Xor => Dataset::xor(),
+            Builtin::Example => Dataset::example(),
+        }
+    }
+
+    /// Settings that train this set well.
+    pub fn recipe(self) -> Recipe {
+        let sgd = |layers, epochs, batch, lr| Recipe {
+            layers: Some(layers),
+            epochs,
+            batch,
+            lr,
+            optimizer: OptimizerKind::Sgd,
+        };
+        match self {
+            Builtin::Spirals => sgd("2,32,2", 40, 8, 8.0),
+            Builtin::Xor => sgd("2,4,1", 2000, 4, 5.0),
+            Builtin::Example => sgd("2,2,2", 1, 1, 0.5),
+        }
+    }
+
+    /// The published starting weights of the worked example, when `net` is
+    /// its network; other sets start from seeded weights.
+    pub fn initial_params(self, net: &Network) -> Option<Params<f32>> {
+        (self == Builtin::Example && *net == crate::example::network()).then(crate::example::params)
+    }
+}
+
+/// Settings that suit a data source when the user gives none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recipe {
+    /// Layer sizes; `None` where the data alone cannot say (files).
+    pub layers: Option<&'static str>,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Samples per step.
+    pub batch: usize,
+    /// Learning rate.
+    pub lr: f32,
+    /// The optimiser.
+    pub optimizer: OptimizerKind,
+}
+
+/// Defaults for a user's own data, whose scale and size are unknown: Adam at
+/// 0.001 in batches of 32 (Keras' defaults, which rarely diverge on unscaled
+/// data, unlike plain SGD at a fixed rate), for 10 epochs.
+pub const FILE_RECIPE: Recipe = Recipe {
+    layers: None,
+    epochs: 10,
+    batch: 32,
+    lr: 0.001,
+    optimizer: OptimizerKind::Adam,
+};
+
+/// Where a dataset comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A built-in set.
+    Builtin(Builtin),
+    /// A CSV file with a header row.
+    Csv(PathBuf),
+    /// A directory holding MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, …).
+    IdxDir(PathBuf),
+    /// An IDX images file and its labels file.
+    IdxFiles {
+        /// The images.
+        images: PathBuf,
+        /// Their labels.
+        labels: PathBuf,
+    },
+}
+
+impl Source {
+    /// Reads a data argument: a built-in name, a directory (IDX), `IMAGES,LABELS`
+    /// (IDX files), or a CSV file (ending in `.csv`, or any existing file).
+    pub fn parse(arg: &str) -> Result<Source> {
+        if let Some(b) = Builtin::named(arg) {
+            return Ok(Source::Builtin(b));
+        }
+        let csv_name = arg.to_ascii_lowercase().ends_with(".csv");
+        let path = Path::new(arg);
+        if path.is_dir() {
+            Ok(Source::IdxDir(path.into()))
+        } else if let (Some((images, labels)), false) = (arg.split_once(','), csv_name) {
+            Ok(Source::IdxFiles {
+                images: images.into(),
+                labels: labels.into(),
+            })
+        } else if csv_name || path.exists() {
+            Ok(Source::Csv(path.into()))
+        } else {
+            let names: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+            Err(Error::setting(
+                Setting::Data,
+                arg,
+                format!(
+                    "unknown dataset (built-in: {}; a .csv file, a directory of MNIST IDX files, or IMAGES,LABELS IDX files)",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// The source as messages name it: the file, the directory or the set.
+    pub fn shown(&self) -> String {
+        match self {
+            Source::Builtin(b) => b.name().to_string(),
+            Source::Csv(p) | Source::IdxDir(p) | Source::IdxFiles { images: p, .. } => {
+                p.display().to_string()
+            }
+        }
+    }
+
+    /// The settings that suit it when none are given.
+    pub fn recipe(&self) -> Recipe {
+        match self {
+            Source::Builtin(b) => b.recipe(),
+            _ => FILE_RECIPE,
+        }
+    }
+
+    /// The built-in set, if it is one.
+    pub fn builtin(&self) -> Option<Builtin> {
+        match self {
+            Source::Builtin(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The data, targets one-hot over `outputs` classes where they are labels
+    /// (CSV: the `target` column, by default the last); the spirals drawn
+    /// with `seed`. A `target` for anything but a CSV file is an error.
+    pub fn load(&self, target: Option<&str>, outputs: usize, seed: u64) -> Result<Dataset> {
+        if let (Some(t), false) = (target, matches!(self, Source::Csv(_))) {
+            return Err(Error::Data {
+                path: self.shown(),
+                msg: format!(
+                    "a target column ('{}') applies only to CSV files, and this is not one",
+                    crate::error::quote(t)
+                ),
+            });
+        }
+        match self {
+            Source::Builtin(b) => Ok(b.load(seed)),
+            Source::Csv(path) => Dataset::from_csv(path, target, outputs),
+            Source::IdxDir(dir) => {
+                let ((images, labels), _test) = crate::idx::find_mnist(dir)?;
+                Dataset::from_idx(&images, &labels, outputs)
+            }
+            Source::IdxFiles { images, labels } => Dataset::from_idx(images, labels, outputs),
+        }
+    }
+
+    /// As [`Source::load`] for a model's inputs: a CSV file holding exactly
+    /// `net`'s input columns (and no `target`) is read as inputs alone, with
+    /// zero targets; anything else as [`Source::load`] reads it.
+    pub fn load_for_prediction(
+        &self,
+        target: Option<&str>,
+        net: &Network,
+        seed: u64,
+    ) -> Result<Dataset> {
+        match self {
+            Source::Csv(path)
+                if target.is_none() && Dataset::csv_columns(path)? == net.inputs() =>
+            {
+                Dataset::from_csv_inputs(path, net.inputs(), net.outputs())
+            }
+            _ => self.load(target, net.outputs(), seed),
+        }
+    }
+
+    /// Refuses `data` (loaded from this source) whose widths do not fit
+    /// `net`, naming the file and what defines the network (`by`, e.g. "the
+    /// model"), in the source's own unit (input columns, values per image).
+    pub fn check_fits(&self, data: &Dataset, net: &Network, by: &str) -> Result<()> {
+        let unit = match self {
+            Source::Csv(_) => "input columns",
+            Source::IdxDir(_) | Source::IdxFiles { .. } => "values per image",
+            Source::Builtin(_) => "inputs",
+        };
+        let msg = match data.mismatch(net.inputs(), net.outputs()) {
+            None => return Ok(()),
+            Some(Width::Inputs(n)) => format!(
+                "{n} {unit}, but {by} {} takes {} inputs",
+                net.describe(),
+                net.inputs()
+            ),
+            Some(Width::Outputs(n)) => format!(
+                "{n} target columns, but {by} {} has {} outputs",
+                net.describe(),
+                net.outputs()
+            ),
+        };
+        Err(Error::Data {
+            path: self.shown(),
+            msg,
+        })
+    }
+}
