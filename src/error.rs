@@ -202,7 +202,14 @@ impl Error {
                 setting,
                 value,
                 problem,
-            } => format!("{} {}: {problem}", name(*setting), quote(value)),
+            } => {
+                // Numbers as they are; anything else quoted, so its edges show.
+                let shown = match value.parse::<f64>() {
+                    Ok(_) => quote(value),
+                    Err(_) => format!("'{}'", quote(value)),
+                };
+                format!("{} {shown}: {problem}", name(*setting))
+            }
             Error::Diverged {
                 what,
                 lr,

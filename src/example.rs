@@ -1,7 +1,7 @@
 //! The classic 2-2-2 worked example (inputs 0.05, 0.10; targets 0.01, 0.99;
 //! learning rate 0.5), run for one SGD step on any [`Backend`].
 //!
-//! The numbers it must reproduce are in `shared/reference/worked-examples.md`,
+//! The numbers it must reproduce are in `tests/reference/worked-examples.md`,
 //! section A: the widely published step-by-step backpropagation example.
 
 use crate::backend::{Backend, Metric};

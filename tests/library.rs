@@ -79,14 +79,14 @@ fn trainer_on_the_gpu() {
         return;
     };
     let net = Network::parse("4,12:tanh,3:softmax").unwrap();
-    let t = Trainer::new(Box::new(GpuBackend::new(ctx, &net, 16).unwrap())).unwrap();
+    let t = Trainer::new(Box::new(GpuBackend::new(ctx, &net, 16).unwrap()));
     exercise(t.epochs(15).lr(0.5).seed(3), "gpu");
 }
 
 #[test]
 fn trainer_refuses_bad_settings_and_data() {
     let net = Network::parse("4,5,3").unwrap();
-    let t = Trainer::new(Box::new(CpuBackend::<f32>::fast(&net, 8, 1).unwrap())).unwrap();
+    let t = Trainer::new(Box::new(CpuBackend::<f32>::fast(&net, 8, 1).unwrap()));
     let mut bad = t.epochs(0);
     assert!(bad.fit(&clusters(30, "x")).is_err(), "zero epochs");
     let mut t = bad.epochs(2).lr(f32::NAN);

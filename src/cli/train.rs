@@ -36,7 +36,7 @@ pub struct TrainArgs {
     /// Samples per step [default: per built-in set; 32 for files].
     #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
-    /// Learning rate [default: per built-in set; 0.001 for files].
+    /// Learning rate [default: per built-in set; 0.1 for files].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Seed for the initial weights, the shuffling, the validation split and
@@ -61,7 +61,7 @@ pub struct TrainArgs {
     /// and a value that disagrees is refused.
     #[arg(long, value_enum)]
     loss: Option<LossArg>,
-    /// The optimiser [default: sgd for built-in sets, adam for files, or the checkpoint's].
+    /// The optimiser [default: sgd, or the checkpoint's].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
     /// Momentum's μ [default: 0.9].
@@ -486,7 +486,6 @@ fn defaults_note(a: &TrainArgs, source: &Source, resumed: bool) -> String {
         ("--epochs", a.epochs.is_none()),
         ("--batch", a.batch.is_none()),
         ("--lr", a.lr.is_none()),
-        ("--optimizer", a.optimizer.is_none()),
     ]
     .into_iter()
     .filter_map(|(f, unset)| unset.then_some(f))
