@@ -126,19 +126,22 @@ mod tests {
 
     #[test]
     fn impossible_requests_are_errors() {
-        let e = ensure(None, "the thing", "use less")
+        let e = ensure(None, "the thing", &[Setting::Batch])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("the thing") && e.contains("use less"), "{e}");
+        assert!(
+            e.contains("the thing") && e.contains("smaller batch size"),
+            "{e}"
+        );
         if let Some(have) = available() {
             assert!(have > 0);
-            let e = ensure(Some(have.saturating_mul(4)), "x", "y").unwrap_err();
+            let e = ensure(Some(have.saturating_mul(4)), "x", &[]).unwrap_err();
             assert!(e.to_string().contains("is available"), "{e}");
-            assert!(ensure(Some(1), "x", "y").is_ok());
+            assert!(ensure(Some(1), "x", &[]).is_ok());
         }
-        let e = zeroed::<f32>(usize::MAX / 4, "a buffer", "smaller").unwrap_err();
+        let e = zeroed::<f32>(usize::MAX / 4, "a buffer", &[Setting::Layers]).unwrap_err();
         assert!(e.to_string().contains("cannot allocate"), "{e}");
-        assert_eq!(zeroed::<f32>(3, "a", "b").unwrap(), vec![0.0; 3]);
+        assert_eq!(zeroed::<f32>(3, "a", &[]).unwrap(), vec![0.0; 3]);
     }
 
     #[test]

@@ -82,14 +82,20 @@ impl Activation {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == name)
-            .ok_or_else(|| {
-                Error::setting(
-                    Setting::Layers,
-                    name,
-                    "unknown activation (expected sigmoid, relu, tanh, linear or softmax)",
-                )
-            })
+            .ok_or_else(|| unknown_activation(name, name))
     }
+}
+
+/// The error for an activation `name` that does not exist, in layers `spec`.
+fn unknown_activation(spec: &str, name: &str) -> Error {
+    Error::setting(
+        Setting::Layers,
+        spec,
+        format!(
+            "unknown activation '{}' (expected sigmoid, relu, tanh, linear or softmax)",
+            quote(name)
+        ),
+    )
 }
 
 /// `sizes` as a layers spec (`2,32,2`), for messages.
@@ -288,7 +294,10 @@ impl Network {
                     ))
                 }
                 (0, None) => {}
-                (_, a) => acts.push(a.map_or(Ok(Activation::Sigmoid), Activation::parse)?),
+                (_, None) => acts.push(Activation::Sigmoid),
+                (_, Some(a)) => {
+                    acts.push(Activation::parse(a).map_err(|_| unknown_activation(spec, a))?)
+                }
             }
             sizes.push(size);
         }

@@ -280,7 +280,8 @@ impl Trainer {
 
     /// Continues the run saved in `ckpt`: its parameters, optimiser and
     /// state, history, seed, batch, learning rate, schedule and input
-    /// standardisation. Training it on other data is refused.
+    /// standardisation. Training it on other data is refused. Settings
+    /// chained after it override the checkpoint's.
     pub fn resume(mut self, ckpt: &Checkpoint) -> Result<Self> {
         ckpt.restore(self.backend.as_mut())?;
         let s = &ckpt.state;

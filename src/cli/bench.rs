@@ -54,10 +54,10 @@ pub struct BenchArgs {
     #[arg(long)]
     layers: Option<String>,
     /// Samples per step (default: the workload's).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     batch: Option<usize>,
     /// Timed steps (default: the workload's).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     steps: Option<usize>,
     /// Untimed steps first.
     #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
@@ -69,7 +69,7 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 42)]
     seed: u64,
     /// CPU threads (0: one per core).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
     /// GPU kernels.
     #[arg(long, value_enum, default_value = "auto")]
@@ -173,12 +173,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let batch = a.batch.or(workload.map(|w| w.batch)).unwrap_or(1024);
     let steps = a.steps.or(workload.map(|w| w.steps)).unwrap_or(20);
-    if batch == 0 {
-        return Err(Error::Invalid("--batch must be at least 1".into()));
-    }
-    if steps == 0 {
-        return Err(Error::Invalid("--steps must be at least 1".into()));
-    }
     if !a.lr.is_finite() || a.lr <= 0.0 {
         return Err(Error::Invalid(format!(
             "--lr must be a positive number, got {}",

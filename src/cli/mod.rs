@@ -109,6 +109,16 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// A count of at least 1 (epochs, batch, steps, save interval), checked by clap.
+pub fn at_least_1() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// `--threads`: 0 (one per core) up to the CPU backend's limit.
+pub fn threads() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(0..=shadertrain::cpu::MAX_THREADS as u64)
+}
+
 /// `--backend`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {

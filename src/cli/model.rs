@@ -28,10 +28,10 @@ pub struct ModelArgs {
     #[arg(long)]
     adapter: Option<String>,
     /// Samples per forward pass.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1024)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1024, value_parser = super::at_least_1())]
     batch: usize,
     /// CPU threads (0: one per core).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
     /// Print JSON (eval).
     #[arg(long)]
@@ -57,9 +57,6 @@ struct Loaded {
 
 /// `inputs_only_ok`: a CSV of the model's input columns alone is data (predict).
 fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
-    if m.batch == 0 {
-        return Err(Error::Invalid("--batch must be at least 1".into()));
-    }
     let ckpt = Checkpoint::load(&m.model)?;
     let net = ckpt.params.network().clone();
     let source = Source::parse(&m.data)?;

@@ -31,10 +31,10 @@ pub struct TrainArgs {
     #[arg(long)]
     layers: Option<String>,
     /// Passes over the data [default: per built-in set; 10 for files].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     epochs: Option<usize>,
     /// Samples per step [default: per built-in set; 32 for files].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     batch: Option<usize>,
     /// Learning rate [default: per built-in set; 0.1 for files].
     #[arg(long, allow_negative_numbers = true)]
@@ -52,7 +52,7 @@ pub struct TrainArgs {
     #[arg(long)]
     save: Option<PathBuf>,
     /// Also write the --save checkpoint every N epochs.
-    #[arg(long, allow_negative_numbers = true, requires = "save")]
+    #[arg(long, allow_negative_numbers = true, requires = "save", value_parser = super::at_least_1())]
     save_every: Option<usize>,
     /// Continue the run saved in this checkpoint; --epochs counts the total.
     #[arg(long)]
@@ -102,7 +102,7 @@ pub struct TrainArgs {
     #[arg(long)]
     nan_check: bool,
     /// CPU threads (0: one per core).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
     /// Hold out this fraction of the data (seeded) for validation after every epoch.
     #[arg(long, conflicts_with = "val")]
@@ -206,21 +206,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
     let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
     let capacity = batch_size(cfg.batch, usize::MAX, data.len());
-    let mut t = open(&dev, &net, capacity, a.quiet)?
-        .with_config(cfg)
-        .optimizer(optimizer)?;
+    // The optimiser first (setting one zeroes its state), then the resumed
+    // state over it, then the settings the flags resolved (the checkpoint's
+    // where no flag was given).
+    let mut t = open(&dev, &net, capacity, a.quiet)?.optimizer(optimizer)?;
+    if let Some(c) = &resumed {
+        t = t.resume(c)?;
+    }
+    t = t.with_config(cfg);
     if let Some(z) = z {
         t = t.standardizer(z);
     }
     if let Some(path) = &a.save {
         t = t.checkpoints(path, a.save_every)?;
     }
-    match &resumed {
-        Some(c) => t = t.resume(c)?,
-        None => {
-            if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
-                t.set_params(&p)?;
-            }
+    if resumed.is_none() {
+        if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
+            t.set_params(&p)?;
         }
     }
     let adapter = t.backend().describe();
