@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::checkpoint::{Checkpoint, TrainState};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::{CpuBackend, FastCpuBackend};
 use shadertrain::data::Standardizer;
 use shadertrain::data::{Dataset, Width};
 use shadertrain::fsutil::write_atomic;
@@ -684,7 +684,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let capacity = cfg.batch.min(data.len()).max(1);
     match device {
         Device::Cpu => {
-            let b = CpuBackend::<f32>::fast(&net, capacity, a.threads)?;
+            let b = FastCpuBackend::new(&net, capacity, a.threads)?;
             run_training(b, "cpu", &run, &a)
         }
         Device::Gpu(ctx) => {
@@ -1014,7 +1014,7 @@ fn with_model<R>(
     let capacity = m.batch.min(l.data.len()).max(1);
     let mut b: Box<dyn Backend<Scalar = f32>> =
         match pick_device(m.backend, m.adapter.as_deref(), quiet)? {
-            Device::Cpu => Box::new(CpuBackend::<f32>::fast(net, capacity, m.threads)?),
+            Device::Cpu => Box::new(FastCpuBackend::new(net, capacity, m.threads)?),
             Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx, net, capacity)?),
         };
     b.set_params(&l.ckpt.params)?;
@@ -1297,7 +1297,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if want(BenchBackend::Cpu) {
         rows.push(run(
             "cpu",
-            &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?,
+            &mut FastCpuBackend::new(&net, batch, a.threads)?,
         )?);
     }
     if let [(g, gp), (c, cp)] = rows.as_mut_slice() {

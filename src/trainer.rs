@@ -17,7 +17,7 @@
 
 use crate::backend::{Backend, Metric, Totals};
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::cpu::CpuBackend;
+use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::network::Network;
@@ -69,14 +69,14 @@ impl Trainer {
     pub fn auto(net: &Network, batch: usize) -> Result<Trainer> {
         let backend: Box<dyn Backend<Scalar = f32>> = match GpuContext::new() {
             Ok(ctx) => Box::new(GpuBackend::new(ctx, net, batch)?),
-            Err(_) => Box::new(CpuBackend::<f32>::fast(net, batch, 0)?),
+            Err(_) => Box::new(FastCpuBackend::new(net, batch, 0)?),
         };
         Self::new(backend)
     }
 
     /// On the fast CPU backend, all cores; batches up to `batch`.
     pub fn cpu(net: &Network, batch: usize) -> Result<Trainer> {
-        Self::new(Box::new(CpuBackend::<f32>::fast(net, batch, 0)?))
+        Self::new(Box::new(FastCpuBackend::new(net, batch, 0)?))
     }
 
     /// Epochs to train (in total, counting resumed ones).
