@@ -1,23 +1,5 @@
-//! [`FastCpuBackend`]: the same maths as the reference twins, in f32, with
-//! every matrix product done by the `gemm` crate (AVX2/AVX-512 kernels,
-//! runtime-detected) on a private rayon pool, and the element-wise work fused
-//! into one parallel pass per layer. This is what `--backend cpu` trains with.
-//!
-//! `step` fuses the SGD update into the gradient product:
-//! `W ← W − (lr/B)·δᵀA_prev` is one gemm that reads and writes W in place, so
-//! the gradient never goes through memory. It runs top-down and computes the
-//! delta below a layer (from the old `W`) before that layer's update.
-//!
-//! Other optimizers store the gradients (the same gemm into `grads`) and
-//! then run their update over the flat buffer in one loop
-//! ([`super::momentum_update`], [`super::adam_update`]), which vectorises.
-//!
-//! Results do not depend on timing: gemm splits the output among threads, never
-//! the reduction, and loss sums run in sample order.
-//!
-//! Element-wise loops are written once per activation ([`per_activation!`]),
-//! so each is branch-free and vectorises; the exponentials are [`exp_f32`],
-//! not libm's scalar `expf`.
+//! The fast CPU backend, [`FastCpuBackend`] (its docs say how it works),
+//! and the gemm and element-wise helpers it is built from.
 
 use super::reference::{activation_derivative, delta_output, sample_loss, score, softmax_row};
 use super::state::{shared_backend_methods, State};
@@ -175,10 +157,28 @@ fn par_rows(
         .for_each(|(c, chunk)| f(c * rows_per, chunk));
 }
 
-/// The fast CPU backend: f32, matrix products by `gemm` on its own rayon
-/// pool, element-wise work fused (see the [module docs](self)). It computes
-/// what [`super::CpuBackend`] computes, to within f32 rounding, and gives the
-/// same numbers on any number of threads.
+/// The fast CPU backend: the same maths as the reference twins, in f32, with
+/// every matrix product done by the `gemm` crate (AVX2/AVX-512 kernels,
+/// runtime-detected) on its own rayon pool, and the element-wise work fused
+/// into one parallel pass per layer. This is what `--backend cpu` trains with;
+/// the tests check it against [`super::CpuBackend`].
+///
+/// `step` fuses the SGD update into the gradient product:
+/// `W ← W − (lr/B)·δᵀA_prev` is one gemm that reads and writes W in place, so
+/// the gradient never goes through memory. It runs top-down and computes the
+/// delta below a layer (from the old `W`) before that layer's update.
+///
+/// Other optimizers store the gradients (the same gemm into `grads`) and
+/// then run their update over the flat buffer in one loop
+/// ([`super::momentum_update`], [`super::adam_update`]), which vectorises.
+///
+/// Results do not depend on timing or on the number of threads: gemm splits
+/// the output among threads, never the reduction, and loss sums run in sample
+/// order.
+///
+/// Element-wise loops are written once per activation (`per_activation!`),
+/// so each is branch-free and vectorises; the exponentials are a branch-free
+/// f32 `exp_f32`, not libm's scalar `expf`.
 pub struct FastCpuBackend {
     pool: rayon::ThreadPool,
     engine: Engine,
