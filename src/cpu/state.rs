@@ -24,11 +24,11 @@ pub(crate) struct State<T: Real> {
     pub(crate) metric: Metric,
     pub(crate) params: Params<T>,
     pub(crate) grads: Params<T>,
-    /// acts[l]: (capacity, sizes[l]); acts[0] is the input batch
+    /// `acts[l]`: `(capacity, sizes[l])`; `acts[0]` is the input batch.
     pub(crate) acts: Vec<Vec<T>>,
-    /// deltas[l]: (capacity, sizes[l]); deltas[0] is unused
+    /// `deltas[l]`: `(capacity, sizes[l])`; `deltas[0]` is unused.
     pub(crate) deltas: Vec<Vec<T>>,
-    /// targets: (capacity, outputs)
+    /// Targets, `(capacity, outputs)`.
     pub(crate) y: Vec<T>,
     pub(crate) totals: Totals,
     pub(crate) optim: Optimizer,
