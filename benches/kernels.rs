@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
 use shadertrain::bench::{gpu_for_benches, random_batch, workloads_from_env, Workload};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::{GpuBackend, KernelSet};
 
 fn workloads() -> Vec<Workload> {
@@ -43,7 +43,7 @@ fn passes(c: &mut Criterion, name: &str, w: &Workload, b: &mut dyn Backend<Scala
 
 fn cpu(c: &mut Criterion) {
     for w in workloads() {
-        let mut b = CpuBackend::<f32>::fast(&w.network(), w.batch, 0).expect("cpu backend");
+        let mut b = FastCpuBackend::new(&w.network(), w.batch, 0).expect("cpu backend");
         passes(c, "cpu", &w, &mut b);
     }
 }

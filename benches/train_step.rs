@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shadertrain::backend::Backend;
 use shadertrain::bench::{gpu_for_benches, random_batch, workloads_from_env, Workload};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::GpuBackend;
 use shadertrain::network::Network;
 
@@ -47,7 +47,7 @@ fn bench_backend<B: Backend<Scalar = f32>>(
 
 fn cpu(c: &mut Criterion) {
     bench_backend(c, "cpu", |net, batch| {
-        CpuBackend::<f32>::fast(net, batch, 0).expect("cpu backend")
+        FastCpuBackend::new(net, batch, 0).expect("cpu backend")
     });
 }
 

@@ -1,7 +1,8 @@
 //! The [`Backend`] trait: what the training loop needs from a device.
 //!
-//! The CPU reference ([`crate::cpu::CpuBackend`]) and the GPU trainer
-//! ([`crate::gpu::GpuBackend`]) both implement it, so the loop in
+//! The CPU reference ([`crate::cpu::CpuBackend`]), the fast CPU backend
+//! ([`crate::cpu::FastCpuBackend`]) and the GPU trainer
+//! ([`crate::gpu::GpuBackend`]) all implement it, so the loop in
 //! [`crate::train`] is written once. A step is `load_batch`, `forward`,
 //! `backward`, `update`; on the GPU those record into one command encoder that
 //! `update` submits, and nothing is read back until a `read_*` or

@@ -50,7 +50,7 @@ pub mod trainer;
 
 pub use backend::{Backend, Metric, Totals};
 pub use checkpoint::Checkpoint;
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, FastCpuBackend};
 pub use data::{Builtin, Dataset, Source, Standardizer};
 pub use error::{Error, Result, Setting};
 pub use gpu::{GpuBackend, GpuContext};

@@ -21,7 +21,7 @@
 
 use crate::backend::{Backend, Metric, Totals};
 use crate::checkpoint::{Checkpoint, TrainState};
-use crate::cpu::CpuBackend;
+use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::error::{Error, Result, Setting};
 use crate::gpu::{GpuBackend, GpuContext};
@@ -173,7 +173,7 @@ impl Trainer {
         let (backend, kind, fallback): (Box<dyn Backend<Scalar = f32>>, _, _) =
             match device.resolve()? {
                 Resolved::Cpu { threads, fallback } => (
-                    Box::new(CpuBackend::<f32>::fast(net, capacity, threads)?),
+                    Box::new(FastCpuBackend::new(net, capacity, threads)?),
                     Kind::Cpu,
                     fallback,
                 ),

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::{CpuBackend, FastCpuBackend};
 use shadertrain::network::{Network, Params};
 
 /// Shapes that are not multiples of any SIMD width or block, with batch 1,
@@ -29,8 +29,8 @@ const CASES: &[(&str, usize)] = &[
     ("97,301:relu,203:linear,3", 129),
 ];
 
-fn fast(net: &Network, batch: usize, threads: usize) -> CpuBackend<f32> {
-    CpuBackend::<f32>::fast(net, batch, threads).unwrap()
+fn fast(net: &Network, batch: usize, threads: usize) -> FastCpuBackend {
+    FastCpuBackend::new(net, batch, threads).unwrap()
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn fast_runs_are_bitwise_repeatable() {
 fn fast_backend_describes_itself_and_refuses_bad_batches() {
     let net = Network::new(&[3, 4, 2]).unwrap();
     let mut f = fast(&net, 4, 1);
-    assert_eq!(f.threads(), Some(1));
+    assert_eq!(f.threads(), 1);
     assert!(f.describe().contains("gemm"), "{}", f.describe());
     assert!(f.step(0.1).is_err(), "a step with no batch loaded");
     assert!(
@@ -161,5 +161,5 @@ fn fast_backend_describes_itself_and_refuses_bad_batches() {
         "batch over capacity"
     );
     assert!(f.load_batch(&[0.5; 7], &[0.5; 4]).is_err(), "ragged input");
-    assert!(CpuBackend::<f32>::fast(&net, 0, 1).is_err());
+    assert!(FastCpuBackend::new(&net, 0, 1).is_err());
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::{CpuBackend, FastCpuBackend};
 use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Loss, Network, Params};
@@ -298,7 +298,7 @@ fn nan_check_changes_nothing_and_stops_at_the_step() {
         ),
         (
             "fast",
-            Box::new(|| Box::new(CpuBackend::<f32>::fast(&net, 16, 2).unwrap())),
+            Box::new(|| Box::new(FastCpuBackend::new(&net, 16, 2).unwrap())),
         ),
     ];
     if let Some(ctx) = gpu_or_skip("nan_check_changes_nothing_and_stops_at_the_step") {

@@ -7,7 +7,7 @@ use super::refuse_unused;
 use clap::ValueEnum;
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
-use shadertrain::cpu::CpuBackend;
+use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Network, Params};
 use shadertrain::{Error, Result};
@@ -266,7 +266,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if want(BenchBackend::Cpu) {
         rows.push(run(
             "cpu",
-            &mut CpuBackend::<f32>::fast(&net, batch, a.threads)?,
+            &mut FastCpuBackend::new(&net, batch, a.threads)?,
         )?);
     }
     if let [(g, gp), (c, cp)] = rows.as_mut_slice() {

@@ -1,27 +1,16 @@
-//! The fast CPU path of [`CpuBackend`]: the same maths as the reference twins,
-//! with every matrix product done by the `gemm` crate (AVX2/AVX-512 kernels,
-//! runtime-detected) on a private rayon pool, and the element-wise work fused
-//! into one parallel pass per layer.
-//!
-//! `step` fuses the SGD update into the gradient product:
-//! `W ← W − (lr/B)·δᵀA_prev` is one gemm that reads and writes W in place, so
-//! the gradient never goes through memory. It runs top-down and computes the
-//! delta below a layer (from the old `W`) before that layer's update.
-//!
-//! Other optimizers store the gradients (the same gemm into `grads`) and
-//! then run their update over the flat buffer in one loop
-//! ([`super::momentum_update`], [`super::adam_update`]), which vectorises.
-//!
-//! Results do not depend on timing: gemm splits the output among threads, never
-//! the reduction, and loss sums run in sample order.
-//!
-//! Element-wise loops are written once per activation ([`per_activation!`]),
-//! so each is branch-free and vectorises; in f32 the exponentials are
-//! [`exp_f32`], not libm's scalar `expf`.
+//! The fast CPU backend, [`FastCpuBackend`] (its docs say how it works),
+//! and the gemm and element-wise helpers it is built from.
 
-use super::{activate, activation_derivative, loss_term, score, softmax_row, CpuBackend};
-use crate::network::{Activation, Real};
+use super::reference::{activation_derivative, delta_output, sample_loss, score, softmax_row};
+use super::state::{shared_backend_methods, State};
+use crate::backend::Backend;
+use crate::error::{Error, Result, Setting};
+use crate::network::{Activation, Network};
 use rayon::prelude::*;
+
+/// The most threads [`FastCpuBackend`] starts (`--threads`): far past any
+/// core count, low enough that a typo cannot spawn a million threads.
+pub const MAX_THREADS: usize = 1024;
 
 /// `per_activation!(act, |a| body)`: `body` copied into one match arm per
 /// activation with `a` bound to that arm's constant, so the `match a` inside
@@ -87,13 +76,13 @@ fn extent(v: View, rows: usize, cols: usize) -> usize {
 /// `dst (m, n) = keep·dst + scale · lhs (m, k) · rhs (k, n)`; with `keep = None`
 /// dst is overwritten. Bounds are checked here, so the unsafe call stays in range.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Real>(
+fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    keep: Option<T>,
-    lhs: (&[T], View),
-    rhs: (&[T], View),
-    scale: T,
+    dst: &mut [f32],
+    keep: Option<f32>,
+    lhs: (&[f32], View),
+    rhs: (&[f32], View),
+    scale: f32,
     threads: usize,
 ) {
     let dv = row_major(n);
@@ -131,7 +120,7 @@ fn matmul<T: Real>(
             rhs.0.as_ptr(),
             rhs.1.cs as isize,
             rhs.1.rs as isize,
-            keep.unwrap_or_else(T::one),
+            keep.unwrap_or(1.0),
             scale,
             false,
             false,
@@ -151,11 +140,11 @@ fn rows_per_task(width: usize, threads: usize) -> usize {
 }
 
 /// Runs `f(first_row, rows)` over `data (rows, width)` in parallel chunks of whole rows.
-fn par_rows<T: Real>(
-    data: &mut [T],
+fn par_rows(
+    data: &mut [f32],
     width: usize,
     threads: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
     let width = width.max(1);
     let rows_per = rows_per_task(width, threads);
@@ -168,30 +157,150 @@ fn par_rows<T: Real>(
         .for_each(|(c, chunk)| f(c * rows_per, chunk));
 }
 
-impl<T: Real> CpuBackend<T> {
-    /// Runs `f(self, threads)` on the pool, or on this thread when one step's
-    /// work is too small to pay for waking the pool (W0-sized nets).
-    pub(super) fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self, usize) -> R + Send) -> R {
-        let macs: usize = self.net.layers().iter().map(|l| l.n_in * l.n_out).sum();
-        let pool = match self.pool.take() {
-            Some(p) if macs.saturating_mul(self.batch) >= PARALLEL_MIN_MACS => p,
-            other => {
-                self.pool = other;
-                return f(self, 1);
-            }
-        };
-        let n = pool.current_num_threads();
-        let r = pool.install(|| f(self, n));
-        self.pool = Some(pool);
-        r
+/// The fast CPU backend: the same maths as the reference twins, in f32, with
+/// every matrix product done by the `gemm` crate (AVX2/AVX-512 kernels,
+/// runtime-detected) on its own rayon pool, and the element-wise work fused
+/// into one parallel pass per layer. This is what `--backend cpu` trains with;
+/// the tests check it against [`super::CpuBackend`].
+///
+/// `step` fuses the SGD update into the gradient product:
+/// `W ← W − (lr/B)·δᵀA_prev` is one gemm that reads and writes W in place, so
+/// the gradient never goes through memory. It runs top-down and computes the
+/// delta below a layer (from the old `W`) before that layer's update.
+///
+/// Other optimizers store the gradients (the same gemm into `grads`) and
+/// then run their update over the flat buffer in one loop
+/// ([`super::momentum_update`], [`super::adam_update`]), which vectorises.
+///
+/// Results do not depend on timing or on the number of threads: gemm splits
+/// the output among threads, never the reduction, and loss sums run in sample
+/// order.
+///
+/// Element-wise loops are written once per activation (`per_activation!`),
+/// so each is branch-free and vectorises; the exponentials are a branch-free
+/// f32 `exp_f32`, not libm's scalar `expf`.
+pub struct FastCpuBackend {
+    pool: rayon::ThreadPool,
+    engine: Engine,
+}
+
+/// What the pool's tasks work on: the shared state and this path's scratch.
+struct Engine {
+    s: State<f32>,
+    /// Per-sample loss and score, (capacity).
+    row_loss: Vec<(f32, bool)>,
+    /// The bias gradient's column sums, (widest layer).
+    col_sums: Vec<f32>,
+}
+
+impl FastCpuBackend {
+    /// A backend for `net` that takes batches of up to `capacity` samples,
+    /// on `threads` threads (0: one per core); parameters start at zero.
+    /// More than [`MAX_THREADS`] threads is refused.
+    pub fn new(net: &Network, capacity: usize, threads: usize) -> Result<Self> {
+        if threads > MAX_THREADS {
+            return Err(Error::setting(
+                Setting::Threads,
+                threads,
+                format!("is more than {MAX_THREADS}; use 0 for one per core"),
+            ));
+        }
+        let s = State::new(net, capacity)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shadertrain-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(FastCpuBackend {
+            pool,
+            engine: Engine {
+                s,
+                row_loss: Vec::new(),
+                col_sums: Vec::new(),
+            },
+        })
     }
 
+    /// The threads of its pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `f(engine, threads)` on the pool, or on this thread when one
+    /// step's work is too small to pay for waking the pool (W0-sized nets).
+    fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Engine, usize) -> R + Send) -> R {
+        let s = &self.engine.s;
+        let macs: usize = s.net.layers().iter().map(|l| l.n_in * l.n_out).sum();
+        if macs.saturating_mul(s.batch) < PARALLEL_MIN_MACS {
+            return f(&mut self.engine, 1);
+        }
+        let n = self.pool.current_num_threads();
+        let engine = &mut self.engine;
+        self.pool.install(|| f(engine, n))
+    }
+}
+
+impl Backend for FastCpuBackend {
+    shared_backend_methods!(f32, engine.s);
+
+    fn describe(&self) -> String {
+        let n = self.threads();
+        format!(
+            "cpu (f32, gemm, {n} thread{})",
+            if n == 1 { "" } else { "s" }
+        )
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        self.engine.s.need_batch()?;
+        self.on_pool(|e, n| {
+            e.forward_layers(n);
+            e.loss(false, n);
+        });
+        Ok(())
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        self.engine.s.need_batch()?;
+        self.on_pool(|e, n| e.deltas_and_gradients(true, n));
+        Ok(())
+    }
+
+    fn step(&mut self, lr: f32) -> Result<()> {
+        self.engine.s.need_batch()?;
+        if !self.engine.s.optim.is_plain_sgd() {
+            // Gradients into grads by the fast backward, then one update loop.
+            self.on_pool(|e, n| {
+                e.forward_layers(n);
+                e.loss(true, n);
+                e.deltas_and_gradients(false, n);
+            });
+            return self.engine.s.update(lr);
+        }
+        self.engine.s.t += 1;
+        self.on_pool(|e, n| {
+            e.forward_layers(n);
+            e.loss(true, n);
+            // Top down: the delta below layer l uses W_l before its update.
+            for l in (0..e.s.net.layers().len()).rev() {
+                if l > 0 {
+                    e.delta_hidden(l, n);
+                }
+                e.gradient_sgd(l, lr, n);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Engine {
     /// Forward pass of every layer: `A = f(A_prev·Wᵀ + b)`, one gemm and one
     /// fused bias + activation pass per layer (softmax row by row).
-    pub(super) fn fast_forward_layers(&mut self, threads: usize) {
-        let b = self.batch;
-        for (l, ly) in self.net.layers().iter().enumerate() {
-            let (prev, rest) = self.acts.split_at_mut(l + 1);
+    fn forward_layers(&mut self, threads: usize) {
+        let s = &mut self.s;
+        let b = s.batch;
+        for (l, ly) in s.net.layers().iter().enumerate() {
+            let (prev, rest) = s.acts.split_at_mut(l + 1);
             let out = &mut rest[0][..b * ly.n_out];
             // a_prev: (b, n_in); w: (n_out, n_in), used as wᵀ (n_in, n_out)
             matmul(
@@ -199,11 +308,11 @@ impl<T: Real> CpuBackend<T> {
                 out,
                 None,
                 (&prev[l][..b * ly.n_in], row_major(ly.n_in)),
-                (self.params.weights(l), transposed(ly.n_in)),
-                T::one(),
+                (s.params.weights(l), transposed(ly.n_in)),
+                1.0,
                 threads,
             );
-            let bias = self.params.bias(l);
+            let bias = s.params.bias(l);
             par_rows(out, ly.n_out, threads, |_, rows| {
                 for row in rows.chunks_mut(ly.n_out) {
                     bias_activate(row, bias, ly.act);
@@ -215,28 +324,26 @@ impl<T: Real> CpuBackend<T> {
     /// Per-sample loss and score of the staged batch, and, with `delta`, the
     /// output delta in the same pass. Adds to the totals in sample order, so
     /// the sum is the reference's `loss_reduce` exactly.
-    pub(super) fn fast_loss(&mut self, delta: bool, threads: usize) {
-        let b = self.batch;
-        let no = self.net.outputs();
-        let last = self.acts.len() - 1;
-        let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
-        let metric = self.metric;
-        let (act, loss_fn) = (self.net.output_activation(), self.net.loss());
-        self.row_loss.resize(b, (T::zero(), false));
-        let sample = |s: usize, d: Option<&mut [T]>| {
-            let (ar, yr) = (&a[s * no..(s + 1) * no], &y[s * no..(s + 1) * no]);
-            let l = ar
-                .iter()
-                .zip(yr)
-                .fold(T::zero(), |l, (&ai, &yi)| l + loss_term(loss_fn, ai, yi));
+    fn loss(&mut self, delta: bool, threads: usize) {
+        let s = &mut self.s;
+        let b = s.batch;
+        let no = s.net.outputs();
+        let last = s.acts.len() - 1;
+        let (a, y) = (&s.acts[last][..b * no], &s.y[..b * no]);
+        let metric = s.metric;
+        let (act, loss_fn) = (s.net.output_activation(), s.net.loss());
+        self.row_loss.resize(b, (0.0, false));
+        let sample = |i: usize, d: Option<&mut [f32]>| {
+            let (ar, yr) = (&a[i * no..(i + 1) * no], &y[i * no..(i + 1) * no]);
+            let l = sample_loss(loss_fn, ar, yr);
             if let Some(d) = d {
-                super::delta_output(ar, yr, d, act, loss_fn);
+                delta_output(ar, yr, d, act, loss_fn);
             }
             (l, score(metric, ar, yr))
         };
         let rows_per = rows_per_task(no, threads).min(b);
         if delta {
-            let dl = &mut self.deltas[last][..b * no];
+            let dl = &mut s.deltas[last][..b * no];
             dl.par_chunks_mut(rows_per * no)
                 .zip(self.row_loss.par_chunks_mut(rows_per))
                 .enumerate()
@@ -255,41 +362,36 @@ impl<T: Real> CpuBackend<T> {
                     }
                 });
         }
-        let mut loss = T::zero();
+        let mut loss = 0.0f32;
         let mut correct = 0u64;
         for &(l, ok) in &self.row_loss[..b] {
-            loss = loss + l;
+            loss += l;
             correct += ok as u64;
         }
-        self.totals.loss_sum += loss.to_f64().unwrap_or(f64::NAN);
-        self.totals.samples += b as u64;
-        self.totals.correct += correct;
+        s.add_totals(loss, correct);
     }
 
     /// The output delta alone (the loss was counted by `forward`).
-    pub(super) fn fast_delta_output(&mut self, threads: usize) {
-        let b = self.batch;
-        let no = self.net.outputs();
-        let last = self.acts.len() - 1;
-        let (a, y) = (&self.acts[last][..b * no], &self.y[..b * no]);
-        let (act, loss_fn) = (self.net.output_activation(), self.net.loss());
-        par_rows(
-            &mut self.deltas[last][..b * no],
-            no,
-            threads,
-            |first, rows| {
-                let r = first * no..first * no + rows.len();
-                super::delta_output(&a[r.clone()], &y[r], rows, act, loss_fn);
-            },
-        );
+    fn delta_output(&mut self, threads: usize) {
+        let s = &mut self.s;
+        let b = s.batch;
+        let no = s.net.outputs();
+        let last = s.acts.len() - 1;
+        let (a, y) = (&s.acts[last][..b * no], &s.y[..b * no]);
+        let (act, loss_fn) = (s.net.output_activation(), s.net.loss());
+        par_rows(&mut s.deltas[last][..b * no], no, threads, |first, rows| {
+            let r = first * no..first * no + rows.len();
+            delta_output(&a[r.clone()], &y[r], rows, act, loss_fn);
+        });
     }
 
     /// `δ_l = (δ_{l+1}·W_l) ⊙ f'(A_l)` for `1 <= l < L`, reading `W_l` as it is now.
-    pub(super) fn fast_delta_hidden(&mut self, l: usize, threads: usize) {
-        let b = self.batch;
-        let ly = self.net.layers()[l];
+    fn delta_hidden(&mut self, l: usize, threads: usize) {
+        let s = &mut self.s;
+        let b = s.batch;
+        let ly = s.net.layers()[l];
         let (n, n_next) = (ly.n_in, ly.n_out);
-        let (lo, hi) = self.deltas.split_at_mut(l + 1);
+        let (lo, hi) = s.deltas.split_at_mut(l + 1);
         let d = &mut lo[l][..b * n];
         // delta_next: (b, n_next); w: (n_next, n)
         matmul(
@@ -297,114 +399,75 @@ impl<T: Real> CpuBackend<T> {
             d,
             None,
             (&hi[0][..b * n_next], row_major(n_next)),
-            (self.params.weights(l), row_major(n)),
-            T::one(),
+            (s.params.weights(l), row_major(n)),
+            1.0,
             threads,
         );
-        let a = &self.acts[l][..b * n];
+        let a = &s.acts[l][..b * n];
         // The activation of the layer that produced A_l.
-        let act = self.net.activation(l - 1);
+        let act = s.net.activation(l - 1);
         par_rows(d, n, threads, |first, rows| {
             let a = &a[first * n..first * n + rows.len()];
             per_activation!(act, |act| {
                 for (di, &ai) in rows.iter_mut().zip(a) {
-                    *di = *di * activation_derivative(act, ai);
+                    *di *= activation_derivative(act, ai);
                 }
             });
         });
     }
 
     /// Every layer's deltas from the top down (the output delta too with
-    /// `delta_output`, else `fast_loss` wrote it) and then their gradients
+    /// `delta_output`, else `loss` wrote it) and then their gradients
     /// into `grads`, for `backward` and for a step with a stateful optimizer.
-    pub(super) fn fast_deltas_and_gradients(&mut self, delta_output: bool, threads: usize) {
+    fn deltas_and_gradients(&mut self, delta_output: bool, threads: usize) {
         if delta_output {
-            self.fast_delta_output(threads);
+            self.delta_output(threads);
         }
-        for l in (1..self.net.layers().len()).rev() {
-            self.fast_delta_hidden(l, threads);
+        let layers = self.s.net.layers().len();
+        for l in (1..layers).rev() {
+            self.delta_hidden(l, threads);
         }
-        for l in 0..self.net.layers().len() {
-            self.fast_gradient(l, threads);
+        for l in 0..layers {
+            self.gradient(l, None, threads);
         }
     }
 
-    /// Gradients of layer `l`, averaged over the batch, into `grads`.
-    pub(super) fn fast_gradient(&mut self, l: usize, threads: usize) {
-        let b = self.batch;
-        let ly = self.net.layers()[l];
-        let inv = T::one() / T::from(b).unwrap_or_else(T::one);
-        let (d, a) = (
-            &self.deltas[l + 1][..b * ly.n_out],
-            &self.acts[l][..b * ly.n_in],
-        );
+    /// Gradients of layer `l`, averaged over the batch: into `grads`, or with
+    /// `sgd = Some(lr)` applied at once (see [`Engine::gradient_sgd`]).
+    fn gradient(&mut self, l: usize, sgd: Option<f32>, threads: usize) {
+        let s = &mut self.s;
+        let b = s.batch;
+        let ly = s.net.layers()[l];
+        let (d, a) = (&s.deltas[l + 1][..b * ly.n_out], &s.acts[l][..b * ly.n_in]);
+        // The weights in place, W −= (lr/B)·δᵀA_prev, or gw = (1/B)·δᵀA_prev.
+        let (scale, keep, into) = match sgd {
+            Some(lr) => (-lr / b as f32, Some(1.0), &mut s.params),
+            None => (1.0 / b as f32, None, &mut s.grads),
+        };
         // δ: (b, n_out), used as δᵀ (n_out, b); a_prev: (b, n_in)
         matmul(
             (ly.n_out, ly.n_in, b),
-            self.grads.weights_mut(l),
-            None,
+            into.weights_mut(l),
+            keep,
             (d, transposed(ly.n_out)),
             (a, row_major(ly.n_in)),
-            inv,
+            scale,
             threads,
         );
-        column_sums(
-            d,
-            ly.n_out,
-            self.grads.bias_mut(l),
-            inv,
-            false,
-            &mut self.col_sums,
-        );
+        let bias = into.bias_mut(l);
+        column_sums(d, ly.n_out, bias, scale, keep.is_some(), &mut self.col_sums);
     }
 
     /// The fused update of layer `l`: `W −= (lr/B)·δᵀA_prev`, `b −= (lr/B)·Σ_s δ`.
-    pub(super) fn fast_gradient_sgd(&mut self, l: usize, lr: T, threads: usize) {
-        let b = self.batch;
-        let ly = self.net.layers()[l];
-        let step = -lr / T::from(b).unwrap_or_else(T::one);
-        let (d, a) = (
-            &self.deltas[l + 1][..b * ly.n_out],
-            &self.acts[l][..b * ly.n_in],
-        );
-        matmul(
-            (ly.n_out, ly.n_in, b),
-            self.params.weights_mut(l),
-            Some(T::one()),
-            (d, transposed(ly.n_out)),
-            (a, row_major(ly.n_in)),
-            step,
-            threads,
-        );
-        column_sums(
-            d,
-            ly.n_out,
-            self.params.bias_mut(l),
-            step,
-            true,
-            &mut self.col_sums,
-        );
+    fn gradient_sgd(&mut self, l: usize, lr: f32, threads: usize) {
+        self.gradient(l, Some(lr), threads);
     }
 }
 
 /// `z ← f(z + b)` over one row (`b`, `z`: `(n)`), softmax over the whole
-/// row. In f32 with a branch-free exp the compiler vectorises; libm's scalar
-/// `expf` was 4% of a W1 step.
-fn bias_activate<T: Real>(row: &mut [T], bias: &[T], act: Activation) {
-    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
-        per_activation!(act, |act| {
-            for (z, &bo) in row.iter_mut().zip(bias) {
-                *z = activate(act, *z + bo);
-            }
-        });
-        if act == Activation::Softmax {
-            softmax_row(row, T::exp);
-        }
-        return;
-    }
-    // T is f32: the same memory, seen as what it is.
-    let row: &mut [f32] = bytemuck::cast_slice_mut(row);
-    let bias: &[f32] = bytemuck::cast_slice(bias);
+/// row. With a branch-free exp the compiler vectorises; libm's scalar `expf`
+/// was 4% of a W1 step.
+fn bias_activate(row: &mut [f32], bias: &[f32], act: Activation) {
     // One loop per activation, each a closure the compiler inlines and
     // vectorises (a shared `match` inside the loop kept W1 2 ms slower).
     match act {
@@ -453,12 +516,12 @@ fn exp_f32(x: f32) -> f32 {
 /// `out[o] (+)= scale · Σ_s d[s, o]`, summed in sample order.
 // d: (batch, n); out: (n)
 // acc: scratch kept by the backend, so a step allocates nothing.
-fn column_sums<T: Real>(d: &[T], n: usize, out: &mut [T], scale: T, add: bool, acc: &mut Vec<T>) {
+fn column_sums(d: &[f32], n: usize, out: &mut [f32], scale: f32, add: bool, acc: &mut Vec<f32>) {
     acc.clear();
-    acc.resize(n, T::zero());
+    acc.resize(n, 0.0);
     for row in d.chunks(n) {
         for (s, &v) in acc.iter_mut().zip(row) {
-            *s = *s + v;
+            *s += v;
         }
     }
     for (o, &s) in out.iter_mut().zip(acc.iter()) {
