@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use shadertrain::checkpoint::Checkpoint;
-use shadertrain::cpu::CpuBackend;
 use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::GpuBackend;
 use shadertrain::network::Network;
@@ -86,7 +85,7 @@ fn trainer_on_the_gpu() {
 #[test]
 fn trainer_refuses_bad_settings_and_data() {
     let net = Network::parse("4,5,3").unwrap();
-    let t = Trainer::new(Box::new(CpuBackend::<f32>::fast(&net, 8, 1).unwrap())).unwrap();
+    let t = Trainer::new(Box::new(fast_cpu(&net, 8, 1))).unwrap();
     let mut bad = t.epochs(0);
     assert!(bad.fit(&clusters(30, "x")).is_err(), "zero epochs");
     let mut t = bad.epochs(2).lr(f32::NAN);

@@ -219,7 +219,7 @@ fn fast_cpu_runs_match_the_reference() {
         } else {
             0.1
         };
-        let mut f = CpuBackend::<f32>::fast(&net, 11, 2).unwrap();
+        let mut f = fast_cpu(&net, 11, 2);
         run_against_reference(&format!("fast cpu {name}"), &mut f, &opt, 11, lr);
     }
 }
@@ -307,11 +307,7 @@ fn state_round_trip_is_bitwise() {
     let net = Network::parse(NET).unwrap();
     for opt in [MOMENTUM, ADAM] {
         let label = format!("fast cpu {}", opt.name());
-        round_trip(
-            &label,
-            &|| CpuBackend::<f32>::fast(&net, 11, 2).unwrap(),
-            &opt,
-        );
+        round_trip(&label, &|| fast_cpu(&net, 11, 2), &opt);
         let label = format!("reference {}", opt.name());
         round_trip(&label, &|| CpuBackend::<f32>::new(&net, 11).unwrap(), &opt);
     }
@@ -344,7 +340,7 @@ fn default_optimizer_is_the_fused_sgd() {
         assert_eq!(b.optimizer_state().unwrap(), (3, Vec::new()));
         b.params().unwrap().data
     };
-    let fast = || CpuBackend::<f32>::fast(&net, 11, 2).unwrap();
+    let fast = || fast_cpu(&net, 11, 2);
     assert!(
         run(&mut fast(), true) == run(&mut fast(), false),
         "fast cpu"
@@ -388,7 +384,7 @@ fn adam_learns_mnist_shaped_classes() {
             history.iter().map(|e| e.loss).collect::<Vec<_>>()
         );
     };
-    learns(&mut CpuBackend::<f32>::fast(&net, 32, 2).unwrap());
+    learns(&mut fast_cpu(&net, 32, 2));
     if let Some(ctx) = gpu_or_skip("adam_learns_mnist_shaped_classes") {
         learns(&mut GpuBackend::new(ctx, &net, 32).unwrap());
     }
@@ -429,7 +425,7 @@ fn separate_calls_match_step() {
         assert_eq!(a.optimizer_state().unwrap().0, 4, "{label}: t");
         assert_eq!(b.optimizer_state().unwrap().0, 4, "{label}: t");
     }
-    let fast = || CpuBackend::<f32>::fast(&net, 11, 2).unwrap();
+    let fast = || fast_cpu(&net, 11, 2);
     check(&net, "fast cpu", &mut fast(), &mut fast());
     let Some(ctx) = gpu_or_skip("separate_calls_match_step") else {
         return;
