@@ -63,24 +63,19 @@ fn exercise(mut t: Trainer, what: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn trainer_on_the_cpu() {
+/// `Trainer::cpu`, or a `Trainer` around a GPU backend.
+fn trainer_on(device: Device) {
     let net = Network::parse("4,12:tanh,3:softmax").unwrap();
-    exercise(
-        Trainer::cpu(&net, 16).unwrap().epochs(15).lr(0.5).seed(3),
-        "cpu",
-    );
+    let t = match &device {
+        Device::Cpu => Trainer::cpu(&net, 16).unwrap(),
+        Device::Gpu(ctx) => {
+            Trainer::new(Box::new(GpuBackend::new(ctx.clone(), &net, 16).unwrap())).unwrap()
+        }
+    };
+    exercise(t.epochs(15).lr(0.5).seed(3), device.name());
 }
 
-#[test]
-fn trainer_on_the_gpu() {
-    let Some(ctx) = gpu_or_skip("trainer_on_the_gpu") else {
-        return;
-    };
-    let net = Network::parse("4,12:tanh,3:softmax").unwrap();
-    let t = Trainer::new(Box::new(GpuBackend::new(ctx, &net, 16).unwrap())).unwrap();
-    exercise(t.epochs(15).lr(0.5).seed(3), "gpu");
-}
+test_device!(trainer_on, trainer_on_the_cpu, trainer_on_the_gpu);
 
 #[test]
 fn trainer_refuses_bad_settings_and_data() {

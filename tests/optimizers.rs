@@ -177,7 +177,7 @@ const NET: &str = "13,31:relu,17:tanh,5:softmax";
 
 /// `steps` steps of `b` and the f64 reference from one init with `opt`:
 /// losses each step, parameters and state at the end.
-fn run_against_reference<B: Backend<Scalar = f32>>(
+fn run_against_reference<B: Backend<Scalar = f32> + ?Sized>(
     label: &str,
     b: &mut B,
     opt: &Optimizer,
@@ -210,50 +210,50 @@ fn run_against_reference<B: Backend<Scalar = f32>>(
     assert_close(&format!("{label} state"), &sb, &sr, 1e-6, 1e-4);
 }
 
-#[test]
-fn fast_cpu_runs_match_the_reference() {
+/// Every optimiser on the fast CPU backend, or on the GPU with the simple
+/// kernels, the tiled ones, and the tiled ones splitting each batch of 11
+/// into micro-batches of 4.
+fn runs_match_the_reference(device: Device) {
+    let net = Network::parse(NET).unwrap();
+    let backends = || -> Vec<(String, Box<dyn Backend<Scalar = f32>>)> {
+        let Device::Gpu(ctx) = &device else {
+            return vec![("fast cpu".into(), Box::new(fast_cpu(&net, 11, 2)))];
+        };
+        let sets = [
+            (KernelSet::Simple, None),
+            (KernelSet::Tiled, None),
+            (KernelSet::Tiled, Some(4)),
+        ];
+        sets.into_iter()
+            .map(|(kernels, max_chunk)| {
+                let options = GpuOptions {
+                    kernels,
+                    tiles: Some(TileConfig::SMALL),
+                    max_chunk,
+                };
+                let gpu = GpuBackend::with_options(ctx.clone(), &net, 11, options).unwrap();
+                let label = format!("gpu {kernels:?} chunk {max_chunk:?}");
+                (label, Box::new(gpu) as Box<dyn Backend<Scalar = f32>>)
+            })
+            .collect()
+    };
     for (name, opt) in optimizers() {
-        let net = Network::parse(NET).unwrap();
         let lr = if opt.kind == OptimizerKind::Adam {
             0.01
         } else {
             0.1
         };
-        let mut f = fast_cpu(&net, 11, 2);
-        run_against_reference(&format!("fast cpu {name}"), &mut f, &opt, 11, lr);
-    }
-}
-
-#[test]
-fn gpu_runs_match_the_reference() {
-    let Some(ctx) = gpu_or_skip("gpu_runs_match_the_reference") else {
-        return;
-    };
-    // The last splits each batch of 11 into micro-batches of 4.
-    let sets = [
-        (KernelSet::Simple, None),
-        (KernelSet::Tiled, None),
-        (KernelSet::Tiled, Some(4)),
-    ];
-    let net = Network::parse(NET).unwrap();
-    for (name, opt) in optimizers() {
-        for (kernels, max_chunk) in sets {
-            let options = GpuOptions {
-                kernels,
-                tiles: Some(TileConfig::SMALL),
-                max_chunk,
-            };
-            let mut gpu = GpuBackend::with_options(ctx.clone(), &net, 11, options).unwrap();
-            let lr = if opt.kind == OptimizerKind::Adam {
-                0.01
-            } else {
-                0.1
-            };
-            let label = format!("gpu {kernels:?} chunk {max_chunk:?} {name}");
-            run_against_reference(&label, &mut gpu, &opt, 11, lr);
+        for (label, mut b) in backends() {
+            run_against_reference(&format!("{label} {name}"), &mut *b, &opt, 11, lr);
         }
     }
 }
+
+test_device!(
+    runs_match_the_reference,
+    fast_cpu_runs_match_the_reference,
+    gpu_runs_match_the_reference
+);
 
 /// `n` steps straight equal `k` steps, the state and parameters carried to a
 /// fresh backend, and `n − k` more: bitwise.
