@@ -923,11 +923,7 @@ fn bad_checkpoint_flags() {
         &train_args(&["--resume", "/nonexistent/c.safetensors"]),
         &["c.safetensors"],
     );
-    let junk = dir.file("junk.safetensors", "not a checkpoint at all");
-    expect_error(
-        &train_args(&["--resume", &junk]),
-        &["junk.safetensors", "safetensors"],
-    );
+    // A file that is not a checkpoint: tests/bad_inputs.rs (bad_checkpoints).
 }
 
 // ---------------------------------------------------------------------------
@@ -1063,24 +1059,9 @@ fn bad_eval_and_predict_flags() {
         ],
         &["m.safetensors"],
     );
-    let junk = dir.file("junk.safetensors", "junk");
-    expect_error(
-        &["eval", "--model", &junk, "--data", "spirals"],
-        &["junk.safetensors"],
-    );
-    let wide = dir.file("wide.csv", "a,b,c,label\n1,2,3,0\n");
-    expect_error(
-        &[
-            "eval",
-            "--model",
-            &model,
-            "--data",
-            &wide,
-            "--backend",
-            "cpu",
-        ],
-        &["3 input columns"],
-    );
+    // A broken model file, data of another width and a broken CSV:
+    // tests/bad_inputs.rs (bad_checkpoints, checkpoint_of_another_architecture_than_the_data,
+    // bad_csv_files_for_predict).
     expect_error(
         &[
             "eval", "--model", &model, "--data", "spirals", "--batch", "0",
@@ -1099,19 +1080,6 @@ fn bad_eval_and_predict_flags() {
             "/nonexistent/p.csv",
         ],
         &["--out"],
-    );
-    let bad = dir.file("bad.csv", "x,y\n1,oops\n");
-    expect_error(
-        &[
-            "predict",
-            "--model",
-            &model,
-            "--data",
-            &bad,
-            "--backend",
-            "cpu",
-        ],
-        &["bad.csv", "line 2"],
     );
 }
 
