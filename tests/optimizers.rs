@@ -356,9 +356,8 @@ fn default_optimizer_is_the_fused_sgd() {
 }
 
 /// `784,128:relu,10:softmax` with Adam learns 10 noisy prototypes, on the
-/// fast CPU and on the GPU.
-#[test]
-fn adam_learns_mnist_shaped_classes() {
+/// fast CPU or on the GPU.
+fn adam_learns_mnist_shaped_classes(device: Device) {
     let (train_set, test_set) = mnist_shaped("adam mnist-shaped");
     let net = Network::parse("784,128:relu,10:softmax").unwrap();
     let cfg = TrainConfig {
@@ -370,25 +369,26 @@ fn adam_learns_mnist_shaped_classes() {
         schedule: Default::default(),
         nan_check: false,
     };
-    let learns = |b: &mut dyn Backend<Scalar = f32>| {
-        b.set_optimizer(&ADAM).unwrap();
-        b.set_params(&net.init(4)).unwrap();
-        let history = train(b, &train_set, &cfg, |_| {}).unwrap();
-        let (totals, metric) = evaluate(b, &test_set).unwrap();
-        let acc = totals.accuracy(metric).unwrap();
-        assert!(
-            acc > 0.9,
-            "{}: accuracy {acc} after {} epochs; losses {:?}",
-            b.describe(),
-            cfg.epochs,
-            history.iter().map(|e| e.loss).collect::<Vec<_>>()
-        );
-    };
-    learns(&mut fast_cpu(&net, 32, 2));
-    if let Some(ctx) = gpu_or_skip("adam_learns_mnist_shaped_classes") {
-        learns(&mut GpuBackend::new(ctx, &net, 32).unwrap());
-    }
+    let mut b = device.backend(&net, 32);
+    b.set_optimizer(&ADAM).unwrap();
+    b.set_params(&net.init(4)).unwrap();
+    let history = train(&mut *b, &train_set, &cfg, |_| {}).unwrap();
+    let (totals, metric) = evaluate(&mut *b, &test_set).unwrap();
+    let acc = totals.accuracy(metric).unwrap();
+    assert!(
+        acc > 0.9,
+        "{}: accuracy {acc} after {} epochs; losses {:?}",
+        b.describe(),
+        cfg.epochs,
+        history.iter().map(|e| e.loss).collect::<Vec<_>>()
+    );
 }
+
+test_device!(
+    adam_learns_mnist_shaped_classes,
+    adam_learns_mnist_shaped_classes_cpu,
+    adam_learns_mnist_shaped_classes_gpu
+);
 
 /// `forward`, `backward`, `update` called one by one give what `step` gives,
 /// and a profiled GPU step names the update kernel.

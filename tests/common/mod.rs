@@ -8,7 +8,7 @@ use shadertrain::backend::{Backend, Metric};
 use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState};
 use shadertrain::cpu::{self, CpuBackend};
 use shadertrain::data::{Dataset, Standardizer, Task};
-use shadertrain::gpu::{Acc, GpuContext};
+use shadertrain::gpu::{Acc, GpuBackend, GpuContext};
 use shadertrain::network::{Activation, Loss, Network, Params};
 use shadertrain::optim::Optimizer;
 use shadertrain::train::{EpochStats, Schedule};
@@ -88,6 +88,15 @@ impl Device {
         match self {
             Device::Cpu => "cpu",
             Device::Gpu(_) => "gpu",
+        }
+    }
+
+    /// An f32 backend for `net` with room for `batch` samples: the fast CPU
+    /// backend (2 threads), or the GPU's with its default options.
+    pub fn backend(&self, net: &Network, batch: usize) -> Box<dyn Backend<Scalar = f32>> {
+        match self {
+            Device::Cpu => Box::new(fast_cpu(net, batch, 2)),
+            Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx.clone(), net, batch).unwrap()),
         }
     }
 }
