@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::cpu::{CpuBackend, FastCpuBackend};
+use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Activation, Loss, Network, Params};
 use shadertrain::train::{evaluate, train, TrainConfig};
@@ -140,7 +140,7 @@ fn softmax_output_and_cross_entropy_loss() {
 fn relu_softmax_learns_mnist_shaped_classes() {
     let (train_set, test_set) = mnist_shaped("mnist-shaped");
     let net = Network::parse("784,128:relu,10:softmax").unwrap();
-    let mut cpu = FastCpuBackend::new(&net, 32, 2).unwrap();
+    let mut cpu = fast_cpu(&net, 32, 2);
     cpu.set_params(&net.init(4)).unwrap();
     let cfg = TrainConfig {
         epochs: 3,

@@ -157,6 +157,16 @@ fn bad_csv_files() {
                 "--layers 2-4-2 takes 2 inputs",
             ],
         ),
+        (
+            "csv-too-narrow-regression",
+            "a,b,y\n0.1,0.2,0.3\n0.4,0.5,0.6\n",
+            "3,4,1",
+            &[
+                "data.csv",
+                "2 input columns",
+                "--layers 3-4-1 takes 3 inputs",
+            ],
+        ),
     ];
     for (test, contents, layers, expect) in cases {
         expect_clean_failure(
@@ -172,6 +182,50 @@ fn bad_csv_files() {
         &train("@/data.csv", "2,4,2"),
         &["data.csv", "line 2", "UTF-8"],
     );
+    expect_clean_failure(
+        "csv-missing",
+        &[],
+        &train("@/missing.csv", "2,4,3"),
+        &["missing.csv"],
+    );
+    // Three classes: a bad row after good ones, a label past the classes, a
+    // target column that is not there.
+    let three: &[(&str, &str, &[&str], &[&str])] = &[
+        (
+            "csv-ragged-late",
+            "a,b,label\n0,0,0\n1,1,1\n0.5,1\n",
+            &[],
+            &["data.csv", "line 4", "fields"],
+        ),
+        (
+            "csv-inf-late",
+            "a,b,label\n0,0,0\n1,1,1\n1,inf,2\n",
+            &[],
+            &["data.csv", "line 4", "'inf'", "finite"],
+        ),
+        (
+            "csv-label-past-classes",
+            "a,b,label\n0,0,0\n1,1,5\n",
+            &[],
+            &["data.csv", "line 3", "'5'"],
+        ),
+        (
+            "csv-no-target",
+            "a,b,label\n0,0,0\n1,1,1\n",
+            &["--target", "nosuchcolumn"],
+            &["nosuchcolumn"],
+        ),
+    ];
+    for (test, contents, extra, expect) in three {
+        let mut args = train("@/data.csv", "2,4,3");
+        args.extend_from_slice(extra);
+        expect_clean_failure(
+            test,
+            &[("data.csv", contents.as_bytes().to_vec())],
+            &args,
+            expect,
+        );
+    }
 }
 
 /// `predict` reads a CSV of inputs only; it fails the same way.

@@ -1,58 +1,22 @@
 //! Checkpoints: a round trip keeps every bit, and every kind of bad file is
 //! refused with the reason.
 
-use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState, VERSION};
-use shadertrain::data::Standardizer;
-use shadertrain::network::Network;
+mod common;
+
+use common::sample_checkpoint;
+use shadertrain::checkpoint::{Checkpoint, VERSION};
 use shadertrain::optim::{Optimizer, OptimizerKind};
-use shadertrain::train::EpochStats;
-use shadertrain::train::Schedule;
 use std::collections::HashMap;
 
+/// The sample checkpoint: Adam with non-default settings on a 5-input
+/// relu/softmax network.
 fn sample(norm: bool) -> Checkpoint {
-    let net = Network::parse("5,7:relu,3:softmax").unwrap();
     let opt = Optimizer {
         beta2: 0.99,
         weight_decay: 1e-4,
         ..Optimizer::new(OptimizerKind::Adam)
     };
-    let p = net.param_count();
-    Checkpoint {
-        params: net.init(3),
-        state: TrainState {
-            epoch: 2,
-            seed: 99,
-            batch: 16,
-            lr: 0.25,
-            data: "clusters".into(),
-            samples: 300,
-            history: (1..=2)
-                .map(|epoch| EpochStats {
-                    epoch,
-                    // Values whose shortest decimal form needs 17 digits.
-                    loss: (epoch as f64).sqrt() / 7.0,
-                    accuracy: Some(0.25 * epoch as f64),
-                    seconds: 0.125,
-                    samples_per_s: 1.0 / 3.0,
-                    val_loss: (epoch == 2).then_some(0.3),
-                    val_accuracy: None,
-                })
-                .collect(),
-            optimizer: opt,
-            schedule: Schedule::Step {
-                every: 3,
-                gamma: 0.5,
-            },
-        },
-        optimizer_state: OptimizerState {
-            t: 17,
-            moments: (0..2 * p).map(|i| (i as f32 * 0.37).sin()).collect(),
-        },
-        standardizer: norm.then(|| Standardizer {
-            mean: vec![0.5, -1.0, 2.0, 0.0, 1e-3],
-            std: vec![1.0, 2.0, 0.5, 1.0, 3.0],
-        }),
-    }
+    sample_checkpoint("5,7:relu,3:softmax", opt, norm)
 }
 
 #[test]

@@ -218,13 +218,33 @@ fn check_example(v: &Value, tol: f64) {
     }
 }
 
-#[test]
-fn example_json_cpu_matches_worked_example() {
-    let r = run(&["example", "--json", "--backend", "cpu"]).success();
+/// `example --json`: the worked example's numbers, within 1e-8 on the CPU
+/// and 1e-6 on the GPU, and a backend naming the device.
+fn example_json_matches_worked_example(device: Device) {
+    let r = run(&["example", "--json", "--backend", device.name()]).success();
     let v = r.json();
-    assert_eq!(v["backend"], "cpu", "{}", r.dump());
-    check_example(&v, 1e-8);
+    let tol = match device {
+        Device::Cpu => {
+            assert_eq!(v["backend"], "cpu", "{}", r.dump());
+            1e-8
+        }
+        Device::Gpu => {
+            assert!(
+                v["backend"].as_str().is_some_and(|b| b.starts_with("gpu")),
+                "backend should name the GPU\n{}",
+                r.dump()
+            );
+            1e-6
+        }
+    };
+    check_example(&v, tol);
 }
+
+test_device!(
+    example_json_matches_worked_example,
+    example_json_cpu_matches_worked_example,
+    example_json_gpu_matches_worked_example
+);
 
 #[test]
 fn example_text_cpu_prints_e_total() {
@@ -233,21 +253,6 @@ fn example_text_cpu_prints_e_total() {
     assert!(out.contains("E_total"), "{}", r.dump());
     assert!(out.contains("0.298371109"), "E_total value\n{}", r.dump());
     assert!(out.contains("0.149780716"), "updated w1\n{}", r.dump());
-}
-
-#[test]
-fn example_json_gpu_matches_worked_example() {
-    if !gpu_or_skip("example_json_gpu_matches_worked_example") {
-        return;
-    }
-    let r = run(&["example", "--json", "--backend", "gpu"]).success();
-    let v = r.json();
-    assert!(
-        v["backend"].as_str().is_some_and(|b| b.starts_with("gpu")),
-        "backend should name the GPU\n{}",
-        r.dump()
-    );
-    check_example(&v, 1e-6);
 }
 
 // ---------------------------------------------------------------------------
@@ -282,9 +287,10 @@ fn csv_train_args_lr<'a>(
     v
 }
 
-/// Train the 3-class clusters on `backend` and check stdout and the metrics.
-fn train_clusters(test: &str, backend: &str) {
-    let dir = TempDir::new(test);
+/// Train the 3-class clusters on `device` and check stdout and the metrics.
+fn train_csv_classification(device: Device) {
+    let backend = device.name();
+    let dir = TempDir::new(&format!("train-{backend}"));
     let data = dir.file("clusters.csv", &clusters_csv(false));
     let metrics = dir.path("m.json");
     let metrics_arg = metrics.to_string_lossy().into_owned();
@@ -307,18 +313,11 @@ fn train_clusters(test: &str, backend: &str) {
     );
 }
 
-#[test]
-fn train_csv_classification_cpu() {
-    train_clusters("train-cpu", "cpu");
-}
-
-#[test]
-fn train_csv_classification_gpu() {
-    if !gpu_or_skip("train_csv_classification_gpu") {
-        return;
-    }
-    train_clusters("train-gpu", "gpu");
-}
+test_device!(
+    train_csv_classification,
+    train_csv_classification_cpu,
+    train_csv_classification_gpu
+);
 
 #[test]
 fn train_csv_regression_has_null_accuracy() {
@@ -485,100 +484,7 @@ fn bad_backend_flag_and_dataset() {
     expect_error(&train_args(&["--data", "nosuch"]), &["nosuch", "--data"]);
 }
 
-/// Train on a CSV with these contents and expect a clean failure mentioning
-/// `expect`; a `--metrics` file must not be left behind.
-fn expect_csv_error(
-    test: &str,
-    contents: Option<&str>,
-    layers: &str,
-    extra: &[&str],
-    expect: &[&str],
-) {
-    let dir = TempDir::new(test);
-    let data = match contents {
-        Some(c) => dir.file("data.csv", c),
-        None => dir.path("missing.csv").to_string_lossy().into_owned(),
-    };
-    let metrics = dir.path("out.json").to_string_lossy().into_owned();
-    let mut args = train_args(&["--data", &data, "--layers", layers, "--metrics", &metrics]);
-    args.extend_from_slice(extra);
-    expect_error(&args, expect);
-    let left: Vec<String> = dir
-        .listing()
-        .into_iter()
-        .filter(|n| n != "data.csv")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "{test}: a failed run left files behind: {left:?}"
-    );
-}
-
-#[test]
-fn bad_csv_files() {
-    expect_csv_error("missing", None, "2,4,3", &[], &["missing.csv"]);
-    expect_csv_error("empty", Some(""), "2,4,3", &[], &["data.csv", "empty"]);
-    expect_csv_error(
-        "header-only",
-        Some("a,b,label\n"),
-        "2,4,3",
-        &[],
-        &["data.csv", "no data rows"],
-    );
-    expect_csv_error(
-        "ragged",
-        Some("a,b,label\n0,0,0\n1,1,1\n0.5,1\n"),
-        "2,4,3",
-        &[],
-        &["line 4", "fields"],
-    );
-    expect_csv_error(
-        "non-numeric",
-        Some("a,b,label\n0,0,0\n1,abc,1\n"),
-        "2,4,3",
-        &[],
-        &["line 3", "'abc'"],
-    );
-    expect_csv_error(
-        "nan-cell",
-        Some("a,b,label\n0,0,0\nNaN,1,1\n"),
-        "2,4,3",
-        &[],
-        &["line 3", "NaN", "finite"],
-    );
-    expect_csv_error(
-        "inf-cell",
-        Some("a,b,label\n0,0,0\n1,1,1\n1,inf,2\n"),
-        "2,4,3",
-        &[],
-        &["line 4", "inf", "finite"],
-    );
-}
-
-#[test]
-fn csv_not_matching_the_network() {
-    expect_csv_error(
-        "width",
-        Some("a,b,c,y\n0,0,0,0\n1,1,1,1\n"),
-        "2,4,1",
-        &[],
-        &["3 input columns", "--layers"],
-    );
-    expect_csv_error(
-        "label-range",
-        Some("a,b,label\n0,0,0\n1,1,5\n"),
-        "2,4,3",
-        &[],
-        &["line 3", "'5'"],
-    );
-    expect_csv_error(
-        "no-target",
-        Some("a,b,label\n0,0,0\n1,1,1\n"),
-        "2,4,3",
-        &["--target", "nosuchcolumn"],
-        &["nosuchcolumn"],
-    );
-}
+// Broken CSV files, end to end: tests/bad_inputs.rs.
 
 #[test]
 fn csv_without_layers_is_refused() {
@@ -871,7 +777,9 @@ fn bench_gpu_profile_and_kernel_sets() {
 /// parameters bit for bit and the same losses in epochs 3 and 4; with the
 /// plain defaults, and with Adam, a step schedule and relu/softmax layers,
 /// whose moments and schedule the checkpoint must carry.
-fn resume_matches_straight_run(test: &str, backend: &str) {
+fn resume_matches_straight_run(device: Device) {
+    let backend = device.name();
+    let test = format!("resume-{backend}");
     resume_case(&format!("{test}-sgd"), backend, "2,8,3", "2", &[]);
     resume_case(
         &format!("{test}-adam"),
@@ -955,17 +863,11 @@ fn resume_case(test: &str, backend: &str, layers: &str, lr: &str, flags: &[&str]
     }
 }
 
-#[test]
-fn resume_matches_straight_run_cpu() {
-    resume_matches_straight_run("resume-cpu", "cpu");
-}
-
-#[test]
-fn resume_matches_straight_run_gpu() {
-    if gpu_or_skip("resume_matches_straight_run_gpu") {
-        resume_matches_straight_run("resume-gpu", "gpu");
-    }
-}
+test_device!(
+    resume_matches_straight_run,
+    resume_matches_straight_run_cpu,
+    resume_matches_straight_run_gpu
+);
 
 #[test]
 fn bad_checkpoint_flags() {
@@ -1021,11 +923,7 @@ fn bad_checkpoint_flags() {
         &train_args(&["--resume", "/nonexistent/c.safetensors"]),
         &["c.safetensors"],
     );
-    let junk = dir.file("junk.safetensors", "not a checkpoint at all");
-    expect_error(
-        &train_args(&["--resume", &junk]),
-        &["junk.safetensors", "safetensors"],
-    );
+    // A file that is not a checkpoint: tests/bad_inputs.rs (bad_checkpoints).
 }
 
 // ---------------------------------------------------------------------------
@@ -1161,24 +1059,9 @@ fn bad_eval_and_predict_flags() {
         ],
         &["m.safetensors"],
     );
-    let junk = dir.file("junk.safetensors", "junk");
-    expect_error(
-        &["eval", "--model", &junk, "--data", "spirals"],
-        &["junk.safetensors"],
-    );
-    let wide = dir.file("wide.csv", "a,b,c,label\n1,2,3,0\n");
-    expect_error(
-        &[
-            "eval",
-            "--model",
-            &model,
-            "--data",
-            &wide,
-            "--backend",
-            "cpu",
-        ],
-        &["3 input columns"],
-    );
+    // A broken model file, data of another width and a broken CSV:
+    // tests/bad_inputs.rs (bad_checkpoints, checkpoint_of_another_architecture_than_the_data,
+    // bad_csv_files_for_predict).
     expect_error(
         &[
             "eval", "--model", &model, "--data", "spirals", "--batch", "0",
@@ -1197,19 +1080,6 @@ fn bad_eval_and_predict_flags() {
             "/nonexistent/p.csv",
         ],
         &["--out"],
-    );
-    let bad = dir.file("bad.csv", "x,y\n1,oops\n");
-    expect_error(
-        &[
-            "predict",
-            "--model",
-            &model,
-            "--data",
-            &bad,
-            "--backend",
-            "cpu",
-        ],
-        &["bad.csv", "line 2"],
     );
 }
 

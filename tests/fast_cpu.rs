@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::cpu::{CpuBackend, FastCpuBackend};
+use shadertrain::cpu::CpuBackend;
 use shadertrain::network::{Network, Params};
 
 /// Shapes that are not multiples of any SIMD width or block, with batch 1,
@@ -29,10 +29,6 @@ const CASES: &[(&str, usize)] = &[
     ("97,301:relu,203:linear,3", 129),
 ];
 
-fn fast(net: &Network, batch: usize, threads: usize) -> FastCpuBackend {
-    FastCpuBackend::new(net, batch, threads).unwrap()
-}
-
 #[test]
 fn forward_backward_match_the_reference() {
     for threads in [1, 2] {
@@ -41,7 +37,7 @@ fn forward_backward_match_the_reference() {
             let label = format!("{} batch {batch} threads {threads}", net.describe());
             let (x, y) = batch_for(&net, batch, &label);
             let init: Params<f32> = net.init(3);
-            let mut f = fast(&net, batch, threads);
+            let mut f = fast_cpu(&net, batch, threads);
             let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
             f.set_params(&init).unwrap();
             r.set_params(&init.cast()).unwrap();
@@ -94,7 +90,7 @@ fn fused_steps_match_the_reference() {
         let net = Network::parse(spec).unwrap();
         let label = format!("{} batch {batch}", net.describe());
         let init: Params<f32> = net.init(11);
-        let mut f = fast(&net, batch, 2);
+        let mut f = fast_cpu(&net, batch, 2);
         let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
         f.set_params(&init).unwrap();
         r.set_params(&init.cast()).unwrap();
@@ -132,7 +128,7 @@ fn fused_steps_match_the_reference() {
 fn fast_runs_are_bitwise_repeatable() {
     let net = Network::new(&[97, 301, 203, 3]).unwrap();
     let run = |threads: usize| {
-        let mut f = fast(&net, 129, threads);
+        let mut f = fast_cpu(&net, 129, threads);
         f.set_params(&net.init(5)).unwrap();
         let mut losses = Vec::new();
         for step in 0..5 {
@@ -152,7 +148,7 @@ fn fast_runs_are_bitwise_repeatable() {
 #[test]
 fn fast_backend_describes_itself_and_refuses_bad_batches() {
     let net = Network::new(&[3, 4, 2]).unwrap();
-    let mut f = fast(&net, 4, 1);
+    let mut f = fast_cpu(&net, 4, 1);
     assert_eq!(f.threads(), 1);
     assert!(f.describe().contains("gemm"), "{}", f.describe());
     assert!(f.step(0.1).is_err(), "a step with no batch loaded");
@@ -161,5 +157,5 @@ fn fast_backend_describes_itself_and_refuses_bad_batches() {
         "batch over capacity"
     );
     assert!(f.load_batch(&[0.5; 7], &[0.5; 4]).is_err(), "ragged input");
-    assert!(FastCpuBackend::new(&net, 0, 1).is_err());
+    assert!(fast_cpu_result(&net, 0, 1).is_err());
 }

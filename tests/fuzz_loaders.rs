@@ -15,15 +15,17 @@
 //! --release --test fuzz_loaders` runs a long session by hand. Failures are
 //! kept in `proptest-regressions/fuzz_loaders.txt` and replayed first.
 
+mod common;
+
+use common::sample_checkpoint;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
-use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState};
-use shadertrain::data::{Dataset, Standardizer, Task};
+use shadertrain::checkpoint::Checkpoint;
+use shadertrain::data::{Dataset, Task};
 use shadertrain::idx::IdxReader;
 use shadertrain::network::Network;
 use shadertrain::optim::{Optimizer, OptimizerKind};
-use shadertrain::train::{EpochStats, Schedule};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt::Display;
@@ -613,47 +615,10 @@ fn idx_loader_never_panics_and_checks_sizes_before_allocating() {
 // Checkpoints
 // ---------------------------------------------------------------------------
 
-/// A valid checkpoint of a small network, with or without optimiser state
-/// and standardisation.
+/// A valid checkpoint of a small network (see [`sample_checkpoint`]), with
+/// or without optimiser state and standardisation.
 fn checkpoint(spec: &str, kind: OptimizerKind, norm: bool) -> Checkpoint {
-    let net = Network::parse(spec).unwrap();
-    let opt = Optimizer::new(kind);
-    let n = net.inputs();
-    Checkpoint {
-        params: net.init(3),
-        state: TrainState {
-            epoch: 2,
-            seed: 99,
-            batch: 16,
-            lr: 0.25,
-            data: "clusters".into(),
-            samples: 300,
-            history: vec![EpochStats {
-                epoch: 1,
-                loss: 0.5,
-                accuracy: Some(0.25),
-                seconds: 0.125,
-                samples_per_s: 1.0 / 3.0,
-                val_loss: None,
-                val_accuracy: None,
-            }],
-            optimizer: opt,
-            schedule: Schedule::Step {
-                every: 3,
-                gamma: 0.5,
-            },
-        },
-        optimizer_state: OptimizerState {
-            t: 17,
-            moments: (0..opt.state_len(net.param_count()))
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect(),
-        },
-        standardizer: norm.then(|| Standardizer {
-            mean: vec![0.5; n],
-            std: vec![2.0; n],
-        }),
-    }
+    sample_checkpoint(spec, Optimizer::new(kind), norm)
 }
 
 fn valid_checkpoint() -> impl Strategy<Value = Vec<u8>> {
@@ -943,7 +908,7 @@ fn layer_spec_parser_never_panics() {
                 prop_assert!(count <= u32::MAX as usize);
                 prop_assert_eq!(Network::parse(&net.spec()).unwrap(), net);
             }
-            Err(e) => check_message(&e, &["--layers"])?,
+            Err(e) => check_message(&e, &["layers"])?,
         }
     });
 }

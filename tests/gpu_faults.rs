@@ -12,11 +12,10 @@ mod common;
 
 use common::*;
 use shadertrain::backend::Backend;
-use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::context::{buffer_error, create_buffer};
 use shadertrain::gpu::kernels::{Kernel, KernelSpec, FORWARD_DENSE};
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
-use shadertrain::network::{Network, Params};
+use shadertrain::network::Network;
 use shadertrain::Error;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -163,27 +162,6 @@ fn small_device(change: impl FnOnce(&mut wgpu::Limits)) -> std::sync::Arc<GpuCon
     GpuContext::with_limits(limits).unwrap()
 }
 
-/// `steps` SGD steps on one batch on `gpu` and the f64 reference: losses
-/// and parameters agree.
-fn trains_like_cpu(gpu: &mut GpuBackend, net: &Network, batch: usize, label: &str) {
-    let (x, y) = batch_for(net, batch, label);
-    let init: Params<f32> = net.init(3);
-    let mut cpu = CpuBackend::<f64>::new(net, batch).unwrap();
-    cpu.set_params(&init.cast()).unwrap();
-    gpu.set_params(&init).unwrap();
-    cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
-    gpu.load_batch(&x, &y).unwrap();
-    for step in 0..3 {
-        gpu.step(1.0).unwrap();
-        cpu.step(1.0).unwrap();
-        let (lg, lc) = (gpu.take_totals().unwrap(), cpu.take_totals().unwrap());
-        let what = format!("{label} step {step} loss");
-        assert_close(&what, &[lg.loss() as f32], &[lc.loss()], 1e-6, 1e-4);
-    }
-    let (pg, pc) = (gpu.params().unwrap(), cpu.params().unwrap());
-    assert_close(&format!("{label} params"), &pg.data, &pc.data, 1e-5, 1e-4);
-}
-
 /// A device whose storage bindings hold 4 KiB: a batch of 100 samples of a
 /// 32-wide layer (12.5 KiB) is split into micro-batches of 32 and trains as
 /// the reference does; the simple kernels, which cannot split, refuse it
@@ -199,7 +177,7 @@ fn storage_binding_limit_splits_or_names_the_limit() {
     let mut gpu = GpuBackend::new(ctx.clone(), &net, 100).unwrap();
     assert_eq!(gpu.micro_batch(), 32);
     assert_eq!(gpu.kernel_set(), KernelSet::Tiled);
-    trains_like_cpu(&mut gpu, &net, 100, "4 KiB bindings");
+    steps_match_reference(&mut gpu, &net, 100, 3, 1.0, "4 KiB bindings");
 
     let simple = GpuOptions {
         kernels: KernelSet::Simple,
@@ -240,7 +218,7 @@ fn workgroup_limit_splits_or_names_the_limit() {
     let net = Network::parse("3,32,2").unwrap();
     let mut gpu = GpuBackend::new(ctx.clone(), &net, 1000).unwrap();
     assert_eq!(gpu.micro_batch(), 128);
-    trains_like_cpu(&mut gpu, &net, 1000, "8 workgroups per dimension");
+    steps_match_reference(&mut gpu, &net, 1000, 3, 1.0, "8 workgroups per dimension");
     let simple = GpuOptions {
         kernels: KernelSet::Simple,
         ..GpuOptions::default()
@@ -315,7 +293,7 @@ fn bad_shader_and_bad_bind_group_are_errors_and_spoil_nothing() {
     ctx.check_errors().unwrap();
     let net = Network::parse("3,8,2").unwrap();
     let mut gpu = GpuBackend::new(ctx, &net, 16).unwrap();
-    trains_like_cpu(&mut gpu, &net, 16, "after caught errors");
+    steps_match_reference(&mut gpu, &net, 16, 3, 1.0, "after caught errors");
 }
 
 /// An allocation beyond the machine's memory is refused by the driver: an

@@ -11,38 +11,6 @@ use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::{micro_batch_rows, GpuBackend, GpuOptions, KernelSet};
 use shadertrain::network::{Network, Params};
 
-/// `(x, y)` of `batch` random samples for `net`.
-fn batch_for(net: &Network, batch: usize, label: &str) -> (Vec<f32>, Vec<f32>) {
-    let mut g = rng(label);
-    (
-        random(&mut g, batch * net.inputs(), -1.0, 1.0),
-        random(&mut g, batch * net.outputs(), 0.0, 1.0),
-    )
-}
-
-/// `steps` SGD steps on one batch with both backends; compares each step's
-/// loss and the parameters after.
-fn steps_match_cpu(gpu: &mut GpuBackend, net: &Network, batch: usize, steps: usize, label: &str) {
-    let (x, y) = batch_for(net, batch, label);
-    let init: Params<f32> = net.init(3);
-    let mut cpu = CpuBackend::<f64>::new(net, batch).unwrap();
-    cpu.set_params(&init.cast()).unwrap();
-    gpu.set_params(&init).unwrap();
-    cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
-    gpu.load_batch(&x, &y).unwrap();
-    for step in 0..steps {
-        gpu.step(2.0).unwrap();
-        cpu.step(2.0).unwrap();
-        let (lg, lc) = (gpu.take_totals().unwrap(), cpu.take_totals().unwrap());
-        assert_eq!(lg.samples, batch as u64, "{label} step {step} samples");
-        let what = format!("{label} step {step} loss");
-        assert_close(&what, &[lg.loss() as f32], &[lc.loss()], 1e-6, 1e-4);
-    }
-    let what = format!("{label} params after {steps} steps");
-    let (pg, pc) = (gpu.params().unwrap(), cpu.params().unwrap());
-    assert_close(&what, &pg.data, &pc.data, 1e-5, 1e-4);
-}
-
 #[test]
 fn batch_of_200000_matches_cpu_reference() {
     let Some(ctx) = gpu_or_skip("batch_of_200000_matches_cpu_reference") else {
@@ -54,7 +22,7 @@ fn batch_of_200000_matches_cpu_reference() {
     // gradient terms serially in f32 and drift by 2%.
     let mut gpu = GpuBackend::new(ctx, &net, batch).unwrap();
     assert_eq!(gpu.kernel_set(), KernelSet::Tiled);
-    steps_match_cpu(&mut gpu, &net, batch, 2, "3-17-5 batch 200000");
+    steps_match_reference(&mut gpu, &net, batch, 2, 2.0, "3-17-5 batch 200000");
 }
 
 fn chunked(max_chunk: usize) -> GpuOptions {
@@ -76,7 +44,7 @@ fn micro_batches_match_cpu_reference() {
         let mut gpu = GpuBackend::with_options(ctx.clone(), &net, batch, chunked(chunk)).unwrap();
         assert_eq!(gpu.micro_batch(), chunk);
         let label = format!("batch {batch} in chunks of {chunk}");
-        steps_match_cpu(&mut gpu, &net, batch, 3, &label);
+        steps_match_reference(&mut gpu, &net, batch, 3, 2.0, &label);
     }
 }
 

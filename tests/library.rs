@@ -6,11 +6,10 @@ mod common;
 
 use common::*;
 use shadertrain::checkpoint::Checkpoint;
-use shadertrain::cpu::FastCpuBackend;
 use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::GpuBackend;
 use shadertrain::network::Network;
-use shadertrain::Trainer;
+use shadertrain::{Error, Setting, Trainer};
 
 /// Three noisy clusters in 4-D, one-hot over 3 classes.
 fn clusters(n: usize, label: &str) -> Dataset {
@@ -64,33 +63,42 @@ fn exercise(mut t: Trainer, what: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn trainer_on_the_cpu() {
+/// `Trainer::cpu`, or a `Trainer` around a GPU backend.
+fn trainer_on(device: Device) {
     let net = Network::parse("4,12:tanh,3:softmax").unwrap();
-    exercise(
-        Trainer::cpu(&net, 16).unwrap().epochs(15).lr(0.5).seed(3),
-        "cpu",
-    );
+    let t = match &device {
+        Device::Cpu => Trainer::cpu(&net, 16).unwrap(),
+        Device::Gpu(ctx) => Trainer::new(Box::new(GpuBackend::new(ctx.clone(), &net, 16).unwrap())),
+    };
+    exercise(t.epochs(15).lr(0.5).seed(3), device.name());
 }
 
-#[test]
-fn trainer_on_the_gpu() {
-    let Some(ctx) = gpu_or_skip("trainer_on_the_gpu") else {
-        return;
-    };
-    let net = Network::parse("4,12:tanh,3:softmax").unwrap();
-    let t = Trainer::new(Box::new(GpuBackend::new(ctx, &net, 16).unwrap()));
-    exercise(t.epochs(15).lr(0.5).seed(3), "gpu");
-}
+test_device!(trainer_on, trainer_on_the_cpu, trainer_on_the_gpu);
 
 #[test]
 fn trainer_refuses_bad_settings_and_data() {
     let net = Network::parse("4,5,3").unwrap();
-    let t = Trainer::new(Box::new(FastCpuBackend::new(&net, 8, 1).unwrap()));
+    let t = Trainer::new(Box::new(fast_cpu(&net, 8, 1)));
     let mut bad = t.epochs(0);
-    assert!(bad.fit(&clusters(30, "x")).is_err(), "zero epochs");
+    let e = bad.fit(&clusters(30, "x")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Setting { setting: Setting::Epochs, value, .. } if value == "0"),
+        "zero epochs: {e:?}"
+    );
     let mut t = bad.epochs(2).lr(f32::NAN);
-    assert!(t.fit(&clusters(30, "x")).is_err(), "NaN learning rate");
+    let e = t.fit(&clusters(30, "x")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Setting { setting: Setting::LearningRate, value, .. } if value == "NaN"),
+        "NaN learning rate: {e:?}"
+    );
+    // A library user reads the library's names for settings, never a flag;
+    // the CLI renders the same error with its flags.
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("learning rate NaN:") && !msg.contains("--"),
+        "{msg}"
+    );
+    assert!(e.render(|_| "--flag").starts_with("--flag NaN:"), "{msg}");
     let mut t = t.lr(0.1);
     assert!(t.fit(&Dataset::xor()).is_err(), "data of another width");
     assert!(Dataset::from_vecs("d", (2, 1), vec![1.0; 5], vec![0.0; 2], Task::Regression).is_err());

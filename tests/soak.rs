@@ -21,7 +21,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::Backend;
-use shadertrain::cpu::{CpuBackend, FastCpuBackend};
+use shadertrain::cpu::CpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
 use shadertrain::network::Network;
 use std::sync::Mutex;
@@ -157,7 +157,7 @@ fn cpu_memory_stays_flat() {
     let (net, batches) = workload();
     // The fast backend is what `--backend cpu` trains with; the reference
     // twins too.
-    let mut fast = FastCpuBackend::new(&net, 8, 0).unwrap();
+    let mut fast = fast_cpu(&net, 8, 0);
     fast.set_params(&net.init(5)).unwrap();
     soak("cpu (fast)", &mut fast, &batches, Vec::new);
     let mut reference = CpuBackend::<f32>::new(&net, 8).unwrap();
@@ -272,11 +272,7 @@ fn training_loop_with_nan_check_stays_flat() {
             );
         }
     };
-    run(
-        "cpu (fast)",
-        &mut FastCpuBackend::new(&net, 8, 0).unwrap(),
-        &Vec::new,
-    );
+    run("cpu (fast)", &mut fast_cpu(&net, 8, 0), &Vec::new);
     if let Some(ctx) = gpu_or_skip("training_loop_with_nan_check_stays_flat") {
         let mut gpu = GpuBackend::new(ctx.clone(), &net, 8).unwrap();
         run("gpu", &mut gpu, &|| counters(&ctx));

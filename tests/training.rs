@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::cpu::{CpuBackend, FastCpuBackend};
+use shadertrain::cpu::CpuBackend;
 use shadertrain::data::{Dataset, Task};
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Loss, Network, Params};
@@ -296,10 +296,7 @@ fn nan_check_changes_nothing_and_stops_at_the_step() {
             "cpu",
             Box::new(|| Box::new(CpuBackend::<f32>::new(&net, 16).unwrap())),
         ),
-        (
-            "fast",
-            Box::new(|| Box::new(FastCpuBackend::new(&net, 16, 2).unwrap())),
-        ),
+        ("fast", Box::new(|| Box::new(fast_cpu(&net, 16, 2)))),
     ];
     if let Some(ctx) = gpu_or_skip("nan_check_changes_nothing_and_stops_at_the_step") {
         for kernels in [KernelSet::Simple, KernelSet::Tiled] {

@@ -84,27 +84,36 @@ fn check_classic(r: &example::Report, extra: f64) {
     }
 }
 
-#[test]
-fn classic_2_2_2_step_cpu_f64() {
-    let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();
-    let r = example::run(&mut cpu, "cpu").unwrap();
-    check_classic(&r, 0.0);
-}
-
-#[test]
-fn classic_2_2_2_step_gpu() {
-    let Some(ctx) = gpu_or_skip("classic_2_2_2_step_gpu") else {
-        return;
+/// Example A's step: the f64 CPU backend (within the printed digits) or the
+/// GPU (within 1e-6 more).
+fn classic_2_2_2_step(device: Device) {
+    let r = match &device {
+        Device::Cpu => {
+            let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();
+            example::run(&mut cpu, "cpu")
+        }
+        Device::Gpu(ctx) => {
+            let mut gpu = GpuBackend::new(ctx.clone(), &example::network(), 1).unwrap();
+            example::run(&mut gpu, "gpu")
+        }
     };
-    let mut gpu = GpuBackend::new(ctx, &example::network(), 1).unwrap();
-    let r = example::run(&mut gpu, "gpu").unwrap();
-    check_classic(&r, 1e-6);
+    let extra = if matches!(device, Device::Cpu) {
+        0.0
+    } else {
+        1e-6
+    };
+    check_classic(&r.unwrap(), extra);
 }
 
-/// The same step through the shared training loop on both backends, as
-/// `shadertrain train --data example --epochs 1` runs it.
-#[test]
-fn classic_step_through_the_training_loop() {
+test_device!(
+    classic_2_2_2_step,
+    classic_2_2_2_step_cpu_f64,
+    classic_2_2_2_step_gpu
+);
+
+/// The same step through the shared training loop, as `shadertrain train
+/// --data example --epochs 1` runs it: on the f64 CPU backend or the GPU.
+fn classic_step_through_the_training_loop(device: Device) {
     use shadertrain::data::Dataset;
     use shadertrain::train::{train, TrainConfig};
     let cfg = TrainConfig {
@@ -117,25 +126,35 @@ fn classic_step_through_the_training_loop() {
         nan_check: false,
     };
     let data = Dataset::example();
-    let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();
-    cpu.set_params(&example::params()).unwrap();
-    let h = train(&mut cpu, &data, &cfg, |_| {}).unwrap();
-    // Datasets hold f32, so 0.05 and 0.10 arrive rounded (~1e-9 relative).
-    let f32_inputs = 1e-8;
-    expect("E_total", h[0].loss, "0.298371109", f32_inputs);
-    let p = cpu.params().unwrap();
-    expect("w1", p.weights(0)[0], "0.149780716", f32_inputs);
-    expect("w8", p.weights(1)[3], "0.561370121", f32_inputs);
-    if let Some(ctx) = gpu_or_skip("classic_step_through_the_training_loop") {
-        let mut gpu = GpuBackend::new(ctx, &example::network(), 1).unwrap();
-        gpu.set_params(&example::params()).unwrap();
-        let h = train(&mut gpu, &data, &cfg, |_| {}).unwrap();
-        expect("gpu E_total", h[0].loss, "0.298371109", 1e-6);
-        let p = gpu.params().unwrap();
-        expect("gpu w1", p.weights(0)[0] as f64, "0.149780716", 1e-6);
-        expect("gpu w8", p.weights(1)[3] as f64, "0.561370121", 1e-6);
-    }
+    let ctx = match device {
+        Device::Cpu => {
+            let mut cpu = CpuBackend::<f64>::new(&example::network(), 1).unwrap();
+            cpu.set_params(&example::params()).unwrap();
+            let h = train(&mut cpu, &data, &cfg, |_| {}).unwrap();
+            // Datasets hold f32, so 0.05 and 0.10 arrive rounded (~1e-9 relative).
+            let f32_inputs = 1e-8;
+            expect("E_total", h[0].loss, "0.298371109", f32_inputs);
+            let p = cpu.params().unwrap();
+            expect("w1", p.weights(0)[0], "0.149780716", f32_inputs);
+            expect("w8", p.weights(1)[3], "0.561370121", f32_inputs);
+            return;
+        }
+        Device::Gpu(ctx) => ctx,
+    };
+    let mut gpu = GpuBackend::new(ctx, &example::network(), 1).unwrap();
+    gpu.set_params(&example::params()).unwrap();
+    let h = train(&mut gpu, &data, &cfg, |_| {}).unwrap();
+    expect("gpu E_total", h[0].loss, "0.298371109", 1e-6);
+    let p = gpu.params().unwrap();
+    expect("gpu w1", p.weights(0)[0] as f64, "0.149780716", 1e-6);
+    expect("gpu w8", p.weights(1)[3] as f64, "0.561370121", 1e-6);
 }
+
+test_device!(
+    classic_step_through_the_training_loop,
+    classic_step_through_the_training_loop_cpu,
+    classic_step_through_the_training_loop_gpu
+);
 
 // Example B: given A_o1 = 0.70, Y = 0.75, A_h = [0.59, 0.60], W_o = [0.40, 0.45],
 // X = [0.05, 0.10], α = 0.5.
@@ -145,57 +164,108 @@ const A_H: [f64; 2] = [0.59, 0.60];
 const W_O: [f64; 2] = [0.40, 0.45];
 const X: [f64; 2] = [0.05, 0.10];
 
-#[test]
-fn delta_example_2_2_1_cpu_kernels() {
-    let mut d_o = [0.0];
-    cpu::delta_output(&[A_O], &[Y], &mut d_o, Activation::Sigmoid, Loss::Mse);
-    expect("δ_o1", d_o[0], "-0.0105", 0.0);
-    let mut g_o = [0.0; 2];
-    cpu::gradient_weights(&d_o, &A_H, &mut g_o, 1, 2, 1);
-    expect("∂L/∂W31", g_o[0], "-0.006195", 0.0);
-    expect("∂L/∂W41", g_o[1], "-0.0063", 0.0);
-    let mut w = W_O;
-    cpu::sgd_update(&mut w, &g_o, 0.5);
-    expect("W31_new", w[0], "0.4030975", 0.0);
-    let mut d_h = [0.0; 2];
-    cpu::delta_hidden(&W_O, &d_o, &A_H, &mut d_h, 1, 2, 1, Activation::Sigmoid);
-    expect("δ_h1", d_h[0], "-0.00101598", 0.0);
-    expect("δ_h2", d_h[1], "-0.001134", 0.0);
-    let mut g_h = [0.0; 4];
-    cpu::gradient_weights(&d_h, &X, &mut g_h, 1, 2, 2);
-    expect("∂L/∂W11", g_h[0], "-0.000050799", 0.0);
+/// Example B's kernels, in f64 whatever they compute in.
+trait Kernels {
+    fn delta_output(&self, a: f64, y: f64) -> Vec<f64>;
+    fn gradient_weights(&self, d: &[f64], a: &[f64], n_in: usize, n_out: usize) -> Vec<f64>;
+    fn gradient_bias(&self, d: &[f64]) -> Vec<f64>;
+    fn sgd_update(&self, p: &[f64], g: &[f64], lr: f64) -> Vec<f64>;
+    fn delta_hidden(&self, w: &[f64], d: &[f64], a: &[f64]) -> Vec<f64>;
 }
 
-#[test]
-fn delta_example_2_2_1_gpu_kernels() {
-    let Some(ctx) = gpu_or_skip("delta_example_2_2_1_gpu_kernels") else {
-        return;
-    };
-    let r = KernelRunner::new(ctx).unwrap();
-    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-    let tol = 1e-6;
-    let d_o = r
-        .delta_output(&f(&[A_O]), &f(&[Y]), 1, 1, Activation::Sigmoid, Loss::Mse)
-        .unwrap();
-    expect("gpu δ_o1", d_o[0] as f64, "-0.0105", tol);
-    let g_o = r.gradient_weights(&d_o, &f(&A_H), 1, 2, 1).unwrap();
-    expect("gpu ∂L/∂W31", g_o[0] as f64, "-0.006195", tol);
-    expect("gpu ∂L/∂W41", g_o[1] as f64, "-0.0063", tol);
-    let w = r.sgd_update(&f(&W_O), &g_o, 0.5).unwrap();
-    expect("gpu W31_new", w[0] as f64, "0.4030975", tol);
-    let d_h = r
-        .delta_hidden(&f(&W_O), &d_o, &f(&A_H), 1, 2, 1, Activation::Sigmoid)
-        .unwrap();
-    expect("gpu δ_h1", d_h[0] as f64, "-0.00101598", tol);
-    expect("gpu δ_h2", d_h[1] as f64, "-0.001134", tol);
-    let g_h = r.gradient_weights(&d_h, &f(&X), 1, 2, 2).unwrap();
-    expect("gpu ∂L/∂W11", g_h[0] as f64, "-0.000050799", tol);
-    let g_b = r.gradient_bias(&d_h, 1, 2).unwrap();
-    assert_close(
-        "gpu ∂L/∂b_hidden",
-        &g_b,
-        &[d_h[0] as f64, d_h[1] as f64],
-        1e-9,
-        1e-6,
-    );
+/// The CPU twins, in f64.
+struct Cpu;
+
+impl Kernels for Cpu {
+    fn delta_output(&self, a: f64, y: f64) -> Vec<f64> {
+        let mut d = vec![0.0];
+        cpu::delta_output(&[a], &[y], &mut d, Activation::Sigmoid, Loss::Mse);
+        d
+    }
+    fn gradient_weights(&self, d: &[f64], a: &[f64], n_in: usize, n_out: usize) -> Vec<f64> {
+        let mut g = vec![0.0; n_in * n_out];
+        cpu::gradient_weights(d, a, &mut g, 1, n_in, n_out);
+        g
+    }
+    fn gradient_bias(&self, d: &[f64]) -> Vec<f64> {
+        let mut g = vec![0.0; d.len()];
+        cpu::gradient_bias(d, &mut g, 1, d.len());
+        g
+    }
+    fn sgd_update(&self, p: &[f64], g: &[f64], lr: f64) -> Vec<f64> {
+        let mut p = p.to_vec();
+        cpu::sgd_update(&mut p, g, lr);
+        p
+    }
+    fn delta_hidden(&self, w: &[f64], d: &[f64], a: &[f64]) -> Vec<f64> {
+        let mut out = vec![0.0; a.len()];
+        let (n, n_next) = (a.len(), d.len());
+        cpu::delta_hidden(w, d, a, &mut out, 1, n, n_next, Activation::Sigmoid);
+        out
+    }
 }
+
+/// The GPU kernels, in f32.
+impl Kernels for KernelRunner {
+    fn delta_output(&self, a: f64, y: f64) -> Vec<f64> {
+        let d = self.delta_output(
+            &f32s(&[a]),
+            &f32s(&[y]),
+            1,
+            1,
+            Activation::Sigmoid,
+            Loss::Mse,
+        );
+        f64s(&d.unwrap())
+    }
+    fn gradient_weights(&self, d: &[f64], a: &[f64], n_in: usize, n_out: usize) -> Vec<f64> {
+        let g = self.gradient_weights(&f32s(d), &f32s(a), 1, n_in, n_out);
+        f64s(&g.unwrap())
+    }
+    fn gradient_bias(&self, d: &[f64]) -> Vec<f64> {
+        f64s(&self.gradient_bias(&f32s(d), 1, d.len()).unwrap())
+    }
+    fn sgd_update(&self, p: &[f64], g: &[f64], lr: f64) -> Vec<f64> {
+        f64s(&self.sgd_update(&f32s(p), &f32s(g), lr as f32).unwrap())
+    }
+    fn delta_hidden(&self, w: &[f64], d: &[f64], a: &[f64]) -> Vec<f64> {
+        let (n, n_next) = (a.len(), d.len());
+        let (w, d, a) = (f32s(w), f32s(d), f32s(a));
+        let out = self.delta_hidden(&w, &d, &a, 1, n, n_next, Activation::Sigmoid);
+        f64s(&out.unwrap())
+    }
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Example B kernel by kernel: the CPU twins in f64 match the printed
+/// digits; the GPU kernels in f32 within 1e-6 more.
+fn delta_example_2_2_1(device: Device) {
+    let (k, tol, p): (Box<dyn Kernels>, f64, &str) = match device {
+        Device::Cpu => (Box::new(Cpu), 0.0, ""),
+        Device::Gpu(ctx) => (Box::new(KernelRunner::new(ctx).unwrap()), 1e-6, "gpu "),
+    };
+    let d_o = k.delta_output(A_O, Y);
+    expect(&format!("{p}δ_o1"), d_o[0], "-0.0105", tol);
+    let g_o = k.gradient_weights(&d_o, &A_H, 2, 1);
+    expect(&format!("{p}∂L/∂W31"), g_o[0], "-0.006195", tol);
+    expect(&format!("{p}∂L/∂W41"), g_o[1], "-0.0063", tol);
+    let w = k.sgd_update(&W_O, &g_o, 0.5);
+    expect(&format!("{p}W31_new"), w[0], "0.4030975", tol);
+    let d_h = k.delta_hidden(&W_O, &d_o, &A_H);
+    expect(&format!("{p}δ_h1"), d_h[0], "-0.00101598", tol);
+    expect(&format!("{p}δ_h2"), d_h[1], "-0.001134", tol);
+    let g_h = k.gradient_weights(&d_h, &X, 2, 2);
+    expect(&format!("{p}∂L/∂W11"), g_h[0], "-0.000050799", tol);
+    // ∂L/∂b of the hidden layer is its δ (batch 1).
+    let g_b = k.gradient_bias(&d_h);
+    assert_close64(&format!("{p}∂L/∂b_hidden"), &g_b, &d_h, 1e-9, 1e-6);
+}
+
+test_device!(
+    delta_example_2_2_1,
+    delta_example_2_2_1_cpu_kernels,
+    delta_example_2_2_1_gpu_kernels
+);

@@ -8,6 +8,11 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+#[path = "../common/device_macro.rs"]
+mod device_macro;
+#[allow(unused_imports)]
+pub(crate) use device_macro::test_device;
+
 /// A fresh directory under the system temp dir, named after the process and
 /// the test, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -239,6 +244,28 @@ pub fn gpu_or_skip(test: &str) -> bool {
             }
             eprintln!("skipped: no GPU adapter ({why}) [{test}]");
             false
+        }
+    }
+}
+
+/// Where a check of [`test_device!`] runs: a `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    /// The GPU, or `None` with a printed reason (see [`gpu_or_skip`]).
+    pub fn gpu(test: &str) -> Option<Device> {
+        gpu_or_skip(test).then_some(Device::Gpu)
+    }
+
+    /// The `--backend` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
         }
     }
 }

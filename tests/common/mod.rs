@@ -4,12 +4,19 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shadertrain::backend::Metric;
-use shadertrain::cpu;
-use shadertrain::data::{Dataset, Task};
-use shadertrain::gpu::{Acc, GpuContext};
-use shadertrain::network::{Activation, Loss, Network};
+use shadertrain::backend::{Backend, Metric};
+use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState};
+use shadertrain::cpu::{self, CpuBackend, FastCpuBackend};
+use shadertrain::data::{Dataset, Standardizer, Task};
+use shadertrain::gpu::{Acc, GpuBackend, GpuContext};
+use shadertrain::network::{Activation, Loss, Network, Params};
+use shadertrain::optim::Optimizer;
+use shadertrain::train::{EpochStats, Schedule};
 use std::sync::{Arc, OnceLock};
+
+mod device_macro;
+#[allow(unused_imports)]
+pub(crate) use device_macro::test_device;
 
 /// The default activation and loss, for kernels checked in their sigmoid form.
 pub const SIG: Activation = Activation::Sigmoid;
@@ -61,6 +68,132 @@ pub fn gpu_or_skip(test: &str) -> Option<Arc<GpuContext>> {
             eprintln!("skipped {test}: {e} (set REQUIRE_GPU=1 to fail instead)");
             None
         }
+    }
+}
+
+/// Where a check of [`test_device!`] runs.
+pub enum Device {
+    Cpu,
+    Gpu(Arc<GpuContext>),
+}
+
+impl Device {
+    /// The GPU, or `None` with a printed reason (see [`gpu_or_skip`]).
+    pub fn gpu(test: &str) -> Option<Device> {
+        gpu_or_skip(test).map(Device::Gpu)
+    }
+
+    /// `"cpu"` or `"gpu"`, for labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu(_) => "gpu",
+        }
+    }
+
+    /// An f32 backend for `net` with room for `batch` samples: the fast CPU
+    /// backend (2 threads), or the GPU's with its default options.
+    pub fn backend(&self, net: &Network, batch: usize) -> Box<dyn Backend<Scalar = f32>> {
+        match self {
+            Device::Cpu => Box::new(fast_cpu(net, batch, 2)),
+            Device::Gpu(ctx) => Box::new(GpuBackend::new(ctx.clone(), net, batch).unwrap()),
+        }
+    }
+}
+
+/// The fast f32 CPU backend's type.
+pub type FastCpu = FastCpuBackend;
+
+/// The fast f32 CPU backend for `net` with room for `capacity` samples on
+/// `threads` threads (0: all cores). Every test makes it here, and only here.
+pub fn fast_cpu(net: &Network, capacity: usize, threads: usize) -> FastCpu {
+    fast_cpu_result(net, capacity, threads).unwrap()
+}
+
+/// [`fast_cpu`] for tests of its refusals.
+pub fn fast_cpu_result(
+    net: &Network,
+    capacity: usize,
+    threads: usize,
+) -> shadertrain::Result<FastCpu> {
+    FastCpuBackend::new(net, capacity, threads)
+}
+
+/// `steps` SGD steps at `lr` on one batch of `net`'s random data, on `b` and
+/// on the f64 reference from the same start: each step's sample count and
+/// loss, and the parameters after, agree.
+pub fn steps_match_reference<B: Backend<Scalar = f32> + ?Sized>(
+    b: &mut B,
+    net: &Network,
+    batch: usize,
+    steps: usize,
+    lr: f32,
+    label: &str,
+) {
+    let (x, y) = batch_for(net, batch, label);
+    let init: Params<f32> = net.init(3);
+    let mut cpu = CpuBackend::<f64>::new(net, batch).unwrap();
+    cpu.set_params(&init.cast()).unwrap();
+    b.set_params(&init).unwrap();
+    cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+    b.load_batch(&x, &y).unwrap();
+    for step in 0..steps {
+        b.step(lr).unwrap();
+        cpu.step(lr).unwrap();
+        let (lg, lc) = (b.take_totals().unwrap(), cpu.take_totals().unwrap());
+        assert_eq!(lg.samples, batch as u64, "{label} step {step} samples");
+        let what = format!("{label} step {step} loss");
+        assert_close(&what, &[lg.loss() as f32], &[lc.loss()], 1e-6, 1e-4);
+    }
+    let what = format!("{label} params after {steps} steps");
+    let (pg, pc) = (b.params().unwrap(), cpu.params().unwrap());
+    assert_close(&what, &pg.data, &pc.data, 1e-5, 1e-4);
+}
+
+/// A hand-built checkpoint of `spec` trained with `opt`: two epochs of
+/// history whose values need all 17 digits, optimiser moments of the right
+/// length, and (with `norm`) a standardiser of uneven means and spreads.
+pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
+    let net = Network::parse(spec).unwrap();
+    let n = net.inputs();
+    let cycle = |v: &[f32]| (0..n).map(|i| v[i % v.len()]).collect::<Vec<f32>>();
+    Checkpoint {
+        params: net.init(3),
+        state: TrainState {
+            epoch: 2,
+            seed: 99,
+            batch: 16,
+            lr: 0.25,
+            data: "clusters".into(),
+            samples: 300,
+            history: (1..=2)
+                .map(|epoch| EpochStats {
+                    epoch,
+                    // Values whose shortest decimal form needs 17 digits.
+                    loss: (epoch as f64).sqrt() / 7.0,
+                    accuracy: Some(0.25 * epoch as f64),
+                    seconds: 0.125,
+                    samples_per_s: 1.0 / 3.0,
+                    val_loss: (epoch == 2).then_some(0.3),
+                    val_accuracy: None,
+                })
+                .collect(),
+            optimizer: opt,
+            schedule: Schedule::Step {
+                every: 3,
+                gamma: 0.5,
+            },
+        },
+        optimizer_state: OptimizerState {
+            t: 17,
+            moments: (0..opt.state_len(net.param_count()))
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect(),
+        },
+        standardizer: norm.then(|| Standardizer {
+            mean: cycle(&[0.5, -1.0, 2.0, 0.0, 1e-3]),
+            std: cycle(&[1.0, 2.0, 0.5, 1.0, 3.0]),
+        }),
     }
 }
 

@@ -1,0 +1,484 @@
+//! Every GPU kernel against its CPU twin (computed in f64) on random data,
+//! driven by one table of kernel sets and products: the simple kernels, and
+//! the tiled ones with the small (CPU adapter) and the discrete-GPU tile
+//! sizes. Products are odd sizes that are not multiples of any workgroup or
+//! tile, smaller and larger than one block, with batch 1, K = 1 and one
+//! neuron; every activation and both losses. Outputs start poisoned with NaN
+//! (see `gpu::runner`), so an element a kernel never wrote fails, and every
+//! comparison is `abs + rel·|ref|` and names where and by how much.
+//! Special cases (argmax ties, grids beyond one dimension, tile limits) are
+//! their own tests at the end.
+
+mod common;
+
+use common::*;
+use shadertrain::backend::Metric;
+use shadertrain::cpu;
+use shadertrain::gpu::{Acc, KernelRunner, TileConfig};
+use shadertrain::network::{Activation, Loss};
+
+/// A matrix product `(M, N, K)`: each kernel reads it in its own roles,
+/// forward `(batch, n_out, n_in)`, δ_hidden `(batch, n, n_next)`, gradients
+/// `(n_out, n_in, batch)`, so that K is always the summed dimension.
+type Product = (usize, usize, usize);
+
+/// Which kernels a runner is asked for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Set {
+    Simple,
+    Tiled(&'static str, TileConfig),
+}
+
+/// The layer sizes and batches the simple kernels were always checked on:
+/// one neuron, two, and odd widths up to 257, batch 1 to 64.
+const LAYERS: &[&[usize]] = &[
+    &[1, 1, 1],
+    &[2, 2, 2],
+    &[3, 7, 5],
+    &[17, 33, 9],
+    &[100, 257, 10],
+];
+const BATCHES: &[usize] = &[1, 7, 64];
+
+/// Tiled products: one element, K = 1, inside one block, across blocks in M
+/// and N (the discrete block is 128 × 128), K over several BK steps.
+const TILED: &[Product] = &[
+    (1, 1, 1),
+    (7, 5, 3),
+    (33, 17, 1),
+    (1, 131, 70),
+    (130, 129, 9),
+    (65, 40, 203),
+];
+
+/// Per kernel set: its products and its tolerances `(abs, abs_forward, rel)`
+/// for f32 against an f64 reference. Forward outputs get a wider `abs`: the
+/// rounding of a sum that cancels near 0 reaches a few 1e-6, which sigmoid's
+/// slope (≤ 1/4) hides and relu, tanh and linear pass through.
+struct Row {
+    set: Set,
+    products: Vec<Product>,
+    abs: f64,
+    abs_forward: f64,
+}
+const REL: f64 = 1e-4;
+
+/// The table. The simple kernels' products are every layer of [`LAYERS`] at
+/// every batch of [`BATCHES`], in each kernel's roles.
+fn table() -> Vec<Row> {
+    let mut simple = Vec::new();
+    for sizes in LAYERS {
+        for w in sizes.windows(2) {
+            for &batch in BATCHES {
+                for p in [
+                    (batch, w[1], w[0]), // forward
+                    (batch, w[0], w[1]), // δ_hidden
+                    (w[1], w[0], batch), // gradients
+                ] {
+                    if !simple.contains(&p) {
+                        simple.push(p);
+                    }
+                }
+            }
+        }
+    }
+    let tiled = |name, tiles| Row {
+        set: Set::Tiled(name, tiles),
+        products: TILED.to_vec(),
+        abs: 5e-6,
+        abs_forward: 2e-5,
+    };
+    vec![
+        Row {
+            set: Set::Simple,
+            products: simple,
+            abs: 2e-6,
+            abs_forward: 1e-5,
+        },
+        tiled("small", TileConfig::SMALL),
+        tiled("discrete", TileConfig::DISCRETE),
+    ]
+}
+
+/// One case of the table, as a comparison function sees it.
+struct Case<'a> {
+    r: &'a KernelRunner,
+    set: Set,
+    p: Product,
+    abs: f64,
+    abs_forward: f64,
+    label: String,
+}
+
+impl Case<'_> {
+    fn tiled(&self) -> bool {
+        matches!(self.set, Set::Tiled(..))
+    }
+}
+
+/// Run `check` on every product of every kernel set in `sets` (`None`: all).
+fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)) {
+    let Some(ctx) = gpu_or_skip(test) else { return };
+    for row in table() {
+        if !sets.is_none_or(|keep| keep(row.set)) {
+            continue;
+        }
+        let r = match row.set {
+            Set::Simple => KernelRunner::new(ctx.clone()).unwrap(),
+            Set::Tiled(_, tiles) => KernelRunner::with_tiles(ctx.clone(), tiles).unwrap(),
+        };
+        for &p in &row.products {
+            let set = match row.set {
+                Set::Simple => "simple".to_string(),
+                Set::Tiled(name, _) => format!("tiled {name}"),
+            };
+            check(&Case {
+                r: &r,
+                set: row.set,
+                p,
+                abs: row.abs,
+                abs_forward: row.abs_forward,
+                label: format!("{test} {set} (M, N, K) {p:?}"),
+            });
+        }
+    }
+}
+
+const SIMPLE_ONLY: Option<fn(Set) -> bool> = Some(|s| s == Set::Simple);
+const TILED_ONLY: Option<fn(Set) -> bool> = Some(|s| s != Set::Simple);
+
+/// Every activation; softmax runs `softmax_forward` after the product.
+#[test]
+fn forward_dense_matches_cpu() {
+    twins("forward_dense", None, |c| {
+        let (batch, n_out, n_in) = c.p;
+        for act in Activation::ALL {
+            let label = format!("{} {act:?} A ({n_in}->{n_out})", c.label);
+            let mut g = rng(&label);
+            let x = random(&mut g, batch * n_in, -1.0, 1.0);
+            let w = random(&mut g, n_out * n_in, -1.0, 1.0);
+            let b = random(&mut g, n_out, -0.5, 0.5);
+            let got = if c.tiled() {
+                c.r.forward_dense_tiled(&x, &w, &b, batch, n_in, n_out, act)
+            } else {
+                c.r.forward_dense(&x, &w, &b, batch, n_in, n_out, act)
+            }
+            .unwrap();
+            let mut want = vec![0.0; batch * n_out];
+            let (x, w, b) = (f64s(&x), f64s(&w), f64s(&b));
+            cpu::forward_dense(&x, &w, &b, &mut want, batch, n_in, n_out, act);
+            assert_close(&label, &got, &want, c.abs_forward, REL);
+        }
+    });
+}
+
+#[test]
+fn delta_hidden_matches_cpu() {
+    twins("delta_hidden", None, |c| {
+        let (batch, n, n_next) = c.p;
+        for act in HIDDEN {
+            let label = format!("{} {act:?} δ_hidden ({n}<-{n_next})", c.label);
+            let mut g = rng(&label);
+            let w_next = random(&mut g, n_next * n, -1.0, 1.0);
+            let dn = random(&mut g, batch * n_next, -0.25, 0.25);
+            let a = activated(&mut g, act, batch, n);
+            let got = if c.tiled() {
+                c.r.delta_hidden_tiled(&w_next, &dn, &a, batch, n, n_next, act)
+            } else {
+                c.r.delta_hidden(&w_next, &dn, &a, batch, n, n_next, act)
+            }
+            .unwrap();
+            let mut want = vec![0.0; batch * n];
+            let (w_next, dn, a) = (f64s(&w_next), f64s(&dn), f64s(&a));
+            cpu::delta_hidden(&w_next, &dn, &a, &mut want, batch, n, n_next, act);
+            assert_close(&label, &got, &want, c.abs, REL);
+        }
+    });
+}
+
+/// K slices of the tiled gradient products: none, and three (some of them
+/// empty where K is short), added by the reduce kernels.
+const SPLITS: [u32; 2] = [1, 3];
+
+/// The simple kernels compute ∂W and ∂b apart; the tiled ones together,
+/// stored and accumulated onto earlier values (micro-batches), K split or not.
+#[test]
+fn gradients_match_cpu() {
+    twins("gradients", None, |c| {
+        let (n_out, n_in, batch) = c.p;
+        let mut g = rng(&c.label);
+        let d = random(&mut g, batch * n_out, -0.25, 0.25);
+        let a = random(&mut g, batch * n_in, 0.01, 0.99);
+        let mut want = vec![0.0; n_out * n_in + n_out];
+        let (gw, gb) = want.split_at_mut(n_out * n_in);
+        cpu::gradient_dense(&f64s(&d), &f64s(&a), gw, gb, batch, n_in, n_out);
+        let label = format!("{} ({n_in}->{n_out})", c.label);
+        if !c.tiled() {
+            let got = c.r.gradient_weights(&d, &a, batch, n_in, n_out).unwrap();
+            assert_close(&format!("{label} ∂W"), &got, gw, c.abs, REL);
+            let got = c.r.gradient_bias(&d, batch, n_out).unwrap();
+            assert_close(&format!("{label} ∂b"), &got, gb, c.abs, REL);
+            return;
+        }
+        let onto = random(&mut g, n_out * n_in + n_out, -1.0, 1.0);
+        let summed: Vec<f64> = want.iter().zip(&onto).map(|(w, &o)| w + o as f64).collect();
+        for splits in SPLITS {
+            let label = format!("{label} splits {splits}");
+            let got =
+                c.r.gradient_dense_tiled(&d, &a, batch, n_in, n_out, None, splits);
+            assert_close(&format!("{label} ∂W, ∂b"), &got.unwrap(), &want, c.abs, REL);
+            let got =
+                c.r.gradient_dense_tiled(&d, &a, batch, n_in, n_out, Some(&onto), splits);
+            let what = format!("{label} onto + ∂W, ∂b");
+            assert_close(&what, &got.unwrap(), &summed, c.abs, REL);
+        }
+    });
+}
+
+/// The tiled gradient product fused with the SGD step.
+#[test]
+fn gradient_sgd_matches_cpu() {
+    twins("gradient_sgd", TILED_ONLY, |c| {
+        let (n_out, n_in, batch) = c.p;
+        for splits in SPLITS {
+            let label = format!("{} ({n_in}->{n_out}) splits {splits}", c.label);
+            let mut g = rng(&label);
+            let d = random(&mut g, batch * n_out, -0.25, 0.25);
+            let a = random(&mut g, batch * n_in, 0.01, 0.99);
+            let w = random(&mut g, n_out * n_in, -1.0, 1.0);
+            let b = random(&mut g, n_out, -0.5, 0.5);
+            let lr = 0.7f32;
+            let got =
+                c.r.gradient_sgd_tiled(&d, &a, &w, &b, lr, batch, n_in, n_out, splits)
+                    .unwrap();
+            let (mut ww, mut wb) = (f64s(&w), f64s(&b));
+            let (d, a) = (f64s(&d), f64s(&a));
+            cpu::gradient_sgd(&d, &a, &mut ww, &mut wb, lr as f64, batch, n_in, n_out);
+            ww.extend(wb);
+            assert_close(&format!("{label} W, b after SGD"), &got, &ww, c.abs, REL);
+        }
+    });
+}
+
+/// Logits far apart (e^80 overflows f32): the max subtraction keeps rows
+/// finite. Rows of width N, M of them.
+#[test]
+fn softmax_forward_matches_cpu() {
+    twins("softmax_forward", SIMPLE_ONLY, |c| {
+        let (batch, n, _) = c.p;
+        let mut g = rng(&c.label);
+        let z = random(&mut g, batch * n, -50.0, 80.0);
+        let got = c.r.softmax_forward(&z, batch, n).unwrap();
+        let mut want = f64s(&z);
+        cpu::softmax_forward(&mut want, batch, n);
+        assert_close(
+            &format!("{} softmax ({n})", c.label),
+            &got,
+            &want,
+            1e-7,
+            REL,
+        );
+    });
+}
+
+/// MSE after every activation but softmax, and softmax with cross-entropy.
+#[test]
+fn delta_output_matches_cpu() {
+    twins("delta_output", SIMPLE_ONLY, |c| {
+        let (batch, n, _) = c.p;
+        let mut g = rng(&c.label);
+        for (act, loss) in OUTPUTS {
+            let a = activated(&mut g, act, batch, n);
+            let y = random(&mut g, batch * n, 0.0, 1.0);
+            let got = c.r.delta_output(&a, &y, batch, n, act, loss).unwrap();
+            let mut want = vec![0.0; batch * n];
+            cpu::delta_output(&f64s(&a), &f64s(&y), &mut want, act, loss);
+            let what = format!("{} {act:?} δ_out", c.label);
+            assert_close(&what, &got, &want, 1e-7, REL);
+        }
+    });
+}
+
+/// Over a layer's parameters `N·K + N`.
+#[test]
+fn sgd_update_matches_cpu() {
+    twins("sgd_update", SIMPLE_ONLY, |c| {
+        let (_, n, k) = c.p;
+        let mut g = rng(&c.label);
+        let count = n * k + n;
+        let p = random(&mut g, count, -1.0, 1.0);
+        let gr = random(&mut g, count, -0.1, 0.1);
+        let lr = 0.37f32;
+        let got = c.r.sgd_update(&p, &gr, lr).unwrap();
+        let mut want = f64s(&p);
+        cpu::sgd_update(&mut want, &f64s(&gr), lr as f64);
+        assert_close(&format!("{} params", c.label), &got, &want, 1e-7, 1e-6);
+    });
+}
+
+/// MSE on sigmoid outputs; cross-entropy on softmax rows, one of them with
+/// an output that underflowed to 0 (the clamp).
+#[test]
+fn loss_reduce_matches_cpu() {
+    twins("loss_reduce", SIMPLE_ONLY, |c| {
+        let (batch, n, _) = c.p;
+        let mut g = rng(&c.label);
+        for (act, loss) in [OUTPUTS[0], OUTPUTS[4]] {
+            let mut a = activated(&mut g, act, batch, n);
+            let (y, metric) = scored_targets(&a, batch, n);
+            if loss == Loss::CrossEntropy {
+                a[y.iter().position(|&v| v == 1.0).unwrap_or(0)] = 0.0;
+            }
+            for m in [Metric::None, metric] {
+                let got =
+                    c.r.loss_reduce(&a, &y, batch, n, m, loss, START_TOTALS)
+                        .unwrap();
+                let (want, correct) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n, m, loss);
+                let what = format!("{} {loss:?} {m:?}", c.label);
+                assert_totals(&what, got, want, correct, batch);
+            }
+        }
+    });
+}
+
+/// The fused δ_out and loss kernel, on the adapter's own tiles: output widths
+/// below, at and above the loss's 256 lanes; batches within one workgroup and
+/// across many; every output activation with its loss.
+#[test]
+fn delta_output_loss_matches_cpu() {
+    let Some(ctx) = gpu_or_skip("delta_output_loss") else {
+        return;
+    };
+    let r = KernelRunner::new(ctx).unwrap();
+    for n in [1, 2, 5, 256, 300] {
+        for batch in [1, 7, 600] {
+            for (act, loss) in OUTPUTS {
+                let label = format!("delta_output_loss n {n} batch {batch} {act:?}");
+                let mut g = rng(&label);
+                let a = activated(&mut g, act, batch, n);
+                let (y, metric) = scored_targets(&a, batch, n);
+                for m in [Metric::None, metric] {
+                    let (delta, got) = r
+                        .delta_output_loss(&a, &y, batch, n, m, act, loss, START_TOTALS)
+                        .unwrap();
+                    let mut want = vec![0.0; batch * n];
+                    let (a, y) = (f64s(&a), f64s(&y));
+                    let (total, correct) =
+                        cpu::delta_output_loss(&a, &y, &mut want, batch, n, m, act, loss);
+                    assert_close(&format!("{label} δ"), &delta, &want, 1e-7, REL);
+                    assert_totals(&format!("{label} {m:?}"), got, total, correct, batch);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Special cases
+// ---------------------------------------------------------------------------
+
+/// Ties in argmax go to the first largest output, as on the CPU, even when
+/// the tied outputs fall to different lanes.
+#[test]
+fn delta_output_loss_argmax_ties_take_the_first() {
+    let Some(ctx) = gpu_or_skip("delta_output_loss ties") else {
+        return;
+    };
+    let r = KernelRunner::new(ctx).unwrap();
+    let n = 40;
+    // Sample 0: a ties at 3 and 35 (y's maximum at 3: correct); sample 1:
+    // a ties at 2 and 39 (y's maximum at 39: wrong).
+    let mut a = vec![0.25f32; 2 * n];
+    let mut y = vec![0.0f32; 2 * n];
+    for (s, i, j, t) in [(0, 3, 35, 3), (1, 2, 39, 39)] {
+        a[s * n + i] = 0.75;
+        a[s * n + j] = 0.75;
+        y[s * n + t] = 1.0;
+    }
+    let (_, got) = r
+        .delta_output_loss(&a, &y, 2, n, Metric::Argmax, SIG, MSE, Acc::default())
+        .unwrap();
+    let mut delta = vec![0.0; 2 * n];
+    let (_, want) = cpu::delta_output_loss(
+        &f64s(&a),
+        &f64s(&y),
+        &mut delta,
+        2,
+        n,
+        Metric::Argmax,
+        SIG,
+        MSE,
+    );
+    assert_eq!(want, 1);
+    assert_eq!(got.correct as u64, want);
+}
+
+/// A 1-D problem larger than 65535 workgroups in one dimension is folded into
+/// two (`grid_1d`); the fold must cover every element exactly once.
+#[test]
+fn sgd_update_beyond_one_grid_dimension() {
+    let Some(ctx) = gpu_or_skip("sgd_update_beyond_one_grid_dimension") else {
+        return;
+    };
+    let r = KernelRunner::new(ctx.clone()).unwrap();
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let count = max * 64 + 1000; // needs a second row of workgroups
+    let mut g = rng("sgd big");
+    let p = random(&mut g, count, -1.0, 1.0);
+    let gr = random(&mut g, count, -0.1, 0.1);
+    let got = r.sgd_update(&p, &gr, 0.5).unwrap();
+    let mut want = f64s(&p);
+    cpu::sgd_update(&mut want, &f64s(&gr), 0.5);
+    assert_close("sgd_update big params", &got, &want, 1e-7, 1e-6);
+}
+
+#[test]
+fn grid_folds_within_limits() {
+    use shadertrain::gpu::kernels::grid_1d;
+    assert_eq!(grid_1d(1, 65535).unwrap(), (1, 1, 1));
+    assert_eq!(grid_1d(64, 65535).unwrap(), (1, 1, 1));
+    assert_eq!(grid_1d(65, 65535).unwrap(), (2, 1, 1));
+    let (x, y, _) = grid_1d(65535 * 64 + 1, 65535).unwrap();
+    assert!(x <= 65535 && y == 2, "{x} {y}");
+    assert!((x as u64 * y as u64) * 64 > 65535 * 64);
+    assert!(grid_1d(u64::MAX / 2, 65535).is_err());
+}
+
+#[test]
+fn tile_configs_fit_the_default_limits() {
+    let limits = wgpu::Limits::default();
+    for t in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::DISCRETE] {
+        t.check(&limits).unwrap();
+    }
+    let too_big = TileConfig {
+        tm: 9,
+        ..TileConfig::SMALL
+    };
+    assert!(too_big.check(&limits).is_err());
+    let no_row_sums = TileConfig {
+        wg_x: 2,
+        ..TileConfig::SMALL
+    };
+    assert!(no_row_sums.check(&limits).is_err());
+}
+
+/// Split K only where a layer has few output blocks and a long batch, and
+/// never past the scratch it is given.
+#[test]
+fn k_splits_fill_the_device_within_scratch() {
+    use shadertrain::gpu::kernels::k_splits;
+    let t = TileConfig::DISCRETE;
+    assert_eq!(k_splits(17, 3, 100, &t, u64::MAX), 1, "short batch");
+    assert_eq!(
+        k_splits(4096, 4096, 4096, &t, u64::MAX),
+        1,
+        "1024 blocks already"
+    );
+    let s = k_splits(17, 3, 200_000, &t, u64::MAX);
+    assert!(s > 100 && s <= 1024, "{s}");
+    assert_eq!(
+        k_splits(17, 3, 200_000, &t, 17 * 4 * 10),
+        10,
+        "scratch for 10"
+    );
+}
