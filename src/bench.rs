@@ -6,8 +6,8 @@
 //! `6 · batch · Σ in·out` (forward 2, backward 4), as the PyTorch peer does.
 
 use crate::backend::{Backend, Metric};
+use crate::error::{Error, Result};
 use crate::network::{Network, Params};
-use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;

@@ -11,11 +11,11 @@
 use crate::backend::Backend;
 use crate::data::Standardizer;
 use crate::error::{one_line, quote};
+use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::network::{Network, Params};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind};
 use crate::train::{EpochStats, Schedule};
-use crate::{Error, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;

@@ -5,8 +5,8 @@
 //! section A: the widely published step-by-step backpropagation example.
 
 use crate::backend::{Backend, Metric};
+use crate::error::Result;
 use crate::network::{Network, Params, Real};
-use crate::Result;
 use serde::Serialize;
 
 /// The example's input.

@@ -1,4 +1,4 @@
-//! The acceptance numbers of `shared/reference/worked-examples.md`:
+//! The acceptance numbers of `tests/reference/worked-examples.md`:
 //! A. the classic 2-2-2 network, one full SGD step (CPU in f64 and GPU in f32);
 //! B. the 2-2-1 delta example, kernel by kernel (given activations).
 //!
