@@ -324,9 +324,11 @@ fn refused_allocation_says_out_of_memory() {
             eprintln!("huge buffer: {m}");
             assert!(m.contains("for huge"), "{m}");
             assert!(
-                m.contains("GPU out of memory allocating") && m.contains("smaller --batch"),
+                m.contains("GPU out of memory allocating") && m.contains("smaller batch size"),
                 "{m}"
             );
+            // The CLI words the same error with its flag.
+            assert!(e.render(|_| "--batch").contains("smaller --batch"), "{m}");
         }
     }
 }
@@ -340,6 +342,6 @@ fn out_of_memory_message_names_size_and_suggests_a_smaller_batch() {
     let m = buffer_error("activations 1", 3 << 30, &e).to_string();
     assert_eq!(
         m,
-        "GPU error: GPU out of memory allocating 3072.0 MiB for activations 1; try a smaller --batch (out of memory: Not enough memory left)"
+        "not enough memory: GPU out of memory allocating 3072.0 MiB for activations 1 (out of memory: Not enough memory left); use a smaller batch size"
     );
 }

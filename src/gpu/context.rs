@@ -6,7 +6,7 @@
 //! discrete GPU wins, then integrated, virtual, and software (llvmpipe) last;
 //! among equals a native API beats OpenGL.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use std::sync::{Arc, Mutex};
 
 /// What `devices` prints about one adapter.
@@ -151,7 +151,7 @@ fn select_adapter(sel: &str) -> Result<wgpu::Adapter> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let none = |why: String| Error::NoAdapter(format!("--adapter {sel:?}: {why}"));
+    let none = |why: String| Error::setting(Setting::Adapter, sel, why);
     let adapter = match sel.trim().parse::<usize>() {
         Ok(i) if i < adapters.len() => adapters.swap_remove(i),
         Ok(i) => {
@@ -360,8 +360,8 @@ pub fn creating<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> 
 }
 
 /// A buffer made inside error scopes ([`scoped`]): one the driver cannot
-/// allocate becomes "GPU out of memory allocating N MiB for <label>; try a
-/// smaller --batch", a validation error names the buffer.
+/// allocate becomes an [`Error::Memory`] naming its size and label and asking
+/// for a smaller batch; a validation error names the buffer.
 pub fn create_buffer(device: &wgpu::Device, desc: &wgpu::BufferDescriptor) -> Result<wgpu::Buffer> {
     let label = desc.label.unwrap_or("a buffer");
     scoped(device, || device.create_buffer(desc)).map_err(|e| buffer_error(label, desc.size, &e))
@@ -381,11 +381,14 @@ pub fn create_buffer_init(
 /// The message for a buffer of `bytes` that could not be made.
 pub fn buffer_error(label: &str, bytes: u64, e: &wgpu::Error) -> Error {
     match e {
-        wgpu::Error::OutOfMemory { .. } => Error::Gpu(format!(
-            "GPU out of memory allocating {:.1} MiB for {label}; try a smaller --batch ({})",
-            bytes as f64 / (1 << 20) as f64,
-            describe_error(e)
-        )),
+        wgpu::Error::OutOfMemory { .. } => Error::memory(
+            format!(
+                "GPU out of memory allocating {:.1} MiB for {label} ({})",
+                bytes as f64 / (1 << 20) as f64,
+                describe_error(e)
+            ),
+            &[Setting::Batch],
+        ),
         _ => Error::Gpu(format!("creating buffer {label}: {}", describe_error(e))),
     }
 }
