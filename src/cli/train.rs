@@ -13,7 +13,7 @@ use shadertrain::fsutil::write_atomic;
 use shadertrain::network::{Loss, Network};
 use shadertrain::optim::{Optimizer, OptimizerKind};
 use shadertrain::train::{batch_size, EpochStats, Progress, Schedule, TrainConfig};
-use shadertrain::{Error, Result};
+use shadertrain::{Error, Result, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -153,99 +153,24 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+/// The run the flags ask for: the trainer (backend, settings, initial
+/// weights or resumed state) and the data.
+struct Run {
+    t: Trainer,
+    net: Network,
+    data: Dataset,
+    val: Option<Dataset>,
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let source = Source::parse(&a.data)?;
-    let recipe = source.recipe();
-    let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
-    if recipe.layers.is_none() && a.layers.is_none() && resumed.is_none() {
-        return Err(Error::Invalid(
-            "--layers is required with a CSV file or IDX directory, e.g. --layers 784,128,10"
-                .into(),
-        ));
-    }
-    if a.target.is_some() && !matches!(source, Source::Csv(_)) {
-        return Err(Error::Invalid(format!(
-            "--target {:?} names a CSV column, but the data is not a CSV file",
-            a.target.as_deref().unwrap_or_default()
-        )));
-    }
-    // Refuse unwritable output paths before training, not after.
-    if let Some(p) = &a.plot {
-        shadertrain::plot::check_path(p)?;
-    }
-    for (flag, path) in [
-        ("--metrics", &a.metrics),
-        ("--save", &a.save),
-        ("--plot", &a.plot),
-    ] {
-        check_out_dir(flag, path.as_deref())?;
-    }
-    let net = network(&a, resumed.as_ref(), recipe.layers)?;
-    let seed = match (&resumed, a.seed) {
-        (Some(c), Some(s)) if s != c.state.seed => {
-            return Err(Error::Invalid(format!(
-                "--seed {s} conflicts with the checkpoint's seed {}; resuming needs the same seed",
-                c.state.seed
-            )))
-        }
-        (Some(c), _) => c.state.seed,
-        (None, s) => s.unwrap_or(42),
-    };
-    let st = resumed.as_ref().map(|c| &c.state);
-    let (optimizer, schedule) = optimizer_and_schedule(&a, st, recipe.optimizer)?;
-    let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(recipe.epochs),
-        batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(recipe.batch),
-        lr: a.lr.or(st.map(|s| s.lr)).unwrap_or(recipe.lr),
-        seed,
-        shuffle: true,
-        schedule,
-        nan_check: a.nan_check,
-    };
-    cfg.validate()?;
-    let (data, val, z) = load_sets(&a, &source, &net, seed, resumed.as_ref())?;
-    let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
-    let capacity = batch_size(cfg.batch, usize::MAX, data.len());
-    // The optimiser first (setting one zeroes its state), then the resumed
-    // state over it, then the settings the flags resolved (the checkpoint's
-    // where no flag was given).
-    let mut t = open(&dev, &net, capacity, a.quiet)?.optimizer(optimizer)?;
-    if let Some(c) = &resumed {
-        t = t.resume(c)?;
-    }
-    t = t.with_config(cfg);
-    if let Some(z) = z {
-        t = t.standardizer(z);
-    }
-    if let Some(path) = &a.save {
-        t = t.checkpoints(path, a.save_every)?;
-    }
-    if resumed.is_none() {
-        if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
-            t.set_params(&p)?;
-        }
-    }
+    let Run {
+        mut t,
+        net,
+        data,
+        val,
+    } = prepare(&a)?;
     let adapter = t.backend().describe();
     let kind = t.kind().name();
-    if !a.quiet {
-        eprintln!("backend: {kind}: {adapter}");
-        let cfg = t.config();
-        eprintln!(
-            "training {} on '{}' ({} samples): {} epochs, batch {}, lr {}, {}, seed {}{}",
-            net.describe(),
-            data.name,
-            data.len(),
-            cfg.epochs,
-            cfg.batch,
-            cfg.lr,
-            t.optimizer_in_use().name(),
-            cfg.seed,
-            defaults_note(&a, &source, resumed.is_some())
-        );
-        if let Some(c) = &resumed {
-            eprintln!("resuming after epoch {}", c.state.epoch);
-        }
-    }
     let first = t.first_epoch();
     let epochs = t.config().epochs;
     let steps = data
@@ -262,8 +187,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     })?;
     let train_secs = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let (totals, metric) = t.evaluate(&data)?;
     let samples = ((epochs + 1 - first) * data.len()) as f64;
+    let (totals, metric) = t.evaluate(&data)?;
+    let val_totals = match &val {
+        Some(v) => Some(t.evaluate(v)?),
+        None => None,
+    };
     let acc = totals.accuracy(metric);
     println!(
         "final loss: {:.6} ({})",
@@ -273,10 +202,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(acc) = acc {
         println!("accuracy: {:.2}%", acc * 100.0);
     }
-    let val_totals = match &val {
-        Some(v) => Some(t.evaluate(v)?),
-        None => None,
-    };
     if let Some((vt, m)) = &val_totals {
         println!("validation loss: {:.6}", vt.loss());
         if let Some(acc) = vt.accuracy(*m) {
@@ -312,6 +237,103 @@ pub fn run(a: TrainArgs) -> Result<()> {
         write_atomic(path, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Everything decided before training: flags checked against each other and
+/// against a resumed checkpoint, outputs checked writable, data loaded, the
+/// trainer opened and configured; the banner printed.
+fn prepare(a: &TrainArgs) -> Result<Run> {
+    let source = Source::parse(&a.data)?;
+    let recipe = source.recipe();
+    let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
+    if recipe.layers.is_none() && a.layers.is_none() && resumed.is_none() {
+        return Err(Error::Invalid(
+            "--layers is required with a CSV file or IDX directory, e.g. --layers 784,128,10"
+                .into(),
+        ));
+    }
+    if a.target.is_some() && !matches!(source, Source::Csv(_)) {
+        return Err(Error::Invalid(format!(
+            "--target {:?} names a CSV column, but the data is not a CSV file",
+            a.target.as_deref().unwrap_or_default()
+        )));
+    }
+    // Refuse unwritable output paths before training, not after.
+    if let Some(p) = &a.plot {
+        shadertrain::plot::check_path(p)?;
+    }
+    for (flag, path) in [
+        ("--metrics", &a.metrics),
+        ("--save", &a.save),
+        ("--plot", &a.plot),
+    ] {
+        check_out_dir(flag, path.as_deref())?;
+    }
+    let net = network(a, resumed.as_ref(), recipe.layers)?;
+    let seed = match (&resumed, a.seed) {
+        (Some(c), Some(s)) if s != c.state.seed => {
+            return Err(Error::Invalid(format!(
+                "--seed {s} conflicts with the checkpoint's seed {}; resuming needs the same seed",
+                c.state.seed
+            )))
+        }
+        (Some(c), _) => c.state.seed,
+        (None, s) => s.unwrap_or(42),
+    };
+    let st = resumed.as_ref().map(|c| &c.state);
+    let (optimizer, schedule) = optimizer_and_schedule(a, st, recipe.optimizer)?;
+    let cfg = TrainConfig {
+        epochs: a.epochs.unwrap_or(recipe.epochs),
+        batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(recipe.batch),
+        lr: a.lr.or(st.map(|s| s.lr)).unwrap_or(recipe.lr),
+        seed,
+        shuffle: true,
+        schedule,
+        nan_check: a.nan_check,
+    };
+    cfg.validate()?;
+    let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
+    let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
+    let capacity = batch_size(cfg.batch, usize::MAX, data.len());
+    // The optimiser first (setting one zeroes its state), then the resumed
+    // state over it, then the settings the flags resolved (the checkpoint's
+    // where no flag was given).
+    let mut t = open(&dev, &net, capacity, a.quiet)?.optimizer(optimizer)?;
+    if let Some(c) = &resumed {
+        t = t.resume(c)?;
+    }
+    t = t.with_config(cfg);
+    if let Some(z) = z {
+        t = t.standardizer(z);
+    }
+    if let Some(path) = &a.save {
+        t = t.checkpoints(path, a.save_every)?;
+    }
+    if resumed.is_none() {
+        if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
+            t.set_params(&p)?;
+        }
+    }
+    if !a.quiet {
+        eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());
+        let cfg = t.config();
+        eprintln!(
+            "training {} on '{}' ({} samples): {} epochs, batch {}, lr {}, {}, seed {}{}",
+            net.describe(),
+            data.name,
+            data.len(),
+            cfg.epochs,
+            cfg.batch,
+            cfg.lr,
+            t.optimizer_in_use().name(),
+            cfg.seed,
+            defaults_note(a, &source, resumed.is_some())
+        );
+        if let Some(c) = &resumed {
+            eprintln!("resuming after epoch {}", c.state.epoch);
+        }
+    }
+    Ok(Run { t, net, data, val })
 }
 
 /// The network: `--layers`, the checkpoint's, or the data's default; a loss
