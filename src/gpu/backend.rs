@@ -1,6 +1,6 @@
 //! [`GpuBackend`]: [`Backend`] on a wgpu device. It owns the persistent
-//! buffers and bind groups ([`super::buffers`]), records each step's
-//! dispatches ([`super::schedule`]) into one command encoder, and submits
+//! buffers and bind groups (`gpu/buffers.rs`), records each step's
+//! dispatches (`gpu/schedule.rs`) into one command encoder, and submits
 //! once per step; nothing is read back inside a step.
 //!
 //! Two kernel sets ([`KernelSet`]): the simple kernels (one invocation per
@@ -91,6 +91,8 @@ pub struct GpuBackend {
 /// Timestamp queries of a profiled step: two per dispatch, and its labels.
 struct Profile {
     queries: wgpu::QuerySet,
+    /// Where the queries are resolved: (2·count) u64 ticks.
+    ticks: wgpu::Buffer,
     /// Dispatches profiled.
     count: u32,
     labels: Vec<String>,
@@ -226,19 +228,10 @@ impl GpuBackend {
         for &stage in stages {
             self.record_into(&mut enc, stage, Some(&mut profile))?;
         }
-        let ticks = create_buffer(
-            &self.ctx.device,
-            &wgpu::BufferDescriptor {
-                label: Some("profile_step ticks"),
-                size: 16 * count as u64,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            },
-        )?;
-        enc.resolve_query_set(&profile.queries, 0..2 * count, &ticks, 0);
+        enc.resolve_query_set(&profile.queries, 0..2 * count, &profile.ticks, 0);
         self.pending = Some(enc);
         self.flush()?;
-        let ticks: Vec<u64> = readback::read(&self.ctx, &ticks, 0, 2 * count as usize)?;
+        let ticks: Vec<u64> = readback::read(&self.ctx, &profile.ticks, 0, 2 * count as usize)?;
         self.in_flight.clear();
         let ns = self.ctx.queue.get_timestamp_period() as f64;
         Ok(Some(
@@ -251,8 +244,8 @@ impl GpuBackend {
         ))
     }
 
-    /// Two timestamp queries for every dispatch of `stages`, and room for
-    /// exactly that many labels.
+    /// Two timestamp queries for every dispatch of `stages`, a buffer to
+    /// resolve them into, and room for that many labels.
     fn profile_for(&self, stages: &[Stage]) -> Result<Profile> {
         let mut count = 0u32;
         for &stage in stages {
@@ -269,8 +262,18 @@ impl GpuBackend {
                 count: 2 * count,
             })
         })?;
+        let ticks = create_buffer(
+            dev,
+            &wgpu::BufferDescriptor {
+                label: Some("profile_step ticks"),
+                size: 16 * count as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            },
+        )?;
         Ok(Profile {
             queries,
+            ticks,
             count,
             labels: Vec::with_capacity(count as usize),
         })

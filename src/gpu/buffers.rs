@@ -78,14 +78,7 @@ impl Buffers {
         let partials = storage_buffer(ctx, "loss partials", 2 * groups_max, none)?;
         let scratch_floats = scratch_floats(ctx, net, rows, tiled);
         let scratch = storage_buffer(ctx, "split-K sums", scratch_floats as usize, none)?;
-        let acc = create_buffer_init(
-            &ctx.device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some("loss totals"),
-                contents: bytemuck::bytes_of(&Acc::default()),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | copy_dst,
-            },
-        )?;
+        let acc = totals(ctx)?;
         let acc_staging = readback::staging(ctx, std::mem::size_of::<Acc>() as u64)?;
         let dims = (0..net.layers().len())
             .map(|l| uniform(ctx, "dims", &layer_dims(net, l, rows, Metric::None, 1)))
@@ -185,6 +178,20 @@ fn scratch_floats(
         })
         .max()
         .unwrap_or(1)
+}
+
+/// The running loss totals, zero, as a storage buffer the host reads and resets.
+fn totals(ctx: &GpuContext) -> Result<wgpu::Buffer> {
+    create_buffer_init(
+        &ctx.device,
+        &wgpu::util::BufferInitDescriptor {
+            label: Some("loss totals"),
+            contents: bytemuck::bytes_of(&Acc::default()),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        },
+    )
 }
 
 /// A uniform buffer holding `value`, rewritable.
@@ -328,45 +335,35 @@ fn layer_groups(
     tiled: Option<&TiledKernels>,
     b: &Buffers,
 ) -> Result<LayerGroups> {
+    let (forward, delta_hidden, gradient) = match tiled {
+        None => (
+            &kernels.forward_dense,
+            &kernels.delta_hidden,
+            &kernels.gradient_weights,
+        ),
+        Some(t) => (&t.forward_dense, &t.delta_hidden, &t.gradient_dense),
+    };
     let dims = &b.dims[l];
-    let forward = [dims, &b.params, &b.acts[l], &b.acts[l + 1]];
-    // deltas[l + 1] from deltas[l + 2] through W_{l + 1}.
-    let hidden = (l + 1 < last).then(|| {
-        [
+    let (delta, a_prev, a) = (&b.deltas[l + 1], &b.acts[l], &b.acts[l + 1]);
+    // Hidden layers: deltas[l + 1] from deltas[l + 2] through W_{l + 1}.
+    let hidden = (l + 1 < last).then(|| [dims, &b.params, &b.deltas[l + 2], a, delta]);
+    let gradient_buffers: &[&wgpu::Buffer] = match tiled {
+        None => &[dims, delta, a_prev, &b.grads],
+        Some(_) => &[
             dims,
+            &b.per_batch,
+            &b.per_step,
+            delta,
+            a_prev,
             &b.params,
-            &b.deltas[l + 2],
-            &b.acts[l + 1],
-            &b.deltas[l + 1],
-        ]
-    });
-    Ok(match tiled {
-        None => LayerGroups {
-            forward: kernels.forward_dense.bind(dev, &forward)?,
-            delta_hidden: hidden
-                .map(|g| kernels.delta_hidden.bind(dev, &g))
-                .transpose()?,
-            gradient: kernels
-                .gradient_weights
-                .bind(dev, &[dims, &b.deltas[l + 1], &b.acts[l], &b.grads])?,
-        },
-        Some(t) => LayerGroups {
-            forward: t.forward_dense.bind(dev, &forward)?,
-            delta_hidden: hidden.map(|g| t.delta_hidden.bind(dev, &g)).transpose()?,
-            gradient: t.gradient_dense.bind(
-                dev,
-                &[
-                    dims,
-                    &b.per_batch,
-                    &b.per_step,
-                    &b.deltas[l + 1],
-                    &b.acts[l],
-                    &b.params,
-                    &b.grads,
-                    &b.scratch,
-                ],
-            )?,
-        },
+            &b.grads,
+            &b.scratch,
+        ],
+    };
+    Ok(LayerGroups {
+        forward: forward.bind(dev, &[dims, &b.params, a_prev, a])?,
+        delta_hidden: hidden.map(|g| delta_hidden.bind(dev, &g)).transpose()?,
+        gradient: gradient.bind(dev, gradient_buffers)?,
     })
 }
 

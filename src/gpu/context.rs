@@ -360,7 +360,7 @@ pub fn creating<T>(device: &wgpu::Device, what: &str, f: impl FnOnce() -> T) -> 
 }
 
 /// A buffer made inside error scopes ([`scoped`]): one the driver cannot
-/// allocate becomes "GPU out of memory allocating N MiB for <label>; try a
+/// allocate becomes "GPU out of memory allocating N MiB for `label`; try a
 /// smaller --batch", a validation error names the buffer.
 pub fn create_buffer(device: &wgpu::Device, desc: &wgpu::BufferDescriptor) -> Result<wgpu::Buffer> {
     let label = desc.label.unwrap_or("a buffer");

@@ -1,9 +1,9 @@
 //! The GPU backend: wgpu device and adapter choice ([`context`]), the WGSL
 //! kernels and their layouts ([`kernels`]), how a backend is built
-//! ([`options`]), its persistent buffers and bind groups ([`buffers`]), what a
-//! training step dispatches ([`schedule`]), [`GpuBackend`] itself, which
-//! records a whole step into one submission ([`backend`]), and read-backs
-//! ([`readback`]). The one-kernel runner for the tests (`runner`) and the
+//! ([`options`]), its persistent buffers and bind groups (`buffers.rs`), what
+//! a training step dispatches (`schedule.rs`: read it to know what runs),
+//! [`GpuBackend`] itself, which records a whole step into one submission
+//! ([`backend`]), and read-backs ([`readback`]). The one-kernel runner for the tests (`runner`) and the
 //! uniform structs are public for tests and benches but not documented API.
 
 pub mod backend;
