@@ -18,6 +18,12 @@
 //! update follows. At most [`MAX_IN_FLIGHT`] submissions are left unfinished,
 //! so a loop that never reads back cannot queue without bound.
 //!
+//! Row counts: `capacity`, the largest batch `load_batch`
+//! accepts; `buf.capacity`, the most rows the per-sample buffers hold (the
+//! same unless the batch must run as micro-batches); `rows`, the rows of the
+//! loaded batch; and `dims_rows`, the rows staged in the buffers now, which
+//! every layer's Dims describes.
+//!
 //! ```no_run
 //! use shadertrain::backend::Backend;
 //! use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
@@ -37,7 +43,7 @@ use super::kernels::{
     dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
     TiledKernels,
 };
-use super::options::{buffer_rows, GpuOptions, KernelSet};
+use super::options::{buffer_capacity, GpuOptions, KernelSet};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
 use crate::backend::{check_batch, check_layer};
@@ -63,7 +69,7 @@ pub struct GpuBackend {
     tiled: Option<TiledKernels>,
     net: Network,
     /// The largest batch `load_batch` accepts ([`Backend::capacity`]); one
-    /// over `buf.rows` runs as micro-batches of `buf.rows`.
+    /// over `buf.capacity` rows runs as micro-batches of that many.
     capacity: usize,
     /// Rows of the loaded batch; 0 before the first.
     rows: usize,
@@ -73,7 +79,7 @@ pub struct GpuBackend {
     /// K slices of each layer's tiled gradient at `dims_rows` rows.
     splits: Vec<u32>,
     metric: Metric,
-    /// A batch over `buf.rows`, kept to upload micro-batch by micro-batch: x, y.
+    /// A batch over `buf.capacity`, kept to upload micro-batch by micro-batch: x, y.
     host: Option<(Vec<f32>, Vec<f32>)>,
     buf: Buffers,
     groups: Groups,
@@ -144,9 +150,9 @@ impl GpuBackend {
         }
         // A device already lost or spoiled fails here, not at the first step.
         ctx.check_errors()?;
-        let rows = buffer_rows(&ctx, net, capacity, &options)?;
+        let held = buffer_capacity(&ctx, net, capacity, &options)?;
         let tiled = compile_tiled(&ctx, &options)?;
-        let buf = Buffers::new(&ctx, net, rows, tiled.as_ref())?;
+        let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
         let mut backend = GpuBackend {
@@ -156,7 +162,7 @@ impl GpuBackend {
             net: net.clone(),
             capacity,
             rows: 0,
-            dims_rows: rows,
+            dims_rows: held,
             splits: vec![1; net.layers().len()],
             metric: Metric::None,
             host: None,
@@ -177,7 +183,7 @@ impl GpuBackend {
     /// Stage a full micro-batch's shape and plan every stage once, so grids
     /// the device cannot dispatch fail at construction.
     fn check_largest_grids(&mut self) -> Result<()> {
-        self.set_dims_rows(self.buf.rows);
+        self.set_dims_rows(self.buf.capacity);
         let stages = [Stage::Forward { loss: true }, BACKWARD_ALONE, Stage::Update];
         stages
             .into_iter()
@@ -200,7 +206,7 @@ impl GpuBackend {
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
     /// batches are split into micro-batches of this many.
     pub fn micro_batch(&self) -> usize {
-        self.buf.rows
+        self.buf.capacity
     }
 
     /// One training step, as [`Backend::step`], with every dispatch in its own
@@ -217,7 +223,7 @@ impl GpuBackend {
         if self.host.is_some() {
             return Err(Error::Invalid(format!(
                 "profile_step times one submission; this batch of {} runs as micro-batches of {}",
-                self.rows, self.buf.rows
+                self.rows, self.buf.capacity
             )));
         }
         self.write_step(lr);
@@ -386,8 +392,8 @@ impl GpuBackend {
         };
         let (ni, no) = (self.net.inputs(), self.net.outputs());
         let mut done = Ok(());
-        for lo in (0..self.rows).step_by(self.buf.rows) {
-            let hi = (lo + self.buf.rows).min(self.rows);
+        for lo in (0..self.rows).step_by(self.buf.capacity) {
+            let hi = (lo + self.buf.capacity).min(self.rows);
             if hi - lo != self.dims_rows {
                 self.set_dims_rows(hi - lo);
             }
@@ -461,7 +467,7 @@ impl GpuBackend {
         if self.host.is_some() {
             return Err(Error::Invalid(format!(
                 "the {what} of a batch of {} are not kept: it runs as micro-batches of {}",
-                self.rows, self.buf.rows
+                self.rows, self.buf.capacity
             )));
         }
         Ok(())
@@ -546,7 +552,7 @@ impl Backend for GpuBackend {
     fn load_batch(&mut self, x: &[f32], y: &[f32]) -> Result<()> {
         let rows = check_batch(&self.net, self.capacity, x.len(), y.len())?;
         self.flush()?;
-        if rows > self.buf.rows {
+        if rows > self.buf.capacity {
             // The host copies are reused from batch to batch.
             let (hx, hy) = self.host.get_or_insert_with(Default::default);
             hx.clear();

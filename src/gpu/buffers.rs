@@ -24,21 +24,21 @@ const SCRATCH_BUDGET: u64 = 16 << 20;
 
 /// The persistent buffers of a backend for `net`.
 pub(super) struct Buffers {
-    /// Rows every per-sample buffer holds, fixed at construction: the
-    /// backend's capacity, or fewer where the device makes it run
-    /// micro-batches.
-    pub rows: usize,
+    /// The most rows every per-sample buffer holds, fixed at construction:
+    /// the backend's capacity, or fewer where the device's limits (or
+    /// `max_chunk`) make larger batches run as micro-batches.
+    pub capacity: usize,
     /// Floats in `scratch`, the bound on a layer's split-K slices.
     pub scratch_floats: u64,
     /// (P) in the [`Network`] layout: per layer `w (n_out, n_in)` then `b (n_out)`.
     pub params: wgpu::Buffer,
     /// (P), as params.
     pub grads: wgpu::Buffer,
-    /// acts[l]: (rows, sizes[l]); acts[0] is the input batch.
+    /// acts[l]: (capacity, sizes[l]); acts[0] is the input batch.
     pub acts: Vec<wgpu::Buffer>,
-    /// deltas[l]: (rows, sizes[l]), l >= 1; deltas[0] is a 1-float placeholder.
+    /// deltas[l]: (capacity, sizes[l]), l >= 1; deltas[0] is a 1-float placeholder.
     pub deltas: Vec<wgpu::Buffer>,
-    /// Targets: (rows, outputs).
+    /// Targets: (capacity, outputs).
     pub y: wgpu::Buffer,
     /// The running loss totals, one [`Acc`].
     pub acc: wgpu::Buffer,
@@ -59,12 +59,12 @@ pub(super) struct Buffers {
 }
 
 impl Buffers {
-    /// Every persistent buffer for `net` with per-sample buffers of `rows`
-    /// rows; `tiled` sizes the split-K scratch.
+    /// Every persistent buffer for `net` with per-sample buffers of
+    /// `capacity` rows; `tiled` sizes the split-K scratch.
     pub fn new(
         ctx: &GpuContext,
         net: &Network,
-        rows: usize,
+        capacity: usize,
         tiled: Option<&TiledKernels>,
     ) -> Result<Buffers> {
         let copy_dst = wgpu::BufferUsages::COPY_DST;
@@ -72,21 +72,21 @@ impl Buffers {
         let p = net.param_count();
         let params = storage_buffer(ctx, "params", p, copy_dst)?;
         let grads = storage_buffer(ctx, "grads", p, copy_dst)?;
-        let (acts, deltas) = per_sample(ctx, net, rows)?;
-        let y = storage_buffer(ctx, "targets", rows * net.outputs(), copy_dst)?;
-        let groups_max = loss_groups(rows as u32, net.outputs() as u32) as usize;
+        let (acts, deltas) = per_sample(ctx, net, capacity)?;
+        let y = storage_buffer(ctx, "targets", capacity * net.outputs(), copy_dst)?;
+        let groups_max = loss_groups(capacity as u32, net.outputs() as u32) as usize;
         let partials = storage_buffer(ctx, "loss partials", 2 * groups_max, none)?;
-        let scratch_floats = scratch_floats(ctx, net, rows, tiled);
+        let scratch_floats = scratch_floats(ctx, net, capacity, tiled);
         let scratch = storage_buffer(ctx, "split-K sums", scratch_floats as usize, none)?;
         let acc = totals(ctx)?;
         let acc_staging = readback::staging(ctx, std::mem::size_of::<Acc>() as u64)?;
         let dims = (0..net.layers().len())
-            .map(|l| uniform(ctx, "dims", &layer_dims(net, l, rows, Metric::None, 1)))
+            .map(|l| uniform(ctx, "dims", &layer_dims(net, l, capacity, Metric::None, 1)))
             .collect::<Result<_>>()?;
         // Plain SGD's constants until an optimizer is set: count is what sgd_update reads.
         let constants = OptimUniform::new(p, &Optimizer::default().terms(0.0, 0));
         Ok(Buffers {
-            rows,
+            capacity,
             scratch_floats,
             params,
             grads,
@@ -121,16 +121,16 @@ impl Buffers {
     }
 }
 
-/// The activations and deltas of every layer, `rows` rows each:
+/// The activations and deltas of every layer, `capacity` rows each:
 /// acts[0] (the input) takes uploads, deltas[0] is never used.
 fn per_sample(
     ctx: &GpuContext,
     net: &Network,
-    rows: usize,
+    capacity: usize,
 ) -> Result<(Vec<wgpu::Buffer>, Vec<wgpu::Buffer>)> {
     let sizes = net.sizes();
     let buffer = |what: &str, l: usize, n: usize, extra| {
-        storage_buffer(ctx, &format!("{what} {l}"), rows * n, extra)
+        storage_buffer(ctx, &format!("{what} {l}"), capacity * n, extra)
     };
     let acts = (0..sizes.len())
         .map(|l| {
@@ -151,12 +151,12 @@ fn per_sample(
 }
 
 /// Floats of split-K slice sums: as many as the layer with the most slices
-/// at `rows` rows asks for, within [`SCRATCH_BUDGET`] and one binding; 1
+/// at `capacity` rows asks for, within [`SCRATCH_BUDGET`] and one binding; 1
 /// without tiled kernels or splits.
 fn scratch_floats(
     ctx: &GpuContext,
     net: &Network,
-    rows: usize,
+    capacity: usize,
     tiled: Option<&TiledKernels>,
 ) -> u64 {
     let Some(t) = tiled else { return 1 };
@@ -169,7 +169,7 @@ fn scratch_floats(
         .iter()
         .map(|ly| {
             let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-            let s = k_splits(o, i, rows as u32, &t.tiles, budget);
+            let s = k_splits(o, i, capacity as u32, &t.tiles, budget);
             if s > 1 {
                 s as u64 * o as u64 * (i as u64 + 1)
             } else {

@@ -81,7 +81,7 @@ impl OptimUniform {
     }
 }
 
-/// What follows the loaded batch, mirrored by `struct Batch` in
+/// What changes with the loaded batch, mirrored by `struct Batch` in
 /// `shaders/common.wgsl`: written by `load_batch` only. Public for the
 /// kernel runner and tests; not part of the documented API.
 #[doc(hidden)]

@@ -97,10 +97,10 @@ pub fn micro_batch_rows(
     Ok(capacity.min(fit).min(cap.unwrap_or(usize::MAX)))
 }
 
-/// The rows each per-sample buffer of a backend for batches of up to
+/// The most rows each per-sample buffer of a backend for batches of up to
 /// `capacity` holds ([`micro_batch_rows`]); an error where that is fewer
 /// than `capacity` and the kernel set cannot run micro-batches.
-pub(super) fn buffer_rows(
+pub(super) fn buffer_capacity(
     ctx: &GpuContext,
     net: &Network,
     capacity: usize,
