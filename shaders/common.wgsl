@@ -5,7 +5,7 @@
 // checks the sizes agree. Each layer has one Dims; a kernel reads the fields
 // it needs.
 struct Dims {
-    batch: u32,      // samples in the batch
+    rows: u32,       // samples staged in the per-sample buffers
     n_in: u32,       // inputs to the layer
     n_out: u32,      // neurons in the layer
     w_off: u32,      // offset of W (n_out, n_in) in params / grads
@@ -29,12 +29,34 @@ const ACT_SOFTMAX: u32 = 4u; // output layer only, with LOSS_CE
 const LOSS_MSE: u32 = 0u;
 const LOSS_CE: u32 = 1u;
 
-// SGD and gradient scaling, mirrors `shadertrain::gpu::SgdUniform` (16 bytes).
-struct Sgd {
-    count: u32,      // parameters to update (sgd_update)
-    lr: f32,         // learning rate
-    scale: f32,      // 1 / samples in the whole batch (gradient_*_tiled)
+// The update's constants, mirrors `shadertrain::gpu::OptimUniform` (32 bytes):
+// written when the optimizer is set.
+struct Optim {
+    count: u32,    // parameters to update
+    momentum: f32, // μ (momentum_update)
+    beta1: f32,    // adam_update
+    beta2: f32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Per loaded batch, mirrors `shadertrain::gpu::BatchUniform` (16 bytes).
+struct Batch {
+    scale: f32,      // 1 / rows of the whole loaded batch (gradient_*_tiled)
     accumulate: u32, // 1: gradient_dense_tiled adds to grads (micro-batches)
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Per step, mirrors `shadertrain::gpu::StepUniform` (16 bytes): written once
+// by each step, before it is submitted.
+struct Step {
+    lr: f32,  // learning rate
+    bc1: f32, // 1 − β1^t (adam_update)
+    bc2: f32, // 1 − β2^t (adam_update)
+    _pad0: u32,
 }
 
 // Invocations per workgroup of the element-wise kernels.

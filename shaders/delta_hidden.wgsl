@@ -7,9 +7,9 @@
 // |---------|------------|--------------------|------------------|
 // | 0       | dims       | uniform Dims       |                  |
 // | 1       | params     | storage read       | (param_count)    |
-// | 2       | delta_next | storage read       | (batch, n_next)  |
-// | 3       | a          | storage read       | (batch, n)       |
-// | 4       | delta      | storage read_write | (batch, n)       |
+// | 2       | delta_next | storage read       | (rows, n_next)   |
+// | 3       | a          | storage read       | (rows, n)        |
+// | 4       | delta      | storage read_write | (rows, n)        |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read> delta_next: array<f32>;
@@ -24,7 +24,7 @@ fn delta_hidden(
 ) {
     let n = dims.n_out;
     let idx = linear_index(wid, nwg, lid);
-    if (idx >= dims.batch * n) {
+    if (idx >= dims.rows * n) {
         return;
     }
     let s = idx / n;

@@ -1,16 +1,16 @@
 // delta_hidden_tiled.wgsl — delta of a hidden layer as a tiled product, the
 // activation's derivative fused into the epilogue (the core is tiled.wgsl):
-//   δ = (δ_next · W_next) ⊙ f'(A)     M = batch, N = n = dims.n_out, K = n_next
-// with W_next as it was before the update. δ_next (batch, n_next) is contiguous
+//   δ = (δ_next · W_next) ⊙ f'(A)     M = rows, N = n = dims.n_out, K = n_next
+// with W_next as it was before the update. δ_next (rows, n_next) is contiguous
 // along K, W_next (n_next, n) along N.
 //
 // | binding | name       | access             | shape           |
 // |---------|------------|--------------------|-----------------|
 // | 0       | dims       | uniform Dims       |                 |
 // | 1       | params     | storage read       | (param_count)   |
-// | 2       | delta_next | storage read       | (batch, n_next) |
-// | 3       | a          | storage read       | (batch, n)      |
-// | 4       | delta      | storage read_write | (batch, n)      |
+// | 2       | delta_next | storage read       | (rows, n_next)  |
+// | 3       | a          | storage read       | (rows, n)       |
+// | 4       | delta      | storage read_write | (rows, n)       |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read> delta_next: array<f32>;
@@ -22,7 +22,7 @@ const B_ALONG_K: bool = false;
 const ROW_SUMS: bool = false;
 
 fn tile_shape() -> vec3<u32> {
-    return vec3<u32>(dims.batch, dims.n_out, dims.n_next);
+    return vec3<u32>(dims.rows, dims.n_out, dims.n_next);
 }
 
 fn a_at(m: u32, k: u32) -> f32 {

@@ -5,9 +5,9 @@
 // | binding | name  | access             | shape          |
 // |---------|-------|--------------------|----------------|
 // | 0       | dims  | uniform Dims       |                |
-// | 1       | a     | storage read       | (batch, n_out) |
-// | 2       | y     | storage read       | (batch, n_out) |
-// | 3       | delta | storage read_write | (batch, n_out) |
+// | 1       | a     | storage read       | (rows, n_out)  |
+// | 2       | y     | storage read       | (rows, n_out)  |
+// | 3       | delta | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
@@ -20,7 +20,7 @@ fn delta_output(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let idx = linear_index(wid, nwg, lid);
-    if (idx >= dims.batch * dims.n_out) {
+    if (idx >= dims.rows * dims.n_out) {
         return;
     }
     delta[idx] = output_delta(dims.act, dims.loss, a[idx], y[idx]);

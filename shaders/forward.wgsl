@@ -6,8 +6,8 @@
 // |---------|--------|--------------------|----------------|
 // | 0       | dims   | uniform Dims       |                |
 // | 1       | params | storage read       | (param_count)  |
-// | 2       | a_prev | storage read       | (batch, n_in)  |
-// | 3       | a      | storage read_write | (batch, n_out) |
+// | 2       | a_prev | storage read       | (rows, n_in)   |
+// | 3       | a      | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read> a_prev: array<f32>;
@@ -20,7 +20,7 @@ fn forward_dense(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let idx = linear_index(wid, nwg, lid);
-    if (idx >= dims.batch * dims.n_out) {
+    if (idx >= dims.rows * dims.n_out) {
         return;
     }
     let s = idx / dims.n_out;

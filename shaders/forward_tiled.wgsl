@@ -1,15 +1,15 @@
 // forward_tiled.wgsl — forward pass of one dense layer as a tiled product,
 // bias and activation fused into the epilogue (the core is tiled.wgsl):
-//   A = f(A_prev · Wᵀ + b)       M = batch, N = n_out, K = n_in
+//   A = f(A_prev · Wᵀ + b)       M = rows, N = n_out, K = n_in
 // f = dims.act; for softmax this writes Z and softmax_forward finishes the rows.
-// Both operands are contiguous along K: a_prev (batch, n_in), W (n_out, n_in).
+// Both operands are contiguous along K: a_prev (rows, n_in), W (n_out, n_in).
 //
 // | binding | name   | access             | shape          |
 // |---------|--------|--------------------|----------------|
 // | 0       | dims   | uniform Dims       |                |
 // | 1       | params | storage read       | (param_count)  |
-// | 2       | a_prev | storage read       | (batch, n_in)  |
-// | 3       | a      | storage read_write | (batch, n_out) |
+// | 2       | a_prev | storage read       | (rows, n_in)   |
+// | 3       | a      | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var<storage, read> a_prev: array<f32>;
@@ -20,7 +20,7 @@ const B_ALONG_K: bool = true;
 const ROW_SUMS: bool = false;
 
 fn tile_shape() -> vec3<u32> {
-    return vec3<u32>(dims.batch, dims.n_out, dims.n_in);
+    return vec3<u32>(dims.rows, dims.n_out, dims.n_in);
 }
 
 fn a_at(m: u32, k: u32) -> f32 {

@@ -6,8 +6,8 @@
 // | binding | name   | access             | shape          |
 // |---------|--------|--------------------|----------------|
 // | 0       | dims   | uniform Dims       |                |
-// | 1       | delta  | storage read       | (batch, n_out) |
-// | 2       | a_prev | storage read       | (batch, n_in)  |
+// | 1       | delta  | storage read       | (rows, n_out)  |
+// | 2       | a_prev | storage read       | (rows, n_in)   |
 // | 3       | grads  | storage read_write | (param_count)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> delta: array<f32>;
@@ -28,10 +28,10 @@ fn gradient_weights(
     let o = idx / dims.n_in;
     let i = idx % dims.n_in;
     var sum = 0.0;
-    for (var s = 0u; s < dims.batch; s++) {
+    for (var s = 0u; s < dims.rows; s++) {
         sum += delta[s * dims.n_out + o] * a_prev[s * dims.n_in + i];
     }
-    grads[dims.w_off + idx] = sum * (1.0 / f32(dims.batch));
+    grads[dims.w_off + idx] = sum * (1.0 / f32(dims.rows));
 }
 
 // One invocation per bias o.
@@ -46,8 +46,8 @@ fn gradient_bias(
         return;
     }
     var sum = 0.0;
-    for (var s = 0u; s < dims.batch; s++) {
+    for (var s = 0u; s < dims.rows; s++) {
         sum += delta[s * dims.n_out + o];
     }
-    grads[dims.b_off + o] = sum * (1.0 / f32(dims.batch));
+    grads[dims.b_off + o] = sum * (1.0 / f32(dims.rows));
 }

@@ -1,12 +1,12 @@
 // gradient_tiled.wgsl — weight and bias gradients of one layer as one tiled
 // product (the core is tiled.wgsl), with the bias fused in as the row sums of
 // δᵀ, which the workgroups of the first N-tile take from their staged blocks:
-//   g_W[o, i] = scale · Σ_s δ[s, o] · A_prev[s, i]   M = n_out, N = n_in, K = batch
+//   g_W[o, i] = scale · Σ_s δ[s, o] · A_prev[s, i]   M = n_out, N = n_in, K = rows
 //   g_b[o]    = scale · Σ_s δ[s, o]
-// scale is 1/B for the whole batch (hyper.scale). Both operands are contiguous
-// along M or N, not K: δ (batch, n_out), A_prev (batch, n_in).
+// scale is 1/B for the whole loaded batch (per_batch.scale). Both operands are contiguous
+// along M or N, not K: δ (rows, n_out), A_prev (rows, n_in).
 // Two entry points share the product and differ in where g goes:
-//   gradient_dense_tiled  grads[p] = g, or grads[p] += g when hyper.accumulate
+//   gradient_dense_tiled  grads[p] = g, or grads[p] += g when per_batch.accumulate
 //   gradient_sgd_tiled    params[p] −= lr · g (SGD fused; grads untouched)
 // The fused form is safe because nothing in the dispatch reads this layer's
 // parameters; the host computes the layer below's delta (from the old W) first.
@@ -14,22 +14,24 @@
 // writes its sums to scratch, and gradient_dense_reduce / gradient_sgd_reduce
 // (one invocation per parameter) add the slices in order and put g as above.
 //
-// | binding | name    | access             | shape                      |
-// |---------|---------|--------------------|----------------------------|
-// | 0       | dims    | uniform Dims       |                            |
-// | 1       | hyper   | uniform Sgd        |                            |
-// | 2       | delta   | storage read       | (batch, n_out)             |
-// | 3       | a_prev  | storage read       | (batch, n_in)              |
-// | 4       | params  | storage read_write | (param_count)              |
-// | 5       | grads   | storage read_write | (param_count)              |
-// | 6       | scratch | storage read_write | (splits, n_out, n_in + 1)  |
+// | binding | name      | access             | shape                     |
+// |---------|-----------|--------------------|---------------------------|
+// | 0       | dims      | uniform Dims       |                           |
+// | 1       | per_batch | uniform Batch      |                           |
+// | 2       | per_step  | uniform Step       |                           |
+// | 3       | delta     | storage read       | (rows, n_out)             |
+// | 4       | a_prev    | storage read       | (rows, n_in)              |
+// | 5       | params    | storage read_write | (param_count)             |
+// | 6       | grads     | storage read_write | (param_count)             |
+// | 7       | scratch   | storage read_write | (splits, n_out, n_in + 1) |
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<uniform> hyper: Sgd;
-@group(0) @binding(2) var<storage, read> delta: array<f32>;
-@group(0) @binding(3) var<storage, read> a_prev: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: array<f32>;
-@group(0) @binding(5) var<storage, read_write> grads: array<f32>;
-@group(0) @binding(6) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(1) var<uniform> per_batch: Batch;
+@group(0) @binding(2) var<uniform> per_step: Step;
+@group(0) @binding(3) var<storage, read> delta: array<f32>;
+@group(0) @binding(4) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
 
 const A_ALONG_K: bool = false;
 const B_ALONG_K: bool = false;
@@ -39,7 +41,7 @@ const ROW_SUMS: bool = true;
 var<private> fused_sgd: bool;
 
 fn tile_shape() -> vec3<u32> {
-    return vec3<u32>(dims.n_out, dims.n_in, dims.batch);
+    return vec3<u32>(dims.n_out, dims.n_in, dims.rows);
 }
 
 // A[o, s] = δ[s, o]
@@ -54,8 +56,8 @@ fn b_at(k: u32, n: u32) -> f32 {
 // Gradient g of parameter p: store, accumulate, or step.
 fn put(p: u32, g: f32) {
     if (fused_sgd) {
-        params[p] -= hyper.lr * g;
-    } else if (hyper.accumulate != 0u) {
+        params[p] -= per_step.lr * g;
+    } else if (per_batch.accumulate != 0u) {
         grads[p] += g;
     } else {
         grads[p] = g;
@@ -65,9 +67,9 @@ fn put(p: u32, g: f32) {
 // Put the gradient of sum (m, n); column n_in of a row stands for the bias.
 fn put_sum(m: u32, n: u32, sum: f32) {
     if (n < dims.n_in) {
-        put(dims.w_off + m * dims.n_in + n, sum * hyper.scale);
+        put(dims.w_off + m * dims.n_in + n, sum * per_batch.scale);
     } else {
-        put(dims.b_off + m, sum * hyper.scale);
+        put(dims.b_off + m, sum * per_batch.scale);
     }
 }
 

@@ -1,7 +1,7 @@
 // loss.wgsl — loss and score of one batch, reduced on the GPU and added to a
 // running total that the host reads only when it asks (end of an epoch):
 //   acc.loss_sum += Σ_s Σ_k loss_term(A[s, k], Y[s, k])   (MSE or cross-entropy, dims.loss)
-//   acc.samples  += batch;  acc.correct += samples scored correct (dims.metric)
+//   acc.samples  += rows;   acc.correct += samples scored correct (dims.metric)
 // One workgroup of LOSS_WG invocations: each sums a strided share of the
 // samples, then a fixed-order tree reduction (reduce.wgsl), so the result is
 // deterministic. The simple reference for delta_output_loss + loss_finish.
@@ -9,8 +9,8 @@
 // | binding | name | access             | shape          |
 // |---------|------|--------------------|----------------|
 // | 0       | dims | uniform Dims       |                |
-// | 1       | a    | storage read       | (batch, n_out) |
-// | 2       | y    | storage read       | (batch, n_out) |
+// | 1       | a    | storage read       | (rows, n_out)  |
+// | 2       | y    | storage read       | (rows, n_out)  |
 // | 3       | acc  | storage read_write | Acc            |
 
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -23,7 +23,7 @@ fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
     let n = dims.n_out;
     var loss = 0.0;
     var correct = 0u;
-    for (var s = lid; s < dims.batch; s += LOSS_WG) {
+    for (var s = lid; s < dims.rows; s += LOSS_WG) {
         let base = s * n;
         var sample = 0.0;
         var best_a = 0u;
@@ -50,6 +50,6 @@ fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
     w_count[lid] = correct;
     reduce_totals(lid);
     if (lid == 0u) {
-        acc = totals_plus(acc, dims.batch);
+        acc = totals_plus(acc, dims.rows);
     }
 }

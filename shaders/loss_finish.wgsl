@@ -2,12 +2,12 @@
 // partials of delta_output_loss (loss_partial.wgsl) in a fixed order to the
 // running totals that the host reads when it asks:
 //   acc.loss_sum += Σ_g partials[g].loss;  acc.correct += Σ_g partials[g].correct
-//   acc.samples  += batch;                 acc.steps += 1
+//   acc.samples  += rows;                  acc.steps += 1
 //
 // | binding | name     | access             | shape                               |
 // |---------|----------|--------------------|-------------------------------------|
 // | 0       | dims     | uniform Dims       |                                     |
-// | 1       | partials | storage read       | (loss_groups(batch, n_out)) Partial |
+// | 1       | partials | storage read       | (loss_groups(rows, n_out)) Partial  |
 // | 2       | acc      | storage read_write | Acc                                 |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> partials: array<Partial>;
@@ -15,7 +15,7 @@
 
 @compute @workgroup_size(LOSS_WG)
 fn loss_finish(@builtin(local_invocation_index) lid: u32) {
-    let groups = loss_groups(dims.batch, dims.n_out);
+    let groups = loss_groups(dims.rows, dims.n_out);
     var loss = 0.0;
     var correct = 0u;
     for (var g = lid; g < groups; g += LOSS_WG) {
@@ -26,6 +26,6 @@ fn loss_finish(@builtin(local_invocation_index) lid: u32) {
     w_count[lid] = correct;
     reduce_totals(lid);
     if (lid == 0u) {
-        acc = totals_plus(acc, dims.batch);
+        acc = totals_plus(acc, dims.rows);
     }
 }

@@ -10,10 +10,10 @@
 // | binding | name     | access             | shape                           |
 // |---------|----------|--------------------|---------------------------------|
 // | 0       | dims     | uniform Dims       |                                 |
-// | 1       | a        | storage read       | (batch, n_out)                  |
-// | 2       | y        | storage read       | (batch, n_out)                  |
-// | 3       | delta    | storage read_write | (batch, n_out)                  |
-// | 4       | partials | storage read_write | (loss_groups(batch, n_out)) Partial |
+// | 1       | a        | storage read       | (rows, n_out)                   |
+// | 2       | y        | storage read       | (rows, n_out)                   |
+// | 3       | delta    | storage read_write | (rows, n_out)                   |
+// | 4       | partials | storage read_write | (loss_groups(rows, n_out)) Partial  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<f32>;
@@ -45,7 +45,7 @@ fn delta_output_loss(
     let group = wid.y * nwg.x + wid.x;
     let s = group * (LOSS_WG / lanes) + lid / lanes;
     let lane = lid % lanes;
-    let live = s < dims.batch;
+    let live = s < dims.rows;
     let base = s * n;
     var loss = 0.0;
     var ia = NONE;
@@ -104,7 +104,7 @@ fn delta_output_loss(
     w_loss[lid] = row_loss;
     w_count[lid] = select(0u, 1u, ok);
     reduce_totals(lid);
-    if (lid == 0u && group < loss_groups(dims.batch, n)) {
+    if (lid == 0u && group < loss_groups(dims.rows, n)) {
         partials[group] = Partial(w_loss[0], w_count[0]);
     }
 }

@@ -48,9 +48,9 @@ fn loss_lanes(n: u32) -> u32 {
 }
 
 // Workgroups (and partials) of delta_output_loss for a batch.
-fn loss_groups(batch: u32, n: u32) -> u32 {
-    let rows = LOSS_WG / loss_lanes(n);
-    return (batch + rows - 1u) / rows;
+fn loss_groups(rows: u32, n: u32) -> u32 {
+    let per_group = LOSS_WG / loss_lanes(n);
+    return (rows + per_group - 1u) / per_group;
 }
 
 // Sum w_loss and w_count over the workgroup into element 0, in a fixed order.
@@ -66,7 +66,7 @@ fn reduce_totals(lid: u32) {
     }
 }
 
-// `old` plus a reduced batch of `batch` samples (after reduce_totals).
-fn totals_plus(old: Acc, batch: u32) -> Acc {
-    return Acc(old.loss_sum + w_loss[0], old.samples + batch, old.correct + w_count[0], old.steps + 1u);
+// `old` plus a reduced batch of `rows` samples (after reduce_totals).
+fn totals_plus(old: Acc, rows: u32) -> Acc {
+    return Acc(old.loss_sum + w_loss[0], old.samples + rows, old.correct + w_count[0], old.steps + 1u);
 }

@@ -2,15 +2,17 @@
 //   p −= lr · g
 // Params and grads share one layout, so every layer is updated at once.
 //
-// | binding | name   | access             | shape         |
-// |---------|--------|--------------------|---------------|
-// | 0       | hyper  | uniform Sgd        | (count, lr)   |
-// | 1       | params | storage read_write | (param_count) |
-// | 2       | grads  | storage read       | (param_count) |
+// | binding | name     | access             | shape         |
+// |---------|----------|--------------------|---------------|
+// | 0       | hyper    | uniform Optim      | (count only)  |
+// | 1       | per_step | uniform Step       | (lr only)     |
+// | 2       | params   | storage read_write | (param_count) |
+// | 3       | grads    | storage read       | (param_count) |
 
-@group(0) @binding(0) var<uniform> hyper: Sgd;
-@group(0) @binding(1) var<storage, read_write> params: array<f32>;
-@group(0) @binding(2) var<storage, read> grads: array<f32>;
+@group(0) @binding(0) var<uniform> hyper: Optim;
+@group(0) @binding(1) var<uniform> per_step: Step;
+@group(0) @binding(2) var<storage, read_write> params: array<f32>;
+@group(0) @binding(3) var<storage, read> grads: array<f32>;
 
 @compute @workgroup_size(WG)
 fn sgd_update(
@@ -22,5 +24,5 @@ fn sgd_update(
     if (idx >= hyper.count) {
         return;
     }
-    params[idx] -= hyper.lr * grads[idx];
+    params[idx] -= per_step.lr * grads[idx];
 }

@@ -7,7 +7,7 @@
 // | binding | name | access             | shape          |
 // |---------|------|--------------------|----------------|
 // | 0       | dims | uniform Dims       |                |
-// | 1       | a    | storage read_write | (batch, n_out) |
+// | 1       | a    | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> a: array<f32>;
 
@@ -18,7 +18,7 @@ fn softmax_forward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let s = linear_index(wid, nwg, lid);
-    if (s >= dims.batch) {
+    if (s >= dims.rows) {
         return;
     }
     let n = dims.n_out;

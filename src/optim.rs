@@ -210,9 +210,11 @@ impl Optimizer {
     }
 }
 
-/// What one update reads besides the buffers (mirrored on the GPU by
-/// `OptimUniform`): the learning rate, the hyper-parameters and Adam's bias
-/// corrections `bc = 1 − β^t`.
+/// What one update reads besides the buffers: the learning rate, the
+/// hyper-parameters and Adam's bias corrections `bc = 1 − β^t`. The GPU
+/// splits it by how often it changes: the hyper-parameters in `OptimUniform`
+/// (written when the optimiser is set), `lr` and `bc` in `StepUniform`
+/// (written once per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpdateTerms<T> {
     /// Learning rate of this step.

@@ -16,7 +16,7 @@ use shadertrain::gpu::context::{buffer_error, create_buffer};
 use shadertrain::gpu::kernels::{Kernel, KernelSpec, FORWARD_DENSE};
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::Network;
-use shadertrain::Error;
+use shadertrain::{Error, Setting};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -31,6 +31,26 @@ fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send
         Ok(v) => v,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer in {secs} s (hung)"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked (see above)"),
+    }
+}
+
+/// A batch of `value` the device cannot take: an [`Error::Setting`] for the
+/// batch whose reason names the `limit` and says what `fits`.
+fn batch_refused(r: shadertrain::Result<()>, value: &str, limit: &str, fits: &str) {
+    match r {
+        Err(Error::Setting {
+            setting: Setting::Batch,
+            value: v,
+            problem,
+        }) => {
+            eprintln!("batch {v}: {problem}");
+            assert_eq!(v, value);
+            assert!(
+                problem.contains(limit) && problem.contains(fits),
+                "{problem}"
+            );
+        }
+        other => panic!("expected the batch to be refused, got {other:?}"),
     }
 }
 
@@ -183,12 +203,13 @@ fn storage_binding_limit_splits_or_names_the_limit() {
         kernels: KernelSet::Simple,
         ..GpuOptions::default()
     };
-    let m = gpu_message(
-        "simple kernels",
-        GpuBackend::with_options(ctx.clone(), &net, 100, simple).map(|_| ()),
+    let e = GpuBackend::with_options(ctx.clone(), &net, 100, simple).map(|_| ());
+    batch_refused(
+        e,
+        "100",
+        "max_storage_buffer_binding_size",
+        "a batch of 32 fits",
     );
-    assert!(m.contains("max_storage_buffer_binding_size"), "{m}");
-    assert!(m.contains("smaller batch (--batch 32 fits)"), "{m}");
 
     let wide = Network::parse("3,2000,2").unwrap();
     let m = gpu_message(
@@ -223,12 +244,13 @@ fn workgroup_limit_splits_or_names_the_limit() {
         kernels: KernelSet::Simple,
         ..GpuOptions::default()
     };
-    let m = gpu_message(
-        "simple kernels",
-        GpuBackend::with_options(ctx, &net, 1000, simple).map(|_| ()),
+    let e = GpuBackend::with_options(ctx, &net, 1000, simple).map(|_| ());
+    batch_refused(
+        e,
+        "1000",
+        "max_compute_workgroups_per_dimension",
+        "a batch of 128 fits",
     );
-    assert!(m.contains("max_compute_workgroups_per_dimension"), "{m}");
-    assert!(m.contains("smaller batch (--batch 128 fits)"), "{m}");
 }
 
 /// Asking for more than the adapter offers is refused, naming the limit.

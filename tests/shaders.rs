@@ -177,9 +177,11 @@ fn tiled_kernels_resolve_with_every_tile_config() {
 
 #[test]
 fn uniform_structs_have_the_sizes_wgsl_expects() {
-    use shadertrain::gpu::{Acc, Dims, SgdUniform};
+    use shadertrain::gpu::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
     assert_eq!(std::mem::size_of::<Dims>(), 48);
-    assert_eq!(std::mem::size_of::<SgdUniform>(), 16);
+    assert_eq!(std::mem::size_of::<OptimUniform>(), 32);
+    assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
+    assert_eq!(std::mem::size_of::<StepUniform>(), 16);
     assert_eq!(std::mem::size_of::<Acc>(), 16);
     // The loss totals struct is a storage binding; check its WGSL size too.
     let spec = ALL

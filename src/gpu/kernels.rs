@@ -7,15 +7,19 @@
 //! the same table, so pipeline and bind group agree by construction.
 
 use super::context::creating;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
 
-/// Shape constants of one layer, mirrored by `struct Dims` in `shaders/common.wgsl`.
+/// Shape constants of one layer, mirrored by `struct Dims` in
+/// `shaders/common.wgsl`; rewritten when the staged rows, metric or split-K
+/// slices change. Public for the kernel runner and tests; not part of the
+/// documented API.
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Dims {
-    /// Samples in the batch.
-    pub batch: u32,
+    /// Samples staged in the per-sample buffers (at most their capacity).
+    pub rows: u32,
     /// Inputs to the layer.
     pub n_in: u32,
     /// Neurons in the layer.
@@ -40,30 +44,16 @@ pub struct Dims {
     pub _pad: u32,
 }
 
-/// SGD hyper-parameters and gradient scaling, mirrored by `struct Sgd` in
-/// `shaders/common.wgsl`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
-pub struct SgdUniform {
-    /// Parameters to update (`sgd_update`).
-    pub count: u32,
-    /// Learning rate.
-    pub lr: f32,
-    /// `1 / B` for a batch of `B` samples (the tiled gradient kernels).
-    pub scale: f32,
-    /// 1: `gradient_dense_tiled` adds to the gradients instead of storing them.
-    pub accumulate: u32,
-}
-
-/// One optimizer update's terms ([`crate::optim::UpdateTerms`] in f32),
-/// mirrored by `struct Optim` in `shaders/optim.wgsl`.
+/// The update's constants, mirrored by `struct Optim` in
+/// `shaders/common.wgsl`: written when the network's backend is made and
+/// when the optimizer is set, never by a step. Public for the kernel runner
+/// and tests; not part of the documented API.
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 pub struct OptimUniform {
     /// Parameters to update.
     pub count: u32,
-    /// Learning rate of this step.
-    pub lr: f32,
     /// Momentum `μ`.
     pub momentum: f32,
     /// Adam's `β1`.
@@ -72,29 +62,86 @@ pub struct OptimUniform {
     pub beta2: f32,
     /// Adam's `ε`.
     pub eps: f32,
-    /// `1 − β1^t`.
-    pub bc1: f32,
-    /// `1 − β2^t`.
-    pub bc2: f32,
+    /// Uniforms are 16-byte aligned.
+    pub _pad: [u32; 3],
 }
 
 impl OptimUniform {
-    /// The uniform for `count` parameters and these terms.
+    /// The constants for `count` parameters from these terms (their `lr`
+    /// and bias corrections go in the [`StepUniform`]).
     pub fn new(count: usize, h: &crate::optim::UpdateTerms<f32>) -> Self {
         OptimUniform {
             count: count as u32,
-            lr: h.lr,
             momentum: h.momentum,
             beta1: h.beta1,
             beta2: h.beta2,
             eps: h.eps,
-            bc1: h.bc1,
-            bc2: h.bc2,
+            _pad: [0; 3],
         }
     }
 }
 
-/// The running loss totals, mirrored by `struct Acc` in `shaders/loss.wgsl`.
+/// What changes with the loaded batch, mirrored by `struct Batch` in
+/// `shaders/common.wgsl`: written by `load_batch` only. Public for the
+/// kernel runner and tests; not part of the documented API.
+#[doc(hidden)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct BatchUniform {
+    /// `1 / B` for a loaded batch of `B` rows (the tiled gradient kernels).
+    pub scale: f32,
+    /// 1: `gradient_dense_tiled` adds to the gradients instead of storing
+    /// them (a batch run as micro-batches).
+    pub accumulate: u32,
+    /// Uniforms are 16-byte aligned.
+    pub _pad: [u32; 2],
+}
+
+impl BatchUniform {
+    /// The uniform for a loaded batch of `rows` rows, accumulated over
+    /// micro-batches or not.
+    pub fn new(rows: usize, accumulate: bool) -> Self {
+        BatchUniform {
+            scale: 1.0 / rows as f32,
+            accumulate: u32::from(accumulate),
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// One update's terms that change from step to step, mirrored by
+/// `struct Step` in `shaders/common.wgsl`: written once by each step. Public
+/// for the kernel runner and tests; not part of the documented API.
+#[doc(hidden)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+pub struct StepUniform {
+    /// Learning rate of this step.
+    pub lr: f32,
+    /// `1 − β1^t`.
+    pub bc1: f32,
+    /// `1 − β2^t`.
+    pub bc2: f32,
+    /// Uniforms are 16-byte aligned.
+    pub _pad: u32,
+}
+
+impl StepUniform {
+    /// The per-step part of these terms.
+    pub fn new(h: &crate::optim::UpdateTerms<f32>) -> Self {
+        StepUniform {
+            lr: h.lr,
+            bc1: h.bc1,
+            bc2: h.bc2,
+            _pad: 0,
+        }
+    }
+}
+
+/// The running loss totals, mirrored by `struct Acc` in `shaders/reduce.wgsl`
+/// (the file every loss kernel includes). Public for the kernel runner and
+/// tests; not part of the documented API.
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 pub struct Acc {
@@ -163,6 +210,9 @@ macro_rules! shader {
 }
 
 const DIMS: Slot = Slot::Uniform(std::mem::size_of::<Dims>() as u64);
+const OPTIM: Slot = Slot::Uniform(std::mem::size_of::<OptimUniform>() as u64);
+const BATCH: Slot = Slot::Uniform(std::mem::size_of::<BatchUniform>() as u64);
+const STEP: Slot = Slot::Uniform(std::mem::size_of::<StepUniform>() as u64);
 
 /// `A = f(A_prev·Wᵀ + b)` (softmax: `Z`, then [`SOFTMAX_FORWARD`]): dims, params, a_prev, a.
 pub const FORWARD_DENSE: KernelSpec = KernelSpec {
@@ -214,26 +264,23 @@ pub const GRADIENT_BIAS: KernelSpec = KernelSpec {
     bindings: GRADIENT_BINDINGS,
     kind: KernelKind::ElementWise,
 };
-/// `p −= lr·g`: hyper, params, grads.
+/// `p −= lr·g`: hyper (count), per_step (lr), params, grads.
 pub const SGD_UPDATE: KernelSpec = KernelSpec {
     entry: "sgd_update",
     file: "sgd.wgsl",
     source: shader!("sgd.wgsl"),
-    bindings: &[
-        Slot::Uniform(std::mem::size_of::<SgdUniform>() as u64),
-        Slot::ReadWrite,
-        Slot::Read,
-    ],
+    bindings: &[OPTIM, STEP, Slot::ReadWrite, Slot::Read],
     kind: KernelKind::ElementWise,
 };
-/// `v = μ·v + g + λ·p`, `p −= lr·v` over every parameter: hyper, params,
-/// grads, decay, state `v (P)`.
+/// `v = μ·v + g + λ·p`, `p −= lr·v` over every parameter: hyper, per_step,
+/// params, grads, decay, state `v (P)`.
 pub const MOMENTUM_UPDATE: KernelSpec = KernelSpec {
     entry: "momentum_update",
     file: "optim.wgsl",
     source: shader!("optim.wgsl"),
     bindings: &[
-        Slot::Uniform(std::mem::size_of::<OptimUniform>() as u64),
+        OPTIM,
+        STEP,
         Slot::ReadWrite,
         Slot::Read,
         Slot::Read,
@@ -242,7 +289,7 @@ pub const MOMENTUM_UPDATE: KernelSpec = KernelSpec {
     kind: KernelKind::ElementWise,
 };
 /// Adam with bias correction and decoupled decay over every parameter:
-/// hyper, params, grads, decay, state `m (P)` then `v (P)`.
+/// hyper, per_step, params, grads, decay, state `m (P)` then `v (P)`.
 pub const ADAM_UPDATE: KernelSpec = KernelSpec {
     entry: "adam_update",
     ..MOMENTUM_UPDATE
@@ -275,7 +322,8 @@ pub const DELTA_HIDDEN_TILED: KernelSpec = KernelSpec {
 };
 const GRADIENT_TILED_BINDINGS: &[Slot] = &[
     DIMS,
-    Slot::Uniform(std::mem::size_of::<SgdUniform>() as u64),
+    BATCH,
+    STEP,
     Slot::Read,
     Slot::Read,
     Slot::ReadWrite,
@@ -283,8 +331,8 @@ const GRADIENT_TILED_BINDINGS: &[Slot] = &[
     Slot::ReadWrite,
 ];
 /// Tiled `∂L/∂W = scale·δᵀA_prev` and `∂L/∂b = scale·Σ_s δ` in one pass, stored
-/// or accumulated into grads (twin: `gradient_dense`): dims, hyper, delta,
-/// a_prev, params (unused), grads, scratch (split K only).
+/// or accumulated into grads (twin: `gradient_dense`): dims, per_batch,
+/// per_step (unused), delta, a_prev, params (unused), grads, scratch (split K only).
 pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "gradient_dense_tiled",
     file: "gradient_tiled.wgsl",
@@ -293,7 +341,7 @@ pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     kind: KernelKind::Tiled,
 };
 /// The same gradients applied at once, `p −= lr·g` (twin: `gradient_sgd`):
-/// dims, hyper, delta, a_prev, params, grads (unused), scratch.
+/// dims, per_batch, per_step, delta, a_prev, params, grads (unused), scratch.
 pub const GRADIENT_SGD_TILED: KernelSpec = KernelSpec {
     entry: "gradient_sgd_tiled",
     ..GRADIENT_DENSE_TILED
@@ -334,7 +382,9 @@ pub const LOSS_FINISH: KernelSpec = KernelSpec {
     kind: KernelKind::Reduce,
 };
 
-/// Every kernel, for the naga test and for building pipelines.
+/// Every kernel, for the naga test. Public for tests; not part of the
+/// documented API.
+#[doc(hidden)]
 pub const ALL: &[KernelSpec] = &[
     FORWARD_DENSE,
     SOFTMAX_FORWARD,
@@ -709,10 +759,10 @@ pub fn loss_lanes(n: u32) -> u32 {
     n.max(1).next_power_of_two().min(LOSS_WG)
 }
 
-/// Workgroups of `delta_output_loss`, and partials it writes, for a batch
-/// (mirrors `loss_groups` in reduce.wgsl).
-pub fn loss_groups(batch: u32, n: u32) -> u32 {
-    batch.div_ceil(LOSS_WG / loss_lanes(n))
+/// Workgroups of `delta_output_loss`, and partials it writes, for `rows`
+/// samples of `n` outputs (mirrors `loss_groups` in reduce.wgsl).
+pub fn loss_groups(rows: u32, n: u32) -> u32 {
+    rows.div_ceil(LOSS_WG / loss_lanes(n))
 }
 
 /// A dispatch's workgroup counts, `(x, y, z)`.
@@ -786,16 +836,4 @@ pub fn dispatch(
     pass.set_pipeline(&kernel.pipeline);
     pass.set_bind_group(0, group, &[]);
     pass.dispatch_workgroups(x, y, z);
-}
-
-/// Record one dispatch of `kernel` over `n` elements into `pass`.
-pub fn dispatch_1d(
-    pass: &mut wgpu::ComputePass<'_>,
-    kernel: &Kernel,
-    group: &wgpu::BindGroup,
-    n: u64,
-    max_per_dim: u32,
-) -> Result<()> {
-    dispatch(pass, kernel, group, grid_1d(n, max_per_dim)?);
-    Ok(())
 }

@@ -1,15 +1,26 @@
 //! The GPU backend: wgpu device and adapter choice ([`context`]), the WGSL
-//! kernels and their layouts ([`kernels`]), the trainer that encodes a whole
-//! step into one submission ([`trainer`]), read-backs ([`readback`]) and a
-//! one-kernel runner for the tests ([`runner`]).
+//! kernels and their layouts ([`kernels`]), how a backend is built
+//! ([`options`]), its persistent buffers and bind groups (`buffers.rs`), what
+//! a training step dispatches (`schedule.rs`: read it to know what runs),
+//! [`GpuBackend`] itself, which records a whole step into one submission
+//! ([`backend`]), and read-backs ([`readback`]). The one-kernel runner for the tests (`runner`) and the
+//! uniform structs are public for tests and benches but not documented API.
 
+pub mod backend;
+mod buffers;
 pub mod context;
 pub mod kernels;
+pub mod options;
 pub mod readback;
+#[doc(hidden)]
 pub mod runner;
-pub mod trainer;
+mod schedule;
 
+pub use backend::GpuBackend;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
-pub use kernels::{Acc, Dims, OptimUniform, SgdUniform, TileConfig};
+pub use kernels::TileConfig;
+#[doc(hidden)]
+pub use kernels::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
+pub use options::{micro_batch_rows, GpuOptions, KernelSet};
+#[doc(hidden)]
 pub use runner::KernelRunner;
-pub use trainer::{micro_batch_rows, GpuBackend, GpuOptions, KernelSet};

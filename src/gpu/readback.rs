@@ -8,7 +8,7 @@
 //! an error, not a wait.
 
 use super::context::{self, GpuContext};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use std::sync::mpsc;
 
 /// How long a read-back may take to be mapped once its work has finished.

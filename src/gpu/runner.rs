@@ -6,24 +6,29 @@
 //! with NaN, so an element the kernel never wrote shows up, and parameters sit
 //! behind a NaN prefix, so a wrong offset shows up too. Buffers are made per
 //! call: this is for tests, not for training.
+//!
+//! Test scaffolding: public so that tests and benches can use it, hidden from
+//! the documented API.
 
 use super::context::GpuContext;
 use super::kernels::{
-    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, Dims, Grid, Kernel, Kernels,
-    OptimUniform, SgdUniform, TileConfig, TiledKernels,
+    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims, Grid, Kernel,
+    Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::Metric;
+use crate::error::{Error, Result};
 use crate::network::{Activation, Loss};
 use crate::optim::{OptimizerKind, UpdateTerms};
-use crate::{Error, Result};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// NaN values placed before a layer's parameters, so `w_off`/`b_off` are non-zero.
 const PREFIX: usize = 3;
 
-/// Compiled kernels and a device, to run kernels one at a time.
+/// Compiled kernels and a device, to run kernels one at a time. Test
+/// scaffolding, not part of the documented API.
+#[doc(hidden)]
 pub struct KernelRunner {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
@@ -374,16 +379,16 @@ impl KernelRunner {
             None => self.poisoned(PREFIX + len),
         };
         let params = self.poisoned(PREFIX + len);
-        let hyper = SgdUniform {
-            count: 0,
+        let per_batch = BatchUniform::new(batch, onto.is_some());
+        let per_step = StepUniform {
             lr: f32::NAN,
-            scale: 1.0 / batch as f32,
-            accumulate: u32::from(onto.is_some()),
+            ..StepUniform::default()
         };
         let t = self.tiled()?;
         let kernels = (&t.gradient_dense, &t.gradient_dense_reduce);
         let shape = (batch, n_in, n_out, splits);
-        self.gradient(kernels, delta, a_prev, shape, hyper, &params, &grads)?;
+        let uniforms = (per_batch, per_step);
+        self.gradient(kernels, delta, a_prev, shape, uniforms, &params, &grads)?;
         readback::read(&self.ctx, &grads, (PREFIX * 4) as u64, len)
     }
 
@@ -406,16 +411,16 @@ impl KernelRunner {
         let len = n_out * n_in + n_out;
         let params = self.storage(&layer_params(w, b).0);
         let grads = self.poisoned(PREFIX + len);
-        let hyper = SgdUniform {
-            count: 0,
+        let per_batch = BatchUniform::new(batch, false);
+        let per_step = StepUniform {
             lr,
-            scale: 1.0 / batch as f32,
-            accumulate: 0,
+            ..StepUniform::default()
         };
         let t = self.tiled()?;
         let kernels = (&t.gradient_sgd, &t.gradient_sgd_reduce);
         let shape = (batch, n_in, n_out, splits);
-        self.gradient(kernels, delta, a_prev, shape, hyper, &params, &grads)?;
+        let uniforms = (per_batch, per_step);
+        self.gradient(kernels, delta, a_prev, shape, uniforms, &params, &grads)?;
         readback::read(&self.ctx, &params, (PREFIX * 4) as u64, len)
     }
 
@@ -428,7 +433,7 @@ impl KernelRunner {
         delta: &[f32],
         a_prev: &[f32],
         (batch, n_in, n_out, splits): (usize, usize, usize, u32),
-        hyper: SgdUniform,
+        (per_batch, per_step): (BatchUniform, StepUniform),
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
     ) -> Result<()> {
@@ -437,7 +442,8 @@ impl KernelRunner {
         let sums = n_out * (n_in + 1);
         let bufs = [
             &self.uniform(bytemuck::bytes_of(&d)),
-            &self.uniform(bytemuck::bytes_of(&hyper)),
+            &self.uniform(bytemuck::bytes_of(&per_batch)),
+            &self.uniform(bytemuck::bytes_of(&per_step)),
             &self.storage(delta),
             &self.storage(a_prev),
             params,
@@ -453,15 +459,18 @@ impl KernelRunner {
 
     /// GPU twin of [`crate::cpu::sgd_update`]; returns the updated parameters.
     pub fn sgd_update(&self, params: &[f32], grads: &[f32], lr: f32) -> Result<Vec<f32>> {
-        let u = SgdUniform {
+        let hyper = OptimUniform {
             count: params.len() as u32,
+            ..OptimUniform::default()
+        };
+        let per_step = StepUniform {
             lr,
-            scale: f32::NAN,
-            accumulate: 0,
+            ..StepUniform::default()
         };
         let p = self.storage(params);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&u)),
+            &self.uniform(bytemuck::bytes_of(&hyper)),
+            &self.uniform(bytemuck::bytes_of(&per_step)),
             &p,
             &self.storage(grads),
         ];
@@ -500,6 +509,7 @@ impl KernelRunner {
         let (p, st) = (self.storage(params), self.storage(state));
         let bufs = [
             &self.uniform(bytemuck::bytes_of(&OptimUniform::new(n, h))),
+            &self.uniform(bytemuck::bytes_of(&StepUniform::new(h))),
             &p,
             &self.storage(grads),
             &self.storage(decay),
@@ -587,7 +597,7 @@ impl KernelRunner {
 
 fn dims(batch: usize, n_in: usize, n_out: usize, w_off: usize, b_off: usize) -> Dims {
     Dims {
-        batch: batch as u32,
+        rows: batch as u32,
         n_in: n_in as u32,
         n_out: n_out as u32,
         w_off: w_off as u32,

@@ -1,0 +1,692 @@
+//! [`GpuBackend`]: [`Backend`] on a wgpu device. It owns the persistent
+//! buffers and bind groups (`gpu/buffers.rs`), records each step's
+//! dispatches (`gpu/schedule.rs`) into one command encoder, and submits
+//! once per step; nothing is read back inside a step.
+//!
+//! Two kernel sets ([`KernelSet`]): the simple kernels (one invocation per
+//! output, the GPU reference twins) and the tiled ones, where `step` runs the
+//! fused fast path (the update inside the gradient pass for plain SGD). Other
+//! optimizers ([`crate::optim`], chosen by [`Backend::set_optimizer`]) store
+//! the gradients and add one update dispatch in the same submission; their
+//! state lives in one buffer, `v (P)` or `m (P)` then `v (P)`, and the update
+//! count `t` stays on the host, which writes the step's bias corrections
+//! `1 − β^t` with its learning rate once per step.
+//!
+//! Batches larger than the per-sample buffers hold (one storage binding, or
+//! [`GpuOptions::max_chunk`]) run as fixed-order micro-batches: each is
+//! uploaded and submitted in turn, its gradients added into `grads`, and one
+//! update follows. At most [`MAX_IN_FLIGHT`] submissions are left unfinished,
+//! so a loop that never reads back cannot queue without bound.
+//!
+//! Row counts: `capacity`, the largest batch `load_batch`
+//! accepts; `buf.capacity`, the most rows the per-sample buffers hold (the
+//! same unless the batch must run as micro-batches); `rows`, the rows of the
+//! loaded batch; and `dims_rows`, the rows staged in the buffers now, which
+//! every layer's Dims describes.
+//!
+//! ```no_run
+//! use shadertrain::backend::Backend;
+//! use shadertrain::gpu::{GpuBackend, GpuContext, KernelSet};
+//! use shadertrain::network::Network;
+//! let net = Network::parse("2,16,1")?;
+//! let mut gpu = GpuBackend::with_kernel_set(GpuContext::new()?, &net, 4, KernelSet::Tiled)?;
+//! gpu.set_params(&net.init(1))?;
+//! gpu.load_batch(&[0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0], &[0.0, 1.0, 1.0, 0.0])?;
+//! gpu.step(2.0)?;
+//! println!("loss {}", gpu.take_totals()?.loss());
+//! # Ok::<(), shadertrain::Error>(())
+//! ```
+
+use super::buffers::{Buffers, Groups, UpdateBuffers};
+use super::context::{create_buffer, creating, GpuContext};
+use super::kernels::{
+    dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
+    TiledKernels,
+};
+use super::options::{buffer_capacity, GpuOptions, KernelSet};
+use super::readback;
+use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
+use crate::backend::{check_batch, check_layer};
+use crate::backend::{Backend, Metric, Totals};
+use crate::error::{Error, Result};
+use crate::network::{Network, Params};
+use crate::optim::{check_state_len, Optimizer};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Submissions a backend leaves unfinished before it waits for the oldest.
+pub const MAX_IN_FLIGHT: usize = 3;
+
+/// [`Backend`] on a wgpu device, in f32.
+///
+/// With [`KernelSet::Tiled`] (the default) and plain SGD, `step` on a batch
+/// that fits one micro-batch applies the update inside the gradient pass and
+/// leaves `grads` alone: `read_gradients` returns the gradients of the last `backward`.
+/// Activations and deltas of a batch split into micro-batches are not kept.
+pub struct GpuBackend {
+    ctx: Arc<GpuContext>,
+    kernels: Kernels,
+    tiled: Option<TiledKernels>,
+    net: Network,
+    /// The largest batch `load_batch` accepts ([`Backend::capacity`]); one
+    /// over `buf.capacity` rows runs as micro-batches of that many.
+    capacity: usize,
+    /// Rows of the loaded batch; 0 before the first.
+    rows: usize,
+    /// Rows the Dims and `splits` are written for: those staged in the
+    /// per-sample buffers (`rows`, or one micro-batch's).
+    dims_rows: usize,
+    /// K slices of each layer's tiled gradient at `dims_rows` rows.
+    splits: Vec<u32>,
+    metric: Metric,
+    /// A batch over `buf.capacity`, kept to upload micro-batch by micro-batch: x, y.
+    host: Option<(Vec<f32>, Vec<f32>)>,
+    buf: Buffers,
+    groups: Groups,
+    optim: Optimizer,
+    /// Updates applied since the optimizer was set.
+    t: u64,
+    /// The buffers of a stateful update; `None` for plain SGD.
+    update: Option<UpdateBuffers>,
+    /// Commands recorded since the last submit.
+    pending: Option<wgpu::CommandEncoder>,
+    /// Submissions not yet known to be finished, oldest first.
+    in_flight: VecDeque<wgpu::SubmissionIndex>,
+}
+
+/// Timestamp queries of a profiled step: two per dispatch, and its labels.
+struct Profile {
+    queries: wgpu::QuerySet,
+    /// Where the queries are resolved: (2·count) u64 ticks.
+    ticks: wgpu::Buffer,
+    /// Dispatches profiled.
+    count: u32,
+    labels: Vec<String>,
+}
+
+/// A buffer `read_floats` reads.
+#[derive(Clone, Copy)]
+enum Which {
+    Params,
+    Grads,
+    Act(usize),
+    Delta(usize),
+    State,
+}
+
+impl GpuBackend {
+    /// Buffers, pipelines and bind groups for `net` and batches of up to
+    /// `capacity` samples, made once, running the kernel set and tile sizes
+    /// for the adapter ([`KernelSet::for_adapter`], [`TileConfig::for_adapter`]).
+    /// Parameters start at zero.
+    pub fn new(ctx: Arc<GpuContext>, net: &Network, capacity: usize) -> Result<Self> {
+        let options = GpuOptions::for_adapter(&ctx, net, capacity)?;
+        Self::with_options(ctx, net, capacity, options)
+    }
+
+    /// As [`GpuBackend::new`], running the given kernel set.
+    pub fn with_kernel_set(
+        ctx: Arc<GpuContext>,
+        net: &Network,
+        capacity: usize,
+        kernels: KernelSet,
+    ) -> Result<Self> {
+        let options = GpuOptions {
+            kernels,
+            ..GpuOptions::default()
+        };
+        Self::with_options(ctx, net, capacity, options)
+    }
+
+    /// As [`GpuBackend::new`], built as `options` says.
+    pub fn with_options(
+        ctx: Arc<GpuContext>,
+        net: &Network,
+        capacity: usize,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        if capacity == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        // A device already lost or spoiled fails here, not at the first step.
+        ctx.check_errors()?;
+        let held = buffer_capacity(&ctx, net, capacity, &options)?;
+        let tiled = compile_tiled(&ctx, &options)?;
+        let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
+        let kernels = Kernels::new(&ctx.device)?;
+        let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
+        let mut backend = GpuBackend {
+            ctx,
+            kernels,
+            tiled,
+            net: net.clone(),
+            capacity,
+            rows: 0,
+            dims_rows: held,
+            splits: vec![1; net.layers().len()],
+            metric: Metric::None,
+            host: None,
+            buf,
+            groups,
+            optim: Optimizer::default(),
+            t: 0,
+            update: None,
+            pending: None,
+            in_flight: VecDeque::new(),
+        };
+        backend.check_largest_grids()?;
+        // Validation errors from creation surface here rather than at the first step.
+        readback::finish(&backend.ctx)?;
+        Ok(backend)
+    }
+
+    /// Stage a full micro-batch's shape and plan every stage once, so grids
+    /// the device cannot dispatch fail at construction.
+    fn check_largest_grids(&mut self) -> Result<()> {
+        self.set_dims_rows(self.buf.capacity);
+        let stages = [Stage::Forward { loss: true }, BACKWARD_ALONE, Stage::Update];
+        stages
+            .into_iter()
+            .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
+    }
+
+    /// The kernel set it runs.
+    pub fn kernel_set(&self) -> KernelSet {
+        match self.tiled {
+            Some(_) => KernelSet::Tiled,
+            None => KernelSet::Simple,
+        }
+    }
+
+    /// The tile sizes of its tiled kernels (`None` for [`KernelSet::Simple`]).
+    pub fn tiles(&self) -> Option<TileConfig> {
+        self.tiled.as_ref().map(|t| t.tiles)
+    }
+
+    /// Samples per micro-batch, the rows its per-sample buffers hold: larger
+    /// batches are split into micro-batches of this many.
+    pub fn micro_batch(&self) -> usize {
+        self.buf.capacity
+    }
+
+    /// One training step, as [`Backend::step`], with every dispatch in its own
+    /// compute pass between timestamp queries: returns `(kernel, milliseconds)`
+    /// per dispatch in order, the kernel named by its entry point and layer, or
+    /// `None` where the device has no timestamp queries. The batch must fit
+    /// one micro-batch.
+    pub fn profile_step(&mut self, lr: f32) -> Result<Option<Vec<(String, f64)>>> {
+        let features = self.ctx.device.features();
+        if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        self.need_batch()?;
+        if self.host.is_some() {
+            return Err(Error::Invalid(format!(
+                "profile_step times one submission; this batch of {} runs as micro-batches of {}",
+                self.rows, self.buf.capacity
+            )));
+        }
+        self.write_step(lr);
+        let stages = self.step_stages();
+        let mut profile = self.profile_for(stages)?;
+        let count = profile.count;
+        let mut enc = self.encoder_take();
+        for &stage in stages {
+            self.record_into(&mut enc, stage, Some(&mut profile))?;
+        }
+        enc.resolve_query_set(&profile.queries, 0..2 * count, &profile.ticks, 0);
+        self.pending = Some(enc);
+        self.flush()?;
+        let ticks: Vec<u64> = readback::read(&self.ctx, &profile.ticks, 0, 2 * count as usize)?;
+        self.in_flight.clear();
+        let ns = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            profile
+                .labels
+                .into_iter()
+                .zip(ticks.chunks_exact(2))
+                .map(|(label, t)| (label, t[1].saturating_sub(t[0]) as f64 * ns / 1e6))
+                .collect(),
+        ))
+    }
+
+    /// Two timestamp queries for every dispatch of `stages`, a buffer to
+    /// resolve them into, and room for that many labels.
+    fn profile_for(&self, stages: &[Stage]) -> Result<Profile> {
+        let mut count = 0u32;
+        for &stage in stages {
+            self.schedule().plan(stage, &mut |_| {
+                count += 1;
+                Ok(())
+            })?;
+        }
+        let dev = &self.ctx.device;
+        let queries = creating(dev, "the query set of profile_step", || {
+            dev.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile_step"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * count,
+            })
+        })?;
+        let ticks = create_buffer(
+            dev,
+            &wgpu::BufferDescriptor {
+                label: Some("profile_step ticks"),
+                size: 16 * count as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            },
+        )?;
+        Ok(Profile {
+            queries,
+            ticks,
+            count,
+            labels: Vec::with_capacity(count as usize),
+        })
+    }
+
+    /// What the next dispatches depend on, for the rows staged now.
+    fn schedule(&self) -> Schedule<'_> {
+        Schedule {
+            kernels: &self.kernels,
+            tiled: self.tiled.as_ref(),
+            groups: &self.groups,
+            update: self.update.as_ref(),
+            net: &self.net,
+            rows: self.dims_rows,
+            splits: &self.splits,
+            max_dim: self.ctx.limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// The stages of a step for the loaded batch and optimizer.
+    fn step_stages(&self) -> &'static [Stage] {
+        step_stages(
+            self.tiled.is_some(),
+            self.host.is_some(),
+            self.update.is_some(),
+        )
+    }
+
+    /// Make `rows` the rows staged in the per-sample buffers: the split-K
+    /// slices and every layer's Dims follow.
+    fn set_dims_rows(&mut self, rows: usize) {
+        self.dims_rows = rows;
+        if let Some(t) = &self.tiled {
+            for (s, ly) in self.splits.iter_mut().zip(self.net.layers()) {
+                let (o, i) = (ly.n_out as u32, ly.n_in as u32);
+                *s = k_splits(o, i, rows as u32, &t.tiles, self.buf.scratch_floats);
+            }
+        }
+        self.write_dims();
+    }
+
+    /// Rewrite every layer's Dims (staged rows, metric or splits changed).
+    fn write_dims(&self) {
+        let (net, metric) = (&self.net, self.metric);
+        (self.buf).write_dims(&self.ctx, net, self.dims_rows, metric, &self.splits);
+    }
+
+    /// Count one update and write what only it changes, once: the learning
+    /// rate and the bias corrections for update `t`. The write lands before
+    /// the next submit, after the previous one's.
+    fn write_step(&mut self, lr: f32) {
+        self.t += 1;
+        let terms = self.optim.terms::<f32>(lr, self.t);
+        let u = StepUniform::new(&terms);
+        (self.ctx.queue).write_buffer(&self.buf.per_step, 0, bytemuck::bytes_of(&u));
+    }
+
+    /// Record `stage` into `enc`: one compute pass, or with `profile` one
+    /// pass per dispatch between two timestamp queries.
+    fn record_into(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        stage: Stage,
+        profile: Option<&mut Profile>,
+    ) -> Result<()> {
+        let Some(profile) = profile else {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(stage.label()),
+                timestamp_writes: None,
+            });
+            return self.schedule().plan(stage, &mut |d| {
+                dispatch(&mut pass, d.kernel, d.group, d.grid);
+                Ok(())
+            });
+        };
+        self.schedule().plan(stage, &mut |d| {
+            let i = 2 * profile.labels.len() as u32;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.kernel.spec.entry),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &profile.queries,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                }),
+            });
+            dispatch(&mut pass, d.kernel, d.group, d.grid);
+            profile.labels.push(match d.layer {
+                Some(l) => format!("{} layer {l}", d.kernel.spec.entry),
+                None => d.kernel.spec.entry.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Record `stage` into this step's encoder. A half-recorded step is
+    /// dropped, not submitted.
+    fn record(&mut self, stage: Stage) -> Result<()> {
+        let mut enc = self.encoder_take();
+        self.record_into(&mut enc, stage, None)?;
+        self.pending = Some(enc);
+        Ok(())
+    }
+
+    /// Record `stages` for the loaded batch: straight into this step's
+    /// encoder, or for a batch kept on the host, micro-batch by micro-batch
+    /// in order, each uploaded and submitted before the next.
+    fn run(&mut self, stages: &[Stage]) -> Result<()> {
+        let Some((x, y)) = self.host.take() else {
+            return stages.iter().try_for_each(|&s| self.record(s));
+        };
+        let (ni, no) = (self.net.inputs(), self.net.outputs());
+        let mut done = Ok(());
+        for lo in (0..self.rows).step_by(self.buf.capacity) {
+            let hi = (lo + self.buf.capacity).min(self.rows);
+            if hi - lo != self.dims_rows {
+                self.set_dims_rows(hi - lo);
+            }
+            self.upload(&x[lo * ni..hi * ni], &y[lo * no..hi * no]);
+            done = stages
+                .iter()
+                .try_for_each(|&s| self.record(s))
+                .and_then(|_| self.flush());
+            if done.is_err() {
+                break;
+            }
+        }
+        self.host = Some((x, y));
+        done
+    }
+
+    /// Write rows of inputs and targets into the per-sample buffers.
+    fn upload(&self, x: &[f32], y: &[f32]) {
+        let q = &self.ctx.queue;
+        q.write_buffer(&self.buf.acts[0], 0, bytemuck::cast_slice(x));
+        q.write_buffer(&self.buf.y, 0, bytemuck::cast_slice(y));
+    }
+
+    /// Zero the gradients before micro-batches add into them.
+    fn clear_grads(&mut self) {
+        let mut enc = self.encoder_take();
+        enc.clear_buffer(&self.buf.grads, 0, None);
+        self.pending = Some(enc);
+    }
+
+    /// The open encoder for this step (made on first use), taken out so the
+    /// bind groups can be borrowed while recording; put it back in `pending`.
+    fn encoder_take(&mut self) -> wgpu::CommandEncoder {
+        self.pending.take().unwrap_or_else(|| {
+            self.ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("train step"),
+                })
+        })
+    }
+
+    /// Submit what has been recorded, if anything, without waiting for it;
+    /// but with more than [`MAX_IN_FLIGHT`] submissions unfinished, wait for
+    /// the oldest first.
+    /// A GPU error recorded since (a failed submission, a lost device)
+    /// fails this and every later call rather than letting work pile up.
+    fn flush(&mut self) -> Result<()> {
+        self.ctx.check_errors()?;
+        if let Some(enc) = self.pending.take() {
+            self.in_flight
+                .push_back(self.ctx.queue.submit([enc.finish()]));
+        }
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                readback::wait_for(&self.ctx, oldest)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn need_batch(&self) -> Result<()> {
+        if self.rows == 0 {
+            return Err(Error::Invalid("no batch loaded".into()));
+        }
+        Ok(())
+    }
+
+    /// Activations and deltas of a batch are on the device only when it fits one micro-batch.
+    fn need_whole_batch(&self, what: &str) -> Result<()> {
+        if self.host.is_some() {
+            return Err(Error::Invalid(format!(
+                "the {what} of a batch of {} are not kept: it runs as micro-batches of {}",
+                self.rows, self.buf.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wait for every submission, then read `count` floats of `which`.
+    fn read_floats(&mut self, which: Which, count: usize) -> Result<Vec<f32>> {
+        self.flush()?;
+        let buf = match which {
+            Which::Params => &self.buf.params,
+            Which::Grads => &self.buf.grads,
+            Which::Act(l) => &self.buf.acts[l],
+            Which::Delta(l) => &self.buf.deltas[l],
+            Which::State => match &self.update {
+                Some(u) => &u.state,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let out = readback::read(&self.ctx, buf, 0, count);
+        // A read waits for every submission.
+        self.in_flight.clear();
+        out
+    }
+}
+
+/// The tiled kernels when `options` asks for them, with its tile sizes or the adapter's.
+fn compile_tiled(ctx: &GpuContext, options: &GpuOptions) -> Result<Option<TiledKernels>> {
+    if options.kernels == KernelSet::Simple {
+        return Ok(None);
+    }
+    let tiles = options
+        .tiles
+        .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
+    TiledKernels::new(&ctx.device, &ctx.limits, tiles).map(Some)
+}
+
+impl Backend for GpuBackend {
+    type Scalar = f32;
+
+    fn describe(&self) -> String {
+        self.ctx.describe()
+    }
+
+    fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn set_params(&mut self, p: &Params<f32>) -> Result<()> {
+        if p.network() != &self.net {
+            return Err(Error::Shape(format!(
+                "parameters for {} given to a {} backend",
+                p.network().describe(),
+                self.net.describe()
+            )));
+        }
+        // Queue writes land before the next submit, so recorded work must go first.
+        self.flush()?;
+        (self.ctx.queue).write_buffer(&self.buf.params, 0, bytemuck::cast_slice(&p.data));
+        Ok(())
+    }
+
+    fn params(&mut self) -> Result<Params<f32>> {
+        let data = self.read_floats(Which::Params, self.net.param_count())?;
+        Params::from_vec(&self.net, data)
+    }
+
+    fn set_metric(&mut self, metric: Metric) -> Result<()> {
+        if metric != self.metric {
+            self.flush()?;
+            self.metric = metric;
+            self.write_dims();
+        }
+        Ok(())
+    }
+
+    /// Stage the batch: on the device when it fits the buffers, else kept on
+    /// the host for `run` to upload. Writes the per-batch uniform only.
+    fn load_batch(&mut self, x: &[f32], y: &[f32]) -> Result<()> {
+        let rows = check_batch(&self.net, self.capacity, x.len(), y.len())?;
+        self.flush()?;
+        if rows > self.buf.capacity {
+            // The host copies are reused from batch to batch.
+            let (hx, hy) = self.host.get_or_insert_with(Default::default);
+            hx.clear();
+            hx.extend_from_slice(x);
+            hy.clear();
+            hy.extend_from_slice(y);
+        } else {
+            self.host = None;
+            if rows != self.dims_rows {
+                self.set_dims_rows(rows);
+            }
+            self.upload(x, y);
+        }
+        self.rows = rows;
+        // 1/B of the whole batch; micro-batches accumulate.
+        let u = BatchUniform::new(rows, self.host.is_some());
+        (self.ctx.queue).write_buffer(&self.buf.per_batch, 0, bytemuck::bytes_of(&u));
+        Ok(())
+    }
+
+    fn forward(&mut self) -> Result<()> {
+        self.need_batch()?;
+        self.run(&[Stage::Forward { loss: true }])
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        self.need_batch()?;
+        if self.host.is_none() {
+            return self.run(&[BACKWARD_ALONE]);
+        }
+        // Each micro-batch's activations again (the loss is not counted twice).
+        self.clear_grads();
+        self.run(&[Stage::Forward { loss: false }, BACKWARD_ALONE])
+    }
+
+    fn update(&mut self, lr: f32) -> Result<()> {
+        self.write_step(lr);
+        self.record(Stage::Update)?;
+        self.flush()
+    }
+
+    fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
+        opt.validate()?;
+        // Recorded work runs with the old buffers.
+        self.flush()?;
+        let kernel = &self.kernels.momentum_update;
+        self.update = UpdateBuffers::new(&self.ctx, &self.net, opt, kernel, &self.buf)?;
+        // The constants; lr and the bias corrections are written per step.
+        let constants = OptimUniform::new(self.net.param_count(), &opt.terms(0.0, 0));
+        (self.ctx.queue).write_buffer(&self.buf.hyper, 0, bytemuck::bytes_of(&constants));
+        self.optim = *opt;
+        self.t = 0;
+        Ok(())
+    }
+
+    fn optimizer_state(&mut self) -> Result<(u64, Vec<f32>)> {
+        let n = self.optim.state_len(self.net.param_count());
+        if n == 0 {
+            return Ok((self.t, Vec::new()));
+        }
+        Ok((self.t, self.read_floats(Which::State, n)?))
+    }
+
+    fn set_optimizer_state(&mut self, t: u64, state: &[f32]) -> Result<()> {
+        check_state_len(&self.optim, self.net.param_count(), state.len())?;
+        self.flush()?;
+        if let Some(u) = &self.update {
+            (self.ctx.queue).write_buffer(&u.state, 0, bytemuck::cast_slice(state));
+        }
+        self.t = t;
+        Ok(())
+    }
+
+    /// Tiled: forward with the output delta and loss fused, then the deltas
+    /// with each layer's update fused into its gradient pass (other
+    /// optimizers: the gradients, then their update); one submission (one per
+    /// micro-batch, then the update, for a split batch).
+    fn step(&mut self, lr: f32) -> Result<()> {
+        self.need_batch()?;
+        self.write_step(lr);
+        let stages = self.step_stages();
+        if self.host.is_some() {
+            self.clear_grads();
+        }
+        self.run(stages)?;
+        if self.host.is_some() {
+            self.record(Stage::Update)?;
+        }
+        self.flush()
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        self.in_flight.clear();
+        readback::finish(&self.ctx)
+    }
+
+    fn take_totals(&mut self) -> Result<Totals> {
+        let t = self.peek_totals()?;
+        let zero = Acc::default();
+        (self.ctx.queue).write_buffer(&self.buf.acc, 0, bytemuck::bytes_of(&zero));
+        Ok(t)
+    }
+
+    fn peek_totals(&mut self) -> Result<Totals> {
+        self.flush()?;
+        let (acc, staging) = (&self.buf.acc, &self.buf.acc_staging);
+        let acc: Vec<Acc> = readback::read_via(&self.ctx, acc, 0, staging, 1)?;
+        self.in_flight.clear();
+        let a = acc.first().copied().unwrap_or_default();
+        Ok(Totals {
+            loss_sum: a.loss_sum as f64,
+            loss_fn: self.net.loss(),
+            samples: a.samples as u64,
+            correct: a.correct as u64,
+        })
+    }
+
+    fn read_activations(&mut self, l: usize) -> Result<Vec<f32>> {
+        check_layer(&self.net, l, 0)?;
+        self.need_whole_batch("activations")?;
+        let n = self.rows * self.net.sizes()[l];
+        self.read_floats(Which::Act(l), n)
+    }
+
+    fn read_deltas(&mut self, l: usize) -> Result<Vec<f32>> {
+        check_layer(&self.net, l, 1)?;
+        self.need_whole_batch("deltas")?;
+        let n = self.rows * self.net.sizes()[l];
+        self.read_floats(Which::Delta(l), n)
+    }
+
+    fn read_gradients(&mut self) -> Result<Params<f32>> {
+        let data = self.read_floats(Which::Grads, self.net.param_count())?;
+        Params::from_vec(&self.net, data)
+    }
+}

@@ -1,0 +1,154 @@
+//! How a [`GpuBackend`](super::GpuBackend) is built: which kernel set it runs
+//! ([`KernelSet`]), its tile sizes and micro-batch cap ([`GpuOptions`]), and
+//! how many rows its per-sample buffers can hold on a device
+//! ([`micro_batch_rows`]).
+
+use super::context::GpuContext;
+use super::kernels::WG;
+use crate::error::{Error, Result, Setting};
+use crate::network::Network;
+
+/// Which kernels a [`GpuBackend`](super::GpuBackend) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSet {
+    /// One invocation per output element: the GPU reference twins.
+    Simple,
+    /// Tiled products, the parallel loss fused with the output delta, and in
+    /// `step` the plain SGD update fused into the gradient pass.
+    Tiled,
+}
+
+impl KernelSet {
+    /// The faster set for an adapter and a batch of `capacity` samples. On a
+    /// CPU adapter (lavapipe) the tiled kernels measured no faster than the
+    /// simple ones at W1 and up to 9× slower on narrow layers (barriers are
+    /// costly there; BENCHMARKS.md), so it runs the simple set, unless:
+    /// - the batch must be split into micro-batches (`fits` false), which only
+    ///   the tiled set does;
+    /// - the batch exceeds [`SIMPLE_MAX_BATCH`]: the simple gradient kernels
+    ///   sum each column over the batch serially in f32, whose rounding grows
+    ///   with the batch (2% off at 200,000), where the tiled ones split it.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, fits: bool, capacity: usize) -> KernelSet {
+        if info.device_type == wgpu::DeviceType::Cpu && fits && capacity <= SIMPLE_MAX_BATCH {
+            KernelSet::Simple
+        } else {
+            KernelSet::Tiled
+        }
+    }
+}
+
+/// The largest batch [`KernelSet::for_adapter`] gives the simple kernels.
+pub const SIMPLE_MAX_BATCH: usize = 8192;
+
+/// How a [`GpuBackend`](super::GpuBackend) is built; `Default` is the fast
+/// path for the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// The kernels to run.
+    pub kernels: KernelSet,
+    /// Tile sizes of the tiled kernels; `None` chooses by adapter
+    /// ([`TileConfig::for_adapter`](super::TileConfig::for_adapter)).
+    pub tiles: Option<super::TileConfig>,
+    /// Most samples per micro-batch; `None` for as many as the device's
+    /// bindings hold. Larger batches are split (tiled kernels only).
+    pub max_chunk: Option<usize>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            tiles: None,
+            max_chunk: None,
+        }
+    }
+}
+
+impl GpuOptions {
+    /// The options [`GpuBackend::new`](super::GpuBackend::new) uses: the
+    /// kernel set for the adapter and this batch ([`KernelSet::for_adapter`]),
+    /// tiles chosen by adapter.
+    pub fn for_adapter(ctx: &GpuContext, net: &Network, capacity: usize) -> Result<GpuOptions> {
+        let fits = micro_batch_rows(net, capacity, &ctx.limits, None)? == capacity;
+        Ok(GpuOptions {
+            kernels: KernelSet::for_adapter(&ctx.info, fits, capacity),
+            ..GpuOptions::default()
+        })
+    }
+}
+
+/// Samples per micro-batch for `net`: as many as each per-sample buffer
+/// (activations, deltas, targets) holds within `limits`' largest storage
+/// binding and buffer, and as many as the element-wise kernels' grids (one
+/// invocation per sample and neuron) reach within
+/// `max_compute_workgroups_per_dimension`; at most `capacity` and `cap`. An
+/// error names the limit when not even one sample fits.
+pub fn micro_batch_rows(
+    net: &Network,
+    capacity: usize,
+    limits: &wgpu::Limits,
+    cap: Option<usize>,
+) -> Result<usize> {
+    if cap == Some(0) {
+        return Err(Error::Invalid("max_chunk must be at least 1".into()));
+    }
+    let (fit, _) = rows_limit(net, limits)?;
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    Ok(capacity.min(fit).min(cap.unwrap_or(usize::MAX)))
+}
+
+/// The most rows each per-sample buffer of a backend for batches of up to
+/// `capacity` holds ([`micro_batch_rows`]); an error where that is fewer
+/// than `capacity` and the kernel set cannot run micro-batches.
+pub(super) fn buffer_capacity(
+    ctx: &GpuContext,
+    net: &Network,
+    capacity: usize,
+    options: &GpuOptions,
+) -> Result<usize> {
+    let rows = micro_batch_rows(net, capacity, &ctx.limits, options.max_chunk)?;
+    if rows < capacity && options.kernels == KernelSet::Simple {
+        let why = match options.max_chunk {
+            Some(c) if c == rows => "max_chunk".to_string(),
+            _ => format!("its {}", rows_limit(net, &ctx.limits)?.1),
+        };
+        return Err(Error::setting(
+            Setting::Batch,
+            capacity,
+            format!(
+                "needs micro-batches of {rows} on this device ({why}), which only the tiled kernels run; a batch of {rows} fits"
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// The most samples one micro-batch of `net` may hold on a device with
+/// `limits`, and the name of the limit that sets it.
+fn rows_limit(net: &Network, limits: &wgpu::Limits) -> Result<(u64, &'static str)> {
+    let limit = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    let widest = net.sizes().iter().copied().max().unwrap_or(1) as u64;
+    let by_binding = limit / (widest * 4);
+    if by_binding == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample of a {widest}-wide layer needs {} bytes, over this device's max_storage_buffer_binding_size / max_buffer_size of {limit}; use narrower layers",
+            widest * 4
+        )));
+    }
+    // grid() folds workgroups into at most max × max.
+    let max = limits.max_compute_workgroups_per_dimension.max(1) as u64;
+    let by_grid = max * max * WG as u64 / widest;
+    if by_grid == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample of a {widest}-wide layer needs {} workgroups, more than this device's max_compute_workgroups_per_dimension of {max} allows; use narrower layers",
+            widest.div_ceil(WG as u64)
+        )));
+    }
+    Ok(if by_grid < by_binding {
+        (by_grid, "max_compute_workgroups_per_dimension")
+    } else {
+        (by_binding, "max_storage_buffer_binding_size")
+    })
+}

@@ -1,0 +1,302 @@
+//! What one training step dispatches, in order: read this file to know what
+//! runs on the device. Nothing here records or submits; [`Schedule::plan`]
+//! hands each [`Dispatch`] of a [`Stage`] to a callback (the backend records
+//! it, or only counts it).
+//!
+//! A step is three stages ([`step_stages`]):
+//! 1. **Forward**: per layer `a[l + 1] = f(a[l]·Wᵀ + b)`, softmax on the
+//!    output row if the network has one, then the loss into the totals
+//!    (tiled: fused with the output delta).
+//! 2. **Backward**: the output delta (unless the forward wrote it), the hidden
+//!    deltas from the top down, and every layer's gradient. Tiled, layer by
+//!    layer from the top: the delta below (from the old `W`), then the
+//!    gradient, with plain SGD applied in the same pass.
+//! 3. **Update**: one dispatch over the flat parameter buffer (`sgd_update`,
+//!    `momentum_update` or `adam_update`); absent where the tiled gradient
+//!    pass applied SGD itself, and after the last micro-batch of a split batch.
+
+use super::buffers::{Groups, UpdateBuffers};
+use super::kernels::{grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TiledKernels};
+use crate::error::{Error, Result};
+use crate::network::Network;
+
+/// The parts of a step, as recorded into command encoders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Every layer's activations; with `loss` the loss too (tiled: and the
+    /// output delta).
+    Forward { loss: bool },
+    /// The deltas, starting with `delta_output` unless the tiled forward wrote
+    /// the output delta, and the gradients: into grads, or with `fused`
+    /// applied to the parameters at once (tiled).
+    Backward { delta_output: bool, fused: bool },
+    /// The optimizer's update of every parameter from grads.
+    Update,
+}
+
+impl Stage {
+    /// The compute pass's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Forward { .. } => "forward",
+            Stage::Backward { .. } => "backward",
+            Stage::Update => "update",
+        }
+    }
+}
+
+const FORWARD: Stage = Stage::Forward { loss: true };
+/// Tiled: the forward already wrote the output delta.
+const BACKWARD: Stage = Stage::Backward {
+    delta_output: false,
+    fused: false,
+};
+const FUSED: Stage = Stage::Backward {
+    delta_output: false,
+    fused: true,
+};
+/// `backward` on its own, and the simple kernels' step.
+pub(super) const BACKWARD_ALONE: Stage = Stage::Backward {
+    delta_output: true,
+    fused: false,
+};
+
+/// The stages of a step: `tiled` and in one submission, the update fused into
+/// the gradient pass (plain SGD) or run after it (a `stateful` optimizer);
+/// `split` into micro-batches, the gradients accumulated, with the one update
+/// recorded by the caller after the last. (Constant lists: a step allocates
+/// nothing on the host.)
+pub(super) fn step_stages(tiled: bool, split: bool, stateful: bool) -> &'static [Stage] {
+    match (tiled, split) {
+        (false, _) => &[FORWARD, BACKWARD_ALONE, Stage::Update],
+        (true, false) if !stateful => &[FORWARD, FUSED],
+        (true, false) => &[FORWARD, BACKWARD, Stage::Update],
+        (true, true) => &[FORWARD, BACKWARD],
+    }
+}
+
+/// One dispatch of a stage; `layer` is the dense layer it works on, if one.
+pub(super) struct Dispatch<'a> {
+    pub kernel: &'a Kernel,
+    pub group: &'a wgpu::BindGroup,
+    pub grid: Grid,
+    pub layer: Option<usize>,
+}
+
+/// What a step's dispatches depend on: the kernels, the bind groups, and the
+/// shape of the rows staged now.
+pub(super) struct Schedule<'a> {
+    pub kernels: &'a Kernels,
+    /// `Some` where the tiled set runs.
+    pub tiled: Option<&'a TiledKernels>,
+    pub groups: &'a Groups,
+    /// A stateful optimizer's update; `None` for plain SGD.
+    pub update: Option<&'a UpdateBuffers>,
+    pub net: &'a Network,
+    /// Rows staged in the per-sample buffers.
+    pub rows: usize,
+    /// K slices of each layer's tiled gradient at `rows` rows.
+    pub splits: &'a [u32],
+    /// The device's max_compute_workgroups_per_dimension.
+    pub max_dim: u32,
+}
+
+/// Receives each dispatch in order.
+type Sink<'s, 'a> = &'s mut dyn FnMut(Dispatch<'a>) -> Result<()>;
+
+impl<'a> Schedule<'a> {
+    /// Every dispatch of `stage`, in order, handed to `f`.
+    pub fn plan(&self, stage: Stage, f: Sink<'_, 'a>) -> Result<()> {
+        match stage {
+            Stage::Forward { loss } => {
+                self.forward(f)?;
+                if loss {
+                    self.loss(f)?;
+                }
+                Ok(())
+            }
+            Stage::Backward { fused: true, .. } if self.tiled.is_none() => Err(Error::Invalid(
+                "the simple kernels have no fused update".into(),
+            )),
+            Stage::Backward {
+                delta_output,
+                fused,
+            } => {
+                if delta_output {
+                    self.output_delta(f)?;
+                }
+                match self.tiled {
+                    None => {
+                        self.hidden_deltas(f)?;
+                        self.gradients(f)
+                    }
+                    Some(t) => self.deltas_and_gradients_tiled(t, fused, f),
+                }
+            }
+            Stage::Update => self.update(f),
+        }
+    }
+
+    /// Per layer the product, bias and activation, then softmax on the
+    /// output rows. a[l]: (rows, sizes[l]); one invocation (simple) or one
+    /// output block (tiled) per element of a[l + 1].
+    fn forward(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let layers = self.net.layers();
+        for (l, ly) in layers.iter().enumerate() {
+            let group = &self.groups.layers[l].forward;
+            f(match self.tiled {
+                None => self.elementwise(
+                    &self.kernels.forward_dense,
+                    group,
+                    self.rows * ly.n_out,
+                    Some(l),
+                )?,
+                Some(t) => Dispatch {
+                    kernel: &t.forward_dense,
+                    group,
+                    grid: self.tiled_grid(t, self.rows, ly.n_out, 1)?,
+                    layer: Some(l),
+                },
+            })?;
+        }
+        if let Some(g) = &self.groups.softmax {
+            let last = Some(layers.len() - 1);
+            f(self.elementwise(&self.kernels.softmax_forward, g, self.rows, last)?)?;
+        }
+        Ok(())
+    }
+
+    /// The batch's loss and score added to the totals. Simple: one workgroup
+    /// (loss_reduce). Tiled: the output delta with per-group partial sums over
+    /// the rows, then one workgroup adds the partials (loss_finish).
+    fn loss(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let single = (1, 1, 1);
+        let Some(t) = self.tiled else {
+            return f(Dispatch {
+                kernel: &self.kernels.loss_reduce,
+                group: &self.groups.loss,
+                grid: single,
+                layer: None,
+            });
+        };
+        let Some(finish) = &self.groups.loss_finish else {
+            return Ok(());
+        };
+        let groups = loss_groups(self.rows as u32, self.net.outputs() as u32);
+        f(Dispatch {
+            kernel: &t.delta_output_loss,
+            group: &self.groups.loss,
+            grid: grid(groups as u64, self.max_dim, "the loss's sample groups")?,
+            layer: None,
+        })?;
+        f(Dispatch {
+            kernel: &t.loss_finish,
+            group: finish,
+            grid: single,
+            layer: None,
+        })
+    }
+
+    /// `δ = (a − y) ⊙ f'(a)` (softmax + cross-entropy: `a − y`): (rows, outputs).
+    fn output_delta(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let n = self.rows * self.net.outputs();
+        let g = &self.groups.delta_output;
+        f(self.elementwise(&self.kernels.delta_output, g, n, None)?)
+    }
+
+    /// Simple: the hidden deltas from the top down, `δ[l + 1]` from `δ[l + 2]`.
+    fn hidden_deltas(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let layers = self.net.layers();
+        for l in (0..layers.len() - 1).rev() {
+            if let Some(g) = &self.groups.layers[l].delta_hidden {
+                let n = self.rows * layers[l].n_out;
+                f(self.elementwise(&self.kernels.delta_hidden, g, n, Some(l))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Simple: every layer's `∂L/∂W (n_out, n_in)` then `∂L/∂b (n_out)` into grads.
+    fn gradients(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let k = self.kernels;
+        for (l, ly) in self.net.layers().iter().enumerate() {
+            let g = &self.groups.layers[l].gradient;
+            f(self.elementwise(&k.gradient_weights, g, ly.n_out * ly.n_in, Some(l))?)?;
+            f(self.elementwise(&k.gradient_bias, g, ly.n_out, Some(l))?)?;
+        }
+        Ok(())
+    }
+
+    /// Tiled, from the top layer down: the delta of the layer below, then
+    /// this layer's gradient (`fused`: applied to params at once), its K
+    /// slices added by a reduce pass where split. Layer l's gradient pass may
+    /// update W_l, so the delta below it, which reads W_l, goes first.
+    fn deltas_and_gradients_tiled(
+        &self,
+        t: &'a TiledKernels,
+        fused: bool,
+        f: Sink<'_, 'a>,
+    ) -> Result<()> {
+        let (product, reduce) = match fused {
+            true => (&t.gradient_sgd, &t.gradient_sgd_reduce),
+            false => (&t.gradient_dense, &t.gradient_dense_reduce),
+        };
+        let layers = self.net.layers();
+        for l in (0..layers.len()).rev() {
+            if let Some(h) = l.checked_sub(1) {
+                if let Some(g) = &self.groups.layers[h].delta_hidden {
+                    f(Dispatch {
+                        kernel: &t.delta_hidden,
+                        group: g,
+                        grid: self.tiled_grid(t, self.rows, layers[h].n_out, 1)?,
+                        layer: Some(h),
+                    })?;
+                }
+            }
+            // g_W: (n_out, n_in) over K = rows, in `s` slices.
+            let (ly, group, s) = (layers[l], &self.groups.layers[l].gradient, self.splits[l]);
+            f(Dispatch {
+                kernel: product,
+                group,
+                grid: self.tiled_grid(t, ly.n_out, ly.n_in, s)?,
+                layer: Some(l),
+            })?;
+            if s > 1 {
+                f(self.elementwise(reduce, group, ly.n_out * (ly.n_in + 1), Some(l))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The optimizer's update over every parameter: (P) invocations.
+    fn update(&self, f: Sink<'_, 'a>) -> Result<()> {
+        let k = self.kernels;
+        let (kernel, group) = match self.update {
+            None => (&k.sgd_update, &self.groups.sgd),
+            Some(u) if u.adam => (&k.adam_update, &u.group),
+            Some(u) => (&k.momentum_update, &u.group),
+        };
+        f(self.elementwise(kernel, group, self.net.param_count(), None)?)
+    }
+
+    /// One invocation per element of `n`.
+    fn elementwise(
+        &self,
+        kernel: &'a Kernel,
+        group: &'a wgpu::BindGroup,
+        n: usize,
+        layer: Option<usize>,
+    ) -> Result<Dispatch<'a>> {
+        Ok(Dispatch {
+            kernel,
+            group,
+            grid: grid_1d(n as u64, self.max_dim)?,
+            layer,
+        })
+    }
+
+    /// One workgroup per output block of an `m × n` product, K in `splits` slices.
+    fn tiled_grid(&self, t: &TiledKernels, m: usize, n: usize, splits: u32) -> Result<Grid> {
+        grid_tiled(m as u32, n as u32, splits, &t.tiles, self.max_dim)
+    }
+}
