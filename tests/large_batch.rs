@@ -116,7 +116,11 @@ fn simple_kernels_refuse_a_split_batch() {
         ..GpuOptions::default()
     };
     let e = GpuBackend::with_options(ctx.clone(), &net, 10, options).err();
-    assert!(e.is_some_and(|e| e.to_string().contains("smaller batch")));
+    assert!(
+        e.as_ref()
+            .is_some_and(|e| e.to_string().contains("a batch of 4 fits")),
+        "{e:?}"
+    );
     assert!(GpuBackend::with_options(ctx, &net, 4, options).is_ok());
 }
 
