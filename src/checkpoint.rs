@@ -73,6 +73,18 @@ pub struct Checkpoint {
     pub optimizer_state: OptimizerState,
 }
 
+/// `v` in the shorter of its two round-trip forms: `0.5`, but `1e-30`
+/// rather than thirty zeros. Both parse back to the same bits.
+pub fn shortest(v: f32) -> String {
+    let plain = v.to_string();
+    let sci = format!("{v:e}");
+    if sci.len() < plain.len() {
+        sci
+    } else {
+        plain
+    }
+}
+
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -154,13 +166,13 @@ impl Checkpoint {
             ("epoch", s.epoch.to_string()),
             ("seed", s.seed.to_string()),
             ("batch", s.batch.to_string()),
-            ("lr", s.lr.to_string()),
+            ("lr", shortest(s.lr)),
             ("optimizer", s.optimizer.name().to_string()),
-            ("momentum", s.optimizer.momentum.to_string()),
-            ("beta1", s.optimizer.beta1.to_string()),
-            ("beta2", s.optimizer.beta2.to_string()),
-            ("eps", s.optimizer.eps.to_string()),
-            ("weight_decay", s.optimizer.weight_decay.to_string()),
+            ("momentum", shortest(s.optimizer.momentum)),
+            ("beta1", shortest(s.optimizer.beta1)),
+            ("beta2", shortest(s.optimizer.beta2)),
+            ("eps", shortest(s.optimizer.eps)),
+            ("weight_decay", shortest(s.optimizer.weight_decay)),
             ("optimizer_t", self.optimizer_state.t.to_string()),
             ("lr_schedule", s.schedule.spec()),
             ("data", s.data.clone()),

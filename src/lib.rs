@@ -47,6 +47,7 @@ pub mod optim;
 pub mod plot;
 pub mod train;
 pub mod trainer;
+pub mod weights;
 
 pub use backend::{Backend, Metric, Totals};
 pub use checkpoint::Checkpoint;

@@ -72,7 +72,9 @@ impl Schedule {
     pub fn spec(&self) -> String {
         match self {
             Schedule::Constant => "constant".into(),
-            Schedule::Step { every, gamma } => format!("step:{every}:{gamma}"),
+            Schedule::Step { every, gamma } => {
+                format!("step:{every}:{}", crate::checkpoint::shortest(*gamma))
+            }
             Schedule::Cosine => "cosine".into(),
         }
     }
@@ -130,11 +132,9 @@ impl Schedule {
 }
 
 impl TrainConfig {
-    /// Refuse values that cannot train.
+    /// Refuse values that cannot train. Zero epochs is valid: a run that
+    /// only writes its initial weights ([`crate::Trainer::fit`]).
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(Error::setting(Setting::Epochs, 0, "must be at least 1"));
-        }
         if self.batch == 0 {
             return Err(Error::setting(Setting::Batch, 0, "must be at least 1"));
         }

@@ -354,7 +354,8 @@ impl Trainer {
     }
 
     /// Trains on `data` up to the configured epochs, scoring `val` (if any)
-    /// after each, writing checkpoints as [`Trainer::checkpoints`] asked;
+    /// after each, writing checkpoints as [`Trainer::checkpoints`] asked (with
+    /// zero epochs, only the initial weights are written);
     /// `on` sees every step and every epoch, and the backend (an error from
     /// it stops the run). Returns this call's epochs.
     pub fn fit_observed(
@@ -364,6 +365,9 @@ impl Trainer {
         mut on: impl FnMut(&mut dyn Backend<Scalar = f32>, Progress<'_>) -> Result<()>,
     ) -> Result<Vec<EpochStats>> {
         let done = self.history.len();
+        if self.cfg.epochs == 0 && done == 0 {
+            return self.save_initial(data);
+        }
         if done >= self.cfg.epochs {
             return Err(Error::setting(
                 Setting::Epochs,
@@ -422,6 +426,26 @@ impl Trainer {
         self.history = meta.history;
         self.trained_on = Some(meta.data);
         Ok(new)
+    }
+
+    /// Zero epochs: the initial weights, written to the checkpoint when one
+    /// was asked for (to reproduce a run elsewhere); nothing to do otherwise.
+    fn save_initial(&mut self, data: &Dataset) -> Result<Vec<EpochStats>> {
+        let Some((path, _)) = self.save.clone() else {
+            return Err(Error::setting(
+                Setting::Epochs,
+                0,
+                "trains nothing; without a checkpoint to write the initial weights to, at least 1 is needed",
+            ));
+        };
+        data.check_shape(
+            self.backend.network().inputs(),
+            self.backend.network().outputs(),
+        )?;
+        self.ensure_params()?;
+        self.trained_on = Some((data.name.clone(), data.len()));
+        self.save(&path)?;
+        Ok(Vec::new())
     }
 
     /// [`Trainer::fit_observed`], `on` seeing each epoch only.

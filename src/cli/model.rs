@@ -6,6 +6,7 @@ use super::{check_out_dir, device, open, BackendArg};
 use shadertrain::checkpoint::Checkpoint;
 use shadertrain::data::{Dataset, Source};
 use shadertrain::fsutil::write_atomic;
+use shadertrain::network::Activation;
 use shadertrain::train::{batch_size, class_of, confusion_matrix};
 use shadertrain::{Error, Result, Trainer};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct PredictArgs {
 struct Loaded {
     ckpt: Checkpoint,
     data: Dataset,
+    /// Whether the data holds targets (not a CSV of inputs alone).
+    labelled: bool,
     trainer: Trainer,
 }
 
@@ -68,10 +71,10 @@ fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
     }
     let target = m.target.as_deref();
     let seed = ckpt.state.seed;
-    let mut data = if inputs_only_ok {
+    let (mut data, labelled) = if inputs_only_ok {
         source.load_for_prediction(target, &net, seed)?
     } else {
-        source.load(target, net.outputs(), seed)?
+        (source.load(target, net.outputs(), seed)?, true)
     };
     source.check_fits(&data, &net, "the model")?;
     if let Some(z) = &ckpt.standardizer {
@@ -83,6 +86,7 @@ fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
     Ok(Loaded {
         ckpt,
         data,
+        labelled,
         trainer,
     })
 }
@@ -92,6 +96,7 @@ pub fn eval(m: ModelArgs) -> Result<()> {
         ckpt,
         data,
         mut trainer,
+        ..
     } = load(&m, false, m.json)?;
     // One pass: the totals and the outputs the confusion matrix needs.
     let (totals, metric, out) = trainer.evaluate_and_predict(&data)?;
@@ -103,6 +108,14 @@ pub fn eval(m: ModelArgs) -> Result<()> {
         let json = serde_json::json!({
             "model": m.model.display().to_string(),
             "layers": ckpt.params.network().sizes(),
+            "network": ckpt.params.network().spec(),
+            "activations": ckpt
+                .params
+                .network()
+                .layers()
+                .iter()
+                .map(|l| l.act.name())
+                .collect::<Vec<_>>(),
             "samples": data.len(),
             "loss": totals.loss(),
             "accuracy": acc,
@@ -143,20 +156,37 @@ pub fn eval(m: ModelArgs) -> Result<()> {
 pub fn predict(a: PredictArgs) -> Result<()> {
     check_out_dir("--out", a.out.as_deref())?;
     let Loaded {
-        data, mut trainer, ..
+        ckpt,
+        data,
+        labelled,
+        mut trainer,
     } = load(&a.m, true, a.out.is_none())?;
     let out = trainer.predict(&data)?;
+    // A class column only for a classifier: labelled data says so; for
+    // inputs alone, an output of probabilities (softmax or sigmoid) does.
+    let classifies = if labelled {
+        data.is_classification()
+    } else {
+        matches!(
+            ckpt.params.network().output_activation(),
+            Activation::Softmax | Activation::Sigmoid
+        )
+    };
     let no = data.outputs;
     let mut csv = String::new();
     let mut head: Vec<String> = (0..no).map(|k| format!("output_{k}")).collect();
-    head.push("predicted".into());
+    if classifies {
+        head.push("predicted".into());
+    }
     csv += &head.join(",");
     csv.push('\n');
     for row in out.chunks(no) {
-        for v in row {
-            csv += &format!("{v},");
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv += &cells.join(",");
+        if classifies {
+            csv += &format!(",{}", class_of(row));
         }
-        csv += &format!("{}\n", class_of(row));
+        csv.push('\n');
     }
     match a.out {
         Some(p) => write_atomic(&p, csv.as_bytes()),

@@ -30,8 +30,9 @@ pub struct TrainArgs {
     /// Layer sizes, inputs first, e.g. 2,32,32,2 (default: per built-in set; required for files).
     #[arg(long)]
     layers: Option<String>,
-    /// Passes over the data [default: per built-in set; 10 for files].
-    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
+    /// Passes over the data [default: per built-in set; 10 for files]; 0 with
+    /// --save writes the initial weights without training.
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Samples per step [default: per built-in set; 32 for files].
     #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
@@ -57,6 +58,11 @@ pub struct TrainArgs {
     /// Continue the run saved in this checkpoint; --epochs counts the total.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from the weights in this safetensors file: a shadertrain
+    /// checkpoint, a torch export, or a PyTorch nn.Sequential / ModuleList
+    /// state dict (names and shapes checked against --layers).
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// mse or ce; follows from the output layer (ce after softmax, else mse),
     /// and a value that disagrees is refused.
     #[arg(long, value_enum)]
@@ -194,8 +200,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let acc = totals.accuracy(metric);
+    if epochs == 0 {
+        let path = a.save.as_deref().unwrap_or(std::path::Path::new("?"));
+        println!("wrote the initial weights to {}", path.display());
+    }
     println!(
-        "final loss: {:.6} ({})",
+        "{} loss: {:.6} ({})",
+        if epochs == 0 { "initial" } else { "final" },
         totals.loss(),
         totals.loss_fn.name()
     );
@@ -208,12 +219,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
             println!("validation accuracy: {:.2}%", acc * 100.0);
         }
     }
-    println!(
-        "throughput: {:.0} samples/s ({} samples in {:.2} s)",
-        samples / train_secs,
-        samples,
-        train_secs
-    );
+    if epochs > 0 {
+        println!(
+            "throughput: {:.0} samples/s ({} samples in {:.2} s)",
+            samples / train_secs,
+            samples,
+            train_secs
+        );
+    }
     if let Some(path) = &a.plot {
         let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
         shadertrain::plot::plot_history(path, &title, t.history())?;
@@ -257,6 +270,24 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
             "--target {:?} names a CSV column, but the data is not a CSV file",
             a.target.as_deref().unwrap_or_default()
         )));
+    }
+    if a.epochs == Some(0) {
+        // Zero epochs write the initial weights: without --save there is
+        // nothing to do, and nothing to draw or to continue.
+        let why = if a.save.is_none() {
+            Some("give --save FILE")
+        } else if a.plot.is_some() {
+            Some("--plot has no epochs to draw")
+        } else if a.resume.is_some() {
+            Some("--resume continues a run: ask for more epochs than it has")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::Invalid(format!(
+                "--epochs 0 only writes the initial weights with --save; {why}"
+            )));
+        }
     }
     // Refuse unwritable output paths before training, not after.
     if let Some(p) = &a.plot {
@@ -309,10 +340,13 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     if let Some(path) = &a.save {
         t = t.checkpoints(path, a.save_every)?;
     }
-    if resumed.is_none() {
-        if let Some(p) = source.builtin().and_then(|b| b.initial_params(&net)) {
-            t.set_params(&p)?;
-        }
+    let start = match &a.init {
+        Some(path) => Some(shadertrain::weights::load(path, &net)?),
+        None if resumed.is_none() => source.builtin().and_then(|b| b.initial_params(&net)),
+        None => None,
+    };
+    if let Some(p) = start {
+        t.set_params(&p)?;
     }
     if !a.quiet {
         eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());

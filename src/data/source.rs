@@ -208,20 +208,24 @@ impl Source {
 
     /// As [`Source::load`] for a model's inputs: a CSV file holding exactly
     /// `net`'s input columns (and no `target`) is read as inputs alone, with
-    /// zero targets; anything else as [`Source::load`] reads it.
+    /// zero targets; anything else as [`Source::load`] reads it. Also says
+    /// whether the data holds real targets.
     pub fn load_for_prediction(
         &self,
         target: Option<&str>,
         net: &Network,
         seed: u64,
-    ) -> Result<Dataset> {
+    ) -> Result<(Dataset, bool)> {
         match self {
             Source::Csv(path)
                 if target.is_none() && Dataset::csv_columns(path)? == net.inputs() =>
             {
-                Dataset::from_csv_inputs(path, net.inputs(), net.outputs())
+                Ok((
+                    Dataset::from_csv_inputs(path, net.inputs(), net.outputs())?,
+                    false,
+                ))
             }
-            _ => self.load(target, net.outputs(), seed),
+            _ => Ok((self.load(target, net.outputs(), seed)?, true)),
         }
     }
 
