@@ -299,21 +299,24 @@ fn predict_writes_a_class_column_only_for_classifiers() {
     }
     let data = dir.file("r.csv", &csv);
     let model = dir.path("m.safetensors").to_string_lossy().to_string();
-    run(&[
-        "train",
-        "--data",
-        &data,
-        "--layers",
-        "2,8:tanh,1:linear",
-        "--epochs",
-        "3",
-        "--quiet",
-        "--backend",
-        "cpu",
-        "--save",
-        &model,
-    ])
-    .success();
+    let train = |data: &str, layers: &str| {
+        let args = [
+            "train",
+            "--data",
+            data,
+            "--layers",
+            layers,
+            "--epochs",
+            "3",
+            "--quiet",
+            "--backend",
+            "cpu",
+            "--save",
+            &model,
+        ];
+        run(&args).success();
+    };
+    train(&data, "2,8:tanh,1:linear");
     let inputs = dir.file("x.csv", "a,b\n0.1,0.2\n0.3,0.4\n");
     for d in [&data, &inputs] {
         let r = run(&[
@@ -349,21 +352,7 @@ fn predict_writes_a_class_column_only_for_classifiers() {
     assert_eq!(v["layers"], serde_json::json!([2, 8, 1]));
     // A sigmoid classifier on inputs alone keeps its class column.
     let labelled = dir.file("c.csv", "a,b,y\n0,0,0\n1,1,1\n0,1,1\n1,0,0\n");
-    run(&[
-        "train",
-        "--data",
-        &labelled,
-        "--layers",
-        "2,4,1",
-        "--epochs",
-        "2",
-        "--quiet",
-        "--backend",
-        "cpu",
-        "--save",
-        &model,
-    ])
-    .success();
+    train(&labelled, "2,4,1");
     let r = run(&[
         "predict",
         "--model",
