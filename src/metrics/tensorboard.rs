@@ -98,7 +98,13 @@ impl TensorBoard {
         let host: String = gethostname::gethostname()
             .to_string_lossy()
             .chars()
-            .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let base = format!("events.out.tfevents.{now}.{host}");
         let mut n = 0;
