@@ -6,6 +6,8 @@
 //! checked by a bitwise CRC, `Event` decoded with prost from TensorFlow's
 //! field numbers) and compared with the run's history and its JSON Lines.
 
+// Both include the test_device! macro's file; each module uses its own.
+#[allow(clippy::duplicate_mod)]
 mod cli_support;
 mod common;
 
@@ -62,7 +64,9 @@ fn crc32c(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8`.
+/// TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8`,
+/// spelled as the format documents it (the writer uses `rotate_right`).
+#[allow(clippy::manual_rotate)]
 fn masked(bytes: &[u8]) -> u32 {
     let crc = crc32c(bytes);
     ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
@@ -104,30 +108,37 @@ fn records(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-/// The one event file in `dir`, its records decoded. The first must be the
-/// version record and nothing else.
-fn events(dir: &Path) -> Vec<Event> {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+/// The event files in `dir` (`files` of them), in name order (a run's
+/// seconds, then the suffix of a second file in the same second), their
+/// records decoded one file after the other. Each file's first record must
+/// be the version record and nothing else.
+fn events(dir: &Path, files: usize) -> Vec<Event> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
+    paths.sort();
     assert_eq!(
-        files.len(),
-        1,
-        "one event file in {}: {files:?}",
+        paths.len(),
+        files,
+        "event files in {}: {paths:?}",
         dir.display()
     );
-    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("events.out.tfevents."), "{name}");
-    let events: Vec<Event> = records(&files[0])
-        .iter()
-        .map(|r| <Event as prost::Message>::decode(r.as_slice()).unwrap())
-        .collect();
-    let first = &events[0];
-    assert_eq!(first.file_version.as_deref(), Some("brain.Event:2"));
-    assert!(first.summary.is_none() && first.wall_time > 1e9);
-    assert!(events[1..].iter().all(|e| e.file_version.is_none()));
-    events
+    let mut all = Vec::new();
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("events.out.tfevents."), "{name}");
+        let events: Vec<Event> = records(&path)
+            .iter()
+            .map(|r| <Event as prost::Message>::decode(r.as_slice()).unwrap())
+            .collect();
+        let first = &events[0];
+        assert_eq!(first.file_version.as_deref(), Some("brain.Event:2"));
+        assert!(first.summary.is_none() && first.wall_time > 1e9);
+        assert!(events[1..].iter().all(|e| e.file_version.is_none()));
+        all.extend(events);
+    }
+    all
 }
 
 /// Scalars by tag: (step, value) in file order.
@@ -157,11 +168,17 @@ fn f32_of(v: &Json) -> f32 {
 }
 
 /// Checks the records of a run against its history (`epochs`, as `--metrics`
-/// writes it): JSON Lines and the event file in `dir` agree with it and with
-/// each other; steps are recorded every `every` and at each epoch's end,
-/// numbered globally; `lr(epoch)` is each step's rate. Returns the step
-/// records.
-fn check_run(dir: &Path, lines: &[Json], epochs: &[Json], every: usize, lr: impl Fn(usize) -> f32) {
+/// writes it): the JSON Lines and the `files` event files in `dir` agree
+/// with it and with each other; steps are recorded every `every` and at each
+/// epoch's end, numbered globally; `lr(epoch)` is each step's rate.
+fn check_run(
+    dir: &Path,
+    files: usize,
+    lines: &[Json],
+    epochs: &[Json],
+    every: usize,
+    lr: impl Fn(usize) -> f32,
+) {
     let (steps, epoch_lines): (Vec<&Json>, Vec<&Json>) =
         lines.iter().partition(|l| l["kind"] == "step");
     assert!(epoch_lines.iter().all(|l| l["kind"] == "epoch"));
@@ -196,7 +213,7 @@ fn check_run(dir: &Path, lines: &[Json], epochs: &[Json], every: usize, lr: impl
         assert_eq!(keys.len(), 6, "{keys:?}");
     }
     // The event file holds the same values, at the same steps.
-    let tb = scalars(&events(dir));
+    let tb = scalars(&events(dir, files));
     let series = |tag: &str| tb.get(tag).cloned().unwrap_or_default();
     let at = |records: &[&Json], step: &str, key: &str| -> Vec<(i64, f32)> {
         records
@@ -217,7 +234,13 @@ fn check_run(dir: &Path, lines: &[Json], epochs: &[Json], every: usize, lr: impl
     ] {
         assert_eq!(series(tag), at(&ep, "epoch", key), "{tag}");
     }
-    assert_eq!(tb.len(), 7, "{:?}", tb.keys());
+    // And nothing else: the validation tags only with a validation set.
+    let tags = if epochs[0]["val_loss"].is_null() {
+        5
+    } else {
+        7
+    };
+    assert_eq!(tb.len(), tags, "{:?}", tb.keys());
 }
 
 // ---------------------------------------------------------------------------
@@ -269,7 +292,7 @@ mod cli {
         };
         // spirals: lr 8; 1500 training samples in batches of 8.
         let lines = jsonl(&lines);
-        check_run(&logs, &lines, epochs, 7, |e| sched.lr(8.0, e, 2));
+        check_run(&logs, 1, &lines, epochs, 7, |e| sched.lr(8.0, e, 2));
         assert_eq!(
             lines.iter().filter(|l| l["kind"] == "step").count(),
             2 * (188 / 7 + 1)
@@ -278,63 +301,91 @@ mod cli {
 
     test_device!(check_cli, cli_cpu, cli_gpu);
 
+    /// A resumed run writes a second event file into the same directory and
+    /// appends to the same JSON Lines file; together they are one run.
+    #[test]
+    fn resumed_runs_continue_the_records() {
+        let tmp = TempDir::new("metrics-resume");
+        let (logs, lines, ckpt, metrics) = (
+            tmp.path("logs"),
+            tmp.path("m.jsonl"),
+            tmp.path("c.safetensors"),
+            tmp.path("m.json"),
+        );
+        let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        let common = [
+            "train",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--data",
+            "xor",
+            "--batch",
+            "2",
+            "--log-every",
+            "1",
+            "--save",
+            &p(&ckpt),
+            "--log-dir",
+            &p(&logs),
+            "--metrics-jsonl",
+            &p(&lines),
+            "--metrics",
+            &p(&metrics),
+        ];
+        run(&[&common[..], &["--epochs", "3"]].concat()).success();
+        run(&[&common[..], &["--epochs", "5", "--resume", &p(&ckpt)]].concat()).success();
+        let m: Json = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        // xor: lr 5, two steps an epoch.
+        check_run(
+            &logs,
+            2,
+            &jsonl(&lines),
+            m["epochs"].as_array().unwrap(),
+            1,
+            |_| 5.0,
+        );
+    }
+
     #[test]
     fn bad_log_dir_is_refused_before_training() {
         let tmp = TempDir::new("metrics-bad-log-dir");
         let file = tmp.file("a-file", "x");
         let under = format!("{file}/logs");
         let jsonl = tmp.path("m.jsonl");
-        for (dir, why) in [
-            (&file, "is a file, not a directory"),
-            (&under, "cannot create it"),
-        ] {
-            expect_error(
-                &[
-                    "train",
-                    "--backend",
-                    "cpu",
-                    "--log-dir",
-                    dir,
-                    "--metrics-jsonl",
-                    jsonl.to_str().unwrap(),
-                ],
-                &["--log-dir", why],
-            );
-        }
+        let (jsonl, dir) = (jsonl.to_str().unwrap(), tmp.0.to_str().unwrap());
+        let mut refusals = vec![
+            (
+                vec!["--log-dir", &file, "--metrics-jsonl", jsonl],
+                vec!["--log-dir", "is a file, not a directory"],
+            ),
+            (
+                vec!["--log-dir", &under, "--metrics-jsonl", jsonl],
+                vec!["--log-dir", "cannot create it"],
+            ),
+            (
+                vec!["--metrics-jsonl", dir],
+                vec!["--metrics-jsonl", "is a directory"],
+            ),
+            (vec!["--log-every", "5"], vec!["--log-every", "--log-dir"]),
+            (
+                vec!["--log-dir", dir, "--log-every", "0"],
+                vec!["--log-every"],
+            ),
+        ];
         if cfg!(target_os = "linux") {
             // Unwritable even by root.
+            refusals.push((
+                vec!["--log-dir", "/proc/shadertrain-logs"],
+                vec!["--log-dir", "cannot create it"],
+            ));
+        }
+        for (args, expect) in refusals {
             expect_error(
-                &[
-                    "train",
-                    "--backend",
-                    "cpu",
-                    "--log-dir",
-                    "/proc/shadertrain-logs",
-                ],
-                &["--log-dir", "cannot create it"],
+                &[&["train", "--backend", "cpu"], args.as_slice()].concat(),
+                &expect,
             );
         }
-        let dir = tmp.0.to_str().unwrap();
-        expect_error(
-            &["train", "--backend", "cpu", "--metrics-jsonl", dir],
-            &["--metrics-jsonl", "is a directory"],
-        );
-        expect_error(
-            &["train", "--backend", "cpu", "--log-every", "5"],
-            &["--log-every", "--log-dir"],
-        );
-        expect_error(
-            &[
-                "train",
-                "--backend",
-                "cpu",
-                "--log-dir",
-                dir,
-                "--log-every",
-                "0",
-            ],
-            &["--log-every"],
-        );
         // Refused before anything was written: no JSON Lines file, no event file.
         assert_eq!(tmp.listing(), vec!["a-file".to_string()]);
     }
@@ -391,7 +442,7 @@ mod library {
         let history = serde_json::to_value(t.history()).unwrap();
         let lines = jsonl(&path);
         assert_eq!(lines.len(), 3 * (3 + 1));
-        check_run(&logs, &lines, history.as_array().unwrap(), 3, |_| 0.5);
+        check_run(&logs, 1, &lines, history.as_array().unwrap(), 3, |_| 0.5);
     }
 
     test_device!(check_library, library_cpu, library_gpu);
@@ -417,7 +468,7 @@ mod library {
             .unwrap_err();
         assert!(matches!(err, Error::Diverged { .. }), "{err}");
         let lines = jsonl(&path);
-        let tb = scalars(&events(&logs));
+        let tb = scalars(&events(&logs, 1));
         let steps = lines.iter().filter(|l| l["kind"] == "step").count();
         assert!(steps > 0);
         assert_eq!(tb["loss/step"].len(), steps);
