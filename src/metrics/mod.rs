@@ -19,7 +19,7 @@
 //! (diverges, is refused, hits a full disk) leaves its files holding every
 //! record up to the failure, which is when the curve is most wanted. Only a
 //! process killed mid-write can leave a truncated last record, which
-//! TensorBoard skips.
+//! TensorBoard's reader takes for one not yet written and ignores.
 //!
 //! ```
 //! use shadertrain::metrics::JsonLines;
@@ -60,7 +60,8 @@ pub struct StepRecord {
     /// 1-based step within the epoch.
     pub step: usize,
     /// 1-based step of the whole run, `(epoch − 1) · steps + step`, counting
-    /// resumed epochs too: a resumed run's records continue the curve.
+    /// resumed epochs too (at this run's steps per epoch): a resumed run's
+    /// records continue the curve.
     pub global_step: u64,
     /// The running mean per-sample loss of the epoch so far (every forward
     /// pass since the epoch began, this step's included), not this step's
