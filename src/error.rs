@@ -53,6 +53,12 @@ pub enum Setting {
     SaveEvery,
     /// The dataset.
     Data,
+    /// The directory TensorBoard event files are written to.
+    LogDir,
+    /// The JSON Lines file of step and epoch records.
+    MetricsLog,
+    /// Steps between step records.
+    LogEvery,
 }
 
 impl Setting {
@@ -81,6 +87,9 @@ impl Setting {
             Setting::Adapter => "adapter",
             Setting::SaveEvery => "checkpoint interval",
             Setting::Data => "data",
+            Setting::LogDir => "log directory",
+            Setting::MetricsLog => "metrics log",
+            Setting::LogEvery => "step-record interval",
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod idx;
 pub mod memory;
+pub mod metrics;
 pub mod network;
 pub mod optim;
 pub mod plot;

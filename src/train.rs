@@ -188,6 +188,8 @@ pub enum Progress<'a> {
         step: usize,
         /// Steps in the epoch.
         steps: usize,
+        /// The learning rate the step used (the schedule's for this epoch).
+        lr: f32,
     },
     /// An epoch finished.
     Epoch(&'a EpochStats),
@@ -338,6 +340,7 @@ pub fn train_epochs<B: Backend + ?Sized>(
                     epoch,
                     step: step + 1,
                     steps,
+                    lr,
                 },
             )?;
         }

@@ -3,7 +3,8 @@
 //! is one, else the fast CPU backend, or one you give it), the training
 //! settings, the initial parameters, the run's history and its checkpoint
 //! state; it trains (reporting every step and epoch to a callback that can
-//! see the backend), validates, saves every N epochs, evaluates and predicts.
+//! see the backend), validates, saves every N epochs, logs to experiment
+//! trackers ([`crate::metrics`]), evaluates and predicts.
 //! `shadertrain train`, `eval` and `predict` are this type plus flag parsing
 //! and rendering.
 //!
@@ -25,6 +26,7 @@ use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::error::{Error, Result, Setting};
 use crate::gpu::{GpuBackend, GpuContext};
+use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
 use crate::train::{
@@ -137,6 +139,10 @@ pub struct Trainer {
     trained_on: Option<(String, usize)>,
     /// Where to write checkpoints, and every how many epochs (else at the end only).
     save: Option<(PathBuf, Option<usize>)>,
+    /// Where step and epoch records go ([`Trainer::log_to`]).
+    sinks: Vec<Box<dyn MetricsSink>>,
+    /// Steps between step records.
+    log_every: usize,
 }
 
 impl Trainer {
@@ -165,6 +171,8 @@ impl Trainer {
             history: Vec::new(),
             trained_on: None,
             save: None,
+            sinks: Vec::new(),
+            log_every: DEFAULT_LOG_EVERY,
         }
     }
 
@@ -275,6 +283,30 @@ impl Trainer {
             return Err(Error::setting(Setting::SaveEvery, 0, "must be at least 1"));
         }
         self.save = Some((path.into(), every));
+        Ok(self)
+    }
+
+    /// Also send the run's records to `sink` (a [`crate::metrics::TensorBoard`]
+    /// event file, a [`crate::metrics::JsonLines`] file, or your own): a
+    /// [`StepRecord`] every [`Trainer::log_every`] steps and at the last step
+    /// of each epoch, and every epoch's [`EpochStats`]. Sinks are kept across
+    /// calls to [`Trainer::fit_observed`] and flushed when each ends, whether
+    /// it succeeded or failed; an error from a sink stops the run.
+    pub fn log_to(mut self, sink: impl MetricsSink + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    /// Steps between step records ([`DEFAULT_LOG_EVERY`] by default); the
+    /// last step of every epoch is always recorded. Each record reads the
+    /// running loss back ([`Backend::peek_totals`]), which on a GPU waits for
+    /// the step to finish: 1 records every step at the price of the GPU's
+    /// queue of steps. An interval of 0 is an error.
+    pub fn log_every(mut self, n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::setting(Setting::LogEvery, 0, "must be at least 1"));
+        }
+        self.log_every = n;
         Ok(self)
     }
 
@@ -399,13 +431,16 @@ impl Trainer {
         };
         let mut saved = done;
         let save = self.save.clone();
-        let new = train_epochs(
+        let sinks = &mut self.sinks;
+        let log_every = self.log_every;
+        let run = train_epochs(
             self.backend.as_mut(),
             data,
             val,
             &self.cfg,
             first,
             |b, p| {
+                log(sinks, log_every, b, p)?;
                 if let Progress::Epoch(s) = p {
                     meta.history.push(*s);
                     if let Some((path, Some(every))) = &save {
@@ -417,7 +452,11 @@ impl Trainer {
                 }
                 on(b, p)
             },
-        )?;
+        );
+        // Flushed even after a failure: the records up to it stay readable.
+        let flushed = self.sinks.iter_mut().try_for_each(|s| s.flush());
+        let new = run?;
+        flushed?;
         if let Some((path, _)) = &save {
             if saved != self.cfg.epochs {
                 meta.checkpoint(self.backend.as_mut())?.save(path)?;
@@ -501,6 +540,38 @@ impl Trainer {
     /// Writes a checkpoint that `train --resume`, `eval` and `predict` read.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.checkpoint()?.save(path)
+    }
+}
+
+/// Sends `p` to the sinks: every epoch, and the steps that `every` and the
+/// end of an epoch select, with the running loss read back for them only.
+fn log(
+    sinks: &mut [Box<dyn MetricsSink>],
+    every: usize,
+    b: &mut dyn Backend<Scalar = f32>,
+    p: Progress<'_>,
+) -> Result<()> {
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    match p {
+        Progress::Step {
+            epoch,
+            step,
+            steps,
+            lr,
+        } if step.is_multiple_of(every) || step == steps => {
+            let r = StepRecord {
+                epoch,
+                step,
+                global_step: ((epoch - 1) * steps + step) as u64,
+                loss: b.peek_totals()?.loss(),
+                lr,
+            };
+            sinks.iter_mut().try_for_each(|s| s.step(&r))
+        }
+        Progress::Step { .. } => Ok(()),
+        Progress::Epoch(e) => sinks.iter_mut().try_for_each(|s| s.epoch(e)),
     }
 }
 

@@ -41,6 +41,9 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Adapter => "--adapter",
         Setting::SaveEvery => "--save-every",
         Setting::Data => "--data",
+        Setting::LogDir => "--log-dir",
+        Setting::MetricsLog => "--metrics-jsonl",
+        Setting::LogEvery => "--log-every",
     }
 }
 

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::checkpoint::{Checkpoint, TrainState};
 use shadertrain::data::{Dataset, Source, Standardizer};
 use shadertrain::fsutil::write_atomic;
+use shadertrain::metrics::{JsonLines, TensorBoard};
 use shadertrain::network::{Loss, Network};
 use shadertrain::optim::{Optimizer, OptimizerKind};
 use shadertrain::train::{batch_size, EpochStats, Progress, Schedule, TrainConfig};
@@ -97,6 +98,20 @@ pub struct TrainArgs {
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Write TensorBoard event files into this directory (created if
+    /// missing): loss and learning rate per step, loss, accuracy, validation
+    /// and samples/s per epoch. View with `tensorboard --logdir DIR`.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Append one JSON object per step record and per epoch to this file,
+    /// flushed as the run goes (for MLflow, W&B and scripts).
+    #[arg(long)]
+    metrics_jsonl: Option<PathBuf>,
+    /// Steps between the per-step records of --log-dir and --metrics-jsonl
+    /// (the last step of every epoch is always recorded); each reads the
+    /// running loss back, on a GPU waiting for the step [default: 10].
+    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
+    log_every: Option<usize>,
     /// Draw the loss and accuracy curves (training and validation) into this .png or .svg.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -297,9 +312,17 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
         ("--metrics", &a.metrics),
         ("--save", &a.save),
         ("--plot", &a.plot),
+        ("--metrics-jsonl", &a.metrics_jsonl),
     ] {
         check_out_dir(flag, path.as_deref())?;
     }
+    refuse_unused(
+        "--log-every",
+        a.log_every.is_some(),
+        a.log_dir.is_some() || a.metrics_jsonl.is_some(),
+        "the per-step records of --log-dir and --metrics-jsonl",
+        "neither",
+    )?;
     let net = network(a, resumed.as_ref(), recipe.layers)?;
     let seed = match (&resumed, a.seed) {
         (Some(c), Some(s)) if s != c.state.seed => {
@@ -347,6 +370,16 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     };
     if let Some(p) = start {
         t.set_params(&p)?;
+    }
+    if let Some(n) = a.log_every {
+        t = t.log_every(n)?;
+    }
+    // Last, once every other check has passed: these create their files.
+    if let Some(dir) = &a.log_dir {
+        t = t.log_to(TensorBoard::create(dir)?);
+    }
+    if let Some(path) = &a.metrics_jsonl {
+        t = t.log_to(JsonLines::create(path)?);
     }
     if !a.quiet {
         eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());

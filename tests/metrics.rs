@@ -1,0 +1,526 @@
+//! Metrics for trackers: TensorBoard event files (`--log-dir`,
+//! `metrics::TensorBoard`) and JSON Lines (`--metrics-jsonl`,
+//! `metrics::JsonLines`), through the binary and the library, on the CPU and
+//! the GPU. The event files are read back by a reader written here from the
+//! format's definition (TFRecord framing, both CRC-32Cs of every record
+//! checked by a bitwise CRC, `Event` decoded with prost from TensorFlow's
+//! field numbers) and compared with the run's history and its JSON Lines.
+
+// Both include the test_device! macro's file; each module uses its own.
+#[allow(clippy::duplicate_mod)]
+mod cli_support;
+mod common;
+
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+// ---------------------------------------------------------------------------
+// An independent reader of event files
+// ---------------------------------------------------------------------------
+
+/// `tensorflow.Event` (event.proto): the fields TensorBoard's scalars use.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Event {
+    #[prost(double, tag = "1")]
+    wall_time: f64,
+    #[prost(int64, tag = "2")]
+    step: i64,
+    #[prost(string, optional, tag = "3")]
+    file_version: Option<String>,
+    #[prost(message, optional, tag = "5")]
+    summary: Option<Summary>,
+}
+
+/// `tensorflow.Summary` (summary.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Summary {
+    #[prost(message, repeated, tag = "1")]
+    value: Vec<SummaryValue>,
+}
+
+/// `tensorflow.Summary.Value`, scalar form.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SummaryValue {
+    #[prost(string, tag = "1")]
+    tag: String,
+    #[prost(float, tag = "2")]
+    simple_value: f32,
+}
+
+/// CRC-32C, bit by bit (reflected Castagnoli polynomial): no table, no crate.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// TFRecord's masked CRC: `((crc >> 15) | (crc << 17)) + 0xa282ead8`,
+/// spelled as the format documents it (the writer uses `rotate_right`).
+#[allow(clippy::manual_rotate)]
+fn masked(bytes: &[u8]) -> u32 {
+    let crc = crc32c(bytes);
+    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+}
+
+/// Every record of an event file, each one's length and data CRCs checked,
+/// and nothing left over after the last.
+fn records(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    while at < bytes.len() {
+        assert!(at + 12 <= bytes.len(), "record {} cut short", out.len());
+        let len_bytes = &bytes[at..at + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        assert_eq!(
+            u32_at(at + 8),
+            masked(len_bytes),
+            "length CRC of record {}",
+            out.len()
+        );
+        let data = at + 12;
+        assert!(
+            data + len + 4 <= bytes.len(),
+            "record {} cut short",
+            out.len()
+        );
+        let payload = &bytes[data..data + len];
+        assert_eq!(
+            u32_at(data + len),
+            masked(payload),
+            "data CRC of record {}",
+            out.len()
+        );
+        out.push(payload.to_vec());
+        at = data + len + 4;
+    }
+    out
+}
+
+/// The event files in `dir` (`files` of them), in name order (a run's
+/// seconds, then the suffix of a second file in the same second), their
+/// records decoded one file after the other. Each file's first record must
+/// be the version record and nothing else.
+fn events(dir: &Path, files: usize) -> Vec<Event> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths.len(),
+        files,
+        "event files in {}: {paths:?}",
+        dir.display()
+    );
+    let mut all = Vec::new();
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("events.out.tfevents."), "{name}");
+        let events: Vec<Event> = records(&path)
+            .iter()
+            .map(|r| <Event as prost::Message>::decode(r.as_slice()).unwrap())
+            .collect();
+        let first = &events[0];
+        assert_eq!(first.file_version.as_deref(), Some("brain.Event:2"));
+        assert!(first.summary.is_none() && first.wall_time > 1e9);
+        assert!(events[1..].iter().all(|e| e.file_version.is_none()));
+        all.extend(events);
+    }
+    all
+}
+
+/// Scalars by tag: (step, value) in file order.
+fn scalars(events: &[Event]) -> BTreeMap<String, Vec<(i64, f32)>> {
+    let mut by_tag: BTreeMap<String, Vec<(i64, f32)>> = BTreeMap::new();
+    for e in events {
+        for v in e.summary.iter().flat_map(|s| &s.value) {
+            by_tag
+                .entry(v.tag.clone())
+                .or_default()
+                .push((e.step, v.simple_value));
+        }
+    }
+    by_tag
+}
+
+fn jsonl(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn f32_of(v: &Json) -> f32 {
+    v.as_f64().unwrap() as f32
+}
+
+/// Checks the records of a run against its history (`epochs`, as `--metrics`
+/// writes it): the JSON Lines and the `files` event files in `dir` agree
+/// with it and with each other; steps are recorded every `every` and at each
+/// epoch's end, numbered globally; `lr(epoch)` is each step's rate.
+fn check_run(
+    dir: &Path,
+    files: usize,
+    lines: &[Json],
+    epochs: &[Json],
+    every: usize,
+    lr: impl Fn(usize) -> f32,
+) {
+    let (steps, epoch_lines): (Vec<&Json>, Vec<&Json>) =
+        lines.iter().partition(|l| l["kind"] == "step");
+    assert!(epoch_lines.iter().all(|l| l["kind"] == "epoch"));
+    // Epoch records: the history's objects, field for field.
+    assert_eq!(epoch_lines.len(), epochs.len());
+    for (l, e) in epoch_lines.iter().zip(epochs) {
+        let mut l = (*l).clone();
+        l.as_object_mut().unwrap().remove("kind");
+        assert_eq!(&l, e);
+    }
+    // Step records: which, how numbered, and the last one is the epoch's loss.
+    let first = epochs[0]["epoch"].as_u64().unwrap() as usize;
+    for (i, e) in epochs.iter().enumerate() {
+        let epoch = first + i;
+        let mine: Vec<&&Json> = steps.iter().filter(|s| s["epoch"] == epoch).collect();
+        let n = mine.last().unwrap()["step"].as_u64().unwrap() as usize;
+        let want: Vec<usize> = (1..=n).filter(|s| s % every == 0 || *s == n).collect();
+        let got: Vec<usize> = mine
+            .iter()
+            .map(|s| s["step"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got, want, "epoch {epoch}'s step records");
+        for s in &mine {
+            let step = s["step"].as_u64().unwrap() as usize;
+            assert_eq!(s["global_step"], (epoch - 1) * n + step);
+            assert_eq!(f32_of(&s["lr"]), lr(epoch));
+            assert!(s["loss"].as_f64().unwrap() > 0.0);
+        }
+        assert_eq!(mine.last().unwrap()["loss"], e["loss"], "epoch {epoch}");
+        // kind, epoch, step, global_step, loss, lr.
+        let keys: Vec<&String> = mine[0].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+    }
+    // The event file holds the same values, at the same steps.
+    let tb = scalars(&events(dir, files));
+    let series = |tag: &str| tb.get(tag).cloned().unwrap_or_default();
+    let at = |records: &[&Json], step: &str, key: &str| -> Vec<(i64, f32)> {
+        records
+            .iter()
+            .filter(|r| !r[key].is_null())
+            .map(|r| (r[step].as_i64().unwrap(), f32_of(&r[key])))
+            .collect()
+    };
+    assert_eq!(series("loss/step"), at(&steps, "global_step", "loss"));
+    assert_eq!(series("lr/step"), at(&steps, "global_step", "lr"));
+    let ep: Vec<&Json> = epochs.iter().collect();
+    for (tag, key) in [
+        ("loss/epoch", "loss"),
+        ("accuracy/epoch", "accuracy"),
+        ("loss/val", "val_loss"),
+        ("accuracy/val", "val_accuracy"),
+        ("samples_per_s/epoch", "samples_per_s"),
+    ] {
+        assert_eq!(series(tag), at(&ep, "epoch", key), "{tag}");
+    }
+    // And nothing else: the validation tags only with a validation set.
+    let tags = if epochs[0]["val_loss"].is_null() {
+        5
+    } else {
+        7
+    };
+    assert_eq!(tb.len(), tags, "{:?}", tb.keys());
+}
+
+// ---------------------------------------------------------------------------
+// Through the binary
+// ---------------------------------------------------------------------------
+
+mod cli {
+    use super::cli_support::*;
+    use super::*;
+    use shadertrain::train::Schedule;
+
+    fn check_cli(device: Device) {
+        let tmp = TempDir::new(&format!("metrics-cli-{}", device.name()));
+        let (logs, lines, metrics) = (
+            tmp.path("logs/run1"),
+            tmp.path("m.jsonl"),
+            tmp.path("m.json"),
+        );
+        let args = [
+            "train",
+            "--backend",
+            device.name(),
+            "--quiet",
+            "--epochs",
+            "2",
+            "--val-split",
+            "0.25",
+            "--lr-schedule",
+            "step",
+            "--lr-step",
+            "1",
+            "--lr-gamma",
+            "0.5",
+            "--log-every",
+            "7",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--metrics-jsonl",
+            lines.to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ];
+        run(&args).success();
+        let m: Json = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        let epochs = m["epochs"].as_array().unwrap();
+        let sched = Schedule::Step {
+            every: 1,
+            gamma: 0.5,
+        };
+        // spirals: lr 8; 1500 training samples in batches of 8.
+        let lines = jsonl(&lines);
+        check_run(&logs, 1, &lines, epochs, 7, |e| sched.lr(8.0, e, 2));
+        assert_eq!(
+            lines.iter().filter(|l| l["kind"] == "step").count(),
+            2 * (188 / 7 + 1)
+        );
+    }
+
+    test_device!(check_cli, cli_cpu, cli_gpu);
+
+    /// A resumed run writes a second event file into the same directory and
+    /// appends to the same JSON Lines file; together they are one run.
+    #[test]
+    fn resumed_runs_continue_the_records() {
+        let tmp = TempDir::new("metrics-resume");
+        let (logs, lines, ckpt, metrics) = (
+            tmp.path("logs"),
+            tmp.path("m.jsonl"),
+            tmp.path("c.safetensors"),
+            tmp.path("m.json"),
+        );
+        let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        let common = [
+            "train",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--data",
+            "xor",
+            "--batch",
+            "2",
+            "--log-every",
+            "1",
+            "--save",
+            &p(&ckpt),
+            "--log-dir",
+            &p(&logs),
+            "--metrics-jsonl",
+            &p(&lines),
+            "--metrics",
+            &p(&metrics),
+        ];
+        run(&[&common[..], &["--epochs", "3"]].concat()).success();
+        run(&[&common[..], &["--epochs", "5", "--resume", &p(&ckpt)]].concat()).success();
+        let m: Json = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+        // xor: lr 5, two steps an epoch.
+        check_run(
+            &logs,
+            2,
+            &jsonl(&lines),
+            m["epochs"].as_array().unwrap(),
+            1,
+            |_| 5.0,
+        );
+    }
+
+    #[test]
+    fn bad_log_dir_is_refused_before_training() {
+        let tmp = TempDir::new("metrics-bad-log-dir");
+        let file = tmp.file("a-file", "x");
+        let under = format!("{file}/logs");
+        let jsonl = tmp.path("m.jsonl");
+        let (jsonl, dir) = (jsonl.to_str().unwrap(), tmp.0.to_str().unwrap());
+        let mut refusals = vec![
+            (
+                vec!["--log-dir", &file, "--metrics-jsonl", jsonl],
+                vec!["--log-dir", "is a file, not a directory"],
+            ),
+            (
+                vec!["--log-dir", &under, "--metrics-jsonl", jsonl],
+                vec!["--log-dir", "cannot create it"],
+            ),
+            (
+                vec!["--metrics-jsonl", dir],
+                vec!["--metrics-jsonl", "is a directory"],
+            ),
+            (vec!["--log-every", "5"], vec!["--log-every", "--log-dir"]),
+            (
+                vec!["--log-dir", dir, "--log-every", "0"],
+                vec!["--log-every"],
+            ),
+        ];
+        if cfg!(target_os = "linux") {
+            // Unwritable even by root.
+            refusals.push((
+                vec!["--log-dir", "/proc/shadertrain-logs"],
+                vec!["--log-dir", "cannot create it"],
+            ));
+        }
+        for (args, expect) in refusals {
+            expect_error(
+                &[&["train", "--backend", "cpu"], args.as_slice()].concat(),
+                &expect,
+            );
+        }
+        // Refused before anything was written: no JSON Lines file, no event file.
+        assert_eq!(tmp.listing(), vec!["a-file".to_string()]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Through the library
+// ---------------------------------------------------------------------------
+
+mod library {
+    use super::common::*;
+    use super::*;
+    use shadertrain::data::{Dataset, Task};
+    use shadertrain::metrics::{JsonLines, TensorBoard};
+    use shadertrain::network::Network;
+    use shadertrain::{Error, Setting, Trainer};
+
+    /// Two noisy clusters in 2-D, one-hot.
+    fn clusters(n: usize, label: &str) -> Dataset {
+        let noise = random(&mut rng(label), n * 2, -0.4, 0.4);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let c = (i % 2) as f32;
+            x.extend([c + noise[2 * i], 1.0 - c + noise[2 * i + 1]]);
+            y.extend([1.0 - c, c]);
+        }
+        Dataset::from_vecs(
+            "clusters",
+            (2, 2),
+            x,
+            y,
+            Task::Classification { classes: 2 },
+        )
+        .unwrap()
+    }
+
+    fn check_library(device: Device) {
+        let tmp = cli_support::TempDir::new(&format!("metrics-lib-{}", device.name()));
+        let (logs, path) = (tmp.path("logs"), tmp.path("run.jsonl"));
+        let net = Network::parse("2,8:tanh,2:softmax").unwrap();
+        let (train, val) = (clusters(100, "metrics train"), clusters(30, "metrics val"));
+        // 100 samples in batches of 16: 7 steps an epoch, recorded at 3, 6 and 7.
+        let mut t = Trainer::new(device.backend(&net, 16))
+            .epochs(2)
+            .lr(0.5)
+            .log_to(TensorBoard::create(&logs).unwrap())
+            .log_to(JsonLines::create(&path).unwrap())
+            .log_every(3)
+            .unwrap();
+        t.fit_observed(&train, Some(&val), |_, _| Ok(())).unwrap();
+        // A second call continues the same files and the same step numbering.
+        let mut t = t.epochs(3);
+        t.fit_observed(&train, Some(&val), |_, _| Ok(())).unwrap();
+        let history = serde_json::to_value(t.history()).unwrap();
+        let lines = jsonl(&path);
+        assert_eq!(lines.len(), 3 * (3 + 1));
+        check_run(&logs, 1, &lines, history.as_array().unwrap(), 3, |_| 0.5);
+    }
+
+    test_device!(check_library, library_cpu, library_gpu);
+
+    #[test]
+    fn a_failed_run_leaves_valid_files() {
+        let tmp = cli_support::TempDir::new("metrics-diverged");
+        let (logs, path) = (tmp.path("logs"), tmp.path("run.jsonl"));
+        // Unscaled targets and a large rate: diverges within a few epochs.
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let y: Vec<f32> = x.iter().map(|v| v * 1e4).collect();
+        let data = Dataset::from_vecs("big", (1, 1), x, y, Task::Regression).unwrap();
+        let net = Network::parse("1,4:linear,1:linear").unwrap();
+        let err = Trainer::cpu(&net, 8)
+            .unwrap()
+            .epochs(50)
+            .lr(1.0)
+            .log_to(TensorBoard::create(&logs).unwrap())
+            .log_to(JsonLines::create(&path).unwrap())
+            .log_every(1)
+            .unwrap()
+            .fit(&data)
+            .unwrap_err();
+        assert!(matches!(err, Error::Diverged { .. }), "{err}");
+        let lines = jsonl(&path);
+        let tb = scalars(&events(&logs, 1));
+        let steps = lines.iter().filter(|l| l["kind"] == "step").count();
+        assert!(steps > 0);
+        assert_eq!(tb["loss/step"].len(), steps);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let tmp = cli_support::TempDir::new("metrics-lib-bad");
+        let file = tmp.file("f", "x");
+        let t = Trainer::cpu(&Network::parse("2,2").unwrap(), 1).unwrap();
+        assert!(matches!(
+            t.log_every(0),
+            Err(Error::Setting {
+                setting: Setting::LogEvery,
+                ..
+            })
+        ));
+        let e = TensorBoard::create(&file).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Setting {
+                    setting: Setting::LogDir,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The path is quoted as every setting's value is: cut at 40 characters.
+        let msg = e.to_string();
+        assert!(msg.starts_with("log directory '/"), "{msg}");
+        assert!(msg.ends_with("': is a file, not a directory"), "{msg}");
+        let e = JsonLines::create(&tmp.0).err().unwrap();
+        assert!(
+            matches!(
+                e,
+                Error::Setting {
+                    setting: Setting::MetricsLog,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// A second writer in the same directory and second gets its own file.
+    #[test]
+    fn event_files_are_never_overwritten() {
+        let tmp = cli_support::TempDir::new("metrics-two-writers");
+        let a = TensorBoard::create(&tmp.0).unwrap();
+        let b = TensorBoard::create(&tmp.0).unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(tmp.listing().len(), 2);
+    }
+}
