@@ -73,7 +73,8 @@ pub struct Checkpoint {
     pub optimizer_state: OptimizerState,
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
+/// `v` as little-endian bytes, as safetensors and ONNX's `raw_data` store it.
+pub(crate) fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
