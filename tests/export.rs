@@ -6,17 +6,14 @@
 //! command's files and refusals.
 
 mod cli_support;
-mod common;
 
 use cli_support::{expect_error, run, TempDir};
-use common::sample_checkpoint;
 use safetensors::{Dtype, SafeTensors};
 use shadertrain::checkpoint::Checkpoint;
-use shadertrain::data::{Dataset, Task};
+use shadertrain::data::{Dataset, Standardizer, Task};
 use shadertrain::export::{dense_layers, onnx, torch};
 use shadertrain::network::Activation;
-use shadertrain::optim::{Optimizer, OptimizerKind};
-use shadertrain::Trainer;
+use shadertrain::{Network, Trainer};
 use tract_onnx::prelude::*;
 
 /// Every activation as a hidden and an output layer, and a deeper mix.
@@ -32,7 +29,13 @@ const SPECS: &[&str] = &[
 /// A model of `spec` with non-zero biases (so folding into them shows), and
 /// 5-input standardisation statistics when `norm`.
 fn model(spec: &str, norm: bool) -> Checkpoint {
-    let mut c = sample_checkpoint(spec, Optimizer::new(OptimizerKind::Sgd), norm);
+    let net = Network::parse(spec).unwrap();
+    let mut c = Trainer::cpu(&net, 1).unwrap().seed(3).checkpoint().unwrap();
+    let cycle = |v: &[f32]| (0..net.inputs()).map(|i| v[i % v.len()]).collect();
+    c.standardizer = norm.then(|| Standardizer {
+        mean: cycle(&[0.5, -1.0, 2.0, 0.0, 1e-3]),
+        std: cycle(&[1.0, 2.0, 0.5, 1.0, 3.0]),
+    });
     for l in 0..c.params.network().layers().len() {
         for (o, b) in c.params.bias_mut(l).iter_mut().enumerate() {
             *b = ((l * 7 + o) as f32 * 0.61).sin() * 0.5;
