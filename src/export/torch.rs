@@ -13,11 +13,9 @@
 //! first Linear ([`super::dense_layers`]).
 
 use super::dense_layers;
-use crate::checkpoint::{le_bytes, Checkpoint};
-use crate::error::{Error, Result};
+use crate::checkpoint::{f32_safetensors, le_bytes, Checkpoint};
+use crate::error::Result;
 use crate::network::Activation;
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 use std::collections::HashMap;
 
 /// What [`to_torch`] makes.
@@ -53,16 +51,8 @@ pub fn to_torch(ckpt: &Checkpoint, weights_file: &str) -> Result<TorchExport> {
             modules.push(m.to_string());
         }
     }
-    let views = tensors
-        .iter()
-        .map(|(k, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(format!("cannot build the exported tensors: {e}")))?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("cannot serialise the exported tensors: {e}")))?;
+    let weights = f32_safetensors(&tensors, meta, "PyTorch export")?;
     let python = snippet(ckpt, &modules, weights_file);
     Ok(TorchExport {
         weights,
