@@ -85,8 +85,27 @@ pub fn shortest(v: f32) -> String {
     }
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
+/// `v` as little-endian bytes, as safetensors and ONNX's `raw_data` store it.
+pub(crate) fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `(name, shape, little-endian f32 bytes)` tensors and string metadata as
+/// a safetensors file; `what` names it in errors.
+pub(crate) fn f32_safetensors(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(format!("cannot build {what} tensors: {e}")))?;
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("cannot serialise {what}: {e}")))
 }
 
 impl Checkpoint {
@@ -185,16 +204,7 @@ impl Checkpoint {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let views = tensors
-            .iter()
-            .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Invalid(format!("cannot build checkpoint tensors: {e}")))?;
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Invalid(format!("cannot serialise checkpoint: {e}")))
+        f32_safetensors(&tensors, meta, "checkpoint")
     }
 
     /// Writes the checkpoint to `path` atomically.

@@ -38,6 +38,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod example;
+pub mod export;
 pub mod fsutil;
 pub mod gpu;
 pub mod idx;

@@ -1,6 +1,6 @@
-//! The `shadertrain` command line: `train`, `eval`, `predict`, `bench`,
-//! `example` and `devices`, one file each under `cli/`. This file parses the
-//! arguments, dispatches, and prints the one error line of a failure
+//! The `shadertrain` command line: `train`, `eval`, `predict`, `export`,
+//! `bench`, `example` and `devices`, one file each under `cli/`. This file
+//! parses the arguments, dispatches, and prints the one error line of a failure
 //! (`error: ...`, non-zero exit); the library's errors are worded here with
 //! the flags' names.
 
@@ -30,6 +30,8 @@ enum Cmd {
     Eval(cli::model::ModelArgs),
     /// Write a saved model's outputs for every row of a dataset as CSV.
     Predict(cli::model::PredictArgs),
+    /// Write a saved model for other tools: ONNX, or PyTorch weights and the code of its nn.Sequential.
+    Export(cli::export::ExportArgs),
     /// One SGD step of the classic 2-2-2 worked example, every value printed.
     Example(cli::info::ExampleArgs),
     /// List every adapter wgpu can see, with the limits that matter.
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Eval(a) => cli::model::eval(a),
         Cmd::Predict(a) => cli::model::predict(a),
+        Cmd::Export(a) => cli::export::run(a),
         Cmd::Example(a) => cli::info::example(a),
         Cmd::Devices { json } => cli::info::devices(json),
     };

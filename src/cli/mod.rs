@@ -5,6 +5,7 @@
 //! [`shadertrain::Trainer`], and render.
 
 pub mod bench;
+pub mod export;
 pub mod info;
 pub mod model;
 pub mod train;
