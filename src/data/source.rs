@@ -79,6 +79,19 @@ impl Builtin {
     }
 }
 
+/// `IMAGES,LABELS` split at the comma where both sides are existing files
+/// (so names may hold commas), else at the first comma (the loader then
+/// names the missing file).
+fn idx_pair(arg: &str) -> Option<(&str, &str)> {
+    let splits = || {
+        arg.match_indices(',')
+            .map(|(i, _)| (&arg[..i], &arg[i + 1..]))
+    };
+    splits()
+        .find(|(a, b)| Path::new(a).is_file() && Path::new(b).is_file())
+        .or_else(|| splits().next())
+}
+
 /// Settings that suit a data source when the user gives none.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Recipe {
@@ -136,7 +149,10 @@ impl Source {
         let path = Path::new(arg);
         if path.is_dir() {
             Ok(Source::IdxDir(path.into()))
-        } else if let (Some((images, labels)), false) = (arg.split_once(','), csv_name) {
+        } else if path.is_file() {
+            // A file that exists is that file, commas in its name or not.
+            Ok(Source::Csv(path.into()))
+        } else if let (Some((images, labels)), false) = (idx_pair(arg), csv_name) {
             Ok(Source::IdxFiles {
                 images: images.into(),
                 labels: labels.into(),
@@ -255,5 +271,42 @@ impl Source {
             path: self.shown(),
             msg,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commas in file names: an existing file is read as itself, and an IDX
+    /// pair splits where both halves exist.
+    #[test]
+    fn commas_in_names() {
+        let dir = std::env::temp_dir().join(format!("st-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("a,b.data");
+        std::fs::write(&csv, "x,y\n1,0\n").unwrap();
+        let arg = csv.to_string_lossy().to_string();
+        assert_eq!(Source::parse(&arg).unwrap(), Source::Csv(csv.clone()));
+        let (images, labels) = (dir.join("im,1"), dir.join("lab,1"));
+        std::fs::write(&images, b"").unwrap();
+        std::fs::write(&labels, b"").unwrap();
+        let pair = format!("{},{}", images.display(), labels.display());
+        assert_eq!(
+            Source::parse(&pair).unwrap(),
+            Source::IdxFiles {
+                images: images.clone(),
+                labels: labels.clone()
+            }
+        );
+        // Neither half exists: the first comma, and the loader names the file.
+        assert_eq!(
+            Source::parse("no,such").unwrap(),
+            Source::IdxFiles {
+                images: "no".into(),
+                labels: "such".into()
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
