@@ -64,7 +64,16 @@ pub fn check_output(path: &Path) -> Result<()> {
     if name_len > name_max(dir) {
         return Err(Error::io(path, name_too_long()));
     }
-    TempFile::beside(path).map(drop)
+    TempFile::beside(path).map(drop).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(
+            path,
+            io::Error::new(
+                source.kind(),
+                format!("cannot create a file in {}: {source}", dir.display()),
+            ),
+        ),
+        e => e,
+    })
 }
 
 /// Whether `a` and `b` name one file: the same file (device and inode) where
