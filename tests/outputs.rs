@@ -218,10 +218,10 @@ fn outputs_on_inputs_are_refused_but_save_over_resume_works() {
     assert!(r.stdout().contains("final loss"), "{}", r.dump());
     assert_ne!(std::fs::read(&ck).unwrap(), before);
 
-    // predict --out on its --data.
+    // predict --out on its --data; `-` is standard output.
     let data = tmp.file("in.csv", "x0,x1\n0,1\n1,1\n");
-    expect_error(
-        &[
+    let predict = |out: &str| -> Vec<String> {
+        let a = [
             "predict",
             "--backend",
             "cpu",
@@ -229,25 +229,15 @@ fn outputs_on_inputs_are_refused_but_save_over_resume_works() {
             &ck,
             "--data",
             &data,
-            "--out",
-            &data,
-        ],
-        &["--out", "--data"],
-    );
+        ];
+        a.iter()
+            .map(|s| s.to_string())
+            .chain(["--out".into(), out.into()])
+            .collect()
+    };
+    expect_error(&predict(&data), &["--out", "--data"]);
     assert_eq!(std::fs::read_to_string(&data).unwrap(), "x0,x1\n0,1\n1,1\n");
-    // `-` is standard output.
-    let r = run(&[
-        "predict",
-        "--backend",
-        "cpu",
-        "--model",
-        &ck,
-        "--data",
-        &data,
-        "--out",
-        "-",
-    ])
-    .success();
+    let r = run(&predict("-")).success();
     assert!(r.stdout().starts_with("output_0"), "{}", r.dump());
     // export --out on its --model.
     expect_error(
