@@ -47,7 +47,8 @@ pub fn check_output(path: &Path) -> Result<()> {
     if path.as_os_str().is_empty() {
         return refuse("an empty name".into());
     }
-    match std::fs::metadata(&target) {
+    // The kernel follows the links here, /proc's magic ones (/dev/stdout) too.
+    match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => return refuse("is a directory, not a file".into()),
         Ok(m) if !m.is_file() => {
             return refuse(

@@ -3,6 +3,8 @@
 //! an existing file's mode, never onto another output or an input, and
 //! temporary files that only their writer's death frees for cleanup.
 
+#![cfg(unix)]
+
 mod cli_support;
 
 use cli_support::{expect_error, run, TempDir};
@@ -143,6 +145,11 @@ fn unwritable_outputs_are_refused_before_training() {
         (
             vec!["--metrics-jsonl", "/sys/shadertrain.jsonl"],
             vec!["--metrics-jsonl", "/sys/shadertrain.jsonl"],
+        ),
+        // A pipe here: the test reads the binary's standard output.
+        (
+            vec!["--metrics", "/dev/stdout"],
+            vec!["--metrics", "/dev/stdout", "not a regular file"],
         ),
         (
             vec!["--save", "/nowhere/c.safetensors"],
@@ -350,4 +357,51 @@ mod library {
         assert!(!name.exists(), "a dead writer's temporary file stayed");
         assert_eq!(tmp.listing(), vec!["c.safetensors"]);
     }
+}
+
+/// An output written after training that fails leaves the checkpoint, which
+/// was complete before it, and the message says so.
+#[test]
+fn a_later_failure_keeps_the_checkpoint_and_says_so() {
+    let tmp = TempDir::new("out-later");
+    std::fs::create_dir_all(tmp.path("plots")).unwrap();
+    let ck = s(&tmp.path("c.safetensors"));
+    let plot = s(&tmp.path("plots/p.png"));
+    let mut args: Vec<String> = ["train", "--backend", "cpu", "--data", "spirals", "--quiet"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--epochs", "3000", "--save-every", "100"].map(String::from));
+    args.extend(["--save".into(), ck.clone(), "--plot".into(), plot]);
+    let child = std::process::Command::new(cli_support::bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first checkpoint is there, training goes on; the plot's
+    // directory goes away under it.
+    let t0 = Instant::now();
+    while !Path::new(&ck).exists() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_dir_all(tmp.path("plots")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!out.status.success());
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error:"), "{err}");
+    for w in [
+        "p.png",
+        "the checkpoint",
+        "complete before this failure",
+        "kept",
+    ] {
+        assert!(lines[0].contains(w), "{err}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("final loss"));
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(Path::new(&ck)).unwrap();
+    assert_eq!(ckpt.state.epoch, 3000);
+    assert_eq!(tmp.listing(), vec!["c.safetensors"]);
 }
