@@ -164,6 +164,45 @@ fn unwritable_outputs_are_refused_before_training() {
     assert!(tmp.listing().is_empty(), "{:?}", tmp.listing());
 }
 
+/// A read-only mount (a bind mount remounted read-only in a private mount
+/// namespace, so the machine's mounts stay as they are): refused before
+/// training. Skipped, saying why, where `unshare -m` or `mount` is refused.
+#[test]
+fn a_read_only_mount_is_refused_before_training() {
+    let tmp = TempDir::new("out-read-only");
+    let dir = s(&tmp.0);
+    let ck = format!("{dir}/c.safetensors");
+    let script = r#"d="$1"; shift
+mount --bind "$d" "$d" && mount -o remount,ro,bind "$d" || exit 77
+exec "$@""#;
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script, "sh", &dir])
+        .arg(cli_support::bin())
+        .args(train(&["--epochs", "100000", "--save", &ck]))
+        .output();
+    let out = match out {
+        Ok(o) if o.status.code() != Some(77) && !o.stderr.starts_with(b"unshare:") => o,
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr);
+            eprintln!("skipped: no read-only bind mount here: {}", why.trim());
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipped: cannot run unshare: {e}");
+            return;
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!out.status.success());
+    assert_eq!(lines.len(), 1, "{err}");
+    for w in ["error:", "--save", "Read-only file system"] {
+        assert!(lines[0].contains(w), "{err}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("loss"));
+    assert!(tmp.listing().is_empty());
+}
+
 #[test]
 fn a_252_character_name_works() {
     let tmp = TempDir::new("out-long-name");
