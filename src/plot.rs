@@ -25,25 +25,23 @@ pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<
     }
     register_font()?;
     // The temporary name keeps the extension: plotters picks the encoder by it.
-    let tmp = crate::fsutil::sibling_temp(path);
+    let tmp = crate::fsutil::TempFile::beside(path)?;
     let drawn = if ext == "png" {
         draw(
-            BitMapBackend::new(&tmp, SIZE).into_drawing_area(),
+            BitMapBackend::new(tmp.path(), SIZE).into_drawing_area(),
             title,
             history,
         )
     } else {
         draw(
-            SVGBackend::new(&tmp, SIZE).into_drawing_area(),
+            SVGBackend::new(tmp.path(), SIZE).into_drawing_area(),
             title,
             history,
         )
     };
-    drawn
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    // Dropped on an error, the temporary file is removed.
+    drawn?;
+    tmp.commit()
 }
 
 /// The lower-case extension of a plot file, which must be `png` or `svg`.

@@ -277,12 +277,17 @@ impl Trainer {
     }
 
     /// Write a checkpoint to `path` when training ends and, with `every`,
-    /// also after every `every` epochs (an interval of 0 is an error).
+    /// also after every `every` epochs (an interval of 0 is an error). `path`
+    /// is checked at once ([`crate::fsutil::check_output`]): a directory, a
+    /// device or a directory that cannot be written is an error here, not
+    /// after training.
     pub fn checkpoints(mut self, path: impl Into<PathBuf>, every: Option<usize>) -> Result<Self> {
         if every == Some(0) {
             return Err(Error::setting(Setting::SaveEvery, 0, "must be at least 1"));
         }
-        self.save = Some((path.into(), every));
+        let path = path.into();
+        crate::fsutil::check_output(&path)?;
+        self.save = Some((path, every));
         Ok(self)
     }
 

@@ -420,7 +420,7 @@ fn cli_refusals_are_one_line_and_write_nothing() {
     );
     expect_error(
         &["export", "--model", m, "--format", "onnx", "--out", m],
-        &["replace the model"],
+        &["--out", "is the --model file", "replace an input"],
     );
     expect_error(
         &[

@@ -3,13 +3,13 @@
 //! weights (safetensors) with the Python that builds it, printed on stdout
 //! and written beside the weights as a `.py` file of the same stem.
 
-use super::check_out_dir;
+use super::check_outputs;
 use clap::ValueEnum;
 use shadertrain::checkpoint::Checkpoint;
 use shadertrain::export::{onnx, torch};
 use shadertrain::fsutil::write_atomic;
 use shadertrain::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -34,7 +34,6 @@ pub enum Format {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    check_out_dir("--out", Some(&a.out))?;
     let py = a.out.with_extension("py");
     if a.format == Format::Torch && py == a.out {
         return Err(Error::Invalid(format!(
@@ -42,16 +41,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
             a.out.display()
         )));
     }
-    let mut outputs = vec![&a.out];
-    if a.format == Format::Torch {
-        outputs.push(&py);
-    }
-    if let Some(o) = outputs.iter().find(|o| same_file(o, &a.model)) {
-        return Err(Error::Invalid(format!(
-            "--out: writing {} would replace the model itself; choose another name",
-            o.display()
-        )));
-    }
+    let py_out = (a.format == Format::Torch).then_some(py.as_path());
+    check_outputs(
+        &[("--out", Some(&a.out)), ("--out's .py", py_out)],
+        &[("--model", Some(&a.model))],
+        &[],
+    )?;
     let ckpt = Checkpoint::load(&a.model)?;
     // The library's words for a model it cannot export, said of the file.
     let of_model = |e: Error| match e {
@@ -87,9 +82,4 @@ pub fn run(a: ExportArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `a` and `b` name one existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

@@ -13,7 +13,7 @@ pub mod train;
 use clap::ValueEnum;
 use shadertrain::error::{one_line, Setting};
 use shadertrain::trainer::{Device, Fallback, Trainer};
-use shadertrain::{Error, Result};
+use shadertrain::{fsutil, Error, Result};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -176,14 +176,48 @@ pub fn notice(f: &Fallback) {
     }
 }
 
-/// Refuses an output path whose directory is missing, before any work.
-pub fn check_out_dir(flag: &str, path: Option<&Path>) -> Result<()> {
-    match path.and_then(Path::parent) {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::Invalid(format!(
-            "{flag}: directory {} does not exist",
-            dir.display()
-        ))),
-        _ => Ok(()),
+/// Checks every output of a command before any work: each one through
+/// [`fsutil::check_output`] (writable, a regular file or none yet, a name
+/// that fits), no two naming one file, and none naming an input, except the
+/// (output, input) pairs in `may_share` (`--save` over `--resume`). An
+/// absent flag is `None`, and so is `-` where it means standard output.
+pub fn check_outputs(
+    outputs: &[(&str, Option<&Path>)],
+    inputs: &[(&str, Option<&Path>)],
+    may_share: &[(&str, &str)],
+) -> Result<()> {
+    let outs: Vec<(&str, &Path)> = outputs.iter().filter_map(|&(f, p)| Some((f, p?))).collect();
+    for &(flag, path) in &outs {
+        fsutil::check_output(path)
+            .map_err(|e| Error::Invalid(format!("{flag} {}", message(&e))))?;
+    }
+    for (i, &(flag, path)) in outs.iter().enumerate() {
+        if let Some((other, _)) = outs[..i].iter().find(|(_, q)| fsutil::same_file(path, q)) {
+            return Err(Error::Invalid(format!(
+                "{other} and {flag} both name {}; give each output its own file",
+                path.display()
+            )));
+        }
+        let clash = inputs.iter().find(|&&(input, q)| {
+            q.is_some_and(|q| fsutil::same_file(path, q)) && !may_share.contains(&(flag, input))
+        });
+        if let Some((input, _)) = clash {
+            return Err(Error::Invalid(format!(
+                "{flag} {} is the {input} file; writing it would replace an input, so choose another name",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The files (or directories) a data argument reads, to keep outputs off them.
+pub fn files_of(source: &shadertrain::data::Source) -> Vec<&Path> {
+    use shadertrain::data::Source;
+    match source {
+        Source::Builtin(_) => vec![],
+        Source::Csv(p) | Source::IdxDir(p) => vec![p],
+        Source::IdxFiles { images, labels } => vec![images, labels],
     }
 }
 

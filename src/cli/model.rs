@@ -2,7 +2,7 @@
 //! through [`shadertrain::Trainer::model`], scored or run on a dataset
 //! standardised as in training.
 
-use super::{check_out_dir, device, open, BackendArg};
+use super::{check_outputs, device, open, BackendArg};
 use shadertrain::checkpoint::Checkpoint;
 use shadertrain::data::{Dataset, Source};
 use shadertrain::fsutil::write_atomic;
@@ -43,7 +43,7 @@ pub struct ModelArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     m: ModelArgs,
-    /// Where to write the CSV (default: standard output).
+    /// Where to write the CSV (default, or `-`: standard output).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -154,13 +154,21 @@ pub fn eval(m: ModelArgs) -> Result<()> {
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    check_out_dir("--out", a.out.as_deref())?;
+    let dest = a.out.as_deref().filter(|p| *p != Path::new("-"));
+    let data = Source::parse(&a.m.data)?;
+    let mut inputs = vec![("--model", Some(a.m.model.as_path()))];
+    inputs.extend(
+        super::files_of(&data)
+            .into_iter()
+            .map(|p| ("--data", Some(p))),
+    );
+    check_outputs(&[("--out", dest)], &inputs, &[])?;
     let Loaded {
         ckpt,
         data,
         labelled,
         mut trainer,
-    } = load(&a.m, true, a.out.is_none())?;
+    } = load(&a.m, true, dest.is_none())?;
     let out = trainer.predict(&data)?;
     // A class column only for a classifier: labelled data says so; for
     // inputs alone, an output of probabilities (softmax or sigmoid) does.
@@ -188,8 +196,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         }
         csv.push('\n');
     }
-    match a.out {
-        Some(p) => write_atomic(&p, csv.as_bytes()),
+    match dest {
+        Some(p) => write_atomic(p, csv.as_bytes()),
         None => {
             use std::io::Write;
             std::io::stdout()

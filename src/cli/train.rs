@@ -4,7 +4,7 @@
 //! Trainer's; this file only decides what the flags ask for and refuses
 //! flags that contradict each other or a resumed checkpoint.
 
-use super::{check_out_dir, device, open, refuse_unused, BackendArg};
+use super::{check_outputs, device, open, refuse_unused, BackendArg};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::checkpoint::{Checkpoint, TrainState};
@@ -242,29 +242,51 @@ pub fn run(a: TrainArgs) -> Result<()> {
             train_secs
         );
     }
-    if let Some(path) = &a.plot {
-        let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
-        shadertrain::plot::plot_history(path, &title, t.history())?;
+    // A failure here comes after the checkpoint was complete: say it is kept.
+    let reports = || -> Result<()> {
+        if let Some(path) = &a.plot {
+            let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
+            shadertrain::plot::plot_history(path, &title, t.history())?;
+        }
+        if let Some(path) = &a.metrics {
+            let json = serde_json::json!({
+                "backend": kind,
+                "adapter": adapter,
+                "layers": net.sizes(),
+                "epochs": t.history(),
+                "final": {
+                    "loss": totals.loss(),
+                    "accuracy": acc,
+                    "samples_per_s": samples / train_secs,
+                    "seconds": train_secs,
+                    "val_loss": val_totals.as_ref().map(|(vt, _)| vt.loss()),
+                    "val_accuracy": val_totals.as_ref().and_then(|(vt, m)| vt.accuracy(*m)),
+                },
+            });
+            let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+            write_atomic(path, text.as_bytes())?;
+        }
+        Ok(())
+    };
+    reports().map_err(|e| kept_checkpoint(e, a.save.as_deref()))
+}
+
+/// `e`, a failure after training, saying that the checkpoint at `save`,
+/// written before it, is complete and kept.
+fn kept_checkpoint(e: Error, save: Option<&std::path::Path>) -> Error {
+    match (e, save) {
+        (Error::Io { path, source }, Some(save)) => Error::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source} (the checkpoint {} was complete before this failure and is kept)",
+                    save.display()
+                ),
+            ),
+        },
+        (e, _) => e,
     }
-    if let Some(path) = &a.metrics {
-        let json = serde_json::json!({
-            "backend": kind,
-            "adapter": adapter,
-            "layers": net.sizes(),
-            "epochs": t.history(),
-            "final": {
-                "loss": totals.loss(),
-                "accuracy": acc,
-                "samples_per_s": samples / train_secs,
-                "seconds": train_secs,
-                "val_loss": val_totals.as_ref().map(|(vt, _)| vt.loss()),
-                "val_accuracy": val_totals.as_ref().and_then(|(vt, m)| vt.accuracy(*m)),
-            },
-        });
-        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-        write_atomic(path, text.as_bytes())?;
-    }
-    Ok(())
 }
 
 /// Everything decided before training: flags checked against each other and
@@ -272,6 +294,37 @@ pub fn run(a: TrainArgs) -> Result<()> {
 /// trainer opened and configured; the banner printed.
 fn prepare(a: &TrainArgs) -> Result<Run> {
     let source = Source::parse(&a.data)?;
+    let val = a
+        .val
+        .as_deref()
+        .map(Source::parse)
+        .transpose()
+        .ok()
+        .flatten();
+    let mut inputs = vec![
+        ("--resume", a.resume.as_deref()),
+        ("--init", a.init.as_deref()),
+    ];
+    inputs.extend(
+        super::files_of(&source)
+            .into_iter()
+            .map(|p| ("--data", Some(p))),
+    );
+    inputs.extend(
+        val.iter()
+            .flat_map(super::files_of)
+            .map(|p| ("--val", Some(p))),
+    );
+    check_outputs(
+        &[
+            ("--save", a.save.as_deref()),
+            ("--metrics", a.metrics.as_deref()),
+            ("--plot", a.plot.as_deref()),
+            ("--metrics-jsonl", a.metrics_jsonl.as_deref()),
+        ],
+        &inputs,
+        &[("--save", "--resume")],
+    )?;
     let recipe = source.recipe();
     let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
     if recipe.layers.is_none() && a.layers.is_none() && resumed.is_none() {
@@ -307,14 +360,6 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     // Refuse unwritable output paths before training, not after.
     if let Some(p) = &a.plot {
         shadertrain::plot::check_path(p)?;
-    }
-    for (flag, path) in [
-        ("--metrics", &a.metrics),
-        ("--save", &a.save),
-        ("--plot", &a.plot),
-        ("--metrics-jsonl", &a.metrics_jsonl),
-    ] {
-        check_out_dir(flag, path.as_deref())?;
     }
     refuse_unused(
         "--log-every",

@@ -35,15 +35,17 @@ struct Line<'a, T> {
 }
 
 impl JsonLines {
-    /// Opens `path` for appending, creating it if needed. A directory, or a
-    /// path that cannot be written, is an [`Error::Setting`] for
+    /// Opens `path` for appending, creating it if needed (through a symbolic
+    /// link, to the file it names). A path [`crate::fsutil::check_output`]
+    /// refuses, or one that cannot be opened, is an [`Error::Setting`] for
     /// [`Setting::MetricsLog`].
     pub fn create(path: impl AsRef<Path>) -> Result<JsonLines> {
         let path = path.as_ref();
         let refuse = |why: String| Error::setting(Setting::MetricsLog, path.display(), why);
-        if path.is_dir() {
-            return Err(refuse("is a directory, not a file".into()));
-        }
+        crate::fsutil::check_output(path).map_err(|e| match e {
+            Error::Io { source, .. } => refuse(source.to_string()),
+            e => e,
+        })?;
         let out = OpenOptions::new()
             .append(true)
             .create(true)
