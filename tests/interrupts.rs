@@ -204,10 +204,20 @@ fn a_second_signal_exits_at_once() {
         while !ck.exists() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        signal(&child, "-INT");
-        signal(&child, "-TERM");
+        // Both from one shell, microseconds apart (its built-in kill).
+        let pid = child.id().to_string();
+        let ok = Command::new("sh")
+            .args(["-c", "kill -INT $0; kill -TERM $0", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
         let (status, err) = finish(child, Duration::from_secs(10));
-        assert_eq!(status.code(), Some(130), "{backend}: {status}\n{err}");
+        // Signals that arrive together have no order: either names the status.
+        assert!(
+            matches!(status.code(), Some(130 | 143)),
+            "{backend}: {status}\n{err}"
+        );
         assert!(
             !err.contains("interrupted by"),
             "{backend}: the second signal did not exit at once: {err}"
