@@ -47,6 +47,22 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig} failed");
 }
 
+/// A spirals run on `backend` far longer than any test waits, with `extra` flags.
+fn long_run(backend: &str, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "train",
+        "--data",
+        "spirals",
+        "--epochs",
+        "100000",
+        "--backend",
+        backend,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
 /// Waits until `path` holds an epoch record (the run has finished an epoch).
 fn wait_for_epoch(child: &mut Child, path: &Path) {
     let t0 = Instant::now();
@@ -106,24 +122,19 @@ fn first_signal_saves_everything_and_exits_with_its_status() {
             );
             let s = |p: &Path| p.to_string_lossy().into_owned();
             let (ck_s, m_s, p_s, j_s) = (s(&ck), s(&m), s(&p), s(&j));
-            let mut child = spawn(&[
-                "train",
-                "--data",
-                "spirals",
-                "--epochs",
-                "100000",
-                "--backend",
+            let mut child = long_run(
                 backend,
-                "--quiet",
-                "--save",
-                &ck_s,
-                "--metrics",
-                &m_s,
-                "--plot",
-                &p_s,
-                "--metrics-jsonl",
-                &j_s,
-            ]);
+                &[
+                    "--save",
+                    &ck_s,
+                    "--metrics",
+                    &m_s,
+                    "--plot",
+                    &p_s,
+                    "--metrics-jsonl",
+                    &j_s,
+                ],
+            );
             wait_for_epoch(&mut child, &j);
             signal(&child, sig);
             let (status, err) = finish(child, Duration::from_secs(60));
@@ -178,28 +189,23 @@ fn a_second_signal_exits_at_once() {
         let p_s = dir.path("p.png").to_string_lossy().into_owned();
         // A wide network: the evaluation, checkpoint and plot after the
         // first signal take far longer than the second signal takes to come.
-        let mut child = spawn(&[
-            "train",
-            "--data",
-            "spirals",
-            "--layers",
-            "2,512,512,2",
-            "--epochs",
-            "100000",
-            "--backend",
+        let mut child = long_run(
             backend,
-            "--quiet",
-            "--save",
-            &ck_s,
-            "--save-every",
-            "1",
-            "--plot",
-            &p_s,
-            "--metrics-jsonl",
-            &j_s,
-            "--log-every",
-            "1",
-        ]);
+            &[
+                "--layers",
+                "2,512,512,2",
+                "--save",
+                &ck_s,
+                "--save-every",
+                "1",
+                "--plot",
+                &p_s,
+                "--metrics-jsonl",
+                &j_s,
+                "--log-every",
+                "1",
+            ],
+        );
         wait_for_epoch(&mut child, &j);
         while !ck.exists() {
             std::thread::sleep(Duration::from_millis(5));
@@ -400,13 +406,7 @@ const VALUES: [&str; 12] = [
 /// one `error:` line (status 1 or 2); one still running (a huge count that
 /// trains) is killed; none may panic or abort.
 fn no_panic(args: &[String], secs: f64) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

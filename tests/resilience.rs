@@ -609,36 +609,23 @@ fn every_command_reads_data_from_a_pipe() {
         &[],
     );
     assert!(train.status.success(), "{train:?}");
-    let eval = run_stdin(
-        &[
-            "eval",
+    let on_stdin = |cmd| {
+        [
+            cmd,
             "--model",
             &ck,
             "--data",
             "/dev/stdin",
             "--backend",
             "cpu",
-        ],
-        csv,
-        &[],
-    );
+        ]
+    };
+    let eval = run_stdin(&on_stdin("eval"), csv, &[]);
     assert!(eval.status.success(), "{eval:?}");
     assert!(String::from_utf8_lossy(&eval.stdout).contains("4 samples"));
     // predict, with targets and with inputs alone: the header decides, read once.
     for input in [&csv[..], b"a,b\n0,0\n0,1\n1,0\n1,1\n"] {
-        let p = run_stdin(
-            &[
-                "predict",
-                "--model",
-                &ck,
-                "--data",
-                "/dev/stdin",
-                "--backend",
-                "cpu",
-            ],
-            input,
-            &[],
-        );
+        let p = run_stdin(&on_stdin("predict"), input, &[]);
         assert!(p.status.success(), "{p:?}");
         assert_eq!(
             String::from_utf8_lossy(&p.stdout).lines().count(),
