@@ -160,6 +160,10 @@ impl Timing {
     }
 }
 
+/// The most timed steps [`time_steps`] takes: it keeps every step's time
+/// (8 bytes each) for the median, so the count is bounded, not the memory.
+pub const MAX_STEPS: usize = 10_000_000;
+
 /// Loads `params` and the batch, runs `warmup` untimed steps, then times
 /// `steps` steps one by one, each waited for. Returns the timing and the
 /// parameters after all `warmup + steps` steps.
@@ -171,11 +175,11 @@ pub fn time_steps<B: Backend<Scalar = f32> + ?Sized>(
     warmup: usize,
     steps: usize,
 ) -> Result<(Timing, Params<f32>)> {
-    if steps == 0 {
+    if steps == 0 || steps > MAX_STEPS {
         return Err(Error::setting(
             crate::error::Setting::Steps,
-            0,
-            "must be at least 1",
+            steps,
+            format!("must be from 1 to {MAX_STEPS}"),
         ));
     }
     backend.set_params(params)?;

@@ -144,8 +144,14 @@ impl TempFile {
             .filter(|m| m.is_file())
             .map(|m| m.permissions());
         let err = |e| Error::io(path, e);
-        for _ in 0..16 {
-            let tmp = dir.join(temp_name(&target, unique()));
+        for attempt in 0..16 {
+            // This process's name first, which a signal handler can know in
+            // advance (`temp_path`); a unique one if that is taken.
+            let u = match attempt {
+                0 => u64::from(std::process::id()),
+                _ => unique(),
+            };
+            let tmp = dir.join(temp_name(&target, u));
             let mut open = OpenOptions::new();
             open.write(true).create_new(true);
             #[cfg(unix)]
@@ -217,6 +223,15 @@ impl Drop for TempFile {
 /// writer of the target, so cleanup finds them), a unique part, and the
 /// target's extension (tools that go by it still recognise the file); a
 /// fixed length whatever the target's name.
+/// The temporary file this process first tries when it writes `path`
+/// ([`TempFile::beside`]): beside the target (the file a link names), named
+/// from the target's name and the process id. Known before the write
+/// starts, so a signal handler can remove it without allocating.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let target = resolve(path);
+    parent_of(&target).join(temp_name(&target, u64::from(std::process::id())))
+}
+
 fn temp_name(target: &Path, unique: u64) -> String {
     let name = target.file_name().unwrap_or_default();
     let ext = target

@@ -4,6 +4,22 @@
 //! (`error: ...`, non-zero exit); the library's errors are worded here with
 //! the flags' names.
 
+/// `println!` to stdout for the commands' results; once stdout is closed
+/// (`| head`), printing stops quietly and the command goes on to write its
+/// files ([`cli::print_out`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` as [`outln!`] does `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::print_out(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -49,15 +65,15 @@ fn main() -> ExitCode {
     };
     let run = match cli.cmd {
         Cmd::Train(a) => cli::train::run(*a),
-        Cmd::Bench(a) => cli::bench::run(a),
-        Cmd::Eval(a) => cli::model::eval(a),
-        Cmd::Predict(a) => cli::model::predict(a),
-        Cmd::Export(a) => cli::export::run(a),
-        Cmd::Example(a) => cli::info::example(a),
-        Cmd::Devices { json } => cli::info::devices(json),
+        Cmd::Bench(a) => cli::bench::run(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Eval(a) => cli::model::eval(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Predict(a) => cli::model::predict(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Export(a) => cli::export::run(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Example(a) => cli::info::example(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Devices { json } => cli::info::devices(json).map(|()| ExitCode::SUCCESS),
     };
     match run {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", cli::message(&e));
             ExitCode::FAILURE

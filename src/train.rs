@@ -12,6 +12,7 @@ use num_traits::NumCast;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// How to train.
@@ -273,8 +274,32 @@ pub fn train_epochs<B: Backend + ?Sized>(
     val: Option<&Dataset>,
     cfg: &TrainConfig,
     first: usize,
+    on: impl FnMut(&mut B, Progress<'_>) -> Result<()>,
+) -> Result<Vec<EpochStats>> {
+    train_from(backend, data, val, cfg, Start { first, skip: 0 }, None, on)
+}
+
+/// Where [`train_from`] starts: epoch `first`, after its first `skip` steps
+/// (those a checkpoint written mid-epoch already took).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub first: usize,
+    pub skip: usize,
+}
+
+/// [`train_epochs`] from `start`, and stopping after the first step that
+/// finds `stop` set: the epochs completed are returned, and the parameters
+/// are those after that step.
+pub(crate) fn train_from<B: Backend + ?Sized>(
+    backend: &mut B,
+    data: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &TrainConfig,
+    Start { first, skip }: Start,
+    stop: Option<&AtomicBool>,
     mut on: impl FnMut(&mut B, Progress<'_>) -> Result<()>,
 ) -> Result<Vec<EpochStats>> {
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
     cfg.validate()?;
     if first == 0 || first > cfg.epochs {
         return Err(Error::setting(
@@ -306,8 +331,10 @@ pub fn train_epochs<B: Backend + ?Sized>(
     backend.take_totals()?;
     let mut order: Vec<usize> = (0..data.len()).collect();
     let steps = data.len().div_ceil(batch);
+    total_steps(cfg.epochs, steps)?;
     let mut buf = BatchBuf::new();
-    let mut history = Vec::with_capacity(cfg.epochs);
+    // Grows with the epochs trained, never with the epochs asked for.
+    let mut history = Vec::new();
     for epoch in first..=cfg.epochs {
         let t0 = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
@@ -321,7 +348,8 @@ pub fn train_epochs<B: Backend + ?Sized>(
             }
             order.shuffle(&mut rng);
         }
-        for (step, idx) in order.chunks(batch).enumerate() {
+        let skip = if epoch == first { skip } else { 0 };
+        for (step, idx) in order.chunks(batch).enumerate().skip(skip) {
             buf.load(backend, data, idx)?;
             backend.step(lr)?;
             if cfg.nan_check {
@@ -343,6 +371,12 @@ pub fn train_epochs<B: Backend + ?Sized>(
                     lr,
                 },
             )?;
+            if stopped() && step + 1 < steps {
+                // Mid-epoch: the epoch's figures would cover part of it, so
+                // it is not recorded; the parameters are those after this step.
+                backend.take_totals()?;
+                return finish(backend, history, cfg, data);
+            }
         }
         let totals = backend.take_totals()?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -368,7 +402,34 @@ pub fn train_epochs<B: Backend + ?Sized>(
         }
         on(backend, Progress::Epoch(&stats))?;
         history.push(stats);
+        if stopped() {
+            break;
+        }
     }
+    finish(backend, history, cfg, data)
+}
+
+/// Refuses a run whose step count, `epochs` × `steps` per epoch, does not
+/// fit in 64 bits (the step records number steps in a `u64`); returns it.
+pub fn total_steps(epochs: usize, steps: usize) -> Result<u64> {
+    (epochs as u64).checked_mul(steps as u64).ok_or_else(|| {
+        Error::setting(
+            Setting::Epochs,
+            epochs,
+            format!(
+                "is too many: at {steps} steps per epoch the run's step count overflows 64 bits"
+            ),
+        )
+    })
+}
+
+/// The end of a run, complete or stopped: its parameters must be finite.
+fn finish<B: Backend + ?Sized>(
+    backend: &mut B,
+    history: Vec<EpochStats>,
+    cfg: &TrainConfig,
+    data: &Dataset,
+) -> Result<Vec<EpochStats>> {
     // An epoch's loss is measured before each update, so the last update can
     // still have overflowed: the run ends with finite parameters or an error.
     if !backend

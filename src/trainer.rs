@@ -30,9 +30,11 @@ use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
 use crate::train::{
-    evaluate, evaluate_and_predict, train_epochs, EpochStats, Progress, Schedule, TrainConfig,
+    batch_size, evaluate, evaluate_and_predict, train_from, EpochStats, Progress, Schedule, Start,
+    TrainConfig,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Where to train.
@@ -143,6 +145,30 @@ pub struct Trainer {
     sinks: Vec<Box<dyn MetricsSink>>,
     /// Steps between step records.
     log_every: usize,
+    /// Set from outside (a signal handler) to end the run after the current step.
+    stop: Option<Arc<AtomicBool>>,
+    /// Whether the last [`Trainer::fit_observed`] ended early for `stop`.
+    stopped: bool,
+    /// Steps of the first epoch not yet recorded that the parameters already
+    /// took (a run stopped mid-epoch, or a checkpoint written by one).
+    partial: Partial,
+}
+
+/// Steps into an epoch that the history does not record yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Partial {
+    /// None: the parameters are those at the end of the last recorded epoch.
+    #[default]
+    None,
+    /// This many steps, at the run's batch.
+    Steps(usize),
+    /// From a checkpoint: the optimiser's update count `t`, to be matched
+    /// against the steps its epochs took at its `batch` on `samples` rows.
+    Updates {
+        t: u64,
+        batch: usize,
+        samples: usize,
+    },
 }
 
 impl Trainer {
@@ -173,6 +199,9 @@ impl Trainer {
             save: None,
             sinks: Vec::new(),
             log_every: DEFAULT_LOG_EVERY,
+            stop: None,
+            stopped: false,
+            partial: Partial::None,
         }
     }
 
@@ -315,6 +344,25 @@ impl Trainer {
         Ok(self)
     }
 
+    /// Ends the run cleanly after the first step that finds `flag` set (a
+    /// signal handler sets it): the epochs completed are kept in the history,
+    /// the checkpoint asked for is written with the parameters after that
+    /// step, and [`Trainer::stopped`] says so. A checkpoint written mid-epoch
+    /// records the completed epochs; resuming from it skips the steps of the
+    /// interrupted epoch that it already took, so the parameters come out as
+    /// a straight run's (the resumed epoch's loss and accuracy cover only its
+    /// remaining steps).
+    pub fn stop_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// Whether the last [`Trainer::fit_observed`] was ended early by the
+    /// [`Trainer::stop_when`] flag.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Continues the run saved in `ckpt`: its parameters, optimiser and
     /// state, history, seed, batch, learning rate, schedule and input
     /// standardisation. Training it on other data is refused. Settings
@@ -331,7 +379,45 @@ impl Trainer {
         self.cfg.schedule = s.schedule;
         self.standardizer = ckpt.standardizer.clone();
         self.trained_on = Some((s.data.clone(), s.samples));
+        self.partial = Partial::Updates {
+            t: ckpt.optimizer_state.t,
+            batch: s.batch,
+            samples: s.samples,
+        };
         Ok(self)
+    }
+
+    /// Steps of epoch `done + 1` already taken, at `steps` per epoch of
+    /// `batch` on `rows`: a mid-epoch checkpoint's, recognised by its
+    /// optimiser having updated more often than its recorded epochs need.
+    fn steps_taken(&self, done: usize, batch: usize, rows: usize) -> Result<usize> {
+        let steps = rows.div_ceil(batch_size(batch, self.backend.capacity(), rows));
+        Ok(match self.partial {
+            Partial::None => 0,
+            Partial::Steps(n) => n,
+            Partial::Updates {
+                t,
+                batch: b,
+                samples,
+            } => {
+                let per = samples.div_ceil(batch_size(b, self.backend.capacity(), samples)) as u64;
+                let extra = t.saturating_sub(per.saturating_mul(done as u64));
+                if extra == 0 || extra >= per {
+                    0
+                } else if b != batch {
+                    return Err(Error::setting(
+                        Setting::Batch,
+                        batch,
+                        format!(
+                            "the checkpoint was written {extra} steps into epoch {} at batch {b}; resuming it needs the same batch",
+                            done + 1
+                        ),
+                    ));
+                } else {
+                    (extra as usize).min(steps)
+                }
+            }
+        })
     }
 
     /// A model to evaluate or predict with: `ckpt`'s parameters and input
@@ -427,6 +513,9 @@ impl Trainer {
         }
         self.ensure_params()?;
         let first = done + 1;
+        let skip = self.steps_taken(done, self.cfg.batch, data.len())?;
+        // The step of the unrecorded epoch that the parameters are at.
+        let mut partial = skip;
         let mut meta = RunMeta {
             cfg: self.cfg,
             optimizer: self.optimizer,
@@ -438,15 +527,20 @@ impl Trainer {
         let save = self.save.clone();
         let sinks = &mut self.sinks;
         let log_every = self.log_every;
-        let run = train_epochs(
+        let run = train_from(
             self.backend.as_mut(),
             data,
             val,
             &self.cfg,
-            first,
+            Start { first, skip },
+            self.stop.as_deref(),
             |b, p| {
                 log(sinks, log_every, b, p)?;
+                if let Progress::Step { step, .. } = p {
+                    partial = step;
+                }
                 if let Progress::Epoch(s) = p {
+                    partial = 0;
                     meta.history.push(*s);
                     if let Some((path, Some(every))) = &save {
                         if s.epoch.is_multiple_of(*every) {
@@ -462,8 +556,15 @@ impl Trainer {
         let flushed = self.sinks.iter_mut().try_for_each(|s| s.flush());
         let new = run?;
         flushed?;
+        self.stopped = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+            && meta.history.len() < self.cfg.epochs;
+        self.partial = if partial > 0 {
+            Partial::Steps(partial)
+        } else {
+            Partial::None
+        };
         if let Some((path, _)) = &save {
-            if saved != self.cfg.epochs {
+            if saved != meta.history.len() || partial > 0 {
                 meta.checkpoint(self.backend.as_mut())?.save(path)?;
             }
         }

@@ -489,3 +489,148 @@ fn same_seed_gives_bitwise_identical_parameters() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Bounded reads of data
+// ---------------------------------------------------------------------------
+
+/// Runs `args` with `input` on stdin; the output.
+fn run_stdin(args: &[&str], input: &[u8], env: &[(&str, &str)]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shadertrain");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A writer of its own: the program may stop reading early.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[test]
+fn endless_or_binary_data_fails_fast_with_one_line() {
+    let t0 = Instant::now();
+    expect_error(
+        &[
+            "train",
+            "--data",
+            "/dev/zero",
+            "--layers",
+            "2,4,1",
+            "--backend",
+            "cpu",
+        ],
+        &["/dev/zero", "NUL byte", "not a text CSV file"],
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // An endless stream of valid rows stops at the memory bound.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "yes 1,1,1 | SHADERTRAIN_MEMORY_LIMIT=1000000 \"$0\" train --data /dev/stdin --layers 2,4,1 --backend cpu",
+        ])
+        .arg(bin())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "an endless pipe was read without bound"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/dev/stdin") && err.contains("would not fit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn memory_limit_counts_the_dataset() {
+    let dir = TempDir::new("memlimit-data");
+    let csv = dir.file("d.csv", "a,b,y\n0,0,0\n0,1,1\n1,0,1\n1,1,0\n");
+    expect_error_env(
+        &[
+            "train",
+            "--data",
+            &csv,
+            "--layers",
+            "2,4,1",
+            "--backend",
+            "cpu",
+        ],
+        &[("SHADERTRAIN_MEMORY_LIMIT", "40")],
+        &["not enough memory", "d.csv", "would not fit"],
+    );
+}
+
+#[test]
+fn every_command_reads_data_from_a_pipe() {
+    let dir = TempDir::new("stdin-data");
+    let ck = dir.path("m.safetensors").to_string_lossy().into_owned();
+    let csv = b"a,b,y\n0,0,0\n0,1,1\n1,0,1\n1,1,0\n";
+    let train = run_stdin(
+        &[
+            "train",
+            "--data",
+            "/dev/stdin",
+            "--layers",
+            "2,4,1",
+            "--epochs",
+            "3",
+            "--backend",
+            "cpu",
+            "--save",
+            &ck,
+            "--quiet",
+        ],
+        csv,
+        &[],
+    );
+    assert!(train.status.success(), "{train:?}");
+    let on_stdin = |cmd| {
+        [
+            cmd,
+            "--model",
+            &ck,
+            "--data",
+            "/dev/stdin",
+            "--backend",
+            "cpu",
+        ]
+    };
+    let eval = run_stdin(&on_stdin("eval"), csv, &[]);
+    assert!(eval.status.success(), "{eval:?}");
+    assert!(String::from_utf8_lossy(&eval.stdout).contains("4 samples"));
+    // predict, with targets and with inputs alone: the header decides, read once.
+    for input in [&csv[..], b"a,b\n0,0\n0,1\n1,0\n1,1\n"] {
+        let p = run_stdin(&on_stdin("predict"), input, &[]);
+        assert!(p.status.success(), "{p:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&p.stdout).lines().count(),
+            5,
+            "{p:?}"
+        );
+    }
+}

@@ -56,8 +56,8 @@ pub struct BenchArgs {
     /// Samples per step (default: the workload's).
     #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     batch: Option<usize>,
-    /// Timed steps (default: the workload's).
-    #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
+    /// Timed steps, at most 10,000,000 (default: the workload's).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=shadertrain::bench::MAX_STEPS as u64))]
     steps: Option<usize>,
     /// Untimed steps first.
     #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
@@ -279,9 +279,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     for (r, _) in &rows {
         if a.json {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {
-            println!(
+            outln!(
                 "{:<4} {:>10.3} ms/step (min {:.3}, max {:.3})  {:>12.0} samples/s  {:>8.2} GFLOP/s  [{}]",
                 r.backend,
                 r.ms_per_step_median,
@@ -298,9 +298,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             continue;
         };
         let total: f64 = prof.iter().map(|k| k.ms).sum();
-        println!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
+        outln!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
         for k in prof {
-            println!(
+            outln!(
                 "  {:<36} {:>10.3} ms  {:>5.1}%",
                 k.kernel,
                 k.ms,
@@ -310,14 +310,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if !a.json {
         if let Some((r, _)) = rows.first().filter(|_| rows.len() == 2) {
-            println!(
+            outln!(
                 "speedup gpu over cpu: {:.2}x   max_param_diff after {} steps: {:.3e}",
                 r.speedup.unwrap_or(f64::NAN),
-                a.warmup + steps,
+                a.warmup.saturating_add(steps),
                 r.max_param_diff.unwrap_or(f64::NAN)
             );
         }
-        println!(
+        outln!(
             "network {} batch {batch}, {steps} timed steps after {} warm-up, {:.3} GFLOP per step",
             net.describe(),
             a.warmup,

@@ -73,7 +73,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             let t = torch::to_torch(&ckpt, &a.out.to_string_lossy()).map_err(of_model)?;
             write_atomic(&a.out, &t.weights)?;
             write_atomic(&py, t.python.as_bytes())?;
-            print!("{}", t.python);
+            out!("{}", t.python);
             eprintln!(
                 "wrote {} and {} (PyTorch nn.Sequential, {spec})",
                 a.out.display(),

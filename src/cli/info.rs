@@ -37,7 +37,7 @@ pub fn example(a: ExampleArgs) -> Result<()> {
         }
     };
     if json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_string(&report).unwrap_or_default());
         return Ok(());
     }
     let v = |x: &[f64]| {
@@ -46,35 +46,35 @@ pub fn example(a: ExampleArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
+    outln!(
         "classic 2-2-2 worked example, one SGD step (lr {}), backend {}",
         example::LEARNING_RATE,
         report.backend
     );
-    println!("inputs {:?}  targets {:?}", example::INPUT, example::TARGET);
-    println!("forward");
-    println!("  out_h1, out_h2  = {}", v(&report.forward.hidden));
-    println!("  out_o1, out_o2  = {}", v(&report.forward.output));
-    println!("  E_total         = {:.9}", report.error);
-    println!("backward");
-    println!("  δ_o1, δ_o2      = {}", v(&report.deltas.output));
-    println!("  δ_h1, δ_h2      = {}", v(&report.deltas.hidden));
+    outln!("inputs {:?}  targets {:?}", example::INPUT, example::TARGET);
+    outln!("forward");
+    outln!("  out_h1, out_h2  = {}", v(&report.forward.hidden));
+    outln!("  out_o1, out_o2  = {}", v(&report.forward.output));
+    outln!("  E_total         = {:.9}", report.error);
+    outln!("backward");
+    outln!("  δ_o1, δ_o2      = {}", v(&report.deltas.output));
+    outln!("  δ_h1, δ_h2      = {}", v(&report.deltas.hidden));
     let names = [["hidden", "h"], ["output", "o"]];
     for (l, [layer, n]) in names.iter().enumerate() {
         for (j, row) in report.gradients.weights[l].iter().enumerate() {
-            println!("  ∂E/∂W {layer} into {n}{} = {}", j + 1, v(row));
+            outln!("  ∂E/∂W {layer} into {n}{} = {}", j + 1, v(row));
         }
-        println!(
+        outln!(
             "  ∂E/∂b {layer}          = {}",
             v(&report.gradients.biases[l])
         );
     }
-    println!("after the update");
+    outln!("after the update");
     for (l, [layer, n]) in names.iter().enumerate() {
         for (j, row) in report.updated.weights[l].iter().enumerate() {
-            println!("  W {layer} into {n}{} = {}", j + 1, v(row));
+            outln!("  W {layer} into {n}{} = {}", j + 1, v(row));
         }
-        println!("  b {layer}          = {}", v(&report.updated.biases[l]));
+        outln!("  b {layer}          = {}", v(&report.updated.biases[l]));
     }
     Ok(())
 }
@@ -82,18 +82,18 @@ pub fn example(a: ExampleArgs) -> Result<()> {
 pub fn devices(json: bool) -> Result<()> {
     let list = list_adapters();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
         return Ok(());
     }
     if list.is_empty() {
-        println!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
+        outln!("no adapters found (on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
         return Ok(());
     }
     for (i, a) in list.iter().enumerate() {
-        println!(
+        outln!(
             "[{i}] {} ({}, {}){}",
             a.name,
             a.backend,
@@ -101,9 +101,9 @@ pub fn devices(json: bool) -> Result<()> {
             if a.compute { "" } else { "  [no compute]" }
         );
         if !a.driver.is_empty() {
-            println!("    driver: {}", a.driver);
+            outln!("    driver: {}", a.driver);
         }
-        println!(
+        outln!(
             "    max buffer {} MiB, max storage binding {} MiB, max workgroups/dim {}, invocations/workgroup {}, storage buffers/stage {}",
             a.max_buffer_size >> 20,
             a.max_storage_binding >> 20,
@@ -113,8 +113,8 @@ pub fn devices(json: bool) -> Result<()> {
         );
     }
     match GpuContext::new() {
-        Ok(ctx) => println!("chosen: {}", ctx.describe()),
-        Err(e) => println!("chosen: none ({e})"),
+        Ok(ctx) => outln!("chosen: {}", ctx.describe()),
+        Err(e) => outln!("chosen: none ({e})"),
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod export;
 pub mod info;
 pub mod model;
+pub mod signals;
 pub mod train;
 
 use clap::ValueEnum;
@@ -16,6 +17,38 @@ use shadertrain::trainer::{Device, Fallback, Trainer};
 use shadertrain::{fsutil, Error, Result};
 use std::path::Path;
 use std::process::ExitCode;
+
+/// Set once a write to stdout failed (a closed pipe): nothing more is printed.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints to stdout (through `outln!` and `out!`) unless stdout is closed:
+/// the first failed write (EPIPE after `| head`) stops all printing, quietly,
+/// as Unix tools stop; the command still writes its files and exits 0.
+pub fn print_out(args: std::fmt::Arguments<'_>) {
+    let _ = write_out(std::fmt::format(args).as_bytes());
+}
+
+/// Writes `bytes` to stdout, flushed. A closed stdout (EPIPE) is not an
+/// error: it and any failure stop all later printing; failures other than
+/// EPIPE are returned.
+pub fn write_out(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            match e.kind() {
+                std::io::ErrorKind::BrokenPipe => Ok(()),
+                _ => Err(e),
+            }
+        }
+    }
+}
 
 /// The flag that sets `s`.
 pub fn flag(s: Setting) -> &'static str {

@@ -121,22 +121,22 @@ pub fn eval(m: ModelArgs) -> Result<()> {
             "accuracy": acc,
             "confusion": confusion,
         });
-        println!("{json}");
+        outln!("{json}");
         return Ok(());
     }
-    println!(
+    outln!(
         "model {} ({} epochs) on '{}' ({} samples)",
         ckpt.params.network().describe(),
         ckpt.state.epoch,
         data.name,
         data.len()
     );
-    println!("loss: {:.6}", totals.loss());
+    outln!("loss: {:.6}", totals.loss());
     if let Some(acc) = acc {
-        println!("accuracy: {:.2}%", acc * 100.0);
+        outln!("accuracy: {:.2}%", acc * 100.0);
     }
     if let Some(c) = confusion {
-        println!("confusion matrix (rows: true class, columns: predicted):");
+        outln!("confusion matrix (rows: true class, columns: predicted):");
         let w = c
             .iter()
             .flatten()
@@ -144,10 +144,10 @@ pub fn eval(m: ModelArgs) -> Result<()> {
             .map_or(1, |v| v.to_string().len())
             .max(3);
         let head: Vec<String> = (0..c.len()).map(|j| format!("{j:>w$}")).collect();
-        println!("      {}", head.join(" "));
+        outln!("      {}", head.join(" "));
         for (i, row) in c.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|v| format!("{v:>w$}")).collect();
-            println!("  {i:>3} {}", cells.join(" "));
+            outln!("  {i:>3} {}", cells.join(" "));
         }
     }
     Ok(())
@@ -198,11 +198,6 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     }
     match dest {
         Some(p) => write_atomic(p, csv.as_bytes()),
-        None => {
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(csv.as_bytes())
-                .map_err(|e| Error::io(Path::new("<stdout>"), e))
-        }
+        None => super::write_out(csv.as_bytes()).map_err(|e| Error::io(Path::new("<stdout>"), e)),
     }
 }

@@ -16,6 +16,7 @@ use shadertrain::optim::{Optimizer, OptimizerKind};
 use shadertrain::train::{batch_size, EpochStats, Progress, Schedule, TrainConfig};
 use shadertrain::{Error, Result, Trainer};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -183,13 +184,14 @@ struct Run {
     val: Option<Dataset>,
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    let Run {
-        mut t,
-        net,
-        data,
-        val,
-    } = prepare(&a)?;
+pub fn run(a: TrainArgs) -> Result<ExitCode> {
+    let Run { t, net, data, val } = prepare(&a)?;
+    let outputs: Vec<&std::path::Path> = [&a.save, &a.metrics, &a.plot]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect();
+    let interrupt = super::signals::Interrupt::install(&outputs)?;
+    let mut t = t.stop_when(interrupt.flag.clone());
     let adapter = t.backend().describe();
     let kind = t.kind().name();
     let first = t.first_epoch();
@@ -197,9 +199,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let steps = data
         .len()
         .div_ceil(batch_size(t.config().batch, usize::MAX, data.len()));
-    let bar = progress_bar(((epochs + 1 - first) * steps) as u64, a.quiet);
+    let todo = (epochs.saturating_add(1).saturating_sub(first) as u64).saturating_mul(steps as u64);
+    let bar = progress_bar(todo, a.quiet);
     let t0 = Instant::now();
-    t.fit_observed(&data, val.as_ref(), |_, p| {
+    let new = t.fit_observed(&data, val.as_ref(), |_, p| {
         match p {
             Progress::Step { .. } => bar.inc(1),
             Progress::Epoch(s) => bar.set_message(epoch_line(s, epochs)),
@@ -208,7 +211,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     })?;
     let train_secs = t0.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let samples = ((epochs + 1 - first) * data.len()) as f64;
+    let samples = new.len() as f64 * data.len() as f64;
     let (totals, metric) = t.evaluate(&data)?;
     let val_totals = match &val {
         Some(v) => Some(t.evaluate(v)?),
@@ -217,25 +220,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let acc = totals.accuracy(metric);
     if epochs == 0 {
         let path = a.save.as_deref().unwrap_or(std::path::Path::new("?"));
-        println!("wrote the initial weights to {}", path.display());
+        outln!("wrote the initial weights to {}", path.display());
     }
-    println!(
+    outln!(
         "{} loss: {:.6} ({})",
         if epochs == 0 { "initial" } else { "final" },
         totals.loss(),
         totals.loss_fn.name()
     );
     if let Some(acc) = acc {
-        println!("accuracy: {:.2}%", acc * 100.0);
+        outln!("accuracy: {:.2}%", acc * 100.0);
     }
     if let Some((vt, m)) = &val_totals {
-        println!("validation loss: {:.6}", vt.loss());
+        outln!("validation loss: {:.6}", vt.loss());
         if let Some(acc) = vt.accuracy(*m) {
-            println!("validation accuracy: {:.2}%", acc * 100.0);
+            outln!("validation accuracy: {:.2}%", acc * 100.0);
         }
     }
     if epochs > 0 {
-        println!(
+        outln!(
             "throughput: {:.0} samples/s ({} samples in {:.2} s)",
             samples / train_secs,
             samples,
@@ -263,12 +266,40 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     "val_accuracy": val_totals.as_ref().and_then(|(vt, m)| vt.accuracy(*m)),
                 },
             });
+            let mut json = json;
+            if let Some((signal, _)) = interrupt.received().filter(|_| t.stopped()) {
+                json["interrupted"] = signal.into();
+            }
             let text = serde_json::to_string_pretty(&json).unwrap_or_default();
             write_atomic(path, text.as_bytes())?;
         }
         Ok(())
     };
-    reports().map_err(|e| kept_checkpoint(e, a.save.as_deref()))
+    reports().map_err(|e| kept_checkpoint(e, a.save.as_deref()))?;
+    match interrupt.received() {
+        Some((signal, code)) if t.stopped() => {
+            let mut wrote: Vec<String> = Vec::new();
+            for (what, path) in [
+                ("the checkpoint", &a.save),
+                ("the metrics", &a.metrics),
+                ("the plot", &a.plot),
+                ("the step records", &a.metrics_jsonl),
+                ("the event files", &a.log_dir),
+            ] {
+                if let Some(p) = path {
+                    wrote.push(format!("{what} to {}", p.display()));
+                }
+            }
+            let done = t.history().len();
+            eprintln!(
+                "interrupted by {signal} after {done} of {epochs} epochs{}{}",
+                if wrote.is_empty() { "" } else { "; wrote " },
+                wrote.join(", ")
+            );
+            Ok(ExitCode::from(code))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// `e`, a failure after training, saying that the checkpoint at `save`,
@@ -392,6 +423,11 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     };
     cfg.validate()?;
     let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
+    shadertrain::train::total_steps(
+        cfg.epochs,
+        data.len()
+            .div_ceil(batch_size(cfg.batch, usize::MAX, data.len())),
+    )?;
     let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
     let capacity = batch_size(cfg.batch, usize::MAX, data.len());
     // The optimiser first (setting one zeroes its state), then the resumed

@@ -248,9 +248,34 @@ impl Dataset {
         Ok(d)
     }
 
+    /// A CSV file read once, as `predict` takes it: a header of exactly
+    /// `inputs` columns means inputs alone (zero targets, and `false`),
+    /// anything else a target in the last column (and `true`). Works on a
+    /// pipe such as `/dev/stdin`, which can be read only once.
+    pub fn from_csv_for_prediction(
+        path: &Path,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<(Dataset, bool)> {
+        Self::read_csv(path, Some(None), outputs, Some(inputs))
+    }
+
     /// `target`: `Some(None)` the last column, `Some(Some(name))` that
     /// column, `None` no target (every column an input, zero targets).
     fn parse_csv(path: &Path, target: Option<Option<&str>>, outputs: usize) -> Result<Dataset> {
+        Ok(Self::read_csv(path, target, outputs, None)?.0)
+    }
+
+    /// [`Dataset::parse_csv`]; with `inputs_only`, a header of that many
+    /// columns means no target whatever `target` says. Also says whether a
+    /// target column was read. The file is read once, as a stream bounded by
+    /// the memory available ([`Bounded`]).
+    fn read_csv(
+        path: &Path,
+        target: Option<Option<&str>>,
+        outputs: usize,
+        inputs_only: Option<usize>,
+    ) -> Result<(Dataset, bool)> {
         if outputs == 0 {
             return Err(Error::Invalid(
                 "the network must have at least one output".into(),
@@ -261,7 +286,7 @@ impl Dataset {
             path: shown.clone(),
             msg,
         };
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = Bounded::open(path)?;
         // The header is read as an ordinary record so that blank lines before
         // it are skipped the same way as blank lines between rows. Only '\n'
         // ends a record (a '\r' before it is trimmed away with the cell), and
@@ -291,6 +316,10 @@ impl Dataset {
         }
         let headers = record.clone();
         let width = headers.len();
+        let target = match inputs_only {
+            Some(n) if n == width => None,
+            _ => target,
+        };
         if width < 2 && target.is_some() {
             return Err(data_err(format!(
                 "need at least 2 columns (one or more inputs and the target), found {width}"
@@ -377,14 +406,15 @@ impl Dataset {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| shown.clone());
-        Ok(Dataset {
+        let d = Dataset {
             name,
             inputs,
             outputs,
             x,
             y,
             task,
-        })
+        };
+        Ok((d, target.is_some()))
     }
 
     /// The first of this set's widths that differs from a network's:
@@ -598,6 +628,73 @@ impl<R: BufRead> Read for PadBlankLines<R> {
         }
         self.inner.consume(used);
         Ok(n)
+    }
+}
+
+/// A data file read as a stream: refuses a NUL byte (binary data such as
+/// `/dev/zero`, never a text CSV file) at once, and more bytes than half the
+/// memory available ([`crate::memory::available`], which
+/// `SHADERTRAIN_MEMORY_LIMIT` caps): each text cell of at least two bytes
+/// becomes a 4-byte value, so a longer file's dataset could not fit. Pipes
+/// and devices are bounded the same way as regular files.
+struct Bounded {
+    file: File,
+    read: u64,
+    limit: Option<u64>,
+}
+
+impl Bounded {
+    fn open(path: &Path) -> Result<Bounded> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let limit = crate::memory::available().map(|a| a / 2);
+        if let (Some(limit), Ok(m)) = (limit, file.metadata()) {
+            if m.is_file() && m.len() > limit {
+                return Err(Self::too_big(path, limit));
+            }
+        }
+        Ok(Bounded {
+            file,
+            read: 0,
+            limit,
+        })
+    }
+
+    fn too_big(path: &Path, limit: u64) -> Error {
+        Error::memory(
+            format!(
+                "the data in {} is larger than {}, half the memory available, so its values would not fit",
+                path.display(),
+                crate::memory::human(limit)
+            ),
+            &[],
+        )
+    }
+}
+
+impl Read for Bounded {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error as IoError, ErrorKind};
+        let n = self.file.read(out)?;
+        if let Some(at) = out[..n].iter().position(|&b| b == 0) {
+            return Err(IoError::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "a NUL byte at byte {}: binary data, not a text CSV file",
+                    self.read + at as u64 + 1
+                ),
+            ));
+        }
+        self.read += n as u64;
+        match self.limit {
+            Some(limit) if self.read > limit => Err(IoError::new(
+                ErrorKind::OutOfMemory,
+                format!(
+                    "more than {} (half the memory available) to read: its values would not fit",
+                    crate::memory::human(limit)
+                ),
+            )),
+            _ => Ok(n),
+        }
     }
 }
 

@@ -233,13 +233,11 @@ impl Source {
         seed: u64,
     ) -> Result<(Dataset, bool)> {
         match self {
-            Source::Csv(path)
-                if target.is_none() && Dataset::csv_columns(path)? == net.inputs() =>
-            {
-                Ok((
-                    Dataset::from_csv_inputs(path, net.inputs(), net.outputs())?,
-                    false,
-                ))
+            // Read once: the header decides, so a pipe works too.
+            Source::Csv(path) if target.is_none() => {
+                let (d, labelled) =
+                    Dataset::from_csv_for_prediction(path, net.inputs(), net.outputs())?;
+                Ok((d, labelled))
             }
             _ => Ok((self.load(target, net.outputs(), seed)?, true)),
         }
