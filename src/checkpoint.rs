@@ -498,6 +498,13 @@ impl Checkpoint {
             .validate()
             .map_err(|e| format!("metadata optimizer: {e}"))?;
         let len = optimizer.state_len(net.param_count());
+        let mut tensors = Vec::with_capacity(2 * net.layers().len());
+        for (l, ly) in net.layers().iter().enumerate() {
+            let weight = format!("layers.{l}.weight");
+            tensors.push(f32_tensor(&st, &weight, &[ly.n_out, ly.n_in])?);
+            let bias = format!("layers.{l}.bias");
+            tensors.push(f32_tensor(&st, &bias, &[ly.n_out])?);
+        }
         // Every tensor in the file is one this format has, so none is
         // ignored; each is found and its shape checked before anything is
         // allocated for it: the metadata may declare billions of
@@ -508,7 +515,11 @@ impl Checkpoint {
                 Some(rest) => rest
                     .split_once('.')
                     .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w)))
-                    .is_some_and(|(l, w)| l < net.layers().len() && (w == "weight" || w == "bias")),
+                    .is_some_and(|(l, w)| {
+                        l < net.layers().len()
+                            && (w == "weight" || w == "bias")
+                            && rest == format!("{l}.{w}")
+                    }),
                 None => match name {
                     "normalize.mean" | "normalize.std" => true,
                     "optimizer.state" => len > 0,
@@ -528,13 +539,6 @@ impl Checkpoint {
                     net.spec()
                 ));
             }
-        }
-        let mut tensors = Vec::with_capacity(2 * net.layers().len());
-        for (l, ly) in net.layers().iter().enumerate() {
-            let weight = format!("layers.{l}.weight");
-            tensors.push(f32_tensor(&st, &weight, &[ly.n_out, ly.n_in])?);
-            let bias = format!("layers.{l}.bias");
-            tensors.push(f32_tensor(&st, &bias, &[ly.n_out])?);
         }
         let mut data = Vec::with_capacity(net.param_count());
         for t in &tensors {

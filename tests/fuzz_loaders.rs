@@ -709,7 +709,7 @@ enum HeaderEdit {
     Text(String),
 }
 
-const META_KEYS: [&str; 18] = [
+const META_KEYS: [&str; 20] = [
     "format",
     "version",
     "layers",
@@ -728,6 +728,8 @@ const META_KEYS: [&str; 18] = [
     "data",
     "samples",
     "history",
+    "data_inputs_hash",
+    "data_targets_hash",
 ];
 
 fn meta_value() -> impl Strategy<Value = String> {
@@ -736,6 +738,8 @@ fn meta_value() -> impl Strategy<Value = String> {
             "0", "1", "2", "-1", "99999999999999999999", "1.5", "", "NaN", "inf", "adam",
             "sgd", "momentum", "nesterov", "shadertrain", "pytorch", "constant", "cosine",
             "step:3:0.5", "step:0:0.5", "[]", "[{}]", "{", "2\nline", "1e-8", "0.999",
+            "4294967295", "4294967296", "18446744073709551615", "18446744073709551616",
+            "0123456789abcdef", "ffffffffffffffff", "0x12345678abcdef",
         ])
         .prop_map(str::to_string),
         2 => layer_spec(),
@@ -945,4 +949,59 @@ fn huge_declared_sizes_allocate_little() {
     let e = r.unwrap_err();
     assert!(peak < 1 << 20, "allocated {peak} bytes ({e})");
     assert!(e.contains("the architecture needs [65535, 65535]"), "{e}");
+}
+
+/// Every count in the metadata (epoch, batch, samples, optimizer_t, seed)
+/// across the integer range, alone and together: each file loads or is
+/// refused in one line, and none allocates in proportion to the count.
+#[test]
+fn metadata_counts_across_the_integer_range_allocate_little() {
+    let base = checkpoint("2,3,2", OptimizerKind::Adam, true)
+        .to_bytes()
+        .unwrap();
+    let values = [
+        "0",
+        "1",
+        "2",
+        "600",
+        "601",
+        "4294967295",
+        "4294967296",
+        "9223372036854775807",
+        "18446744073709551615",
+        "18446744073709551616",
+    ];
+    for key in ["epoch", "batch", "samples", "optimizer_t", "seed"] {
+        for v in values {
+            let bytes = edit_header(&base, &[HeaderEdit::Meta(key, v.into())]);
+            let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+            assert!(peak < 1 << 20, "{key}={v}: allocated {peak} bytes");
+            match r {
+                Ok(c) => check_checkpoint(&c).unwrap(),
+                Err(e) => {
+                    assert!(!e.contains('\n'), "{key}={v}: {e}");
+                    assert!(e.contains(key) || key == "samples", "{key}={v}: {e}");
+                }
+            }
+        }
+    }
+    // All of them at u64::MAX, and history tensors declaring u64::MAX epochs.
+    let all: Vec<HeaderEdit> = ["epoch", "batch", "samples", "optimizer_t"]
+        .iter()
+        .map(|k| HeaderEdit::Meta(k, u64::MAX.to_string()))
+        .collect();
+    let bytes = edit_header(&base, &all);
+    let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+    assert!(peak < 1 << 20, "allocated {peak} bytes");
+    assert!(r.unwrap_err().contains("the history holds 2 epochs"));
+    for name in ["history.loss", "history.accuracy", "history.val_loss"] {
+        let n = u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+        let mut json: serde_json::Value = serde_json::from_slice(&base[8..8 + n]).unwrap();
+        json[name]["shape"] = serde_json::json!([u64::MAX]);
+        let bytes = edit_header(&base, &[HeaderEdit::Text(json.to_string())]);
+        let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+        assert!(peak < 1 << 20, "allocated {peak} bytes");
+        let e = r.unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+    }
 }
