@@ -687,7 +687,7 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
     let io = |e| Error::io(path, e);
     let mut f = std::fs::File::open(path).map_err(io)?;
     let meta = f.metadata().map_err(io)?;
-    let size = meta.is_file().then(|| meta.len());
+    let size = meta.is_file().then_some(meta.len());
     let mut bytes = Vec::new();
     (&mut f).take(8).read_to_end(&mut bytes).map_err(io)?;
     let n = match header_len(&bytes) {
@@ -879,7 +879,7 @@ fn decode_f32(
     );
     if let Some(i) = out[start..].iter().position(|v| !v.is_finite()) {
         return Err(format!(
-            "{name}[{i}] is {}, not a finite number",
+            "{name}[{i}] is {}, a non-finite value",
             out[start + i]
         ));
     }
