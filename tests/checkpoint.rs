@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::safetensors_header::{header, with_header};
 use common::sample_checkpoint;
 use shadertrain::checkpoint::{Checkpoint, VERSION};
 use shadertrain::optim::{Optimizer, OptimizerKind};
@@ -274,25 +275,6 @@ fn version_1_files_still_load() {
         assert_eq!(Checkpoint::from_bytes(&again).unwrap(), back);
         assert!(header(&again).contains("\"version\":\"2\""));
     }
-}
-
-/// The JSON header of a safetensors file.
-fn header(bytes: &[u8]) -> String {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    String::from_utf8(bytes[8..8 + n].to_vec()).unwrap()
-}
-
-/// `bytes` with its header text replaced by `f` of it.
-fn with_header(bytes: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut head = f(&header(bytes)).into_bytes();
-    while !head.len().is_multiple_of(8) {
-        head.push(b' ');
-    }
-    let mut out = (head.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&bytes[8 + n..]);
-    out
 }
 
 #[test]

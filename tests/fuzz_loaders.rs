@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::safetensors_header::with_header;
 use common::sample_checkpoint;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -774,8 +775,12 @@ fn header_edit() -> impl Strategy<Value = HeaderEdit> {
 /// `bytes` (a valid safetensors file) with its header JSON edited; the
 /// length prefix is rewritten to match.
 fn edit_header(bytes: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    with_header(bytes, |head| edit_json(head, edits))
+}
+
+/// The header text `head` with `edits` made.
+fn edit_json(head: &str, edits: &[HeaderEdit]) -> String {
+    let mut json: serde_json::Value = serde_json::from_str(head).unwrap();
     let mut text = None;
     for e in edits {
         let obj = json.as_object_mut().unwrap();
@@ -818,14 +823,7 @@ fn edit_header(bytes: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
             HeaderEdit::Text(s) => text = Some(s.clone()),
         }
     }
-    let mut head = text.unwrap_or_else(|| json.to_string()).into_bytes();
-    while !head.len().is_multiple_of(8) {
-        head.push(b' ');
-    }
-    let mut out = (head.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&bytes[8 + n..]);
-    out
+    text.unwrap_or_else(|| json.to_string())
 }
 
 fn checkpoint_input() -> impl Strategy<Value = Vec<u8>> {
@@ -995,10 +993,11 @@ fn metadata_counts_across_the_integer_range_allocate_little() {
     assert!(peak < 1 << 20, "allocated {peak} bytes");
     assert!(r.unwrap_err().contains("the history holds 2 epochs"));
     for name in ["history.loss", "history.accuracy", "history.val_loss"] {
-        let n = u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
-        let mut json: serde_json::Value = serde_json::from_slice(&base[8..8 + n]).unwrap();
-        json[name]["shape"] = serde_json::json!([u64::MAX]);
-        let bytes = edit_header(&base, &[HeaderEdit::Text(json.to_string())]);
+        let bytes = with_header(&base, |h| {
+            let mut json: serde_json::Value = serde_json::from_str(h).unwrap();
+            json[name]["shape"] = serde_json::json!([u64::MAX]);
+            json.to_string()
+        });
         let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
         assert!(peak < 1 << 20, "allocated {peak} bytes");
         let e = r.unwrap_err();
