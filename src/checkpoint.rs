@@ -52,7 +52,8 @@
 //! [`Checkpoint::load`] reads at most what the header declares: a header
 //! longer than 100 MB, a file shorter or longer than its header says, or a
 //! stream that does not end there (`/dev/zero`) is refused, having read no
-//! more than the header and the data it declares.
+//! more than the header and the data it declares; nor is a file declaring
+//! more than the memory available read.
 //!
 //! Files are written atomically: a temporary file in the same directory,
 //! flushed and fsynced, then renamed over the target, so a crash leaves either
@@ -714,6 +715,15 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
         Err(e) => return Ok(Err(e)),
     };
     let total = (8 + n).saturating_add(declared);
+    if let Some(have) = crate::memory::available() {
+        if total > have {
+            return Ok(Err(format!(
+                "its header declares {}, more than the {} of memory available",
+                crate::memory::human(total),
+                crate::memory::human(have)
+            )));
+        }
+    }
     if let Some(size) = size {
         if size != total {
             return Ok(Err(format!(

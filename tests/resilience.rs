@@ -528,3 +528,36 @@ fn endless_or_lying_model_files_fail_fast() {
         assert!(t.elapsed() < Duration::from_secs(20));
     }
 }
+
+/// A checkpoint declaring more than the memory available is not read.
+#[test]
+fn a_model_larger_than_memory_is_not_read() {
+    let dir = TempDir::new("model-past-memory");
+    let model = dir.path("m.safetensors").display().to_string();
+    run(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--quiet",
+        "--data",
+        "xor",
+        "--epochs",
+        "1",
+        "--save",
+        &model,
+    ])
+    .success();
+    expect_error_env(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            &model,
+            "--data",
+            "xor",
+        ],
+        &[("SHADERTRAIN_MEMORY_LIMIT", "100")],
+        &[&model, "more than the 100 B of memory available"],
+    );
+}
