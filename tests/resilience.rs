@@ -534,19 +534,9 @@ fn endless_or_lying_model_files_fail_fast() {
 fn a_model_larger_than_memory_is_not_read() {
     let dir = TempDir::new("model-past-memory");
     let model = dir.path("m.safetensors").display().to_string();
-    run(&[
-        "train",
-        "--backend",
-        "cpu",
-        "--quiet",
-        "--data",
-        "xor",
-        "--epochs",
-        "1",
-        "--save",
-        &model,
-    ])
-    .success();
+    let train = "train --backend cpu --quiet --data xor --epochs 1 --save";
+    let args: Vec<&str> = train.split(' ').chain([model.as_str()]).collect();
+    run(&args).success();
     expect_error_env(
         &[
             "eval",
