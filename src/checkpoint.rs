@@ -673,6 +673,9 @@ fn header_len(bytes: &[u8]) -> std::result::Result<u64, String> {
         ));
     };
     let n = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    if n == 0 {
+        return Err("not a safetensors checkpoint (its header length is 0)".into());
+    }
     if n > MAX_HEADER {
         return Err(format!(
             "not a safetensors checkpoint (its header length {n} is past the {MAX_HEADER}-byte limit)"
