@@ -1,15 +1,66 @@
-//! Checkpoints in the safetensors format: one f32 tensor per weight matrix and
-//! bias (`layers.{l}.weight (out, in)`, `layers.{l}.bias (out)`), the input
-//! standardisation if any (`normalize.mean`, `normalize.std`), and the
-//! architecture and training state in the string metadata, so a run can be
-//! resumed exactly and a model evaluated without its training command.
+//! Checkpoints in the safetensors format, so a run can be resumed exactly
+//! and a model evaluated without its training command.
+//!
+//! # Layout (format version 2)
+//!
+//! Tensors, all little-endian:
+//!
+//! | name | dtype | shape | holds |
+//! |---|---|---|---|
+//! | `layers.{l}.weight` | F32 | (out, in) | layer `l`'s weights |
+//! | `layers.{l}.bias` | F32 | (out) | layer `l`'s biases |
+//! | `normalize.mean`, `normalize.std` | F32 | (inputs) | the input standardisation, if any |
+//! | `optimizer.state` | F32 | (n) | momentum `v`, or Adam `m` then `v`; absent for plain SGD |
+//! | `history.loss` | F64 | (E) | each epoch's mean training loss |
+//! | `history.accuracy` | F64 | (E) | its accuracy, NaN where there is none (regression) |
+//! | `history.val_loss` | F64 | (E) | validation loss, NaN without a validation set |
+//! | `history.val_accuracy` | F64 | (E) | validation accuracy, NaN where there is none |
+//!
+//! Entry `i` of the history is epoch `i + 1`, and `E` equals the `epoch`
+//! metadata. Wall-clock values (an epoch's seconds, samples per second) are
+//! not kept: loaded epochs have them 0; `--metrics` and the metrics sinks
+//! have them. So a checkpoint grows by 32 bytes an epoch and its header not
+//! at all.
+//!
+//! String metadata: `format` (`shadertrain`), `version`, `layers`, `epoch`,
+//! `seed`, `batch`, `lr`, `lr_schedule`, `optimizer`, `momentum`, `beta1`,
+//! `beta2`, `eps`, `weight_decay`, `optimizer_t`, `data`, `samples`, and
+//! `data_inputs_hash`, `data_targets_hash`: a 64-bit fingerprint (16 hex
+//! digits) of the training rows' inputs and targets as training saw them
+//! (after the validation split and the standardisation), which a resumed run
+//! must match ([`DataFingerprint`]).
+//!
+//! The writer is deterministic: metadata keys sorted, tensors in a fixed
+//! order, no clock values, so the same seed, data, settings and backend give
+//! the same bytes.
+//!
+//! Version 1 files (the history as JSON in the `history` metadata, no data
+//! fingerprint) still load; a resumed run then checks the row count only.
+//!
+//! # What loading checks
+//!
+//! Besides the format (a safetensors file of this format at a version this
+//! build reads, no key twice in its header, every tensor of the declared
+//! architecture in F32 at its shape, no tensor it does not know), the values:
+//! weights, biases, means and optimiser state finite; every `normalize.std`
+//! finite and above 0; Adam's second moments not negative; an optimiser state
+//! only where the optimiser keeps one; `optimizer_t` at most one update per
+//! sample and epoch, counting the epoch an interrupted run stopped in; the history as long as `epoch`, its
+//! losses not negative, its accuracies in \[0, 1\]. Errors name the field:
+//! `normalize.std[3] is 0`.
+//!
+//! [`Checkpoint::load`] reads at most what the header declares: a header
+//! longer than 100 MB, a file shorter or longer than its header says, or a
+//! stream that does not end there (`/dev/zero`) is refused, having read no
+//! more than the header and the data it declares; nor is a file declaring
+//! more than the memory available read.
 //!
 //! Files are written atomically: a temporary file in the same directory,
 //! flushed and fsynced, then renamed over the target, so a crash leaves either
 //! the old checkpoint or the new one, never half of one.
 
 use crate::backend::Backend;
-use crate::data::Standardizer;
+use crate::data::{Dataset, Standardizer};
 use crate::error::{one_line, quote};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -18,13 +69,65 @@ use crate::optim::{check_state_len, Optimizer, OptimizerKind};
 use crate::train::{EpochStats, Schedule};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::path::Path;
 
 /// `format` in the metadata.
 pub const FORMAT: &str = "shadertrain";
-/// The format version this build writes; newer files are refused.
-pub const VERSION: u32 = 1;
+/// The format version this build writes; newer files are refused, version 1
+/// (history as JSON metadata) is still read.
+pub const VERSION: u32 = 2;
+
+/// The longest header a checkpoint may declare (safetensors' own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// The names of the history tensors, in [`EpochStats`] field order.
+const HISTORY: [&str; 4] = [
+    "history.loss",
+    "history.accuracy",
+    "history.val_loss",
+    "history.val_accuracy",
+];
+
+/// A 64-bit fingerprint of a training set's rows, inputs and targets apart,
+/// so that resuming on other data of the same size is noticed. Not
+/// cryptographic: it tells runs apart, it does not authenticate them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DataFingerprint {
+    /// Of the input table (its width, rows and every value's bits).
+    pub inputs: u64,
+    /// Of the target table.
+    pub targets: u64,
+}
+
+impl DataFingerprint {
+    /// `data`'s fingerprint, as training sees it.
+    pub fn of(data: &Dataset) -> DataFingerprint {
+        DataFingerprint {
+            inputs: table_hash(data.inputs, &data.x),
+            targets: table_hash(data.outputs, &data.y),
+        }
+    }
+}
+
+/// FNV-1a over the width, the length and each value's 32 bits, finished
+/// with splitmix64's mixer.
+fn table_hash(width: usize, v: &[f32]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in [width as u64, v.len() as u64]
+        .into_iter()
+        .chain(v.iter().map(|x| x.to_bits() as u64))
+    {
+        h = (h ^ w).wrapping_mul(PRIME);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
 
 /// Where a training run stands, enough to resume it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +140,14 @@ pub struct TrainState {
     pub batch: usize,
     /// Learning rate.
     pub lr: f32,
-    /// Name of the training set, for a warning on resume.
+    /// Name of the training set, for messages.
     pub data: String,
     /// Samples in the training set.
     pub samples: usize,
-    /// What every epoch so far measured, so a resumed run's metrics and
-    /// plots cover the whole run.
+    /// The training set's fingerprint; `None` in version 1 files.
+    pub fingerprint: Option<DataFingerprint>,
+    /// What every epoch so far measured (without wall-clock values), so a
+    /// resumed run's metrics and plots cover the whole run.
     pub history: Vec<EpochStats>,
     /// The optimiser and its hyper-parameters.
     pub optimizer: Optimizer,
@@ -90,6 +195,9 @@ pub(crate) fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+type Raw = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// `(name, shape, little-endian f32 bytes)` tensors and string metadata as
 /// a safetensors file; `what` names it in errors.
 pub(crate) fn f32_safetensors(
@@ -97,15 +205,119 @@ pub(crate) fn f32_safetensors(
     meta: HashMap<String, String>,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let views = tensors
+    let raw = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(format!("cannot build {what} tensors: {e}")))?;
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("cannot serialise {what}: {e}")))
+        .map(|(n, s, b)| (n.clone(), Dtype::F32, s.clone(), b.clone()))
+        .collect();
+    safetensors_bytes(raw, &meta.into_iter().collect(), what)
+}
+
+/// A safetensors file, the same bytes for the same tensors and metadata:
+/// metadata keys sorted, tensors by decreasing alignment then name (as
+/// safetensors orders them), the header padded with spaces to 8 bytes.
+fn safetensors_bytes(
+    mut tensors: Vec<Raw>,
+    meta: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<Vec<u8>> {
+    tensors.sort_by(|a, b| {
+        (std::cmp::Reverse(a.1.bitsize()), &a.0).cmp(&(std::cmp::Reverse(b.1.bitsize()), &b.0))
+    });
+    let mut head = String::from("{");
+    if !meta.is_empty() {
+        head += &format!("\"__metadata__\":{}", json(meta));
+    }
+    let mut offset = 0usize;
+    for (name, dtype, shape, bytes) in &tensors {
+        // Checked here rather than trusted: a view of the wrong size is a bug.
+        TensorView::new(*dtype, shape.clone(), bytes)
+            .map_err(|e| Error::Invalid(format!("cannot build {what} tensor '{name}': {e}")))?;
+        if head.len() > 1 {
+            head.push(',');
+        }
+        let end = offset + bytes.len();
+        head += &format!(
+            "{}:{{\"dtype\":\"{dtype:?}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
+            json(name),
+            json(shape)
+        );
+        offset = end;
+    }
+    head.push('}');
+    while !head.len().is_multiple_of(8) {
+        head.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(head.as_bytes());
+    for (_, _, _, bytes) in &tensors {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// JSON text of a value that cannot fail to serialise (strings, string
+/// maps, integers).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A JSON value with no key twice in any object, checked while parsing.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut s: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while s.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut m: A,
+    ) -> std::result::Result<Self, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if seen.contains(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "key '{}' appears twice",
+                    quote(&k)
+                )));
+            }
+            m.next_value::<NoDuplicateKeys>()?;
+            seen.insert(k);
+        }
+        Ok(self)
+    }
 }
 
 impl Checkpoint {
@@ -145,40 +357,47 @@ impl Checkpoint {
         backend.set_optimizer_state(self.optimizer_state.t, &self.optimizer_state.moments)
     }
 
-    /// The file's bytes.
+    /// The file's bytes (format [`VERSION`], laid out as the module says).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let net = self.params.network();
-        // (name, shape, little-endian bytes)
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let f32s =
+            |name: String, shape: Vec<usize>, v: &[f32]| (name, Dtype::F32, shape, le_bytes(v));
+        let mut tensors: Vec<Raw> = Vec::new();
         for (l, ly) in net.layers().iter().enumerate() {
-            tensors.push((
+            tensors.push(f32s(
                 format!("layers.{l}.weight"),
                 vec![ly.n_out, ly.n_in],
-                le_bytes(self.params.weights(l)),
+                self.params.weights(l),
             ));
-            tensors.push((
+            tensors.push(f32s(
                 format!("layers.{l}.bias"),
                 vec![ly.n_out],
-                le_bytes(self.params.bias(l)),
+                self.params.bias(l),
             ));
         }
-        if !self.optimizer_state.moments.is_empty() {
-            tensors.push((
-                "optimizer.state".into(),
-                vec![self.optimizer_state.moments.len()],
-                le_bytes(&self.optimizer_state.moments),
-            ));
+        let moments = &self.optimizer_state.moments;
+        if !moments.is_empty() {
+            tensors.push(f32s("optimizer.state".into(), vec![moments.len()], moments));
         }
         if let Some(z) = &self.standardizer {
-            tensors.push((
-                "normalize.mean".into(),
-                vec![z.mean.len()],
-                le_bytes(&z.mean),
-            ));
-            tensors.push(("normalize.std".into(), vec![z.std.len()], le_bytes(&z.std)));
+            tensors.push(f32s("normalize.mean".into(), vec![z.mean.len()], &z.mean));
+            tensors.push(f32s("normalize.std".into(), vec![z.std.len()], &z.std));
         }
         let s = &self.state;
-        let meta: HashMap<String, String> = [
+        let h = &s.history;
+        let columns: [Vec<f64>; 4] = [
+            h.iter().map(|e| e.loss).collect(),
+            h.iter().map(|e| e.accuracy.unwrap_or(f64::NAN)).collect(),
+            h.iter().map(|e| e.val_loss.unwrap_or(f64::NAN)).collect(),
+            h.iter()
+                .map(|e| e.val_accuracy.unwrap_or(f64::NAN))
+                .collect(),
+        ];
+        for (name, col) in HISTORY.iter().zip(columns) {
+            let bytes = col.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((name.to_string(), Dtype::F64, vec![col.len()], bytes));
+        }
+        let mut meta: BTreeMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
             ("layers", net.spec()),
@@ -196,15 +415,15 @@ impl Checkpoint {
             ("lr_schedule", s.schedule.spec()),
             ("data", s.data.clone()),
             ("samples", s.samples.to_string()),
-            (
-                "history",
-                serde_json::to_string(&s.history).unwrap_or_else(|_| "[]".into()),
-            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        f32_safetensors(&tensors, meta, "checkpoint")
+        if let Some(fp) = s.fingerprint {
+            meta.insert("data_inputs_hash".into(), format!("{:016x}", fp.inputs));
+            meta.insert("data_targets_hash".into(), format!("{:016x}", fp.targets));
+        }
+        safetensors_bytes(tensors, &meta, "checkpoint")
     }
 
     /// Writes the checkpoint to `path` atomically.
@@ -212,15 +431,15 @@ impl Checkpoint {
         write_atomic(path, &self.to_bytes()?)
     }
 
-    /// Reads and checks a checkpoint: a safetensors file written by this
-    /// format at a version this build understands, with every tensor of the
-    /// architecture it declares.
+    /// Reads and checks a checkpoint (see the module's "What loading
+    /// checks"), reading no more than its header declares.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes).map_err(|msg| Error::Data {
+        let data = |msg| Error::Data {
             path: path.display().to_string(),
             msg,
-        })
+        };
+        let bytes = read_bounded(path)?.map_err(data)?;
+        Self::from_bytes(&bytes).map_err(data)
     }
 
     /// [`Checkpoint::load`] from memory; the error is the reason alone, one line.
@@ -231,9 +450,19 @@ impl Checkpoint {
     }
 
     fn parse_bytes(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
+        let n = header_len(bytes)?;
+        if n > (bytes.len() - 8) as u64 {
+            return Err(format!(
+                "not a safetensors checkpoint (its header declares {n} bytes, the file has {} after the length)",
+                bytes.len() - 8
+            ));
+        }
+        let head = &bytes[8..8 + n as usize];
+        serde_json::from_slice::<NoDuplicateKeys>(head)
+            .map_err(|e| format!("not a safetensors checkpoint (header: {e})"))?;
         let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| format!("not a safetensors checkpoint ({e})"))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
@@ -254,32 +483,10 @@ impl Checkpoint {
                 "format version {version} is newer than this build reads ({VERSION}); upgrade shadertrain"
             ));
         }
+        if version == 0 {
+            return Err("metadata 'version' is 0; versions start at 1".into());
+        }
         let net = Network::parse(&get("layers")?).map_err(|e| format!("metadata layers: {e}"))?;
-        // Every tensor is found and its shape checked before anything is
-        // allocated for it: the metadata may declare billions of parameters,
-        // but tensors that are in the file are no larger than the file.
-        let mut tensors = Vec::with_capacity(2 * net.layers().len());
-        for (l, ly) in net.layers().iter().enumerate() {
-            let weight = format!("layers.{l}.weight");
-            tensors.push(f32_tensor(&st, &weight, &[ly.n_out, ly.n_in])?);
-            let bias = format!("layers.{l}.bias");
-            tensors.push(f32_tensor(&st, &bias, &[ly.n_out])?);
-        }
-        let mut data = Vec::with_capacity(net.param_count());
-        for t in &tensors {
-            decode_f32(t, &mut data)?;
-        }
-        let params = Params::from_vec(&net, data).map_err(|e| e.to_string())?;
-        let standardizer = match st.tensor("normalize.mean") {
-            Ok(_) => {
-                let n = net.inputs();
-                Some(Standardizer {
-                    mean: read_f32(&st, "normalize.mean", &[n])?,
-                    std: read_f32(&st, "normalize.std", &[n])?,
-                })
-            }
-            Err(_) => None,
-        };
         let optimizer = Optimizer {
             kind: OptimizerKind::parse(&get("optimizer")?).map_err(|e| format!("metadata: {e}"))?,
             momentum: parse(&get("momentum")?, "momentum")?,
@@ -292,30 +499,162 @@ impl Checkpoint {
             .validate()
             .map_err(|e| format!("metadata optimizer: {e}"))?;
         let len = optimizer.state_len(net.param_count());
+        let mut tensors = Vec::with_capacity(2 * net.layers().len());
+        for (l, ly) in net.layers().iter().enumerate() {
+            let weight = format!("layers.{l}.weight");
+            tensors.push(f32_tensor(&st, &weight, &[ly.n_out, ly.n_in])?);
+            let bias = format!("layers.{l}.bias");
+            tensors.push(f32_tensor(&st, &bias, &[ly.n_out])?);
+        }
+        // Every tensor in the file is one this format has, so none is
+        // ignored; each is found and its shape checked before anything is
+        // allocated for it: the metadata may declare billions of
+        // parameters, but tensors that are in the file are no larger than it.
+        let norm = st.tensor("normalize.mean").is_ok() || st.tensor("normalize.std").is_ok();
+        for name in st.names() {
+            let known = match name.strip_prefix("layers.") {
+                Some(rest) => rest
+                    .split_once('.')
+                    .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w)))
+                    .is_some_and(|(l, w)| {
+                        l < net.layers().len()
+                            && (w == "weight" || w == "bias")
+                            && rest == format!("{l}.{w}")
+                    }),
+                None => match name {
+                    "normalize.mean" | "normalize.std" => true,
+                    "optimizer.state" => len > 0,
+                    h => version >= 2 && HISTORY.contains(&h),
+                },
+            };
+            if !known {
+                let why = match name {
+                    "optimizer.state" => {
+                        format!(", and optimizer '{}' keeps no state", optimizer.name())
+                    }
+                    _ => String::new(),
+                };
+                return Err(format!(
+                    "tensor '{}' is not part of a version {version} checkpoint of layers {}{why}",
+                    quote(name),
+                    net.spec()
+                ));
+            }
+        }
+        let mut data = Vec::with_capacity(net.param_count());
+        for t in &tensors {
+            decode_f32(t, &mut data)?;
+        }
+        let params = Params::from_vec(&net, data).map_err(|e| e.to_string())?;
+        let standardizer = if norm {
+            let n = net.inputs();
+            let z = Standardizer {
+                mean: read_f32(&st, "normalize.mean", &[n])?,
+                std: read_f32(&st, "normalize.std", &[n])?,
+            };
+            if let Some(i) = z.std.iter().position(|&s| s <= 0.0) {
+                return Err(format!(
+                    "normalize.std[{i}] is {}; a standard deviation must be above 0",
+                    z.std[i]
+                ));
+            }
+            Some(z)
+        } else {
+            None
+        };
         let moments = if len > 0 {
             read_f32(&st, "optimizer.state", &[len])?
         } else {
             Vec::new()
         };
         check_state_len(&optimizer, net.param_count(), moments.len()).map_err(|e| e.to_string())?;
-        let optimizer_state = OptimizerState {
-            t: parse(&get("optimizer_t")?, "optimizer_t")?,
-            moments,
+        if optimizer.kind == OptimizerKind::Adam {
+            let n = net.param_count();
+            if let Some(i) = moments[n..].iter().position(|&v| v < 0.0) {
+                return Err(format!(
+                    "optimizer.state[{}] is {}; Adam's second moments (from {n} on) cannot be negative",
+                    n + i,
+                    moments[n + i]
+                ));
+            }
+        }
+        let epoch: usize = parse(&get("epoch")?, "epoch")?;
+        let samples: usize = parse(&get("samples")?, "samples")?;
+        let t: u64 = parse(&get("optimizer_t")?, "optimizer_t")?;
+        // A step takes at least one sample, so an epoch takes at most
+        // `samples` steps (whatever the batch was, which a resumed run may
+        // have changed); an interrupted run also holds the steps of the
+        // epoch it stopped in.
+        let most = (epoch as u64)
+            .saturating_add(1)
+            .saturating_mul(samples as u64);
+        if t > most {
+            return Err(format!(
+                "metadata 'optimizer_t' is {t}, but {epoch} epochs of {samples} samples (and part of one more, if interrupted) take at most {most} updates"
+            ));
+        }
+        let lr: f32 = parse(&get("lr")?, "lr")?;
+        if !lr.is_finite() {
+            return Err(format!("metadata 'lr' is {lr}, not a finite number"));
+        }
+        let history = if version >= 2 {
+            if meta.contains_key("history") {
+                return Err(format!(
+                    "metadata 'history' belongs to version 1; version {version} keeps it in the history.* tensors"
+                ));
+            }
+            read_history(&st)?
+        } else {
+            match meta.get("history") {
+                Some(h) => serde_json::from_str::<Vec<EpochStats>>(h)
+                    .map_err(|e| format!("metadata 'history' is not valid: {e}"))?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        if e.epoch != i + 1 {
+                            return Err(format!(
+                                "history[{i}] is epoch {}, not {}",
+                                e.epoch,
+                                i + 1
+                            ));
+                        }
+                        Ok(EpochStats {
+                            seconds: 0.0,
+                            samples_per_s: 0.0,
+                            ..e
+                        })
+                    })
+                    .collect::<std::result::Result<_, _>>()?,
+                None => Vec::new(),
+            }
+        };
+        if history.len() != epoch {
+            return Err(format!(
+                "the history holds {} epochs, but metadata 'epoch' is {epoch}",
+                history.len()
+            ));
+        }
+        check_history(&history)?;
+        let fingerprint = match (meta.get("data_inputs_hash"), meta.get("data_targets_hash")) {
+            (None, None) => None,
+            (Some(i), Some(t)) => Some(DataFingerprint {
+                inputs: hash(i, "data_inputs_hash")?,
+                targets: hash(t, "data_targets_hash")?,
+            }),
+            (Some(_), None) => return Err("metadata lacks 'data_targets_hash'".into()),
+            (None, Some(_)) => return Err("metadata lacks 'data_inputs_hash'".into()),
         };
         let schedule =
             Schedule::parse(&get("lr_schedule")?).map_err(|e| format!("metadata: {e}"))?;
         let state = TrainState {
-            epoch: parse(&get("epoch")?, "epoch")?,
+            epoch,
             seed: parse(&get("seed")?, "seed")?,
             batch: parse(&get("batch")?, "batch")?,
-            lr: parse(&get("lr")?, "lr")?,
+            lr,
             data: get("data")?,
-            samples: parse(&get("samples")?, "samples")?,
-            history: match meta.get("history") {
-                Some(h) => serde_json::from_str(h)
-                    .map_err(|e| format!("metadata 'history' is not valid: {e}"))?,
-                None => Vec::new(),
-            },
+            samples,
+            fingerprint,
+            history,
             optimizer,
             schedule,
         };
@@ -323,9 +662,197 @@ impl Checkpoint {
             params,
             state,
             standardizer,
-            optimizer_state,
+            optimizer_state: OptimizerState { t, moments },
         })
     }
+}
+
+/// The header length a safetensors file starts with.
+fn header_len(bytes: &[u8]) -> std::result::Result<u64, String> {
+    let Some(b) = bytes.get(..8) else {
+        return Err(format!(
+            "not a safetensors checkpoint ({} bytes, shorter than the 8-byte header length)",
+            bytes.len()
+        ));
+    };
+    let n = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    if n == 0 {
+        return Err("not a safetensors checkpoint (its header length is 0)".into());
+    }
+    if n > MAX_HEADER {
+        return Err(format!(
+            "not a safetensors checkpoint (its header length {n} is past the {MAX_HEADER}-byte limit)"
+        ));
+    }
+    Ok(n)
+}
+
+/// The bytes of the file at `path`, read no further than its header
+/// declares: the outer error is the file's, the inner one a reason that the
+/// file is not a checkpoint.
+fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
+    let io = |e| Error::io(path, e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    let size = meta.is_file().then_some(meta.len());
+    let mut bytes = Vec::new();
+    (&mut f).take(8).read_to_end(&mut bytes).map_err(io)?;
+    let n = match header_len(&bytes) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(size) = size {
+        if 8 + n > size {
+            return Ok(Err(format!(
+                "not a safetensors checkpoint (its header declares {n} bytes, the file has {} after the length)",
+                size.saturating_sub(8)
+            )));
+        }
+    }
+    bytes.reserve_exact(n as usize);
+    (&mut f).take(n).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 != 8 + n {
+        return Ok(Err(format!(
+            "not a safetensors checkpoint (it ends inside its {n}-byte header)"
+        )));
+    }
+    let declared = match data_len(&bytes[8..]) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let total = (8 + n).saturating_add(declared);
+    if let Some(have) = crate::memory::available() {
+        if total > have {
+            return Ok(Err(format!(
+                "its header declares {}, more than the {} of memory available",
+                crate::memory::human(total),
+                crate::memory::human(have)
+            )));
+        }
+    }
+    if let Some(size) = size {
+        if size != total {
+            return Ok(Err(format!(
+                "not a safetensors checkpoint (the file is {size} bytes, its header declares {total})"
+            )));
+        }
+        bytes.reserve_exact(declared as usize);
+    }
+    (&mut f)
+        .take(declared)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if (bytes.len() as u64) < total {
+        return Ok(Err(format!(
+            "not a safetensors checkpoint (it ends after {} bytes, its header declares {total})",
+            bytes.len()
+        )));
+    }
+    let mut more = [0u8; 1];
+    if f.read(&mut more).map_err(io)? > 0 {
+        return Ok(Err(format!(
+            "not a safetensors checkpoint (it goes on past the {total} bytes its header declares)"
+        )));
+    }
+    Ok(Ok(bytes))
+}
+
+/// The data bytes a safetensors header declares: the furthest end offset.
+fn data_len(head: &[u8]) -> std::result::Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        data_offsets: (u64, u64),
+    }
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(head)
+        .map_err(|e| format!("not a safetensors checkpoint (header: {e})"))?;
+    let mut end = 0;
+    for (k, v) in map {
+        if k != "__metadata__" {
+            let info: Info = serde_json::from_value(v).map_err(|e| {
+                format!("not a safetensors checkpoint (tensor '{}': {e})", quote(&k))
+            })?;
+            end = end.max(info.data_offsets.1);
+        }
+    }
+    Ok(end)
+}
+
+/// The `history.*` tensors as epochs 1 to E.
+fn read_history(st: &SafeTensors<'_>) -> std::result::Result<Vec<EpochStats>, String> {
+    let loss = st
+        .tensor(HISTORY[0])
+        .map_err(|_| format!("tensor '{}' is missing", HISTORY[0]))?;
+    let e = loss.data().len() / 8;
+    let mut cols = Vec::with_capacity(4);
+    for name in HISTORY {
+        let t = st
+            .tensor(name)
+            .map_err(|_| format!("tensor '{name}' is missing"))?;
+        if t.dtype() != Dtype::F64 {
+            return Err(format!("tensor '{name}' is {:?}, expected F64", t.dtype()));
+        }
+        if t.shape() != [e] {
+            return Err(format!(
+                "tensor '{name}' has shape {:?}, the history needs [{e}]",
+                t.shape()
+            ));
+        }
+        cols.push(
+            t.data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()))
+                .collect::<Vec<f64>>(),
+        );
+    }
+    let some = |v: f64| (!v.is_nan()).then_some(v);
+    Ok((0..e)
+        .map(|i| EpochStats {
+            epoch: i + 1,
+            loss: cols[0][i],
+            accuracy: some(cols[1][i]),
+            seconds: 0.0,
+            samples_per_s: 0.0,
+            val_loss: some(cols[2][i]),
+            val_accuracy: some(cols[3][i]),
+        })
+        .collect())
+}
+
+/// Losses not negative (nor NaN), accuracies in [0, 1].
+fn check_history(h: &[EpochStats]) -> std::result::Result<(), String> {
+    for (i, e) in h.iter().enumerate() {
+        let fields = [
+            ("loss", Some(e.loss), false),
+            ("accuracy", e.accuracy, true),
+            ("val_loss", e.val_loss, false),
+            ("val_accuracy", e.val_accuracy, true),
+        ];
+        for (name, v, fraction) in fields {
+            let Some(v) = v else { continue };
+            let ok = v >= 0.0 && (!fraction || v <= 1.0);
+            if !ok {
+                let want = if fraction {
+                    "a fraction in [0, 1]"
+                } else {
+                    "a loss, not negative"
+                };
+                return Err(format!("history.{name}[{i}] is {v}, not {want}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A fingerprint: 16 hex digits.
+fn hash(v: &str, key: &str) -> std::result::Result<u64, String> {
+    if v.len() != 16 {
+        return Err(format!(
+            "metadata '{key}' is '{}', not 16 hex digits",
+            quote(v)
+        ));
+    }
+    u64::from_str_radix(v, 16)
+        .map_err(|_| format!("metadata '{key}' is '{}', not 16 hex digits", quote(v)))
 }
 
 fn parse<T: std::str::FromStr>(v: &str, key: &str) -> std::result::Result<T, String> {
@@ -355,7 +882,7 @@ fn f32_tensor<'a>(
 }
 
 /// Appends the values of a tensor from [`f32_tensor`] to `out`; refuses NaN
-/// and infinity.
+/// and infinity, naming the element.
 fn decode_f32(
     (name, t): &(String, TensorView<'_>),
     out: &mut Vec<f32>,
@@ -367,7 +894,10 @@ fn decode_f32(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     );
     if let Some(i) = out[start..].iter().position(|v| !v.is_finite()) {
-        return Err(format!("tensor '{name}' holds a non-finite value at {i}"));
+        return Err(format!(
+            "{name}[{i}] is {}, a non-finite value",
+            out[start + i]
+        ));
     }
     Ok(())
 }

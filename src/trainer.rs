@@ -21,7 +21,7 @@
 //! ```
 
 use crate::backend::{Backend, Metric, Totals};
-use crate::checkpoint::{Checkpoint, TrainState};
+use crate::checkpoint::{Checkpoint, DataFingerprint, TrainState};
 use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::error::{Error, Result, Setting};
@@ -137,8 +137,8 @@ pub struct Trainer {
     standardizer: Option<Standardizer>,
     /// Every epoch so far, resumed ones first.
     history: Vec<EpochStats>,
-    /// The data the parameters were trained on: (name, samples).
-    trained_on: Option<(String, usize)>,
+    /// The data the parameters were trained on.
+    trained_on: Option<TrainedOn>,
     /// Where to write checkpoints, and every how many epochs (else at the end only).
     save: Option<(PathBuf, Option<usize>)>,
     /// Where step and epoch records go ([`Trainer::log_to`]).
@@ -378,7 +378,11 @@ impl Trainer {
         self.cfg.lr = s.lr;
         self.cfg.schedule = s.schedule;
         self.standardizer = ckpt.standardizer.clone();
-        self.trained_on = Some((s.data.clone(), s.samples));
+        self.trained_on = Some(TrainedOn {
+            name: s.data.clone(),
+            samples: s.samples,
+            fingerprint: s.fingerprint,
+        });
         self.partial = Partial::Updates {
             t: ckpt.optimizer_state.t,
             batch: s.batch,
@@ -500,16 +504,9 @@ impl Trainer {
                 ),
             ));
         }
-        if let Some((name, samples)) = &self.trained_on {
-            if *samples != data.len() {
-                return Err(Error::Data {
-                    path: data.name.clone(),
-                    msg: format!(
-                        "{} samples, but the resumed run was trained on '{name}' ({samples} samples); resuming needs the same data",
-                        data.len()
-                    ),
-                });
-            }
+        let on_data = TrainedOn::of(data);
+        if let Some(was) = &self.trained_on {
+            was.check(&on_data)?;
         }
         self.ensure_params()?;
         let first = done + 1;
@@ -520,7 +517,7 @@ impl Trainer {
             cfg: self.cfg,
             optimizer: self.optimizer,
             standardizer: self.standardizer.clone(),
-            data: (data.name.clone(), data.len()),
+            data: on_data,
             history: self.history.clone(),
         };
         let mut saved = done;
@@ -588,7 +585,7 @@ impl Trainer {
             self.backend.network().outputs(),
         )?;
         self.ensure_params()?;
-        self.trained_on = Some((data.name.clone(), data.len()));
+        self.trained_on = Some(TrainedOn::of(data));
         self.save(&path)?;
         Ok(Vec::new())
     }
@@ -686,8 +683,8 @@ struct RunMeta {
     cfg: TrainConfig,
     optimizer: Optimizer,
     standardizer: Option<Standardizer>,
-    /// The training data: (name, samples).
-    data: (String, usize),
+    /// The training data.
+    data: TrainedOn,
     history: Vec<EpochStats>,
 }
 
@@ -698,12 +695,65 @@ impl RunMeta {
             seed: self.cfg.seed,
             batch: self.cfg.batch,
             lr: self.cfg.lr,
-            data: self.data.0.clone(),
-            samples: self.data.1,
+            data: self.data.name.clone(),
+            samples: self.data.samples,
+            fingerprint: self.data.fingerprint,
             history: self.history.clone(),
             optimizer: self.optimizer,
             schedule: self.cfg.schedule,
         };
         Checkpoint::capture(backend, state, self.standardizer.clone())
+    }
+}
+
+/// The data a run was trained on, as a checkpoint records it.
+#[derive(Debug, Clone, Default)]
+struct TrainedOn {
+    name: String,
+    samples: usize,
+    /// `None` from a version 1 checkpoint: only the row count is compared.
+    fingerprint: Option<DataFingerprint>,
+}
+
+impl TrainedOn {
+    fn of(data: &Dataset) -> TrainedOn {
+        TrainedOn {
+            name: data.name.clone(),
+            samples: data.len(),
+            fingerprint: Some(DataFingerprint::of(data)),
+        }
+    }
+
+    /// Refuses to continue this run on `now`, other data, in one line
+    /// naming what differs.
+    fn check(&self, now: &TrainedOn) -> Result<()> {
+        let (name, samples) = (&self.name, self.samples);
+        let differs = if samples != now.samples {
+            Some(format!("{} samples", now.samples))
+        } else {
+            match (self.fingerprint, now.fingerprint) {
+                (Some(a), Some(b)) if a != b => {
+                    let what = match (a.inputs != b.inputs, a.targets != b.targets) {
+                        (true, true) => "inputs and targets",
+                        (true, false) => "inputs",
+                        _ => "targets",
+                    };
+                    Some(format!(
+                        "the same {samples} samples but other {what} (fingerprint {:016x}/{:016x}, the checkpoint's {:016x}/{:016x})",
+                        b.inputs, b.targets, a.inputs, a.targets
+                    ))
+                }
+                _ => None,
+            }
+        };
+        match differs {
+            Some(d) => Err(Error::Data {
+                path: now.name.clone(),
+                msg: format!(
+                    "{d}, but the resumed run was trained on '{name}' ({samples} samples); resuming needs the same data, validation split and normalisation"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::safetensors_header::with_header;
 use common::sample_checkpoint;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -709,7 +710,7 @@ enum HeaderEdit {
     Text(String),
 }
 
-const META_KEYS: [&str; 18] = [
+const META_KEYS: [&str; 20] = [
     "format",
     "version",
     "layers",
@@ -728,6 +729,8 @@ const META_KEYS: [&str; 18] = [
     "data",
     "samples",
     "history",
+    "data_inputs_hash",
+    "data_targets_hash",
 ];
 
 fn meta_value() -> impl Strategy<Value = String> {
@@ -736,6 +739,8 @@ fn meta_value() -> impl Strategy<Value = String> {
             "0", "1", "2", "-1", "99999999999999999999", "1.5", "", "NaN", "inf", "adam",
             "sgd", "momentum", "nesterov", "shadertrain", "pytorch", "constant", "cosine",
             "step:3:0.5", "step:0:0.5", "[]", "[{}]", "{", "2\nline", "1e-8", "0.999",
+            "4294967295", "4294967296", "18446744073709551615", "18446744073709551616",
+            "0123456789abcdef", "ffffffffffffffff", "0x12345678abcdef",
         ])
         .prop_map(str::to_string),
         2 => layer_spec(),
@@ -770,8 +775,12 @@ fn header_edit() -> impl Strategy<Value = HeaderEdit> {
 /// `bytes` (a valid safetensors file) with its header JSON edited; the
 /// length prefix is rewritten to match.
 fn edit_header(bytes: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut json: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    with_header(bytes, |head| edit_json(head, edits))
+}
+
+/// The header text `head` with `edits` made.
+fn edit_json(head: &str, edits: &[HeaderEdit]) -> String {
+    let mut json: serde_json::Value = serde_json::from_str(head).unwrap();
     let mut text = None;
     for e in edits {
         let obj = json.as_object_mut().unwrap();
@@ -814,14 +823,7 @@ fn edit_header(bytes: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
             HeaderEdit::Text(s) => text = Some(s.clone()),
         }
     }
-    let mut head = text.unwrap_or_else(|| json.to_string()).into_bytes();
-    while !head.len().is_multiple_of(8) {
-        head.push(b' ');
-    }
-    let mut out = (head.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&bytes[8 + n..]);
-    out
+    text.unwrap_or_else(|| json.to_string())
 }
 
 fn checkpoint_input() -> impl Strategy<Value = Vec<u8>> {
@@ -945,4 +947,60 @@ fn huge_declared_sizes_allocate_little() {
     let e = r.unwrap_err();
     assert!(peak < 1 << 20, "allocated {peak} bytes ({e})");
     assert!(e.contains("the architecture needs [65535, 65535]"), "{e}");
+}
+
+/// Every count in the metadata (epoch, batch, samples, optimizer_t, seed)
+/// across the integer range, alone and together: each file loads or is
+/// refused in one line, and none allocates in proportion to the count.
+#[test]
+fn metadata_counts_across_the_integer_range_allocate_little() {
+    let base = checkpoint("2,3,2", OptimizerKind::Adam, true)
+        .to_bytes()
+        .unwrap();
+    let values = [
+        "0",
+        "1",
+        "2",
+        "600",
+        "601",
+        "4294967295",
+        "4294967296",
+        "9223372036854775807",
+        "18446744073709551615",
+        "18446744073709551616",
+    ];
+    for key in ["epoch", "batch", "samples", "optimizer_t", "seed"] {
+        for v in values {
+            let bytes = edit_header(&base, &[HeaderEdit::Meta(key, v.into())]);
+            let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+            assert!(peak < 1 << 20, "{key}={v}: allocated {peak} bytes");
+            match r {
+                Ok(c) => check_checkpoint(&c).unwrap(),
+                Err(e) => {
+                    assert!(!e.contains('\n'), "{key}={v}: {e}");
+                    assert!(e.contains(key) || key == "samples", "{key}={v}: {e}");
+                }
+            }
+        }
+    }
+    // All of them at u64::MAX, and history tensors declaring u64::MAX epochs.
+    let all: Vec<HeaderEdit> = ["epoch", "batch", "samples", "optimizer_t"]
+        .iter()
+        .map(|k| HeaderEdit::Meta(k, u64::MAX.to_string()))
+        .collect();
+    let bytes = edit_header(&base, &all);
+    let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+    assert!(peak < 1 << 20, "allocated {peak} bytes");
+    assert!(r.unwrap_err().contains("the history holds 2 epochs"));
+    for name in ["history.loss", "history.accuracy", "history.val_loss"] {
+        let bytes = with_header(&base, |h| {
+            let mut json: serde_json::Value = serde_json::from_str(h).unwrap();
+            json[name]["shape"] = serde_json::json!([u64::MAX]);
+            json.to_string()
+        });
+        let (r, peak) = measure(|| Checkpoint::from_bytes(&bytes));
+        assert!(peak < 1 << 20, "allocated {peak} bytes");
+        let e = r.unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+    }
 }

@@ -436,11 +436,13 @@ fn sigkill_mid_run_then_resume_matches_a_straight_run() {
 // Determinism
 // ---------------------------------------------------------------------------
 
+/// The same seed, data, flags and backend give bitwise-identical parameters
+/// and byte-identical checkpoint files.
 #[test]
 fn same_seed_gives_bitwise_identical_parameters() {
     for backend in backends("same_seed_gives_bitwise_identical_parameters") {
         let dir = TempDir::new(&format!("determinism-{backend}"));
-        let mut params = Vec::new();
+        let (mut params, mut files) = (Vec::new(), Vec::new());
         let runs: &[&[&str]] = match backend {
             // Thread counts change the CPU's split of the work, not its order.
             "cpu" => &[
@@ -474,6 +476,7 @@ fn same_seed_gives_bitwise_identical_parameters() {
             ];
             args.extend(extra.iter().copied());
             run(&args).success();
+            files.push(std::fs::read(&out).unwrap());
             let c = Checkpoint::load(Path::new(&out)).unwrap();
             params.push(
                 c.params
@@ -486,6 +489,11 @@ fn same_seed_gives_bitwise_identical_parameters() {
         for (i, p) in params.iter().enumerate().skip(1) {
             let diff = p.iter().zip(&params[0]).filter(|(a, b)| a != b).count();
             assert_eq!(diff, 0, "{backend}: run {i} differs in {diff} parameters");
+            // The whole file: sorted metadata, no wall-clock values.
+            assert!(
+                files[i] == files[0],
+                "{backend}: run {i}'s checkpoint differs from run 0's bytes"
+            );
         }
     }
 }
@@ -633,4 +641,58 @@ fn every_command_reads_data_from_a_pipe() {
             "{p:?}"
         );
     }
+}
+
+/// A model file that never ends (`/dev/zero`), or declares more than it
+/// holds, fails fast in one line instead of being read into memory.
+#[cfg(unix)]
+#[test]
+fn endless_or_lying_model_files_fail_fast() {
+    let dir = TempDir::new("endless-model");
+    let mut lying = (1u64 << 40).to_le_bytes().to_vec();
+    lying.extend_from_slice(b"{}      ");
+    let lying_path = dir.path("lying.safetensors");
+    std::fs::write(&lying_path, lying).unwrap();
+    let lying_s = lying_path.display().to_string();
+    for model in ["/dev/zero", lying_s.as_str()] {
+        for cmd in ["eval", "predict"] {
+            let t = Instant::now();
+            let args = [cmd, "--model", model, "--data", "xor"];
+            expect_error(&args, &[model, "not a safetensors checkpoint"]);
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{cmd} {model} took {:?}",
+                t.elapsed()
+            );
+        }
+        let t = Instant::now();
+        expect_error(
+            &["train", "--resume", model, "--epochs", "2", "--data", "xor"],
+            &[model, "not a safetensors checkpoint"],
+        );
+        assert!(t.elapsed() < Duration::from_secs(20));
+    }
+}
+
+/// A checkpoint declaring more than the memory available is not read.
+#[test]
+fn a_model_larger_than_memory_is_not_read() {
+    let dir = TempDir::new("model-past-memory");
+    let model = dir.path("m.safetensors").display().to_string();
+    let train = "train --backend cpu --quiet --data xor --epochs 1 --save";
+    let args: Vec<&str> = train.split(' ').chain([model.as_str()]).collect();
+    run(&args).success();
+    expect_error_env(
+        &[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            &model,
+            "--data",
+            "xor",
+        ],
+        &[("SHADERTRAIN_MEMORY_LIMIT", "100")],
+        &[&model, "more than the 100 B of memory available"],
+    );
 }

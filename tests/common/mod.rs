@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shadertrain::backend::{Backend, Metric};
-use shadertrain::checkpoint::{Checkpoint, OptimizerState, TrainState};
+use shadertrain::checkpoint::{Checkpoint, DataFingerprint, OptimizerState, TrainState};
 use shadertrain::cpu::{self, CpuBackend, FastCpuBackend};
 use shadertrain::data::{Dataset, Standardizer, Task};
 use shadertrain::gpu::{Acc, GpuBackend, GpuContext};
@@ -15,6 +15,7 @@ use shadertrain::train::{EpochStats, Schedule};
 use std::sync::{Arc, OnceLock};
 
 mod device_macro;
+pub mod safetensors_header;
 #[allow(unused_imports)]
 pub(crate) use device_macro::test_device;
 
@@ -166,14 +167,19 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
             lr: 0.25,
             data: "clusters".into(),
             samples: 300,
+            fingerprint: Some(DataFingerprint {
+                inputs: 0x0123_4567_89ab_cdef,
+                targets: u64::MAX,
+            }),
             history: (1..=2)
                 .map(|epoch| EpochStats {
                     epoch,
                     // Values whose shortest decimal form needs 17 digits.
                     loss: (epoch as f64).sqrt() / 7.0,
                     accuracy: Some(0.25 * epoch as f64),
-                    seconds: 0.125,
-                    samples_per_s: 1.0 / 3.0,
+                    // A checkpoint keeps no wall-clock values.
+                    seconds: 0.0,
+                    samples_per_s: 0.0,
                     val_loss: (epoch == 2).then_some(0.3),
                     val_accuracy: None,
                 })
@@ -186,8 +192,11 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
         },
         optimizer_state: OptimizerState {
             t: 17,
+            // Adam's second moments (the second half) are not negative.
             moments: (0..opt.state_len(net.param_count()))
                 .map(|i| (i as f32 * 0.37).sin())
+                .enumerate()
+                .map(|(i, v)| if i < net.param_count() { v } else { v.abs() })
                 .collect(),
         },
         standardizer: norm.then(|| Standardizer {
