@@ -338,6 +338,7 @@ impl Checkpoint {
                 ),
                 lr: state.lr,
                 inputs: None,
+                weight_decay: None,
                 targets: None,
             });
         }

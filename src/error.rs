@@ -154,6 +154,9 @@ pub enum Error {
         lr: f32,
         /// The largest input magnitude, when large enough to be a likely cause.
         inputs: Option<f32>,
+        /// The weight decay, when large enough for its learning rate to be
+        /// a likely cause (`lr · λ > 2`).
+        weight_decay: Option<f32>,
         /// The largest target magnitude, when large enough to be a likely cause.
         targets: Option<f32>,
     },
@@ -224,8 +227,16 @@ impl Error {
                 lr,
                 inputs,
                 targets,
+                weight_decay,
             } => {
                 let mut also = String::new();
+                if let Some(wd) = weight_decay {
+                    also += &format!(
+                        ", or the weight decay ({wd}) is too large for it (lr · λ = {} > 2 makes the decay alone grow the weights): try a smaller {}",
+                        lr * wd,
+                        name(Setting::WeightDecay)
+                    );
+                }
                 if let Some(x) = inputs {
                     also += &format!(
                         ", or the inputs (up to {x:.3e} in magnitude) need scaling: try {}",

@@ -460,6 +460,7 @@ fn diverged(what: &str, lr: f32, data: &Dataset) -> Error {
         what: what.to_string(),
         lr,
         inputs: largest(&data.x).filter(|&x| x > LARGE_INPUT),
+        weight_decay: None,
         targets: largest(&data.y).filter(|&y| y > LARGE_INPUT),
     }
 }

@@ -551,7 +551,7 @@ impl Trainer {
         );
         // Flushed even after a failure: the records up to it stay readable.
         let flushed = self.sinks.iter_mut().try_for_each(|s| s.flush());
-        let new = run?;
+        let new = run.map_err(|e| blame_weight_decay(e, self.optimizer.weight_decay))?;
         flushed?;
         self.stopped = self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
             && meta.history.len() < self.cfg.epochs;
@@ -675,6 +675,28 @@ fn log(
         }
         Progress::Step { .. } => Ok(()),
         Progress::Epoch(e) => sinks.iter_mut().try_for_each(|s| s.epoch(e)),
+    }
+}
+
+/// A divergence with weight decay `λ` so large for its learning rate
+/// (`lr·λ > 2`: the decay step `p −= lr·λ·p` alone then grows every weight)
+/// that the decay, not only the rate, is to blame.
+fn blame_weight_decay(e: Error, weight_decay: f32) -> Error {
+    match e {
+        Error::Diverged {
+            what,
+            lr,
+            inputs,
+            targets,
+            weight_decay: None,
+        } if lr * weight_decay > 2.0 => Error::Diverged {
+            what,
+            lr,
+            inputs,
+            targets,
+            weight_decay: Some(weight_decay),
+        },
+        e => e,
     }
 }
 

@@ -696,3 +696,61 @@ fn a_model_larger_than_memory_is_not_read() {
         &[&model, "more than the 100 B of memory available"],
     );
 }
+
+/// Values are reported as the user gave them: a float flag that rounds to 0
+/// or overflows as a 32-bit float is refused naming the value written, not
+/// the rounded one (issue 15's `--lr 1e-50` is not "got 0").
+#[test]
+fn float_flags_are_reported_as_given() {
+    for (flag, value, says) in [
+        ("--lr", "1e-50", "rounds to 0"),
+        ("--momentum", "1e-46", "rounds to 0"),
+        ("--weight-decay", "1e40", "inf"),
+        ("--lr-gamma", "-1e39", "inf"),
+    ] {
+        expect_error(
+            &["train", "--quiet", "--backend", "cpu", flag, value],
+            &[flag, value, says],
+        );
+    }
+    expect_error(
+        &["bench", "--backend", "cpu", "--lr", "1e-50"],
+        &["--lr", "1e-50", "rounds to 0"],
+    );
+}
+
+/// A divergence whose weight decay alone grows the weights (lr · λ > 2)
+/// blames the weight decay too, by its flag; a sane decay is not blamed.
+#[test]
+fn divergence_blames_a_huge_weight_decay() {
+    let base = [
+        "train",
+        "--data",
+        "xor",
+        "--backend",
+        "cpu",
+        "--quiet",
+        "--epochs",
+        "300",
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let line = expect_error(
+        &args(&["--lr", "1", "--weight-decay", "3"]),
+        &["diverged", "weight decay (3)", "--weight-decay"],
+    );
+    assert!(line.contains("smaller --lr"), "{line}");
+    let line = expect_error(
+        &args(&[
+            "--layers",
+            "2,4:linear,1:linear",
+            "--lr",
+            "50",
+            "--weight-decay",
+            "0.01",
+        ]),
+        &["diverged", "smaller --lr"],
+    );
+    assert!(!line.contains("weight decay"), "{line}");
+}

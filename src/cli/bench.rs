@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     warmup: usize,
     /// Learning rate (the PyTorch peer's 0.5).
-    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     lr: f32,
     /// Seed of the initial weights and the random batch.
     #[arg(long, allow_negative_numbers = true, default_value_t = 42)]

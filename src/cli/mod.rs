@@ -156,6 +156,23 @@ pub fn threads() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(0..=shadertrain::cpu::MAX_THREADS as u64)
 }
 
+/// A float flag as a 32-bit float, refusing a value that is not 0 as written
+/// but rounds to 0 (`1e-50`) or beyond the range (`1e39`): the library
+/// would report the rounded value, not the one the user gave.
+pub fn f32_as_given(s: &str) -> std::result::Result<f32, String> {
+    let wide: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    let v = wide as f32;
+    if wide.is_finite() && wide != 0.0 && v == 0.0 {
+        return Err(format!("{s} rounds to 0 as a 32-bit float"));
+    }
+    if wide.is_finite() && v.is_infinite() {
+        return Err(format!(
+            "{s} is beyond a 32-bit float's range (it would be inf)"
+        ));
+    }
+    Ok(v)
+}
+
 /// `--backend`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {

@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true, value_parser = super::at_least_1())]
     batch: Option<usize>,
     /// Learning rate [default: per built-in set; 0.1 for files].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     lr: Option<f32>,
     /// Seed for the initial weights, the shuffling, the validation split and
     /// the built-in data [default: 42, or the checkpoint's with --resume].
@@ -73,19 +73,19 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
     /// Momentum's μ [default: 0.9].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     momentum: Option<f32>,
     /// Adam's β1 [default: 0.9].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     beta1: Option<f32>,
     /// Adam's β2 [default: 0.999].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     beta2: Option<f32>,
     /// Adam's ε [default: 1e-8].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     eps: Option<f32>,
     /// Weight decay λ on weights, not biases (L2 for sgd/momentum, decoupled for adam) [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     weight_decay: Option<f32>,
     /// How the learning rate changes from epoch to epoch [default: constant].
     #[arg(long, value_enum)]
@@ -94,7 +94,7 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     lr_step: Option<usize>,
     /// Factor of each decay of the step schedule [default: 0.1].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
     lr_gamma: Option<f32>,
     /// Write per-epoch metrics as JSON to this file.
     #[arg(long)]
