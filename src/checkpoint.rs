@@ -888,19 +888,7 @@ fn decode_f32(
     (name, t): &(String, TensorView<'_>),
     out: &mut Vec<f32>,
 ) -> std::result::Result<(), String> {
-    let start = out.len();
-    out.extend(
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-    );
-    if let Some(i) = out[start..].iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "{name}[{i}] is {}, a non-finite value",
-            out[start + i]
-        ));
-    }
-    Ok(())
+    crate::weights::decode(name, t, out)
 }
 
 /// Tensor `name`, which must be f32 of `shape`, decoded.

@@ -53,6 +53,8 @@ pub enum Setting {
     SaveEvery,
     /// The dataset.
     Data,
+    /// A CSV file's target column.
+    Target,
     /// The directory TensorBoard event files are written to.
     LogDir,
     /// The JSON Lines file of step and epoch records.
@@ -87,6 +89,7 @@ impl Setting {
             Setting::Adapter => "adapter",
             Setting::SaveEvery => "checkpoint interval",
             Setting::Data => "data",
+            Setting::Target => "target column",
             Setting::LogDir => "log directory",
             Setting::MetricsLog => "metrics log",
             Setting::LogEvery => "step-record interval",

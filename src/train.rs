@@ -330,7 +330,7 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
     backend.set_metric(metric)?;
     backend.take_totals()?;
     let mut order: Vec<usize> = (0..data.len()).collect();
-    let steps = data.len().div_ceil(batch);
+    let steps = steps_per_epoch(cfg.batch, backend.capacity(), data.len());
     total_steps(cfg.epochs, steps)?;
     let mut buf = BatchBuf::new();
     // Grows with the epochs trained, never with the epochs asked for.
@@ -407,6 +407,12 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
         }
     }
     finish(backend, history, cfg, data)
+}
+
+/// Steps in an epoch of `rows` samples at [`batch_size`]`(requested,
+/// capacity, rows)` each, the last one possibly smaller.
+pub fn steps_per_epoch(requested: usize, capacity: usize, rows: usize) -> usize {
+    rows.div_ceil(batch_size(requested, capacity, rows))
 }
 
 /// Refuses a run whose step count, `epochs` × `steps` per epoch, does not

@@ -30,8 +30,8 @@ use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
 use crate::train::{
-    batch_size, evaluate, evaluate_and_predict, train_from, EpochStats, Progress, Schedule, Start,
-    TrainConfig,
+    evaluate, evaluate_and_predict, steps_per_epoch, train_from, EpochStats, Progress, Schedule,
+    Start, TrainConfig,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -395,7 +395,7 @@ impl Trainer {
     /// `batch` on `rows`: a mid-epoch checkpoint's, recognised by its
     /// optimiser having updated more often than its recorded epochs need.
     fn steps_taken(&self, done: usize, batch: usize, rows: usize) -> Result<usize> {
-        let steps = rows.div_ceil(batch_size(batch, self.backend.capacity(), rows));
+        let steps = steps_per_epoch(batch, self.backend.capacity(), rows);
         Ok(match self.partial {
             Partial::None => 0,
             Partial::Steps(n) => n,
@@ -404,7 +404,7 @@ impl Trainer {
                 batch: b,
                 samples,
             } => {
-                let per = samples.div_ceil(batch_size(b, self.backend.capacity(), samples)) as u64;
+                let per = steps_per_epoch(b, self.backend.capacity(), samples) as u64;
                 let extra = t.saturating_sub(per.saturating_mul(done as u64));
                 if extra == 0 || extra >= per {
                     0

@@ -142,8 +142,12 @@ fn natural(a: &str, b: &str) -> Ordering {
 }
 
 /// Appends tensor `name`'s values as f32 (from F32, F64, F16 or BF16);
-/// refuses other types and non-finite values.
-fn decode(name: &str, t: &TensorView<'_>, out: &mut Vec<f32>) -> std::result::Result<(), String> {
+/// refuses other types and non-finite values, naming the element.
+pub(crate) fn decode(
+    name: &str,
+    t: &TensorView<'_>,
+    out: &mut Vec<f32>,
+) -> std::result::Result<(), String> {
     let start = out.len();
     let bytes = t.data();
     match t.dtype() {
@@ -176,8 +180,9 @@ fn decode(name: &str, t: &TensorView<'_>, out: &mut Vec<f32>) -> std::result::Re
     }
     if let Some(i) = out[start..].iter().position(|v| !v.is_finite()) {
         return Err(format!(
-            "tensor '{}' holds a non-finite value at {i}",
-            quote(name)
+            "{}[{i}] is {}, a non-finite value",
+            quote(name),
+            out[start + i]
         ));
     }
     Ok(())

@@ -167,7 +167,7 @@ fn mismatches_are_refused_with_one_line_naming_the_tensor() {
         (
             "a NaN",
             encode(&nan),
-            "'2.weight' holds a non-finite value at 1",
+            "2.weight[1] is NaN, a non-finite value",
         ),
         ("integers", encode(&ints), "'0.weight' is I32"),
         (

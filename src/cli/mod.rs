@@ -75,6 +75,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Adapter => "--adapter",
         Setting::SaveEvery => "--save-every",
         Setting::Data => "--data",
+        Setting::Target => "--target",
         Setting::LogDir => "--log-dir",
         Setting::MetricsLog => "--metrics-jsonl",
         Setting::LogEvery => "--log-every",

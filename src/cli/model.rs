@@ -63,12 +63,6 @@ fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
     let ckpt = Checkpoint::load(&m.model)?;
     let net = ckpt.params.network().clone();
     let source = Source::parse(&m.data)?;
-    if m.target.is_some() && !matches!(source, Source::Csv(_)) {
-        return Err(Error::Invalid(format!(
-            "--target {:?} names a CSV column, but the data is not a CSV file",
-            m.target.as_deref().unwrap_or_default()
-        )));
-    }
     let target = m.target.as_deref();
     let seed = ckpt.state.seed;
     let (mut data, labelled) = if inputs_only_ok {

@@ -13,7 +13,9 @@ use shadertrain::fsutil::write_atomic;
 use shadertrain::metrics::{JsonLines, TensorBoard};
 use shadertrain::network::{Loss, Network};
 use shadertrain::optim::{Optimizer, OptimizerKind};
-use shadertrain::train::{batch_size, EpochStats, Progress, Schedule, TrainConfig};
+use shadertrain::train::{
+    batch_size, steps_per_epoch, EpochStats, Progress, Schedule, TrainConfig,
+};
 use shadertrain::{Error, Result, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,9 +198,7 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let kind = t.kind().name();
     let first = t.first_epoch();
     let epochs = t.config().epochs;
-    let steps = data
-        .len()
-        .div_ceil(batch_size(t.config().batch, usize::MAX, data.len()));
+    let steps = steps_per_epoch(t.config().batch, usize::MAX, data.len());
     let todo = (epochs.saturating_add(1).saturating_sub(first) as u64).saturating_mul(steps as u64);
     let bar = progress_bar(todo, a.quiet);
     let t0 = Instant::now();
@@ -364,12 +364,6 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
                 .into(),
         ));
     }
-    if a.target.is_some() && !matches!(source, Source::Csv(_)) {
-        return Err(Error::Invalid(format!(
-            "--target {:?} names a CSV column, but the data is not a CSV file",
-            a.target.as_deref().unwrap_or_default()
-        )));
-    }
     if a.epochs == Some(0) {
         // Zero epochs write the initial weights: without --save there is
         // nothing to do, and nothing to draw or to continue.
@@ -411,7 +405,7 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
         (None, s) => s.unwrap_or(42),
     };
     let st = resumed.as_ref().map(|c| &c.state);
-    let (optimizer, schedule) = optimizer_and_schedule(a, st, recipe.optimizer)?;
+    let (optimizer, schedule) = optimizer_and_schedule(a, st)?;
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(recipe.epochs),
         batch: a.batch.or(st.map(|s| s.batch)).unwrap_or(recipe.batch),
@@ -425,8 +419,7 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
     shadertrain::train::total_steps(
         cfg.epochs,
-        data.len()
-            .div_ceil(batch_size(cfg.batch, usize::MAX, data.len())),
+        steps_per_epoch(cfg.batch, usize::MAX, data.len()),
     )?;
     let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
     let capacity = batch_size(cfg.batch, usize::MAX, data.len());
@@ -576,13 +569,9 @@ fn load_sets(
 
 /// The optimiser and schedule from the flags, or, when resuming, from the
 /// checkpoint (a flag that disagrees with it is refused: the saved state
-/// belongs to the saved optimiser); `default` is the data's optimiser.
-fn optimizer_and_schedule(
-    a: &TrainArgs,
-    st: Option<&TrainState>,
-    default: OptimizerKind,
-) -> Result<(Optimizer, Schedule)> {
-    let base = st.map_or_else(|| Optimizer::new(default), |s| s.optimizer);
+/// belongs to the saved optimiser).
+fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Optimizer, Schedule)> {
+    let base = st.map(|s| s.optimizer).unwrap_or_default();
     let kind = a.optimizer.map_or(base.kind, OptimizerKind::from);
     // Settings of another optimiser or schedule would be silently ignored.
     let uses = format!("--optimizer {}", kind.name());

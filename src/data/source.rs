@@ -15,7 +15,6 @@
 use super::{Dataset, Width};
 use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Params};
-use crate::optim::OptimizerKind;
 use std::path::{Path, PathBuf};
 
 /// The data sets built into the crate.
@@ -63,7 +62,6 @@ impl Builtin {
             epochs,
             batch,
             lr,
-            optimizer: OptimizerKind::Sgd,
         };
         match self {
             Builtin::Spirals => sgd("2,32,2", 40, 8, 8.0),
@@ -101,10 +99,8 @@ pub struct Recipe {
     pub epochs: usize,
     /// Samples per step.
     pub batch: usize,
-    /// Learning rate.
+    /// Learning rate (of plain SGD, the default optimiser).
     pub lr: f32,
-    /// The optimiser.
-    pub optimizer: OptimizerKind,
 }
 
 /// Defaults for a user's own data, whose size and scale are unknown: plain
@@ -117,7 +113,6 @@ pub const FILE_RECIPE: Recipe = Recipe {
     epochs: 10,
     batch: 32,
     lr: 0.1,
-    optimizer: OptimizerKind::Sgd,
 };
 
 /// Where a dataset comes from.
@@ -203,13 +198,11 @@ impl Source {
     /// with `seed`. A `target` for anything but a CSV file is an error.
     pub fn load(&self, target: Option<&str>, outputs: usize, seed: u64) -> Result<Dataset> {
         if let (Some(t), false) = (target, matches!(self, Source::Csv(_))) {
-            return Err(Error::Data {
-                path: self.shown(),
-                msg: format!(
-                    "a target column ('{}') applies only to CSV files, and this is not one",
-                    crate::error::quote(t)
-                ),
-            });
+            return Err(Error::setting(
+                Setting::Target,
+                t,
+                format!("names a CSV column, but {} is not a CSV file", self.shown()),
+            ));
         }
         match self {
             Source::Builtin(b) => Ok(b.load(seed)),
