@@ -62,8 +62,10 @@ pub struct IdxReader {
     pub dims: Vec<usize>,
     src: Box<dyn Read>,
     /// The sizes were checked against the file's length. A gzip file's
-    /// length field holds only the low 32 bits and may lie.
+    /// stream is measured as it is read.
     sized: bool,
+    /// Bytes of the header, before the first value.
+    header: u64,
 }
 
 /// Larger declared sizes than this are refused before any allocation (16 GiB
@@ -86,7 +88,7 @@ impl IdxReader {
         let gz = magic[0] == 0x1f && magic[1] == 0x8b;
         let mut src: Box<dyn Read> = if gz {
             let restart = File::open(path).map_err(|e| Error::io(path, e))?;
-            let mut d = Box::new(flate2::read::GzDecoder::new(BufReader::new(restart)));
+            let mut d = Box::new(GzMembers::new(BufReader::new(restart)));
             read_exact(&mut d, &mut magic, path, "the 4-byte header")?;
             d
         } else {
@@ -121,21 +123,13 @@ impl IdxReader {
             .filter(|&v| v <= MAX_VALUES)
             .ok_or_else(|| err(format!("declared sizes {dims:?} are too large")))?;
         let want = 4 + 4 * ndim as u64 + values * ty.size() as u64;
-        if gz {
-            // gzip's last 4 bytes hold the uncompressed length mod 2^32.
-            let have = gzip_isize(path)?;
-            if have != (want & 0xffff_ffff) as u32 {
-                return Err(err(format!(
-                    "declared sizes {dims:?} need {want} bytes but the gzip stream holds {have}"
-                )));
-            }
-        } else {
-            if file_len != want {
-                return Err(err(format!(
-                    "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
-                    if file_len < want { " (truncated?)" } else { "" }
-                )));
-            }
+        // A gzip stream's true length is known only once decompressed (its
+        // trailer holds one member's length mod 2^32): `read_f32` checks it.
+        if !gz && file_len != want {
+            return Err(err(format!(
+                "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
+                if file_len < want { " (truncated?)" } else { "" }
+            )));
         }
         Ok(IdxReader {
             path: path.to_path_buf(),
@@ -143,6 +137,7 @@ impl IdxReader {
             dims,
             src,
             sized: !gz,
+            header: 4 + 4 * ndim as u64,
         })
     }
 
@@ -170,7 +165,15 @@ impl IdxReader {
         while done < n {
             let take = (n - done).min(BLOCK);
             let bytes = &mut block[..take * size];
-            read_exact(&mut self.src, bytes, &self.path, "the values")?;
+            if self.sized {
+                read_exact(&mut self.src, bytes, &self.path, "the values")?;
+            } else {
+                let got = read_full(&mut self.src, bytes).map_err(|e| self.undecodable(e))?;
+                if got < bytes.len() {
+                    let have = self.header + (done * size + got) as u64;
+                    return Err(self.wrong_size(&have.to_string()));
+                }
+            }
             out.try_reserve(take).map_err(|_| no_memory(n))?;
             for (k, v) in bytes.chunks_exact(size).enumerate() {
                 let x = decode(self.ty, v) * scale;
@@ -185,47 +188,108 @@ impl IdxReader {
             done += take;
         }
         if !self.sized {
-            // Reading to the end makes the decoder check the CRC and length,
-            // and nothing may follow the declared values, as in a plain file.
-            let mut more = [0u8; 1];
-            match self.src.read(&mut more) {
-                Ok(0) => {}
-                Ok(_) => {
-                    return Err(Error::Data {
-                        path: self.path.display().to_string(),
-                        msg: format!(
-                            "the gzip stream holds more than the declared sizes {:?}",
-                            self.dims
-                        ),
-                    })
-                }
-                Err(e) => {
-                    return Err(Error::Data {
-                        path: self.path.display().to_string(),
-                        msg: format!(
-                            "cannot decompress: {}",
-                            crate::error::one_line(&e.to_string(), 200)
-                        ),
-                    })
-                }
+            // Reading to the end makes the decoder check each member's CRC and
+            // length, and nothing may follow the declared values, as in a plain
+            // file. A longer stream is measured (up to a bound) for the message.
+            const MEASURE: u64 = 1 << 30;
+            let want = self.header + (n * size) as u64;
+            let extra = std::io::copy(&mut (&mut self.src).take(MEASURE), &mut std::io::sink())
+                .map_err(|e| self.undecodable(e))?;
+            if extra == MEASURE {
+                return Err(self.wrong_size(&format!("more than {}", want + MEASURE)));
+            } else if extra > 0 {
+                return Err(self.wrong_size(&(want + extra).to_string()));
             }
         }
         Ok(())
     }
+
+    /// The gzip stream decompresses to `have` bytes, not what the header declares.
+    fn wrong_size(&self, have: &str) -> Error {
+        let want = self.header + (self.count() * self.ty.size()) as u64;
+        Error::Data {
+            path: self.path.display().to_string(),
+            msg: format!(
+                "declared sizes {:?} need {want} bytes but the gzip stream holds {have}",
+                self.dims
+            ),
+        }
+    }
+
+    /// A gzip stream that does not decode (bad data, CRC, length field, trailing bytes).
+    fn undecodable(&self, e: std::io::Error) -> Error {
+        Error::Data {
+            path: self.path.display().to_string(),
+            msg: format!(
+                "cannot decompress: {}",
+                crate::error::one_line(&e.to_string(), 200)
+            ),
+        }
+    }
 }
 
-/// The uncompressed length (mod 2^32) a gzip file records in its trailer.
-fn gzip_isize(path: &Path) -> Result<u32> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut b = [0u8; 4];
-    f.seek(SeekFrom::End(-4))
-        .and_then(|_| f.read_exact(&mut b))
-        .map_err(|e| Error::Data {
-            path: path.display().to_string(),
-            msg: format!("truncated gzip file: {e}"),
-        })?;
-    Ok(u32::from_le_bytes(b))
+/// Reads until `buf` is full or the stream ends; the bytes read.
+fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match src.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A gzip file as `gunzip` reads it: every member in turn (`cat a.gz b.gz`
+/// is one stream), each checked against its CRC and length. Bytes after the
+/// last member that do not start another one are an error naming how many,
+/// where `gunzip` would warn and carry on.
+struct GzMembers {
+    member: Option<flate2::bufread::GzDecoder<BufReader<File>>>,
+}
+
+impl GzMembers {
+    fn new(file: BufReader<File>) -> GzMembers {
+        GzMembers {
+            member: Some(flate2::bufread::GzDecoder::new(file)),
+        }
+    }
+}
+
+impl Read for GzMembers {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{BufRead, Seek};
+        loop {
+            let Some(mut member) = self.member.take() else {
+                return Ok(0);
+            };
+            let k = member.read(buf)?;
+            if k > 0 || buf.is_empty() {
+                self.member = Some(member);
+                return Ok(k);
+            }
+            // This member is done: another may follow.
+            let mut file = member.into_inner();
+            let next = file.fill_buf()?;
+            if next.is_empty() {
+                return Ok(0);
+            }
+            if !next.starts_with(&[0x1f, 0x8b]) {
+                let at = file.stream_position()?;
+                let end = file.get_ref().metadata()?.len();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} bytes after the end of the gzip stream (at byte {at}) are not gzip",
+                        end.saturating_sub(at)
+                    ),
+                ));
+            }
+            self.member = Some(flate2::bufread::GzDecoder::new(file));
+        }
+    }
 }
 
 fn decode(ty: IdxType, v: &[u8]) -> f32 {

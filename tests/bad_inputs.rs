@@ -447,7 +447,8 @@ fn bad_idx_files() {
     }
 }
 
-/// Gzip files: broken streams, and a length field that disagrees.
+/// Gzip files: broken streams, a length field that disagrees, a stream of
+/// the wrong true length (whole or in members), bytes after the stream.
 #[test]
 fn bad_gzip_idx_files() {
     let (img, lab) = good_idx();
@@ -473,14 +474,41 @@ fn bad_gzip_idx_files() {
             vec![gz_images.as_str(), "cannot decompress", "checksum"],
         ),
         (
+            // The trailer's length field lies; the stream itself is right.
             "gz-length-field",
             gzip_claiming(&img, 99),
-            vec![gz_images.as_str(), "need 28 bytes", "holds 99"],
+            vec![gz_images.as_str(), "cannot decompress", "checksum"],
         ),
         (
-            "gz-extra-data",
+            // Both lie: 30 bytes whose trailer claims the declared 28.
+            "gz-extra-data-claiming",
             gzip_claiming(&[img.clone(), vec![1, 2]].concat(), 28),
-            vec![gz_images.as_str(), "more than the declared sizes"],
+            vec![gz_images.as_str(), "cannot decompress"],
+        ),
+        (
+            // The true size, not the trailer's, is reported.
+            "gz-extra-data",
+            gzip(&[img.clone(), vec![1, 2]].concat()),
+            vec![gz_images.as_str(), "need 28 bytes", "gzip stream holds 30"],
+        ),
+        (
+            "gz-short-data",
+            gzip(&img[..20]),
+            vec![gz_images.as_str(), "need 28 bytes", "gzip stream holds 20"],
+        ),
+        (
+            // Two members hold 30 bytes; the last member's trailer says 18.
+            "gz-two-members-long",
+            [gzip(&img[..10]), gzip(&[&img[10..], &[1, 2][..]].concat())].concat(),
+            vec![gz_images.as_str(), "need 28 bytes", "gzip stream holds 30"],
+        ),
+        (
+            "gz-trailing-bytes",
+            [z.clone(), b"junk".to_vec()].concat(),
+            vec![
+                gz_images.as_str(),
+                "4 bytes after the end of the gzip stream",
+            ],
         ),
         (
             "gz-wrong-magic",
@@ -543,7 +571,7 @@ fn huge_declared_sizes_are_refused_before_allocating() {
         (
             "huge-gzip-lying",
             vec![("images.gz", lying_images), ("labels.gz", lying_labels)],
-            vec!["images.gz", "truncated", "values"],
+            vec!["images.gz", "need 4294967308 bytes", "gzip stream holds 12"],
         ),
     ];
     for (test, files, expect) in cases {

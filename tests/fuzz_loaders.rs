@@ -504,7 +504,7 @@ fn idx_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
 }
 
 /// How one IDX file reaches the loader: plain, gzip of the (broken) file,
-/// or the gzip stream itself broken (its trailer holds the length checked).
+/// or the gzip stream itself broken (its trailer's length and checksum).
 #[derive(Debug, Clone, Copy)]
 enum Packing {
     Plain,
