@@ -9,7 +9,7 @@
 use crate::data::{Dataset, Task};
 use crate::error::{Error, Result};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// The value types IDX declares.
@@ -242,25 +242,25 @@ fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-/// A gzip file as `gunzip` reads it: every member in turn (`cat a.gz b.gz`
+/// A gzip stream as `gunzip` reads it: every member in turn (`cat a.gz b.gz`
 /// is one stream), each checked against its CRC and length. Bytes after the
-/// last member that do not start another one are an error naming how many,
-/// where `gunzip` would warn and carry on.
-struct GzMembers {
-    member: Option<flate2::bufread::GzDecoder<BufReader<File>>>,
+/// last member that do not start another one are an error saying how many
+/// (counted up to 1 MiB), where `gunzip` would warn and carry on. Works on
+/// any buffered reader, a pipe included.
+struct GzMembers<R: BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
 }
 
-impl GzMembers {
-    fn new(file: BufReader<File>) -> GzMembers {
+impl<R: BufRead> GzMembers<R> {
+    fn new(src: R) -> GzMembers<R> {
         GzMembers {
-            member: Some(flate2::bufread::GzDecoder::new(file)),
+            member: Some(flate2::bufread::GzDecoder::new(src)),
         }
     }
 }
 
-impl Read for GzMembers {
+impl<R: BufRead> Read for GzMembers<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::{BufRead, Seek};
         loop {
             let Some(mut member) = self.member.take() else {
                 return Ok(0);
@@ -271,23 +271,25 @@ impl Read for GzMembers {
                 return Ok(k);
             }
             // This member is done: another may follow.
-            let mut file = member.into_inner();
-            let next = file.fill_buf()?;
+            let mut rest = member.into_inner();
+            let next = rest.fill_buf()?;
             if next.is_empty() {
                 return Ok(0);
             }
             if !next.starts_with(&[0x1f, 0x8b]) {
-                let at = file.stream_position()?;
-                let end = file.get_ref().metadata()?.len();
+                const COUNT: u64 = 1 << 20;
+                let n = std::io::copy(&mut rest.take(COUNT + 1), &mut std::io::sink())?;
+                let n = if n > COUNT {
+                    format!("more than {COUNT}")
+                } else {
+                    n.to_string()
+                };
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!(
-                        "{} bytes after the end of the gzip stream (at byte {at}) are not gzip",
-                        end.saturating_sub(at)
-                    ),
+                    format!("{n} bytes after the end of the gzip stream are not gzip"),
                 ));
             }
-            self.member = Some(flate2::bufread::GzDecoder::new(file));
+            self.member = Some(flate2::bufread::GzDecoder::new(rest));
         }
     }
 }
