@@ -102,31 +102,55 @@ pub struct DataFingerprint {
 }
 
 impl DataFingerprint {
-    /// `data`'s fingerprint, as training sees it.
+    /// `data`'s fingerprint, as training sees it (a mapped set's rows as
+    /// its batches are gathered, so the same values give the same print
+    /// whether mapped or in memory).
     pub fn of(data: &Dataset) -> DataFingerprint {
+        let mut x = TableHash::new(data.inputs, data.len() * data.inputs);
+        let mut y = TableHash::new(data.outputs, data.len() * data.outputs);
+        data.for_each_block(|bx, by| {
+            x.feed(bx);
+            y.feed(by);
+        });
         DataFingerprint {
-            inputs: table_hash(data.inputs, &data.x),
-            targets: table_hash(data.outputs, &data.y),
+            inputs: x.finish(),
+            targets: y.finish(),
         }
     }
 }
 
 /// FNV-1a over the width, the length and each value's 32 bits, finished
-/// with splitmix64's mixer.
-fn table_hash(width: usize, v: &[f32]) -> u64 {
+/// with splitmix64's mixer; fed in blocks.
+struct TableHash(u64);
+
+impl TableHash {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in [width as u64, v.len() as u64]
-        .into_iter()
-        .chain(v.iter().map(|x| x.to_bits() as u64))
-    {
-        h = (h ^ w).wrapping_mul(PRIME);
+
+    fn new(width: usize, len: usize) -> TableHash {
+        let mut h = TableHash(0xcbf2_9ce4_8422_2325);
+        h.word(width as u64);
+        h.word(len as u64);
+        h
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(Self::PRIME);
+    }
+
+    fn feed(&mut self, v: &[f32]) {
+        for x in v {
+            self.word(x.to_bits() as u64);
+        }
+    }
+
+    fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
 }
 
 /// Where a training run stands, enough to resume it.

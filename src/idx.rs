@@ -62,8 +62,10 @@ pub struct IdxReader {
     pub dims: Vec<usize>,
     src: Box<dyn Read>,
     /// The sizes were checked against the file's length. A gzip file's
-    /// length field holds only the low 32 bits and may lie.
+    /// length field holds only the low 32 bits and may lie; a stream has none.
     sized: bool,
+    /// gzip-compressed.
+    gz: bool,
 }
 
 /// Larger declared sizes than this are refused before any allocation (16 GiB
@@ -79,18 +81,25 @@ impl IdxReader {
             msg,
         };
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        // A pipe or device has no length to check: it is read as a stream,
+        // at most the declared values, and must end right after them.
+        let file_len = meta.is_file().then_some(meta.len());
         let mut buf = BufReader::new(file);
         let mut magic = [0u8; 4];
         read_exact(&mut buf, &mut magic, path, "the 4-byte header")?;
         let gz = magic[0] == 0x1f && magic[1] == 0x8b;
+        // The bytes read so far go back in front of the stream, which may
+        // be a pipe that cannot be opened twice.
+        let again = std::io::Cursor::new(magic).chain(buf);
         let mut src: Box<dyn Read> = if gz {
-            let restart = File::open(path).map_err(|e| Error::io(path, e))?;
-            let mut d = Box::new(flate2::read::GzDecoder::new(BufReader::new(restart)));
+            let mut d = Box::new(flate2::read::GzDecoder::new(again));
             read_exact(&mut d, &mut magic, path, "the 4-byte header")?;
             d
         } else {
-            Box::new(buf)
+            let mut plain = Box::new(again);
+            read_exact(&mut plain, &mut magic, path, "the 4-byte header")?;
+            plain
         };
         if magic[0] != 0 || magic[1] != 0 {
             return Err(err(format!(
@@ -121,20 +130,25 @@ impl IdxReader {
             .filter(|&v| v <= MAX_VALUES)
             .ok_or_else(|| err(format!("declared sizes {dims:?} are too large")))?;
         let want = 4 + 4 * ndim as u64 + values * ty.size() as u64;
-        if gz {
-            // gzip's last 4 bytes hold the uncompressed length mod 2^32.
-            let have = gzip_isize(path)?;
-            if have != (want & 0xffff_ffff) as u32 {
-                return Err(err(format!(
-                    "declared sizes {dims:?} need {want} bytes but the gzip stream holds {have}"
-                )));
+        match (gz, file_len) {
+            // A stream is checked as it is read (IdxReader::read_f32).
+            (_, None) => {}
+            (true, Some(_)) => {
+                // gzip's last 4 bytes hold the uncompressed length mod 2^32.
+                let have = gzip_isize(path)?;
+                if have != (want & 0xffff_ffff) as u32 {
+                    return Err(err(format!(
+                        "declared sizes {dims:?} need {want} bytes but the gzip stream holds {have}"
+                    )));
+                }
             }
-        } else {
-            if file_len != want {
-                return Err(err(format!(
-                    "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
-                    if file_len < want { " (truncated?)" } else { "" }
-                )));
+            (false, Some(file_len)) => {
+                if file_len != want {
+                    return Err(err(format!(
+                        "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
+                        if file_len < want { " (truncated?)" } else { "" }
+                    )));
+                }
             }
         }
         Ok(IdxReader {
@@ -142,7 +156,8 @@ impl IdxReader {
             ty,
             dims,
             src,
-            sized: !gz,
+            sized: !gz && file_len.is_some(),
+            gz,
         })
     }
 
@@ -187,6 +202,7 @@ impl IdxReader {
         if !self.sized {
             // Reading to the end makes the decoder check the CRC and length,
             // and nothing may follow the declared values, as in a plain file.
+            let what = if self.gz { "gzip stream" } else { "stream" };
             let mut more = [0u8; 1];
             match self.src.read(&mut more) {
                 Ok(0) => {}
@@ -194,7 +210,7 @@ impl IdxReader {
                     return Err(Error::Data {
                         path: self.path.display().to_string(),
                         msg: format!(
-                            "the gzip stream holds more than the declared sizes {:?}",
+                            "the {what} holds more than the declared sizes {:?}",
                             self.dims
                         ),
                     })
@@ -203,7 +219,12 @@ impl IdxReader {
                     return Err(Error::Data {
                         path: self.path.display().to_string(),
                         msg: format!(
-                            "cannot decompress: {}",
+                            "{}: {}",
+                            if self.gz {
+                                "cannot decompress"
+                            } else {
+                                "cannot read past the values"
+                            },
                             crate::error::one_line(&e.to_string(), 200)
                         ),
                     })
@@ -322,6 +343,14 @@ impl Dataset {
                 msg: format!("images of 0 values: the header's sizes are {:?}", img.dims),
             });
         }
+        // The tables and the raw labels, before any is allocated: a header
+        // (from a file or a pipe) must not declare more than memory holds.
+        let need = crate::memory::bytes(&[(n, inputs.saturating_add(classes) * 4), (n, 4)]);
+        crate::memory::ensure(
+            need,
+            &format!("the data in {}", images.display()),
+            &[],
+        )?;
         let scale = if img.ty == IdxType::U8 {
             1.0 / 255.0
         } else {
@@ -355,13 +384,13 @@ impl Dataset {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "idx".into());
-        Ok(Dataset {
-            name,
-            inputs,
-            outputs: classes,
+        drop(raw);
+        Ok(Dataset::in_memory(
+            &name,
+            (inputs, classes),
             x,
             y,
-            task: Task::Classification { classes },
-        })
+            Task::Classification { classes },
+        ))
     }
 }

@@ -269,6 +269,7 @@ pub fn files_of(source: &shadertrain::data::Source) -> Vec<&Path> {
         Source::Builtin(_) => vec![],
         Source::Csv(p) | Source::IdxDir(p) => vec![p],
         Source::IdxFiles { images, labels } => vec![images, labels],
+        Source::Npy { x, y } => vec![x, y],
     }
 }
 

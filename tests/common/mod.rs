@@ -398,14 +398,14 @@ pub fn mnist_shaped(label: &str) -> (Dataset, Dataset) {
             }));
             y[s * classes + c] = 1.0;
         }
-        Dataset {
-            name: label.into(),
-            inputs: pixels,
-            outputs: classes,
+        Dataset::from_vecs(
+            label,
+            (pixels, classes),
             x,
             y,
-            task: Task::Classification { classes },
-        }
+            Task::Classification { classes },
+        )
+        .unwrap()
     };
     let train = make(classes * per_class);
     (train, make(200))
