@@ -346,11 +346,7 @@ impl Dataset {
         // The tables and the raw labels, before any is allocated: a header
         // (from a file or a pipe) must not declare more than memory holds.
         let need = crate::memory::bytes(&[(n, inputs.saturating_add(classes) * 4), (n, 4)]);
-        crate::memory::ensure(
-            need,
-            &format!("the data in {}", images.display()),
-            &[],
-        )?;
+        crate::memory::ensure(need, &format!("the data in {}", images.display()), &[])?;
         let scale = if img.ty == IdxType::U8 {
             1.0 / 255.0
         } else {

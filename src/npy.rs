@@ -163,7 +163,10 @@ impl NpyArray {
             1 => (10, u16::from_le_bytes([pre[8], pre[9]]) as usize),
             2 | 3 => {
                 read_exact(&mut file, &mut pre[10..12], path, "the preamble")?;
-                (12, u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as usize)
+                (
+                    12,
+                    u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as usize,
+                )
             }
             v => {
                 return Err(err(format!(
@@ -180,8 +183,13 @@ impl NpyArray {
         let mut text = vec![0u8; header_len];
         read_exact(&mut file, &mut text, path, "the header")?;
         let start = pre_len + header_len;
-        let header = npyz::NpyHeader::from_reader(pre[..pre_len].chain(&text[..]))
-            .map_err(|e| err(format!("bad .npy header: {}", crate::error::one_line(&e.to_string(), 200))))?;
+        let header =
+            npyz::NpyHeader::from_reader(pre[..pre_len].chain(&text[..])).map_err(|e| {
+                err(format!(
+                    "bad .npy header: {}",
+                    crate::error::one_line(&e.to_string(), 200)
+                ))
+            })?;
         let (elem, big_endian) = elem_of(&header.dtype()).ok_or_else(|| {
             err(format!(
                 "dtype {} is not supported (bool, integers, float32 or float64)",
@@ -194,15 +202,14 @@ impl NpyArray {
             .map(|&d| usize::try_from(d).ok())
             .collect::<Option<_>>()
             .ok_or_else(|| err(format!("shape {:?} is too large", header.shape())))?;
-        if header.order() == npyz::Order::Fortran && shape.iter().filter(|&&d| d > 1).count() > 1
-        {
+        if header.order() == npyz::Order::Fortran && shape.iter().filter(|&&d| d > 1).count() > 1 {
             return Err(err(format!(
                 "shape {shape:?} is in Fortran order; save it in C order (np.ascontiguousarray)"
             )));
         }
         if shape.is_empty() {
             return Err(err(
-                "a 0-dimensional array (one scalar) holds no rows".into(),
+                "a 0-dimensional array (one scalar) holds no rows".into()
             ));
         }
         let values = shape
@@ -218,7 +225,11 @@ impl NpyArray {
                     "shape {shape:?} of {} needs {total} bytes but the file has {}{}",
                     elem.name(),
                     meta.len(),
-                    if meta.len() < total { " (truncated?)" } else { "" }
+                    if meta.len() < total {
+                        " (truncated?)"
+                    } else {
+                        ""
+                    }
                 )));
             }
             // SAFETY: the map is read-only and this process never writes the

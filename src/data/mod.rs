@@ -36,10 +36,10 @@ pub use source::{Builtin, Recipe, Source, FILE_RECIPE};
 
 use std::borrow::Cow;
 use std::f64::consts::PI;
-use std::sync::Arc;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -321,13 +321,7 @@ impl Dataset {
                 y.extend_from_slice(if class == 0 { &[1.0, 0.0] } else { &[0.0, 1.0] });
             }
         }
-        Dataset::in_memory(
-            "spirals",
-            (2, 2),
-            x,
-            y,
-            Task::Classification { classes: 2 },
-        )
+        Dataset::in_memory("spirals", (2, 2), x, y, Task::Classification { classes: 2 })
     }
 
     /// The 4 XOR points, one output (0/1), `Classification { classes: 2 }`.
@@ -639,7 +633,10 @@ impl Dataset {
     /// If an index is out of range (the caller's bug).
     pub fn subset(&self, idx: &[usize], name: &str) -> Dataset {
         if let Rows::Mapped(m) = &self.rows {
-            assert!(idx.iter().all(|&i| i < m.len()), "subset index out of range");
+            assert!(
+                idx.iter().all(|&i| i < m.len()),
+                "subset index out of range"
+            );
             let index: Arc<[usize]> = idx.iter().map(|&i| m.row(i)).collect();
             let mut d = self.clone();
             d.name = name.into();

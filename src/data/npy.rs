@@ -60,10 +60,7 @@ impl Dataset {
             return Err(x_err(format!("shape {:?} holds no rows", xa.shape)));
         }
         if inputs == 0 {
-            return Err(x_err(format!(
-                "shape {:?}: rows of 0 values",
-                xa.shape
-            )));
+            return Err(x_err(format!("shape {:?}: rows of 0 values", xa.shape)));
         }
         let ya = NpyArray::open(y)?;
         if ya.rows() != n {
@@ -119,7 +116,9 @@ impl Dataset {
             } else {
                 ya.row_f32(r, 1.0, &mut row);
                 if let Some(c) = row.iter().position(|v| !v.is_finite()) {
-                    return Err(y_err(format!("the value at row {r}, column {c} is not finite")));
+                    return Err(y_err(format!(
+                        "the value at row {r}, column {c} is not finite"
+                    )));
                 }
                 binary &= row.iter().all(|&v| v == 0.0 || v == 1.0);
                 rows_one_hot &= row.iter().filter(|&&v| v == 1.0).count() == 1
