@@ -53,7 +53,8 @@
 //! longer than 100 MB, a file shorter or longer than its header says, or a
 //! stream that does not end there (`/dev/zero`) is refused, having read no
 //! more than the header and the data it declares; nor is a file declaring
-//! more than the memory available read.
+//! more than the memory available read, nor a pipe or device declaring more
+//! than 16 GiB whatever the memory.
 //!
 //! Files are written atomically: a temporary file in the same directory,
 //! flushed and fsynced, then renamed over the target, so a crash leaves either
@@ -81,6 +82,11 @@ pub const VERSION: u32 = 2;
 
 /// The longest header a checkpoint may declare (safetensors' own limit).
 const MAX_HEADER: u64 = 100_000_000;
+
+/// The most a checkpoint read from a pipe or device may declare, whatever
+/// the memory available (or where it is unknown): 16 GiB, four billion f32
+/// values, as for IDX data. A regular file's length bounds it instead.
+const MAX_STREAM: u64 = 16 << 30;
 
 /// The names of the history tensors, in [`EpochStats`] field order.
 const HISTORY: [&str; 4] = [
@@ -746,6 +752,13 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
         Err(e) => return Ok(Err(e)),
     };
     let total = (8 + n).saturating_add(declared);
+    if size.is_none() && total > MAX_STREAM {
+        return Ok(Err(format!(
+            "its header declares {}, more than the {} a checkpoint read from a pipe or device may hold (save it to a file)",
+            crate::memory::human(total),
+            crate::memory::human(MAX_STREAM)
+        )));
+    }
     if let Some(have) = crate::memory::available() {
         if total > have {
             return Ok(Err(format!(
@@ -761,8 +774,19 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
                 "not a safetensors checkpoint (the file is {size} bytes, its header declares {total})"
             )));
         }
-        bytes.reserve_exact(declared as usize);
     }
+    // Within the memory available (and, for a stream, MAX_STREAM): the
+    // bytes are reserved once instead of doubling as a stream arrives.
+    bytes.try_reserve_exact(declared as usize).map_err(|_| {
+        Error::memory(
+            format!(
+                "cannot allocate {} for {}",
+                crate::memory::human(declared),
+                path.display()
+            ),
+            &[],
+        )
+    })?;
     (&mut f)
         .take(declared)
         .read_to_end(&mut bytes)

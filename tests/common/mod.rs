@@ -15,6 +15,7 @@ use shadertrain::train::{EpochStats, Schedule};
 use std::sync::{Arc, OnceLock};
 
 mod device_macro;
+pub mod npy_file;
 pub mod safetensors_header;
 #[allow(unused_imports)]
 pub(crate) use device_macro::test_device;
