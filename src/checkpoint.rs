@@ -28,7 +28,9 @@
 //! `data_inputs_hash`, `data_targets_hash`: a 64-bit fingerprint (16 hex
 //! digits) of the training rows' inputs and targets as training saw them
 //! (after the validation split and the standardisation), which a resumed run
-//! must match ([`DataFingerprint`]).
+//! must match ([`DataFingerprint`]). With a validation set, `val_data`,
+//! `val_samples`, `val_inputs_hash` and `val_targets_hash` record it the
+//! same way ([`ValidationSet`]), and a resumed run must be validated on it.
 //!
 //! The writer is deterministic: metadata keys sorted, tensors in a fixed
 //! order, no clock values, so the same seed, data, settings and backend give
@@ -159,6 +161,28 @@ impl TableHash {
     }
 }
 
+/// A validation set as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationSet {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its rows.
+    pub samples: usize,
+    /// Its fingerprint, as scoring saw it.
+    pub fingerprint: DataFingerprint,
+}
+
+impl ValidationSet {
+    /// `val`'s record.
+    pub fn of(val: &Dataset) -> ValidationSet {
+        ValidationSet {
+            name: val.name.clone(),
+            samples: val.len(),
+            fingerprint: DataFingerprint::of(val),
+        }
+    }
+}
+
 /// Where a training run stands, enough to resume it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainState {
@@ -176,6 +200,9 @@ pub struct TrainState {
     pub samples: usize,
     /// The training set's fingerprint; `None` in version 1 files.
     pub fingerprint: Option<DataFingerprint>,
+    /// The validation set the run was scored on; `None` without one (and in
+    /// files written before it was recorded).
+    pub validation: Option<ValidationSet>,
     /// What every epoch so far measured (without wall-clock values), so a
     /// resumed run's metrics and plots cover the whole run.
     pub history: Vec<EpochStats>,
@@ -454,6 +481,13 @@ impl Checkpoint {
             meta.insert("data_inputs_hash".into(), format!("{:016x}", fp.inputs));
             meta.insert("data_targets_hash".into(), format!("{:016x}", fp.targets));
         }
+        if let Some(v) = &s.validation {
+            let fp = v.fingerprint;
+            meta.insert("val_data".into(), v.name.clone());
+            meta.insert("val_samples".into(), v.samples.to_string());
+            meta.insert("val_inputs_hash".into(), format!("{:016x}", fp.inputs));
+            meta.insert("val_targets_hash".into(), format!("{:016x}", fp.targets));
+        }
         safetensors_bytes(tensors, &meta, "checkpoint")
     }
 
@@ -675,6 +709,27 @@ impl Checkpoint {
             (Some(_), None) => return Err("metadata lacks 'data_targets_hash'".into()),
             (None, Some(_)) => return Err("metadata lacks 'data_inputs_hash'".into()),
         };
+        const VAL: [&str; 4] = [
+            "val_data",
+            "val_samples",
+            "val_inputs_hash",
+            "val_targets_hash",
+        ];
+        let validation = match VAL.map(|k| meta.get(k)) {
+            [None, None, None, None] => None,
+            [Some(name), Some(n), Some(i), Some(t)] => Some(ValidationSet {
+                name: name.clone(),
+                samples: parse(n, "val_samples")?,
+                fingerprint: DataFingerprint {
+                    inputs: hash(i, "val_inputs_hash")?,
+                    targets: hash(t, "val_targets_hash")?,
+                },
+            }),
+            some => {
+                let k = VAL[some.iter().position(Option::is_none).unwrap_or(0)];
+                return Err(format!("metadata lacks '{k}' (it has other val_ keys)"));
+            }
+        };
         let schedule =
             Schedule::parse(&get("lr_schedule")?).map_err(|e| format!("metadata: {e}"))?;
         let state = TrainState {
@@ -685,6 +740,7 @@ impl Checkpoint {
             data: get("data")?,
             samples,
             fingerprint,
+            validation,
             history,
             optimizer,
             schedule,

@@ -241,3 +241,96 @@ fn checkpoint_streams_are_bounded_whatever_the_memory() {
         "{err}"
     );
 }
+
+/// The checkpoint records the validation set; resuming on another one, or
+/// on none, is refused naming it, and on the same one goes on.
+#[test]
+fn resuming_needs_the_same_validation_set() {
+    let dir = TempDir::new("val-fingerprint");
+    let rows = |shift: f32| {
+        let mut s = String::from("a,b,y\n");
+        for i in 0..12 {
+            let (a, b) = (i as f32 / 4.0 - shift, (i % 3) as f32);
+            s += &format!("{a},{b},{}\n", i % 2);
+        }
+        s
+    };
+    let train = dir.file("train.csv", &rows(0.0));
+    let val = dir.file("val.csv", &rows(0.5));
+    let other = dir.file("other.csv", &rows(0.25));
+    let ck = dir.path("m.safetensors").display().to_string();
+    let args = |epochs: &str, val: Option<&str>, resume: bool| {
+        let mut a = vec![
+            "train",
+            "--data",
+            &train,
+            "--layers",
+            "2,4:relu,1:sigmoid",
+            "--epochs",
+            epochs,
+            "--batch",
+            "4",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--save",
+            &ck,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if let Some(v) = val {
+            a.extend(["--val".into(), v.into()]);
+        }
+        if resume {
+            a.extend(["--resume".into(), ck.clone()]);
+        }
+        a
+    };
+    run(&args("2", Some(&val), false)).success();
+    let saved = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&ck)).unwrap();
+    let v = saved
+        .state
+        .validation
+        .expect("the validation set is recorded");
+    assert_eq!((v.name.as_str(), v.samples), ("val", 12));
+    expect_error(
+        &args("3", Some(&other), true),
+        &[
+            "the validation set is 'other', the same 12 samples but other values",
+            "validated on 'val'",
+        ],
+    );
+    expect_error(
+        &args("3", None, true),
+        &[
+            "the validation set is none",
+            "resuming needs the same validation set",
+        ],
+    );
+    run(&args("3", Some(&val), true)).success();
+}
+
+/// A CSV load reports the bytes read as it goes, with the file's length,
+/// and ends at the whole file (the command line draws a bar from it when
+/// the load takes more than a second).
+#[test]
+fn csv_loads_report_progress() {
+    let dir = TempDir::new("csv-progress");
+    let mut csv = String::from("a,b,y\n");
+    for i in 0..400_000 {
+        csv += &format!("{}.25,{},{}\n", i % 97, i % 13, i % 2);
+    }
+    let path = dir.file("big.csv", &csv);
+    let mut seen: Vec<shadertrain::data::Loading> = Vec::new();
+    let d = shadertrain::data::Source::parse(&path)
+        .unwrap()
+        .load_observed(None, 1, 0, &mut |l| seen.push(l))
+        .unwrap();
+    assert_eq!(d.len(), 400_000);
+    let size = csv.len() as u64;
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.iter().all(|l| l.total == Some(size)), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].done < w[1].done), "{seen:?}");
+    assert_eq!(seen.last().unwrap().done, size);
+}

@@ -830,7 +830,7 @@ struct Bounded<'a> {
 
 impl<'a> Bounded<'a> {
     /// Bytes between progress reports.
-    const EVERY: u64 = 4 << 20;
+    const EVERY: u64 = 1 << 20;
 
     fn open(path: &Path, on: &'a mut dyn FnMut(Loading)) -> Result<Bounded<'a>> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;

@@ -172,6 +172,7 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
                 inputs: 0x0123_4567_89ab_cdef,
                 targets: u64::MAX,
             }),
+            validation: None,
             history: (1..=2)
                 .map(|epoch| EpochStats {
                     epoch,
