@@ -186,6 +186,12 @@ impl IdxReader {
             let take = (n - done).min(BLOCK);
             let bytes = &mut block[..take * size];
             read_exact(&mut self.src, bytes, &self.path, "the values")?;
+            if !self.sized {
+                // A stream's header may lie: the values are counted against
+                // the memory available as they arrive, not as declared.
+                let have = crate::memory::bytes(&[(out.len() + take, 4)]);
+                crate::memory::ensure(have, &format!("the data in {}", self.path.display()), &[])?;
+            }
             out.try_reserve(take).map_err(|_| no_memory(n))?;
             for (k, v) in bytes.chunks_exact(size).enumerate() {
                 let x = decode(self.ty, v) * scale;
@@ -343,10 +349,15 @@ impl Dataset {
                 msg: format!("images of 0 values: the header's sizes are {:?}", img.dims),
             });
         }
-        // The tables and the raw labels, before any is allocated: a header
-        // (from a file or a pipe) must not declare more than memory holds.
+        // The tables and the raw labels, before any is allocated, where the
+        // files' lengths proved the header's sizes; a gzip file or a pipe is
+        // counted as its values arrive (IdxReader::read_f32), so a lying
+        // header is found out by its length, not by the memory it declares.
         let need = crate::memory::bytes(&[(n, inputs.saturating_add(classes) * 4), (n, 4)]);
-        crate::memory::ensure(need, &format!("the data in {}", images.display()), &[])?;
+        let what = format!("the data in {}", images.display());
+        if img.sized && lab.sized {
+            crate::memory::ensure(need, &what, &[])?;
+        }
         let scale = if img.ty == IdxType::U8 {
             1.0 / 255.0
         } else {
@@ -356,6 +367,8 @@ impl Dataset {
         img.read_f32(scale, &mut x)?;
         let mut raw = Vec::new();
         lab.read_f32(1.0, &mut raw)?;
+        // Every value arrived: the rest of the tables must fit too.
+        crate::memory::ensure(need, &what, &[])?;
         // Every label was read, so `n` is real; the product may still overflow.
         let mut y = n
             .checked_mul(classes)

@@ -752,15 +752,15 @@ impl TrainedOn {
     }
 
     /// Refuses to score this run on `now`'s validation set when it was
-    /// scored on another (validation decides what early stopping keeps).
+    /// scored on another (validation decides what early stopping keeps);
+    /// going on without one is allowed.
     fn check_validation(&self, now: &TrainedOn) -> Result<()> {
-        let Some(was) = &self.validation else {
+        let (Some(was), Some(v)) = (&self.validation, &now.validation) else {
             return Ok(());
         };
-        let differs = match &now.validation {
-            None => "none".to_string(),
-            Some(v) if v.samples != was.samples => format!("'{}' ({} samples)", v.name, v.samples),
-            Some(v) if v.fingerprint != was.fingerprint => format!(
+        let differs = match v {
+            v if v.samples != was.samples => format!("'{}' ({} samples)", v.name, v.samples),
+            v if v.fingerprint != was.fingerprint => format!(
                 "'{}', the same {} samples but other values (fingerprint {:016x}/{:016x}, the checkpoint's {:016x}/{:016x})",
                 v.name,
                 v.samples,
@@ -769,10 +769,10 @@ impl TrainedOn {
                 was.fingerprint.inputs,
                 was.fingerprint.targets
             ),
-            Some(_) => return Ok(()),
+            _ => return Ok(()),
         };
         Err(Error::Data {
-            path: now.validation.as_ref().map_or_else(|| now.name.clone(), |v| v.name.clone()),
+            path: v.name.clone(),
             msg: format!(
                 "the validation set is {differs}, but the resumed run was validated on '{}' ({} samples); resuming needs the same validation set",
                 was.name, was.samples
