@@ -235,6 +235,10 @@ fn npy_err(dir: &Dir, x: &[u8], y: &[u8], outputs: usize) -> String {
         .to_string()
 }
 
+/// A spoilt pair: its name, the inputs' and the targets' bytes, the
+/// network's outputs, and what the error must say.
+type Case<'a> = (&'a str, Vec<u8>, Vec<u8>, usize, Vec<&'a str>);
+
 #[test]
 fn malformed_arrays_are_refused_in_one_line() {
     let dir = Dir::new("bad");
@@ -254,7 +258,7 @@ fn malformed_arrays_are_refused_in_one_line() {
     trailing.push(0);
     let mut nan = vec![0.5f32; 8];
     nan[5] = f32::NAN;
-    let cases: Vec<(&str, Vec<u8>, Vec<u8>, usize, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "magic",
             b"PK\x03\x04 not numpy at all".to_vec(),
