@@ -715,7 +715,7 @@ fn npy_loader_never_panics_and_checks_shapes_before_allocating() {
         check_alloc("from_npy", peak, xb.len() + yb.len())?;
         match r {
             Ok(d) => {
-                prop_assert!(d.is_mapped() && d.len() >= 1 && d.inputs >= 1);
+                prop_assert!(d.is_mapped() && !d.is_empty() && d.inputs >= 1);
                 let m = d.to_memory().unwrap();
                 prop_assert_eq!(m.x.len(), d.len() * d.inputs);
                 prop_assert_eq!(m.y.len(), d.len() * 3);
