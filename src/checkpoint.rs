@@ -28,7 +28,9 @@
 //! `data_inputs_hash`, `data_targets_hash`: a 64-bit fingerprint (16 hex
 //! digits) of the training rows' inputs and targets as training saw them
 //! (after the validation split and the standardisation), which a resumed run
-//! must match ([`DataFingerprint`]).
+//! must match ([`DataFingerprint`]). With a validation set, `val_data`,
+//! `val_samples`, `val_inputs_hash` and `val_targets_hash` record it the
+//! same way ([`ValidationSet`]), and a resumed run must be validated on it.
 //!
 //! The writer is deterministic: metadata keys sorted, tensors in a fixed
 //! order, no clock values, so the same seed, data, settings and backend give
@@ -53,7 +55,8 @@
 //! longer than 100 MB, a file shorter or longer than its header says, or a
 //! stream that does not end there (`/dev/zero`) is refused, having read no
 //! more than the header and the data it declares; nor is a file declaring
-//! more than the memory available read.
+//! more than the memory available read, nor a pipe or device declaring more
+//! than 16 GiB whatever the memory.
 //!
 //! Files are written atomically: a temporary file in the same directory,
 //! flushed and fsynced, then renamed over the target, so a crash leaves either
@@ -82,6 +85,11 @@ pub const VERSION: u32 = 2;
 /// The longest header a checkpoint may declare (safetensors' own limit).
 const MAX_HEADER: u64 = 100_000_000;
 
+/// The most a checkpoint read from a pipe or device may declare, whatever
+/// the memory available (or where it is unknown): 16 GiB, four billion f32
+/// values, as for IDX data. A regular file's length bounds it instead.
+const MAX_STREAM: u64 = 16 << 30;
+
 /// The names of the history tensors, in [`EpochStats`] field order.
 const HISTORY: [&str; 4] = [
     "history.loss",
@@ -102,31 +110,77 @@ pub struct DataFingerprint {
 }
 
 impl DataFingerprint {
-    /// `data`'s fingerprint, as training sees it.
+    /// `data`'s fingerprint, as training sees it (a mapped set's rows as
+    /// its batches are gathered, so the same values give the same print
+    /// whether mapped or in memory).
     pub fn of(data: &Dataset) -> DataFingerprint {
+        let mut x = TableHash::new(data.inputs, data.len() * data.inputs);
+        let mut y = TableHash::new(data.outputs, data.len() * data.outputs);
+        data.for_each_block(|bx, by| {
+            x.feed(bx);
+            y.feed(by);
+        });
         DataFingerprint {
-            inputs: table_hash(data.inputs, &data.x),
-            targets: table_hash(data.outputs, &data.y),
+            inputs: x.finish(),
+            targets: y.finish(),
         }
     }
 }
 
 /// FNV-1a over the width, the length and each value's 32 bits, finished
-/// with splitmix64's mixer.
-fn table_hash(width: usize, v: &[f32]) -> u64 {
+/// with splitmix64's mixer; fed in blocks.
+struct TableHash(u64);
+
+impl TableHash {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in [width as u64, v.len() as u64]
-        .into_iter()
-        .chain(v.iter().map(|x| x.to_bits() as u64))
-    {
-        h = (h ^ w).wrapping_mul(PRIME);
+
+    fn new(width: usize, len: usize) -> TableHash {
+        let mut h = TableHash(0xcbf2_9ce4_8422_2325);
+        h.word(width as u64);
+        h.word(len as u64);
+        h
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(Self::PRIME);
+    }
+
+    fn feed(&mut self, v: &[f32]) {
+        for x in v {
+            self.word(x.to_bits() as u64);
+        }
+    }
+
+    fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
+}
+
+/// A validation set as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationSet {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its rows.
+    pub samples: usize,
+    /// Its fingerprint, as scoring saw it.
+    pub fingerprint: DataFingerprint,
+}
+
+impl ValidationSet {
+    /// `val`'s record.
+    pub fn of(val: &Dataset) -> ValidationSet {
+        ValidationSet {
+            name: val.name.clone(),
+            samples: val.len(),
+            fingerprint: DataFingerprint::of(val),
+        }
+    }
 }
 
 /// Where a training run stands, enough to resume it.
@@ -146,6 +200,9 @@ pub struct TrainState {
     pub samples: usize,
     /// The training set's fingerprint; `None` in version 1 files.
     pub fingerprint: Option<DataFingerprint>,
+    /// The validation set the run was scored on; `None` without one (and in
+    /// files written before it was recorded).
+    pub validation: Option<ValidationSet>,
     /// What every epoch so far measured (without wall-clock values), so a
     /// resumed run's metrics and plots cover the whole run.
     pub history: Vec<EpochStats>,
@@ -424,6 +481,13 @@ impl Checkpoint {
             meta.insert("data_inputs_hash".into(), format!("{:016x}", fp.inputs));
             meta.insert("data_targets_hash".into(), format!("{:016x}", fp.targets));
         }
+        if let Some(v) = &s.validation {
+            let fp = v.fingerprint;
+            meta.insert("val_data".into(), v.name.clone());
+            meta.insert("val_samples".into(), v.samples.to_string());
+            meta.insert("val_inputs_hash".into(), format!("{:016x}", fp.inputs));
+            meta.insert("val_targets_hash".into(), format!("{:016x}", fp.targets));
+        }
         safetensors_bytes(tensors, &meta, "checkpoint")
     }
 
@@ -645,6 +709,27 @@ impl Checkpoint {
             (Some(_), None) => return Err("metadata lacks 'data_targets_hash'".into()),
             (None, Some(_)) => return Err("metadata lacks 'data_inputs_hash'".into()),
         };
+        const VAL: [&str; 4] = [
+            "val_data",
+            "val_samples",
+            "val_inputs_hash",
+            "val_targets_hash",
+        ];
+        let validation = match VAL.map(|k| meta.get(k)) {
+            [None, None, None, None] => None,
+            [Some(name), Some(n), Some(i), Some(t)] => Some(ValidationSet {
+                name: name.clone(),
+                samples: parse(n, "val_samples")?,
+                fingerprint: DataFingerprint {
+                    inputs: hash(i, "val_inputs_hash")?,
+                    targets: hash(t, "val_targets_hash")?,
+                },
+            }),
+            some => {
+                let k = VAL[some.iter().position(Option::is_none).unwrap_or(0)];
+                return Err(format!("metadata lacks '{k}' (it has other val_ keys)"));
+            }
+        };
         let schedule =
             Schedule::parse(&get("lr_schedule")?).map_err(|e| format!("metadata: {e}"))?;
         let state = TrainState {
@@ -655,6 +740,7 @@ impl Checkpoint {
             data: get("data")?,
             samples,
             fingerprint,
+            validation,
             history,
             optimizer,
             schedule,
@@ -722,6 +808,13 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
         Err(e) => return Ok(Err(e)),
     };
     let total = (8 + n).saturating_add(declared);
+    if size.is_none() && total > MAX_STREAM {
+        return Ok(Err(format!(
+            "its header declares {}, more than the {} a checkpoint read from a pipe or device may hold (save it to a file)",
+            crate::memory::human(total),
+            crate::memory::human(MAX_STREAM)
+        )));
+    }
     if let Some(have) = crate::memory::available() {
         if total > have {
             return Ok(Err(format!(
@@ -737,8 +830,19 @@ fn read_bounded(path: &Path) -> Result<std::result::Result<Vec<u8>, String>> {
                 "not a safetensors checkpoint (the file is {size} bytes, its header declares {total})"
             )));
         }
-        bytes.reserve_exact(declared as usize);
     }
+    // Within the memory available (and, for a stream, MAX_STREAM): the
+    // bytes are reserved once instead of doubling as a stream arrives.
+    bytes.try_reserve_exact(declared as usize).map_err(|_| {
+        Error::memory(
+            format!(
+                "cannot allocate {} for {}",
+                crate::memory::human(declared),
+                path.display()
+            ),
+            &[],
+        )
+    })?;
     (&mut f)
         .take(declared)
         .read_to_end(&mut bytes)

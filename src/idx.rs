@@ -61,9 +61,11 @@ pub struct IdxReader {
     /// The declared sizes, outermost first.
     pub dims: Vec<usize>,
     src: Box<dyn Read>,
-    /// The sizes were checked against the file's length. A gzip file's
-    /// stream is measured as it is read.
+    /// The sizes were checked against the file's length. A gzip file or a
+    /// stream (a pipe, a device) is measured as it is read.
     sized: bool,
+    /// gzip-compressed.
+    gz: bool,
     /// Bytes of the header, before the first value.
     header: u64,
 }
@@ -81,18 +83,25 @@ impl IdxReader {
             msg,
         };
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        // A pipe or device has no length to check: it is read as a stream,
+        // at most the declared values, and must end right after them.
+        let file_len = meta.is_file().then_some(meta.len());
         let mut buf = BufReader::new(file);
         let mut magic = [0u8; 4];
         read_exact(&mut buf, &mut magic, path, "the 4-byte header")?;
         let gz = magic[0] == 0x1f && magic[1] == 0x8b;
+        // The bytes read so far go back in front of the stream, which may
+        // be a pipe that cannot be opened twice.
+        let again = std::io::Cursor::new(magic).chain(buf);
         let mut src: Box<dyn Read> = if gz {
-            let restart = File::open(path).map_err(|e| Error::io(path, e))?;
-            let mut d = Box::new(GzMembers::new(BufReader::new(restart)));
+            let mut d = Box::new(GzMembers::new(again));
             read_exact(&mut d, &mut magic, path, "the 4-byte header")?;
             d
         } else {
-            Box::new(buf)
+            let mut plain = Box::new(again);
+            read_exact(&mut plain, &mut magic, path, "the 4-byte header")?;
+            plain
         };
         if magic[0] != 0 || magic[1] != 0 {
             return Err(err(format!(
@@ -124,19 +133,23 @@ impl IdxReader {
             .ok_or_else(|| err(format!("declared sizes {dims:?} are too large")))?;
         let want = 4 + 4 * ndim as u64 + values * ty.size() as u64;
         // A gzip stream's true length is known only once decompressed (its
-        // trailer holds one member's length mod 2^32): `read_f32` checks it.
-        if !gz && file_len != want {
-            return Err(err(format!(
-                "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
-                if file_len < want { " (truncated?)" } else { "" }
-            )));
+        // trailer holds one member's length mod 2^32), a pipe's once read:
+        // `read_f32` checks those.
+        if let (false, Some(file_len)) = (gz, file_len) {
+            if file_len != want {
+                return Err(err(format!(
+                    "declared sizes {dims:?} need {want} bytes but the file has {file_len}{}",
+                    if file_len < want { " (truncated?)" } else { "" }
+                )));
+            }
         }
         Ok(IdxReader {
             path: path.to_path_buf(),
             ty,
             dims,
             src,
-            sized: !gz,
+            sized: !gz && file_len.is_some(),
+            gz,
             header: 4 + 4 * ndim as u64,
         })
     }
@@ -168,11 +181,15 @@ impl IdxReader {
             if self.sized {
                 read_exact(&mut self.src, bytes, &self.path, "the values")?;
             } else {
-                let got = read_full(&mut self.src, bytes).map_err(|e| self.undecodable(e))?;
+                let got = read_full(&mut self.src, bytes).map_err(|e| self.unreadable(e))?;
                 if got < bytes.len() {
                     let have = self.header + (done * size + got) as u64;
                     return Err(self.wrong_size(&have.to_string()));
                 }
+                // A stream's header may lie: the values are counted against
+                // the memory available as they arrive, not as declared.
+                let have = crate::memory::bytes(&[(out.len() + take, 4)]);
+                crate::memory::ensure(have, &format!("the data in {}", self.path.display()), &[])?;
             }
             out.try_reserve(take).map_err(|_| no_memory(n))?;
             for (k, v) in bytes.chunks_exact(size).enumerate() {
@@ -194,7 +211,7 @@ impl IdxReader {
             const MEASURE: u64 = 1 << 30;
             let want = self.header + (n * size) as u64;
             let extra = std::io::copy(&mut (&mut self.src).take(MEASURE), &mut std::io::sink())
-                .map_err(|e| self.undecodable(e))?;
+                .map_err(|e| self.unreadable(e))?;
             if extra == MEASURE {
                 return Err(self.wrong_size(&format!("more than {}", want + MEASURE)));
             } else if extra > 0 {
@@ -204,26 +221,30 @@ impl IdxReader {
         Ok(())
     }
 
-    /// The gzip stream decompresses to `have` bytes, not what the header declares.
+    /// The stream (decompressed) holds `have` bytes, not what the header declares.
     fn wrong_size(&self, have: &str) -> Error {
         let want = self.header + (self.count() * self.ty.size()) as u64;
+        let what = if self.gz { "gzip stream" } else { "stream" };
         Error::Data {
             path: self.path.display().to_string(),
             msg: format!(
-                "declared sizes {:?} need {want} bytes but the gzip stream holds {have}",
+                "declared sizes {:?} need {want} bytes but the {what} holds {have}",
                 self.dims
             ),
         }
     }
 
-    /// A gzip stream that does not decode (bad data, CRC, length field, trailing bytes).
-    fn undecodable(&self, e: std::io::Error) -> Error {
+    /// A stream that cannot be read, or a gzip one that does not decode (bad
+    /// data, CRC, length field, trailing bytes).
+    fn unreadable(&self, e: std::io::Error) -> Error {
+        let what = if self.gz {
+            "cannot decompress"
+        } else {
+            "cannot read"
+        };
         Error::Data {
             path: self.path.display().to_string(),
-            msg: format!(
-                "cannot decompress: {}",
-                crate::error::one_line(&e.to_string(), 200)
-            ),
+            msg: format!("{what}: {}", crate::error::one_line(&e.to_string(), 200)),
         }
     }
 }
@@ -388,6 +409,15 @@ impl Dataset {
                 msg: format!("images of 0 values: the header's sizes are {:?}", img.dims),
             });
         }
+        // The tables and the raw labels, before any is allocated, where the
+        // files' lengths proved the header's sizes; a gzip file or a pipe is
+        // counted as its values arrive (IdxReader::read_f32), so a lying
+        // header is found out by its length, not by the memory it declares.
+        let need = crate::memory::bytes(&[(n, inputs.saturating_add(classes) * 4), (n, 4)]);
+        let what = format!("the data in {}", images.display());
+        if img.sized && lab.sized {
+            crate::memory::ensure(need, &what, &[])?;
+        }
         let scale = if img.ty == IdxType::U8 {
             1.0 / 255.0
         } else {
@@ -397,6 +427,8 @@ impl Dataset {
         img.read_f32(scale, &mut x)?;
         let mut raw = Vec::new();
         lab.read_f32(1.0, &mut raw)?;
+        // Every value arrived: the rest of the tables must fit too.
+        crate::memory::ensure(need, &what, &[])?;
         // Every label was read, so `n` is real; the product may still overflow.
         let mut y = n
             .checked_mul(classes)
@@ -421,13 +453,13 @@ impl Dataset {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "idx".into());
-        Ok(Dataset {
-            name,
-            inputs,
-            outputs: classes,
+        drop(raw);
+        Ok(Dataset::in_memory(
+            &name,
+            (inputs, classes),
             x,
             y,
-            task: Task::Classification { classes },
-        })
+            Task::Classification { classes },
+        ))
     }
 }

@@ -45,6 +45,7 @@ pub mod idx;
 pub mod memory;
 pub mod metrics;
 pub mod network;
+pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod train;

@@ -2,8 +2,53 @@
 //! what the machine has before the large buffers are allocated, so a batch or
 //! a network that cannot fit is an [`Error::Memory`] naming what needed how
 //! much, not an allocator abort or a visit from the OOM killer.
+//!
+//! `SHADERTRAIN_MEMORY_LIMIT` is a budget for the whole process: the data
+//! sets it holds in memory count against it ([`Held`]), so what a network or
+//! a batch may use afterwards is the limit less the data. Memory-mapped
+//! arrays do not count: the kernel pages them in and out.
 
 use crate::error::{Error, Result, Setting};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes held by live [`Held`] reservations.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// A reservation of `bytes` held by something that lives in memory (a data
+/// set's tables), counted against `SHADERTRAIN_MEMORY_LIMIT` until dropped.
+/// A clone counts again: it stands for a copy of the data.
+#[derive(Debug)]
+pub struct Held(u64);
+
+impl Held {
+    /// Counts `bytes` as held until the value is dropped.
+    pub fn new(bytes: u64) -> Held {
+        HELD.fetch_add(bytes, Ordering::Relaxed);
+        Held(bytes)
+    }
+
+    /// The bytes counted.
+    pub fn bytes(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Clone for Held {
+    fn clone(&self) -> Held {
+        Held::new(self.0)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// Bytes all live [`Held`] reservations count.
+pub fn held() -> u64 {
+    HELD.load(Ordering::Relaxed)
+}
 
 /// Bytes of `count` values of `size` bytes each, as a sum over `(count, size)`
 /// pairs; `None` when the sum overflows (it could never be allocated).
@@ -15,11 +60,12 @@ pub fn bytes(parts: &[(usize, usize)]) -> Option<u64> {
 }
 
 /// Memory that may be used: what the kernel says can be allocated without
-/// swapping (`MemAvailable` in `/proc/meminfo`), capped by
-/// `SHADERTRAIN_MEMORY_LIMIT` (bytes) when set, e.g. on a shared machine;
-/// `None` where neither is known.
+/// swapping (`MemAvailable` in `/proc/meminfo`, which already reflects what
+/// this process holds), capped by `SHADERTRAIN_MEMORY_LIMIT` (bytes) less
+/// what the data in memory holds ([`held`]) when set, e.g. on a shared
+/// machine; `None` where neither is known.
 pub fn available() -> Option<u64> {
-    let cap = limit().ok().flatten();
+    let cap = limit().ok().flatten().map(|c| c.saturating_sub(held()));
     let os = (|| {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
         let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
@@ -73,14 +119,26 @@ pub fn ensure(need: Option<u64>, what: &str, shrink: &'static [Setting]) -> Resu
         ));
     };
     match available() {
-        Some(have) if need > have => Err(Error::memory(
-            format!(
-                "{what} needs {} but {} is available",
-                human(need),
-                human(have)
-            ),
-            shrink,
-        )),
+        Some(have) if need > have => {
+            // Say where the limit went when the data took part of it.
+            let data = held();
+            let note = match limit().ok().flatten() {
+                Some(cap) if data > 0 && have == cap.saturating_sub(data) => format!(
+                    " (SHADERTRAIN_MEMORY_LIMIT's {} less the {} the data holds)",
+                    human(cap),
+                    human(data)
+                ),
+                _ => String::new(),
+            };
+            Err(Error::memory(
+                format!(
+                    "{what} needs {} but {} is available{note}",
+                    human(need),
+                    human(have)
+                ),
+                shrink,
+            ))
+        }
         _ => Ok(()),
     }
 }

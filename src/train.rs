@@ -538,7 +538,7 @@ pub fn confusion_matrix(outputs: &[f32], data: &Dataset) -> Vec<Vec<u64>> {
     let no = data.outputs.max(1);
     let k = no.max(2);
     let mut c = vec![vec![0u64; k]; k];
-    for (p, y) in outputs.chunks(no).zip(data.y.chunks(no)) {
+    for (p, y) in outputs.chunks(no).zip(data.targets().chunks(no)) {
         c[class_of(y)][class_of(p)] += 1;
     }
     c

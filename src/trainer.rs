@@ -21,7 +21,7 @@
 //! ```
 
 use crate::backend::{Backend, Metric, Totals};
-use crate::checkpoint::{Checkpoint, DataFingerprint, TrainState};
+use crate::checkpoint::{Checkpoint, DataFingerprint, TrainState, ValidationSet};
 use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::error::{Error, Result, Setting};
@@ -382,6 +382,7 @@ impl Trainer {
             name: s.data.clone(),
             samples: s.samples,
             fingerprint: s.fingerprint,
+            validation: s.validation.clone(),
         });
         self.partial = Partial::Updates {
             t: ckpt.optimizer_state.t,
@@ -504,7 +505,7 @@ impl Trainer {
                 ),
             ));
         }
-        let on_data = TrainedOn::of(data);
+        let on_data = TrainedOn::of(data, val);
         if let Some(was) = &self.trained_on {
             was.check(&on_data)?;
         }
@@ -585,7 +586,7 @@ impl Trainer {
             self.backend.network().outputs(),
         )?;
         self.ensure_params()?;
-        self.trained_on = Some(TrainedOn::of(data));
+        self.trained_on = Some(TrainedOn::of(data, None));
         self.save(&path)?;
         Ok(Vec::new())
     }
@@ -720,6 +721,7 @@ impl RunMeta {
             data: self.data.name.clone(),
             samples: self.data.samples,
             fingerprint: self.data.fingerprint,
+            validation: self.data.validation.clone(),
             history: self.history.clone(),
             optimizer: self.optimizer,
             schedule: self.cfg.schedule,
@@ -735,15 +737,47 @@ struct TrainedOn {
     samples: usize,
     /// `None` from a version 1 checkpoint: only the row count is compared.
     fingerprint: Option<DataFingerprint>,
+    /// The validation set, if the run had one.
+    validation: Option<ValidationSet>,
 }
 
 impl TrainedOn {
-    fn of(data: &Dataset) -> TrainedOn {
+    fn of(data: &Dataset, val: Option<&Dataset>) -> TrainedOn {
         TrainedOn {
             name: data.name.clone(),
             samples: data.len(),
             fingerprint: Some(DataFingerprint::of(data)),
+            validation: val.map(ValidationSet::of),
         }
+    }
+
+    /// Refuses to score this run on `now`'s validation set when it was
+    /// scored on another (validation decides what early stopping keeps);
+    /// going on without one is allowed.
+    fn check_validation(&self, now: &TrainedOn) -> Result<()> {
+        let (Some(was), Some(v)) = (&self.validation, &now.validation) else {
+            return Ok(());
+        };
+        let differs = match v {
+            v if v.samples != was.samples => format!("'{}' ({} samples)", v.name, v.samples),
+            v if v.fingerprint != was.fingerprint => format!(
+                "'{}', the same {} samples but other values (fingerprint {:016x}/{:016x}, the checkpoint's {:016x}/{:016x})",
+                v.name,
+                v.samples,
+                v.fingerprint.inputs,
+                v.fingerprint.targets,
+                was.fingerprint.inputs,
+                was.fingerprint.targets
+            ),
+            _ => return Ok(()),
+        };
+        Err(Error::Data {
+            path: v.name.clone(),
+            msg: format!(
+                "the validation set is {differs}, but the resumed run was validated on '{}' ({} samples); resuming needs the same validation set",
+                was.name, was.samples
+            ),
+        })
     }
 
     /// Refuses to continue this run on `now`, other data, in one line
@@ -775,7 +809,7 @@ impl TrainedOn {
                     "{d}, but the resumed run was trained on '{name}' ({samples} samples); resuming needs the same data, validation split and normalisation"
                 ),
             }),
-            None => Ok(()),
+            None => self.check_validation(now),
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::npy_file::npy;
 use common::safetensors_header::with_header;
 use common::sample_checkpoint;
 use proptest::prelude::*;
@@ -608,6 +609,125 @@ fn idx_loader_never_panics_and_checks_sizes_before_allocating() {
                 check_dataset(&d, 10)?;
             }
             Err(e) => check_message(&e, &[&si, &sl])?,
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// NumPy arrays
+// ---------------------------------------------------------------------------
+
+/// An `.npy` pair of `rows` rows: inputs of a dtype and shape drawn, with
+/// finite values (or any bytes), and labels or float targets for 3 outputs.
+fn npy_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    let x = (
+        prop::sample::select(vec!["|u1", "<f4", ">f4", "<f8", "<i4"]),
+        1usize..6,
+        prop::sample::select(vec![vec![], vec![3], vec![2, 2]]),
+        any::<bool>(),
+    );
+    let y = (
+        prop::sample::select(vec!["<i8", "|u1", "<f4"]),
+        any::<bool>(),
+    );
+    (x, y, any::<u64>()).prop_map(|((xd, rows, inner, raw), (yd, wide), seed)| {
+        let mut shape = vec![rows];
+        shape.extend(&inner);
+        let n: usize = shape.iter().product();
+        let size = if xd.ends_with('1') {
+            1
+        } else {
+            xd[2..].parse::<usize>().unwrap()
+        };
+        let mut g = seed;
+        let mut next = || {
+            g = g
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (g >> 33) as u32
+        };
+        let xb: Vec<u8> = if raw || size == 1 || xd == "<i4" {
+            (0..n * size).map(|_| next() as u8).collect()
+        } else if size == 4 {
+            let f = |v: f32| {
+                if xd.starts_with('>') {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            (0..n).flat_map(|_| f(next() as f32 / 1e9)).collect()
+        } else {
+            (0..n)
+                .flat_map(|_| (next() as f64 / 1e9).to_le_bytes())
+                .collect()
+        };
+        let (yshape, yb): (Vec<usize>, Vec<u8>) = match yd {
+            "<i8" => (
+                vec![rows],
+                (0..rows)
+                    .flat_map(|_| i64::from(next() % 4).to_le_bytes())
+                    .collect(),
+            ),
+            "|u1" => (vec![rows], (0..rows).map(|_| (next() % 3) as u8).collect()),
+            _ if wide => (
+                vec![rows, 3],
+                (0..rows * 3)
+                    .flat_map(|_| ((next() % 2) as f32).to_le_bytes())
+                    .collect(),
+            ),
+            _ => (
+                vec![rows],
+                (0..rows)
+                    .flat_map(|_| (next() as f32).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        (npy(xd, &shape, false, &xb), npy(yd, &yshape, false, &yb))
+    })
+}
+
+fn npy_inputs() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    prop_oneof![
+        1 => (
+            proptest::collection::vec(any::<u8>(), 0..160),
+            proptest::collection::vec(any::<u8>(), 0..100),
+        ),
+        6 => (npy_pair(), mutations(), mutations()).prop_map(|((mut x, mut y), mx, my)| {
+            apply(&mut x, &mx);
+            apply(&mut y, &my);
+            (x, y)
+        }),
+    ]
+}
+
+/// Arbitrary and spoilt `.npy` pairs: no panic, one-line errors naming a
+/// file, allocation bounded by the input (a mapped array allocates nothing
+/// for its values), and a set that opens gives finite rows of its widths.
+#[test]
+fn npy_loader_never_panics_and_checks_shapes_before_allocating() {
+    let dir = Scratch::new("npy");
+    proptest!(config(2000), |((xb, yb) in npy_inputs())| {
+        let x = dir.write("x.npy", &xb);
+        let y = dir.write("y.npy", &yb);
+        let (sx, sy) = (x.display().to_string(), y.display().to_string());
+        let (r, peak) = measure(|| Dataset::from_npy(&x, &y, 3));
+        check_alloc("from_npy", peak, xb.len() + yb.len())?;
+        match r {
+            Ok(d) => {
+                prop_assert!(d.is_mapped() && !d.is_empty() && d.inputs >= 1);
+                let m = d.to_memory().unwrap();
+                prop_assert_eq!(m.x.len(), d.len() * d.inputs);
+                prop_assert_eq!(m.y.len(), d.len() * 3);
+                prop_assert!(m.x.iter().chain(&m.y).all(|v| v.is_finite()));
+                if let Task::Classification { classes } = d.task {
+                    prop_assert_eq!(classes, 3);
+                    for row in m.y.chunks(3) {
+                        prop_assert_eq!(row.iter().filter(|&&v| v == 1.0).count(), 1);
+                    }
+                }
+            }
+            Err(e) => check_message(&e, &[&sx, &sy])?,
         }
     });
 }

@@ -176,14 +176,7 @@ fn small_set(n: usize, label: &str) -> Dataset {
     for s in 0..n {
         y[s * 2 + usize::from(x[s * 3] > 0.0)] = 1.0;
     }
-    Dataset {
-        name: label.into(),
-        inputs: 3,
-        outputs: 2,
-        x,
-        y,
-        task: Task::Classification { classes: 2 },
-    }
+    Dataset::from_vecs(label, (3, 2), x, y, Task::Classification { classes: 2 }).unwrap()
 }
 
 /// 23 samples in batches of 8: two full steps and one of 7 per epoch.

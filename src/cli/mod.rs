@@ -262,6 +262,43 @@ pub fn check_outputs(
     Ok(())
 }
 
+/// Loads `source` ([`shadertrain::data::Source::load_observed`]), showing
+/// a bar of the bytes read on stderr when the load takes more than a second
+/// (a long CSV file, large `.npy` arrays being checked) and `quiet` is off.
+pub fn load_with_progress(
+    source: &shadertrain::data::Source,
+    target: Option<&str>,
+    outputs: usize,
+    seed: u64,
+    quiet: bool,
+) -> Result<shadertrain::data::Dataset> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let t0 = std::time::Instant::now();
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    let mut shown = false;
+    let data = source.load_observed(target, outputs, seed, &mut |l| {
+        if !shown && !quiet && t0.elapsed() > std::time::Duration::from_secs(1) {
+            shown = true;
+            let template = match l.total {
+                Some(_) => "loading {msg}: {bar:30} {bytes}/{total_bytes}  {elapsed}",
+                None => "loading {msg}: {bytes}  {elapsed}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message(source.shown());
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        if let Some(total) = l.total {
+            bar.set_length(total);
+        }
+        bar.set_position(l.done);
+    });
+    bar.finish_and_clear();
+    data
+}
+
 /// The files (or directories) a data argument reads, to keep outputs off them.
 pub fn files_of(source: &shadertrain::data::Source) -> Vec<&Path> {
     use shadertrain::data::Source;
@@ -269,6 +306,7 @@ pub fn files_of(source: &shadertrain::data::Source) -> Vec<&Path> {
         Source::Builtin(_) => vec![],
         Source::Csv(p) | Source::IdxDir(p) => vec![p],
         Source::IdxFiles { images, labels } => vec![images, labels],
+        Source::Npy { x, y } => vec![x, y],
     }
 }
 

@@ -25,7 +25,9 @@ use std::time::Instant;
 pub struct TrainArgs {
     /// A built-in set (spirals, xor, example), a CSV file with a header row,
     /// a directory holding MNIST-format IDX files (train-images-idx3-ubyte[.gz], …),
-    /// or an IDX images file and its labels file as IMAGES,LABELS.
+    /// an IDX images file and its labels file as IMAGES,LABELS, or NumPy
+    /// arrays as X.npy,Y.npy (inputs f32/f64/u8, integer labels or float
+    /// targets; memory-mapped, so they may be larger than memory).
     #[arg(long, default_value = "spirals")]
     data: String,
     /// CSV target column (default: the last).
@@ -131,7 +133,7 @@ pub struct TrainArgs {
     /// Hold out this fraction of the data (seeded) for validation after every epoch.
     #[arg(long, conflicts_with = "val")]
     val_split: Option<f64>,
-    /// A separate validation set (CSV file or IDX directory), scored after every epoch.
+    /// A separate validation set (as --data takes it, not a built-in), scored after every epoch.
     #[arg(long)]
     val: Option<String>,
     /// Standardise every input column with the training set's mean and standard deviation.
@@ -520,7 +522,7 @@ fn load_sets(
     resumed: Option<&Checkpoint>,
 ) -> Result<(Dataset, Option<Dataset>, Option<Standardizer>)> {
     let target = a.target.as_deref();
-    let data = source.load(target, net.outputs(), seed)?;
+    let data = super::load_with_progress(source, target, net.outputs(), seed, a.quiet)?;
     let by = match (resumed, &a.layers) {
         (Some(_), None) => "the checkpoint's network",
         _ => "--layers",
@@ -541,7 +543,7 @@ fn load_sets(
             if src.builtin().is_some() {
                 return Err(not_file());
             }
-            let v = src.load(target, net.outputs(), seed)?;
+            let v = super::load_with_progress(&src, target, net.outputs(), seed, a.quiet)?;
             src.check_fits(&v, net, by)?;
             (data, Some(v))
         }

@@ -1,10 +1,18 @@
 //! Datasets: a few built-in ones, a CSV loader, and [`Source`], which
-//! resolves where a dataset comes from (built-in, CSV, IDX) in one place.
+//! resolves where a dataset comes from (built-in, CSV, IDX, `.npy`) in one
+//! place.
 //!
 //! A [`Dataset`] is two flat row-major `f32` tables: inputs `x` of shape
 //! `(len, inputs)` and targets `y` of shape `(len, outputs)`. Class labels are
 //! one-hot encoded when the network has more than one output neuron, so `y`
 //! always has exactly the width of the network's last layer.
+//!
+//! A set read from `.npy` arrays ([`Dataset::from_npy`]) is *mapped*: its
+//! tables stay in the files and `x`, `y` are empty. Its rows are converted,
+//! one-hot encoded and standardised when a batch is gathered
+//! ([`Dataset::gather`]); a validation split or a standardisation is a list
+//! of row numbers or statistics, never a copy. Read rows of any set through
+//! [`Dataset::gather`], [`Dataset::for_each_block`] or [`Dataset::targets`].
 //!
 //! ```
 //! use shadertrain::data::{Dataset, Task};
@@ -22,18 +30,31 @@
 //! assert_eq!(&x[2..4], &d.x[0..2]);
 //! ```
 
+mod npy;
 mod source;
 pub use source::{Builtin, Recipe, Source, FILE_RECIPE};
 
+use std::borrow::Cow;
 use std::f64::consts::PI;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{quote, Error, Result, Setting};
+
+/// How far a load has come, for a progress display
+/// ([`Source::load_observed`]): bytes of the files read or checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loading {
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all, where known (not for a pipe).
+    pub total: Option<u64>,
+}
 
 /// A dataset width that does not fit a network ([`Dataset::mismatch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +78,9 @@ pub enum Task {
     Regression,
 }
 
-/// A whole dataset held in memory as two row-major tables.
+/// A dataset: two row-major tables in memory, or rows mapped from `.npy`
+/// files (see the module docs). Build one with [`Dataset::from_vecs`] or a
+/// loader.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Short name for messages: `spirals`, `xor`, `example`, or the CSV file's stem.
@@ -66,12 +89,70 @@ pub struct Dataset {
     pub inputs: usize,
     /// Width of one target row (after one-hot encoding).
     pub outputs: usize,
-    /// Inputs, `(len, inputs)` row-major.
+    /// Inputs, `(len, inputs)` row-major; empty for a mapped set.
     pub x: Vec<f32>,
-    /// Targets, `(len, outputs)` row-major.
+    /// Targets, `(len, outputs)` row-major; empty for a mapped set.
     pub y: Vec<f32>,
     /// What the targets mean.
     pub task: Task,
+    /// Where the rows live.
+    rows: Rows,
+}
+
+/// Where a [`Dataset`]'s rows live.
+#[derive(Debug, Clone)]
+enum Rows {
+    /// In `x` and `y`, counted against the memory limit by the reservation.
+    Memory(#[allow(dead_code)] crate::memory::Held),
+    /// In mapped arrays.
+    Mapped(Mapped),
+}
+
+/// Rows read from `.npy` arrays per batch.
+#[derive(Debug, Clone)]
+struct Mapped {
+    /// Inputs: `(n, ...)`, `row_len() == inputs`.
+    x: Arc<crate::npy::NpyArray>,
+    /// Targets: integer labels `(n)` or `(n, 1)`, or values `(n, outputs)`.
+    y: Arc<crate::npy::NpyArray>,
+    /// Each input value times this (1/255 for u8, as IDX).
+    scale: f32,
+    /// Integer labels one-hot over `outputs` classes (else values as they are).
+    one_hot: bool,
+    /// The arrays' rows this set holds, in its order; `None`: all, in order.
+    index: Option<Arc<[usize]>>,
+    /// Standardisations applied to the inputs, in order.
+    z: Vec<Standardizer>,
+}
+
+impl Mapped {
+    fn len(&self) -> usize {
+        self.index.as_ref().map_or(self.x.rows(), |i| i.len())
+    }
+
+    /// The arrays' row of this set's row `i`.
+    fn row(&self, i: usize) -> usize {
+        self.index.as_ref().map_or(i, |ix| ix[i])
+    }
+
+    /// Row `i` into `x` (`inputs`) and `y` (`outputs`), standardised.
+    fn read(&self, i: usize, x: &mut [f32], y: &mut [f32]) {
+        let r = self.row(i);
+        self.x.row_f32(r, self.scale, x);
+        for z in &self.z {
+            for ((v, m), s) in x.iter_mut().zip(&z.mean).zip(&z.std) {
+                *v = (*v - m) / s;
+            }
+        }
+        if self.one_hot {
+            y.fill(0.0);
+            // Labels were checked in range when the set was opened.
+            let label = self.y.int_at(r).unwrap_or_default();
+            y[label as usize] = 1.0;
+        } else {
+            self.y.row_f32(r, 1.0, y);
+        }
+    }
 }
 
 /// Turns the spirals make: t runs over [0, 3.5π].
@@ -84,6 +165,9 @@ const SPIRAL_NOISE: f64 = 0.02;
 impl Dataset {
     /// Number of samples (rows).
     pub fn len(&self) -> usize {
+        if let Rows::Mapped(m) = &self.rows {
+            return m.len();
+        }
         // Either table gives the count; a zero width gives no answer.
         self.x
             .len()
@@ -128,14 +212,86 @@ impl Dataset {
         if let Some(i) = x.iter().chain(&y).position(|v| !v.is_finite()) {
             return Err(bad(format!("value {i} is not finite")));
         }
-        Ok(Dataset {
+        Ok(Dataset::in_memory(name, (inputs, outputs), x, y, task))
+    }
+
+    /// A set of tables already checked, counted as held in memory.
+    pub(crate) fn in_memory(
+        name: &str,
+        (inputs, outputs): (usize, usize),
+        x: Vec<f32>,
+        y: Vec<f32>,
+        task: Task,
+    ) -> Dataset {
+        let bytes = (x.len() as u64 + y.len() as u64) * 4;
+        Dataset {
             name: name.into(),
             inputs,
             outputs,
             x,
             y,
             task,
-        })
+            rows: Rows::Memory(crate::memory::Held::new(bytes)),
+        }
+    }
+
+    /// Whether the rows are mapped from `.npy` files (`x` and `y` empty).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.rows, Rows::Mapped(_))
+    }
+
+    /// The same rows held in memory (a copy of a mapped set; a clone of
+    /// one in memory), refused when the memory available cannot hold them.
+    pub fn to_memory(&self) -> Result<Dataset> {
+        if !self.is_mapped() {
+            return Ok(self.clone());
+        }
+        let n = self.len();
+        let need = crate::memory::bytes(&[(n, self.inputs.saturating_add(self.outputs) * 4)]);
+        crate::memory::ensure(need, &format!("'{}' in memory", self.name), &[])?;
+        let mut x = crate::memory::zeroed(n * self.inputs, "the inputs", &[])?;
+        let mut y = crate::memory::zeroed(n * self.outputs, "the targets", &[])?;
+        let all: Vec<usize> = (0..n).collect();
+        self.gather(&all, &mut x, &mut y);
+        Ok(Dataset::in_memory(
+            &self.name,
+            (self.inputs, self.outputs),
+            x,
+            y,
+            self.task,
+        ))
+    }
+
+    /// Calls `f` with consecutive blocks of rows, in order, as
+    /// `(x (k, inputs), y (k, outputs))`: the tables themselves for a set in
+    /// memory, blocks of a few thousand rows gathered from a mapped one.
+    pub fn for_each_block(&self, mut f: impl FnMut(&[f32], &[f32])) {
+        const BLOCK: usize = 4096;
+        if !self.is_mapped() {
+            return f(&self.x, &self.y);
+        }
+        let n = self.len();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let mut idx = Vec::with_capacity(BLOCK);
+        for start in (0..n).step_by(BLOCK) {
+            idx.clear();
+            idx.extend(start..(start + BLOCK).min(n));
+            x.resize(idx.len() * self.inputs, 0.0);
+            y.resize(idx.len() * self.outputs, 0.0);
+            self.gather(&idx, &mut x, &mut y);
+            f(&x, &y);
+        }
+    }
+
+    /// Every target row, `(len, outputs)`: the table itself, or gathered
+    /// from a mapped set.
+    pub fn targets(&self) -> Cow<'_, [f32]> {
+        if !self.is_mapped() {
+            return Cow::Borrowed(&self.y);
+        }
+        let mut all = Vec::with_capacity(self.len() * self.outputs);
+        self.for_each_block(|_, y| all.extend_from_slice(y));
+        Cow::Owned(all)
     }
 
     /// Two interleaved spirals in 2-D, `n_per_class` points each, seeded
@@ -165,39 +321,30 @@ impl Dataset {
                 y.extend_from_slice(if class == 0 { &[1.0, 0.0] } else { &[0.0, 1.0] });
             }
         }
-        Dataset {
-            name: "spirals".into(),
-            inputs: 2,
-            outputs: 2,
-            x,
-            y,
-            task: Task::Classification { classes: 2 },
-        }
+        Dataset::in_memory("spirals", (2, 2), x, y, Task::Classification { classes: 2 })
     }
 
     /// The 4 XOR points, one output (0/1), `Classification { classes: 2 }`.
     pub fn xor() -> Dataset {
-        Dataset {
-            name: "xor".into(),
-            inputs: 2,
-            outputs: 1,
-            x: vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
-            y: vec![0.0, 1.0, 1.0, 0.0],
-            task: Task::Classification { classes: 2 },
-        }
+        Dataset::in_memory(
+            "xor",
+            (2, 1),
+            vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+            vec![0.0, 1.0, 1.0, 0.0],
+            Task::Classification { classes: 2 },
+        )
     }
 
     /// The single sample of the classic worked example: x=(0.05,0.10),
     /// y=(0.01,0.99), Regression, outputs 2.
     pub fn example() -> Dataset {
-        Dataset {
-            name: "example".into(),
-            inputs: 2,
-            outputs: 2,
-            x: vec![0.05, 0.10],
-            y: vec![0.01, 0.99],
-            task: Task::Regression,
-        }
+        Dataset::in_memory(
+            "example",
+            (2, 2),
+            vec![0.05, 0.10],
+            vec![0.01, 0.99],
+            Task::Regression,
+        )
     }
 
     /// Load a CSV with a header row. The target is the last column, or the
@@ -214,6 +361,17 @@ impl Dataset {
     /// for a bad row, its 1-based line (the header is line 1).
     pub fn from_csv(path: &Path, target: Option<&str>, outputs: usize) -> Result<Dataset> {
         Self::parse_csv(path, Some(target), outputs)
+    }
+
+    /// [`Dataset::from_csv`], telling `on` how many bytes it has read (every
+    /// few megabytes, and at the end).
+    pub fn from_csv_observed(
+        path: &Path,
+        target: Option<&str>,
+        outputs: usize,
+        on: &mut dyn FnMut(Loading),
+    ) -> Result<Dataset> {
+        Ok(Self::read_csv(path, Some(target), outputs, None, on)?.0)
     }
 
     /// The number of columns of a CSV file's header row.
@@ -257,24 +415,25 @@ impl Dataset {
         inputs: usize,
         outputs: usize,
     ) -> Result<(Dataset, bool)> {
-        Self::read_csv(path, Some(None), outputs, Some(inputs))
+        Self::read_csv(path, Some(None), outputs, Some(inputs), &mut |_| ())
     }
 
     /// `target`: `Some(None)` the last column, `Some(Some(name))` that
     /// column, `None` no target (every column an input, zero targets).
     fn parse_csv(path: &Path, target: Option<Option<&str>>, outputs: usize) -> Result<Dataset> {
-        Ok(Self::read_csv(path, target, outputs, None)?.0)
+        Ok(Self::read_csv(path, target, outputs, None, &mut |_| ())?.0)
     }
 
     /// [`Dataset::parse_csv`]; with `inputs_only`, a header of that many
     /// columns means no target whatever `target` says. Also says whether a
     /// target column was read. The file is read once, as a stream bounded by
-    /// the memory available ([`Bounded`]).
+    /// the memory available ([`Bounded`]), telling `on` how far it is.
     fn read_csv(
         path: &Path,
         target: Option<Option<&str>>,
         outputs: usize,
         inputs_only: Option<usize>,
+        on: &mut dyn FnMut(Loading),
     ) -> Result<(Dataset, bool)> {
         if outputs == 0 {
             return Err(Error::Invalid(
@@ -286,7 +445,7 @@ impl Dataset {
             path: shown.clone(),
             msg,
         };
-        let file = Bounded::open(path)?;
+        let file = Bounded::open(path, on)?;
         // The header is read as an ordinary record so that blank lines before
         // it are skipped the same way as blank lines between rows. Only '\n'
         // ends a record (a '\r' before it is trimmed away with the cell), and
@@ -406,14 +565,7 @@ impl Dataset {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| shown.clone());
-        let d = Dataset {
-            name,
-            inputs,
-            outputs,
-            x,
-            y,
-            task,
-        };
+        let d = Dataset::in_memory(&name, (inputs, outputs), x, y, task);
         Ok((d, target.is_some()))
     }
 
@@ -453,6 +605,16 @@ impl Dataset {
     /// caller's bug, never the user's.
     pub fn gather(&self, idx: &[usize], x: &mut [f32], y: &mut [f32]) {
         let (ni, no) = (self.inputs, self.outputs);
+        if let Rows::Mapped(m) = &self.rows {
+            for (k, &i) in idx.iter().enumerate() {
+                m.read(
+                    i,
+                    &mut x[k * ni..(k + 1) * ni],
+                    &mut y[k * no..(k + 1) * no],
+                );
+            }
+            return;
+        }
         for (k, &i) in idx.iter().enumerate() {
             x[k * ni..(k + 1) * ni].copy_from_slice(&self.x[i * ni..(i + 1) * ni]);
             y[k * no..(k + 1) * no].copy_from_slice(&self.y[i * no..(i + 1) * no]);
@@ -464,19 +626,30 @@ impl Dataset {
         matches!(self.task, Task::Classification { .. })
     }
 
-    /// The rows `idx`, in that order, as a new set named `name`.
+    /// The rows `idx`, in that order, as a new set named `name`: a copy for
+    /// a set in memory, a list of row numbers for a mapped one.
+    ///
+    /// # Panics
+    /// If an index is out of range (the caller's bug).
     pub fn subset(&self, idx: &[usize], name: &str) -> Dataset {
+        if let Rows::Mapped(m) = &self.rows {
+            assert!(
+                idx.iter().all(|&i| i < m.len()),
+                "subset index out of range"
+            );
+            let index: Arc<[usize]> = idx.iter().map(|&i| m.row(i)).collect();
+            let mut d = self.clone();
+            d.name = name.into();
+            d.rows = Rows::Mapped(Mapped {
+                index: Some(index),
+                ..m.clone()
+            });
+            return d;
+        }
         let mut x = vec![0.0; idx.len() * self.inputs];
         let mut y = vec![0.0; idx.len() * self.outputs];
         self.gather(idx, &mut x, &mut y);
-        Dataset {
-            name: name.into(),
-            inputs: self.inputs,
-            outputs: self.outputs,
-            x,
-            y,
-            task: self.task,
-        }
+        Dataset::in_memory(name, (self.inputs, self.outputs), x, y, self.task)
     }
 
     /// Splits off a validation set of `fraction` of the rows (rounded, at
@@ -527,12 +700,14 @@ impl Standardizer {
         let (n, w) = (data.len().max(1), data.inputs);
         let mut sum = vec![0.0f64; w];
         let mut sq = vec![0.0f64; w];
-        for row in data.x.chunks(w.max(1)) {
-            for ((s, q), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
-                *s += v as f64;
-                *q += (v as f64) * (v as f64);
+        data.for_each_block(|x, _| {
+            for row in x.chunks(w.max(1)) {
+                for ((s, q), &v) in sum.iter_mut().zip(&mut sq).zip(row) {
+                    *s += v as f64;
+                    *q += (v as f64) * (v as f64);
+                }
             }
-        }
+        });
         let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
         let std = sq
             .iter()
@@ -552,7 +727,8 @@ impl Standardizer {
         }
     }
 
-    /// `x ← (x − mean) / std`, column by column.
+    /// `x ← (x − mean) / std`, column by column: in place for a set in
+    /// memory, as each batch is gathered for a mapped one.
     pub fn apply(&self, data: &mut Dataset) -> Result<()> {
         if data.inputs != self.mean.len() {
             return Err(Error::Shape(format!(
@@ -560,6 +736,10 @@ impl Standardizer {
                 data.inputs,
                 self.mean.len()
             )));
+        }
+        if let Rows::Mapped(m) = &mut data.rows {
+            m.z.push(self.clone());
+            return Ok(());
         }
         for row in data.x.chunks_mut(data.inputs.max(1)) {
             for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
@@ -637,18 +817,27 @@ impl<R: BufRead> Read for PadBlankLines<R> {
 /// `SHADERTRAIN_MEMORY_LIMIT` caps): each text cell of at least two bytes
 /// becomes a 4-byte value, so a longer file's dataset could not fit. Pipes
 /// and devices are bounded the same way as regular files.
-struct Bounded {
+struct Bounded<'a> {
     file: File,
     read: u64,
     limit: Option<u64>,
+    /// The file's length, where it has one.
+    total: Option<u64>,
+    /// Told every [`Bounded::EVERY`] bytes.
+    on: &'a mut dyn FnMut(Loading),
+    told: u64,
 }
 
-impl Bounded {
-    fn open(path: &Path) -> Result<Bounded> {
+impl<'a> Bounded<'a> {
+    /// Bytes between progress reports.
+    const EVERY: u64 = 1 << 20;
+
+    fn open(path: &Path, on: &'a mut dyn FnMut(Loading)) -> Result<Bounded<'a>> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let limit = crate::memory::available().map(|a| a / 2);
-        if let (Some(limit), Ok(m)) = (limit, file.metadata()) {
-            if m.is_file() && m.len() > limit {
+        let meta = file.metadata().ok().filter(|m| m.is_file());
+        if let (Some(limit), Some(m)) = (limit, &meta) {
+            if m.len() > limit {
                 return Err(Self::too_big(path, limit));
             }
         }
@@ -656,9 +845,11 @@ impl Bounded {
             file,
             read: 0,
             limit,
+            total: meta.map(|m| m.len()),
+            on,
+            told: 0,
         })
     }
-
     fn too_big(path: &Path, limit: u64) -> Error {
         Error::memory(
             format!(
@@ -671,7 +862,7 @@ impl Bounded {
     }
 }
 
-impl Read for Bounded {
+impl Read for Bounded<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         use std::io::{Error as IoError, ErrorKind};
         let n = self.file.read(out)?;
@@ -685,6 +876,13 @@ impl Read for Bounded {
             ));
         }
         self.read += n as u64;
+        if self.read >= self.told + Self::EVERY || n == 0 {
+            self.told = self.read;
+            (self.on)(Loading {
+                done: self.read,
+                total: self.total,
+            });
+        }
         match self.limit {
             Some(limit) if self.read > limit => Err(IoError::new(
                 ErrorKind::OutOfMemory,

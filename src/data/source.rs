@@ -1,6 +1,6 @@
 //! Where a dataset comes from, resolved in one place: a built-in set, a CSV
-//! file, a directory of MNIST-format IDX files, or an IDX images file and its
-//! labels file. The command line's `--data` is a [`Source::parse`] away, and
+//! file, a directory of MNIST-format IDX files, an IDX images file and its
+//! labels file, or two `.npy` arrays (inputs and targets, mapped). The command line's `--data` is a [`Source::parse`] away, and
 //! each source knows the settings that suit it when the user gives none
 //! ([`Recipe`]).
 //!
@@ -12,7 +12,7 @@
 //! assert_eq!(data.len(), 4);
 //! ```
 
-use super::{Dataset, Width};
+use super::{Dataset, Loading, Width};
 use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Params};
 use std::path::{Path, PathBuf};
@@ -49,9 +49,18 @@ impl Builtin {
     /// The data (the spirals drawn with `seed`).
     pub fn load(self, seed: u64) -> Dataset {
         match self {
-            Builtin::Spirals => Dataset::spirals(1000, seed),
+            Builtin::Spirals => Dataset::spirals(SPIRALS_PER_CLASS, seed),
             Builtin::Xor => Dataset::xor(),
             Builtin::Example => Dataset::example(),
+        }
+    }
+
+    /// Rows and the widths of a row's inputs and targets.
+    fn shape(self) -> (usize, usize, usize) {
+        match self {
+            Builtin::Spirals => (2 * SPIRALS_PER_CLASS, 2, 2),
+            Builtin::Xor => (4, 2, 1),
+            Builtin::Example => (1, 2, 2),
         }
     }
 
@@ -75,6 +84,14 @@ impl Builtin {
     pub fn initial_params(self, net: &Network) -> Option<Params<f32>> {
         (self == Builtin::Example && *net == crate::example::network()).then(crate::example::params)
     }
+}
+
+/// Points of each spiral in the built-in set.
+const SPIRALS_PER_CLASS: usize = 1000;
+
+/// Whether a file name ends in `.npy`, in any case.
+fn is_npy(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".npy")
 }
 
 /// `IMAGES,LABELS` split at the comma where both sides are existing files
@@ -131,17 +148,40 @@ pub enum Source {
         /// Their labels.
         labels: PathBuf,
     },
+    /// Two NumPy `.npy` arrays, mapped ([`Dataset::from_npy`]).
+    Npy {
+        /// Inputs, `(n, ...)`.
+        x: PathBuf,
+        /// Targets: labels `(n)` or values `(n, outputs)`.
+        y: PathBuf,
+    },
 }
 
 impl Source {
-    /// Reads a data argument: a built-in name, a directory (IDX), `IMAGES,LABELS`
-    /// (IDX files), or a CSV file (ending in `.csv`, or any existing file).
+    /// Reads a data argument: a built-in name, a directory (IDX), `X.npy,Y.npy`
+    /// (NumPy arrays: either name ending in `.npy`), `IMAGES,LABELS` (IDX
+    /// files), or a CSV file (ending in `.csv`, or any existing file).
     pub fn parse(arg: &str) -> Result<Source> {
         if let Some(b) = Builtin::named(arg) {
             return Ok(Source::Builtin(b));
         }
         let csv_name = arg.to_ascii_lowercase().ends_with(".csv");
         let path = Path::new(arg);
+        if !path.is_file() {
+            if let Some((x, y)) = idx_pair(arg).filter(|(x, y)| is_npy(x) || is_npy(y)) {
+                return Ok(Source::Npy {
+                    x: x.into(),
+                    y: y.into(),
+                });
+            }
+        }
+        if is_npy(arg) {
+            return Err(Error::setting(
+                Setting::Data,
+                arg,
+                "is one array; give the inputs and the targets as X.npy,Y.npy",
+            ));
+        }
         if path.is_dir() {
             Ok(Source::IdxDir(path.into()))
         } else if path.is_file() {
@@ -160,7 +200,7 @@ impl Source {
                 Setting::Data,
                 arg,
                 format!(
-                    "unknown dataset (built-in: {}; a .csv file, a directory of MNIST IDX files, or IMAGES,LABELS IDX files)",
+                    "unknown dataset (built-in: {}; a .csv file, a directory of MNIST IDX files, IMAGES,LABELS IDX files, or X.npy,Y.npy arrays)",
                     names.join(", ")
                 ),
             ))
@@ -171,9 +211,10 @@ impl Source {
     pub fn shown(&self) -> String {
         match self {
             Source::Builtin(b) => b.name().to_string(),
-            Source::Csv(p) | Source::IdxDir(p) | Source::IdxFiles { images: p, .. } => {
-                p.display().to_string()
-            }
+            Source::Csv(p)
+            | Source::IdxDir(p)
+            | Source::IdxFiles { images: p, .. }
+            | Source::Npy { x: p, .. } => p.display().to_string(),
         }
     }
 
@@ -197,6 +238,20 @@ impl Source {
     /// (CSV: the `target` column, by default the last); the spirals drawn
     /// with `seed`. A `target` for anything but a CSV file is an error.
     pub fn load(&self, target: Option<&str>, outputs: usize, seed: u64) -> Result<Dataset> {
+        self.load_observed(target, outputs, seed, &mut |_| ())
+    }
+
+    /// [`Source::load`], telling `on` how far the reading of a CSV file or
+    /// the check of `.npy` arrays has come, for a progress display. A set
+    /// held in memory must fit the memory available
+    /// ([`crate::memory::available`]) and counts against it while it lives.
+    pub fn load_observed(
+        &self,
+        target: Option<&str>,
+        outputs: usize,
+        seed: u64,
+        on: &mut dyn FnMut(Loading),
+    ) -> Result<Dataset> {
         if let (Some(t), false) = (target, matches!(self, Source::Csv(_))) {
             return Err(Error::setting(
                 Setting::Target,
@@ -205,13 +260,19 @@ impl Source {
             ));
         }
         match self {
-            Source::Builtin(b) => Ok(b.load(seed)),
-            Source::Csv(path) => Dataset::from_csv(path, target, outputs),
+            Source::Builtin(b) => {
+                let (n, i, o) = b.shape();
+                let need = crate::memory::bytes(&[(n, (i + o) * 4)]);
+                crate::memory::ensure(need, &format!("the built-in set '{}'", b.name()), &[])?;
+                Ok(b.load(seed))
+            }
+            Source::Csv(path) => Dataset::from_csv_observed(path, target, outputs, on),
             Source::IdxDir(dir) => {
                 let ((images, labels), _test) = crate::idx::find_mnist(dir)?;
                 Dataset::from_idx(&images, &labels, outputs)
             }
             Source::IdxFiles { images, labels } => Dataset::from_idx(images, labels, outputs),
+            Source::Npy { x, y } => Dataset::from_npy_observed(x, y, outputs, on),
         }
     }
 
@@ -242,6 +303,7 @@ impl Source {
     pub fn check_fits(&self, data: &Dataset, net: &Network, by: &str) -> Result<()> {
         let unit = match self {
             Source::Csv(_) => "input columns",
+            Source::Npy { .. } => "values per row",
             Source::IdxDir(_) | Source::IdxFiles { .. } => "values per image",
             Source::Builtin(_) => "inputs",
         };

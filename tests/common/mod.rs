@@ -15,6 +15,7 @@ use shadertrain::train::{EpochStats, Schedule};
 use std::sync::{Arc, OnceLock};
 
 mod device_macro;
+pub mod npy_file;
 pub mod safetensors_header;
 #[allow(unused_imports)]
 pub(crate) use device_macro::test_device;
@@ -171,6 +172,7 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
                 inputs: 0x0123_4567_89ab_cdef,
                 targets: u64::MAX,
             }),
+            validation: None,
             history: (1..=2)
                 .map(|epoch| EpochStats {
                     epoch,
@@ -398,14 +400,14 @@ pub fn mnist_shaped(label: &str) -> (Dataset, Dataset) {
             }));
             y[s * classes + c] = 1.0;
         }
-        Dataset {
-            name: label.into(),
-            inputs: pixels,
-            outputs: classes,
+        Dataset::from_vecs(
+            label,
+            (pixels, classes),
             x,
             y,
-            task: Task::Classification { classes },
-        }
+            Task::Classification { classes },
+        )
+        .unwrap()
     };
     let train = make(classes * per_class);
     (train, make(200))
