@@ -61,6 +61,10 @@ pub enum Setting {
     MetricsLog,
     /// Steps between step records.
     LogEvery,
+    /// The devices of a data-parallel run.
+    Devices,
+    /// The shards a single device runs as micro-batches.
+    MicroBatches,
 }
 
 impl Setting {
@@ -93,6 +97,8 @@ impl Setting {
             Setting::LogDir => "log directory",
             Setting::MetricsLog => "metrics log",
             Setting::LogEvery => "step-record interval",
+            Setting::Devices => "devices",
+            Setting::MicroBatches => "micro-batches",
         }
     }
 }
@@ -174,6 +180,14 @@ pub enum Error {
     /// The GPU refused or failed an operation.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// One worker of a data-parallel run (a thread's device, an MPI rank) failed.
+    #[error("{}", self.render(Setting::name))]
+    Worker {
+        /// Which worker: `worker 2 (its device)`, `rank 1 of 3 (host)`.
+        worker: String,
+        /// What went wrong there.
+        source: Box<Error>,
+    },
 }
 
 /// `Result` with [`Error`].
@@ -265,6 +279,7 @@ impl Error {
                     ),
                 }
             }
+            Error::Worker { worker, source } => format!("{worker}: {}", source.render(name)),
             other => other.to_string(),
         }
     }

@@ -46,6 +46,7 @@ pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod train;
 pub mod trainer;

@@ -79,6 +79,8 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::LogDir => "--log-dir",
         Setting::MetricsLog => "--metrics-jsonl",
         Setting::LogEvery => "--log-every",
+        Setting::Devices => "--devices",
+        Setting::MicroBatches => "--micro-batches",
     }
 }
 
