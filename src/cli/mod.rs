@@ -205,6 +205,52 @@ pub fn device(backend: BackendArg, adapter: Option<&str>, threads: usize) -> Res
     })
 }
 
+/// `--devices` and `--micro-batches`: data-parallel training ([`shadertrain::parallel`]).
+#[derive(clap::Args, Clone, Default)]
+pub struct ParallelArgs {
+    /// Train data-parallel on these devices, one thread each, each taking a
+    /// contiguous shard of every batch: adapter indices or name parts as
+    /// `shadertrain devices` lists them, `cpu` for a CPU worker, or `all`.
+    /// A repeat opens another device on the same adapter (`0,0`). --batch
+    /// stays the whole batch; the result equals --micro-batches P bit for bit.
+    #[arg(long, conflicts_with = "adapter")]
+    pub devices: Option<String>,
+    /// Run each batch on one device as P micro-batches, split and summed as
+    /// --devices with P devices would: the single-device reference they equal.
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_1(), conflicts_with = "devices")]
+    pub micro_batches: Option<usize>,
+}
+
+impl ParallelArgs {
+    /// `dev` (what --backend, --adapter and --threads chose) spread as these flags ask.
+    pub fn device(&self, dev: Device, backend: BackendArg, threads: usize) -> Result<Device> {
+        if let Some(parts) = self.micro_batches {
+            return Ok(Device::MicroBatches {
+                device: Box::new(dev),
+                parts,
+            });
+        }
+        let Some(list) = &self.devices else {
+            return Ok(dev);
+        };
+        let devices = shadertrain::parallel::parse_devices(list, threads)?;
+        let cpu = |d: &Device| matches!(d, Device::Cpu { .. });
+        let refuse = |why: &str| Err(Error::setting(Setting::Devices, list, why));
+        match backend {
+            BackendArg::Cpu if !devices.iter().all(cpu) => {
+                return refuse(
+                    "names GPUs, but --backend cpu trains on the CPU; name cpu workers (cpu,cpu)",
+                )
+            }
+            BackendArg::Gpu if devices.iter().any(cpu) => {
+                return refuse("names cpu workers, but --backend gpu trains on GPUs")
+            }
+            _ => {}
+        }
+        Ok(Device::Parallel(devices))
+    }
+}
+
 /// Opens a trainer on `device` and, unless `quiet`, says why `auto` chose the CPU.
 pub fn open(
     device: &Device,

@@ -34,6 +34,8 @@ pub struct ModelArgs {
     /// CPU threads (0: one per core).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
+    #[command(flatten)]
+    parallel: super::ParallelArgs,
     /// Print JSON (eval).
     #[arg(long)]
     json: bool,
@@ -75,6 +77,7 @@ fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
         z.apply(&mut data)?;
     }
     let dev = device(m.backend, m.adapter.as_deref(), m.threads)?;
+    let dev = m.parallel.device(dev, m.backend, m.threads)?;
     let capacity = batch_size(m.batch, usize::MAX, data.len());
     let trainer = open(&dev, &net, capacity, quiet)?.model(&ckpt)?;
     Ok(Loaded {

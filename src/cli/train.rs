@@ -125,9 +125,11 @@ pub struct TrainArgs {
     /// at the first step where it is not finite (on a GPU: one small read-back per step).
     #[arg(long)]
     nan_check: bool,
-    /// CPU threads (0: one per core).
+    /// CPU threads (0: one per core; with several cpu --devices, the cores shared among them).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
+    #[command(flatten)]
+    parallel: super::ParallelArgs,
     /// Hold out this fraction of the data (seeded) for validation after every epoch.
     #[arg(long, conflicts_with = "val")]
     val_split: Option<f64>,
@@ -422,6 +424,7 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
         steps_per_epoch(cfg.batch, usize::MAX, data.len()),
     )?;
     let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
+    let dev = a.parallel.device(dev, a.backend, a.threads)?;
     let capacity = batch_size(cfg.batch, usize::MAX, data.len());
     // The optimiser first (setting one zeroes its state), then the resumed
     // state over it, then the settings the flags resolved (the checkpoint's

@@ -92,7 +92,12 @@ fn describe_workers(names: &[String]) -> String {
         .into_iter()
         .map(|(n, c)| if c > 1 { format!("{n} ×{c}") } else { n })
         .collect();
-    format!("{} data-parallel workers: {}", names.len(), list.join(", "))
+    let s = if names.len() == 1 { "" } else { "s" };
+    format!(
+        "{} data-parallel worker{s}: {}",
+        names.len(),
+        list.join(", ")
+    )
 }
 
 /// Starts worker `k` of `p` on its own thread.

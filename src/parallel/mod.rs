@@ -135,7 +135,17 @@ pub(crate) fn open(
                     },
                     d => d.clone(),
                 };
-                let (b, kind, fallback) = dev.open(net, shard_capacity(capacity, p))?;
+                // An adapter a worker cannot open was named in the device list.
+                let (b, kind, fallback) =
+                    dev.open(net, shard_capacity(capacity, p))
+                        .map_err(|e| match e {
+                            Error::Setting {
+                                setting: Setting::Adapter,
+                                value,
+                                problem,
+                            } => Error::setting(Setting::Devices, value, problem),
+                            e => e,
+                        })?;
                 kinds.push((kind, fallback));
                 Ok(b)
             })?;
@@ -156,6 +166,60 @@ pub(crate) fn open(
         kind,
         fallback,
     ))
+}
+
+/// The adapters `--devices all` opens, as indices into `adapters` (in
+/// [`crate::gpu::list_adapters`]' order): every one that can run the
+/// kernels, less software adapters when there is a hardware one (lavapipe is
+/// far slower than any GPU and would hold every step back), and less a GL
+/// adapter whose device another API also offers (one device, counted once).
+pub fn all_devices(adapters: &[crate::gpu::AdapterSummary]) -> Vec<usize> {
+    let usable = |a: &crate::gpu::AdapterSummary| a.compute;
+    let hardware = adapters.iter().any(|a| usable(a) && a.device_type != "Cpu");
+    (0..adapters.len())
+        .filter(|&i| {
+            let a = &adapters[i];
+            let twin = a.backend == "Gl"
+                && adapters
+                    .iter()
+                    .any(|b| usable(b) && b.backend != "Gl" && b.name == a.name);
+            usable(a) && !(hardware && a.device_type == "Cpu") && !twin
+        })
+        .collect()
+}
+
+/// The devices `--devices` names: `all` ([`all_devices`]) or a comma list
+/// of adapter indices or name parts and `cpu` (a CPU worker on `threads`);
+/// a repeat opens another device on the same adapter.
+pub fn parse_devices(list: &str, threads: usize) -> Result<Vec<Device>> {
+    let bad = |why: &str| Error::setting(Setting::Devices, list, why);
+    if list.trim() == "all" {
+        let adapters = crate::gpu::list_adapters();
+        let all = all_devices(&adapters);
+        if all.is_empty() {
+            return Err(bad(
+                "found no GPU adapter that can run the kernels (see `shadertrain devices`)",
+            ));
+        }
+        return Ok(all
+            .into_iter()
+            .map(|i| Device::Gpu {
+                adapter: Some(i.to_string()),
+            })
+            .collect());
+    }
+    list.split(',')
+        .map(|e| match e.trim() {
+            "" => Err(bad(
+                "has an empty entry; give indices or names separated by commas, or all",
+            )),
+            "cpu" => Ok(Device::Cpu { threads }),
+            "all" => Err(bad("mixes all with other entries")),
+            name => Ok(Device::Gpu {
+                adapter: Some(name.to_string()),
+            }),
+        })
+        .collect()
 }
 
 /// One loaded batch, shared with the workers: `x (rows, inputs)`, `y (rows, outputs)`.
