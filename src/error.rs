@@ -65,6 +65,8 @@ pub enum Setting {
     Devices,
     /// The shards a single device runs as micro-batches.
     MicroBatches,
+    /// How the processes of a distributed run talk (MPI).
+    Distributed,
 }
 
 impl Setting {
@@ -99,6 +101,7 @@ impl Setting {
             Setting::LogEvery => "step-record interval",
             Setting::Devices => "devices",
             Setting::MicroBatches => "micro-batches",
+            Setting::Distributed => "distribution",
         }
     }
 }

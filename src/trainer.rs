@@ -73,6 +73,10 @@ pub enum Device {
         /// P, the shards of each batch.
         parts: usize,
     },
+    /// This process as one rank of an MPI job (the `mpi` feature), training
+    /// on this device: the ranks of `MPI_COMM_WORLD` are the workers, rank
+    /// `k` taking shard `k` ([`crate::parallel`]).
+    Mpi(Box<Device>),
 }
 
 /// What a [`Device`] comes to on this machine.
@@ -112,7 +116,7 @@ impl Device {
                 Some(d) => return d.resolve(),
                 None => return Err(crate::parallel::no_devices()),
             },
-            Device::MicroBatches { device, .. } => return device.resolve(),
+            Device::MicroBatches { device, .. } | Device::Mpi(device) => return device.resolve(),
         })
     }
 
@@ -123,7 +127,7 @@ impl Device {
         net: &Network,
         capacity: usize,
     ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
-        if let Device::Parallel(_) | Device::MicroBatches { .. } = self {
+        if let Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_) = self {
             return crate::parallel::open(self, net, capacity);
         }
         Ok(match self.resolve()? {

@@ -188,7 +188,15 @@ struct Run {
     val: Option<Dataset>,
 }
 
-pub fn run(a: TrainArgs) -> Result<ExitCode> {
+pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
+    if let Some((rank, _)) = a.parallel.start()? {
+        if rank != 0 {
+            // Only rank 0 writes checkpoints, metrics and plots and prints.
+            (a.save, a.save_every, a.metrics, a.plot) = (None, None, None, None);
+            (a.log_dir, a.metrics_jsonl, a.quiet) = (None, None, true);
+            super::silence_stdout();
+        }
+    }
     let Run { t, net, data, val } = prepare(&a)?;
     let outputs: Vec<&std::path::Path> = [&a.save, &a.metrics, &a.plot]
         .into_iter()
@@ -419,6 +427,10 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     };
     cfg.validate()?;
     let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
+    shadertrain::parallel::check_same_data(&data, "training")?;
+    if let Some(v) = &val {
+        shadertrain::parallel::check_same_data(v, "validation")?;
+    }
     shadertrain::train::total_steps(
         cfg.epochs,
         steps_per_epoch(cfg.batch, usize::MAX, data.len()),

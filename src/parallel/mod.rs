@@ -44,6 +44,8 @@
 //! ```
 
 mod local;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 
 pub use local::{MicroBatches, Threads};
 
@@ -109,7 +111,22 @@ pub(crate) fn open(
     net: &Network,
     capacity: usize,
 ) -> Result<(WorkerBackend, Kind, Option<Fallback>)> {
-    let (group, kind, fallback): (Box<dyn Group + Send>, _, _) = match device {
+    let (group, kind, fallback) = group_for(device, net, capacity)?;
+    Ok((
+        Box::new(DataParallel::new(net, capacity, group)?),
+        kind,
+        fallback,
+    ))
+}
+
+/// The workers of a [`Device::Parallel`], [`Device::MicroBatches`] or
+/// [`Device::Mpi`], their kind, and why `Auto` chose the CPU.
+fn group_for(
+    device: &Device,
+    net: &Network,
+    capacity: usize,
+) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
+    match device {
         Device::MicroBatches { device, parts } => {
             if *parts == 0 {
                 return Err(Error::setting(
@@ -119,53 +136,118 @@ pub(crate) fn open(
                 ));
             }
             let (b, kind, fallback) = device.open(net, shard_capacity(capacity, *parts))?;
-            (Box::new(MicroBatches::new(*parts, b)), kind, fallback)
+            Ok((Box::new(MicroBatches::new(*parts, b)), kind, fallback))
         }
-        Device::Parallel(list) => {
-            if list.is_empty() {
-                return Err(no_devices());
-            }
-            let p = list.len();
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let mut kinds = Vec::with_capacity(p);
-            let group = Threads::open(p, |k| {
-                let dev = match &list[k] {
-                    Device::Cpu { threads: 0 } => Device::Cpu {
-                        threads: (cores / p).max(1),
-                    },
-                    d => d.clone(),
-                };
-                // An adapter a worker cannot open was named in the device list.
-                let (b, kind, fallback) =
-                    dev.open(net, shard_capacity(capacity, p))
-                        .map_err(|e| match e {
-                            Error::Setting {
-                                setting: Setting::Adapter,
-                                value,
-                                problem,
-                            } => Error::setting(Setting::Devices, value, problem),
-                            e => e,
-                        })?;
-                kinds.push((kind, fallback));
-                Ok(b)
-            })?;
-            let (kind, fallback) = kinds[0].clone();
-            if kinds.iter().any(|(k, _)| *k != kind) {
-                return Err(Error::setting(
-                    Setting::Devices,
-                    list.len(),
-                    "mixes CPU and GPU workers, whose updates round differently: the replicas would drift apart; use one kind",
-                ));
-            }
-            (Box::new(group), kind, fallback)
-        }
-        other => return other.open(net, capacity),
-    };
-    Ok((
-        Box::new(DataParallel::new(net, capacity, group)?),
-        kind,
-        fallback,
-    ))
+        Device::Parallel(list) => open_threads(list, net, capacity),
+        Device::Mpi(device) => open_rank(device, net, capacity),
+        _ => Err(Error::setting(
+            Setting::Devices,
+            1,
+            "names a single device; data-parallel training needs a list",
+        )),
+    }
+}
+
+/// One worker thread per device of `list`, each sized for one shard; CPU
+/// workers asked for 0 threads share the cores.
+fn open_threads(
+    list: &[Device],
+    net: &Network,
+    capacity: usize,
+) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
+    if list.is_empty() {
+        return Err(no_devices());
+    }
+    let p = list.len();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut kinds = Vec::with_capacity(p);
+    let group = Threads::open(p, |k| {
+        let dev = match &list[k] {
+            Device::Cpu { threads: 0 } => Device::Cpu {
+                threads: (cores / p).max(1),
+            },
+            d => d.clone(),
+        };
+        // An adapter a worker cannot open was named in the device list.
+        let (b, kind, fallback) =
+            dev.open(net, shard_capacity(capacity, p))
+                .map_err(|e| match e {
+                    Error::Setting {
+                        setting: Setting::Adapter,
+                        value,
+                        problem,
+                    } => Error::setting(Setting::Devices, value, problem),
+                    e => e,
+                })?;
+        kinds.push((kind, fallback));
+        Ok(b)
+    })?;
+    let (kind, fallback) = kinds[0].clone();
+    if kinds.iter().any(|(k, _)| *k != kind) {
+        return Err(Error::setting(
+            Setting::Devices,
+            list.len(),
+            "mixes CPU and GPU workers, whose updates round differently: the replicas would drift apart; use one kind",
+        ));
+    }
+    Ok((Box::new(group), kind, fallback))
+}
+
+/// This MPI rank's worker on `device`, sized for one shard.
+#[cfg(feature = "mpi")]
+fn open_rank(
+    device: &Device,
+    net: &Network,
+    capacity: usize,
+) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
+    let (_, size) = mpi::init()?;
+    let (b, kind, fallback) = device.open(net, shard_capacity(capacity, size))?;
+    Ok((Box::new(mpi::Ranks::new(b)?), kind, fallback))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn open_rank(
+    _: &Device,
+    _: &Network,
+    _: usize,
+) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
+    Err(not_built())
+}
+
+/// The refusal of MPI by a build without the `mpi` feature.
+pub fn not_built() -> Error {
+    Error::setting(
+        Setting::Distributed,
+        "mpi",
+        "needs a shadertrain built with MPI: cargo build --release --features mpi (Open MPI's libopenmpi-dev and libclang installed)",
+    )
+}
+
+/// Refuses a distributed run whose ranks loaded different data (`what`:
+/// training, validation); nothing to check in a single process.
+pub fn check_same_data(data: &crate::data::Dataset, what: &str) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if mpi::active() {
+        return mpi::check_same_data(data, what);
+    }
+    let _ = (data, what);
+    Ok(())
+}
+
+/// Waits for every rank of a distributed run (a no-op in one process).
+pub fn barrier() {
+    #[cfg(feature = "mpi")]
+    if mpi::active() {
+        mpi::barrier();
+    }
+}
+
+/// `(rank, size)` of this process in a distributed run, once it started.
+pub fn rank() -> Option<(usize, usize)> {
+    #[cfg(feature = "mpi")]
+    return mpi::rank();
+    #[cfg(not(feature = "mpi"))]
+    None
 }
 
 /// The adapters `--devices all` opens, as indices into `adapters` (in
@@ -515,6 +597,8 @@ pub struct DataParallel {
     /// The combined gradient of the last backward, or the one set.
     grads: Option<Params<f32>>,
     describe: String,
+    /// Time spent combining the shards' totals and gradients (the reduction).
+    reducing: std::time::Duration,
 }
 
 impl DataParallel {
@@ -542,7 +626,21 @@ impl DataParallel {
             totals: Totals::default(),
             grads: None,
             describe,
+            reducing: std::time::Duration::ZERO,
         })
+    }
+
+    /// `device` ([`Device::Parallel`], [`Device::MicroBatches`] or
+    /// [`Device::Mpi`]) for batches of up to `capacity` rows, as the concrete
+    /// type (to read [`DataParallel::take_reduction_seconds`]).
+    pub fn open(device: &Device, net: &Network, capacity: usize) -> Result<DataParallel> {
+        DataParallel::new(net, capacity, group_for(device, net, capacity)?.0)
+    }
+
+    /// Seconds spent combining shards (totals and gradients: the host sum,
+    /// or MPI's exchange and sum) since the last call; resets.
+    pub fn take_reduction_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.reducing).as_secs_f64()
     }
 
     /// P.
@@ -583,15 +681,19 @@ impl DataParallel {
                 _ => return Err(unexpected("a shard's totals")),
             }
         }
+        let t0 = std::time::Instant::now();
         let all = self.group.all_totals(totals)?;
         sum_totals(all, &mut self.totals);
+        self.reducing += t0.elapsed();
         Ok(grads.iter().any(Option::is_some).then_some(grads))
     }
 
     fn combine(&mut self, grads: Option<Vec<Option<Params<f32>>>>, rows: usize) -> Result<()> {
         let n = self.group.local_shards().len();
         let local = grads.unwrap_or_else(|| vec![None; n]);
+        let t0 = std::time::Instant::now();
         self.grads = Some(self.group.sum_gradients(&self.net, local, rows)?);
+        self.reducing += t0.elapsed();
         Ok(())
     }
 
