@@ -53,6 +53,11 @@ fn setup(test: &str) -> Option<(TempDir, String)> {
 /// `mpirun` for `np` ranks on this host (as root too; oversubscribed past
 /// the cores; unbound, so lavapipe's threads are not pinned to one core).
 fn mpirun(np: usize) -> Command {
+    mpirun_through(np, &[])
+}
+
+/// [`mpirun`] starting each rank as `wrapper… shadertrain`.
+fn mpirun_through(np: usize, wrapper: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--allow-run-as-root",
@@ -64,6 +69,7 @@ fn mpirun(np: usize) -> Command {
     .env("XDG_RUNTIME_DIR", std::env::temp_dir())
     // Loopback only: no probing of network interfaces.
     .env("OMPI_MCA_btl", "self,vader")
+    .args(wrapper)
     .arg(bin());
     c
 }
@@ -194,19 +200,8 @@ fn ranks_with_other_data_are_refused() {
         "rank.sh",
         "#!/bin/sh\nif [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then exec \"$@\" --normalize; else exec \"$@\"; fi\n",
     );
-    let mut c = Command::new("mpirun");
-    c.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-np",
-        "2",
-    ])
-    .env("OMPI_MCA_btl", "self,vader")
-    .args(["sh", &script])
-    .arg(bin())
-    .args(train_args(&data, "cpu", "sgd", &dir.path("x.st"), 1));
+    let mut c = mpirun_through(2, &["sh", &script]);
+    c.args(train_args(&data, "cpu", "sgd", &dir.path("x.st"), 1));
     let o = output(c);
     assert!(!o.status.success(), "{}", dump("other data", &o));
     let err = String::from_utf8_lossy(&o.stderr);
