@@ -284,3 +284,42 @@ fn mixed_devices_and_empty_lists_are_refused() {
     let e = Trainer::on(&zero, &net(), 4).err().unwrap();
     assert!(e.to_string().contains("micro-batches"), "{e}");
 }
+
+/// A worker's device lost mid-run: the next step fails within a bounded
+/// time with one error naming the worker and the loss, not a hang or a
+/// panic, and the other workers take no more jobs.
+#[test]
+fn a_lost_device_ends_the_run_naming_its_worker() {
+    if gpu_or_skip("a_lost_device_ends_the_run_naming_its_worker").is_none() {
+        return;
+    }
+    let net = net();
+    let ctxs: Vec<_> = (0..3)
+        .map(|_| shadertrain::GpuContext::new().unwrap())
+        .collect();
+    let open =
+        |k: usize| Ok(Box::new(shadertrain::GpuBackend::new(ctxs[k].clone(), &net, 3)?) as _);
+    let mut dp = DataParallel::new(&net, 7, Box::new(Threads::open(3, open).unwrap())).unwrap();
+    let (x, y) = common::batch_for(&net, 7, "device loss");
+    dp.set_params(&net.init(1)).unwrap();
+    dp.load_batch(&x, &y).unwrap();
+    dp.step(0.1).unwrap();
+    ctxs[1].device.destroy();
+    let t0 = std::time::Instant::now();
+    let e = (0..8)
+        .find_map(|_| dp.step(0.1).err())
+        .expect("a step on a lost device fails");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("worker 1 (") && msg.contains("device lost"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(t0.elapsed().as_secs() < 60, "took {:?}", t0.elapsed());
+    // Afterwards every call fails at once, naming a stopped worker.
+    let again = dp.step(0.1).unwrap_err().to_string();
+    assert!(
+        again.contains("worker 1") && again.contains("stopped"),
+        "{again}"
+    );
+}

@@ -1,4 +1,4 @@
-//! MPI ranks as the workers of a [`DataParallel`] (the `mpi` feature): one
+//! MPI ranks as the workers of a [`DataParallel`](super::DataParallel) (the `mpi` feature): one
 //! rank per GPU, or per CPU backend, each the worker of its own shard.
 //!
 //! Every rank loads the whole data set and stages every batch (the shuffle
