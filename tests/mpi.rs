@@ -256,22 +256,19 @@ fn killed_rank_ends_the_job_and_the_checkpoint_resumes() {
         killed.elapsed().as_secs_f64()
     );
     // The checkpoint resumes on one process with 3 micro-batches (another P).
-    let r = run(&[
-        "train",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--data",
-        &data,
-        "--backend",
-        "cpu",
-        "--micro-batches",
-        "3",
-        "--epochs",
-        "1000002",
-        "--quiet",
-    ]);
-    assert!(r.out.status.success(), "{}", r.dump());
+    resumes(&ckpt, &data, &["--micro-batches", "3"]);
     let _ = job.wait();
+}
+
+/// One more epoch from `ckpt` in one process, with `extra` flags, succeeds.
+fn resumes(ckpt: &Path, data: &str, extra: &[&str]) {
+    let done = shadertrain::Checkpoint::load(ckpt).unwrap().state.epoch;
+    let epochs = (done + 1).to_string();
+    let mut args = vec!["train", "--resume", ckpt.to_str().unwrap(), "--data", data];
+    args.extend(["--backend", "cpu", "--epochs", &epochs, "--quiet"]);
+    args.extend(extra);
+    let r = run(&args);
+    assert!(r.out.status.success(), "{}", r.dump());
 }
 
 /// The process under `parent` (mpirun) whose environment says it is `rank`.
@@ -333,4 +330,56 @@ fn eval_totals_combine_over_ranks() {
         "{}",
         micro.dump()
     );
+}
+
+/// SIGTERM to one rank stops every rank after the same step (the ranks
+/// agree on it in the step's status exchange): rank 0 writes that step's
+/// checkpoint and says why it stopped, and it resumes.
+#[test]
+fn a_signal_to_one_rank_stops_all_at_one_step() {
+    let Some((dir, data)) = setup("a_signal_to_one_rank_stops_all_at_one_step") else {
+        return;
+    };
+    let ckpt = dir.path("run.st");
+    let mut c = mpirun(2);
+    c.args(train_args(&data, "cpu", "momentum", &ckpt, 1_000_000))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let job = c.spawn().expect("mpirun starts");
+    let rank1 = rank_pid(job.id(), 1).expect("rank 1's process");
+    // Let it train a little first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &rank1.to_string()])
+        .status();
+    let t0 = Instant::now();
+    let o = job.wait_with_output().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "{}",
+        dump("signal", &o)
+    );
+    assert!(!o.status.success(), "{}", dump("signal", &o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("interrupted by SIGTERM after"),
+        "{}",
+        dump("signal", &o)
+    );
+    assert!(
+        err.contains("interrupted by a signal to another rank after"),
+        "{}",
+        dump("signal", &o)
+    );
+    // Both stopped after the same epoch count.
+    let epochs: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split(" after ").nth(1)?.split(" of ").next())
+        .collect();
+    assert!(
+        epochs.len() == 2 && epochs[0] == epochs[1],
+        "{}",
+        dump("signal", &o)
+    );
+    resumes(&ckpt, &data, &[]);
 }

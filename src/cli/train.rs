@@ -203,7 +203,14 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
         .filter_map(|p| p.as_deref())
         .collect();
     let interrupt = super::signals::Interrupt::install(&outputs)?;
-    let mut t = t.stop_when(interrupt.flag.clone());
+    let stop = interrupt.flag.clone();
+    // In an MPI job the ranks stop together, after the same step.
+    #[cfg(feature = "mpi")]
+    let stop = match shadertrain::parallel::rank() {
+        Some(_) => shadertrain::parallel::mpi::agree_on_stop(stop),
+        None => stop,
+    };
+    let mut t = t.stop_when(stop);
     let adapter = t.backend().describe();
     let kind = t.kind().name();
     let first = t.first_epoch();
@@ -286,7 +293,11 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
         Ok(())
     };
     reports().map_err(|e| kept_checkpoint(e, a.save.as_deref()))?;
-    match interrupt.received() {
+    // In an MPI job a rank also stops for another rank's signal.
+    let signal = interrupt
+        .received()
+        .or_else(|| t.stopped().then_some(("a signal to another rank", 130)));
+    match signal {
         Some((signal, code)) if t.stopped() => {
             let mut wrote: Vec<String> = Vec::new();
             for (what, path) in [

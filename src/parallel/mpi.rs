@@ -28,7 +28,8 @@ use mpi::datatype::PartitionMut;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The MPI environment, from [`init`] to [`finalize`].
 static UNIVERSE: Mutex<Option<mpi::environment::Universe>> = Mutex::new(None);
@@ -36,6 +37,25 @@ static UNIVERSE: Mutex<Option<mpi::environment::Universe>> = Mutex::new(None);
 /// The start of the message a rank gives when another rank failed: that
 /// rank prints the cause, so the command line stays quiet about this one.
 pub const PEER_FAILED: &str = "stopped because another rank failed";
+
+/// The interrupt flag of this rank (set by its signal handler) and the flag
+/// all ranks agree on ([`agree_on_stop`]).
+type StopFlags = (Arc<AtomicBool>, Arc<AtomicBool>);
+static STOP: Mutex<Option<StopFlags>> = Mutex::new(None);
+
+/// A stop flag every rank sees set after the same step: `local` (this
+/// rank's interrupt) travels with each step's status exchange, and the
+/// returned flag is set on every rank once any rank's `local` was. Give it
+/// to [`crate::Trainer::stop_when`], so that an interrupted job stops all
+/// its ranks at one step and rank 0 writes that step's checkpoint, instead
+/// of one rank waiting for another that already stopped.
+pub fn agree_on_stop(local: Arc<AtomicBool>) -> Arc<AtomicBool> {
+    let agreed = Arc::new(AtomicBool::new(false));
+    if let Ok(mut s) = STOP.lock() {
+        *s = Some((local, agreed.clone()));
+    }
+    agreed
+}
 
 /// Starts MPI once for the process (serialized threading: only the
 /// training thread calls it); `(rank, size)`.
@@ -144,17 +164,25 @@ impl Ranks {
 
     /// Every rank learns whether every rank succeeded; an error names the
     /// rank: this one's cause, or which other rank failed.
+    /// The exchange also carries each rank's interrupt ([`agree_on_stop`]).
     fn agree<T>(&self, local: Result<T>) -> Result<T> {
-        let ok = [u8::from(local.is_ok())];
+        let stop = STOP.lock().ok().and_then(|s| s.clone());
+        let interrupted = stop.as_ref().is_some_and(|(l, _)| l.load(Ordering::SeqCst));
+        let status = [u8::from(local.is_ok()) | u8::from(interrupted) << 1];
         let mut all = vec![0u8; self.size];
-        self.world().all_gather_into(&ok[..], &mut all[..]);
+        self.world().all_gather_into(&status[..], &mut all[..]);
+        if let Some((_, agreed)) = &stop {
+            if all.iter().any(|s| s & 2 != 0) {
+                agreed.store(true, Ordering::SeqCst);
+            }
+        }
         let who = |r: usize| format!("rank {r} of {}", self.size);
         match local {
             Err(e) => Err(Error::Worker {
                 worker: who(self.rank),
                 source: Box::new(e),
             }),
-            Ok(v) => match all.iter().position(|&s| s == 0) {
+            Ok(v) => match all.iter().position(|&s| s & 1 == 0) {
                 Some(r) => Err(Error::Worker {
                     worker: who(r),
                     source: Box::new(Error::Invalid(PEER_FAILED.into())),
