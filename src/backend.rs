@@ -108,6 +108,11 @@ pub trait Backend {
     /// (plain SGD: `p −= lr · ∂L/∂p`); counts one update.
     fn update(&mut self, lr: f32) -> Result<()>;
 
+    /// Replace the gradients that [`Backend::update`] applies, `g` in the
+    /// parameter layout: a data-parallel run uploads the sum of its shards'
+    /// gradients ([`crate::parallel`]) and then updates as usual.
+    fn set_gradients(&mut self, g: &Params<Self::Scalar>) -> Result<()>;
+
     /// Train with `opt` from now on; its state starts at zero and the update
     /// count `t` at 0. An invalid `opt` is an error ([`Optimizer::validate`]).
     fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()>;
@@ -184,6 +189,18 @@ pub fn check_batch(net: &Network, capacity: usize, x_len: usize, y_len: usize) -
         )));
     }
     Ok(batch)
+}
+
+/// Checks that `p` belongs to `net` (parameters or gradients given to a backend).
+pub fn check_params<T: Real>(net: &Network, p: &Params<T>) -> Result<()> {
+    if p.network() != net {
+        return Err(Error::Shape(format!(
+            "parameters for {} given to a {} backend",
+            p.network().describe(),
+            net.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks an activation or delta layer index: `lo..=L`.

@@ -61,6 +61,12 @@ pub enum Setting {
     MetricsLog,
     /// Steps between step records.
     LogEvery,
+    /// The devices of a data-parallel run.
+    Devices,
+    /// The shards a single device runs as micro-batches.
+    MicroBatches,
+    /// How the processes of a distributed run talk (MPI).
+    Distributed,
 }
 
 impl Setting {
@@ -93,6 +99,9 @@ impl Setting {
             Setting::LogDir => "log directory",
             Setting::MetricsLog => "metrics log",
             Setting::LogEvery => "step-record interval",
+            Setting::Devices => "devices",
+            Setting::MicroBatches => "micro-batches",
+            Setting::Distributed => "distribution",
         }
     }
 }
@@ -174,6 +183,14 @@ pub enum Error {
     /// The GPU refused or failed an operation.
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// One worker of a data-parallel run (a thread's device, an MPI rank) failed.
+    #[error("{}", self.render(Setting::name))]
+    Worker {
+        /// Which worker: `worker 2 (its device)`, `rank 1 of 3 (host)`.
+        worker: String,
+        /// What went wrong there.
+        source: Box<Error>,
+    },
 }
 
 /// `Result` with [`Error`].
@@ -265,6 +282,7 @@ impl Error {
                     ),
                 }
             }
+            Error::Worker { worker, source } => format!("{worker}: {}", source.render(name)),
             other => other.to_string(),
         }
     }

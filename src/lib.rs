@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod network;
 pub mod npy;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod train;
 pub mod trainer;

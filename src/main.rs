@@ -73,10 +73,39 @@ fn main() -> ExitCode {
         Cmd::Devices { json } => cli::info::devices(json).map(|()| ExitCode::SUCCESS),
     };
     match run {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", cli::message(&e));
-            ExitCode::FAILURE
+        Ok(code) => {
+            #[cfg(feature = "mpi")]
+            shadertrain::parallel::mpi::finalize();
+            code
         }
+        Err(e) => failed(&e),
     }
+}
+
+/// Prints the one error line. In an MPI job the line names the rank; a
+/// failure every rank learned of (in a step) ends each rank normally, the
+/// failed one alone saying why; any other ends the whole job at once, so
+/// no rank waits for one that has stopped.
+fn failed(e: &shadertrain::Error) -> ExitCode {
+    #[cfg(feature = "mpi")]
+    if let Some((rank, size)) = shadertrain::parallel::rank() {
+        use shadertrain::parallel::mpi;
+        let agreed =
+            matches!(e, shadertrain::Error::Worker { worker, .. } if worker.starts_with("rank "));
+        let line = cli::message(e);
+        if !line.ends_with(mpi::PEER_FAILED) {
+            if agreed {
+                eprintln!("error: {line}");
+            } else {
+                eprintln!("error: rank {rank} of {size}: {line}");
+            }
+        }
+        if agreed {
+            mpi::finalize();
+            return ExitCode::FAILURE;
+        }
+        mpi::abort(1);
+    }
+    eprintln!("error: {}", cli::message(e));
+    ExitCode::FAILURE
 }

@@ -59,6 +59,24 @@ pub enum Device {
         /// The adapter's index or part of its name; `None` for the best.
         adapter: Option<String>,
     },
+    /// Data-parallel over these devices, one worker thread each
+    /// ([`crate::parallel`]): a GPU listed twice opens two devices on it,
+    /// each from its own wgpu instance. All GPUs or all CPUs: their updates
+    /// round alike only on one kind.
+    Parallel(Vec<Device>),
+    /// One device running every batch as `parts` micro-batches in shard
+    /// order: the reference that [`Device::Parallel`] over `parts` devices
+    /// equals bit for bit.
+    MicroBatches {
+        /// The device.
+        device: Box<Device>,
+        /// P, the shards of each batch.
+        parts: usize,
+    },
+    /// This process as one rank of an MPI job (the `mpi` feature), training
+    /// on this device: the ranks of `MPI_COMM_WORLD` are the workers, rank
+    /// `k` taking shard `k` ([`crate::parallel`]).
+    Mpi(Box<Device>),
 }
 
 /// What a [`Device`] comes to on this machine.
@@ -75,7 +93,8 @@ pub enum Resolved {
 }
 
 impl Device {
-    /// Finds the device: opens the GPU it names, or decides for the CPU.
+    /// Finds the device: opens the GPU it names, or decides for the CPU (for
+    /// several devices, the first).
     pub fn resolve(&self) -> Result<Resolved> {
         let cpu = |threads, why| Resolved::Cpu {
             threads,
@@ -93,6 +112,35 @@ impl Device {
                 Ok(ctx) => cpu(*threads, Fallback::SoftwareGpu(ctx.describe())),
                 Err(e) => cpu(*threads, Fallback::NoGpu(e.to_string())),
             },
+            Device::Parallel(list) => match list.first() {
+                Some(d) => return d.resolve(),
+                None => return Err(crate::parallel::no_devices()),
+            },
+            Device::MicroBatches { device, .. } | Device::Mpi(device) => return device.resolve(),
+        })
+    }
+
+    /// Opens the backend for `net` and batches up to `capacity`; its kind,
+    /// and why `Auto` chose the CPU.
+    pub(crate) fn open(
+        &self,
+        net: &Network,
+        capacity: usize,
+    ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
+        if let Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_) = self {
+            return crate::parallel::open(self, net, capacity);
+        }
+        Ok(match self.resolve()? {
+            Resolved::Cpu { threads, fallback } => (
+                Box::new(FastCpuBackend::new(net, capacity, threads)?),
+                Kind::Cpu,
+                fallback,
+            ),
+            Resolved::Gpu(ctx) => (
+                Box::new(GpuBackend::new(ctx, net, capacity)?),
+                Kind::Gpu,
+                None,
+            ),
         })
     }
 }
@@ -207,19 +255,7 @@ impl Trainer {
 
     /// On `device`, with buffers for batches of up to `capacity` samples.
     pub fn on(device: &Device, net: &Network, capacity: usize) -> Result<Trainer> {
-        let (backend, kind, fallback): (Box<dyn Backend<Scalar = f32>>, _, _) =
-            match device.resolve()? {
-                Resolved::Cpu { threads, fallback } => (
-                    Box::new(FastCpuBackend::new(net, capacity, threads)?),
-                    Kind::Cpu,
-                    fallback,
-                ),
-                Resolved::Gpu(ctx) => (
-                    Box::new(GpuBackend::new(ctx, net, capacity)?),
-                    Kind::Gpu,
-                    None,
-                ),
-            };
+        let (backend, kind, fallback) = device.open(net, capacity)?;
         let mut t = Trainer::new(backend);
         t.kind = kind;
         t.fallback = fallback;

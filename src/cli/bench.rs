@@ -10,6 +10,8 @@ use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Network, Params};
+use shadertrain::parallel::DataParallel;
+use shadertrain::trainer::Device;
 use shadertrain::{Error, Result};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +85,148 @@ pub struct BenchArgs {
     /// Print one JSON object per backend, one per line.
     #[arg(long)]
     json: bool,
+    /// With --devices LIST: the data-parallel step on the first 1, 2, …, P
+    /// devices of the list (alternated, 3 rounds), with speedup, scaling
+    /// efficiency and the reduction's share; under mpirun, the ranks against one.
+    #[command(flatten)]
+    parallel: super::ParallelArgs,
+}
+
+/// One worker count's result of `bench --devices` or `bench` under mpirun.
+#[derive(serde::Serialize)]
+struct ScalingRow {
+    workers: usize,
+    adapter: String,
+    layers: Vec<usize>,
+    batch: usize,
+    steps: usize,
+    /// Median over rounds of each round's median step.
+    ms_per_step_median: f64,
+    samples_per_s: f64,
+    /// One worker's step time over this one's.
+    speedup: f64,
+    /// `speedup / workers`.
+    efficiency: f64,
+    /// Milliseconds per step combining the shards (totals and gradients).
+    reduction_ms: f64,
+    /// `reduction_ms / ms_per_step_median`.
+    reduction_share: f64,
+}
+
+/// Times `dev`'s data-parallel step: the medians of `rounds` runs of the
+/// timed steps, and the reduction's milliseconds per step.
+fn time_parallel(
+    b: &mut DataParallel,
+    a: &BenchArgs,
+    params: &Params<f32>,
+    batch: (&[f32], &[f32]),
+    steps: usize,
+) -> Result<(f64, f64)> {
+    b.take_reduction_seconds();
+    let (t, _) = bench::time_steps(b, params, batch, a.lr, a.warmup, steps)?;
+    let per_step = b.take_reduction_seconds() * 1e3 / (a.warmup + steps) as f64;
+    Ok((t.median(), per_step))
+}
+
+/// `bench --devices LIST` (or under mpirun): the scaling table.
+fn scaling(
+    a: &BenchArgs,
+    net: &Network,
+    batch: usize,
+    steps: usize,
+    params: &Params<f32>,
+    (x, y): (&[f32], &[f32]),
+) -> Result<()> {
+    let device = match a.backend {
+        BenchBackend::Cpu => Device::Cpu { threads: a.threads },
+        BenchBackend::Gpu => Device::Gpu {
+            adapter: a.adapter.clone(),
+        },
+        BenchBackend::Both => Device::Auto { threads: a.threads },
+    };
+    // Candidates: P = 1..=n over a prefix of the list, or one worker against the ranks.
+    let mut runs: Vec<(usize, DataParallel)> = Vec::new();
+    let rank = shadertrain::parallel::rank();
+    match (rank, &a.parallel.devices) {
+        (Some((r, size)), _) => {
+            // The single-worker baseline runs on rank 0 alone, before the ranks run.
+            if r == 0 {
+                let one = Device::Parallel(vec![device.clone()]);
+                runs.push((1, DataParallel::open(&one, net, batch)?));
+            }
+            runs.push((
+                size,
+                DataParallel::open(&Device::Mpi(Box::new(device)), net, batch)?,
+            ));
+        }
+        (None, Some(list)) => {
+            let list = shadertrain::parallel::parse_devices(list, a.threads)?;
+            for p in 1..=list.len() {
+                let dev = Device::Parallel(list[..p].to_vec());
+                runs.push((p, DataParallel::open(&dev, net, batch)?));
+            }
+        }
+        (None, None) => return Ok(()),
+    }
+    const ROUNDS: usize = 3;
+    let mut ms = vec![Vec::new(); runs.len()];
+    let mut red = vec![Vec::new(); runs.len()];
+    for _ in 0..ROUNDS {
+        for (i, (p, b)) in runs.iter_mut().enumerate() {
+            if rank.is_some() && *p > 1 {
+                shadertrain::parallel::barrier();
+            }
+            let (m, r) = time_parallel(b, a, params, (x, y), steps)?;
+            ms[i].push(m);
+            red[i].push(r);
+        }
+    }
+    if rank.is_some_and(|(r, _)| r != 0) {
+        return Ok(());
+    }
+    let median = |v: &[f64]| bench::Timing { ms: v.to_vec() }.median();
+    let base = median(&ms[0]);
+    for (i, (p, b)) in runs.iter().enumerate() {
+        let m = median(&ms[i]);
+        let speedup = base / m;
+        let r = median(&red[i]);
+        let row = ScalingRow {
+            workers: *p,
+            adapter: b.describe(),
+            layers: net.sizes().to_vec(),
+            batch,
+            steps,
+            ms_per_step_median: m,
+            samples_per_s: batch as f64 / (m / 1e3),
+            speedup,
+            efficiency: speedup / *p as f64,
+            reduction_ms: r,
+            reduction_share: r / m,
+        };
+        if a.json {
+            outln!("{}", serde_json::to_string(&row).unwrap_or_default());
+        } else {
+            outln!(
+                "P={:<2} {:>10.3} ms/step  {:>12.0} samples/s  speedup {:>5.2}x  efficiency {:>5.1}%  reduction {:.3} ms ({:.1}%)  [{}]",
+                row.workers,
+                row.ms_per_step_median,
+                row.samples_per_s,
+                row.speedup,
+                100.0 * row.efficiency,
+                row.reduction_ms,
+                100.0 * row.reduction_share,
+                row.adapter
+            );
+        }
+    }
+    if !a.json {
+        outln!(
+            "network {} batch {batch}, {steps} timed steps after {} warm-up, median of {ROUNDS} alternated rounds",
+            net.describe(),
+            a.warmup
+        );
+    }
+    Ok(())
 }
 
 /// One kernel dispatch's share of a profiled step.
@@ -148,6 +292,17 @@ struct BenchRow {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    refuse_unused(
+        "--micro-batches",
+        a.parallel.micro_batches.is_some(),
+        false,
+        "train, eval and predict",
+        "bench (whose --devices times 1..P workers)",
+    )?;
+    let distributed = a.parallel.start()?;
+    if distributed.is_some_and(|(r, _)| r != 0) {
+        super::silence_stdout();
+    }
     let on_gpu = a.backend != BenchBackend::Cpu;
     for (flag, given) in [
         ("--kernels", a.kernels != KernelsArg::Auto),
@@ -184,6 +339,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let params = net.init(a.seed);
     let (x, y) = bench::random_batch(&net, batch, a.seed)?;
     let flops = bench::flops_per_step(&net, batch);
+    if distributed.is_some() || a.parallel.devices.is_some() {
+        return scaling(&a, &net, batch, steps, &params, (&x, &y));
+    }
     let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
     let mut rows: Vec<(BenchRow, Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.

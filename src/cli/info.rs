@@ -81,11 +81,18 @@ pub fn example(a: ExampleArgs) -> Result<()> {
 
 pub fn devices(json: bool) -> Result<()> {
     let list = list_adapters();
+    let all = shadertrain::parallel::all_devices(&list);
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        // Each adapter as listed, with whether `--devices all` opens it.
+        let mut v = serde_json::to_value(&list).unwrap_or_default();
+        if let Some(items) = v.as_array_mut() {
+            for (i, item) in items.iter_mut().enumerate() {
+                if let Some(o) = item.as_object_mut() {
+                    o.insert("in_all".into(), all.contains(&i).into());
+                }
+            }
+        }
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
     if list.is_empty() {
@@ -115,6 +122,11 @@ pub fn devices(json: bool) -> Result<()> {
     match GpuContext::new() {
         Ok(ctx) => outln!("chosen: {}", ctx.describe()),
         Err(e) => outln!("chosen: none ({e})"),
+    }
+    let all: Vec<String> = all.iter().map(|i| i.to_string()).collect();
+    match all.as_slice() {
+        [] => outln!("--devices all: none (no adapter here can run the kernels)"),
+        _ => outln!("--devices all: {} (each usable adapter once; software ones only when there is no hardware GPU)", all.join(",")),
     }
     Ok(())
 }

@@ -79,6 +79,9 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::LogDir => "--log-dir",
         Setting::MetricsLog => "--metrics-jsonl",
         Setting::LogEvery => "--log-every",
+        Setting::Devices => "--devices",
+        Setting::MicroBatches => "--micro-batches",
+        Setting::Distributed => "--distributed",
     }
 }
 
@@ -201,6 +204,150 @@ pub fn device(backend: BackendArg, adapter: Option<&str>, threads: usize) -> Res
         },
         (BackendArg::Auto, None) => Device::Auto { threads },
     })
+}
+
+/// `--devices` and `--micro-batches`: data-parallel training ([`shadertrain::parallel`]).
+#[derive(clap::Args, Clone, Default)]
+pub struct ParallelArgs {
+    /// Train data-parallel on these devices, one thread each, each taking a
+    /// contiguous shard of every batch: adapter indices or name parts as
+    /// `shadertrain devices` lists them, `cpu` for a CPU worker, or `all`.
+    /// A repeat opens another device on the same adapter (`0,0`). --batch
+    /// stays the whole batch; the result equals --micro-batches P bit for bit.
+    #[arg(long, conflicts_with = "adapter")]
+    pub devices: Option<String>,
+    /// Run each batch on one device as P micro-batches, split and summed as
+    /// --devices with P devices would: the single-device reference they equal.
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_1(), conflicts_with = "devices")]
+    pub micro_batches: Option<usize>,
+    /// Train as one rank of an MPI job (`mpirun -np N shadertrain train …`,
+    /// one rank per GPU, or per CPU backend): auto when a launcher started
+    /// this process; needs a build with --features mpi.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub distributed: DistributedArg,
+}
+
+/// `--distributed`.
+#[derive(Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DistributedArg {
+    /// MPI when an MPI launcher (mpirun, srun) started this process.
+    #[default]
+    Auto,
+    /// One rank of an MPI job.
+    Mpi,
+    /// A single process, even under a launcher (every rank trains alone).
+    None,
+}
+
+impl ParallelArgs {
+    /// Whether this run is one rank of an MPI job; starts MPI if so and
+    /// returns `(rank, size)`. Under a launcher, a build without MPI refuses
+    /// rather than letting every rank train and write alone.
+    pub fn start(&self) -> Result<Option<(usize, usize)>> {
+        let launcher = launched();
+        let mpi = match self.distributed {
+            DistributedArg::None => false,
+            DistributedArg::Mpi => true,
+            DistributedArg::Auto => launcher.is_some(),
+        };
+        if !mpi {
+            return Ok(None);
+        }
+        if self.devices.is_some() || self.micro_batches.is_some() {
+            return Err(Error::setting(
+                Setting::Distributed,
+                "mpi",
+                "gives each rank one device (one rank per GPU); --devices and --micro-batches are for a single process",
+            ));
+        }
+        #[cfg(feature = "mpi")]
+        return shadertrain::parallel::mpi::init().map(Some);
+        #[cfg(not(feature = "mpi"))]
+        Err(match launcher {
+            Some(var) => Error::setting(
+                Setting::Distributed,
+                "auto",
+                format!("found an MPI launcher ({var}), but this shadertrain was built without MPI: cargo build --release --features mpi, or --distributed none to let every rank train alone"),
+            ),
+            None => shadertrain::parallel::not_built(),
+        })
+    }
+
+    /// `dev` (what --backend, --adapter and --threads chose) spread as these
+    /// flags ask; in an MPI job ([`ParallelArgs::start`] said so), this rank's
+    /// device: with no --adapter, the host's GPUs (`--devices all`) dealt
+    /// out by the rank's local index.
+    pub fn device(&self, dev: Device, backend: BackendArg, threads: usize) -> Result<Device> {
+        if shadertrain::parallel::rank().is_some() {
+            let dev = match dev {
+                Device::Gpu { adapter: None } | Device::Auto { .. }
+                    if backend != BackendArg::Cpu =>
+                {
+                    let adapters = shadertrain::gpu::list_adapters();
+                    let all = shadertrain::parallel::all_devices(&adapters);
+                    let hardware = all.iter().any(|&i| adapters[i].device_type != "Cpu");
+                    match all.get(local_rank() % all.len().max(1)) {
+                        Some(i) if hardware || backend == BackendArg::Gpu => Device::Gpu {
+                            adapter: Some(i.to_string()),
+                        },
+                        _ => dev,
+                    }
+                }
+                d => d,
+            };
+            return Ok(Device::Mpi(Box::new(dev)));
+        }
+        if let Some(parts) = self.micro_batches {
+            return Ok(Device::MicroBatches {
+                device: Box::new(dev),
+                parts,
+            });
+        }
+        let Some(list) = &self.devices else {
+            return Ok(dev);
+        };
+        let devices = shadertrain::parallel::parse_devices(list, threads)?;
+        let cpu = |d: &Device| matches!(d, Device::Cpu { .. });
+        let refuse = |why: &str| Err(Error::setting(Setting::Devices, list, why));
+        match backend {
+            BackendArg::Cpu if !devices.iter().all(cpu) => {
+                return refuse(
+                    "names GPUs, but --backend cpu trains on the CPU; name cpu workers (cpu,cpu)",
+                )
+            }
+            BackendArg::Gpu if devices.iter().any(cpu) => {
+                return refuse("names cpu workers, but --backend gpu trains on GPUs")
+            }
+            _ => {}
+        }
+        Ok(Device::Parallel(devices))
+    }
+}
+
+/// The MPI launcher's variable that marks this process as a rank, if any.
+fn launched() -> Option<String> {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().map(|val| format!("{v}={val}")))
+}
+
+/// This rank's index among the ranks of its host (0 if the launcher does not say).
+fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+        "PMIX_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0)
+}
+
+/// Ranks other than 0 of an MPI job write nothing and print nothing but
+/// their own failure: stdout is treated as closed from here on.
+pub fn silence_stdout() {
+    STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Opens a trainer on `device` and, unless `quiet`, says why `auto` chose the CPU.

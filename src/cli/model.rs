@@ -34,6 +34,8 @@ pub struct ModelArgs {
     /// CPU threads (0: one per core).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
+    #[command(flatten)]
+    parallel: super::ParallelArgs,
     /// Print JSON (eval).
     #[arg(long)]
     json: bool,
@@ -60,6 +62,12 @@ struct Loaded {
 
 /// `inputs_only_ok`: a CSV of the model's input columns alone is data (predict).
 fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
+    let rank = m.parallel.start()?;
+    if rank.is_some_and(|(r, _)| r != 0) {
+        // Only rank 0 prints and writes.
+        super::silence_stdout();
+    }
+    let quiet = quiet || rank.is_some_and(|(r, _)| r != 0);
     let ckpt = Checkpoint::load(&m.model)?;
     let net = ckpt.params.network().clone();
     let source = Source::parse(&m.data)?;
@@ -74,7 +82,9 @@ fn load(m: &ModelArgs, inputs_only_ok: bool, quiet: bool) -> Result<Loaded> {
     if let Some(z) = &ckpt.standardizer {
         z.apply(&mut data)?;
     }
+    shadertrain::parallel::check_same_data(&data, "evaluation")?;
     let dev = device(m.backend, m.adapter.as_deref(), m.threads)?;
+    let dev = m.parallel.device(dev, m.backend, m.threads)?;
     let capacity = batch_size(m.batch, usize::MAX, data.len());
     let trainer = open(&dev, &net, capacity, quiet)?.model(&ckpt)?;
     Ok(Loaded {

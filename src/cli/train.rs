@@ -127,9 +127,11 @@ pub struct TrainArgs {
     /// at the first step where it is not finite (on a GPU: one small read-back per step).
     #[arg(long)]
     nan_check: bool,
-    /// CPU threads (0: one per core).
+    /// CPU threads (0: one per core; with several cpu --devices, the cores shared among them).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0, value_parser = super::threads())]
     threads: usize,
+    #[command(flatten)]
+    parallel: super::ParallelArgs,
     /// Hold out this fraction of the data (seeded) for validation after every epoch.
     #[arg(long, conflicts_with = "val")]
     val_split: Option<f64>,
@@ -188,14 +190,29 @@ struct Run {
     val: Option<Dataset>,
 }
 
-pub fn run(a: TrainArgs) -> Result<ExitCode> {
+pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
+    if let Some((rank, _)) = a.parallel.start()? {
+        if rank != 0 {
+            // Only rank 0 writes checkpoints, metrics and plots and prints.
+            (a.save, a.save_every, a.metrics, a.plot) = (None, None, None, None);
+            (a.log_dir, a.metrics_jsonl, a.quiet) = (None, None, true);
+            super::silence_stdout();
+        }
+    }
     let Run { t, net, data, val } = prepare(&a)?;
     let outputs: Vec<&std::path::Path> = [&a.save, &a.metrics, &a.plot]
         .into_iter()
         .filter_map(|p| p.as_deref())
         .collect();
     let interrupt = super::signals::Interrupt::install(&outputs)?;
-    let mut t = t.stop_when(interrupt.flag.clone());
+    let stop = interrupt.flag.clone();
+    // In an MPI job the ranks stop together, after the same step.
+    #[cfg(feature = "mpi")]
+    let stop = match shadertrain::parallel::rank() {
+        Some(_) => shadertrain::parallel::mpi::agree_on_stop(stop),
+        None => stop,
+    };
+    let mut t = t.stop_when(stop);
     let adapter = t.backend().describe();
     let kind = t.kind().name();
     let first = t.first_epoch();
@@ -278,7 +295,11 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         Ok(())
     };
     reports().map_err(|e| kept_checkpoint(e, a.save.as_deref()))?;
-    match interrupt.received() {
+    // In an MPI job a rank also stops for another rank's signal.
+    let signal = interrupt
+        .received()
+        .or_else(|| t.stopped().then_some(("a signal to another rank", 130)));
+    match signal {
         Some((signal, code)) if t.stopped() => {
             let mut wrote: Vec<String> = Vec::new();
             for (what, path) in [
@@ -419,11 +440,16 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     };
     cfg.validate()?;
     let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
+    shadertrain::parallel::check_same_data(&data, "training")?;
+    if let Some(v) = &val {
+        shadertrain::parallel::check_same_data(v, "validation")?;
+    }
     shadertrain::train::total_steps(
         cfg.epochs,
         steps_per_epoch(cfg.batch, usize::MAX, data.len()),
     )?;
     let dev = device(a.backend, a.adapter.as_deref(), a.threads)?;
+    let dev = a.parallel.device(dev, a.backend, a.threads)?;
     let capacity = batch_size(cfg.batch, usize::MAX, data.len());
     // The optimiser first (setting one zeroes its state), then the resumed
     // state over it, then the settings the flags resolved (the checkpoint's

@@ -244,6 +244,12 @@ macro_rules! shared_backend_methods {
         fn read_gradients(&mut self) -> $crate::Result<$crate::network::Params<$T>> {
             Ok(self.$($field).+.grads.clone())
         }
+
+        fn set_gradients(&mut self, g: &$crate::network::Params<$T>) -> $crate::Result<()> {
+            $crate::backend::check_params(&self.$($field).+.net, g)?;
+            self.$($field).+.grads.data.copy_from_slice(&g.data);
+            Ok(())
+        }
     };
 }
 pub(crate) use shared_backend_methods;

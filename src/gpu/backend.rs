@@ -594,6 +594,14 @@ impl Backend for GpuBackend {
         self.flush()
     }
 
+    fn set_gradients(&mut self, g: &Params<f32>) -> Result<()> {
+        crate::backend::check_params(&self.net, g)?;
+        // Queue writes land before the next submit, so recorded work must go first.
+        self.flush()?;
+        (self.ctx.queue).write_buffer(&self.buf.grads, 0, bytemuck::cast_slice(&g.data));
+        Ok(())
+    }
+
     fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
         opt.validate()?;
         // Recorded work runs with the old buffers.
