@@ -6,6 +6,9 @@
 //! neuron; every activation and both losses. Outputs start poisoned with NaN
 //! (see `gpu::runner`), so an element a kernel never wrote fails, and every
 //! comparison is `abs + rel·|ref|` and names where and by how much.
+//! Every set runs twice, its modules built with naga's runtime checks and
+//! without (the default; `GpuOptions::checked`), set through the library so
+//! that no test depends on `SHADERTRAIN_CHECKED`.
 //! Special cases (argmax ties, grids beyond one dimension, tile limits) are
 //! their own tests at the end.
 
@@ -57,6 +60,8 @@ const TILED: &[Product] = &[
 /// slope (≤ 1/4) hides and relu, tanh and linear pass through.
 struct Row {
     set: Set,
+    /// Modules built with naga's runtime checks.
+    checked: bool,
     products: Vec<Product>,
     abs: f64,
     abs_forward: f64,
@@ -82,22 +87,29 @@ fn table() -> Vec<Row> {
             }
         }
     }
-    let tiled = |name, tiles| Row {
+    let tiled = |name, tiles, checked| Row {
         set: Set::Tiled(name, tiles),
+        checked,
         products: TILED.to_vec(),
         abs: 5e-6,
         abs_forward: 2e-5,
     };
-    vec![
-        Row {
-            set: Set::Simple,
-            products: simple,
-            abs: 2e-6,
-            abs_forward: 1e-5,
-        },
-        tiled("small", TileConfig::SMALL),
-        tiled("discrete", TileConfig::DISCRETE),
-    ]
+    [false, true]
+        .into_iter()
+        .flat_map(|checked| {
+            [
+                Row {
+                    set: Set::Simple,
+                    checked,
+                    products: simple.clone(),
+                    abs: 2e-6,
+                    abs_forward: 1e-5,
+                },
+                tiled("small", TileConfig::SMALL, checked),
+                tiled("discrete", TileConfig::DISCRETE, checked),
+            ]
+        })
+        .collect()
 }
 
 /// One case of the table, as a comparison function sees it.
@@ -123,14 +135,17 @@ fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)
         if !sets.is_none_or(|keep| keep(row.set)) {
             continue;
         }
-        let r = match row.set {
-            Set::Simple => KernelRunner::new(ctx.clone()).unwrap(),
-            Set::Tiled(_, tiles) => KernelRunner::with_tiles(ctx.clone(), tiles).unwrap(),
+        let tiles = match row.set {
+            Set::Simple => None,
+            Set::Tiled(_, tiles) => Some(tiles),
         };
+        let r = KernelRunner::with_checks(ctx.clone(), tiles, row.checked).unwrap();
+        assert_eq!(r.checked(), row.checked);
+        let checks = if row.checked { "checked" } else { "unchecked" };
         for &p in &row.products {
             let set = match row.set {
-                Set::Simple => "simple".to_string(),
-                Set::Tiled(name, _) => format!("tiled {name}"),
+                Set::Simple => format!("simple {checks}"),
+                Set::Tiled(name, _) => format!("tiled {name} {checks}"),
             };
             check(&Case {
                 r: &r,
@@ -349,11 +364,18 @@ fn delta_output_loss_matches_cpu() {
     let Some(ctx) = gpu_or_skip("delta_output_loss") else {
         return;
     };
-    let r = KernelRunner::new(ctx).unwrap();
+    for checked in [false, true] {
+        let r = KernelRunner::with_checks(ctx.clone(), None, checked).unwrap();
+        delta_output_loss_cases(&r, checked);
+    }
+}
+
+fn delta_output_loss_cases(r: &KernelRunner, checked: bool) {
     for n in [1, 2, 5, 256, 300] {
         for batch in [1, 7, 600] {
             for (act, loss) in OUTPUTS {
-                let label = format!("delta_output_loss n {n} batch {batch} {act:?}");
+                let label =
+                    format!("delta_output_loss checked {checked} n {n} batch {batch} {act:?}");
                 let mut g = rng(&label);
                 let a = activated(&mut g, act, batch, n);
                 let (y, metric) = scored_targets(&a, batch, n);
@@ -462,6 +484,59 @@ fn tile_configs_fit_the_default_limits() {
     assert!(no_row_sums.check(&limits).is_err());
 }
 
+/// The safety conditions of unchecked modules: tile sizes whose arrays an
+/// index could overrun, or whose loops could not end, are refused before
+/// any module is made, and a Dims past the bound is refused before it is
+/// written.
+#[test]
+fn unsafe_tiles_and_dims_are_refused_on_the_host() {
+    use shadertrain::gpu::kernels::DIMS_BOUND;
+    use shadertrain::gpu::Dims;
+    let s = TileConfig::SMALL;
+    for bad in [
+        TileConfig { tm: 0, ..s },
+        TileConfig { tn: 9, ..s },
+        TileConfig { bk: 0, ..s },
+        TileConfig { wg_y: 0, ..s },
+        TileConfig { wg_x: 4096, ..s },
+    ] {
+        let err = bad.safety().unwrap_err().to_string();
+        assert!(err.contains("tile configuration"), "{bad:?}: {err}");
+    }
+    for t in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::DISCRETE] {
+        t.safety().unwrap();
+    }
+    let ok = Dims {
+        rows: 7,
+        n_in: 3,
+        n_out: 5,
+        splits: 1,
+        ..Dims::default()
+    };
+    ok.check().unwrap();
+    for bad in [
+        Dims {
+            rows: DIMS_BOUND,
+            ..ok
+        },
+        Dims {
+            w_off: u32::MAX,
+            ..ok
+        },
+        Dims { n_out: 0, ..ok },
+        Dims { splits: 0, ..ok },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
+    let Some(ctx) = gpu_or_skip("unsafe tiles") else {
+        return;
+    };
+    for checked in [false, true] {
+        let bad = TileConfig { tm: 9, ..s };
+        assert!(KernelRunner::with_checks(ctx.clone(), Some(bad), checked).is_err());
+    }
+}
+
 /// Split K only where a layer has few output blocks and a long batch, and
 /// never past the scratch it is given.
 #[test]
@@ -481,4 +556,54 @@ fn k_splits_fill_the_device_within_scratch() {
         10,
         "scratch for 10"
     );
+}
+
+/// Whole steps of a backend built with and without naga's runtime checks:
+/// the checks only guard indices the host keeps in range, so parameters and
+/// totals agree to the bit, for both kernel sets and a stateful optimizer.
+#[test]
+fn checked_and_unchecked_steps_are_bitwise_equal() {
+    use shadertrain::backend::Backend;
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet};
+    use shadertrain::network::Network;
+    use shadertrain::optim::{Optimizer, OptimizerKind};
+    let Some(ctx) = gpu_or_skip("checked_and_unchecked_steps") else {
+        return;
+    };
+    let net = Network::parse("5,17,3:softmax").unwrap();
+    let batch = 9;
+    let (x, y) = batch_for(&net, batch, "checked vs unchecked");
+    for kernels in [KernelSet::Simple, KernelSet::Tiled] {
+        let adam = Optimizer {
+            kind: OptimizerKind::Adam,
+            ..Optimizer::default()
+        };
+        for opt in [Optimizer::default(), adam] {
+            let run = |checked: bool| {
+                let options = GpuOptions {
+                    kernels,
+                    checked,
+                    ..GpuOptions::default()
+                };
+                let mut b = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
+                assert_eq!(b.checked(), checked);
+                b.set_params(&net.init(3)).unwrap();
+                b.set_optimizer(&opt).unwrap();
+                b.load_batch(&x, &y).unwrap();
+                for _ in 0..3 {
+                    b.step(0.3).unwrap();
+                }
+                let loss = b.take_totals().unwrap().loss();
+                (b.params().unwrap(), loss)
+            };
+            let (p_off, l_off) = run(false);
+            let (p_on, l_on) = run(true);
+            let label = format!("{kernels:?} {opt:?}");
+            assert_eq!(l_off.to_bits(), l_on.to_bits(), "{label} loss");
+            let (a, b) = (&p_off.data, &p_on.data);
+            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                panic!("{label}: param {i} unchecked {} checked {}", a[i], b[i]);
+            }
+        }
+    }
 }

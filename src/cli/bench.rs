@@ -138,6 +138,10 @@ struct BenchRow {
     /// GPU only: which kernels ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernels: Option<String>,
+    /// GPU only: whether the modules were built with naga's runtime checks
+    /// (`SHADERTRAIN_CHECKED=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked: Option<bool>,
     /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<KernelTime>>,
@@ -232,6 +236,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 gflops: flops / (med / 1e3) / 1e9,
                 workload: workload.map(|w| w.name),
                 kernels: None,
+                checked: None,
                 profile: None,
                 speedup: None,
                 max_param_diff: None,
@@ -250,11 +255,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ),
             None => "simple".into(),
         };
+        let checked = g.checked();
         if !a.json {
-            eprintln!("gpu kernels: {kernels}");
+            let checks = if checked { "checked" } else { "unchecked" };
+            eprintln!("gpu kernels: {kernels}; modules {checks}");
         }
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
+        r.checked = Some(checked);
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

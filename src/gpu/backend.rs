@@ -153,7 +153,7 @@ impl GpuBackend {
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
         let tiled = compile_tiled(&ctx, &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
-        let kernels = Kernels::new(&ctx.device)?;
+        let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
         let mut backend = GpuBackend {
             ctx,
@@ -188,6 +188,12 @@ impl GpuBackend {
         stages
             .into_iter()
             .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
+    }
+
+    /// Whether its modules were built with naga's runtime checks
+    /// ([`GpuOptions::checked`]).
+    pub fn checked(&self) -> bool {
+        self.kernels.forward_dense.checked
     }
 
     /// The kernel set it runs.
@@ -501,7 +507,7 @@ fn compile_tiled(ctx: &GpuContext, options: &GpuOptions) -> Result<Option<TiledK
     let tiles = options
         .tiles
         .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
-    TiledKernels::new(&ctx.device, &ctx.limits, tiles).map(Some)
+    TiledKernels::new(&ctx.device, &ctx.limits, tiles, options.checked).map(Some)
 }
 
 impl Backend for GpuBackend {

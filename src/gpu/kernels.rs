@@ -5,6 +5,38 @@
 //! host builds bind-group layouts from that table, and a naga test (no GPU
 //! needed) checks every shader's declared bindings and uniform sizes against
 //! the same table, so pipeline and bind group agree by construction.
+//!
+//! # Unchecked modules and their safety conditions
+//!
+//! By default every module is built with
+//! [`wgpu::Device::create_shader_module_trusted`] and
+//! [`wgpu::ShaderRuntimeChecks::unchecked`]: naga then adds no clamp to an
+//! index, no bound to a loop and no guard to an integer division (on
+//! lavapipe the checks cost the tiled W1 step a third of its time). Setting
+//! `SHADERTRAIN_CHECKED=1` ([`checked_by_env`]), or
+//! [`GpuOptions::checked`](super::GpuOptions::checked), builds checked
+//! modules instead; both kinds compute bitwise the same results (the twin
+//! tests run both). Unchecked modules are sound because these conditions
+//! hold, each asserted on the host where it says:
+//! 1. **Private and workgroup arrays**: a tiled kernel's register blocks hold
+//!    `MAX_T` rows or columns and its staged blocks `BK·(BM + 1)` and
+//!    `BK·(BN + 1)` words; every index is below those bounds when
+//!    `1 ≤ tm, tn ≤ MAX_T`, `bk ≥ 1` and `wg_x, wg_y ≥ 1`, and the sizes do
+//!    not wrap in u32 ([`TileConfig::safety`], asserted before a tiled
+//!    module is made). The loss kernels' arrays are `LOSS_WG` long and
+//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size).
+//! 2. **Loops end**: every loop counts up by a step of at least 1 (`BK`, the
+//!    workgroup's invocations, 1) to a bound below `u32::MAX − step`, or
+//!    halves a power of two; every shape and offset the host writes into a
+//!    [`Dims`] is below 2³⁰ because each buffer holds fewer than 2³⁰ floats
+//!    ([`Dims::check`], asserted whenever a `Dims` is written).
+//! 3. **Divisions**: every divisor is a pipeline constant of at least 1, a
+//!    layer width (`n_in`, `n_out` ≥ 1 by [`Network`](crate::Network)'s
+//!    rules), `n_in + 1`, a grid size or a power of two.
+//! 4. **Storage buffers**: each index is below the length of the buffer bound
+//!    there, given a `Dims` that describes those buffers (rows at most their
+//!    capacity, layer offsets from the network); wgpu also enables the
+//!    driver's own robust buffer access where the adapter has it.
 
 use super::context::creating;
 use crate::error::{Error, Result};
@@ -42,6 +74,42 @@ pub struct Dims {
     pub loss: u32,
     /// Uniforms are 16-byte aligned.
     pub _pad: u32,
+}
+
+/// Bound on every shape, offset and slice count in a [`Dims`] (safety
+/// condition 2 of unchecked modules: no loop counter or index wraps).
+pub const DIMS_BOUND: u32 = 1 << 30;
+
+impl Dims {
+    /// Safety conditions 2 and 3 of unchecked modules (module docs): every
+    /// field below [`DIMS_BOUND`], `n_out` and `splits` at least 1. The
+    /// host asserts this on every `Dims` it writes; a failure is a bug in
+    /// the host, not a bad input (buffers hold fewer than 2³⁰ floats).
+    pub fn check(&self) -> Result<()> {
+        let fields = [
+            ("rows", self.rows),
+            ("n_in", self.n_in),
+            ("n_out", self.n_out),
+            ("w_off", self.w_off),
+            ("b_off", self.b_off),
+            ("n_next", self.n_next),
+            ("w_next_off", self.w_next_off),
+            ("splits", self.splits),
+        ];
+        if let Some((name, v)) = fields.iter().find(|(_, v)| *v >= DIMS_BOUND) {
+            return Err(Error::Gpu(format!(
+                "layer shape {name} = {v} is over the kernels' bound of {DIMS_BOUND}"
+            )));
+        }
+        // n_in may be 0 for the kernels that never read it (the runner's
+        // loss and softmax); every layer's Dims has it from the network.
+        if self.n_out == 0 || self.splits == 0 {
+            return Err(Error::Gpu(format!(
+                "layer shape {self:?} has no output or no K slice"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The update's constants, mirrored by `struct Optim` in
@@ -198,6 +266,13 @@ pub const WG: u32 = 64;
 
 /// Invocations per workgroup of the loss kernels (`LOSS_WG` in reduce.wgsl).
 pub const LOSS_WG: u32 = 256;
+
+/// Whether `SHADERTRAIN_CHECKED` asks for modules built with naga's runtime
+/// checks: set to anything but empty, `0` or `false`. Read by
+/// [`GpuOptions::default`](super::GpuOptions) and the kernel runner.
+pub fn checked_by_env() -> bool {
+    std::env::var("SHADERTRAIN_CHECKED").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
 
 /// common.wgsl, then each named file under `shaders/`.
 macro_rules! shader {
@@ -484,8 +559,13 @@ impl TileConfig {
         }
     }
 
-    /// Whether the kernels can run with these sizes on a device with `limits`.
-    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+    /// Safety condition 1 of unchecked modules (module docs): every private
+    /// and workgroup array index of tiled.wgsl in range. `tm, tn` in
+    /// `1..=MAX_T` (the register blocks), `bk ≥ 1` and `wg_x, wg_y ≥ 1` (the
+    /// loops' steps and the divisors), and the staged blocks' sizes
+    /// `bk·(bm + 1)`, `bk·(bn + 1)` well inside u32. Asserted before any
+    /// tiled module is made, checked or not.
+    pub fn safety(&self) -> Result<()> {
         let bad = |why: String| {
             Err(Error::Invalid(format!(
                 "tile configuration {self:?}: {why}"
@@ -494,6 +574,22 @@ impl TileConfig {
         if !(1..=MAX_T).contains(&self.tm) || !(1..=MAX_T).contains(&self.tn) || self.bk == 0 {
             return bad(format!("tm and tn must be 1..={MAX_T} and bk at least 1"));
         }
+        if self.wg_x == 0 || self.wg_y == 0 || self.wg_x > 1024 || self.wg_y > 1024 || self.bk > 256
+        {
+            return bad("wg_x and wg_y must be 1..=1024 and bk at most 256".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the kernels can run with these sizes on a device with
+    /// `limits`: [`TileConfig::safety`], then the device's limits.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        self.safety()?;
+        let bad = |why: String| {
+            Err(Error::Invalid(format!(
+                "tile configuration {self:?}: {why}"
+            )))
+        };
         // The bias sums take one invocation per output row of a block.
         if self.wg_x < self.tm {
             return bad("wg_x must be at least tm".into());
@@ -538,16 +634,30 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     /// Group 0's layout, built from `spec.bindings`.
     pub layout: wgpu::BindGroupLayout,
+    /// Built with naga's runtime checks.
+    pub checked: bool,
 }
 
 impl Kernel {
-    /// Compile `spec` on `device`; a [`KernelKind::Tiled`] kernel with the
-    /// tile sizes of `tiles`. A shader or pipeline wgpu rejects is an
-    /// [`Error::Gpu`] naming the kernel, with wgpu's message.
+    /// Compile `spec` on `device` with naga's runtime checks; a
+    /// [`KernelKind::Tiled`] kernel with the tile sizes of `tiles`. A shader
+    /// or pipeline wgpu rejects is an [`Error::Gpu`] naming the kernel, with
+    /// wgpu's message.
     pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Result<Kernel> {
+        Self::build(device, spec, tiles, true)
+    }
+
+    /// As [`Kernel::new`], `checked` or not (the module docs give the
+    /// conditions under which an unchecked module is sound).
+    pub fn build(
+        device: &wgpu::Device,
+        spec: KernelSpec,
+        tiles: &TileConfig,
+        checked: bool,
+    ) -> Result<Kernel> {
         let what = format!("the bind group layout of {}", spec.entry);
         let layout = creating(device, &what, || Self::layout(device, &spec))?;
-        Self::with_layout(device, spec, tiles, layout)
+        Self::with_layout(device, spec, tiles, checked, layout)
     }
 
     /// Group 0's layout for `spec`, built from `spec.bindings`.
@@ -583,13 +693,29 @@ impl Kernel {
         device: &wgpu::Device,
         spec: KernelSpec,
         tiles: &TileConfig,
+        checked: bool,
         layout: wgpu::BindGroupLayout,
     ) -> Result<Kernel> {
+        // Safety condition 1, for every kernel: the element-wise ones share
+        // the module with no tile arrays, so this only refuses bad tiles.
+        tiles.safety()?;
         let module = creating(device, &format!("shader module {}", spec.file), || {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(spec.file),
                 source: wgpu::ShaderSource::Wgsl(spec.source.into()),
-            })
+            };
+            if checked {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: the module docs' conditions 1–4 hold: 1 was
+                // asserted just above, 2 by `Dims::check` on every Dims the
+                // host writes, 3 and 4 by the shapes the host derives from
+                // the network and the buffers it binds.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            }
         })?;
         let what = format!("pipeline {} ({})", spec.entry, spec.file);
         let pipeline_layout = creating(device, &what, || {
@@ -621,6 +747,7 @@ impl Kernel {
             spec,
             pipeline,
             layout,
+            checked,
         })
     }
 
@@ -683,14 +810,15 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile every simple kernel on `device`.
-    pub fn new(device: &wgpu::Device) -> Result<Kernels> {
-        let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
+    /// Compile every simple kernel on `device`, `checked` or not.
+    pub fn new(device: &wgpu::Device, checked: bool) -> Result<Kernels> {
+        let k = |spec| Kernel::build(device, spec, &TileConfig::SMALL, checked);
         let momentum_update = k(MOMENTUM_UPDATE)?;
         let adam_update = Kernel::with_layout(
             device,
             ADAM_UPDATE,
             &TileConfig::SMALL,
+            checked,
             momentum_update.layout.clone(),
         )?;
         Ok(Kernels {
@@ -731,14 +859,21 @@ pub struct TiledKernels {
 }
 
 impl TiledKernels {
-    /// Compile the fast kernels on `device` with `tiles`, checked against `limits`.
-    pub fn new(device: &wgpu::Device, limits: &wgpu::Limits, tiles: TileConfig) -> Result<Self> {
+    /// Compile the fast kernels on `device` with `tiles`, checked against
+    /// `limits`; the modules with naga's runtime checks where `checked`.
+    pub fn new(
+        device: &wgpu::Device,
+        limits: &wgpu::Limits,
+        tiles: TileConfig,
+        checked: bool,
+    ) -> Result<Self> {
         tiles.check(limits)?;
-        let k = |spec| Kernel::new(device, spec, &tiles);
+        let k = |spec| Kernel::build(device, spec, &tiles, checked);
         // The four gradient kernels take one bind group per layer.
         let gradient_dense = k(GRADIENT_DENSE_TILED)?;
-        let shared =
-            |spec| Kernel::with_layout(device, spec, &tiles, gradient_dense.layout.clone());
+        let shared = |spec| {
+            Kernel::with_layout(device, spec, &tiles, checked, gradient_dense.layout.clone())
+        };
         Ok(TiledKernels {
             tiles,
             forward_dense: k(FORWARD_DENSE_TILED)?,

@@ -4,7 +4,7 @@
 //! ([`micro_batch_rows`]).
 
 use super::context::GpuContext;
-use super::kernels::WG;
+use super::kernels::{checked_by_env, WG};
 use crate::error::{Error, Result, Setting};
 use crate::network::Network;
 
@@ -52,19 +52,34 @@ pub struct GpuOptions {
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
+    /// Build the modules with naga's runtime checks (bounds clamps, loop
+    /// bounds, division guards). Off by default, where the host guarantees
+    /// what the checks would (see [`super::kernels`]); `SHADERTRAIN_CHECKED=1`
+    /// turns it on in `Default`. Results are bitwise the same either way.
+    pub checked: bool,
 }
 
 impl Default for GpuOptions {
+    /// [`GpuOptions::BASE`], checked where `SHADERTRAIN_CHECKED` says so.
     fn default() -> Self {
         GpuOptions {
-            kernels: KernelSet::Tiled,
-            tiles: None,
-            max_chunk: None,
+            checked: checked_by_env(),
+            ..GpuOptions::BASE
         }
     }
 }
 
 impl GpuOptions {
+    /// The defaults without reading the environment (for constants and
+    /// tests that set every option themselves): tiled kernels, the
+    /// adapter's tiles, no micro-batch cap, unchecked modules.
+    pub const BASE: GpuOptions = GpuOptions {
+        kernels: KernelSet::Tiled,
+        tiles: None,
+        max_chunk: None,
+        checked: false,
+    };
+
     /// The options [`GpuBackend::new`](super::GpuBackend::new) uses: the
     /// kernel set for the adapter and this batch ([`KernelSet::for_adapter`]),
     /// tiles chosen by adapter.
@@ -123,12 +138,21 @@ pub(super) fn buffer_capacity(
     Ok(rows)
 }
 
+/// The most bytes one storage buffer of a backend may hold: the device's
+/// binding and buffer limits, and under 2³⁰ floats so that no index or shape
+/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules).
+pub(super) fn binding_bytes(limits: &wgpu::Limits) -> u64 {
+    let bound = 4 * (super::kernels::DIMS_BOUND as u64 - 1);
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        .min(bound)
+}
+
 /// The most samples one micro-batch of `net` may hold on a device with
 /// `limits`, and the name of the limit that sets it.
 fn rows_limit(net: &Network, limits: &wgpu::Limits) -> Result<(u64, &'static str)> {
-    let limit = limits
-        .max_storage_buffer_binding_size
-        .min(limits.max_buffer_size);
+    let limit = binding_bytes(limits);
     let widest = net.sizes().iter().copied().max().unwrap_or(1) as u64;
     let by_binding = limit / (widest * 4);
     if by_binding == 0 {
