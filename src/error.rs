@@ -61,6 +61,8 @@ pub enum Setting {
     MetricsLog,
     /// Steps between step records.
     LogEvery,
+    /// A configuration of the GPU's tiled kernels.
+    KernelConfig,
 }
 
 impl Setting {
@@ -93,6 +95,7 @@ impl Setting {
             Setting::LogDir => "log directory",
             Setting::MetricsLog => "metrics log",
             Setting::LogEvery => "step-record interval",
+            Setting::KernelConfig => "kernel configuration",
         }
     }
 }

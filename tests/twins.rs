@@ -17,7 +17,7 @@ mod common;
 use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
-use shadertrain::gpu::{Acc, KernelRunner, TileConfig};
+use shadertrain::gpu::{Acc, Core, KernelConfig, KernelRunner, TileConfig};
 use shadertrain::network::{Activation, Loss};
 
 /// A matrix product `(M, N, K)`: each kernel reads it in its own roles,
@@ -29,8 +29,18 @@ type Product = (usize, usize, usize);
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Set {
     Simple,
-    Tiled(&'static str, TileConfig),
+    Tiled(&'static str, KernelConfig),
 }
+
+/// A generated configuration unlike the built-in ones: 4×8 per invocation
+/// on 8×16 invocations (64×32 blocks), K steps of 16.
+const TALL: TileConfig = TileConfig {
+    wg_x: 4,
+    wg_y: 16,
+    tm: 4,
+    tn: 8,
+    bk: 16,
+};
 
 /// The layer sizes and batches the simple kernels were always checked on:
 /// one neuron, two, and odd widths up to 257, batch 1 to 64.
@@ -87,8 +97,12 @@ fn table() -> Vec<Row> {
             }
         }
     }
-    let tiled = |name, tiles, checked| Row {
-        set: Set::Tiled(name, tiles),
+    let loops = |tiles| KernelConfig {
+        core: Core::Loops,
+        tiles,
+    };
+    let tiled = |name, config, checked| Row {
+        set: Set::Tiled(name, config),
         checked,
         products: TILED.to_vec(),
         abs: 5e-6,
@@ -105,8 +119,19 @@ fn table() -> Vec<Row> {
                     abs: 2e-6,
                     abs_forward: 1e-5,
                 },
-                tiled("small", TileConfig::SMALL, checked),
-                tiled("discrete", TileConfig::DISCRETE, checked),
+                tiled("loops small", loops(TileConfig::SMALL), checked),
+                tiled("loops discrete", loops(TileConfig::DISCRETE), checked),
+                tiled(
+                    "gen small",
+                    KernelConfig::generated(TileConfig::SMALL),
+                    checked,
+                ),
+                tiled(
+                    "gen discrete",
+                    KernelConfig::generated(TileConfig::DISCRETE),
+                    checked,
+                ),
+                tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
             ]
         })
         .collect()
@@ -128,27 +153,50 @@ impl Case<'_> {
     }
 }
 
+/// The runner of row `i` of the table, compiled once for every test of this
+/// binary (the generated cores take LLVM a while on lavapipe).
+fn runner(
+    ctx: &std::sync::Arc<shadertrain::GpuContext>,
+    i: usize,
+    row: &Row,
+) -> std::sync::Arc<KernelRunner> {
+    static RUNNERS: std::sync::Mutex<Vec<Option<std::sync::Arc<KernelRunner>>>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut all = RUNNERS.lock().unwrap_or_else(|e| e.into_inner());
+    if all.len() <= i {
+        all.resize(i + 1, None);
+    }
+    let config = match row.set {
+        Set::Simple => None,
+        Set::Tiled(_, config) => Some(config),
+    };
+    all[i]
+        .get_or_insert_with(|| {
+            std::sync::Arc::new(
+                KernelRunner::with_checks(ctx.clone(), config, row.checked).unwrap(),
+            )
+        })
+        .clone()
+}
+
 /// Run `check` on every product of every kernel set in `sets` (`None`: all).
 fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)) {
     let Some(ctx) = gpu_or_skip(test) else { return };
-    for row in table() {
+    for (i, row) in table().into_iter().enumerate() {
         if !sets.is_none_or(|keep| keep(row.set)) {
             continue;
         }
-        let tiles = match row.set {
-            Set::Simple => None,
-            Set::Tiled(_, tiles) => Some(tiles),
-        };
-        let r = KernelRunner::with_checks(ctx.clone(), tiles, row.checked).unwrap();
+        let r = runner(&ctx, i, &row);
         assert_eq!(r.checked(), row.checked);
         let checks = if row.checked { "checked" } else { "unchecked" };
+        let r = &*r;
         for &p in &row.products {
             let set = match row.set {
                 Set::Simple => format!("simple {checks}"),
                 Set::Tiled(name, _) => format!("tiled {name} {checks}"),
             };
             check(&Case {
-                r: &r,
+                r,
                 set: row.set,
                 p,
                 abs: row.abs,
@@ -532,8 +580,11 @@ fn unsafe_tiles_and_dims_are_refused_on_the_host() {
         return;
     };
     for checked in [false, true] {
-        let bad = TileConfig { tm: 9, ..s };
+        let bad = KernelConfig::generated(TileConfig { tm: 9, ..s });
         assert!(KernelRunner::with_checks(ctx.clone(), Some(bad), checked).is_err());
+        // The generated core needs vec4 groups.
+        let odd = KernelConfig::generated(TileConfig { tm: 3, ..s });
+        assert!(KernelRunner::with_checks(ctx.clone(), Some(odd), checked).is_err());
     }
 }
 

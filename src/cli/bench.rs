@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
+use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelConfig, KernelSet, TileConfig};
 use shadertrain::network::{Network, Params};
 use shadertrain::{Error, Result};
 
@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Tile sizes of the tiled kernels (default: chosen by adapter type).
     #[arg(long, value_enum)]
     tiles: Option<TilesArg>,
+    /// One configuration of the tiled kernels, as `bench --json` and
+    /// checkpoints record it: `gen|loops:WXxWY:TMxTN:kBK` (e.g.
+    /// `gen:8x8:4x4:k8`; `loops` is the previous tiled.wgsl core).
+    #[arg(long, conflicts_with_all = ["tiles", "kernels"])]
+    kernel_config: Option<String>,
     /// Also time each GPU kernel of a step with timestamp queries (median of 5 steps).
     #[arg(long)]
     profile: bool,
@@ -156,6 +161,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for (flag, given) in [
         ("--kernels", a.kernels != KernelsArg::Auto),
         ("--tiles", a.tiles.is_some()),
+        ("--kernel-config", a.kernel_config.is_some()),
         ("--profile", a.profile),
         ("--adapter", a.adapter.is_some()),
     ] {
@@ -197,6 +203,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             None => GpuContext::new()?,
         };
         let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
+        let config = match &a.kernel_config {
+            Some(text) => Some(KernelConfig::parse(text)?),
+            None => None,
+        };
         let options = GpuOptions {
             kernels: match a.kernels {
                 KernelsArg::Auto => auto.kernels,
@@ -209,6 +219,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 TilesArg::Discrete => TileConfig::DISCRETE,
             }),
             ..GpuOptions::default()
+        };
+        let options = match config {
+            Some(c) => options.with_config(c),
+            None => options,
         };
         Some(GpuBackend::with_options(ctx, &net, batch, options)?)
     } else {
@@ -245,13 +259,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
     };
     if let Some(mut g) = gpu {
-        let kernels = match g.tiles() {
-            Some(t) => format!(
-                "tiled {}x{}, {}x{} per invocation",
-                t.bm(),
-                t.bn(),
-                t.tm,
-                t.tn
+        let kernels = match g.kernel_config() {
+            Some(c) => format!(
+                "tiled {c} ({}x{} blocks, {}x{} per invocation)",
+                c.tiles.bm(),
+                c.tiles.bn(),
+                c.tiles.tm,
+                c.tiles.tn
             ),
             None => "simple".into(),
         };

@@ -79,6 +79,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::LogDir => "--log-dir",
         Setting::MetricsLog => "--metrics-jsonl",
         Setting::LogEvery => "--log-every",
+        Setting::KernelConfig => "--kernel-config",
     }
 }
 

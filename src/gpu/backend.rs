@@ -40,8 +40,8 @@
 use super::buffers::{Buffers, Groups, UpdateBuffers};
 use super::context::{create_buffer, creating, GpuContext};
 use super::kernels::{
-    dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
-    TiledKernels,
+    dispatch, k_splits, Acc, BatchUniform, KernelConfig, Kernels, OptimUniform, StepUniform,
+    TileConfig, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
 use super::readback;
@@ -207,6 +207,11 @@ impl GpuBackend {
     /// The tile sizes of its tiled kernels (`None` for [`KernelSet::Simple`]).
     pub fn tiles(&self) -> Option<TileConfig> {
         self.tiled.as_ref().map(|t| t.tiles)
+    }
+
+    /// The configuration of its tiled kernels (`None` for [`KernelSet::Simple`]).
+    pub fn kernel_config(&self) -> Option<KernelConfig> {
+        self.tiled.as_ref().map(|t| t.config())
     }
 
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
@@ -499,15 +504,14 @@ impl GpuBackend {
     }
 }
 
-/// The tiled kernels when `options` asks for them, with its tile sizes or the adapter's.
+/// The tiled kernels when `options` asks for them, with its configuration
+/// or the adapter's tiles.
 fn compile_tiled(ctx: &GpuContext, options: &GpuOptions) -> Result<Option<TiledKernels>> {
     if options.kernels == KernelSet::Simple {
         return Ok(None);
     }
-    let tiles = options
-        .tiles
-        .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
-    TiledKernels::new(&ctx.device, &ctx.limits, tiles, options.checked).map(Some)
+    let config = options.kernel_config(ctx);
+    TiledKernels::new(&ctx.device, &ctx.limits, config, options.checked).map(Some)
 }
 
 impl Backend for GpuBackend {

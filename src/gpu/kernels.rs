@@ -39,7 +39,7 @@
 //!    driver's own robust buffer access where the adapter has it.
 
 use super::context::creating;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use bytemuck::{Pod, Zeroable};
 
 /// Shape constants of one layer, mirrored by `struct Dims` in
@@ -488,7 +488,7 @@ pub const MAX_T: u32 = 8;
 /// a workgroup of `wg_x × wg_y` invocations computes a `bm × bn` block of the
 /// output (`bm = wg_y·tm`, `bn = wg_x·tn`), `tm × tn` per invocation, stepping
 /// through K by `bk`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TileConfig {
     /// Invocations along N.
     pub wg_x: u32,
@@ -657,7 +657,7 @@ impl Kernel {
     ) -> Result<Kernel> {
         let what = format!("the bind group layout of {}", spec.entry);
         let layout = creating(device, &what, || Self::layout(device, &spec))?;
-        Self::with_layout(device, spec, tiles, checked, layout)
+        Self::with_layout(device, spec, tiles, checked, None, layout)
     }
 
     /// Group 0's layout for `spec`, built from `spec.bindings`.
@@ -694,15 +694,17 @@ impl Kernel {
         spec: KernelSpec,
         tiles: &TileConfig,
         checked: bool,
+        generated: Option<&str>,
         layout: wgpu::BindGroupLayout,
     ) -> Result<Kernel> {
         // Safety condition 1, for every kernel: the element-wise ones share
         // the module with no tile arrays, so this only refuses bad tiles.
         tiles.safety()?;
+        let source = generated.unwrap_or(spec.source);
         let module = creating(device, &format!("shader module {}", spec.file), || {
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(spec.file),
-                source: wgpu::ShaderSource::Wgsl(spec.source.into()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
             };
             if checked {
                 device.create_shader_module(desc)
@@ -725,7 +727,12 @@ impl Kernel {
                 immediate_size: 0,
             })
         })?;
-        let constants = tiles.constants();
+        // A generated core has its tile sizes written in; tiled.wgsl takes them as overrides.
+        let constants = if generated.is_some() {
+            Vec::new()
+        } else {
+            tiles.constants().to_vec()
+        };
         let pipeline = creating(device, &what, || {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(spec.entry),
@@ -819,6 +826,7 @@ impl Kernels {
             ADAM_UPDATE,
             &TileConfig::SMALL,
             checked,
+            None,
             momentum_update.layout.clone(),
         )?;
         Ok(Kernels {
@@ -836,10 +844,129 @@ impl Kernels {
     }
 }
 
+/// How the tiled products' core is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Core {
+    /// Straight-line WGSL generated for the tile sizes ([`super::codegen`]):
+    /// `vec4` accumulators and workgroup reads. Needs `tm`, `tn` of 4 or 8.
+    Generated,
+    /// `shaders/tiled.wgsl`: loops over the register block, scalar reads, tile
+    /// sizes as pipeline constants (any `tm`, `tn` up to `MAX_T`).
+    Loops,
+}
+
+/// One configuration of the tiled products: how the core is built and its
+/// tile sizes. Written `gen:WXxWY:TMxTN:kBK` or `loops:…` (e.g.
+/// `gen:8x8:4x4:k8`, [`KernelConfig::parse`]), as `--kernel-config` takes it
+/// and checkpoints and `--metrics` record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelConfig {
+    /// Generated or tiled.wgsl.
+    pub core: Core,
+    /// The tile sizes.
+    pub tiles: TileConfig,
+}
+
+impl KernelConfig {
+    /// The generated core with `tiles`.
+    pub const fn generated(tiles: TileConfig) -> KernelConfig {
+        KernelConfig {
+            core: Core::Generated,
+            tiles,
+        }
+    }
+
+    /// Bytes of workgroup memory of its product kernels.
+    pub fn workgroup_bytes(&self) -> u32 {
+        match self.core {
+            Core::Generated => super::codegen::workgroup_bytes(&self.tiles),
+            Core::Loops => self.tiles.workgroup_bytes(),
+        }
+    }
+
+    /// Whether it can run on a device with `limits`: the tiles' check, and
+    /// for a generated core its own ([`super::codegen::check`]) and its
+    /// workgroup memory.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        self.tiles.check(limits)?;
+        if self.core == Core::Generated {
+            super::codegen::check(&self.tiles)?;
+        }
+        let bytes = self.workgroup_bytes();
+        if bytes > limits.max_compute_workgroup_storage_size {
+            return Err(Error::Invalid(format!(
+                "kernel configuration {self}: {bytes} bytes of workgroup memory, over this device's {}",
+                limits.max_compute_workgroup_storage_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parse the form [`KernelConfig`]'s `Display` writes.
+    pub fn parse(text: &str) -> Result<KernelConfig> {
+        let bad = || {
+            Error::setting(
+                Setting::KernelConfig,
+                text,
+                "expected gen|loops:WXxWY:TMxTN:kBK, e.g. gen:8x8:4x4:k8",
+            )
+        };
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let [core, wg, t, k] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let core = match *core {
+            "gen" => Core::Generated,
+            "loops" => Core::Loops,
+            _ => return Err(bad()),
+        };
+        let pair = |s: &str| -> Option<(u32, u32)> {
+            let (a, b) = s.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        let ((wg_x, wg_y), (tm, tn)) = pair(wg).zip(pair(t)).ok_or_else(bad)?;
+        let bk = k
+            .strip_prefix('k')
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(bad)?;
+        let tiles = TileConfig {
+            wg_x,
+            wg_y,
+            tm,
+            tn,
+            bk,
+        };
+        let config = KernelConfig { core, tiles };
+        let checked = match core {
+            Core::Generated => super::codegen::check(&tiles),
+            Core::Loops => tiles.safety(),
+        };
+        checked.map_err(|e| Error::setting(Setting::KernelConfig, text, e.to_string()))?;
+        Ok(config)
+    }
+}
+
+impl std::fmt::Display for KernelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.tiles;
+        let core = match self.core {
+            Core::Generated => "gen",
+            Core::Loops => "loops",
+        };
+        write!(
+            f,
+            "{core}:{}x{}:{}x{}:k{}",
+            t.wg_x, t.wg_y, t.tm, t.tn, t.bk
+        )
+    }
+}
+
 /// The fast pipelines: tiled products and the parallel loss.
 pub struct TiledKernels {
     /// The tile sizes they were compiled with.
     pub tiles: TileConfig,
+    /// How their products' core was built.
+    pub core: Core,
     /// See [`FORWARD_DENSE_TILED`].
     pub forward_dense: Kernel,
     /// See [`DELTA_HIDDEN_TILED`].
@@ -859,25 +986,41 @@ pub struct TiledKernels {
 }
 
 impl TiledKernels {
-    /// Compile the fast kernels on `device` with `tiles`, checked against
+    /// Compile the fast kernels on `device` with `config`, checked against
     /// `limits`; the modules with naga's runtime checks where `checked`.
     pub fn new(
         device: &wgpu::Device,
         limits: &wgpu::Limits,
-        tiles: TileConfig,
+        config: KernelConfig,
         checked: bool,
     ) -> Result<Self> {
-        tiles.check(limits)?;
-        let k = |spec| Kernel::build(device, spec, &tiles, checked);
-        // The four gradient kernels take one bind group per layer.
-        let gradient_dense = k(GRADIENT_DENSE_TILED)?;
-        let shared = |spec| {
-            Kernel::with_layout(device, spec, &tiles, checked, gradient_dense.layout.clone())
+        config.check(limits)?;
+        let tiles = config.tiles;
+        // The products' sources: generated per configuration, or tiled.wgsl's.
+        let source = |spec: &KernelSpec| match config.core {
+            Core::Generated => super::codegen::source(spec, &tiles).map(Some),
+            Core::Loops => Ok(None),
         };
+        let product = |spec: KernelSpec| -> Result<Kernel> {
+            let what = format!("the bind group layout of {}", spec.entry);
+            let layout = creating(device, &what, || Kernel::layout(device, &spec))?;
+            let src = source(&spec)?;
+            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
+        };
+        // The four gradient kernels take one bind group per layer; the
+        // generated module holds the reduce entry points too.
+        let gradient_dense = product(GRADIENT_DENSE_TILED)?;
+        let shared = |spec: KernelSpec| {
+            let src = source(&spec)?;
+            let layout = gradient_dense.layout.clone();
+            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
+        };
+        let k = |spec| Kernel::build(device, spec, &tiles, checked);
         Ok(TiledKernels {
             tiles,
-            forward_dense: k(FORWARD_DENSE_TILED)?,
-            delta_hidden: k(DELTA_HIDDEN_TILED)?,
+            core: config.core,
+            forward_dense: product(FORWARD_DENSE_TILED)?,
+            delta_hidden: product(DELTA_HIDDEN_TILED)?,
             gradient_sgd: shared(GRADIENT_SGD_TILED)?,
             gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE)?,
             gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE)?,
@@ -885,6 +1028,14 @@ impl TiledKernels {
             delta_output_loss: k(DELTA_OUTPUT_LOSS)?,
             loss_finish: k(LOSS_FINISH)?,
         })
+    }
+
+    /// The configuration they were built with.
+    pub fn config(&self) -> KernelConfig {
+        KernelConfig {
+            core: self.core,
+            tiles: self.tiles,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! ([`micro_batch_rows`]).
 
 use super::context::GpuContext;
-use super::kernels::{checked_by_env, WG};
+use super::kernels::{checked_by_env, Core, KernelConfig, WG};
 use crate::error::{Error, Result, Setting};
 use crate::network::Network;
 
@@ -49,6 +49,9 @@ pub struct GpuOptions {
     /// Tile sizes of the tiled kernels; `None` chooses by adapter
     /// ([`TileConfig::for_adapter`](super::TileConfig::for_adapter)).
     pub tiles: Option<super::TileConfig>,
+    /// How the tiled products' core is built: generated per tile sizes
+    /// (the default) or tiled.wgsl's loops.
+    pub core: Core,
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
@@ -76,6 +79,7 @@ impl GpuOptions {
     pub const BASE: GpuOptions = GpuOptions {
         kernels: KernelSet::Tiled,
         tiles: None,
+        core: Core::Generated,
         max_chunk: None,
         checked: false,
     };
@@ -136,6 +140,29 @@ pub(super) fn buffer_capacity(
         ));
     }
     Ok(rows)
+}
+
+impl GpuOptions {
+    /// The tiled kernels' configuration these options give on `ctx`: their
+    /// tiles, or the adapter's, with their core.
+    pub fn kernel_config(&self, ctx: &GpuContext) -> KernelConfig {
+        KernelConfig {
+            core: self.core,
+            tiles: self
+                .tiles
+                .unwrap_or_else(|| super::TileConfig::for_adapter(&ctx.info, &ctx.limits)),
+        }
+    }
+
+    /// Options that run `config`'s tiled kernels.
+    pub fn with_config(self, config: KernelConfig) -> GpuOptions {
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            tiles: Some(config.tiles),
+            core: config.core,
+            ..self
+        }
+    }
 }
 
 /// The most bytes one storage buffer of a backend may hold: the device's

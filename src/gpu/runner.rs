@@ -13,7 +13,7 @@
 use super::context::GpuContext;
 use super::kernels::{
     checked_by_env, dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims,
-    Grid, Kernel, Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
+    Grid, Kernel, KernelConfig, Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::Metric;
@@ -46,27 +46,27 @@ impl KernelRunner {
         Self::with_checks(ctx, None, checked_by_env())
     }
 
-    /// Compile every kernel, the tiled ones with `tiles`, checked as
-    /// `SHADERTRAIN_CHECKED` says.
+    /// Compile every kernel, the tiled ones with `tiles` and the generated
+    /// core, checked as `SHADERTRAIN_CHECKED` says.
     pub fn with_tiles(ctx: Arc<GpuContext>, tiles: TileConfig) -> Result<Self> {
-        Self::with_checks(ctx, Some(tiles), checked_by_env())
+        Self::with_checks(ctx, Some(KernelConfig::generated(tiles)), checked_by_env())
     }
 
-    /// Compile every kernel, the tiled ones with `tiles` (`None`: the
-    /// adapter's, left out where they fail their own check), with naga's
-    /// runtime checks where `checked`.
+    /// Compile every kernel, the tiled ones with `config` (`None`: the
+    /// generated core with the adapter's tiles, left out where they fail
+    /// their own check), with naga's runtime checks where `checked`.
     pub fn with_checks(
         ctx: Arc<GpuContext>,
-        tiles: Option<TileConfig>,
+        config: Option<KernelConfig>,
         checked: bool,
     ) -> Result<Self> {
-        let tiled = match tiles {
-            Some(t) => Some(TiledKernels::new(&ctx.device, &ctx.limits, t, checked)?),
+        let tiled = match config {
+            Some(c) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
             None => {
-                let t = TileConfig::for_adapter(&ctx.info, &ctx.limits);
+                let c = KernelConfig::generated(TileConfig::for_adapter(&ctx.info, &ctx.limits));
                 // A shader wgpu rejects is an error; tiles the device cannot run are none.
-                match t.check(&ctx.limits) {
-                    Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, t, checked)?),
+                match c.check(&ctx.limits) {
+                    Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
                     Err(_) => None,
                 }
             }
