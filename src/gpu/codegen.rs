@@ -26,7 +26,7 @@ use std::fmt::Write;
 /// `vec4` groups) within [`TileConfig::safety`].
 pub fn check(tiles: &TileConfig) -> Result<()> {
     tiles.safety()?;
-    if tiles.tm % 4 != 0 || tiles.tn % 4 != 0 {
+    if !tiles.tm.is_multiple_of(4) || !tiles.tn.is_multiple_of(4) {
         return Err(Error::Invalid(format!(
             "tile configuration {tiles:?}: the generated kernels need tm and tn of 4 or 8"
         )));
