@@ -198,6 +198,20 @@ fn generated_kernels_validate_for_every_config() {
             bk: 16,
             ..TileConfig::DISCRETE
         },
+        TileConfig {
+            wg_x: 8,
+            wg_y: 8,
+            tm: 16,
+            tn: 8,
+            bk: 8,
+        },
+        TileConfig {
+            wg_x: 4,
+            wg_y: 4,
+            tm: 12,
+            tn: 16,
+            bk: 4,
+        },
     ];
     let specs = ALL
         .iter()

@@ -32,6 +32,16 @@ enum Set {
     Tiled(&'static str, KernelConfig),
 }
 
+/// Lavapipe's choice: 16×8 per invocation on 8×8 invocations (128×64
+/// blocks), two bias rows per invocation.
+const WIDE: TileConfig = TileConfig {
+    wg_x: 8,
+    wg_y: 8,
+    tm: 16,
+    tn: 8,
+    bk: 8,
+};
+
 /// A generated configuration unlike the built-in ones: 4×8 per invocation
 /// on 8×16 invocations (64×32 blocks), K steps of 16.
 const TALL: TileConfig = TileConfig {
@@ -132,6 +142,7 @@ fn table() -> Vec<Row> {
                     checked,
                 ),
                 tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
+                tiled("gen 16x8", KernelConfig::generated(WIDE), checked),
             ]
         })
         .collect()
@@ -656,5 +667,54 @@ fn checked_and_unchecked_steps_are_bitwise_equal() {
                 panic!("{label}: param {i} unchecked {} checked {}", a[i], b[i]);
             }
         }
+    }
+}
+
+/// The configuration chosen without a tuned cache: large blocks where the
+/// widest product fills the device with little padding, small ones for
+/// narrow layers and small products, always one that fits the limits.
+#[test]
+fn heuristic_fills_the_device_with_little_padding() {
+    use shadertrain::gpu::heuristic;
+    use shadertrain::network::Network;
+    use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu};
+    let limits = wgpu::Limits::default();
+    let net = |s: &str| Network::parse(s).unwrap();
+    let gen = KernelConfig::generated;
+    let w1 = net("784,256,256,10");
+    assert_eq!(
+        heuristic(Cpu, &limits, &w1, 1024),
+        gen(TileConfig::CPU_LARGE)
+    );
+    // 17 of every 128 columns would be real work.
+    let narrow = net("3,17,5");
+    assert_eq!(
+        heuristic(Cpu, &limits, &narrow, 200_000),
+        gen(TileConfig::SMALL)
+    );
+    let w3 = net("4096,4096,4096");
+    assert_eq!(
+        heuristic(DiscreteGpu, &limits, &w3, 4096),
+        gen(TileConfig::DISCRETE)
+    );
+    // W1 has 16 blocks of 128×128: too few for a large GPU.
+    assert_eq!(
+        heuristic(DiscreteGpu, &limits, &w1, 1024),
+        gen(TileConfig::SMALL)
+    );
+    assert_eq!(
+        heuristic(IntegratedGpu, &limits, &w1, 1024),
+        gen(TileConfig::MEDIUM)
+    );
+    for device in [Cpu, DiscreteGpu, IntegratedGpu] {
+        let tiny = heuristic(device, &limits, &net("2,2,2"), 1);
+        tiny.check(&limits).unwrap();
+        assert_eq!(tiny, gen(TileConfig::SMALL), "{device:?}");
+        // Within small limits, what fits.
+        let small = wgpu::Limits {
+            max_compute_workgroup_storage_size: 4096,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        heuristic(device, &small, &w3, 4096).check(&small).unwrap();
     }
 }

@@ -125,6 +125,45 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
     ))
 }
 
+/// The configuration one tiled product of a step runs with.
+#[derive(serde::Serialize)]
+struct ProductConfig {
+    /// `forward`, `delta_hidden` or `gradient`, and the layer.
+    product: String,
+    /// `(M, N, K)` of the product.
+    shape: [usize; 3],
+    config: String,
+    /// `flag` (--kernel-config or --tiles) or `heuristic`.
+    source: &'static str,
+}
+
+/// Every tiled product of a step of `net` at `batch` rows with `config`.
+fn product_configs(
+    net: &Network,
+    batch: usize,
+    config: KernelConfig,
+    source: &'static str,
+) -> Vec<ProductConfig> {
+    let mut out = Vec::new();
+    for (l, ly) in net.layers().iter().enumerate() {
+        let mut push = |product: &str, layer: usize, shape| {
+            out.push(ProductConfig {
+                product: format!("{product} layer {layer}"),
+                shape,
+                config: config.to_string(),
+                source,
+            })
+        };
+        push("forward", l, [batch, ly.n_out, ly.n_in]);
+        // The delta of the layer below, from this layer's weights.
+        if let Some(h) = l.checked_sub(1) {
+            push("delta_hidden", h, [batch, ly.n_in, ly.n_out]);
+        }
+        push("gradient", l, [ly.n_out, ly.n_in, batch]);
+    }
+    out
+}
+
 /// One backend's result, as `bench --json` prints it.
 #[derive(serde::Serialize)]
 struct BenchRow {
@@ -143,6 +182,13 @@ struct BenchRow {
     /// GPU only: which kernels ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernels: Option<String>,
+    /// GPU only: dispatches recorded by one step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dispatches_per_step: Option<usize>,
+    /// GPU only: the configuration of each tiled product and where it came
+    /// from (`flag` or `heuristic`); empty for the simple kernels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_configs: Option<Vec<ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
     /// (`SHADERTRAIN_CHECKED=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +297,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 workload: workload.map(|w| w.name),
                 kernels: None,
                 checked: None,
+                dispatches_per_step: None,
+                kernel_configs: None,
                 profile: None,
                 speedup: None,
                 max_param_diff: None,
@@ -277,6 +325,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
         r.checked = Some(checked);
+        r.dispatches_per_step = Some(g.dispatches_per_step()?);
+        let source = if a.kernel_config.is_some() || a.tiles.is_some() {
+            "flag"
+        } else {
+            "heuristic"
+        };
+        r.kernel_configs = Some(match g.kernel_config() {
+            Some(c) => product_configs(&net, batch, c, source),
+            None => Vec::new(),
+        });
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

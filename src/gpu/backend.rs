@@ -116,8 +116,9 @@ enum Which {
 
 impl GpuBackend {
     /// Buffers, pipelines and bind groups for `net` and batches of up to
-    /// `capacity` samples, made once, running the kernel set and tile sizes
-    /// for the adapter ([`KernelSet::for_adapter`], [`TileConfig::for_adapter`]).
+    /// `capacity` samples, made once, running the kernel set and the
+    /// configuration for the adapter and this network ([`KernelSet::for_adapter`],
+    /// [`super::options::heuristic`]).
     /// Parameters start at zero.
     pub fn new(ctx: Arc<GpuContext>, net: &Network, capacity: usize) -> Result<Self> {
         let options = GpuOptions::for_adapter(&ctx, net, capacity)?;
@@ -151,7 +152,7 @@ impl GpuBackend {
         // A device already lost or spoiled fails here, not at the first step.
         ctx.check_errors()?;
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
-        let tiled = compile_tiled(&ctx, &options)?;
+        let tiled = compile_tiled(&ctx, net, held, &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
@@ -188,6 +189,19 @@ impl GpuBackend {
         stages
             .into_iter()
             .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
+    }
+
+    /// Dispatches one `step` of the loaded batch records (per micro-batch
+    /// for a split batch, plus its update); the full batch's before one is loaded.
+    pub fn dispatches_per_step(&self) -> Result<usize> {
+        let mut n = 0;
+        for &stage in self.step_stages() {
+            self.schedule().plan(stage, &mut |_| {
+                n += 1;
+                Ok(())
+            })?;
+        }
+        Ok(n)
     }
 
     /// Whether its modules were built with naga's runtime checks
@@ -506,11 +520,16 @@ impl GpuBackend {
 
 /// The tiled kernels when `options` asks for them, with its configuration
 /// or the adapter's tiles.
-fn compile_tiled(ctx: &GpuContext, options: &GpuOptions) -> Result<Option<TiledKernels>> {
+fn compile_tiled(
+    ctx: &GpuContext,
+    net: &Network,
+    rows: usize,
+    options: &GpuOptions,
+) -> Result<Option<TiledKernels>> {
     if options.kernels == KernelSet::Simple {
         return Ok(None);
     }
-    let config = options.kernel_config(ctx);
+    let config = options.kernel_config(ctx, net, rows);
     TiledKernels::new(&ctx.device, &ctx.limits, config, options.checked).map(Some)
 }
 

@@ -16,19 +16,24 @@
 //!
 //! Each output element still sums its K terms in ascending order, one
 //! multiply-add each, as the scalar core and the CPU twin do. Configurations
-//! need `tm` and `tn` in {4, 8} ([`check`]).
+//! need `tm` and `tn` multiples of 4 up to 16 ([`check`]); with more rows in
+//! a block than invocations, each invocation sums several rows for the bias.
 
 use super::kernels::{KernelSpec, TileConfig};
 use crate::error::{Error, Result};
 use std::fmt::Write;
 
-/// Whether `tiles` can be generated: `tm` and `tn` multiples of 4 (the
-/// `vec4` groups) within [`TileConfig::safety`].
+/// Largest `tm` and `tn` of a generated core.
+pub const MAX_GEN_T: u32 = 16;
+
+/// Whether `tiles` can be generated (safety condition 1 of unchecked
+/// modules for a generated core): [`TileConfig::bounds`] up to
+/// [`MAX_GEN_T`], `tm` and `tn` multiples of 4 (the `vec4` groups).
 pub fn check(tiles: &TileConfig) -> Result<()> {
-    tiles.safety()?;
+    tiles.bounds(MAX_GEN_T)?;
     if !tiles.tm.is_multiple_of(4) || !tiles.tn.is_multiple_of(4) {
         return Err(Error::Invalid(format!(
-            "tile configuration {tiles:?}: the generated kernels need tm and tn of 4 or 8"
+            "tile configuration {tiles:?}: the generated kernels need tm and tn of 4, 8, 12 or 16"
         )));
     }
     Ok(())
@@ -110,11 +115,15 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
     let n0 = (tile % tiles_n) * BN;
     let tx = lid % WG_X;
     let ty = lid / WG_X;
-    let row_sums = ROW_SUMS && n0 == 0u && lid < BM;
-    var rsum = 0.0;",
+    let row_sums = ROW_SUMS && n0 == 0u;",
         bk * sa,
         bk * sb
     );
+    // Row sums: invocation lid sums rows lid + r·threads of the block.
+    let sums = bm.div_ceil(threads);
+    for r in 0..sums {
+        let _ = writeln!(w, "    var rsum{r} = 0.0;");
+    }
     for i in 0..tm {
         for j in 0..gn {
             let _ = writeln!(w, "    var c{i}_{j} = vec4<f32>();");
@@ -145,12 +154,19 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
     );
     let _ = writeln!(w, "        workgroupBarrier();");
     let _ = writeln!(w, "        if (row_sums) {{");
-    for kk in 0..bk {
+    for r in 0..sums {
         let _ = writeln!(
             w,
-            "            rsum += tile_a[{}u + lid / 4u][lid % 4u];",
-            kk * sa
+            "            let row{r} = min(lid + {}u, BM - 1u);",
+            r * threads
         );
+        for kk in 0..bk {
+            let _ = writeln!(
+                w,
+                "            rsum{r} += tile_a[{}u + row{r} / 4u][row{r} % 4u];",
+                kk * sa
+            );
+        }
     }
     let _ = writeln!(w, "        }}");
     let comp = ["x", "y", "z", "w"];
@@ -203,13 +219,17 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
         }
         let _ = writeln!(w, "    }}");
     }
-    let _ = writeln!(
-        w,
-        "    if (row_sums && m0 + lid < m_len) {{
-        row_sum_store(m0 + lid, rsum);
-    }}
-}}"
-    );
+    // Rows past the block (clamped above) are not stored.
+    for r in 0..sums {
+        let _ = writeln!(
+            w,
+            "    if (row_sums && lid + {o}u < BM && m0 + lid + {o}u < m_len) {{
+        row_sum_store(m0 + lid + {o}u, rsum{r});
+    }}",
+            o = r * threads
+        );
+    }
+    let _ = writeln!(w, "}}");
     s
 }
 

@@ -23,7 +23,10 @@
 //!    `BK·(BN + 1)` words; every index is below those bounds when
 //!    `1 ≤ tm, tn ≤ MAX_T`, `bk ≥ 1` and `wg_x, wg_y ≥ 1`, and the sizes do
 //!    not wrap in u32 ([`TileConfig::safety`], asserted before a tiled
-//!    module is made). The loss kernels' arrays are `LOSS_WG` long and
+//!    module is made). A generated core has no private arrays (its register
+//!    block is named variables) and stages `BK·(BM/4 + 1)` and `BK·(BN/4 + 1)`
+//!    `vec4`s indexed by constants plus an offset below `BM/4`, `BN/4`
+//!    ([`super::codegen::check`]). The loss kernels' arrays are `LOSS_WG` long and
 //!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size).
 //! 2. **Loops end**: every loop counts up by a step of at least 1 (`BK`, the
 //!    workgroup's invocations, 1) to a bound below `u32::MAX − step`, or
@@ -520,6 +523,16 @@ impl TileConfig {
         tn: 4,
         bk: 8,
     };
+    /// CPU adapters (lavapipe), large products, generated core only: 128×128
+    /// blocks, 16×16 per invocation, 64 invocations (the fastest measured
+    /// at W1 on lavapipe, BENCHMARKS.md).
+    pub const CPU_LARGE: TileConfig = TileConfig {
+        wg_x: 8,
+        wg_y: 8,
+        tm: 16,
+        tn: 16,
+        bk: 8,
+    };
     /// CPU adapters (lavapipe): 32×32 blocks, 4×4 per invocation, 64 invocations.
     pub const SMALL: TileConfig = TileConfig {
         wg_x: 8,
@@ -561,39 +574,55 @@ impl TileConfig {
 
     /// Safety condition 1 of unchecked modules (module docs): every private
     /// and workgroup array index of tiled.wgsl in range. `tm, tn` in
-    /// `1..=MAX_T` (the register blocks), `bk ≥ 1` and `wg_x, wg_y ≥ 1` (the
-    /// loops' steps and the divisors), and the staged blocks' sizes
-    /// `bk·(bm + 1)`, `bk·(bn + 1)` well inside u32. Asserted before any
-    /// tiled module is made, checked or not.
+    /// `1..=MAX_T` (the register blocks) and [`TileConfig::bounds`].
+    /// Asserted before any tiled.wgsl module is made, checked or not (the
+    /// generated cores have their own, [`super::codegen::check`]).
     pub fn safety(&self) -> Result<()> {
+        self.bounds(MAX_T)
+    }
+
+    /// `tm, tn` in `1..=max_t`, `bk` in `1..=256` and `wg_x, wg_y` in
+    /// `1..=1024` (the loops' steps and divisors at least 1, the staged
+    /// blocks' sizes well inside u32).
+    pub fn bounds(&self, max_t: u32) -> Result<()> {
         let bad = |why: String| {
             Err(Error::Invalid(format!(
                 "tile configuration {self:?}: {why}"
             )))
         };
-        if !(1..=MAX_T).contains(&self.tm) || !(1..=MAX_T).contains(&self.tn) || self.bk == 0 {
-            return bad(format!("tm and tn must be 1..={MAX_T} and bk at least 1"));
+        if !(1..=max_t).contains(&self.tm) || !(1..=max_t).contains(&self.tn) {
+            return bad(format!("tm and tn must be 1..={max_t}"));
         }
-        if self.wg_x == 0 || self.wg_y == 0 || self.wg_x > 1024 || self.wg_y > 1024 || self.bk > 256
-        {
-            return bad("wg_x and wg_y must be 1..=1024 and bk at most 256".into());
+        if !(1..=256).contains(&self.bk) {
+            return bad("bk must be 1..=256".into());
+        }
+        if !(1..=1024).contains(&self.wg_x) || !(1..=1024).contains(&self.wg_y) {
+            return bad("wg_x and wg_y must be 1..=1024".into());
         }
         Ok(())
     }
 
-    /// Whether the kernels can run with these sizes on a device with
-    /// `limits`: [`TileConfig::safety`], then the device's limits.
+    /// Whether tiled.wgsl can run with these sizes on a device with
+    /// `limits`: [`TileConfig::safety`], one invocation per row of a block
+    /// for the bias sums, then the device's limits.
     pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
         self.safety()?;
+        if self.wg_x < self.tm {
+            return Err(Error::Invalid(format!(
+                "tile configuration {self:?}: wg_x must be at least tm"
+            )));
+        }
+        self.fits(limits, self.workgroup_bytes())
+    }
+
+    /// Whether a workgroup of these sizes using `bytes` of workgroup memory
+    /// is within `limits`.
+    pub fn fits(&self, limits: &wgpu::Limits, bytes: u32) -> Result<()> {
         let bad = |why: String| {
             Err(Error::Invalid(format!(
                 "tile configuration {self:?}: {why}"
             )))
         };
-        // The bias sums take one invocation per output row of a block.
-        if self.wg_x < self.tm {
-            return bad("wg_x must be at least tm".into());
-        }
         let threads = self.wg_x * self.wg_y;
         if threads > limits.max_compute_invocations_per_workgroup
             || self.wg_x > limits.max_compute_workgroup_size_x
@@ -604,10 +633,9 @@ impl TileConfig {
                 self.wg_x, self.wg_y
             ));
         }
-        if self.workgroup_bytes() > limits.max_compute_workgroup_storage_size {
+        if bytes > limits.max_compute_workgroup_storage_size {
             return bad(format!(
-                "{} bytes of workgroup memory, over this device's {}",
-                self.workgroup_bytes(),
+                "{bytes} bytes of workgroup memory, over this device's {}",
                 limits.max_compute_workgroup_storage_size
             ));
         }
@@ -697,9 +725,13 @@ impl Kernel {
         generated: Option<&str>,
         layout: wgpu::BindGroupLayout,
     ) -> Result<Kernel> {
-        // Safety condition 1, for every kernel: the element-wise ones share
-        // the module with no tile arrays, so this only refuses bad tiles.
-        tiles.safety()?;
+        // Safety condition 1: the tile sizes a module is built with (the
+        // other kinds run tiled.wgsl's defaults, or have no tile arrays).
+        match (generated, spec.kind) {
+            (Some(_), _) => super::codegen::check(tiles)?,
+            (None, KernelKind::Tiled) => tiles.safety()?,
+            (None, _) => {}
+        }
         let source = generated.unwrap_or(spec.source);
         let module = creating(device, &format!("shader module {}", spec.file), || {
             let desc = wgpu::ShaderModuleDescriptor {
@@ -848,7 +880,8 @@ impl Kernels {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Core {
     /// Straight-line WGSL generated for the tile sizes ([`super::codegen`]):
-    /// `vec4` accumulators and workgroup reads. Needs `tm`, `tn` of 4 or 8.
+    /// `vec4` accumulators and workgroup reads. Needs `tm`, `tn` multiples
+    /// of 4 up to 16.
     Generated,
     /// `shaders/tiled.wgsl`: loops over the register block, scalar reads, tile
     /// sizes as pipeline constants (any `tm`, `tn` up to `MAX_T`).
@@ -884,22 +917,17 @@ impl KernelConfig {
         }
     }
 
-    /// Whether it can run on a device with `limits`: the tiles' check, and
-    /// for a generated core its own ([`super::codegen::check`]) and its
-    /// workgroup memory.
+    /// Whether it can run on a device with `limits`: its core's own check
+    /// (tiled.wgsl: [`TileConfig::check`]; generated:
+    /// [`super::codegen::check`]), its workgroup within the device's limits.
     pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
-        self.tiles.check(limits)?;
-        if self.core == Core::Generated {
-            super::codegen::check(&self.tiles)?;
+        match self.core {
+            Core::Loops => self.tiles.check(limits),
+            Core::Generated => {
+                super::codegen::check(&self.tiles)?;
+                self.tiles.fits(limits, self.workgroup_bytes())
+            }
         }
-        let bytes = self.workgroup_bytes();
-        if bytes > limits.max_compute_workgroup_storage_size {
-            return Err(Error::Invalid(format!(
-                "kernel configuration {self}: {bytes} bytes of workgroup memory, over this device's {}",
-                limits.max_compute_workgroup_storage_size
-            )));
-        }
-        Ok(())
     }
 
     /// Parse the form [`KernelConfig`]'s `Display` writes.

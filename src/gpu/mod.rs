@@ -23,6 +23,6 @@ pub use context::{list_adapters, AdapterSummary, GpuContext};
 #[doc(hidden)]
 pub use kernels::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
 pub use kernels::{Core, KernelConfig, TileConfig};
-pub use options::{micro_batch_rows, GpuOptions, KernelSet};
+pub use options::{heuristic, micro_batch_rows, GpuOptions, KernelSet};
 #[doc(hidden)]
 pub use runner::KernelRunner;

@@ -64,6 +64,8 @@ impl KernelRunner {
             Some(c) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
             None => {
                 let c = KernelConfig::generated(TileConfig::for_adapter(&ctx.info, &ctx.limits));
+                // (The adapter's tiles, not the per-network heuristic: the
+                // runner serves products of every shape.)
                 // A shader wgpu rejects is an error; tiles the device cannot run are none.
                 match c.check(&ctx.limits) {
                     Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
