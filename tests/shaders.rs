@@ -271,7 +271,7 @@ fn uniform_structs_have_the_sizes_wgsl_expects() {
     assert_eq!(std::mem::size_of::<OptimUniform>(), 32);
     assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
     assert_eq!(std::mem::size_of::<StepUniform>(), 16);
-    assert_eq!(std::mem::size_of::<Acc>(), 16);
+    assert_eq!(std::mem::size_of::<Acc>(), 16 + 4 * 256);
     // The loss totals struct is a storage binding; check its WGSL size too.
     let spec = ALL
         .iter()

@@ -693,7 +693,7 @@ impl Backend for GpuBackend {
         self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
-            loss_sum: a.loss_sum as f64,
+            loss_sum: a.loss(),
             loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,

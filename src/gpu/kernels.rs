@@ -209,21 +209,43 @@ impl StepUniform {
     }
 }
 
+/// Slots of the loss totals: step `t` adds its loss to slot `t % ACC_SLOTS`
+/// (mirrors `ACC_SLOTS` in reduce.wgsl).
+pub const ACC_SLOTS: usize = 256;
+
 /// The running loss totals, mirrored by `struct Acc` in `shaders/reduce.wgsl`
-/// (the file every loss kernel includes). Public for the kernel runner and
-/// tests; not part of the documented API.
+/// (the file every loss kernel includes). Each step's loss goes to one of
+/// [`ACC_SLOTS`] f32 slots in turn and the host adds the slots in f64
+/// ([`Acc::loss`]): a 10,000-step epoch is then ~40 f32 adds per slot, not
+/// 10,000 into one sum (which drifts by parts in 1e4). Public for the kernel
+/// runner and tests; not part of the documented API.
 #[doc(hidden)]
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct Acc {
-    /// Σ of per-sample losses.
-    pub loss_sum: f32,
     /// Samples seen.
     pub samples: u32,
     /// Samples scored correct.
     pub correct: u32,
     /// Batches seen.
     pub steps: u32,
+    /// Storage structs are 16-byte aligned here.
+    pub _pad: u32,
+    /// Σ of per-sample losses, step `t`'s in slot `t % ACC_SLOTS`.
+    pub loss_slots: [f32; ACC_SLOTS],
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc::zeroed()
+    }
+}
+
+impl Acc {
+    /// The loss total: the slots added in f64.
+    pub fn loss(&self) -> f64 {
+        self.loss_slots.iter().map(|&v| v as f64).sum()
+    }
 }
 
 /// The kind of one binding, in binding order.
