@@ -95,11 +95,16 @@ pub struct BenchArgs {
 struct KernelTime {
     kernel: String,
     ms: f64,
+    /// The configuration a tiled product kernel ran with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
 }
 
 /// Median per-dispatch times of `runs` profiled steps, in dispatch order, or
 /// `None` where the adapter has no timestamp queries.
 fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
+    // The tiled products (`*_tiled` entry points) run the backend's configuration.
+    let config = g.kernel_config().map(|c| c.to_string());
     let mut all: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
         match g.profile_step(lr)? {
@@ -119,6 +124,7 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
                 KernelTime {
                     kernel: name.clone(),
                     ms: bench::Timing { ms }.median(),
+                    config: config.clone().filter(|_| name.contains("_tiled")),
                 }
             })
             .collect(),
@@ -381,10 +387,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         outln!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
         for k in prof {
             outln!(
-                "  {:<36} {:>10.3} ms  {:>5.1}%",
+                "  {:<36} {:>10.3} ms  {:>5.1}%  {}",
                 k.kernel,
                 k.ms,
-                100.0 * k.ms / total.max(1e-12)
+                100.0 * k.ms / total.max(1e-12),
+                k.config.as_deref().unwrap_or("")
             );
         }
     }
