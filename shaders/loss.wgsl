@@ -1,6 +1,6 @@
 // loss.wgsl — loss and score of one batch, reduced on the GPU and added to a
 // running total that the host reads only when it asks (end of an epoch):
-//   acc.loss_sum += Σ_s Σ_k loss_term(A[s, k], Y[s, k])   (MSE or cross-entropy, dims.loss)
+//   acc.loss_slots[steps % ACC_SLOTS] += Σ_s Σ_k loss_term(A[s, k], Y[s, k])   (MSE or CE, dims.loss)
 //   acc.samples  += rows;   acc.correct += samples scored correct (dims.metric)
 // One workgroup of LOSS_WG invocations: each sums a strided share of the
 // samples, then a fixed-order tree reduction (reduce.wgsl), so the result is

@@ -1,7 +1,7 @@
 // loss_finish.wgsl — second stage of the parallel loss: one workgroup adds the
 // partials of delta_output_loss (loss_partial.wgsl) in a fixed order to the
 // running totals that the host reads when it asks:
-//   acc.loss_sum += Σ_g partials[g].loss;  acc.correct += Σ_g partials[g].correct
+//   acc.loss_slots[steps % ACC_SLOTS] += Σ_g partials[g].loss;  acc.correct += Σ_g partials[g].correct
 //   acc.samples  += rows;                  acc.steps += 1
 //
 // | binding | name     | access             | shape                               |

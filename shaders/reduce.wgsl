@@ -3,12 +3,18 @@
 // struct, the partial sums, and a fixed-order tree reduction, so every loss
 // is deterministic (no float atomics).
 
-// Mirrors `shadertrain::gpu::Acc` (16 bytes).
+// Slots of the loss totals (mirrors `ACC_SLOTS` in src/gpu/kernels.rs).
+const ACC_SLOTS: u32 = 256u;
+
+// Mirrors `shadertrain::gpu::Acc` (16 + 4·ACC_SLOTS bytes). Step t adds its
+// loss to loss_slots[t % ACC_SLOTS]; the host adds the slots in f64, so a long
+// epoch is a few dozen f32 adds per slot rather than one long f32 sum.
 struct Acc {
-    loss_sum: f32,
     samples: u32,
     correct: u32,
     steps: u32,
+    _pad0: u32,
+    loss_slots: array<f32, ACC_SLOTS>,
 }
 
 // One workgroup's share of a batch's loss (loss_partial.wgsl), 8 bytes.
@@ -68,5 +74,10 @@ fn reduce_totals(lid: u32) {
 
 // `old` plus a reduced batch of `rows` samples (after reduce_totals).
 fn totals_plus(old: Acc, rows: u32) -> Acc {
-    return Acc(old.loss_sum + w_loss[0], old.samples + rows, old.correct + w_count[0], old.steps + 1u);
+    var t = old;
+    t.loss_slots[old.steps % ACC_SLOTS] += w_loss[0];
+    t.samples += rows;
+    t.correct += w_count[0];
+    t.steps += 1u;
+    return t;
 }

@@ -67,6 +67,8 @@ pub enum Setting {
     MicroBatches,
     /// How the processes of a distributed run talk (MPI).
     Distributed,
+    /// A configuration of the GPU's tiled kernels.
+    KernelConfig,
 }
 
 impl Setting {
@@ -102,6 +104,7 @@ impl Setting {
             Setting::Devices => "devices",
             Setting::MicroBatches => "micro-batches",
             Setting::Distributed => "distribution",
+            Setting::KernelConfig => "kernel configuration",
         }
     }
 }

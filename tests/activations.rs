@@ -186,6 +186,7 @@ fn gpu_runs_match_the_reference_every_activation() {
                 kernels,
                 tiles,
                 max_chunk,
+                ..GpuOptions::default()
             };
             let mut gpu = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
             let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();

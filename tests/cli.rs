@@ -646,6 +646,71 @@ fn bench_both_compares_gpu_with_cpu() {
     assert_eq!(rows[1]["max_param_diff"], rows[0]["max_param_diff"]);
 }
 
+/// What ran on the GPU: checked or not, dispatches per step, and each tiled
+/// product's configuration with its source; `--kernel-config` replays one
+/// (the previous loop core included) and is reported as `flag`.
+#[test]
+fn bench_gpu_reports_kernel_configs() {
+    if !gpu_or_skip("bench_gpu_reports_kernel_configs") {
+        return;
+    }
+    let base = [
+        "bench",
+        "--backend",
+        "gpu",
+        "--layers",
+        "5,7,3",
+        "--batch",
+        "9",
+        "--steps",
+        "2",
+        "--json",
+    ];
+    let (rows, r) = bench_rows(&base);
+    let v = &rows[0];
+    assert_eq!(v["checked"], false, "{}", r.dump());
+    assert_eq!(v["dispatches_per_step"], 7, "{}", r.dump());
+    let configs = v["kernel_configs"].as_array().expect("kernel_configs");
+    // forward ×2, delta_hidden ×1, gradient ×2
+    assert_eq!(configs.len(), 5, "{}", r.dump());
+    assert!(
+        configs.iter().all(|c| c["source"] == "heuristic"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(configs[0]["product"], "forward layer 0");
+    assert_eq!(configs[0]["shape"], serde_json::json!([9, 7, 5]));
+    for config in ["loops:8x8:4x4:k8", "gen:4x16:4x8:k16"] {
+        let mut args = base.to_vec();
+        args.extend(["--kernel-config", config]);
+        let (rows, r) = bench_rows(&args);
+        let configs = rows[0]["kernel_configs"]
+            .as_array()
+            .expect("kernel_configs");
+        assert!(
+            configs
+                .iter()
+                .all(|c| c["config"] == config && c["source"] == "flag"),
+            "{}",
+            r.dump()
+        );
+    }
+    let env = [("SHADERTRAIN_CHECKED", "1")];
+    let r = run_env(&base, &env).success();
+    let v: Value = serde_json::from_str(r.stdout().lines().next().unwrap_or("")).unwrap();
+    assert_eq!(v["checked"], true, "{}", r.dump());
+    expect_error(
+        &[
+            "bench",
+            "--backend",
+            "gpu",
+            "--kernel-config",
+            "gen:8x8:3x4:k8",
+        ],
+        &["--kernel-config", "gen:8x8:3x4:k8"],
+    );
+}
+
 #[test]
 fn bad_bench_flags() {
     let bench = |extra: &[&'static str]| {
@@ -663,6 +728,10 @@ fn bad_bench_flags() {
     expect_error(&bench(&["--lr", "nan"]), &["--lr"]);
     expect_error(&["bench", "--backend", "tpu"], &["tpu"]);
     expect_error(&bench(&["--layers", "3"]), &["--layers"]);
+    expect_error(
+        &bench(&["--kernel-config", "gen:8x8"]),
+        &["--kernel-config"],
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -236,6 +236,7 @@ fn runs_match_the_reference(device: Device) {
                     kernels,
                     tiles: Some(TileConfig::SMALL),
                     max_chunk,
+                    ..GpuOptions::default()
                 };
                 let gpu = GpuBackend::with_options(ctx.clone(), &net, 11, options).unwrap();
                 let label = format!("gpu {kernels:?} chunk {max_chunk:?}");

@@ -175,6 +175,95 @@ fn tiled_kernels_resolve_with_every_tile_config() {
     }
 }
 
+/// Every generated core, as the host builds it per configuration: each tiled
+/// kernel file's module parses and validates, keeps its bindings, and has the
+/// workgroup shape and memory the host expects (the entry points of
+/// gradient_tiled.wgsl's reduce pass included).
+#[test]
+fn generated_kernels_validate_for_every_config() {
+    use shadertrain::gpu::codegen;
+    use shadertrain::gpu::KernelConfig;
+    let configs = [
+        TileConfig::SMALL,
+        TileConfig::MEDIUM,
+        TileConfig::DISCRETE,
+        TileConfig {
+            wg_x: 4,
+            wg_y: 16,
+            tm: 4,
+            tn: 8,
+            bk: 16,
+        },
+        TileConfig {
+            bk: 16,
+            ..TileConfig::DISCRETE
+        },
+        TileConfig {
+            wg_x: 8,
+            wg_y: 8,
+            tm: 16,
+            tn: 8,
+            bk: 8,
+        },
+        TileConfig {
+            wg_x: 4,
+            wg_y: 4,
+            tm: 12,
+            tn: 16,
+            bk: 4,
+        },
+    ];
+    let specs = ALL
+        .iter()
+        .filter(|s| s.file.ends_with("_tiled.wgsl"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        specs.len(),
+        6,
+        "forward, delta_hidden, 2 gradient, 2 reduce"
+    );
+    for tiles in configs {
+        let config = KernelConfig::generated(tiles);
+        assert_eq!(KernelConfig::parse(&config.to_string()).unwrap(), config);
+        for spec in &specs {
+            let src = codegen::source(spec, &tiles).unwrap();
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{} {config}: {}", spec.entry, e.emit_to_string(&src)));
+            Validator::new(ValidationFlags::all(), Capabilities::default())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{} {config} does not validate: {e:?}", spec.entry));
+            let ep = module
+                .entry_points
+                .iter()
+                .find(|e| e.name == spec.entry)
+                .unwrap_or_else(|| panic!("{config} has no {}", spec.entry));
+            let want = match spec.kind {
+                KernelKind::Tiled => [tiles.wg_x, tiles.wg_y, 1],
+                _ => [WG, 1, 1],
+            };
+            assert_eq!(ep.workgroup_size, want, "{} {config}", spec.entry);
+            let bindings = module
+                .global_variables
+                .iter()
+                .filter(|(_, v)| v.binding.is_some())
+                .count();
+            assert_eq!(bindings, spec.bindings.len(), "{} {config}", spec.entry);
+            let shared: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(_, v)| v.space == AddressSpace::WorkGroup)
+                .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                .sum();
+            assert_eq!(shared, config.workgroup_bytes(), "{} {config}", spec.entry);
+        }
+    }
+    let odd = TileConfig {
+        tm: 3,
+        ..TileConfig::SMALL
+    };
+    assert!(codegen::source(specs[0], &odd).is_err());
+}
+
 #[test]
 fn uniform_structs_have_the_sizes_wgsl_expects() {
     use shadertrain::gpu::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
@@ -182,7 +271,7 @@ fn uniform_structs_have_the_sizes_wgsl_expects() {
     assert_eq!(std::mem::size_of::<OptimUniform>(), 32);
     assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
     assert_eq!(std::mem::size_of::<StepUniform>(), 16);
-    assert_eq!(std::mem::size_of::<Acc>(), 16);
+    assert_eq!(std::mem::size_of::<Acc>(), 16 + 4 * 256);
     // The loss totals struct is a storage binding; check its WGSL size too.
     let spec = ALL
         .iter()

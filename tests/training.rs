@@ -33,7 +33,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Simple,
             tiles: None,
-            max_chunk: None,
+            ..GpuOptions::BASE
         },
     ),
     (
@@ -41,7 +41,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(TileConfig::SMALL),
-            max_chunk: None,
+            ..GpuOptions::BASE
         },
     ),
     (
@@ -49,7 +49,7 @@ const KERNELS: [(&str, GpuOptions); 3] = [
         GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(TileConfig::DISCRETE),
-            max_chunk: None,
+            ..GpuOptions::BASE
         },
     ),
 ];
@@ -298,7 +298,7 @@ fn nan_check_changes_nothing_and_stops_at_the_step() {
             let options = GpuOptions {
                 kernels,
                 tiles: Some(TileConfig::SMALL),
-                max_chunk: None,
+                ..GpuOptions::default()
             };
             makers.push((
                 "gpu",

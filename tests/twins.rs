@@ -6,6 +6,9 @@
 //! neuron; every activation and both losses. Outputs start poisoned with NaN
 //! (see `gpu::runner`), so an element a kernel never wrote fails, and every
 //! comparison is `abs + rel·|ref|` and names where and by how much.
+//! Every set runs twice, its modules built with naga's runtime checks and
+//! without (the default; `GpuOptions::checked`), set through the library so
+//! that no test depends on `SHADERTRAIN_CHECKED`.
 //! Special cases (argmax ties, grids beyond one dimension, tile limits) are
 //! their own tests at the end.
 
@@ -14,7 +17,7 @@ mod common;
 use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
-use shadertrain::gpu::{Acc, KernelRunner, TileConfig};
+use shadertrain::gpu::{Acc, Core, KernelConfig, KernelRunner, TileConfig};
 use shadertrain::network::{Activation, Loss};
 
 /// A matrix product `(M, N, K)`: each kernel reads it in its own roles,
@@ -26,8 +29,28 @@ type Product = (usize, usize, usize);
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Set {
     Simple,
-    Tiled(&'static str, TileConfig),
+    Tiled(&'static str, KernelConfig),
 }
+
+/// Lavapipe's choice: 16×8 per invocation on 8×8 invocations (128×64
+/// blocks), two bias rows per invocation.
+const WIDE: TileConfig = TileConfig {
+    wg_x: 8,
+    wg_y: 8,
+    tm: 16,
+    tn: 8,
+    bk: 8,
+};
+
+/// A generated configuration unlike the built-in ones: 4×8 per invocation
+/// on 8×16 invocations (64×32 blocks), K steps of 16.
+const TALL: TileConfig = TileConfig {
+    wg_x: 4,
+    wg_y: 16,
+    tm: 4,
+    tn: 8,
+    bk: 16,
+};
 
 /// The layer sizes and batches the simple kernels were always checked on:
 /// one neuron, two, and odd widths up to 257, batch 1 to 64.
@@ -57,6 +80,8 @@ const TILED: &[Product] = &[
 /// slope (≤ 1/4) hides and relu, tanh and linear pass through.
 struct Row {
     set: Set,
+    /// Modules built with naga's runtime checks.
+    checked: bool,
     products: Vec<Product>,
     abs: f64,
     abs_forward: f64,
@@ -82,22 +107,45 @@ fn table() -> Vec<Row> {
             }
         }
     }
-    let tiled = |name, tiles| Row {
-        set: Set::Tiled(name, tiles),
+    let loops = |tiles| KernelConfig {
+        core: Core::Loops,
+        tiles,
+    };
+    let tiled = |name, config, checked| Row {
+        set: Set::Tiled(name, config),
+        checked,
         products: TILED.to_vec(),
         abs: 5e-6,
         abs_forward: 2e-5,
     };
-    vec![
-        Row {
-            set: Set::Simple,
-            products: simple,
-            abs: 2e-6,
-            abs_forward: 1e-5,
-        },
-        tiled("small", TileConfig::SMALL),
-        tiled("discrete", TileConfig::DISCRETE),
-    ]
+    [false, true]
+        .into_iter()
+        .flat_map(|checked| {
+            [
+                Row {
+                    set: Set::Simple,
+                    checked,
+                    products: simple.clone(),
+                    abs: 2e-6,
+                    abs_forward: 1e-5,
+                },
+                tiled("loops small", loops(TileConfig::SMALL), checked),
+                tiled("loops discrete", loops(TileConfig::DISCRETE), checked),
+                tiled(
+                    "gen small",
+                    KernelConfig::generated(TileConfig::SMALL),
+                    checked,
+                ),
+                tiled(
+                    "gen discrete",
+                    KernelConfig::generated(TileConfig::DISCRETE),
+                    checked,
+                ),
+                tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
+                tiled("gen 16x8", KernelConfig::generated(WIDE), checked),
+            ]
+        })
+        .collect()
 }
 
 /// One case of the table, as a comparison function sees it.
@@ -116,24 +164,50 @@ impl Case<'_> {
     }
 }
 
+/// The runner of row `i` of the table, compiled once for every test of this
+/// binary (the generated cores take LLVM a while on lavapipe).
+fn runner(
+    ctx: &std::sync::Arc<shadertrain::GpuContext>,
+    i: usize,
+    row: &Row,
+) -> std::sync::Arc<KernelRunner> {
+    static RUNNERS: std::sync::Mutex<Vec<Option<std::sync::Arc<KernelRunner>>>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut all = RUNNERS.lock().unwrap_or_else(|e| e.into_inner());
+    if all.len() <= i {
+        all.resize(i + 1, None);
+    }
+    let config = match row.set {
+        Set::Simple => None,
+        Set::Tiled(_, config) => Some(config),
+    };
+    all[i]
+        .get_or_insert_with(|| {
+            std::sync::Arc::new(
+                KernelRunner::with_checks(ctx.clone(), config, row.checked).unwrap(),
+            )
+        })
+        .clone()
+}
+
 /// Run `check` on every product of every kernel set in `sets` (`None`: all).
 fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)) {
     let Some(ctx) = gpu_or_skip(test) else { return };
-    for row in table() {
+    for (i, row) in table().into_iter().enumerate() {
         if !sets.is_none_or(|keep| keep(row.set)) {
             continue;
         }
-        let r = match row.set {
-            Set::Simple => KernelRunner::new(ctx.clone()).unwrap(),
-            Set::Tiled(_, tiles) => KernelRunner::with_tiles(ctx.clone(), tiles).unwrap(),
-        };
+        let r = runner(&ctx, i, &row);
+        assert_eq!(r.checked(), row.checked);
+        let checks = if row.checked { "checked" } else { "unchecked" };
+        let r = &*r;
         for &p in &row.products {
             let set = match row.set {
-                Set::Simple => "simple".to_string(),
-                Set::Tiled(name, _) => format!("tiled {name}"),
+                Set::Simple => format!("simple {checks}"),
+                Set::Tiled(name, _) => format!("tiled {name} {checks}"),
             };
             check(&Case {
-                r: &r,
+                r,
                 set: row.set,
                 p,
                 abs: row.abs,
@@ -349,11 +423,18 @@ fn delta_output_loss_matches_cpu() {
     let Some(ctx) = gpu_or_skip("delta_output_loss") else {
         return;
     };
-    let r = KernelRunner::new(ctx).unwrap();
+    for checked in [false, true] {
+        let r = KernelRunner::with_checks(ctx.clone(), None, checked).unwrap();
+        delta_output_loss_cases(&r, checked);
+    }
+}
+
+fn delta_output_loss_cases(r: &KernelRunner, checked: bool) {
     for n in [1, 2, 5, 256, 300] {
         for batch in [1, 7, 600] {
             for (act, loss) in OUTPUTS {
-                let label = format!("delta_output_loss n {n} batch {batch} {act:?}");
+                let label =
+                    format!("delta_output_loss checked {checked} n {n} batch {batch} {act:?}");
                 let mut g = rng(&label);
                 let a = activated(&mut g, act, batch, n);
                 let (y, metric) = scored_targets(&a, batch, n);
@@ -462,6 +543,62 @@ fn tile_configs_fit_the_default_limits() {
     assert!(no_row_sums.check(&limits).is_err());
 }
 
+/// The safety conditions of unchecked modules: tile sizes whose arrays an
+/// index could overrun, or whose loops could not end, are refused before
+/// any module is made, and a Dims past the bound is refused before it is
+/// written.
+#[test]
+fn unsafe_tiles_and_dims_are_refused_on_the_host() {
+    use shadertrain::gpu::kernels::DIMS_BOUND;
+    use shadertrain::gpu::Dims;
+    let s = TileConfig::SMALL;
+    for bad in [
+        TileConfig { tm: 0, ..s },
+        TileConfig { tn: 9, ..s },
+        TileConfig { bk: 0, ..s },
+        TileConfig { wg_y: 0, ..s },
+        TileConfig { wg_x: 4096, ..s },
+    ] {
+        let err = bad.safety().unwrap_err().to_string();
+        assert!(err.contains("tile configuration"), "{bad:?}: {err}");
+    }
+    for t in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::DISCRETE] {
+        t.safety().unwrap();
+    }
+    let ok = Dims {
+        rows: 7,
+        n_in: 3,
+        n_out: 5,
+        splits: 1,
+        ..Dims::default()
+    };
+    ok.check().unwrap();
+    for bad in [
+        Dims {
+            rows: DIMS_BOUND,
+            ..ok
+        },
+        Dims {
+            w_off: u32::MAX,
+            ..ok
+        },
+        Dims { n_out: 0, ..ok },
+        Dims { splits: 0, ..ok },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
+    let Some(ctx) = gpu_or_skip("unsafe tiles") else {
+        return;
+    };
+    for checked in [false, true] {
+        let bad = KernelConfig::generated(TileConfig { tm: 9, ..s });
+        assert!(KernelRunner::with_checks(ctx.clone(), Some(bad), checked).is_err());
+        // The generated core needs vec4 groups.
+        let odd = KernelConfig::generated(TileConfig { tm: 3, ..s });
+        assert!(KernelRunner::with_checks(ctx.clone(), Some(odd), checked).is_err());
+    }
+}
+
 /// Split K only where a layer has few output blocks and a long batch, and
 /// never past the scratch it is given.
 #[test]
@@ -481,4 +618,140 @@ fn k_splits_fill_the_device_within_scratch() {
         10,
         "scratch for 10"
     );
+}
+
+/// Whole steps of a backend built with and without naga's runtime checks:
+/// the checks only guard indices the host keeps in range, so parameters and
+/// totals agree to the bit, for both kernel sets and a stateful optimizer.
+#[test]
+fn checked_and_unchecked_steps_are_bitwise_equal() {
+    use shadertrain::backend::Backend;
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet};
+    use shadertrain::network::Network;
+    use shadertrain::optim::{Optimizer, OptimizerKind};
+    let Some(ctx) = gpu_or_skip("checked_and_unchecked_steps") else {
+        return;
+    };
+    let net = Network::parse("5,17,3:softmax").unwrap();
+    let batch = 9;
+    let (x, y) = batch_for(&net, batch, "checked vs unchecked");
+    for kernels in [KernelSet::Simple, KernelSet::Tiled] {
+        let adam = Optimizer {
+            kind: OptimizerKind::Adam,
+            ..Optimizer::default()
+        };
+        for opt in [Optimizer::default(), adam] {
+            let run = |checked: bool| {
+                let options = GpuOptions {
+                    kernels,
+                    checked,
+                    ..GpuOptions::default()
+                };
+                let mut b = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
+                assert_eq!(b.checked(), checked);
+                b.set_params(&net.init(3)).unwrap();
+                b.set_optimizer(&opt).unwrap();
+                b.load_batch(&x, &y).unwrap();
+                for _ in 0..3 {
+                    b.step(0.3).unwrap();
+                }
+                let loss = b.take_totals().unwrap().loss();
+                (b.params().unwrap(), loss)
+            };
+            let (p_off, l_off) = run(false);
+            let (p_on, l_on) = run(true);
+            let label = format!("{kernels:?} {opt:?}");
+            assert_eq!(l_off.to_bits(), l_on.to_bits(), "{label} loss");
+            let (a, b) = (&p_off.data, &p_on.data);
+            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                panic!("{label}: param {i} unchecked {} checked {}", a[i], b[i]);
+            }
+        }
+    }
+}
+
+/// The configuration chosen without a tuned cache: large blocks where the
+/// widest product fills the device with little padding, small ones for
+/// narrow layers and small products, always one that fits the limits.
+#[test]
+fn heuristic_fills_the_device_with_little_padding() {
+    use shadertrain::gpu::heuristic;
+    use shadertrain::network::Network;
+    use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu};
+    let limits = wgpu::Limits::default();
+    let net = |s: &str| Network::parse(s).unwrap();
+    let gen = KernelConfig::generated;
+    let w1 = net("784,256,256,10");
+    assert_eq!(
+        heuristic(Cpu, &limits, &w1, 1024),
+        gen(TileConfig::CPU_LARGE)
+    );
+    // 17 of every 128 columns would be real work.
+    let narrow = net("3,17,5");
+    assert_eq!(
+        heuristic(Cpu, &limits, &narrow, 200_000),
+        gen(TileConfig::SMALL)
+    );
+    let w3 = net("4096,4096,4096");
+    assert_eq!(
+        heuristic(DiscreteGpu, &limits, &w3, 4096),
+        gen(TileConfig::DISCRETE)
+    );
+    // W1 has 16 blocks of 128×128: too few for a large GPU.
+    assert_eq!(
+        heuristic(DiscreteGpu, &limits, &w1, 1024),
+        gen(TileConfig::SMALL)
+    );
+    assert_eq!(
+        heuristic(IntegratedGpu, &limits, &w1, 1024),
+        gen(TileConfig::MEDIUM)
+    );
+    for device in [Cpu, DiscreteGpu, IntegratedGpu] {
+        let tiny = heuristic(device, &limits, &net("2,2,2"), 1);
+        tiny.check(&limits).unwrap();
+        assert_eq!(tiny, gen(TileConfig::SMALL), "{device:?}");
+        // Within small limits, what fits.
+        let small = wgpu::Limits {
+            max_compute_workgroup_storage_size: 4096,
+            ..wgpu::Limits::downlevel_defaults()
+        };
+        heuristic(device, &small, &w3, 4096).check(&small).unwrap();
+    }
+}
+
+/// The loss totals of a 10,000-step epoch: the same batch stepped with a
+/// zero learning rate, so every step's loss is the same on both sides; the
+/// GPU's per-step losses spread over f32 slots that the host adds in f64 stay
+/// within a few f32 roundings of the f64 reference, where one plain f32 sum
+/// drifted by 1e-4 (7628.198 for 7628.983).
+#[test]
+fn loss_totals_of_a_long_epoch_match_the_cpu() {
+    use shadertrain::backend::Backend;
+    use shadertrain::cpu::CpuBackend;
+    use shadertrain::gpu::GpuBackend;
+    use shadertrain::network::Network;
+    let Some(ctx) = gpu_or_skip("loss_totals_of_a_long_epoch") else {
+        return;
+    };
+    let net = Network::parse("3,5,2").unwrap();
+    let batch = 7;
+    let steps = 10_000;
+    let (x, y) = batch_for(&net, batch, "long epoch");
+    let mut gpu = GpuBackend::new(ctx, &net, batch).unwrap();
+    let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+    gpu.set_params(&net.init(5)).unwrap();
+    cpu.set_params(&net.init(5)).unwrap();
+    gpu.load_batch(&x, &y).unwrap();
+    let (x64, y64) = (f64s(&x), f64s(&y));
+    cpu.load_batch(&x64, &y64).unwrap();
+    for _ in 0..steps {
+        gpu.step(0.0).unwrap();
+    }
+    cpu.step(0.0).unwrap();
+    let one = cpu.take_totals().unwrap().loss_sum;
+    let got = gpu.take_totals().unwrap();
+    assert_eq!(got.samples, (steps * batch) as u64);
+    let want = one * steps as f64;
+    // One step's f32 loss is within ~1e-7 of the f64 one; the sum keeps that.
+    assert_close64("10,000-step loss_sum", &[got.loss_sum], &[want], 0.0, 1e-6);
 }

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelSet, TileConfig};
+use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelConfig, KernelSet, TileConfig};
 use shadertrain::network::{Network, Params};
 use shadertrain::parallel::DataParallel;
 use shadertrain::trainer::Device;
@@ -79,6 +79,11 @@ pub struct BenchArgs {
     /// Tile sizes of the tiled kernels (default: chosen by adapter type).
     #[arg(long, value_enum)]
     tiles: Option<TilesArg>,
+    /// One configuration of the tiled kernels, as `bench --json` and
+    /// checkpoints record it: `gen|loops:WXxWY:TMxTN:kBK` (e.g.
+    /// `gen:8x8:4x4:k8`; `loops` is the previous tiled.wgsl core).
+    #[arg(long, conflicts_with_all = ["tiles", "kernels"])]
+    kernel_config: Option<String>,
     /// Also time each GPU kernel of a step with timestamp queries (median of 5 steps).
     #[arg(long)]
     profile: bool,
@@ -234,11 +239,16 @@ fn scaling(
 struct KernelTime {
     kernel: String,
     ms: f64,
+    /// The configuration a tiled product kernel ran with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
 }
 
 /// Median per-dispatch times of `runs` profiled steps, in dispatch order, or
 /// `None` where the adapter has no timestamp queries.
 fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
+    // The tiled products (`*_tiled` entry points) run the backend's configuration.
+    let config = g.kernel_config().map(|c| c.to_string());
     let mut all: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
         match g.profile_step(lr)? {
@@ -258,10 +268,50 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
                 KernelTime {
                     kernel: name.clone(),
                     ms: bench::Timing { ms }.median(),
+                    config: config.clone().filter(|_| name.contains("_tiled")),
                 }
             })
             .collect(),
     ))
+}
+
+/// The configuration one tiled product of a step runs with.
+#[derive(serde::Serialize)]
+struct ProductConfig {
+    /// `forward`, `delta_hidden` or `gradient`, and the layer.
+    product: String,
+    /// `(M, N, K)` of the product.
+    shape: [usize; 3],
+    config: String,
+    /// `flag` (--kernel-config or --tiles) or `heuristic`.
+    source: &'static str,
+}
+
+/// Every tiled product of a step of `net` at `batch` rows with `config`.
+fn product_configs(
+    net: &Network,
+    batch: usize,
+    config: KernelConfig,
+    source: &'static str,
+) -> Vec<ProductConfig> {
+    let mut out = Vec::new();
+    for (l, ly) in net.layers().iter().enumerate() {
+        let mut push = |product: &str, layer: usize, shape| {
+            out.push(ProductConfig {
+                product: format!("{product} layer {layer}"),
+                shape,
+                config: config.to_string(),
+                source,
+            })
+        };
+        push("forward", l, [batch, ly.n_out, ly.n_in]);
+        // The delta of the layer below, from this layer's weights.
+        if let Some(h) = l.checked_sub(1) {
+            push("delta_hidden", h, [batch, ly.n_in, ly.n_out]);
+        }
+        push("gradient", l, [ly.n_out, ly.n_in, batch]);
+    }
+    out
 }
 
 /// One backend's result, as `bench --json` prints it.
@@ -282,6 +332,17 @@ struct BenchRow {
     /// GPU only: which kernels ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernels: Option<String>,
+    /// GPU only: dispatches recorded by one step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dispatches_per_step: Option<usize>,
+    /// GPU only: the configuration of each tiled product and where it came
+    /// from (`flag` or `heuristic`); empty for the simple kernels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_configs: Option<Vec<ProductConfig>>,
+    /// GPU only: whether the modules were built with naga's runtime checks
+    /// (`SHADERTRAIN_CHECKED=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked: Option<bool>,
     /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<KernelTime>>,
@@ -307,6 +368,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for (flag, given) in [
         ("--kernels", a.kernels != KernelsArg::Auto),
         ("--tiles", a.tiles.is_some()),
+        ("--kernel-config", a.kernel_config.is_some()),
         ("--profile", a.profile),
         ("--adapter", a.adapter.is_some()),
     ] {
@@ -351,6 +413,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             None => GpuContext::new()?,
         };
         let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
+        let config = match &a.kernel_config {
+            Some(text) => Some(KernelConfig::parse(text)?),
+            None => None,
+        };
         let options = GpuOptions {
             kernels: match a.kernels {
                 KernelsArg::Auto => auto.kernels,
@@ -363,6 +429,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 TilesArg::Discrete => TileConfig::DISCRETE,
             }),
             ..GpuOptions::default()
+        };
+        let options = match config {
+            Some(c) => options.with_config(c),
+            None => options,
         };
         Some(GpuBackend::with_options(ctx, &net, batch, options)?)
     } else {
@@ -390,6 +460,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 gflops: flops / (med / 1e3) / 1e9,
                 workload: workload.map(|w| w.name),
                 kernels: None,
+                checked: None,
+                dispatches_per_step: None,
+                kernel_configs: None,
                 profile: None,
                 speedup: None,
                 max_param_diff: None,
@@ -398,21 +471,34 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
     };
     if let Some(mut g) = gpu {
-        let kernels = match g.tiles() {
-            Some(t) => format!(
-                "tiled {}x{}, {}x{} per invocation",
-                t.bm(),
-                t.bn(),
-                t.tm,
-                t.tn
+        let kernels = match g.kernel_config() {
+            Some(c) => format!(
+                "tiled {c} ({}x{} blocks, {}x{} per invocation)",
+                c.tiles.bm(),
+                c.tiles.bn(),
+                c.tiles.tm,
+                c.tiles.tn
             ),
             None => "simple".into(),
         };
+        let checked = g.checked();
         if !a.json {
-            eprintln!("gpu kernels: {kernels}");
+            let checks = if checked { "checked" } else { "unchecked" };
+            eprintln!("gpu kernels: {kernels}; modules {checks}");
         }
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
+        r.checked = Some(checked);
+        r.dispatches_per_step = Some(g.dispatches_per_step()?);
+        let source = if a.kernel_config.is_some() || a.tiles.is_some() {
+            "flag"
+        } else {
+            "heuristic"
+        };
+        r.kernel_configs = Some(match g.kernel_config() {
+            Some(c) => product_configs(&net, batch, c, source),
+            None => Vec::new(),
+        });
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {
@@ -459,10 +545,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         outln!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
         for k in prof {
             outln!(
-                "  {:<36} {:>10.3} ms  {:>5.1}%",
+                "  {:<36} {:>10.3} ms  {:>5.1}%  {}",
                 k.kernel,
                 k.ms,
-                100.0 * k.ms / total.max(1e-12)
+                100.0 * k.ms / total.max(1e-12),
+                k.config.as_deref().unwrap_or("")
             );
         }
     }

@@ -82,6 +82,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Devices => "--devices",
         Setting::MicroBatches => "--micro-batches",
         Setting::Distributed => "--distributed",
+        Setting::KernelConfig => "--kernel-config",
     }
 }
 

@@ -40,8 +40,8 @@
 use super::buffers::{Buffers, Groups, UpdateBuffers};
 use super::context::{create_buffer, creating, GpuContext};
 use super::kernels::{
-    dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
-    TiledKernels,
+    dispatch, k_splits, Acc, BatchUniform, KernelConfig, Kernels, OptimUniform, StepUniform,
+    TileConfig, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
 use super::readback;
@@ -116,8 +116,9 @@ enum Which {
 
 impl GpuBackend {
     /// Buffers, pipelines and bind groups for `net` and batches of up to
-    /// `capacity` samples, made once, running the kernel set and tile sizes
-    /// for the adapter ([`KernelSet::for_adapter`], [`TileConfig::for_adapter`]).
+    /// `capacity` samples, made once, running the kernel set and the
+    /// configuration for the adapter and this network ([`KernelSet::for_adapter`],
+    /// [`super::options::heuristic`]).
     /// Parameters start at zero.
     pub fn new(ctx: Arc<GpuContext>, net: &Network, capacity: usize) -> Result<Self> {
         let options = GpuOptions::for_adapter(&ctx, net, capacity)?;
@@ -151,9 +152,9 @@ impl GpuBackend {
         // A device already lost or spoiled fails here, not at the first step.
         ctx.check_errors()?;
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
-        let tiled = compile_tiled(&ctx, &options)?;
+        let tiled = compile_tiled(&ctx, net, held, &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
-        let kernels = Kernels::new(&ctx.device)?;
+        let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
         let mut backend = GpuBackend {
             ctx,
@@ -190,6 +191,25 @@ impl GpuBackend {
             .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
     }
 
+    /// Dispatches one `step` of the loaded batch records (per micro-batch
+    /// for a split batch, plus its update); the full batch's before one is loaded.
+    pub fn dispatches_per_step(&self) -> Result<usize> {
+        let mut n = 0;
+        for &stage in self.step_stages() {
+            self.schedule().plan(stage, &mut |_| {
+                n += 1;
+                Ok(())
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Whether its modules were built with naga's runtime checks
+    /// ([`GpuOptions::checked`]).
+    pub fn checked(&self) -> bool {
+        self.kernels.forward_dense.checked
+    }
+
     /// The kernel set it runs.
     pub fn kernel_set(&self) -> KernelSet {
         match self.tiled {
@@ -201,6 +221,11 @@ impl GpuBackend {
     /// The tile sizes of its tiled kernels (`None` for [`KernelSet::Simple`]).
     pub fn tiles(&self) -> Option<TileConfig> {
         self.tiled.as_ref().map(|t| t.tiles)
+    }
+
+    /// The configuration of its tiled kernels (`None` for [`KernelSet::Simple`]).
+    pub fn kernel_config(&self) -> Option<KernelConfig> {
+        self.tiled.as_ref().map(|t| t.config())
     }
 
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
@@ -493,15 +518,19 @@ impl GpuBackend {
     }
 }
 
-/// The tiled kernels when `options` asks for them, with its tile sizes or the adapter's.
-fn compile_tiled(ctx: &GpuContext, options: &GpuOptions) -> Result<Option<TiledKernels>> {
+/// The tiled kernels when `options` asks for them, with its configuration
+/// or the adapter's tiles.
+fn compile_tiled(
+    ctx: &GpuContext,
+    net: &Network,
+    rows: usize,
+    options: &GpuOptions,
+) -> Result<Option<TiledKernels>> {
     if options.kernels == KernelSet::Simple {
         return Ok(None);
     }
-    let tiles = options
-        .tiles
-        .unwrap_or_else(|| TileConfig::for_adapter(&ctx.info, &ctx.limits));
-    TiledKernels::new(&ctx.device, &ctx.limits, tiles).map(Some)
+    let config = options.kernel_config(ctx, net, rows);
+    TiledKernels::new(&ctx.device, &ctx.limits, config, options.checked).map(Some)
 }
 
 impl Backend for GpuBackend {
@@ -672,7 +701,7 @@ impl Backend for GpuBackend {
         self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
         Ok(Totals {
-            loss_sum: a.loss_sum as f64,
+            loss_sum: a.loss(),
             loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,

@@ -13,6 +13,7 @@ use super::kernels::{
     k_splits, loss_groups, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform, StepUniform,
     TiledKernels,
 };
+use super::options::binding_bytes;
 use super::readback;
 use crate::backend::Metric;
 use crate::error::Result;
@@ -81,7 +82,11 @@ impl Buffers {
         let acc = totals(ctx)?;
         let acc_staging = readback::staging(ctx, std::mem::size_of::<Acc>() as u64)?;
         let dims = (0..net.layers().len())
-            .map(|l| uniform(ctx, "dims", &layer_dims(net, l, capacity, Metric::None, 1)))
+            .map(|l| {
+                let d = layer_dims(net, l, capacity, Metric::None, 1);
+                d.check()?;
+                uniform(ctx, "dims", &d)
+            })
             .collect::<Result<_>>()?;
         // Plain SGD's constants until an optimizer is set: count is what sgd_update reads.
         let constants = OptimUniform::new(p, &Optimizer::default().terms(0.0, 0));
@@ -114,8 +119,16 @@ impl Buffers {
         metric: Metric,
         splits: &[u32],
     ) {
+        assert!(
+            rows <= self.capacity,
+            "{rows} rows staged in buffers of {}",
+            self.capacity
+        );
         for (l, buf) in self.dims.iter().enumerate() {
             let d = layer_dims(net, l, rows, metric, splits[l]);
+            // Safety condition 2 of unchecked modules (gpu::kernels docs):
+            // buffers of fewer than 2^30 floats make this hold.
+            d.check().expect("layer Dims within the kernels' bounds");
             ctx.queue.write_buffer(buf, 0, bytemuck::bytes_of(&d));
         }
     }
@@ -160,10 +173,7 @@ fn scratch_floats(
     tiled: Option<&TiledKernels>,
 ) -> u64 {
     let Some(t) = tiled else { return 1 };
-    let limit = ctx
-        .limits
-        .max_storage_buffer_binding_size
-        .min(ctx.limits.max_buffer_size);
+    let limit = binding_bytes(&ctx.limits);
     let budget = SCRATCH_BUDGET.min(limit / 4);
     net.layers()
         .iter()
@@ -214,10 +224,7 @@ pub(super) fn storage_buffer(
     floats: usize,
     extra: wgpu::BufferUsages,
 ) -> Result<wgpu::Buffer> {
-    let limit = ctx
-        .limits
-        .max_storage_buffer_binding_size
-        .min(ctx.limits.max_buffer_size);
+    let limit = binding_bytes(&ctx.limits);
     let bytes = (floats.max(1) * 4) as u64;
     if bytes > limit {
         return Err(crate::Error::Gpu(format!(

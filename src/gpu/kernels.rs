@@ -5,9 +5,44 @@
 //! host builds bind-group layouts from that table, and a naga test (no GPU
 //! needed) checks every shader's declared bindings and uniform sizes against
 //! the same table, so pipeline and bind group agree by construction.
+//!
+//! # Unchecked modules and their safety conditions
+//!
+//! By default every module is built with
+//! [`wgpu::Device::create_shader_module_trusted`] and
+//! [`wgpu::ShaderRuntimeChecks::unchecked`]: naga then adds no clamp to an
+//! index, no bound to a loop and no guard to an integer division (on
+//! lavapipe the checks cost the tiled W1 step a third of its time). Setting
+//! `SHADERTRAIN_CHECKED=1` ([`checked_by_env`]), or
+//! [`GpuOptions::checked`](super::GpuOptions::checked), builds checked
+//! modules instead; both kinds compute bitwise the same results (the twin
+//! tests run both). Unchecked modules are sound because these conditions
+//! hold, each asserted on the host where it says:
+//! 1. **Private and workgroup arrays**: a tiled kernel's register blocks hold
+//!    `MAX_T` rows or columns and its staged blocks `BK·(BM + 1)` and
+//!    `BK·(BN + 1)` words; every index is below those bounds when
+//!    `1 ≤ tm, tn ≤ MAX_T`, `bk ≥ 1` and `wg_x, wg_y ≥ 1`, and the sizes do
+//!    not wrap in u32 ([`TileConfig::safety`], asserted before a tiled
+//!    module is made). A generated core has no private arrays (its register
+//!    block is named variables) and stages `BK·(BM/4 + 1)` and `BK·(BN/4 + 1)`
+//!    `vec4`s indexed by constants plus an offset below `BM/4`, `BN/4`
+//!    ([`super::codegen::check`]). The loss kernels' arrays are `LOSS_WG` long and
+//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size).
+//! 2. **Loops end**: every loop counts up by a step of at least 1 (`BK`, the
+//!    workgroup's invocations, 1) to a bound below `u32::MAX − step`, or
+//!    halves a power of two; every shape and offset the host writes into a
+//!    [`Dims`] is below 2³⁰ because each buffer holds fewer than 2³⁰ floats
+//!    ([`Dims::check`], asserted whenever a `Dims` is written).
+//! 3. **Divisions**: every divisor is a pipeline constant of at least 1, a
+//!    layer width (`n_in`, `n_out` ≥ 1 by [`Network`](crate::Network)'s
+//!    rules), `n_in + 1`, a grid size or a power of two.
+//! 4. **Storage buffers**: each index is below the length of the buffer bound
+//!    there, given a `Dims` that describes those buffers (rows at most their
+//!    capacity, layer offsets from the network); wgpu also enables the
+//!    driver's own robust buffer access where the adapter has it.
 
 use super::context::creating;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use bytemuck::{Pod, Zeroable};
 
 /// Shape constants of one layer, mirrored by `struct Dims` in
@@ -42,6 +77,42 @@ pub struct Dims {
     pub loss: u32,
     /// Uniforms are 16-byte aligned.
     pub _pad: u32,
+}
+
+/// Bound on every shape, offset and slice count in a [`Dims`] (safety
+/// condition 2 of unchecked modules: no loop counter or index wraps).
+pub const DIMS_BOUND: u32 = 1 << 30;
+
+impl Dims {
+    /// Safety conditions 2 and 3 of unchecked modules (module docs): every
+    /// field below [`DIMS_BOUND`], `n_out` and `splits` at least 1. The
+    /// host asserts this on every `Dims` it writes; a failure is a bug in
+    /// the host, not a bad input (buffers hold fewer than 2³⁰ floats).
+    pub fn check(&self) -> Result<()> {
+        let fields = [
+            ("rows", self.rows),
+            ("n_in", self.n_in),
+            ("n_out", self.n_out),
+            ("w_off", self.w_off),
+            ("b_off", self.b_off),
+            ("n_next", self.n_next),
+            ("w_next_off", self.w_next_off),
+            ("splits", self.splits),
+        ];
+        if let Some((name, v)) = fields.iter().find(|(_, v)| *v >= DIMS_BOUND) {
+            return Err(Error::Gpu(format!(
+                "layer shape {name} = {v} is over the kernels' bound of {DIMS_BOUND}"
+            )));
+        }
+        // n_in may be 0 for the kernels that never read it (the runner's
+        // loss and softmax); every layer's Dims has it from the network.
+        if self.n_out == 0 || self.splits == 0 {
+            return Err(Error::Gpu(format!(
+                "layer shape {self:?} has no output or no K slice"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The update's constants, mirrored by `struct Optim` in
@@ -138,21 +209,43 @@ impl StepUniform {
     }
 }
 
+/// Slots of the loss totals: step `t` adds its loss to slot `t % ACC_SLOTS`
+/// (mirrors `ACC_SLOTS` in reduce.wgsl).
+pub const ACC_SLOTS: usize = 256;
+
 /// The running loss totals, mirrored by `struct Acc` in `shaders/reduce.wgsl`
-/// (the file every loss kernel includes). Public for the kernel runner and
-/// tests; not part of the documented API.
+/// (the file every loss kernel includes). Each step's loss goes to one of
+/// [`ACC_SLOTS`] f32 slots in turn and the host adds the slots in f64
+/// ([`Acc::loss`]): a 10,000-step epoch is then ~40 f32 adds per slot, not
+/// 10,000 into one sum (which drifts by parts in 1e4). Public for the kernel
+/// runner and tests; not part of the documented API.
 #[doc(hidden)]
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
 pub struct Acc {
-    /// Σ of per-sample losses.
-    pub loss_sum: f32,
     /// Samples seen.
     pub samples: u32,
     /// Samples scored correct.
     pub correct: u32,
     /// Batches seen.
     pub steps: u32,
+    /// Storage structs are 16-byte aligned here.
+    pub _pad: u32,
+    /// Σ of per-sample losses, step `t`'s in slot `t % ACC_SLOTS`.
+    pub loss_slots: [f32; ACC_SLOTS],
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc::zeroed()
+    }
+}
+
+impl Acc {
+    /// The loss total: the slots added in f64.
+    pub fn loss(&self) -> f64 {
+        self.loss_slots.iter().map(|&v| v as f64).sum()
+    }
 }
 
 /// The kind of one binding, in binding order.
@@ -198,6 +291,13 @@ pub const WG: u32 = 64;
 
 /// Invocations per workgroup of the loss kernels (`LOSS_WG` in reduce.wgsl).
 pub const LOSS_WG: u32 = 256;
+
+/// Whether `SHADERTRAIN_CHECKED` asks for modules built with naga's runtime
+/// checks: set to anything but empty, `0` or `false`. Read by
+/// [`GpuOptions::default`](super::GpuOptions) and the kernel runner.
+pub fn checked_by_env() -> bool {
+    std::env::var("SHADERTRAIN_CHECKED").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
 
 /// common.wgsl, then each named file under `shaders/`.
 macro_rules! shader {
@@ -413,7 +513,7 @@ pub const MAX_T: u32 = 8;
 /// a workgroup of `wg_x × wg_y` invocations computes a `bm × bn` block of the
 /// output (`bm = wg_y·tm`, `bn = wg_x·tn`), `tm × tn` per invocation, stepping
 /// through K by `bk`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TileConfig {
     /// Invocations along N.
     pub wg_x: u32,
@@ -443,6 +543,16 @@ impl TileConfig {
         wg_y: 16,
         tm: 4,
         tn: 4,
+        bk: 8,
+    };
+    /// CPU adapters (lavapipe), large products, generated core only: 128×128
+    /// blocks, 16×16 per invocation, 64 invocations (the fastest measured
+    /// at W1 on lavapipe, BENCHMARKS.md).
+    pub const CPU_LARGE: TileConfig = TileConfig {
+        wg_x: 8,
+        wg_y: 8,
+        tm: 16,
+        tn: 16,
         bk: 8,
     };
     /// CPU adapters (lavapipe): 32×32 blocks, 4×4 per invocation, 64 invocations.
@@ -484,20 +594,57 @@ impl TileConfig {
         }
     }
 
-    /// Whether the kernels can run with these sizes on a device with `limits`.
-    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+    /// Safety condition 1 of unchecked modules (module docs): every private
+    /// and workgroup array index of tiled.wgsl in range. `tm, tn` in
+    /// `1..=MAX_T` (the register blocks) and [`TileConfig::bounds`].
+    /// Asserted before any tiled.wgsl module is made, checked or not (the
+    /// generated cores have their own, [`super::codegen::check`]).
+    pub fn safety(&self) -> Result<()> {
+        self.bounds(MAX_T)
+    }
+
+    /// `tm, tn` in `1..=max_t`, `bk` in `1..=256` and `wg_x, wg_y` in
+    /// `1..=1024` (the loops' steps and divisors at least 1, the staged
+    /// blocks' sizes well inside u32).
+    pub fn bounds(&self, max_t: u32) -> Result<()> {
         let bad = |why: String| {
             Err(Error::Invalid(format!(
                 "tile configuration {self:?}: {why}"
             )))
         };
-        if !(1..=MAX_T).contains(&self.tm) || !(1..=MAX_T).contains(&self.tn) || self.bk == 0 {
-            return bad(format!("tm and tn must be 1..={MAX_T} and bk at least 1"));
+        if !(1..=max_t).contains(&self.tm) || !(1..=max_t).contains(&self.tn) {
+            return bad(format!("tm and tn must be 1..={max_t}"));
         }
-        // The bias sums take one invocation per output row of a block.
+        if !(1..=256).contains(&self.bk) {
+            return bad("bk must be 1..=256".into());
+        }
+        if !(1..=1024).contains(&self.wg_x) || !(1..=1024).contains(&self.wg_y) {
+            return bad("wg_x and wg_y must be 1..=1024".into());
+        }
+        Ok(())
+    }
+
+    /// Whether tiled.wgsl can run with these sizes on a device with
+    /// `limits`: [`TileConfig::safety`], one invocation per row of a block
+    /// for the bias sums, then the device's limits.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        self.safety()?;
         if self.wg_x < self.tm {
-            return bad("wg_x must be at least tm".into());
+            return Err(Error::Invalid(format!(
+                "tile configuration {self:?}: wg_x must be at least tm"
+            )));
         }
+        self.fits(limits, self.workgroup_bytes())
+    }
+
+    /// Whether a workgroup of these sizes using `bytes` of workgroup memory
+    /// is within `limits`.
+    pub fn fits(&self, limits: &wgpu::Limits, bytes: u32) -> Result<()> {
+        let bad = |why: String| {
+            Err(Error::Invalid(format!(
+                "tile configuration {self:?}: {why}"
+            )))
+        };
         let threads = self.wg_x * self.wg_y;
         if threads > limits.max_compute_invocations_per_workgroup
             || self.wg_x > limits.max_compute_workgroup_size_x
@@ -508,10 +655,9 @@ impl TileConfig {
                 self.wg_x, self.wg_y
             ));
         }
-        if self.workgroup_bytes() > limits.max_compute_workgroup_storage_size {
+        if bytes > limits.max_compute_workgroup_storage_size {
             return bad(format!(
-                "{} bytes of workgroup memory, over this device's {}",
-                self.workgroup_bytes(),
+                "{bytes} bytes of workgroup memory, over this device's {}",
                 limits.max_compute_workgroup_storage_size
             ));
         }
@@ -538,16 +684,30 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     /// Group 0's layout, built from `spec.bindings`.
     pub layout: wgpu::BindGroupLayout,
+    /// Built with naga's runtime checks.
+    pub checked: bool,
 }
 
 impl Kernel {
-    /// Compile `spec` on `device`; a [`KernelKind::Tiled`] kernel with the
-    /// tile sizes of `tiles`. A shader or pipeline wgpu rejects is an
-    /// [`Error::Gpu`] naming the kernel, with wgpu's message.
+    /// Compile `spec` on `device` with naga's runtime checks; a
+    /// [`KernelKind::Tiled`] kernel with the tile sizes of `tiles`. A shader
+    /// or pipeline wgpu rejects is an [`Error::Gpu`] naming the kernel, with
+    /// wgpu's message.
     pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Result<Kernel> {
+        Self::build(device, spec, tiles, true)
+    }
+
+    /// As [`Kernel::new`], `checked` or not (the module docs give the
+    /// conditions under which an unchecked module is sound).
+    pub fn build(
+        device: &wgpu::Device,
+        spec: KernelSpec,
+        tiles: &TileConfig,
+        checked: bool,
+    ) -> Result<Kernel> {
         let what = format!("the bind group layout of {}", spec.entry);
         let layout = creating(device, &what, || Self::layout(device, &spec))?;
-        Self::with_layout(device, spec, tiles, layout)
+        Self::with_layout(device, spec, tiles, checked, None, layout)
     }
 
     /// Group 0's layout for `spec`, built from `spec.bindings`.
@@ -583,13 +743,35 @@ impl Kernel {
         device: &wgpu::Device,
         spec: KernelSpec,
         tiles: &TileConfig,
+        checked: bool,
+        generated: Option<&str>,
         layout: wgpu::BindGroupLayout,
     ) -> Result<Kernel> {
+        // Safety condition 1: the tile sizes a module is built with (the
+        // other kinds run tiled.wgsl's defaults, or have no tile arrays).
+        match (generated, spec.kind) {
+            (Some(_), _) => super::codegen::check(tiles)?,
+            (None, KernelKind::Tiled) => tiles.safety()?,
+            (None, _) => {}
+        }
+        let source = generated.unwrap_or(spec.source);
         let module = creating(device, &format!("shader module {}", spec.file), || {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(spec.file),
-                source: wgpu::ShaderSource::Wgsl(spec.source.into()),
-            })
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            };
+            if checked {
+                device.create_shader_module(desc)
+            } else {
+                // SAFETY: the module docs' conditions 1–4 hold: 1 was
+                // asserted just above, 2 by `Dims::check` on every Dims the
+                // host writes, 3 and 4 by the shapes the host derives from
+                // the network and the buffers it binds.
+                unsafe {
+                    device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            }
         })?;
         let what = format!("pipeline {} ({})", spec.entry, spec.file);
         let pipeline_layout = creating(device, &what, || {
@@ -599,7 +781,12 @@ impl Kernel {
                 immediate_size: 0,
             })
         })?;
-        let constants = tiles.constants();
+        // A generated core has its tile sizes written in; tiled.wgsl takes them as overrides.
+        let constants = if generated.is_some() {
+            Vec::new()
+        } else {
+            tiles.constants().to_vec()
+        };
         let pipeline = creating(device, &what, || {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(spec.entry),
@@ -621,6 +808,7 @@ impl Kernel {
             spec,
             pipeline,
             layout,
+            checked,
         })
     }
 
@@ -683,14 +871,16 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile every simple kernel on `device`.
-    pub fn new(device: &wgpu::Device) -> Result<Kernels> {
-        let k = |spec| Kernel::new(device, spec, &TileConfig::SMALL);
+    /// Compile every simple kernel on `device`, `checked` or not.
+    pub fn new(device: &wgpu::Device, checked: bool) -> Result<Kernels> {
+        let k = |spec| Kernel::build(device, spec, &TileConfig::SMALL, checked);
         let momentum_update = k(MOMENTUM_UPDATE)?;
         let adam_update = Kernel::with_layout(
             device,
             ADAM_UPDATE,
             &TileConfig::SMALL,
+            checked,
+            None,
             momentum_update.layout.clone(),
         )?;
         Ok(Kernels {
@@ -708,10 +898,125 @@ impl Kernels {
     }
 }
 
+/// How the tiled products' core is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Core {
+    /// Straight-line WGSL generated for the tile sizes ([`super::codegen`]):
+    /// `vec4` accumulators and workgroup reads. Needs `tm`, `tn` multiples
+    /// of 4 up to 16.
+    Generated,
+    /// `shaders/tiled.wgsl`: loops over the register block, scalar reads, tile
+    /// sizes as pipeline constants (any `tm`, `tn` up to `MAX_T`).
+    Loops,
+}
+
+/// One configuration of the tiled products: how the core is built and its
+/// tile sizes. Written `gen:WXxWY:TMxTN:kBK` or `loops:…` (e.g.
+/// `gen:8x8:4x4:k8`, [`KernelConfig::parse`]), as `--kernel-config` takes it
+/// and checkpoints and `--metrics` record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelConfig {
+    /// Generated or tiled.wgsl.
+    pub core: Core,
+    /// The tile sizes.
+    pub tiles: TileConfig,
+}
+
+impl KernelConfig {
+    /// The generated core with `tiles`.
+    pub const fn generated(tiles: TileConfig) -> KernelConfig {
+        KernelConfig {
+            core: Core::Generated,
+            tiles,
+        }
+    }
+
+    /// Bytes of workgroup memory of its product kernels.
+    pub fn workgroup_bytes(&self) -> u32 {
+        match self.core {
+            Core::Generated => super::codegen::workgroup_bytes(&self.tiles),
+            Core::Loops => self.tiles.workgroup_bytes(),
+        }
+    }
+
+    /// Whether it can run on a device with `limits`: its core's own check
+    /// (tiled.wgsl: [`TileConfig::check`]; generated:
+    /// [`super::codegen::check`]), its workgroup within the device's limits.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        match self.core {
+            Core::Loops => self.tiles.check(limits),
+            Core::Generated => {
+                super::codegen::check(&self.tiles)?;
+                self.tiles.fits(limits, self.workgroup_bytes())
+            }
+        }
+    }
+
+    /// Parse the form [`KernelConfig`]'s `Display` writes.
+    pub fn parse(text: &str) -> Result<KernelConfig> {
+        let bad = || {
+            Error::setting(
+                Setting::KernelConfig,
+                text,
+                "expected gen|loops:WXxWY:TMxTN:kBK, e.g. gen:8x8:4x4:k8",
+            )
+        };
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let [core, wg, t, k] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let core = match *core {
+            "gen" => Core::Generated,
+            "loops" => Core::Loops,
+            _ => return Err(bad()),
+        };
+        let pair = |s: &str| -> Option<(u32, u32)> {
+            let (a, b) = s.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        };
+        let ((wg_x, wg_y), (tm, tn)) = pair(wg).zip(pair(t)).ok_or_else(bad)?;
+        let bk = k
+            .strip_prefix('k')
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(bad)?;
+        let tiles = TileConfig {
+            wg_x,
+            wg_y,
+            tm,
+            tn,
+            bk,
+        };
+        let config = KernelConfig { core, tiles };
+        let checked = match core {
+            Core::Generated => super::codegen::check(&tiles),
+            Core::Loops => tiles.safety(),
+        };
+        checked.map_err(|e| Error::setting(Setting::KernelConfig, text, e.to_string()))?;
+        Ok(config)
+    }
+}
+
+impl std::fmt::Display for KernelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.tiles;
+        let core = match self.core {
+            Core::Generated => "gen",
+            Core::Loops => "loops",
+        };
+        write!(
+            f,
+            "{core}:{}x{}:{}x{}:k{}",
+            t.wg_x, t.wg_y, t.tm, t.tn, t.bk
+        )
+    }
+}
+
 /// The fast pipelines: tiled products and the parallel loss.
 pub struct TiledKernels {
     /// The tile sizes they were compiled with.
     pub tiles: TileConfig,
+    /// How their products' core was built.
+    pub core: Core,
     /// See [`FORWARD_DENSE_TILED`].
     pub forward_dense: Kernel,
     /// See [`DELTA_HIDDEN_TILED`].
@@ -731,18 +1036,41 @@ pub struct TiledKernels {
 }
 
 impl TiledKernels {
-    /// Compile the fast kernels on `device` with `tiles`, checked against `limits`.
-    pub fn new(device: &wgpu::Device, limits: &wgpu::Limits, tiles: TileConfig) -> Result<Self> {
-        tiles.check(limits)?;
-        let k = |spec| Kernel::new(device, spec, &tiles);
-        // The four gradient kernels take one bind group per layer.
-        let gradient_dense = k(GRADIENT_DENSE_TILED)?;
-        let shared =
-            |spec| Kernel::with_layout(device, spec, &tiles, gradient_dense.layout.clone());
+    /// Compile the fast kernels on `device` with `config`, checked against
+    /// `limits`; the modules with naga's runtime checks where `checked`.
+    pub fn new(
+        device: &wgpu::Device,
+        limits: &wgpu::Limits,
+        config: KernelConfig,
+        checked: bool,
+    ) -> Result<Self> {
+        config.check(limits)?;
+        let tiles = config.tiles;
+        // The products' sources: generated per configuration, or tiled.wgsl's.
+        let source = |spec: &KernelSpec| match config.core {
+            Core::Generated => super::codegen::source(spec, &tiles).map(Some),
+            Core::Loops => Ok(None),
+        };
+        let product = |spec: KernelSpec| -> Result<Kernel> {
+            let what = format!("the bind group layout of {}", spec.entry);
+            let layout = creating(device, &what, || Kernel::layout(device, &spec))?;
+            let src = source(&spec)?;
+            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
+        };
+        // The four gradient kernels take one bind group per layer; the
+        // generated module holds the reduce entry points too.
+        let gradient_dense = product(GRADIENT_DENSE_TILED)?;
+        let shared = |spec: KernelSpec| {
+            let src = source(&spec)?;
+            let layout = gradient_dense.layout.clone();
+            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
+        };
+        let k = |spec| Kernel::build(device, spec, &tiles, checked);
         Ok(TiledKernels {
             tiles,
-            forward_dense: k(FORWARD_DENSE_TILED)?,
-            delta_hidden: k(DELTA_HIDDEN_TILED)?,
+            core: config.core,
+            forward_dense: product(FORWARD_DENSE_TILED)?,
+            delta_hidden: product(DELTA_HIDDEN_TILED)?,
             gradient_sgd: shared(GRADIENT_SGD_TILED)?,
             gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE)?,
             gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE)?,
@@ -750,6 +1078,14 @@ impl TiledKernels {
             delta_output_loss: k(DELTA_OUTPUT_LOSS)?,
             loss_finish: k(LOSS_FINISH)?,
         })
+    }
+
+    /// The configuration they were built with.
+    pub fn config(&self) -> KernelConfig {
+        KernelConfig {
+            core: self.core,
+            tiles: self.tiles,
+        }
     }
 }
 

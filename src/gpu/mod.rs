@@ -1,5 +1,6 @@
 //! The GPU backend: wgpu device and adapter choice ([`context`]), the WGSL
-//! kernels and their layouts ([`kernels`]), how a backend is built
+//! kernels and their layouts ([`kernels`]), tiled product cores generated per
+//! configuration ([`codegen`]), how a backend is built
 //! ([`options`]), its persistent buffers and bind groups (`buffers.rs`), what
 //! a training step dispatches (`schedule.rs`: read it to know what runs),
 //! [`GpuBackend`] itself, which records a whole step into one submission
@@ -8,6 +9,7 @@
 
 pub mod backend;
 mod buffers;
+pub mod codegen;
 pub mod context;
 pub mod kernels;
 pub mod options;
@@ -18,9 +20,9 @@ mod schedule;
 
 pub use backend::GpuBackend;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
-pub use kernels::TileConfig;
 #[doc(hidden)]
 pub use kernels::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
-pub use options::{micro_batch_rows, GpuOptions, KernelSet};
+pub use kernels::{Core, KernelConfig, TileConfig};
+pub use options::{heuristic, micro_batch_rows, GpuOptions, KernelSet};
 #[doc(hidden)]
 pub use runner::KernelRunner;

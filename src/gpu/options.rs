@@ -4,7 +4,7 @@
 //! ([`micro_batch_rows`]).
 
 use super::context::GpuContext;
-use super::kernels::WG;
+use super::kernels::{checked_by_env, Core, KernelConfig, TileConfig, WG};
 use crate::error::{Error, Result, Setting};
 use crate::network::Network;
 
@@ -19,26 +19,74 @@ pub enum KernelSet {
 }
 
 impl KernelSet {
-    /// The faster set for an adapter and a batch of `capacity` samples. On a
-    /// CPU adapter (lavapipe) the tiled kernels measured no faster than the
-    /// simple ones at W1 and up to 9× slower on narrow layers (barriers are
-    /// costly there; BENCHMARKS.md), so it runs the simple set, unless:
-    /// - the batch must be split into micro-batches (`fits` false), which only
-    ///   the tiled set does;
-    /// - the batch exceeds [`SIMPLE_MAX_BATCH`]: the simple gradient kernels
-    ///   sum each column over the batch serially in f32, whose rounding grows
-    ///   with the batch (2% off at 200,000), where the tiled ones split it.
-    pub fn for_adapter(info: &wgpu::AdapterInfo, fits: bool, capacity: usize) -> KernelSet {
-        if info.device_type == wgpu::DeviceType::Cpu && fits && capacity <= SIMPLE_MAX_BATCH {
-            KernelSet::Simple
-        } else {
-            KernelSet::Tiled
-        }
+    /// The faster set for an adapter: the tiled kernels everywhere. With
+    /// the generated cores they measured 5× faster than the simple ones at
+    /// W1 on lavapipe and as fast on a 2-2-2 net (BENCHMARKS.md); they also
+    /// run micro-batches and split the long sums of large batches, which the
+    /// simple ones cannot. Kept as a function for callers that choose by
+    /// adapter.
+    pub fn for_adapter(_info: &wgpu::AdapterInfo, _fits: bool, _capacity: usize) -> KernelSet {
+        KernelSet::Tiled
     }
 }
 
-/// The largest batch [`KernelSet::for_adapter`] gives the simple kernels.
+/// The largest batch the simple kernels were chosen for before the
+/// generated cores; kept for callers that refer to it.
 pub const SIMPLE_MAX_BATCH: usize = 8192;
+
+/// Candidates of the heuristic, largest blocks first, by device type; and
+/// the workgroups the widest forward product should launch before a
+/// candidate counts as filling the device.
+fn candidates(device: wgpu::DeviceType) -> (&'static [TileConfig], u64) {
+    const CPU: &[TileConfig] = &[TileConfig::CPU_LARGE, TileConfig::SMALL];
+    const DISCRETE: &[TileConfig] = &[TileConfig::DISCRETE, TileConfig::MEDIUM, TileConfig::SMALL];
+    const OTHER: &[TileConfig] = &[TileConfig::MEDIUM, TileConfig::SMALL];
+    match device {
+        // A CPU adapter runs a handful of workgroups at once (one per core).
+        wgpu::DeviceType::Cpu => (CPU, 4),
+        // About 2 workgroups per compute unit of a large discrete GPU.
+        wgpu::DeviceType::DiscreteGpu => (DISCRETE, 256),
+        _ => (OTHER, 32),
+    }
+}
+
+/// The heuristic configuration of the tiled kernels for `net` at `rows` rows
+/// on an adapter of type `device`: the generated core with, of the device type's candidates
+/// within `limits` whose widest forward product (`rows × widest layer`)
+/// launches enough workgroups to fill the device, the one with the least
+/// padded work (larger blocks on ties); the smallest where none fills.
+pub fn heuristic(
+    device: wgpu::DeviceType,
+    limits: &wgpu::Limits,
+    net: &Network,
+    rows: usize,
+) -> KernelConfig {
+    let (list, fill) = candidates(device);
+    let widest = net.sizes()[1..].iter().copied().max().unwrap_or(1) as u32;
+    let rows = rows.min(u32::MAX as usize) as u32;
+    let fitting: Vec<KernelConfig> = list
+        .iter()
+        .map(|&t| KernelConfig::generated(t))
+        .filter(|c| c.check(limits).is_ok())
+        .collect();
+    // Of those that fill the device, the least padded work (blocks past a
+    // narrow layer cost real time on every device), larger blocks on ties.
+    let padded = |c: &KernelConfig| {
+        let t = &c.tiles;
+        rows.div_ceil(t.bm()) as u64 * t.bm() as u64 * (widest.div_ceil(t.bn()) * t.bn()) as u64
+    };
+    let filling = fitting
+        .iter()
+        .filter(|c| super::kernels::tile_blocks(rows, widest, &c.tiles) >= fill);
+    filling
+        .min_by_key(|c| padded(c))
+        .or(fitting.last())
+        .copied()
+        .unwrap_or(KernelConfig {
+            core: Core::Loops,
+            tiles: TileConfig::SMALL,
+        })
+}
 
 /// How a [`GpuBackend`](super::GpuBackend) is built; `Default` is the fast
 /// path for the adapter.
@@ -49,31 +97,52 @@ pub struct GpuOptions {
     /// Tile sizes of the tiled kernels; `None` chooses by adapter
     /// ([`TileConfig::for_adapter`](super::TileConfig::for_adapter)).
     pub tiles: Option<super::TileConfig>,
+    /// How the tiled products' core is built: generated per tile sizes
+    /// (the default) or tiled.wgsl's loops.
+    pub core: Core,
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
+    /// Build the modules with naga's runtime checks (bounds clamps, loop
+    /// bounds, division guards). Off by default, where the host guarantees
+    /// what the checks would (see [`super::kernels`]); `SHADERTRAIN_CHECKED=1`
+    /// turns it on in `Default`. Results are bitwise the same either way.
+    pub checked: bool,
 }
 
 impl Default for GpuOptions {
+    /// [`GpuOptions::BASE`], checked where `SHADERTRAIN_CHECKED` says so.
     fn default() -> Self {
         GpuOptions {
-            kernels: KernelSet::Tiled,
-            tiles: None,
-            max_chunk: None,
+            checked: checked_by_env(),
+            ..GpuOptions::BASE
         }
     }
 }
 
 impl GpuOptions {
+    /// The defaults without reading the environment (for constants and
+    /// tests that set every option themselves): tiled kernels, the
+    /// adapter's tiles, no micro-batch cap, unchecked modules.
+    pub const BASE: GpuOptions = GpuOptions {
+        kernels: KernelSet::Tiled,
+        tiles: None,
+        core: Core::Generated,
+        max_chunk: None,
+        checked: false,
+    };
+
     /// The options [`GpuBackend::new`](super::GpuBackend::new) uses: the
-    /// kernel set for the adapter and this batch ([`KernelSet::for_adapter`]),
-    /// tiles chosen by adapter.
+    /// kernel set for the adapter ([`KernelSet::for_adapter`]) and the
+    /// [`heuristic`] configuration for this network and batch.
     pub fn for_adapter(ctx: &GpuContext, net: &Network, capacity: usize) -> Result<GpuOptions> {
-        let fits = micro_batch_rows(net, capacity, &ctx.limits, None)? == capacity;
+        let rows = micro_batch_rows(net, capacity, &ctx.limits, None)?;
+        let config = heuristic(ctx.info.device_type, &ctx.limits, net, rows);
         Ok(GpuOptions {
-            kernels: KernelSet::for_adapter(&ctx.info, fits, capacity),
+            kernels: KernelSet::for_adapter(&ctx.info, rows == capacity, capacity),
             ..GpuOptions::default()
-        })
+        }
+        .with_config(config))
     }
 }
 
@@ -123,12 +192,47 @@ pub(super) fn buffer_capacity(
     Ok(rows)
 }
 
+impl GpuOptions {
+    /// The tiled kernels' configuration these options give on `ctx` for
+    /// `net` at `rows` rows: their tiles with their core, or without tiles
+    /// the [`heuristic`] (tiled.wgsl's core: the adapter's tiles).
+    pub fn kernel_config(&self, ctx: &GpuContext, net: &Network, rows: usize) -> KernelConfig {
+        match (self.tiles, self.core) {
+            (Some(tiles), core) => KernelConfig { core, tiles },
+            (None, Core::Generated) => heuristic(ctx.info.device_type, &ctx.limits, net, rows),
+            (None, Core::Loops) => KernelConfig {
+                core: Core::Loops,
+                tiles: TileConfig::for_adapter(&ctx.info, &ctx.limits),
+            },
+        }
+    }
+
+    /// Options that run `config`'s tiled kernels.
+    pub fn with_config(self, config: KernelConfig) -> GpuOptions {
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            tiles: Some(config.tiles),
+            core: config.core,
+            ..self
+        }
+    }
+}
+
+/// The most bytes one storage buffer of a backend may hold: the device's
+/// binding and buffer limits, and under 2³⁰ floats so that no index or shape
+/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules).
+pub(super) fn binding_bytes(limits: &wgpu::Limits) -> u64 {
+    let bound = 4 * (super::kernels::DIMS_BOUND as u64 - 1);
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+        .min(bound)
+}
+
 /// The most samples one micro-batch of `net` may hold on a device with
 /// `limits`, and the name of the limit that sets it.
 fn rows_limit(net: &Network, limits: &wgpu::Limits) -> Result<(u64, &'static str)> {
-    let limit = limits
-        .max_storage_buffer_binding_size
-        .min(limits.max_buffer_size);
+    let limit = binding_bytes(limits);
     let widest = net.sizes().iter().copied().max().unwrap_or(1) as u64;
     let by_binding = limit / (widest * 4);
     if by_binding == 0 {

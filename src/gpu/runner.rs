@@ -12,8 +12,8 @@
 
 use super::context::GpuContext;
 use super::kernels::{
-    dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims, Grid, Kernel,
-    Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
+    checked_by_env, dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims,
+    Grid, Kernel, KernelConfig, Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
 };
 use super::readback;
 use crate::backend::Metric;
@@ -41,16 +41,39 @@ type Step<'a> = (&'a Kernel, &'a [&'a wgpu::Buffer], Grid);
 
 impl KernelRunner {
     /// Compile every kernel on `ctx`'s device, the tiled ones with the tile
-    /// sizes for its adapter.
+    /// sizes for its adapter, checked as `SHADERTRAIN_CHECKED` says.
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
-        let tiles = TileConfig::for_adapter(&ctx.info, &ctx.limits);
-        // Tile sizes that fail their own check leave the runner without
-        // tiled kernels; a shader wgpu rejects is an error.
-        let tiled = match tiles.check(&ctx.limits) {
-            Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, tiles)?),
-            Err(_) => None,
+        Self::with_checks(ctx, None, checked_by_env())
+    }
+
+    /// Compile every kernel, the tiled ones with `tiles` and the generated
+    /// core, checked as `SHADERTRAIN_CHECKED` says.
+    pub fn with_tiles(ctx: Arc<GpuContext>, tiles: TileConfig) -> Result<Self> {
+        Self::with_checks(ctx, Some(KernelConfig::generated(tiles)), checked_by_env())
+    }
+
+    /// Compile every kernel, the tiled ones with `config` (`None`: the
+    /// generated core with the adapter's tiles, left out where they fail
+    /// their own check), with naga's runtime checks where `checked`.
+    pub fn with_checks(
+        ctx: Arc<GpuContext>,
+        config: Option<KernelConfig>,
+        checked: bool,
+    ) -> Result<Self> {
+        let tiled = match config {
+            Some(c) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
+            None => {
+                let c = KernelConfig::generated(TileConfig::for_adapter(&ctx.info, &ctx.limits));
+                // (The adapter's tiles, not the per-network heuristic: the
+                // runner serves products of every shape.)
+                // A shader wgpu rejects is an error; tiles the device cannot run are none.
+                match c.check(&ctx.limits) {
+                    Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
+                    Err(_) => None,
+                }
+            }
         };
-        let kernels = Kernels::new(&ctx.device)?;
+        let kernels = Kernels::new(&ctx.device, checked)?;
         Ok(KernelRunner {
             ctx,
             kernels,
@@ -58,15 +81,9 @@ impl KernelRunner {
         })
     }
 
-    /// Compile every kernel, the tiled ones with `tiles`.
-    pub fn with_tiles(ctx: Arc<GpuContext>, tiles: TileConfig) -> Result<Self> {
-        let tiled = Some(TiledKernels::new(&ctx.device, &ctx.limits, tiles)?);
-        let kernels = Kernels::new(&ctx.device)?;
-        Ok(KernelRunner {
-            ctx,
-            kernels,
-            tiled,
-        })
+    /// Whether its modules were built with naga's runtime checks.
+    pub fn checked(&self) -> bool {
+        self.kernels.forward_dense.checked
     }
 
     /// The tiled kernels, or why there are none.
@@ -108,6 +125,12 @@ impl KernelRunner {
 
     fn poisoned(&self, len: usize) -> wgpu::Buffer {
         self.storage(&vec![f32::NAN; len.max(1)])
+    }
+
+    /// A Dims uniform, asserted first (safety condition 2 of unchecked modules).
+    fn dims_uniform(&self, d: &Dims) -> Result<wgpu::Buffer> {
+        d.check()?;
+        Ok(self.uniform(bytemuck::bytes_of(d)))
     }
 
     fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
@@ -199,7 +222,7 @@ impl KernelRunner {
         let mut d = dims(batch, n_in, n_out, w_off, b_off);
         d.act = act as u32;
         let out = self.poisoned(batch * n_out);
-        let dims = self.uniform(bytemuck::bytes_of(&d));
+        let dims = self.dims_uniform(&d)?;
         let bufs = [&dims, &self.storage(&params), &self.storage(a_prev), &out];
         let rows = [&dims, &out];
         let mut steps = vec![(kernel, &bufs[..], grid)];
@@ -218,7 +241,7 @@ impl KernelRunner {
     pub fn softmax_forward(&self, z: &[f32], batch: usize, n: usize) -> Result<Vec<f32>> {
         let d = dims(batch, 0, n, 0, 0);
         let a = self.storage(z);
-        let bufs = [&self.uniform(bytemuck::bytes_of(&d)), &a];
+        let bufs = [&self.dims_uniform(&d)?, &a];
         let grid = self.grid_1d(batch)?;
         let k = &self.kernels.softmax_forward;
         self.run(&[(k, &bufs, grid)], &a, 0, batch * n)
@@ -238,7 +261,7 @@ impl KernelRunner {
         (d.act, d.loss) = (act as u32, loss as u32);
         let out = self.poisoned(batch * n);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.dims_uniform(&d)?,
             &self.storage(a),
             &self.storage(y),
             &out,
@@ -305,7 +328,7 @@ impl KernelRunner {
         d.w_next_off = w_off as u32;
         let out = self.poisoned(batch * n);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.dims_uniform(&d)?,
             &self.storage(&params),
             &self.storage(delta_next),
             &self.storage(a),
@@ -327,7 +350,7 @@ impl KernelRunner {
         let d = dims(batch, n_in, n_out, PREFIX, PREFIX + count);
         let out = self.poisoned(PREFIX + count + n_out);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.dims_uniform(&d)?,
             &self.storage(delta),
             &self.storage(a_prev),
             &out,
@@ -342,12 +365,7 @@ impl KernelRunner {
         let d = dims(batch, 1, n_out, PREFIX, PREFIX);
         let out = self.poisoned(PREFIX + n_out);
         let unused = self.storage(&[0.5]);
-        let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
-            &self.storage(delta),
-            &unused,
-            &out,
-        ];
+        let bufs = [&self.dims_uniform(&d)?, &self.storage(delta), &unused, &out];
         let grid = self.grid_1d(n_out)?;
         self.run(
             &[(&self.kernels.gradient_bias, &bufs, grid)],
@@ -441,7 +459,7 @@ impl KernelRunner {
         d.splits = splits;
         let sums = n_out * (n_in + 1);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.dims_uniform(&d)?,
             &self.uniform(bytemuck::bytes_of(&per_batch)),
             &self.uniform(bytemuck::bytes_of(&per_step)),
             &self.storage(delta),
@@ -547,7 +565,7 @@ impl KernelRunner {
         (d.metric, d.loss) = (metric as u32, loss as u32);
         let acc = self.totals(start);
         let bufs = [
-            &self.uniform(bytemuck::bytes_of(&d)),
+            &self.dims_uniform(&d)?,
             &self.storage(a),
             &self.storage(y),
             &acc,
@@ -580,7 +598,7 @@ impl KernelRunner {
         let groups = loss_groups(batch as u32, n as u32);
         // Poisoned too: a partial never written makes the loss NaN.
         let partials = self.poisoned(2 * groups as usize);
-        let dims = self.uniform(bytemuck::bytes_of(&d));
+        let dims = self.dims_uniform(&d)?;
         let first = [&dims, &self.storage(a), &self.storage(y), &delta, &partials];
         let second = [&dims, &partials, &acc];
         let t = self.tiled()?;

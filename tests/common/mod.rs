@@ -352,21 +352,26 @@ pub fn scored_targets(a: &[f32], batch: usize, n: usize) -> (Vec<f32>, Metric) {
 }
 
 /// Non-zero running totals for a loss kernel to add to (they never overwrite).
-pub const START_TOTALS: Acc = Acc {
-    loss_sum: 1.5,
-    samples: 3,
-    correct: 2,
-    steps: 1,
+pub const START_TOTALS: Acc = {
+    let mut loss_slots = [0.0; shadertrain::gpu::kernels::ACC_SLOTS];
+    loss_slots[0] = 1.5;
+    Acc {
+        samples: 3,
+        correct: 2,
+        steps: 1,
+        _pad: 0,
+        loss_slots,
+    }
 };
 
 /// `got` is [`START_TOTALS`] plus one batch of `batch` samples with the
 /// reference's `loss` and `correct`.
 pub fn assert_totals(label: &str, got: Acc, loss: f64, correct: u64, batch: usize) {
     let s = START_TOTALS;
-    let want = s.loss_sum as f64 + loss;
+    let want = s.loss() + loss;
     assert_close(
         &format!("{label} loss_sum"),
-        &[got.loss_sum],
+        &[got.loss() as f32],
         &[want],
         1e-6,
         1e-5,

@@ -1,0 +1,282 @@
+//! Tiled product cores generated on the host, one per [`TileConfig`]: the
+//! same contract as `shaders/tiled.wgsl` (the kernel file supplies
+//! `tile_shape`, `a_at`, `b_at`, `tile_store`, the `*_ALONG_K` and `ROW_SUMS`
+//! constants and `row_sum_store`), written as straight-line WGSL:
+//! - tile sizes are constants, not pipeline overrides, so every index below is
+//!   a constant expression plus the invocation's offset;
+//! - the register block is unrolled into `tm · tn/4` `vec4` accumulators, and
+//!   each K step into `bk` blocks of `tm/4 + tn/4` `vec4` workgroup reads and
+//!   `tm · tn/4` `vec4` multiply-adds (a quarter of the scalar core's reads);
+//! - each invocation owns groups of 4 contiguous rows and 4 contiguous columns
+//!   (`vec4` number `ty + i·WG_Y` along M, `tx + j·WG_X` along N), so
+//!   neighbouring invocations read neighbouring 16-byte words;
+//! - the staged blocks are rows of `vec4` along M (A) and N (B), each padded
+//!   by one `vec4`, so that a run of stores along K does not land on one bank;
+//! - the staging loops are unrolled to `⌈bm·bk / threads⌉` guarded stores.
+//!
+//! Each output element still sums its K terms in ascending order, one
+//! multiply-add each, as the scalar core and the CPU twin do. Configurations
+//! need `tm` and `tn` multiples of 4 up to 16 ([`check`]); with more rows in
+//! a block than invocations, each invocation sums several rows for the bias.
+
+use super::kernels::{KernelSpec, TileConfig};
+use crate::error::{Error, Result};
+use std::fmt::Write;
+
+/// Largest `tm` and `tn` of a generated core.
+pub const MAX_GEN_T: u32 = 16;
+
+/// Whether `tiles` can be generated (safety condition 1 of unchecked
+/// modules for a generated core): [`TileConfig::bounds`] up to
+/// [`MAX_GEN_T`], `tm` and `tn` multiples of 4 (the `vec4` groups).
+pub fn check(tiles: &TileConfig) -> Result<()> {
+    tiles.bounds(MAX_GEN_T)?;
+    if !tiles.tm.is_multiple_of(4) || !tiles.tn.is_multiple_of(4) {
+        return Err(Error::Invalid(format!(
+            "tile configuration {tiles:?}: the generated kernels need tm and tn of 4, 8, 12 or 16"
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of workgroup memory of a generated core: both staged blocks, each
+/// row padded by one `vec4`.
+pub fn workgroup_bytes(t: &TileConfig) -> u32 {
+    16 * t.bk * (t.bm() / 4 + 1 + t.bn() / 4 + 1)
+}
+
+/// The kernel file of a tiled spec (its epilogue, without tiled.wgsl).
+fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
+    Ok(match spec.file {
+        "forward_tiled.wgsl" => include_str!("../../shaders/forward_tiled.wgsl"),
+        "delta_hidden_tiled.wgsl" => include_str!("../../shaders/delta_hidden_tiled.wgsl"),
+        "gradient_tiled.wgsl" => include_str!("../../shaders/gradient_tiled.wgsl"),
+        other => {
+            return Err(Error::Invalid(format!(
+                "{other} has no generated product core"
+            )))
+        }
+    })
+}
+
+/// The whole source of `spec` with a core generated for `tiles`: common.wgsl,
+/// the core, the kernel file.
+pub fn source(spec: &KernelSpec, tiles: &TileConfig) -> Result<String> {
+    check(tiles)?;
+    Ok(format!(
+        "{}\n{}\n{}",
+        include_str!("../../shaders/common.wgsl"),
+        core(tiles),
+        kernel_file(spec)?
+    ))
+}
+
+/// The generated core for `t` (see the module docs). Shapes: A (M, K) staged
+/// as `tile_a (BK, BM/4 + 1)` vec4, B (K, N) as `tile_b (BK, BN/4 + 1)` vec4;
+/// accumulator `c{i}_{j}` holds rows `m0 + 4·(ty + (i/4)·WG_Y) + i%4` and
+/// columns `n0 + 4·(tx + j·WG_X) + 0..4`.
+pub fn core(t: &TileConfig) -> String {
+    let (wx, wy, tm, tn, bk) = (t.wg_x, t.wg_y, t.tm, t.tn, t.bk);
+    let (bm, bn) = (t.bm(), t.bn());
+    let threads = wx * wy;
+    let (sa, sb) = (bm / 4 + 1, bn / 4 + 1);
+    let (gm, gn) = (tm / 4, tn / 4);
+    let mut s = String::new();
+    let w = &mut s;
+    // write! to a String cannot fail.
+    let _ = writeln!(
+        w,
+        "// Generated tiled core: WG {wx}x{wy}, {tm}x{tn} per invocation, BK {bk} (src/gpu/codegen.rs).
+const WG_X: u32 = {wx}u;
+const WG_Y: u32 = {wy}u;
+const BM: u32 = {bm}u;
+const BN: u32 = {bn}u;
+const BK: u32 = {bk}u;
+var<workgroup> tile_a: array<vec4<f32>, {}>; // (BK, BM/4 + 1)
+var<workgroup> tile_b: array<vec4<f32>, {}>; // (BK, BN/4 + 1)
+var<private> tile_slice: u32;
+
+fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
+    let shape = tile_shape();
+    let m_len = shape.x;
+    let n_len = shape.y;
+    let k_len = shape.z;
+    let tiles_n = (n_len + BN - 1u) / BN;
+    let tiles_m = (m_len + BM - 1u) / BM;
+    let tile = wid.y * nwg.x + wid.x;
+    if (tile >= tiles_n * tiles_m) {{
+        return;
+    }}
+    tile_slice = wid.z;
+    let k_step = ((k_len + nwg.z - 1u) / nwg.z + BK - 1u) / BK * BK;
+    let k_begin = min(k_len, wid.z * k_step);
+    let k_end = min(k_len, k_begin + k_step);
+    let m0 = (tile / tiles_n) * BM;
+    let n0 = (tile % tiles_n) * BN;
+    let tx = lid % WG_X;
+    let ty = lid / WG_X;
+    let row_sums = ROW_SUMS && n0 == 0u;",
+        bk * sa,
+        bk * sb
+    );
+    // Row sums: invocation lid sums rows lid + r·threads of the block.
+    let sums = bm.div_ceil(threads);
+    for r in 0..sums {
+        let _ = writeln!(w, "    var rsum{r} = 0.0;");
+    }
+    for i in 0..tm {
+        for j in 0..gn {
+            let _ = writeln!(w, "    var c{i}_{j} = vec4<f32>();");
+        }
+    }
+    let _ = writeln!(w, "    for (var k0 = k_begin; k0 < k_end; k0 += BK) {{");
+    stage(
+        w,
+        "a",
+        "m",
+        bm,
+        bk,
+        threads,
+        sa,
+        "a_at(m0 + m, k0 + k)",
+        "m0 + m < m_len",
+    );
+    stage(
+        w,
+        "b",
+        "n",
+        bn,
+        bk,
+        threads,
+        sb,
+        "b_at(k0 + k, n0 + n)",
+        "n0 + n < n_len",
+    );
+    let _ = writeln!(w, "        workgroupBarrier();");
+    let _ = writeln!(w, "        if (row_sums) {{");
+    for r in 0..sums {
+        let _ = writeln!(
+            w,
+            "            let row{r} = min(lid + {}u, BM - 1u);",
+            r * threads
+        );
+        for kk in 0..bk {
+            let _ = writeln!(
+                w,
+                "            rsum{r} += tile_a[{}u + row{r} / 4u][row{r} % 4u];",
+                kk * sa
+            );
+        }
+    }
+    let _ = writeln!(w, "        }}");
+    let comp = ["x", "y", "z", "w"];
+    for kk in 0..bk {
+        let _ = writeln!(w, "        {{");
+        for i in 0..gm {
+            let _ = writeln!(
+                w,
+                "            let a{i} = tile_a[{}u + ty + {}u];",
+                kk * sa,
+                i * wy
+            );
+        }
+        for j in 0..gn {
+            let _ = writeln!(
+                w,
+                "            let b{j} = tile_b[{}u + tx + {}u];",
+                kk * sb,
+                j * wx
+            );
+        }
+        for i in 0..tm {
+            for j in 0..gn {
+                let _ = writeln!(
+                    w,
+                    "            c{i}_{j} += a{}.{} * b{j};",
+                    i / 4,
+                    comp[(i % 4) as usize]
+                );
+            }
+        }
+        let _ = writeln!(w, "        }}");
+    }
+    let _ = writeln!(w, "        workgroupBarrier();\n    }}");
+    for i in 0..tm {
+        let _ = writeln!(
+            w,
+            "    {{\n        let m = m0 + 4u * (ty + {}u) + {}u;",
+            (i / 4) * wy,
+            i % 4
+        );
+        for j in 0..gn {
+            for (c, name) in comp.iter().enumerate() {
+                let _ = writeln!(
+                    w,
+                    "        {{ let n = n0 + 4u * (tx + {}u) + {c}u; if (m < m_len && n < n_len) {{ tile_store(m, n, c{i}_{j}.{name}); }} }}",
+                    j * wx
+                );
+            }
+        }
+        let _ = writeln!(w, "    }}");
+    }
+    // Rows past the block (clamped above) are not stored.
+    for r in 0..sums {
+        let _ = writeln!(
+            w,
+            "    if (row_sums && lid + {o}u < BM && m0 + lid + {o}u < m_len) {{
+        row_sum_store(m0 + lid + {o}u, rsum{r});
+    }}",
+            o = r * threads
+        );
+    }
+    let _ = writeln!(w, "}}");
+    s
+}
+
+/// The unrolled stores of one operand's `(len × bk)` block into `tile_{x}`,
+/// zero outside the matrix: element `e` of the run is `(idx, k)` along the
+/// operand's contiguous dimension (`*_ALONG_K` says which).
+#[allow(clippy::too_many_arguments)]
+fn stage(
+    w: &mut String,
+    x: &str,
+    idx: &str,
+    len: u32,
+    bk: u32,
+    threads: u32,
+    stride: u32,
+    load: &str,
+    inside: &str,
+) {
+    let total = len * bk;
+    let along_k = if x == "a" { "A_ALONG_K" } else { "B_ALONG_K" };
+    for it in 0..total.div_ceil(threads) {
+        let _ = writeln!(
+            w,
+            "        {{\n            let e = lid + {}u;",
+            it * threads
+        );
+        let guard = (it + 1) * threads > total;
+        if guard {
+            let _ = writeln!(w, "            if (e < {total}u) {{");
+        }
+        let _ = writeln!(
+            w,
+            "            var {idx} = e % {len}u;
+            var k = e / {len}u;
+            if ({along_k}) {{
+                k = e % {bk}u;
+                {idx} = e / {bk}u;
+            }}
+            var v = 0.0;
+            if ({inside} && k0 + k < k_end) {{
+                v = {load};
+            }}
+            tile_{x}[k * {stride}u + {idx} / 4u][{idx} % 4u] = v;"
+        );
+        if guard {
+            let _ = writeln!(w, "            }}");
+        }
+        let _ = writeln!(w, "        }}");
+    }
+}
