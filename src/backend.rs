@@ -48,6 +48,9 @@ pub struct Totals {
     pub samples: u64,
     /// Samples predicted correctly (0 under [`Metric::None`]).
     pub correct: u64,
+    /// Updates whose gradients clipping scaled down
+    /// ([`crate::optim::Optimizer::clip_norm`]); 0 without clipping.
+    pub clipped: u64,
 }
 
 impl Totals {

@@ -61,6 +61,16 @@ pub enum Setting {
     MetricsLog,
     /// Steps between step records.
     LogEvery,
+    /// The global gradient norm clipping scales down to.
+    ClipNorm,
+    /// Steps of learning-rate warmup.
+    Warmup,
+    /// Epochs without improvement before early stopping.
+    EarlyStop,
+    /// The improvement early stopping counts.
+    MinDelta,
+    /// A layer's dropout probability.
+    Dropout,
 }
 
 impl Setting {
@@ -93,6 +103,11 @@ impl Setting {
             Setting::LogDir => "log directory",
             Setting::MetricsLog => "metrics log",
             Setting::LogEvery => "step-record interval",
+            Setting::ClipNorm => "gradient clipping norm",
+            Setting::Warmup => "warmup steps",
+            Setting::EarlyStop => "early-stopping patience",
+            Setting::MinDelta => "early-stopping minimum improvement",
+            Setting::Dropout => "dropout",
         }
     }
 }

@@ -79,6 +79,11 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::LogDir => "--log-dir",
         Setting::MetricsLog => "--metrics-jsonl",
         Setting::LogEvery => "--log-every",
+        Setting::ClipNorm => "--clip-norm",
+        Setting::Warmup => "--warmup",
+        Setting::EarlyStop => "--early-stop",
+        Setting::MinDelta => "--min-delta",
+        Setting::Dropout => "--layers",
     }
 }
 

@@ -8,7 +8,8 @@
 //! 4. hidden deltas: [`delta_hidden`];
 //! 5. gradients: [`gradient_weights`], [`gradient_bias`] (together:
 //!    [`gradient_dense`]; applied at once: [`gradient_sgd`]);
-//! 6. the optimiser updates: [`sgd_update`], [`momentum_update`], [`adam_update`].
+//! 6. gradient clipping (before any update): [`clip_gradients`];
+//! 7. the optimiser updates: [`sgd_update`], [`momentum_update`], [`adam_update`].
 //!
 //! Then [`CpuBackend`], which drives them through [`Backend`]. Each function
 //! states its shapes; all matrices are row-major. The GPU kernels in
@@ -320,7 +321,41 @@ pub fn gradient_sgd<T: Real>(
 }
 
 // ---------------------------------------------------------------------------
-// 6. Optimiser updates (sgd.wgsl, optim.wgsl)
+// 6. Gradient clipping (clip.wgsl)
+// ---------------------------------------------------------------------------
+
+/// The global L2 norm of every gradient, `‖g‖ = √Σ g²` (twin of
+/// `clip_partial` then `clip_finish`), summed in f64 in index order.
+// grads: (param_count)
+pub fn grad_norm<T: Real>(grads: &[T]) -> T {
+    let sum: f64 = grads
+        .iter()
+        .map(|g| {
+            let g = g.to_f64().unwrap_or(f64::NAN);
+            g * g
+        })
+        .sum();
+    T::from(sum.sqrt()).unwrap_or_else(T::nan)
+}
+
+/// Clipping by global norm (twin of clip.wgsl's `clip_partial`,
+/// `clip_finish` and `clip_apply`): `g ← g · min(1, clip / (‖g‖ + 10⁻⁶))`.
+/// Returns `‖g‖` before clipping and whether it scaled the gradients down.
+// grads: (param_count)
+pub fn clip_gradients<T: Real>(grads: &mut [T], clip: T) -> (T, bool) {
+    let norm = grad_norm(grads);
+    let scale = crate::optim::clip_scale(norm, clip);
+    let fired = scale < T::one();
+    if fired {
+        for g in grads.iter_mut() {
+            *g = *g * scale;
+        }
+    }
+    (norm, fired)
+}
+
+// ---------------------------------------------------------------------------
+// 7. Optimiser updates (sgd.wgsl, optim.wgsl)
 // ---------------------------------------------------------------------------
 
 /// SGD over the whole flat buffer: `p −= lr · g`.

@@ -9,7 +9,7 @@
 //!
 //! [`Backend`]: crate::backend::Backend
 
-use super::reference::{adam_update, momentum_update, sgd_update};
+use super::reference::{adam_update, clip_gradients, momentum_update, sgd_update};
 use crate::backend::{check_batch, check_layer, Metric, Totals};
 use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Params, Real};
@@ -90,9 +90,15 @@ impl<T: Real> State<T> {
         self.totals.correct += correct;
     }
 
-    /// The optimizer's update of every parameter from `grads`, counted in `t`.
+    /// The optimizer's update of every parameter from `grads` (clipped
+    /// first, if the optimizer clips), counted in `t`.
     pub(crate) fn update(&mut self, lr: f32) -> Result<()> {
         self.t += 1;
+        if let Some(c) = self.optim.clip_norm {
+            let clip = T::from(c).unwrap_or_else(T::nan);
+            let (_, fired) = clip_gradients(&mut self.grads.data, clip);
+            self.totals.clipped += u64::from(fired);
+        }
         let h = self.optim.terms::<T>(lr, self.t);
         let (p, g) = (&mut self.params.data, &self.grads.data);
         match self.optim.update_kernel() {

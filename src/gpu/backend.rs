@@ -38,6 +38,7 @@
 //! ```
 
 use super::buffers::{Buffers, Groups, UpdateBuffers};
+use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
 use super::kernels::{
     dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
@@ -88,6 +89,8 @@ pub struct GpuBackend {
     t: u64,
     /// The buffers of a stateful update; `None` for plain SGD.
     update: Option<UpdateBuffers>,
+    /// Gradient clipping at the head of the update, if the optimizer clips.
+    clip: Option<Clipper>,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
     /// Submissions not yet known to be finished, oldest first.
@@ -171,6 +174,7 @@ impl GpuBackend {
             optim: Optimizer::default(),
             t: 0,
             update: None,
+            clip: None,
             pending: None,
             in_flight: VecDeque::new(),
         };
@@ -292,6 +296,7 @@ impl GpuBackend {
             tiled: self.tiled.as_ref(),
             groups: &self.groups,
             update: self.update.as_ref(),
+            clip: self.clip.as_ref(),
             net: &self.net,
             rows: self.dims_rows,
             splits: &self.splits,
@@ -301,10 +306,11 @@ impl GpuBackend {
 
     /// The stages of a step for the loaded batch and optimizer.
     fn step_stages(&self) -> &'static [Stage] {
+        // Clipping needs the gradients stored, like a stateful optimizer.
         step_stages(
             self.tiled.is_some(),
             self.host.is_some(),
-            self.update.is_some(),
+            self.update.is_some() || self.clip.is_some(),
         )
     }
 
@@ -600,6 +606,15 @@ impl Backend for GpuBackend {
         self.flush()?;
         let kernel = &self.kernels.momentum_update;
         self.update = UpdateBuffers::new(&self.ctx, &self.net, opt, kernel, &self.buf)?;
+        self.clip = match opt.clip_norm {
+            Some(c) => Some(Clipper::new(
+                &self.ctx,
+                &self.buf.grads,
+                self.net.param_count(),
+                c,
+            )?),
+            None => None,
+        };
         // The constants; lr and the bias corrections are written per step.
         let constants = OptimUniform::new(self.net.param_count(), &opt.terms(0.0, 0));
         (self.ctx.queue).write_buffer(&self.buf.hyper, 0, bytemuck::bytes_of(&constants));
@@ -654,6 +669,9 @@ impl Backend for GpuBackend {
         let t = self.peek_totals()?;
         let zero = Acc::default();
         (self.ctx.queue).write_buffer(&self.buf.acc, 0, bytemuck::bytes_of(&zero));
+        if let Some(c) = &self.clip {
+            c.reset(&self.ctx);
+        }
         Ok(t)
     }
 
@@ -663,11 +681,16 @@ impl Backend for GpuBackend {
         let acc: Vec<Acc> = readback::read_via(&self.ctx, acc, 0, staging, 1)?;
         self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
+        let clipped = match &self.clip {
+            Some(c) => c.stats(&self.ctx)?.fired as u64,
+            None => 0,
+        };
         Ok(Totals {
             loss_sum: a.loss_sum as f64,
             loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,
+            clipped,
         })
     }
 

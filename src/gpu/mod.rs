@@ -8,6 +8,8 @@
 
 pub mod backend;
 mod buffers;
+#[doc(hidden)]
+pub mod clip;
 pub mod context;
 pub mod kernels;
 pub mod options;

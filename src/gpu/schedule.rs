@@ -11,11 +11,15 @@
 //!    deltas from the top down, and every layer's gradient. Tiled, layer by
 //!    layer from the top: the delta below (from the old `W`), then the
 //!    gradient, with plain SGD applied in the same pass.
-//! 3. **Update**: one dispatch over the flat parameter buffer (`sgd_update`,
-//!    `momentum_update` or `adam_update`); absent where the tiled gradient
-//!    pass applied SGD itself, and after the last micro-batch of a split batch.
+//! 3. **Update**: with gradient clipping, first its three dispatches over the
+//!    gradients (`clip_partial`, `clip_finish`, `clip_apply`: the global
+//!    norm in a fixed order, then the scale); then one dispatch over the flat
+//!    parameter buffer (`sgd_update`, `momentum_update` or `adam_update`);
+//!    absent where the tiled gradient pass applied SGD itself, and after the
+//!    last micro-batch of a split batch.
 
 use super::buffers::{Groups, UpdateBuffers};
+use super::clip::Clipper;
 use super::kernels::{grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TiledKernels};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -92,6 +96,8 @@ pub(super) struct Schedule<'a> {
     pub groups: &'a Groups,
     /// A stateful optimizer's update; `None` for plain SGD.
     pub update: Option<&'a UpdateBuffers>,
+    /// Gradient clipping before the update, if the optimizer clips.
+    pub clip: Option<&'a Clipper>,
     pub net: &'a Network,
     /// Rows staged in the per-sample buffers.
     pub rows: usize,
@@ -268,8 +274,18 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
-    /// The optimizer's update over every parameter: (P) invocations.
+    /// Clipping, if on, then the optimizer's update over every parameter: (P) invocations.
     fn update(&self, f: Sink<'_, 'a>) -> Result<()> {
+        if let Some(c) = self.clip {
+            for (kernel, grid) in c.plan(self.max_dim)? {
+                f(Dispatch {
+                    kernel,
+                    group: &c.group,
+                    grid,
+                    layer: None,
+                })?;
+            }
+        }
         let k = self.kernels;
         let (kernel, group) = match self.update {
             None => (&k.sgd_update, &self.groups.sgd),
