@@ -91,7 +91,7 @@ pub(super) struct Clipper {
     pub finish: Kernel,
     pub apply: Kernel,
     pub group: wgpu::BindGroup,
-    /// [`ClipStats`], reset by [`Clipper::take_fired`].
+    /// [`ClipStats`], zeroed by [`Clipper::reset`].
     stats: wgpu::Buffer,
     count: usize,
     groups: u32,
@@ -161,4 +161,33 @@ impl Clipper {
         ctx.queue
             .write_buffer(&self.stats, 0, bytemuck::bytes_of(&zero));
     }
+}
+
+/// The three clipping kernels alone on `grads (P)`, as a training step runs
+/// them: the clipped gradients and the stats (one update counted). For the
+/// twin tests; not part of the documented API.
+#[doc(hidden)]
+pub fn clip_on_device(
+    ctx: &GpuContext,
+    grads: &[f32],
+    max_norm: f32,
+) -> Result<(Vec<f32>, ClipStats)> {
+    let buf = storage_buffer(ctx, "grads", grads.len(), wgpu::BufferUsages::COPY_DST)?;
+    ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(grads));
+    let c = Clipper::new(ctx, &buf, grads.len(), max_norm)?;
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("clip") });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("clip"),
+            timestamp_writes: None,
+        });
+        for (kernel, grid) in c.plan(ctx.limits.max_compute_workgroups_per_dimension)? {
+            super::kernels::dispatch(&mut pass, kernel, &c.group, grid);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    let out = readback::read(ctx, &buf, 0, grads.len())?;
+    Ok((out, c.stats(ctx)?))
 }

@@ -1,0 +1,379 @@
+//! The training loop users expect (issue 14): gradient clipping by global
+//! norm (the GPU's fixed-order norm against its CPU twin, and whole clipped
+//! runs against the f64 reference), learning-rate warmup and one-cycle,
+//! early stopping with the best weights restored; each on both backends,
+//! and resume-equals-straight bit for bit for runs that use them.
+
+mod common;
+
+use common::*;
+use shadertrain::backend::Backend;
+use shadertrain::cpu::{clip_gradients, CpuBackend};
+use shadertrain::data::{Dataset, Task};
+use shadertrain::early_stop::EarlyStop;
+use shadertrain::gpu::clip::clip_on_device;
+use shadertrain::network::{Network, Params};
+use shadertrain::optim::{Optimizer, OptimizerKind};
+use shadertrain::train::{Progress, Schedule, TrainConfig};
+use shadertrain::{Error, Setting, Trainer};
+
+/// Gradients of odd lengths (one workgroup, one short of and one past a
+/// workgroup, more than the 256 partial sums cover without striding), with
+/// limits below and above their norm: norm, fired and every clipped value
+/// agree with the f64 twin, and a second run gives the same bits.
+#[test]
+fn clip_kernels_match_cpu_twin() {
+    let Some(ctx) = gpu_or_skip("clip_kernels_match_cpu_twin") else {
+        return;
+    };
+    for n in [1usize, 7, 255, 257, 10_007, 70_001] {
+        let mut g = rng(&format!("clip {n}"));
+        let grads = random(&mut g, n, -2.0, 2.0);
+        let norm = shadertrain::cpu::grad_norm(&f64s(&grads));
+        for factor in [0.3, 2.0] {
+            let limit = (norm * factor) as f32;
+            let label = format!("clip n {n} limit {factor}·‖g‖");
+            let (got, stats) = clip_on_device(&ctx, &grads, limit).unwrap();
+            let mut want = f64s(&grads);
+            let (want_norm, fired) = clip_gradients(&mut want, limit as f64);
+            assert_close(&format!("{label} norm"), &[stats.norm], &[want_norm], 1e-6, 1e-5);
+            assert_eq!(stats.fired == 1, fired, "{label}: fired");
+            assert_eq!(stats.updates, 1, "{label}: updates");
+            assert_close(&format!("{label} grads"), &got, &want, 1e-7, 1e-5);
+            if !fired {
+                assert_eq!(got, grads, "{label}: an unclipped gradient is left as it was");
+            }
+            let (again, _) = clip_on_device(&ctx, &grads, limit).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&again), bits(&got), "{label}: not bitwise repeatable");
+        }
+    }
+}
+
+fn clip_opt(kind: OptimizerKind, clip: f32) -> Optimizer {
+    Optimizer {
+        kind,
+        weight_decay: if kind == OptimizerKind::Momentum { 0.01 } else { 0.0 },
+        clip_norm: Some(clip),
+        ..Optimizer::default()
+    }
+}
+
+/// Six clipped steps of every optimiser on `device` against the f64
+/// reference: losses, parameters and the count of clipped updates agree.
+/// The limit is far below the gradients' norm, so every update clips.
+fn clipped_steps_match_reference(device: Device) {
+    let net = Network::parse("5,9:tanh,3:softmax").unwrap();
+    let batch = 7;
+    let (x, y) = batch_for(&net, batch, "clipped steps");
+    for kind in OptimizerKind::ALL {
+        let opt = clip_opt(kind, 1e-3);
+        let label = format!("{} clipped {}", device.name(), kind.name());
+        let mut b = device.backend(&net, batch);
+        let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+        b.set_optimizer(&opt).unwrap();
+        cpu.set_optimizer(&opt).unwrap();
+        let init: Params<f32> = net.init(5);
+        b.set_params(&init).unwrap();
+        cpu.set_params(&init.cast()).unwrap();
+        b.load_batch(&x, &y).unwrap();
+        cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+        for _ in 0..6 {
+            b.step(0.2).unwrap();
+            cpu.step(0.2).unwrap();
+        }
+        let (tb, tc) = (b.take_totals().unwrap(), cpu.take_totals().unwrap());
+        assert_eq!(tb.clipped, 6, "{label}: clipped updates");
+        assert_eq!(tc.clipped, 6, "{label}: reference's clipped updates");
+        assert_close(&format!("{label} loss"), &[tb.loss() as f32], &[tc.loss()], 1e-6, 1e-4);
+        let (pb, pc) = (b.params().unwrap(), cpu.params().unwrap());
+        assert_close(&format!("{label} params"), &pb.data, &pc.data, 1e-5, 1e-4);
+        // Clipping changed the run: the same steps unclipped end elsewhere.
+        let mut plain = CpuBackend::<f64>::new(&net, batch).unwrap();
+        plain.set_optimizer(&Optimizer { clip_norm: None, ..opt }).unwrap();
+        plain.set_params(&init.cast()).unwrap();
+        plain.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+        for _ in 0..6 {
+            plain.step(0.2).unwrap();
+        }
+        let moved = |p: &Params<f64>| {
+            p.data
+                .iter()
+                .zip(&init.data)
+                .map(|(a, &b)| (a - b as f64).abs())
+                .sum::<f64>()
+        };
+        let unclipped = plain.params().unwrap();
+        assert_ne!(pc.data, unclipped.data, "{label}: clipping changed nothing");
+        // Adam divides the scale out (m/√v); SGD and momentum take shorter steps.
+        if kind != OptimizerKind::Adam {
+            let (c, u) = (moved(&pc), moved(&unclipped));
+            assert!(c < u, "{label}: clipping should shorten the steps ({c} vs {u})");
+        }
+    }
+}
+test_device!(
+    clipped_steps_match_reference,
+    clipped_steps_cpu,
+    clipped_steps_gpu
+);
+
+/// A limit above every gradient's norm clips nothing and changes no bit.
+fn loose_clipping_changes_nothing(device: Device) {
+    let net = Network::parse("4,6,2").unwrap();
+    let (x, y) = batch_for(&net, 5, "loose clip");
+    let run = |opt: Optimizer| {
+        let mut b = device.backend(&net, 5);
+        b.set_optimizer(&opt).unwrap();
+        b.set_params(&net.init(2)).unwrap();
+        b.load_batch(&x, &y).unwrap();
+        for _ in 0..3 {
+            b.step(0.3).unwrap();
+        }
+        (b.take_totals().unwrap().clipped, b.params().unwrap())
+    };
+    let adam = Optimizer::new(OptimizerKind::Adam);
+    let (c, clipped) = run(Optimizer {
+        clip_norm: Some(1e6),
+        ..adam
+    });
+    let (_, plain) = run(adam);
+    assert_eq!(c, 0, "{}: nothing clipped", device.name());
+    assert_eq!(clipped.data, plain.data, "{}: same bits", device.name());
+}
+test_device!(
+    loose_clipping_changes_nothing,
+    loose_clipping_cpu,
+    loose_clipping_gpu
+);
+
+#[test]
+fn bad_clip_norms_are_refused_by_name() {
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let opt = Optimizer {
+            clip_norm: Some(bad),
+            ..Optimizer::default()
+        };
+        match opt.validate() {
+            Err(Error::Setting { setting, .. }) => assert_eq!(setting, Setting::ClipNorm),
+            other => panic!("clip_norm {bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn warmup_ramps_then_follows_the_schedule() {
+    let cfg = TrainConfig {
+        epochs: 4,
+        lr: 2.0,
+        warmup: 5,
+        schedule: Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        },
+        ..TrainConfig::default()
+    };
+    // 3 steps per epoch: global steps 1..=5 ramp, then the step schedule.
+    let lrs: Vec<f32> = (1..=4)
+        .flat_map(|e| (1..=3).map(move |s| (e, s)))
+        .map(|(e, s)| cfg.lr_at(e, s, 3))
+        .collect();
+    let want = [0.4, 0.8, 1.2, 1.6, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+    for (i, (g, w)) in lrs.iter().zip(want).enumerate() {
+        assert!((g - w).abs() < 1e-6, "step {}: lr {g}, want {w}", i + 1);
+    }
+    // One-cycle: up over 30% of the steps to the peak, then down towards 0.
+    let one = TrainConfig {
+        epochs: 10,
+        lr: 1.0,
+        schedule: Schedule::OneCycle,
+        ..TrainConfig::default()
+    };
+    let lrs: Vec<f32> = (1..=10)
+        .flat_map(|e| (1..=10).map(move |s| (e, s)))
+        .map(|(e, s)| one.lr_at(e, s, 10))
+        .collect();
+    let peak = lrs.iter().cloned().fold(0.0, f32::max);
+    assert_eq!(peak, 1.0);
+    assert_eq!(lrs.iter().position(|&l| l == 1.0), Some(29), "peak at step 30");
+    assert!(lrs[0] < 0.05 && *lrs.last().unwrap() < 0.01, "{lrs:?}");
+    assert!(lrs[..30].windows(2).all(|w| w[0] < w[1]), "rises: {lrs:?}");
+    assert!(lrs[30..].windows(2).all(|w| w[0] >= w[1]), "falls: {lrs:?}");
+}
+
+/// Two clusters, noisy enough that the validation loss stops improving.
+fn clusters(n: usize, label: &str) -> Dataset {
+    let mut g = rng(label);
+    let x = random(&mut g, n * 3, -1.0, 1.0);
+    let noise = random(&mut g, n, 0.0, 1.0);
+    let mut y = vec![0.0f32; n * 2];
+    for s in 0..n {
+        let class = usize::from((x[s * 3] + x[s * 3 + 1] > 0.0) != (noise[s] < 0.2));
+        y[s * 2 + class] = 1.0;
+    }
+    Dataset {
+        name: label.into(),
+        inputs: 3,
+        outputs: 2,
+        x,
+        y,
+        task: Task::Classification { classes: 2 },
+    }
+}
+
+fn trainer(device: &Device, net: &Network, epochs: usize) -> Trainer {
+    Trainer::new(device.backend(net, 16))
+        .epochs(epochs)
+        .batch(16)
+        .lr(0.5)
+        .seed(9)
+        .warmup(10)
+        .schedule(Schedule::Cosine)
+        .clip_norm(Some(0.2))
+        .unwrap()
+        .early_stopping(Some(EarlyStop {
+            patience: 3,
+            // Only the first epoch counts as an improvement: the run stops
+            // after epoch 4 with epoch 1's weights.
+            min_delta: 10.0,
+        }))
+        .unwrap()
+}
+
+/// Warmup, clipping and early stopping together: the run stops where the
+/// rule says, with the best epoch's weights; a run saved after epoch 2 and
+/// resumed stops at the same epoch with the same bits.
+fn early_stop_and_resume_equal_straight(device: Device) {
+    let net = Network::parse("3,8,2:softmax").unwrap();
+    let data = clusters(96, "early stop");
+    let (train, val) = data.split_validation(0.25, 9).unwrap();
+    let label = device.name();
+    let mut straight = trainer(&device, &net, 8);
+    let mut best = None;
+    let mut lrs = Vec::new();
+    straight
+        .fit_observed(&train, Some(&val), |b, p| {
+            match p {
+                Progress::Step { lr, .. } => lrs.push(lr),
+                Progress::Epoch(s) if s.epoch == 1 => best = Some(b.params()?),
+                Progress::Epoch(_) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    let es = straight.early_stop_state().unwrap().clone();
+    assert_eq!(es.stopped, Some(4), "{label}: stopped");
+    assert_eq!(es.best_epoch(), Some(1), "{label}: best");
+    assert_eq!(straight.history().len(), 4, "{label}: epochs recorded");
+    let p = straight.backend().params().unwrap();
+    assert_eq!(Some(p.clone()), best, "{label}: the best epoch's weights");
+    assert!(
+        straight.history().iter().all(|e| e.clipped > 0),
+        "{label}: clipping fired: {:?}",
+        straight.history()
+    );
+    // 5 steps an epoch: the first ten ramp up to the cosine's rate, which
+    // is 0.5 in epoch 1 and 0.5·½(1 + cos(π/8)) in epoch 2.
+    let epoch2 = 0.25 * (1.0 + (std::f64::consts::PI / 8.0).cos());
+    assert!((lrs[0] - 0.05).abs() < 1e-6, "{lrs:?}");
+    assert!((lrs[9] as f64 - epoch2).abs() < 1e-6, "{lrs:?}");
+    assert!((lrs[10] as f64 - 0.25 * (1.0 + (std::f64::consts::PI / 4.0).cos())).abs() < 1e-6);
+    let ckpt = straight.checkpoint().unwrap();
+    let bytes = ckpt.to_bytes().unwrap();
+    let loaded = shadertrain::Checkpoint::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.state.early_stop, Some(es.clone()), "{label}: kept");
+    assert_eq!(loaded.state.warmup, 10);
+    assert_eq!(loaded.state.optimizer.clip_norm, Some(0.2));
+    // A stopped run is finished.
+    let mut again = trainer(&device, &net, 8).resume(&loaded).unwrap();
+    match again.fit_observed(&train, Some(&val), |_, _| Ok(())) {
+        Err(Error::Setting { setting, .. }) => assert_eq!(setting, Setting::EarlyStop),
+        other => panic!("{label}: resuming a stopped run: {other:?}"),
+    }
+
+    // The same run interrupted after epoch 2, its checkpoint from --save-every.
+    let dir = std::env::temp_dir().join(format!("shadertrain-loop-{}-{label}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.safetensors");
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut first = trainer(&device, &net, 8)
+        .checkpoints(&path, Some(2))
+        .unwrap()
+        .stop_when(flag.clone());
+    first
+        .fit_observed(&train, Some(&val), |_, p| {
+            if let Progress::Epoch(s) = p {
+                flag.store(s.epoch == 2, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(first.stopped(), "{label}: interrupted");
+    let saved = shadertrain::Checkpoint::load(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(saved.state.epoch, 2);
+    let mut resumed = trainer(&device, &net, 8)
+        .resume(&saved)
+        .unwrap()
+        .epochs(8);
+    resumed.fit_with(&train, Some(&val), |_| ()).unwrap();
+    let q = resumed.backend().params().unwrap();
+    let bits = |p: &Params<f32>| p.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&q), bits(&p), "{label}: resumed run's weights");
+    assert_eq!(resumed.early_stop_state(), Some(&es), "{label}: early-stop state");
+    let losses = |t: &Trainer| t.history().iter().map(|e| e.loss.to_bits()).collect::<Vec<_>>();
+    assert_eq!(losses(&resumed), losses(&straight), "{label}: history");
+}
+test_device!(
+    early_stop_and_resume_equal_straight,
+    early_stop_resume_cpu,
+    early_stop_resume_gpu
+);
+
+#[test]
+fn early_stopping_needs_a_validation_set_and_a_patience() {
+    let net = Network::parse("3,4,2").unwrap();
+    let data = clusters(20, "no val");
+    let mut t = Trainer::cpu(&net, 4)
+        .unwrap()
+        .early_stopping(Some(EarlyStop {
+            patience: 2,
+            min_delta: 0.0,
+        }))
+        .unwrap();
+    match t.fit(&data) {
+        Err(e @ Error::Setting { .. }) => {
+            assert!(e.to_string().contains("validation"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (patience, min_delta, setting) in [
+        (0, 0.0, Setting::EarlyStop),
+        (2, -0.1, Setting::MinDelta),
+        (2, f64::NAN, Setting::MinDelta),
+    ] {
+        let rule = EarlyStop {
+            patience,
+            min_delta,
+        };
+        match Trainer::cpu(&net, 4).unwrap().early_stopping(Some(rule)) {
+            Err(Error::Setting { setting: s, .. }) => assert_eq!(s, setting),
+            Err(e) => panic!("{rule:?}: {e}"),
+            Ok(_) => panic!("{rule:?} accepted"),
+        }
+    }
+}
+
+#[test]
+fn a_warmup_longer_than_the_run_is_refused() {
+    let net = Network::parse("3,4,2").unwrap();
+    let data = clusters(20, "long warmup");
+    // 5 steps an epoch, 2 epochs: 10 steps.
+    let mut t = Trainer::cpu(&net, 4).unwrap().epochs(2).batch(4).warmup(11);
+    match t.fit(&data) {
+        Err(Error::Setting { setting, .. }) => assert_eq!(setting, Setting::Warmup),
+        other => panic!("{other:?}"),
+    }
+    let mut ok = Trainer::cpu(&net, 4).unwrap().epochs(2).batch(4).warmup(10);
+    ok.fit(&data).unwrap();
+}
