@@ -401,6 +401,7 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
     let batch = batch_size(cfg.batch, backend.capacity(), data.len());
     let metric = Metric::for_task(data.task, net.outputs());
     backend.set_metric(metric)?;
+    backend.set_dropout_seed(cfg.seed)?;
     backend.take_totals()?;
     let mut order: Vec<usize> = (0..data.len()).collect();
     let steps = steps_per_epoch(cfg.batch, backend.capacity(), data.len());

@@ -23,9 +23,24 @@ fn clip_warmup_early_stop(device: Device) {
     let (metrics, ckpt) = (dir.path("m.json"), dir.path("c.safetensors"));
     let (m, c) = (metrics.to_str().unwrap(), ckpt.to_str().unwrap());
     let args = [
-        "--epochs", "12", "--val-split", "0.2", "--clip-norm", "0.05", "--warmup", "30",
-        "--lr-schedule", "onecycle", "--early-stop", "2", "--min-delta", "5", "--metrics", m,
-        "--save", c,
+        "--epochs",
+        "12",
+        "--val-split",
+        "0.2",
+        "--clip-norm",
+        "0.05",
+        "--warmup",
+        "30",
+        "--lr-schedule",
+        "onecycle",
+        "--early-stop",
+        "2",
+        "--min-delta",
+        "5",
+        "--metrics",
+        m,
+        "--save",
+        c,
     ];
     let r = run(&train(device, &args)).success();
     let out = r.stdout();
@@ -46,10 +61,22 @@ fn clip_warmup_early_stop(device: Device) {
     assert!(v["epochs"][0]["clipped"].as_u64().unwrap() > 0, "{v}");
     // The stopped run is finished; eval of its checkpoint works.
     expect_error(
-        &train(device, &["--epochs", "20", "--val-split", "0.2", "--resume", c]),
+        &train(
+            device,
+            &["--epochs", "20", "--val-split", "0.2", "--resume", c],
+        ),
         &["--early-stop", "stopped early after epoch 3"],
     );
-    run(&["eval", "--model", c, "--data", "spirals", "--backend", device.name()]).success();
+    run(&[
+        "eval",
+        "--model",
+        c,
+        "--data",
+        "spirals",
+        "--backend",
+        device.name(),
+    ])
+    .success();
 }
 test_device!(
     clip_warmup_early_stop,
@@ -72,7 +99,17 @@ fn bad_values_are_refused_by_flag() {
         &["--early-stop"],
     );
     expect_error(
-        &train(cpu, &["--early-stop", "2", "--min-delta", "-1", "--val-split", "0.2"]),
+        &train(
+            cpu,
+            &[
+                "--early-stop",
+                "2",
+                "--min-delta",
+                "-1",
+                "--val-split",
+                "0.2",
+            ],
+        ),
         &["--min-delta"],
     );
     // --min-delta alone means nothing (clap: requires --early-stop).
@@ -93,16 +130,47 @@ fn resume_keeps_the_settings_and_equals_straight() {
     );
     let (f, s) = (resumed.to_str().unwrap(), straight.to_str().unwrap());
     let common = [
-        "--val-split", "0.2", "--clip-norm", "0.1", "--warmup", "100", "--early-stop", "20",
-        "--optimizer", "momentum",
+        "--val-split",
+        "0.2",
+        "--clip-norm",
+        "0.1",
+        "--warmup",
+        "100",
+        "--early-stop",
+        "20",
+        "--optimizer",
+        "momentum",
     ];
-    run(&train(Device::Cpu, &[&common[..], &["--epochs", "6", "--save", s]].concat())).success();
+    run(&train(
+        Device::Cpu,
+        &[&common[..], &["--epochs", "6", "--save", s]].concat(),
+    ))
+    .success();
     // 3 epochs, then resumed to 6: the checkpoint keeps the settings, so
     // no flag but the data's is repeated.
-    run(&train(Device::Cpu, &[&common[..], &["--epochs", "3", "--save", f]].concat())).success();
-    run(&train(Device::Cpu, &["--epochs", "6", "--val-split", "0.2", "--resume", f, "--save", f]))
-        .success();
-    let (x, y) = (std::fs::read(&straight).unwrap(), std::fs::read(&resumed).unwrap());
+    run(&train(
+        Device::Cpu,
+        &[&common[..], &["--epochs", "3", "--save", f]].concat(),
+    ))
+    .success();
+    run(&train(
+        Device::Cpu,
+        &[
+            "--epochs",
+            "6",
+            "--val-split",
+            "0.2",
+            "--resume",
+            f,
+            "--save",
+            f,
+        ],
+    ))
+    .success();
+    let (x, y) = (
+        std::fs::read(&straight).unwrap(),
+        std::fs::read(&resumed).unwrap(),
+    );
     assert!(x == y, "resumed checkpoint differs from the straight run's");
     for (flag, value, expect) in [
         ("--warmup", "5", "--warmup"),
@@ -112,7 +180,16 @@ fn resume_keeps_the_settings_and_equals_straight() {
         expect_error(
             &train(
                 Device::Cpu,
-                &["--epochs", "8", "--val-split", "0.2", "--resume", f, flag, value],
+                &[
+                    "--epochs",
+                    "8",
+                    "--val-split",
+                    "0.2",
+                    "--resume",
+                    f,
+                    flag,
+                    value,
+                ],
             ),
             &[expect],
         );

@@ -36,12 +36,21 @@ fn clip_kernels_match_cpu_twin() {
             let (got, stats) = clip_on_device(&ctx, &grads, limit).unwrap();
             let mut want = f64s(&grads);
             let (want_norm, fired) = clip_gradients(&mut want, limit as f64);
-            assert_close(&format!("{label} norm"), &[stats.norm], &[want_norm], 1e-6, 1e-5);
+            assert_close(
+                &format!("{label} norm"),
+                &[stats.norm],
+                &[want_norm],
+                1e-6,
+                1e-5,
+            );
             assert_eq!(stats.fired == 1, fired, "{label}: fired");
             assert_eq!(stats.updates, 1, "{label}: updates");
             assert_close(&format!("{label} grads"), &got, &want, 1e-7, 1e-5);
             if !fired {
-                assert_eq!(got, grads, "{label}: an unclipped gradient is left as it was");
+                assert_eq!(
+                    got, grads,
+                    "{label}: an unclipped gradient is left as it was"
+                );
             }
             let (again, _) = clip_on_device(&ctx, &grads, limit).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -53,7 +62,11 @@ fn clip_kernels_match_cpu_twin() {
 fn clip_opt(kind: OptimizerKind, clip: f32) -> Optimizer {
     Optimizer {
         kind,
-        weight_decay: if kind == OptimizerKind::Momentum { 0.01 } else { 0.0 },
+        weight_decay: if kind == OptimizerKind::Momentum {
+            0.01
+        } else {
+            0.0
+        },
         clip_norm: Some(clip),
         ..Optimizer::default()
     }
@@ -85,12 +98,23 @@ fn clipped_steps_match_reference(device: Device) {
         let (tb, tc) = (b.take_totals().unwrap(), cpu.take_totals().unwrap());
         assert_eq!(tb.clipped, 6, "{label}: clipped updates");
         assert_eq!(tc.clipped, 6, "{label}: reference's clipped updates");
-        assert_close(&format!("{label} loss"), &[tb.loss() as f32], &[tc.loss()], 1e-6, 1e-4);
+        assert_close(
+            &format!("{label} loss"),
+            &[tb.loss() as f32],
+            &[tc.loss()],
+            1e-6,
+            1e-4,
+        );
         let (pb, pc) = (b.params().unwrap(), cpu.params().unwrap());
         assert_close(&format!("{label} params"), &pb.data, &pc.data, 1e-5, 1e-4);
         // Clipping changed the run: the same steps unclipped end elsewhere.
         let mut plain = CpuBackend::<f64>::new(&net, batch).unwrap();
-        plain.set_optimizer(&Optimizer { clip_norm: None, ..opt }).unwrap();
+        plain
+            .set_optimizer(&Optimizer {
+                clip_norm: None,
+                ..opt
+            })
+            .unwrap();
         plain.set_params(&init.cast()).unwrap();
         plain.load_batch(&f64s(&x), &f64s(&y)).unwrap();
         for _ in 0..6 {
@@ -108,7 +132,10 @@ fn clipped_steps_match_reference(device: Device) {
         // Adam divides the scale out (m/√v); SGD and momentum take shorter steps.
         if kind != OptimizerKind::Adam {
             let (c, u) = (moved(&pc), moved(&unclipped));
-            assert!(c < u, "{label}: clipping should shorten the steps ({c} vs {u})");
+            assert!(
+                c < u,
+                "{label}: clipping should shorten the steps ({c} vs {u})"
+            );
         }
     }
 }
@@ -195,7 +222,11 @@ fn warmup_ramps_then_follows_the_schedule() {
         .collect();
     let peak = lrs.iter().cloned().fold(0.0, f32::max);
     assert_eq!(peak, 1.0);
-    assert_eq!(lrs.iter().position(|&l| l == 1.0), Some(29), "peak at step 30");
+    assert_eq!(
+        lrs.iter().position(|&l| l == 1.0),
+        Some(29),
+        "peak at step 30"
+    );
     assert!(lrs[0] < 0.05 && *lrs.last().unwrap() < 0.01, "{lrs:?}");
     assert!(lrs[..30].windows(2).all(|w| w[0] < w[1]), "rises: {lrs:?}");
     assert!(lrs[30..].windows(2).all(|w| w[0] >= w[1]), "falls: {lrs:?}");
@@ -312,16 +343,22 @@ fn early_stop_and_resume_equal_straight(device: Device) {
     let saved = shadertrain::Checkpoint::load(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(saved.state.epoch, 2);
-    let mut resumed = trainer(&device, &net, 8)
-        .resume(&saved)
-        .unwrap()
-        .epochs(8);
+    let mut resumed = trainer(&device, &net, 8).resume(&saved).unwrap().epochs(8);
     resumed.fit_with(&train, Some(&val), |_| ()).unwrap();
     let q = resumed.backend().params().unwrap();
     let bits = |p: &Params<f32>| p.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&q), bits(&p), "{label}: resumed run's weights");
-    assert_eq!(resumed.early_stop_state(), Some(&es), "{label}: early-stop state");
-    let losses = |t: &Trainer| t.history().iter().map(|e| e.loss.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        resumed.early_stop_state(),
+        Some(&es),
+        "{label}: early-stop state"
+    );
+    let losses = |t: &Trainer| {
+        t.history()
+            .iter()
+            .map(|e| e.loss.to_bits())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(losses(&resumed), losses(&straight), "{label}: history");
 }
 test_device!(
@@ -377,3 +414,240 @@ fn a_warmup_longer_than_the_run_is_refused() {
     let mut ok = Trainer::cpu(&net, 4).unwrap().epochs(2).batch(4).warmup(10);
     ok.fit(&data).unwrap();
 }
+
+#[test]
+fn dropout_layers_parse_print_and_refuse() {
+    let net = Network::parse("784,256:relu:dropout=0.2,64:linear:dropout=0.5,10:softmax").unwrap();
+    assert_eq!(net.layers()[0].dropout, 0.2);
+    assert_eq!(net.layers()[1].dropout, 0.5);
+    assert_eq!(net.layers()[2].dropout, 0.0);
+    assert_eq!(
+        net.spec(),
+        "784,256:relu:dropout=0.2,64:linear:dropout=0.5,10:softmax"
+    );
+    assert_eq!(Network::parse(&net.spec()).unwrap(), net);
+    assert!(net.has_dropout());
+    for bad in [
+        "4,8:relu:dropout=1,2",
+        "4,8:relu:dropout=-0.1,2",
+        "4,8:relu:dropout=nan,2",
+        "4,8:relu:dropout=x,2",
+        "4,8:relu,2:softmax:dropout=0.1",
+        "4,8:tanh:dropout=0.1,2",
+        "4,8:dropout=0.1,2",
+        "4:dropout=0.1,8:relu,2",
+    ] {
+        match Network::parse(bad) {
+            Err(e @ Error::Setting { .. }) => {
+                assert!(
+                    matches!(
+                        e,
+                        Error::Setting {
+                            setting: Setting::Dropout,
+                            ..
+                        }
+                    ),
+                    "{bad}: {e}"
+                );
+                assert!(!e.to_string().contains('\n'), "{bad}: {e}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+/// The mask kernel against its twin at odd shapes and a row offset (a
+/// micro-batch's rows): the same units kept and the same values, bit for
+/// bit; about `1 − p` of them kept.
+#[test]
+fn dropout_kernel_matches_cpu_twin() {
+    let Some(ctx) = gpu_or_skip("dropout_kernel_matches_cpu_twin") else {
+        return;
+    };
+    use shadertrain::cpu::{dropout_apply, DropoutKey};
+    for (rows, n, row0, p) in [
+        (1, 1, 0, 0.5),
+        (7, 13, 0, 0.2),
+        (33, 65, 40, 0.7),
+        (300, 129, 5, 0.1),
+    ] {
+        let mut g = rng(&format!("dropout {rows}x{n}"));
+        // Values away from 0, so a kept unit never looks dropped.
+        let v: Vec<f32> = random(&mut g, rows * n, 0.5, 2.0);
+        let key = DropoutKey::new(0x1234_5678_9abc_def0, 77, 2, p);
+        let got =
+            shadertrain::gpu::dropout::dropout_on_device(&ctx, &v, rows, n, row0, &key).unwrap();
+        let mut want = v.clone();
+        dropout_apply(&mut want, rows, n, row0, &key);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{rows}x{n} from row {row0}, p {p}");
+        if rows * n > 1000 {
+            let kept = want.iter().filter(|&&x| x != 0.0).count() as f64 / want.len() as f64;
+            assert!(
+                (kept - (1.0 - p as f64)).abs() < 0.03,
+                "kept {kept} at p {p}"
+            );
+        }
+    }
+    // Another seed, update or layer gives another mask.
+    let v = vec![1.0f32; 256];
+    let base = DropoutKey::new(1, 1, 0, 0.5);
+    let mask = |k: DropoutKey| {
+        let mut m = v.clone();
+        dropout_apply(&mut m, 16, 16, 0, &k);
+        m
+    };
+    for other in [
+        DropoutKey::new(2, 1, 0, 0.5),
+        DropoutKey::new(1, 2, 0, 0.5),
+        DropoutKey::new(1, 1, 1, 0.5),
+    ] {
+        assert_ne!(mask(base), mask(other), "{other:?}");
+    }
+}
+
+/// Training steps with dropout on `device` against the f64 reference from
+/// the same seed: the same masks, so the same losses and parameters; and
+/// `forward` alone (eval, predict) does not drop.
+fn dropout_steps_match_reference(device: Device) {
+    let net = Network::parse("6,11:relu:dropout=0.3,7:linear:dropout=0.5,3:softmax").unwrap();
+    let batch = 9;
+    let (x, y) = batch_for(&net, batch, "dropout steps");
+    for opt in [Optimizer::default(), Optimizer::new(OptimizerKind::Adam)] {
+        let label = format!("{} dropout {}", device.name(), opt.name());
+        let mut b = device.backend(&net, batch);
+        let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+        b.set_optimizer(&opt).unwrap();
+        cpu.set_optimizer(&opt).unwrap();
+        b.set_dropout_seed(31).unwrap();
+        cpu.set_dropout_seed(31).unwrap();
+        let init: Params<f32> = net.init(4);
+        b.set_params(&init).unwrap();
+        cpu.set_params(&init.cast()).unwrap();
+        b.load_batch(&x, &y).unwrap();
+        cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+        for step in 0..4 {
+            b.step(0.1).unwrap();
+            cpu.step(0.1).unwrap();
+            let (tb, tc) = (b.take_totals().unwrap(), cpu.take_totals().unwrap());
+            let what = format!("{label} step {step} loss");
+            assert_close(&what, &[tb.loss() as f32], &[tc.loss()], 1e-6, 1e-4);
+        }
+        let (pb, pc) = (b.params().unwrap(), cpu.params().unwrap());
+        assert_close(&format!("{label} params"), &pb.data, &pc.data, 1e-5, 1e-4);
+        // Evaluation: no mask, and the same outputs twice.
+        b.forward().unwrap();
+        let a1 = b.read_activations(1).unwrap();
+        b.forward().unwrap();
+        assert_eq!(
+            a1,
+            b.read_activations(1).unwrap(),
+            "{label}: eval is deterministic"
+        );
+        cpu.forward().unwrap();
+        let want = cpu.read_activations(1).unwrap();
+        assert_close(&format!("{label} eval activations"), &a1, &want, 1e-5, 1e-4);
+    }
+    // Another seed drops other units: the steps differ.
+    let run = |seed: u64| {
+        let mut b = device.backend(&net, batch);
+        b.set_dropout_seed(seed).unwrap();
+        b.set_params(&net.init(4)).unwrap();
+        b.load_batch(&x, &y).unwrap();
+        b.step(0.1).unwrap();
+        b.params().unwrap()
+    };
+    assert_ne!(
+        run(1).data,
+        run(2).data,
+        "{}: the seed changes the mask",
+        device.name()
+    );
+    assert_eq!(run(1).data, run(1).data, "{}: repeatable", device.name());
+}
+test_device!(
+    dropout_steps_match_reference,
+    dropout_steps_cpu,
+    dropout_steps_gpu
+);
+
+/// A batch split into micro-batches drops the same units as one whole: the
+/// mask follows the row's index in the batch.
+#[test]
+fn dropout_is_the_same_in_micro_batches() {
+    let Some(ctx) = gpu_or_skip("dropout_is_the_same_in_micro_batches") else {
+        return;
+    };
+    use shadertrain::gpu::{GpuBackend, GpuOptions};
+    let net = Network::parse("5,9:relu:dropout=0.4,2").unwrap();
+    let batch = 23;
+    let (x, y) = batch_for(&net, batch, "dropout split");
+    let run = |max_chunk: Option<usize>| {
+        let options = GpuOptions {
+            max_chunk,
+            ..GpuOptions::default()
+        };
+        let mut b = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
+        b.set_dropout_seed(3).unwrap();
+        b.set_params(&net.init(8)).unwrap();
+        b.load_batch(&x, &y).unwrap();
+        for _ in 0..3 {
+            b.step(0.2).unwrap();
+        }
+        b.params().unwrap()
+    };
+    let (whole, split) = (run(None), run(Some(8)));
+    let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+    cpu.set_dropout_seed(3).unwrap();
+    cpu.set_params(&net.init::<f32>(8).cast()).unwrap();
+    cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+    for _ in 0..3 {
+        cpu.step(0.2).unwrap();
+    }
+    let want = cpu.params().unwrap();
+    assert_close("whole batch", &whole.data, &want.data, 1e-5, 1e-4);
+    assert_close("micro-batches of 8", &split.data, &want.data, 1e-5, 1e-4);
+}
+
+/// Dropout in whole runs: resumed equals straight bit for bit, and the
+/// checkpoint keeps the layers' dropout.
+fn dropout_resume_equals_straight(device: Device) {
+    let net = Network::parse("3,12:relu:dropout=0.25,2:softmax").unwrap();
+    let data = clusters(64, "dropout resume");
+    let make = |epochs| {
+        Trainer::new(device.backend(&net, 16))
+            .epochs(epochs)
+            .batch(16)
+            .lr(0.3)
+            .seed(5)
+    };
+    let mut straight = make(4);
+    straight.fit(&data).unwrap();
+    let mut first = make(2);
+    first.fit(&data).unwrap();
+    let ckpt =
+        shadertrain::Checkpoint::from_bytes(&first.checkpoint().unwrap().to_bytes().unwrap())
+            .unwrap();
+    assert_eq!(ckpt.params.network(), &net, "the checkpoint keeps dropout");
+    let mut resumed = make(4).resume(&ckpt).unwrap().epochs(4);
+    resumed.fit(&data).unwrap();
+    let bits = |t: &mut Trainer| {
+        t.backend()
+            .params()
+            .unwrap()
+            .data
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&mut resumed), bits(&mut straight), "{}", device.name());
+    // Evaluation does not drop: twice the same loss.
+    let (a, _) = straight.evaluate(&data).unwrap();
+    let (b, _) = straight.evaluate(&data).unwrap();
+    assert_eq!(a.loss().to_bits(), b.loss().to_bits());
+}
+test_device!(
+    dropout_resume_equals_straight,
+    dropout_resume_cpu,
+    dropout_resume_gpu
+);

@@ -40,6 +40,7 @@
 use super::buffers::{Buffers, Groups, UpdateBuffers};
 use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
+use super::dropout::Dropout;
 use super::kernels::{
     dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TileConfig,
     TiledKernels,
@@ -91,6 +92,12 @@ pub struct GpuBackend {
     update: Option<UpdateBuffers>,
     /// Gradient clipping at the head of the update, if the optimizer clips.
     clip: Option<Clipper>,
+    /// Dropout's kernel and buffers, if the network drops.
+    dropout: Option<Dropout>,
+    /// Seeds the dropout masks.
+    dropout_seed: u64,
+    /// Recording a training step: dropout is on.
+    training: bool,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
     /// Submissions not yet known to be finished, oldest first.
@@ -158,6 +165,7 @@ impl GpuBackend {
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
+        let dropout = Dropout::new(&ctx, net, &buf)?;
         let mut backend = GpuBackend {
             ctx,
             kernels,
@@ -175,6 +183,9 @@ impl GpuBackend {
             t: 0,
             update: None,
             clip: None,
+            dropout,
+            dropout_seed: 0,
+            training: false,
             pending: None,
             in_flight: VecDeque::new(),
         };
@@ -297,6 +308,7 @@ impl GpuBackend {
             groups: &self.groups,
             update: self.update.as_ref(),
             clip: self.clip.as_ref(),
+            dropout: self.dropout.as_ref().filter(|_| self.training),
             net: &self.net,
             rows: self.dims_rows,
             splits: &self.splits,
@@ -404,6 +416,7 @@ impl GpuBackend {
                 self.set_dims_rows(hi - lo);
             }
             self.upload(&x[lo * ni..hi * ni], &y[lo * no..hi * no]);
+            self.write_dropout(lo);
             done = stages
                 .iter()
                 .try_for_each(|&s| self.record(s))
@@ -414,6 +427,14 @@ impl GpuBackend {
         }
         self.host = Some((x, y));
         done
+    }
+
+    /// In a training step, the dropout uniforms for the staged rows, which
+    /// start at row `row0` of the batch; lands before the next submit.
+    fn write_dropout(&self, row0: usize) {
+        if let Some(d) = self.dropout.as_ref().filter(|_| self.training) {
+            d.write(&self.ctx, self.dropout_seed, self.t, self.dims_rows, row0);
+        }
     }
 
     /// Write rows of inputs and targets into the per-sample buffers.
@@ -652,11 +673,20 @@ impl Backend for GpuBackend {
         if self.host.is_some() {
             self.clear_grads();
         }
-        self.run(stages)?;
+        self.training = true;
+        self.write_dropout(0);
+        let ran = self.run(stages);
+        self.training = false;
+        ran?;
         if self.host.is_some() {
             self.record(Stage::Update)?;
         }
         self.flush()
+    }
+
+    fn set_dropout_seed(&mut self, seed: u64) -> Result<()> {
+        self.dropout_seed = seed;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {

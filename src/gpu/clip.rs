@@ -177,7 +177,9 @@ pub fn clip_on_device(
     let c = Clipper::new(ctx, &buf, grads.len(), max_norm)?;
     let mut enc = ctx
         .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("clip") });
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("clip"),
+        });
     {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("clip"),

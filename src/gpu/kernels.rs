@@ -407,6 +407,7 @@ pub const ALL: &[KernelSpec] = &[
     super::clip::CLIP_PARTIAL,
     super::clip::CLIP_FINISH,
     super::clip::CLIP_APPLY,
+    super::dropout::DROPOUT_APPLY,
 ];
 
 /// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).

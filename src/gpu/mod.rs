@@ -11,6 +11,8 @@ mod buffers;
 #[doc(hidden)]
 pub mod clip;
 pub mod context;
+#[doc(hidden)]
+pub mod dropout;
 pub mod kernels;
 pub mod options;
 pub mod readback;
