@@ -43,6 +43,7 @@ pub mod export;
 pub mod fsutil;
 pub mod gpu;
 pub mod idx;
+pub mod lr_find;
 pub mod memory;
 pub mod metrics;
 pub mod network;

@@ -681,6 +681,20 @@ impl Trainer {
         self.fit_with(data, None, |_| ())
     }
 
+    /// The learning-rate range test ([`crate::lr_find`]) on `data`, in
+    /// batches of the configured size, from the current (or the seeded
+    /// initial) parameters, which it leaves as they were, as it leaves the
+    /// optimiser's state and the history.
+    pub fn lr_find(
+        &mut self,
+        data: &Dataset,
+        sweep: &crate::lr_find::LrFind,
+    ) -> Result<crate::lr_find::LrSweep> {
+        self.ensure_params()?;
+        let (batch, seed) = (self.cfg.batch, self.cfg.seed);
+        crate::lr_find::lr_find(self.backend.as_mut(), data, batch, seed, sweep)
+    }
+
     /// Loss and score of the current parameters on `data`.
     pub fn evaluate(&mut self, data: &Dataset) -> Result<(Totals, Metric)> {
         self.ensure_params()?;

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod export;
 pub mod info;
+pub mod lr_find;
 pub mod model;
 pub mod signals;
 pub mod train;

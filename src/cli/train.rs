@@ -196,6 +196,13 @@ pub enum ScheduleArg {
     Onecycle,
 }
 
+impl TrainArgs {
+    /// `--plot`, which `lr-find` draws its sweep into.
+    pub(super) fn plot_path(&self) -> Option<PathBuf> {
+        self.plot.clone()
+    }
+}
+
 /// The run the flags ask for: the trainer (backend, settings, initial
 /// weights or resumed state) and the data.
 struct Run {
@@ -285,8 +292,12 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     // A failure here comes after the checkpoint was complete: say it is kept.
     let reports = || -> Result<()> {
         if let Some(path) = &a.plot {
-            let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
-            shadertrain::plot::plot_history(path, &title, t.history())?;
+            let name = shadertrain::plot::dataset_title(&data.name);
+            let title = format!("{} on {name} ({kind}: {adapter})", net.describe());
+            let cfg = t.config();
+            let varies = cfg.warmup > 0 || cfg.schedule != Schedule::Constant;
+            let rates = varies.then(|| step_rates(cfg, t.history().len(), steps));
+            shadertrain::plot::plot_run(path, &title, t.history(), rates.as_deref())?;
         }
         if let Some(path) = &a.metrics {
             let json = serde_json::json!({
@@ -371,6 +382,40 @@ fn kept_checkpoint(e: Error, save: Option<&std::path::Path>) -> Error {
         },
         (e, _) => e,
     }
+}
+
+/// What `lr-find` takes from the `train` flags: the trainer (network,
+/// data, backend, batch, seed, optimiser, normalisation) and the data,
+/// with a title for its plot. Flags of a training run that a sweep has no
+/// use for are refused, so none is silently ignored.
+pub(super) fn prepare_sweep(a: &mut TrainArgs) -> Result<(Trainer, Dataset, String)> {
+    let unused = [
+        ("--epochs", a.epochs.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--save", a.save.is_some()),
+        ("--resume", a.resume.is_some()),
+        ("--metrics", a.metrics.is_some()),
+        ("--log-dir", a.log_dir.is_some()),
+        ("--metrics-jsonl", a.metrics_jsonl.is_some()),
+        ("--lr-schedule", a.lr_schedule.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--early-stop", a.early_stop.is_some()),
+        ("--val", a.val.is_some()),
+        ("--val-split", a.val_split.is_some()),
+        ("--nan-check", a.nan_check),
+    ];
+    if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(Error::Invalid(format!(
+            "lr-find: {flag} belongs to a training run; the sweep sets its own rates for --steps steps from the initial weights"
+        )));
+    }
+    // The banner would describe a training run.
+    let quiet = a.quiet;
+    a.quiet = true;
+    let Run { t, net, data, .. } = prepare(a)?;
+    a.quiet = quiet;
+    let title = format!("LR range test: {} on {}", net.describe(), data.name);
+    Ok((t, data, title))
 }
 
 /// Everything decided before training: flags checked against each other and
@@ -762,6 +807,22 @@ fn defaults_note(a: &TrainArgs, source: &Source, resumed: bool) -> String {
         " (defaults for a file: set {} to change them)",
         unset.join(", ")
     )
+}
+
+/// The learning rate of every step of `epochs` epochs of `steps` steps, as
+/// `(epoch − 1 + s/steps, lr)`, thinned to at most 2000 points for a plot.
+fn step_rates(cfg: &TrainConfig, epochs: usize, steps: usize) -> Vec<(f64, f64)> {
+    let total = epochs.saturating_mul(steps).max(1);
+    let stride = total.div_ceil(2000).max(1);
+    (0..total)
+        .step_by(stride)
+        .chain(std::iter::once(total - 1))
+        .map(|i| {
+            let (e, s) = (i / steps.max(1) + 1, i % steps.max(1) + 1);
+            let x = (e - 1) as f64 + s as f64 / steps.max(1) as f64;
+            (x, cfg.lr_at(e, s, steps) as f64)
+        })
+        .collect()
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
