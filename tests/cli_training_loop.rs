@@ -195,3 +195,130 @@ fn resume_keeps_the_settings_and_equals_straight() {
         );
     }
 }
+
+/// `lr-find`: a suggestion with its rule, a plot, nothing else written; the
+/// flags of a training run refused.
+fn lr_find_command(device: Device) {
+    let dir = TempDir::new(&format!("lr-find-{}", device.name()));
+    let plot = dir.path("lr.svg");
+    let p = plot.to_str().unwrap();
+    let r = run(&[
+        "lr-find",
+        "--backend",
+        device.name(),
+        "--optimizer",
+        "adam",
+        "--start-lr",
+        "1e-5",
+        "--end-lr",
+        "100",
+        "--steps",
+        "40",
+        "--plot",
+        p,
+        "--quiet",
+    ])
+    .success();
+    let out = r.stdout();
+    assert!(out.contains("suggested --lr"), "{}", r.dump());
+    assert!(
+        out.contains("steepest descent") || out.contains("a tenth"),
+        "{}",
+        r.dump()
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.contains("suggested lr"),
+        "the plot marks the suggestion"
+    );
+    assert_eq!(
+        dir.listing(),
+        vec!["lr.svg".to_string()],
+        "writes its plot only"
+    );
+    let json = run(&[
+        "lr-find",
+        "--backend",
+        device.name(),
+        "--steps",
+        "10",
+        "--json",
+    ])
+    .success();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(v["points"].as_array().unwrap().len(), 10);
+    assert!(v["suggested"].as_f64().unwrap() > 0.0);
+}
+test_device!(lr_find_command, lr_find_command_cpu, lr_find_command_gpu);
+
+#[test]
+fn lr_find_refuses_training_flags_and_bad_ranges() {
+    let dir = TempDir::new("lr-find-refusals");
+    let save = dir.path("x.safetensors");
+    for (flag, value) in [
+        ("--epochs", "3"),
+        ("--lr", "0.1"),
+        ("--save", save.to_str().unwrap()),
+        ("--val-split", "0.2"),
+        ("--warmup", "5"),
+    ] {
+        expect_error(
+            &["lr-find", "--backend", "cpu", flag, value],
+            &["lr-find", flag],
+        );
+    }
+    expect_error(
+        &["lr-find", "--backend", "cpu", "--start-lr", "0"],
+        &["--lr"],
+    );
+    expect_error(
+        &[
+            "lr-find",
+            "--backend",
+            "cpu",
+            "--start-lr",
+            "1",
+            "--end-lr",
+            "0.5",
+        ],
+        &["--lr"],
+    );
+    expect_error(
+        &["lr-find", "--backend", "cpu", "--steps", "2"],
+        &["--steps"],
+    );
+    assert!(dir.listing().is_empty(), "nothing written");
+}
+
+/// A one-epoch run's plot draws its points; a warmup puts the learning
+/// rate on it.
+#[test]
+fn train_plot_draws_one_epoch_and_the_rate() {
+    let dir = TempDir::new("plot-one-epoch");
+    let (one, warm) = (dir.path("one.svg"), dir.path("warm.svg"));
+    run(&train(
+        Device::Cpu,
+        &["--epochs", "1", "--plot", one.to_str().unwrap()],
+    ))
+    .success();
+    let svg = std::fs::read_to_string(&one).unwrap();
+    assert!(svg.contains("<circle"), "a marker for the lone epoch");
+    assert!(
+        !svg.contains("learning rate"),
+        "a constant rate is not drawn"
+    );
+    let args = [
+        "--epochs",
+        "3",
+        "--warmup",
+        "300",
+        "--plot",
+        warm.to_str().unwrap(),
+    ];
+    run(&train(Device::Cpu, &args)).success();
+    let svg = std::fs::read_to_string(&warm).unwrap();
+    assert!(
+        svg.contains("learning rate"),
+        "the rate on a secondary axis"
+    );
+}

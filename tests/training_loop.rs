@@ -651,3 +651,81 @@ test_device!(
     dropout_resume_cpu,
     dropout_resume_gpu
 );
+
+/// The LR range test on `device`: it sweeps the rates it says, suggests one
+/// inside the range, and leaves the parameters and the optimiser's state
+/// as they were.
+fn lr_find_changes_nothing(device: Device) {
+    use shadertrain::lr_find::LrFind;
+    let net = Network::parse("3,10:relu:dropout=0.1,2:softmax").unwrap();
+    let data = clusters(64, "lr find");
+    let mut t = Trainer::new(device.backend(&net, 16))
+        .batch(16)
+        .seed(3)
+        .optimizer(Optimizer::new(OptimizerKind::Adam))
+        .unwrap();
+    let before = t.checkpoint().unwrap();
+    let sweep = LrFind {
+        start: 1e-4,
+        end: 1e3,
+        steps: 40,
+    };
+    let found = t.lr_find(&data, &sweep).unwrap();
+    let label = device.name();
+    assert!(
+        !found.points.is_empty() && found.points.len() <= 40,
+        "{label}"
+    );
+    assert_eq!(found.points[0].lr, 1e-4);
+    assert!(
+        found.points.windows(2).all(|w| w[1].lr > w[0].lr),
+        "{label}: rates rise"
+    );
+    assert!(
+        found.suggested >= 1e-4 && found.suggested <= 1e3,
+        "{label}: {}",
+        found.suggested
+    );
+    // Too high a rate makes the loss rise again; the suggestion comes before its minimum.
+    let last = found.points.last().unwrap().smoothed;
+    let min = found
+        .points
+        .iter()
+        .map(|p| p.smoothed)
+        .fold(f64::INFINITY, f64::min);
+    assert!(last > min, "{label}: {found:?}");
+    assert!(found.suggested <= found.min_loss_lr, "{label}: {found:?}");
+    let after = t.checkpoint().unwrap();
+    assert_eq!(after.params, before.params, "{label}: parameters restored");
+    assert_eq!(
+        after.optimizer_state, before.optimizer_state,
+        "{label}: optimiser restored"
+    );
+    assert!(t.history().is_empty());
+    for bad in [
+        LrFind {
+            start: 0.0,
+            ..sweep
+        },
+        LrFind { end: 1e-5, ..sweep },
+        LrFind { steps: 4, ..sweep },
+    ] {
+        assert!(t.lr_find(&data, &bad).is_err(), "{bad:?}");
+    }
+}
+test_device!(lr_find_changes_nothing, lr_find_cpu, lr_find_gpu);
+
+#[test]
+fn plots_name_the_dataset_and_draw_one_epoch() {
+    use shadertrain::plot::dataset_title;
+    assert_eq!(
+        dataset_title("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
+        "fashion-mnist"
+    );
+    assert_eq!(
+        dataset_title("data/train-images.idx3-ubyte,data/train-labels.idx1-ubyte"),
+        "data"
+    );
+    assert_eq!(dataset_title("/tmp/iris.csv"), "iris.csv");
+    assert_eq!(dataset_title("spirals"), "spirals");
+}
