@@ -729,3 +729,45 @@ fn plots_name_the_dataset_and_draw_one_epoch() {
     assert_eq!(dataset_title("/tmp/iris.csv"), "iris.csv");
     assert_eq!(dataset_title("spirals"), "spirals");
 }
+
+/// Clipping on the tiled kernels, whole batches and micro-batches (the
+/// gradients of all micro-batches summed before the norm): the same steps
+/// as the f64 reference, for plain SGD (which then leaves the fused
+/// update) and Adam.
+#[test]
+fn clipping_on_tiled_kernels_and_micro_batches() {
+    let Some(ctx) = gpu_or_skip("clipping_on_tiled_kernels_and_micro_batches") else {
+        return;
+    };
+    use shadertrain::gpu::{GpuBackend, GpuOptions};
+    let net = Network::parse("5,9:tanh,3:softmax").unwrap();
+    let batch = 11;
+    let (x, y) = batch_for(&net, batch, "clip tiled");
+    for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+        let opt = clip_opt(kind, 1e-3);
+        let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
+        cpu.set_optimizer(&opt).unwrap();
+        cpu.set_params(&net.init::<f32>(6).cast()).unwrap();
+        cpu.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+        for _ in 0..4 {
+            cpu.step(0.2).unwrap();
+        }
+        let want = cpu.params().unwrap();
+        for max_chunk in [None, Some(4)] {
+            let label = format!("tiled {} chunk {max_chunk:?}", kind.name());
+            let options = GpuOptions {
+                max_chunk,
+                ..GpuOptions::default()
+            };
+            let mut b = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
+            b.set_optimizer(&opt).unwrap();
+            b.set_params(&net.init(6)).unwrap();
+            b.load_batch(&x, &y).unwrap();
+            for _ in 0..4 {
+                b.step(0.2).unwrap();
+            }
+            assert_eq!(b.take_totals().unwrap().clipped, 4, "{label}");
+            assert_close(&label, &b.params().unwrap().data, &want.data, 1e-5, 1e-4);
+        }
+    }
+}
