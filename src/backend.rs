@@ -48,6 +48,9 @@ pub struct Totals {
     pub samples: u64,
     /// Samples predicted correctly (0 under [`Metric::None`]).
     pub correct: u64,
+    /// Updates whose gradients clipping scaled down
+    /// ([`crate::optim::Optimizer::clip_norm`]); 0 without clipping.
+    pub clipped: u64,
 }
 
 impl Totals {
@@ -125,7 +128,23 @@ pub trait Backend {
     /// now set; a state of the wrong length is an error.
     fn set_optimizer_state(&mut self, t: u64, state: &[Self::Scalar]) -> Result<()>;
 
-    /// One training step on the staged batch.
+    /// Seed the dropout masks of training steps ([`crate::cpu::DropoutKey`]:
+    /// the mask of a unit is a hash of this seed, the update count, the row
+    /// in the batch, the layer and the unit). `forward` alone never drops;
+    /// `step` does, on a network with dropout. A backend that cannot drop
+    /// refuses a network with dropout here.
+    fn set_dropout_seed(&mut self, seed: u64) -> Result<()> {
+        let _ = seed;
+        if self.network().has_dropout() {
+            return Err(Error::Invalid(format!(
+                "{} does not implement dropout",
+                self.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One training step on the staged batch (with dropout, if the network has it).
     fn step(&mut self, lr: f32) -> Result<()> {
         self.forward()?;
         self.backward()?;

@@ -15,16 +15,21 @@
 //! | `history.accuracy` | F64 | (E) | its accuracy, NaN where there is none (regression) |
 //! | `history.val_loss` | F64 | (E) | validation loss, NaN without a validation set |
 //! | `history.val_accuracy` | F64 | (E) | validation accuracy, NaN where there is none |
+//! | `early_stop.best` | F32 | (P) | early stopping: the parameters after the best epoch, in the parameter layout |
 //!
 //! Entry `i` of the history is epoch `i + 1`, and `E` equals the `epoch`
-//! metadata. Wall-clock values (an epoch's seconds, samples per second) are
-//! not kept: loaded epochs have them 0; `--metrics` and the metrics sinks
+//! metadata. Wall-clock values (an epoch's seconds, samples per second) and
+//! the count of clipped updates are not kept: loaded epochs have them 0; `--metrics` and the metrics sinks
 //! have them. So a checkpoint grows by 32 bytes an epoch and its header not
 //! at all.
 //!
 //! String metadata: `format` (`shadertrain`), `version`, `layers`, `epoch`,
 //! `seed`, `batch`, `lr`, `lr_schedule`, `optimizer`, `momentum`, `beta1`,
-//! `beta2`, `eps`, `weight_decay`, `optimizer_t`, `data`, `samples`, and
+//! `beta2`, `eps`, `weight_decay`, `optimizer_t`, `data`, `samples`,
+//! `clip_norm` (only where the run clips its gradients), `warmup` (only
+//! where it warms up), `early_stop` (the patience), `min_delta`,
+//! `best_epoch`, `best_val_loss` and `stopped_epoch` (only where the run
+//! stops early, the last three once known), and
 //! `data_inputs_hash`, `data_targets_hash`: a 64-bit fingerprint (16 hex
 //! digits) of the training rows' inputs and targets as training saw them
 //! (after the validation split and the standardisation), which a resumed run
@@ -64,6 +69,7 @@
 
 use crate::backend::Backend;
 use crate::data::{Dataset, Standardizer};
+use crate::early_stop::{EarlyStop, EarlyStopState};
 use crate::error::{one_line, quote};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -210,6 +216,10 @@ pub struct TrainState {
     pub optimizer: Optimizer,
     /// The learning-rate schedule.
     pub schedule: Schedule,
+    /// Steps of learning-rate warmup ([`crate::TrainConfig::warmup`]).
+    pub warmup: usize,
+    /// Early stopping's rule and where it stands, if the run uses it.
+    pub early_stop: Option<EarlyStopState>,
 }
 
 /// An optimiser's state: updates so far and its moments (momentum `v`, or
@@ -477,6 +487,26 @@ impl Checkpoint {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(c) = s.optimizer.clip_norm {
+            meta.insert("clip_norm".into(), shortest(c));
+        }
+        if s.warmup > 0 {
+            meta.insert("warmup".into(), s.warmup.to_string());
+        }
+        if let Some(es) = &s.early_stop {
+            meta.insert("early_stop".into(), es.rule.patience.to_string());
+            meta.insert("min_delta".into(), es.rule.min_delta.to_string());
+            if let Some((epoch, loss)) = es.best {
+                meta.insert("best_epoch".into(), epoch.to_string());
+                meta.insert("best_val_loss".into(), loss.to_string());
+            }
+            if let Some(e) = es.stopped {
+                meta.insert("stopped_epoch".into(), e.to_string());
+            }
+            if let Some(p) = &es.best_params {
+                tensors.push(f32s("early_stop.best".into(), vec![p.data.len()], &p.data));
+            }
+        }
         if let Some(fp) = s.fingerprint {
             meta.insert("data_inputs_hash".into(), format!("{:016x}", fp.inputs));
             meta.insert("data_targets_hash".into(), format!("{:016x}", fp.targets));
@@ -559,6 +589,10 @@ impl Checkpoint {
             beta2: parse(&get("beta2")?, "beta2")?,
             eps: parse(&get("eps")?, "eps")?,
             weight_decay: parse(&get("weight_decay")?, "weight_decay")?,
+            clip_norm: meta
+                .get("clip_norm")
+                .map(|v| parse(v, "clip_norm"))
+                .transpose()?,
         };
         optimizer
             .validate()
@@ -589,6 +623,7 @@ impl Checkpoint {
                 None => match name {
                     "normalize.mean" | "normalize.std" => true,
                     "optimizer.state" => len > 0,
+                    "early_stop.best" => meta.contains_key("best_epoch"),
                     h => version >= 2 && HISTORY.contains(&h),
                 },
             };
@@ -732,6 +767,43 @@ impl Checkpoint {
         };
         let schedule =
             Schedule::parse(&get("lr_schedule")?).map_err(|e| format!("metadata: {e}"))?;
+        let optional = |k: &str| meta.get(k).map(|v| parse::<usize>(v, k)).transpose();
+        let warmup = optional("warmup")?.unwrap_or(0);
+        let early_stop = match optional("early_stop")? {
+            None => None,
+            Some(patience) => {
+                let min_delta: f64 = parse(&get("min_delta")?, "min_delta")?;
+                let rule = EarlyStop {
+                    patience,
+                    min_delta,
+                };
+                rule.validate().map_err(|e| format!("metadata: {e}"))?;
+                let mut es = EarlyStopState::new(rule);
+                if let Some(b) = optional("best_epoch")? {
+                    let loss: f64 = parse(&get("best_val_loss")?, "best_val_loss")?;
+                    if b == 0 || b > epoch || !loss.is_finite() {
+                        return Err(format!(
+                            "metadata 'best_epoch' {b} (loss {loss}) is not an epoch of the {epoch} trained"
+                        ));
+                    }
+                    es.best = Some((b, loss));
+                    let best = read_f32(&st, "early_stop.best", &[net.param_count()])?;
+                    if let Some(i) = best.iter().position(|v| !v.is_finite()) {
+                        return Err(format!("early_stop.best[{i}] is {}, not finite", best[i]));
+                    }
+                    es.best_params = Some(Params::from_vec(&net, best).map_err(|e| e.to_string())?);
+                }
+                if let Some(e) = optional("stopped_epoch")? {
+                    if e != epoch {
+                        return Err(format!(
+                            "metadata 'stopped_epoch' is {e}, but the run trained {epoch} epochs"
+                        ));
+                    }
+                    es.stopped = Some(e);
+                }
+                Some(es)
+            }
+        };
         let state = TrainState {
             epoch,
             seed: parse(&get("seed")?, "seed")?,
@@ -744,6 +816,8 @@ impl Checkpoint {
             history,
             optimizer,
             schedule,
+            warmup,
+            early_stop,
         };
         Ok(Checkpoint {
             params,
@@ -919,6 +993,7 @@ fn read_history(st: &SafeTensors<'_>) -> std::result::Result<Vec<EpochStats>, St
             samples_per_s: 0.0,
             val_loss: some(cols[2][i]),
             val_accuracy: some(cols[3][i]),
+            clipped: 0,
         })
         .collect())
 }

@@ -69,6 +69,16 @@ pub enum Setting {
     Distributed,
     /// A configuration of the GPU's tiled kernels.
     KernelConfig,
+    /// The global gradient norm clipping scales down to.
+    ClipNorm,
+    /// Steps of learning-rate warmup.
+    Warmup,
+    /// Epochs without improvement before early stopping.
+    EarlyStop,
+    /// The improvement early stopping counts.
+    MinDelta,
+    /// A layer's dropout probability.
+    Dropout,
 }
 
 impl Setting {
@@ -105,6 +115,11 @@ impl Setting {
             Setting::MicroBatches => "micro-batches",
             Setting::Distributed => "distribution",
             Setting::KernelConfig => "kernel configuration",
+            Setting::ClipNorm => "gradient clipping norm",
+            Setting::Warmup => "warmup steps",
+            Setting::EarlyStop => "early-stopping patience",
+            Setting::MinDelta => "early-stopping minimum improvement",
+            Setting::Dropout => "dropout",
         }
     }
 }

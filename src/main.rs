@@ -40,6 +40,10 @@ struct Cli {
 enum Cmd {
     /// Train a network (default: two interleaved spirals).
     Train(Box<cli::train::TrainArgs>),
+    /// The learning-rate range test: a short exponential sweep of the rate
+    /// from the initial weights (the train flags for data and network);
+    /// prints a suggested --lr, draws loss against rate with --plot.
+    LrFind(Box<cli::lr_find::LrFindArgs>),
     /// Time the training step on the CPU, the GPU or both, side by side.
     Bench(cli::bench::BenchArgs),
     /// Score a saved model on a dataset: loss, accuracy, confusion matrix.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     };
     let run = match cli.cmd {
         Cmd::Train(a) => cli::train::run(*a),
+        Cmd::LrFind(a) => cli::lr_find::run(*a).map(|()| ExitCode::SUCCESS),
         Cmd::Bench(a) => cli::bench::run(a).map(|()| ExitCode::SUCCESS),
         Cmd::Eval(a) => cli::model::eval(a).map(|()| ExitCode::SUCCESS),
         Cmd::Predict(a) => cli::model::predict(a).map(|()| ExitCode::SUCCESS),

@@ -136,7 +136,7 @@ impl Loss {
 pub const CE_CLAMP: f64 = 1e-12;
 
 /// The shape of one dense layer and where its parameters live in the flat buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Layer {
     /// Inputs to the layer (the previous layer's width).
     pub n_in: usize,
@@ -148,7 +148,14 @@ pub struct Layer {
     pub b_off: usize,
     /// Its non-linearity.
     pub act: Activation,
+    /// Dropout probability of its outputs while training, in `[0, 1)`; 0
+    /// for none (see [`crate::cpu::dropout_apply`]). Hidden relu or linear
+    /// layers only ([`Network::with_dropout`]).
+    pub dropout: f32,
 }
+
+// The dropout probability is validated finite, so equality is total.
+impl Eq for Layer {}
 
 /// A fully connected network: layer sizes and each dense layer's activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +257,7 @@ impl Network {
                 w_off,
                 b_off,
                 act,
+                dropout: 0.0,
             });
         }
         Ok(Network {
@@ -258,15 +266,86 @@ impl Network {
         })
     }
 
+    /// This network with dropout probability `p[l]` on the outputs of dense
+    /// layer `l` while training (one per layer; 0 for none). Refused: a `p`
+    /// outside `[0, 1)`, dropout on the output layer, and dropout after
+    /// sigmoid or tanh, whose derivative the backward pass takes from the
+    /// stored (here: dropped and rescaled) output; relu and linear layers
+    /// take it.
+    pub fn with_dropout(mut self, p: &[f32]) -> Result<Self> {
+        let spec = self.spec();
+        let bad = |msg: String| Err(Error::setting(Setting::Dropout, &spec, msg));
+        if p.len() != self.layers.len() {
+            return bad(format!(
+                "{} dropout probabilities for {} layers",
+                p.len(),
+                self.layers.len()
+            ));
+        }
+        let last = self.layers.len() - 1;
+        for (l, (ly, &p)) in self.layers.iter_mut().zip(p).enumerate() {
+            if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+                return bad(format!("dropout={p} on layer {} must be in [0, 1)", l + 1));
+            }
+            if p > 0.0 && l == last {
+                return bad(
+                    "dropout on the output layer is refused; put it on a hidden layer".into(),
+                );
+            }
+            if p > 0.0 && !matches!(ly.act, Activation::Relu | Activation::Linear) {
+                return bad(format!(
+                    "dropout on layer {} ({}) needs a relu or linear layer: the backward pass derives {} from its stored output",
+                    l + 1,
+                    ly.act.name(),
+                    ly.act.name()
+                ));
+            }
+            ly.dropout = p;
+        }
+        Ok(self)
+    }
+
+    /// Whether any layer has dropout.
+    pub fn has_dropout(&self) -> bool {
+        self.layers.iter().any(|l| l.dropout > 0.0)
+    }
+
     /// Parse `"784,256,10"` (spaces allowed) into a sigmoid network, or with
     /// activations, `"784,128:relu,64:tanh,10:softmax"`: a suffix names the
     /// activation of the layer producing that size (sigmoid without one); the
-    /// input size takes none.
+    /// input size takes none. A hidden relu or linear layer may add dropout,
+    /// `"784,256:relu:dropout=0.2,10:softmax"` ([`Network::with_dropout`]).
     pub fn parse(spec: &str) -> Result<Self> {
         let mut sizes = Vec::new();
         let mut acts = Vec::new();
+        let mut drops = Vec::new();
         for (i, item) in spec.split(',').enumerate() {
             let item = item.trim();
+            let (item, drop) = match item.split_once(":dropout=") {
+                Some((rest, p)) => {
+                    let p: f32 = p.trim().parse().map_err(|_| {
+                        Error::setting(
+                            Setting::Dropout,
+                            spec,
+                            format!(
+                                "'dropout={}' is not a probability, e.g. dropout=0.2",
+                                quote(p)
+                            ),
+                        )
+                    })?;
+                    (rest.trim(), p)
+                }
+                None => (item, 0.0),
+            };
+            if i > 0 {
+                drops.push(drop);
+            } else if drop != 0.0 {
+                return Err(Error::setting(
+                    Setting::Dropout,
+                    spec,
+                    "dropout on the inputs is refused; put it on a hidden layer",
+                ));
+            }
             let (size, act) = match item.split_once(':') {
                 Some((size, act)) => (size.trim(), Some(act.trim())),
                 None => (item, None),
@@ -304,7 +383,7 @@ impl Network {
         if sizes.len() < 2 {
             return Self::new(&sizes);
         }
-        Self::with_activations(&sizes, &acts)
+        Self::with_activations(&sizes, &acts)?.with_dropout(&drops)
     }
 
     /// Layer sizes, inputs first.
@@ -371,6 +450,10 @@ impl Network {
             if l.act != Activation::Sigmoid {
                 out.push(':');
                 out.push_str(l.act.name());
+            }
+            if l.dropout > 0.0 {
+                out.push_str(":dropout=");
+                out.push_str(&crate::checkpoint::shortest(l.dropout));
             }
         }
         out

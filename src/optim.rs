@@ -17,7 +17,14 @@
 //! - Adam: decoupled (AdamW), `p ← p − lr·(m̂ / (√v̂ + ε) + λ·p)`, with the
 //!   `p` from before the step.
 //!
-//! SGD with `λ = 0` keeps its fused update (the gradient never stored). SGD
+//! **Gradient clipping** by global norm (`clip_norm = Some(c)`), before any
+//! of the above: with `‖g‖` the L2 norm over every gradient of the step,
+//! `g ← g · min(1, c / (‖g‖ + 10⁻⁶))` (PyTorch's `clip_grad_norm_`). Each
+//! backend computes `‖g‖` on the device that trains, in a fixed order (the
+//! GPU: per-workgroup sums, then one workgroup adds them; no float atomics),
+//! and counts the updates it scaled down ([`crate::backend::Totals::clipped`]).
+//!
+//! SGD with `λ = 0` and no clipping keeps its fused update (the gradient never stored). SGD
 //! with `λ > 0` runs the momentum update with `μ = 0`, whose `v` is then just
 //! the decayed gradient; it keeps no state between steps.
 //!
@@ -93,6 +100,9 @@ pub struct Optimizer {
     pub eps: f32,
     /// Weight decay `λ >= 0` of the weights (not the biases); 0.
     pub weight_decay: f32,
+    /// Clip the gradients to this global L2 norm (finite, `> 0`) before the
+    /// update; `None` (the default) never clips.
+    pub clip_norm: Option<f32>,
 }
 
 impl Default for Optimizer {
@@ -104,6 +114,7 @@ impl Default for Optimizer {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            clip_norm: None,
         }
     }
 }
@@ -149,6 +160,15 @@ impl Optimizer {
                 "must be a finite number >= 0",
             ));
         }
+        if let Some(c) = self.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::setting(
+                    Setting::ClipNorm,
+                    c,
+                    "must be a finite number above 0",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -162,10 +182,10 @@ impl Optimizer {
         }
     }
 
-    /// Whether a step is plain SGD with no weight decay, which the backends
-    /// fuse into the gradient pass.
+    /// Whether a step is plain SGD with no weight decay and no clipping,
+    /// which the backends fuse into the gradient pass.
     pub fn is_plain_sgd(&self) -> bool {
-        self.kind == OptimizerKind::Sgd && self.weight_decay == 0.0
+        self.kind == OptimizerKind::Sgd && self.weight_decay == 0.0 && self.clip_norm.is_none()
     }
 
     /// The update kernel a step runs after the gradients: `None` for the
@@ -207,6 +227,20 @@ impl Optimizer {
             bc1: cast(power(self.beta1)),
             bc2: cast(power(self.beta2)),
         }
+    }
+}
+
+/// The factor clipping multiplies the gradients by, at global norm `norm`
+/// and limit `clip`: `min(1, clip / (norm + 10⁻⁶))` (twin of `clip_finish`
+/// in clip.wgsl). Continuous in `norm`, so backends that round the norm a
+/// little differently scale almost alike.
+pub fn clip_scale<T: Real>(norm: T, clip: T) -> T {
+    let eps = T::from(1e-6).unwrap_or_else(T::zero);
+    let s = clip / (norm + eps);
+    if s < T::one() {
+        s
+    } else {
+        T::one()
     }
 }
 

@@ -1,6 +1,10 @@
 //! Training curves as PNG or SVG (`train --plot`), drawn with plotters: the
 //! loss on the left, the accuracy on the right (classification only), each
-//! with the training and, when there is one, the validation curve.
+//! with the training and, when there is one, the validation curve; labels
+//! at whole epochs, a marker at each epoch where there are few, the legend
+//! in a row of its own above the panels, and with a schedule or warmup the
+//! learning rate of every step on a secondary axis of the loss panel. And
+//! the LR range test's loss against learning rate (`lr-find --plot`).
 //!
 //! Text is set in DejaVu Sans, embedded through the `dejavu` crate, so a PNG
 //! renders the same on a machine with no fonts installed (CI).
@@ -17,6 +21,19 @@ const SIZE: (u32, u32) = (1200, 480);
 /// Draws `history` into `path` (`.png` or `.svg`), written through a
 /// temporary file and a rename, like every output.
 pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<()> {
+    plot_run(path, title, history, None)
+}
+
+/// [`plot_history`], with the learning rate of every step, `(epoch, lr)`
+/// points where step `s` of `S` in epoch `e` sits at `e − 1 + s/S`, drawn on
+/// a secondary axis of the loss panel (give it when a schedule or warmup
+/// changes the rate).
+pub fn plot_run(
+    path: &Path,
+    title: &str,
+    history: &[EpochStats],
+    lr: Option<&[(f64, f64)]>,
+) -> Result<()> {
     let ext = check_path(path)?;
     if history.is_empty() {
         return Err(Error::Invalid(
@@ -31,17 +48,129 @@ pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<
             BitMapBackend::new(tmp.path(), SIZE).into_drawing_area(),
             title,
             history,
+            lr,
         )
     } else {
         draw(
             SVGBackend::new(tmp.path(), SIZE).into_drawing_area(),
             title,
             history,
+            lr,
         )
     };
     // Dropped on an error, the temporary file is removed.
     drawn?;
     tmp.commit()
+}
+
+/// The name a plot's title gives a dataset called `name` (a path, or a
+/// built-in's name): an IDX file's directory (`fashion-mnist` for
+/// `…/fashion-mnist/train-images-idx3-ubyte.gz`), else the file's name.
+pub fn dataset_title(name: &str) -> String {
+    let first = name.split(',').next().unwrap_or(name);
+    let path = Path::new(first);
+    let file = path
+        .file_name()
+        .map_or_else(|| first.to_string(), |f| f.to_string_lossy().into_owned());
+    let idx = file.contains("idx") && file.contains("ubyte");
+    match path.parent().and_then(|p| p.file_name()) {
+        Some(dir) if idx => dir.to_string_lossy().into_owned(),
+        _ => file,
+    }
+}
+
+/// Draws an LR range test ([`crate::lr_find`]) into `path`: the loss of
+/// each step and its smoothed mean against the learning rate on a log
+/// axis, the suggested rate marked.
+pub fn plot_lr_find(path: &Path, title: &str, sweep: &crate::lr_find::LrSweep) -> Result<()> {
+    let ext = check_path(path)?;
+    register_font()?;
+    let tmp = crate::fsutil::TempFile::beside(path)?;
+    let drawn = if ext == "png" {
+        draw_lr(
+            BitMapBackend::new(tmp.path(), SIZE).into_drawing_area(),
+            title,
+            sweep,
+        )
+    } else {
+        draw_lr(
+            SVGBackend::new(tmp.path(), SIZE).into_drawing_area(),
+            title,
+            sweep,
+        )
+    };
+    drawn?;
+    tmp.commit()
+}
+
+fn draw_lr<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    sweep: &crate::lr_find::LrSweep,
+) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err)?;
+    let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
+    let (legend, area) = root.split_vertically(LEGEND);
+    let (grey, red) = (RGBColor(170, 170, 170), RGBColor(214, 39, 40));
+    let keys = [
+        ("loss of each step".to_string(), grey),
+        ("smoothed".to_string(), BLUE),
+        (format!("suggested lr {:.2e}", sweep.suggested), red),
+    ];
+    draw_legend(&legend, &keys)?;
+    let finite = |v: f64| v.is_finite();
+    let raw: Vec<(f64, f64)> = sweep
+        .points
+        .iter()
+        .filter(|p| finite(p.loss))
+        .map(|p| (p.lr as f64, p.loss))
+        .collect();
+    let smooth: Vec<(f64, f64)> = sweep
+        .points
+        .iter()
+        .filter(|p| finite(p.smoothed))
+        .map(|p| (p.lr as f64, p.smoothed))
+        .collect();
+    let x_lo = raw.first().map_or(1e-7, |p| p.0);
+    let x_hi = raw.last().map_or(1.0, |p| p.0).max(x_lo * 10.0);
+    // The y range of the smoothed curve (the raw losses spike at the end).
+    let lo = smooth.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let start = smooth.first().map_or(1.0, |p| p.1);
+    let hi = smooth
+        .iter()
+        .map(|p| p.1)
+        .fold(start, f64::max)
+        .min(start * 2.0)
+        .max(lo * 1.01 + 1e-12);
+    let pad = (hi - lo).max(1e-9) * 0.08;
+    let mut chart = ChartBuilder::on(&area)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), (lo - pad)..(hi + pad))
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("learning rate (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .y_desc("loss")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(raw, grey.stroke_width(1)))
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
+        .map_err(plot_err)?;
+    let s = sweep.suggested as f64;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(s, lo - pad), (s, hi + pad)],
+            red.stroke_width(2),
+        )))
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)
 }
 
 /// The lower-case extension of a plot file, which must be `png` or `svg`.
@@ -87,39 +216,88 @@ fn plot_err<E: std::fmt::Display>(e: E) -> Error {
 /// One series: its name, colour and points (epoch, value).
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
+const GREEN: RGBColor = RGBColor(44, 160, 44);
+/// Height of the legend row between the title and the panels.
+const LEGEND: u32 = 30;
+/// Up to this many points a curve also gets a marker at each.
+const MARKERS: usize = 30;
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     history: &[EpochStats],
+    lr: Option<&[(f64, f64)]>,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
-    let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let pts = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
         history
             .iter()
             .filter_map(|s| f(s).filter(|v| v.is_finite()).map(|v| (s.epoch as f64, v)))
             .collect()
     };
-    let blue = RGBColor(31, 119, 180);
-    let orange = RGBColor(255, 127, 14);
     let loss: Vec<Series> = vec![
-        ("training", blue, pts(&|s| Some(s.loss))),
-        ("validation", orange, pts(&|s| s.val_loss)),
+        ("training", BLUE, pts(&|s| Some(s.loss))),
+        ("validation", ORANGE, pts(&|s| s.val_loss)),
     ];
-    panel(&left, "loss", &loss, false)?;
     let acc: Vec<Series> = vec![
-        ("training", blue, pts(&|s| s.accuracy.map(|a| a * 100.0))),
+        ("training", BLUE, pts(&|s| s.accuracy.map(|a| a * 100.0))),
         (
             "validation",
-            orange,
+            ORANGE,
             pts(&|s| s.val_accuracy.map(|a| a * 100.0)),
         ),
     ];
+    // The legend has a row of its own, off every curve.
+    let (legend, panels) = root.split_vertically(LEGEND);
+    let mut keys: Vec<(String, RGBColor)> = loss
+        .iter()
+        .filter(|s| !s.2.is_empty())
+        .map(|s| (s.0.to_string(), s.1))
+        .collect();
+    let lr = lr.filter(|l| !l.is_empty());
+    if lr.is_some() {
+        keys.push(("learning rate (right axis)".into(), GREEN));
+    }
+    draw_legend(&legend, &keys)?;
+    let (left, right) = panels.split_horizontally(SIZE.0 / 2);
+    panel(&left, "loss", &loss, false, lr)?;
     if acc.iter().any(|(_, _, p)| !p.is_empty()) {
-        panel(&right, "accuracy (%)", &acc, true)?;
+        panel(&right, "accuracy (%)", &acc, true, None)?;
     }
     root.present().map_err(plot_err)
+}
+
+/// A row of `(name, colour)` keys, centred: a short line, then the name.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    keys: &[(String, RGBColor)],
+) -> Result<()> {
+    let font = TextStyle::from(("sans-serif", 15).into_font()).color(&BLACK);
+    let widths: Vec<i32> = keys
+        .iter()
+        .map(|(name, _)| {
+            area.estimate_text_size(name, &font)
+                .map_or(8 * name.len() as i32, |(w, _)| w as i32)
+        })
+        .collect();
+    let total: i32 = widths.iter().map(|w| w + 54).sum();
+    let (w, h) = area.dim_in_pixel();
+    let mut x = (w as i32 - total).max(0) / 2;
+    let y = h as i32 / 2;
+    for ((name, color), tw) in keys.iter().zip(widths) {
+        area.draw(&PathElement::new(
+            vec![(x, y), (x + 22, y)],
+            color.stroke_width(3),
+        ))
+        .map_err(plot_err)?;
+        area.draw(&Text::new(name.clone(), (x + 28, y - 8), font.clone()))
+            .map_err(plot_err)?;
+        x += tw + 54;
+    }
+    Ok(())
 }
 
 fn panel<DB: DrawingBackend>(
@@ -127,6 +305,7 @@ fn panel<DB: DrawingBackend>(
     y_label: &str,
     series: &[Series],
     percent: bool,
+    lr: Option<&[(f64, f64)]>,
 ) -> Result<()> {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, _, p)| p.clone()).collect();
     let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
@@ -138,34 +317,68 @@ fn panel<DB: DrawingBackend>(
         let hi = all.iter().map(|p| p.1).fold(0.0, f64::max);
         (0.0, if hi > 0.0 { hi * 1.05 } else { 1.0 })
     };
-    let x_hi = if x_max > x_min { x_max } else { x_min + 1.0 };
-    let mut chart = ChartBuilder::on(area)
+    // Epochs are whole numbers: half an epoch of room each side (the step
+    // rates start at epoch 0), and a label at integers only.
+    let x_lo = if lr.is_some() { 0.0 } else { x_min - 0.5 };
+    let x_range = x_lo..x_max + 0.5;
+    let epochs = (x_max - x_min) as usize + 1;
+    let chart = ChartBuilder::on(area)
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(x_min..x_hi, y_lo..y_hi)
+        .right_y_label_area_size(if lr.is_some() { 80 } else { 0 })
+        .build_cartesian_2d(x_range.clone(), y_lo..y_hi)
         .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(plot_err)?;
-    for (name, color, points) in series.iter().filter(|s| !s.2.is_empty()) {
-        let c = *color;
+    let integer = |x: &f64| {
+        if (x - x.round()).abs() < 1e-6 && *x >= x_min - 1e-6 {
+            format!("{}", x.round() as i64)
+        } else {
+            String::new()
+        }
+    };
+    let curves = |chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >| {
         chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-    }
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_labels(epochs.clamp(2, 12) + 1)
+            .x_label_formatter(&integer)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        for (_, color, points) in series.iter().filter(|s| !s.2.is_empty()) {
+            let c = *color;
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+                .map_err(plot_err)?;
+            if points.len() <= MARKERS {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                    .map_err(plot_err)?;
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    let Some(lr) = lr else {
+        let mut chart = chart;
+        return curves(&mut chart);
+    };
+    let hi = lr.iter().map(|p| p.1).fold(0.0, f64::max);
+    let mut chart = chart.set_secondary_coord(x_range, 0.0..(hi * 1.05).max(1e-12));
+    curves(&mut chart)?;
     chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
+        .configure_secondary_axes()
+        .y_desc("learning rate")
+        .y_label_formatter(&|v| format!("{v:.2e}"))
+        .label_style(("sans-serif", 13))
         .draw()
-        .map_err(plot_err)
+        .map_err(plot_err)?;
+    chart
+        .draw_secondary_series(LineSeries::new(lr.to_vec(), GREEN.stroke_width(2)))
+        .map_err(plot_err)?;
+    Ok(())
 }

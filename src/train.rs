@@ -12,7 +12,6 @@ use num_traits::NumCast;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// How to train.
@@ -28,8 +27,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Shuffle the samples every epoch.
     pub shuffle: bool,
-    /// How the learning rate changes from epoch to epoch.
+    /// How the learning rate changes from epoch to epoch
+    /// ([`Schedule::OneCycle`]: from step to step).
     pub schedule: Schedule,
+    /// Steps of linear warmup at the start of the run, before and composed
+    /// with the schedule ([`TrainConfig::lr_at`]); 0 for none.
+    pub warmup: usize,
     /// Check the running loss after every step (`--nan-check`), not only at
     /// the end of each epoch: a divergence stops at the step it happens. On a
     /// GPU each check waits for the step and reads back a few bytes.
@@ -51,14 +54,19 @@ pub enum Schedule {
     },
     /// `lr · ½(1 + cos(π (e − 1) / E))`: from `lr` down towards 0.
     Cosine,
+    /// One cycle (Smith's), step by step: a linear warmup from 0 to `lr`
+    /// over [`TrainConfig::warmup`] steps (30% of the run's steps when that
+    /// is 0), then half a cosine from `lr` down towards 0 over the rest.
+    OneCycle,
 }
 
 impl Schedule {
-    /// The learning rate of epoch `epoch` (1-based) of `epochs`.
+    /// The learning rate of epoch `epoch` (1-based) of `epochs` (one-cycle:
+    /// `base`; its curve is per step, [`TrainConfig::lr_at`]).
     pub fn lr(&self, base: f32, epoch: usize, epochs: usize) -> f32 {
         let e = epoch.saturating_sub(1);
         match *self {
-            Schedule::Constant => base,
+            Schedule::Constant | Schedule::OneCycle => base,
             Schedule::Step { every, gamma } => {
                 base * gamma.powi((e / every.max(1)).min(i32::MAX as usize) as i32)
             }
@@ -69,10 +77,11 @@ impl Schedule {
         }
     }
 
-    /// `constant`, `step:EVERY:GAMMA` or `cosine`, as checkpoints store it.
+    /// `constant`, `step:EVERY:GAMMA`, `cosine` or `onecycle`, as checkpoints store it.
     pub fn spec(&self) -> String {
         match self {
             Schedule::Constant => "constant".into(),
+            Schedule::OneCycle => "onecycle".into(),
             Schedule::Step { every, gamma } => {
                 format!("step:{every}:{}", crate::checkpoint::shortest(*gamma))
             }
@@ -86,12 +95,13 @@ impl Schedule {
             Error::setting(
                 Setting::Schedule,
                 s,
-                "is not constant, step:EVERY:GAMMA or cosine",
+                "is not constant, step:EVERY:GAMMA, cosine or onecycle",
             )
         };
         let mut parts = s.split(':');
         let sched = match parts.next() {
             Some("constant") => Schedule::Constant,
+            Some("onecycle") => Schedule::OneCycle,
             Some("cosine") => Schedule::Cosine,
             Some("step") => {
                 let every = parts.next().map_or(Ok(10), str::parse).map_err(|_| bad())?;
@@ -132,7 +142,58 @@ impl Schedule {
     }
 }
 
+impl Default for TrainConfig {
+    /// 10 epochs of batch 32 at lr 0.1, seed 42, shuffled, constant rate, no warmup.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch: 32,
+            lr: 0.1,
+            seed: 42,
+            shuffle: true,
+            schedule: Schedule::Constant,
+            warmup: 0,
+            nan_check: false,
+        }
+    }
+}
+
 impl TrainConfig {
+    /// Warmup steps in force for a run of `total` steps: [`TrainConfig::warmup`],
+    /// or for one-cycle without it, 30% of the run.
+    pub fn warmup_steps(&self, total: u64) -> u64 {
+        match (self.schedule, self.warmup) {
+            (Schedule::OneCycle, 0) => (total * 3).div_ceil(10),
+            (_, w) => w as u64,
+        }
+    }
+
+    /// The learning rate of step `step` (1-based) of epoch `epoch`, at
+    /// `steps` per epoch: the schedule's rate, times the warmup ramp
+    /// `s / W` at global step `s <= W` (from `lr/W` at the first step to the
+    /// full rate at step `W`). One-cycle follows the ramp with half a cosine
+    /// over the remaining steps. A function of the global step only, so a
+    /// resumed run (same batch) takes the same rates as a straight one.
+    pub fn lr_at(&self, epoch: usize, step: usize, steps: usize) -> f32 {
+        let s = (epoch.saturating_sub(1) as u64)
+            .saturating_mul(steps as u64)
+            .saturating_add(step as u64);
+        let total = (self.epochs as u64).saturating_mul(steps as u64).max(1);
+        let w = self.warmup_steps(total);
+        let base = match self.schedule {
+            Schedule::OneCycle if s > w => {
+                let frac = (s - w - 1) as f64 / (total.saturating_sub(w)).max(1) as f64;
+                (self.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())) as f32
+            }
+            sched => sched.lr(self.lr, epoch, self.epochs),
+        };
+        if s < w {
+            (base as f64 * s as f64 / w as f64) as f32
+        } else {
+            base
+        }
+    }
+
     /// Refuse values that cannot train. Zero epochs is valid: a run that
     /// only writes its initial weights ([`crate::Trainer::fit`]).
     pub fn validate(&self) -> Result<()> {
@@ -176,6 +237,10 @@ pub struct EpochStats {
     pub val_loss: Option<f64>,
     /// Fraction correct on the validation set, if there is one and it is classification.
     pub val_accuracy: Option<f64>,
+    /// Updates of the epoch whose gradients clipping scaled down
+    /// ([`crate::optim::Optimizer::clip_norm`]); 0 without clipping.
+    #[serde(default)]
+    pub clipped: u64,
 }
 
 /// Progress reported while training.
@@ -189,7 +254,7 @@ pub enum Progress<'a> {
         step: usize,
         /// Steps in the epoch.
         steps: usize,
-        /// The learning rate the step used (the schedule's for this epoch).
+        /// The learning rate the step used ([`TrainConfig::lr_at`]).
         lr: f32,
     },
     /// An epoch finished.
@@ -276,7 +341,15 @@ pub fn train_epochs<B: Backend + ?Sized>(
     first: usize,
     on: impl FnMut(&mut B, Progress<'_>) -> Result<()>,
 ) -> Result<Vec<EpochStats>> {
-    train_from(backend, data, val, cfg, Start { first, skip: 0 }, None, on)
+    train_from(
+        backend,
+        data,
+        val,
+        cfg,
+        Start { first, skip: 0 },
+        &|| false,
+        on,
+    )
 }
 
 /// Where [`train_from`] starts: epoch `first`, after its first `skip` steps
@@ -287,19 +360,19 @@ pub(crate) struct Start {
     pub skip: usize,
 }
 
-/// [`train_epochs`] from `start`, and stopping after the first step that
-/// finds `stop` set: the epochs completed are returned, and the parameters
-/// are those after that step.
+/// [`train_epochs`] from `start`, and stopping after the first step for
+/// which `stop()` is true (an interrupt; early stopping, which decides at an
+/// epoch's end): the epochs completed are returned, and the parameters are
+/// those after that step.
 pub(crate) fn train_from<B: Backend + ?Sized>(
     backend: &mut B,
     data: &Dataset,
     val: Option<&Dataset>,
     cfg: &TrainConfig,
     Start { first, skip }: Start,
-    stop: Option<&AtomicBool>,
+    stopped: &dyn Fn() -> bool,
     mut on: impl FnMut(&mut B, Progress<'_>) -> Result<()>,
 ) -> Result<Vec<EpochStats>> {
-    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
     cfg.validate()?;
     if first == 0 || first > cfg.epochs {
         return Err(Error::setting(
@@ -328,16 +401,27 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
     let batch = batch_size(cfg.batch, backend.capacity(), data.len());
     let metric = Metric::for_task(data.task, net.outputs());
     backend.set_metric(metric)?;
+    backend.set_dropout_seed(cfg.seed)?;
     backend.take_totals()?;
     let mut order: Vec<usize> = (0..data.len()).collect();
     let steps = steps_per_epoch(cfg.batch, backend.capacity(), data.len());
-    total_steps(cfg.epochs, steps)?;
+    let total = total_steps(cfg.epochs, steps)?;
+    if cfg.warmup as u64 > total {
+        return Err(Error::setting(
+            Setting::Warmup,
+            cfg.warmup,
+            format!(
+                "is longer than the run: {} epochs of {steps} steps take {total}",
+                cfg.epochs
+            ),
+        ));
+    }
     let mut buf = BatchBuf::new();
     // Grows with the epochs trained, never with the epochs asked for.
     let mut history = Vec::new();
     for epoch in first..=cfg.epochs {
         let t0 = Instant::now();
-        let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
+        let mut lr = cfg.lr_at(epoch, 1, steps);
         if cfg.shuffle {
             // One stream per epoch, shuffling the identity: an epoch's order
             // depends only on the seed and its number, so resumed runs repeat it.
@@ -351,6 +435,7 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
         let skip = if epoch == first { skip } else { 0 };
         for (step, idx) in order.chunks(batch).enumerate().skip(skip) {
             buf.load(backend, data, idx)?;
+            lr = cfg.lr_at(epoch, step + 1, steps);
             backend.step(lr)?;
             if cfg.nan_check {
                 let loss = backend.peek_totals()?.loss();
@@ -388,6 +473,7 @@ pub(crate) fn train_from<B: Backend + ?Sized>(
             samples_per_s: data.len() as f64 / seconds.max(1e-12),
             val_loss: None,
             val_accuracy: None,
+            clipped: totals.clipped,
         };
         if !stats.loss.is_finite() {
             let what = format!("the loss became {} in epoch {epoch}", stats.loss);

@@ -24,6 +24,7 @@ use crate::backend::{Backend, Metric, Totals};
 use crate::checkpoint::{Checkpoint, DataFingerprint, TrainState, ValidationSet};
 use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
+use crate::early_stop::{EarlyStop, EarlyStopState};
 use crate::error::{Error, Result, Setting};
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
@@ -200,6 +201,8 @@ pub struct Trainer {
     /// Steps of the first epoch not yet recorded that the parameters already
     /// took (a run stopped mid-epoch, or a checkpoint written by one).
     partial: Partial,
+    /// Early stopping's rule and state, if on.
+    early: Option<EarlyStopState>,
 }
 
 /// Steps into an epoch that the history does not record yet.
@@ -226,13 +229,8 @@ impl Trainer {
     /// from the seed at first use unless [`Trainer::set_params`] gives them.
     pub fn new(backend: Box<dyn Backend<Scalar = f32>>) -> Trainer {
         let cfg = TrainConfig {
-            epochs: 10,
             batch: backend.capacity(),
-            lr: 0.1,
-            seed: 42,
-            shuffle: true,
-            schedule: Schedule::default(),
-            nan_check: false,
+            ..TrainConfig::default()
         };
         Trainer {
             backend,
@@ -250,6 +248,7 @@ impl Trainer {
             stop: None,
             stopped: false,
             partial: Partial::None,
+            early: None,
         }
     }
 
@@ -305,6 +304,47 @@ impl Trainer {
     pub fn lr(mut self, lr: f32) -> Self {
         self.cfg.lr = lr;
         self
+    }
+
+    /// Warm the learning rate up linearly over the first `steps` steps of the
+    /// run ([`TrainConfig::lr_at`]); 0 (the default) for none.
+    pub fn warmup(mut self, steps: usize) -> Self {
+        self.cfg.warmup = steps;
+        self
+    }
+
+    /// Stop after `rule.patience` epochs without improvement of the
+    /// validation loss, with the parameters of the best epoch
+    /// ([`crate::early_stop`]); `None` (the default) trains every epoch.
+    /// Needs a validation set in [`Trainer::fit_observed`]. After
+    /// [`Trainer::resume`], the same rule keeps the checkpoint's state.
+    pub fn early_stopping(mut self, rule: Option<EarlyStop>) -> Result<Self> {
+        if let Some(r) = &rule {
+            r.validate()?;
+        }
+        self.early = match (rule, self.early.take()) {
+            (Some(r), Some(s)) if s.rule == r => Some(s),
+            (Some(r), _) => Some(EarlyStopState::new(r)),
+            (None, _) => None,
+        };
+        Ok(self)
+    }
+
+    /// Early stopping's state: the best epoch so far, its validation loss,
+    /// and the epoch the run stopped at, if it stopped early.
+    pub fn early_stop_state(&self) -> Option<&EarlyStopState> {
+        self.early.as_ref()
+    }
+
+    /// Clip the gradients to global L2 norm `max_norm` before every update
+    /// (`None`: never), keeping the optimiser ([`Optimizer::clip_norm`]);
+    /// like [`Trainer::optimizer`], its state starts at zero.
+    pub fn clip_norm(self, max_norm: Option<f32>) -> Result<Self> {
+        let opt = Optimizer {
+            clip_norm: max_norm,
+            ..self.optimizer
+        };
+        self.optimizer(opt)
     }
 
     /// Check the loss after every step and stop at the first that is not
@@ -413,6 +453,8 @@ impl Trainer {
         self.cfg.batch = s.batch;
         self.cfg.lr = s.lr;
         self.cfg.schedule = s.schedule;
+        self.cfg.warmup = s.warmup;
+        self.early = s.early_stop.clone();
         self.standardizer = ckpt.standardizer.clone();
         self.trained_on = Some(TrainedOn {
             name: s.data.clone(),
@@ -541,6 +583,23 @@ impl Trainer {
                 ),
             ));
         }
+        if let Some(es) = &self.early {
+            if val.is_none() {
+                return Err(Error::setting(
+                    Setting::EarlyStop,
+                    es.rule.patience,
+                    "watches the validation loss, and there is no validation set",
+                ));
+            }
+            if let Some(stop) = es.stopped {
+                let best = es.best_epoch().map_or("none".into(), |b| b.to_string());
+                return Err(Error::setting(
+                    Setting::EarlyStop,
+                    es.rule.patience,
+                    format!("the run already stopped early after epoch {stop} (best epoch: {best}); it has nothing more to train"),
+                ));
+            }
+        }
         let on_data = TrainedOn::of(data, val);
         if let Some(was) = &self.trained_on {
             was.check(&on_data)?;
@@ -556,8 +615,14 @@ impl Trainer {
             standardizer: self.standardizer.clone(),
             data: on_data,
             history: self.history.clone(),
+            early: self.early.clone(),
         };
         let mut saved = done;
+        // Set by early stopping at the end of an epoch; ends the run there.
+        let early_stop = std::cell::Cell::new(false);
+        let interrupt = self.stop.clone();
+        let stopped =
+            || early_stop.get() || interrupt.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         let save = self.save.clone();
         let sinks = &mut self.sinks;
         let log_every = self.log_every;
@@ -567,7 +632,7 @@ impl Trainer {
             val,
             &self.cfg,
             Start { first, skip },
-            self.stop.as_deref(),
+            &stopped,
             |b, p| {
                 log(sinks, log_every, b, p)?;
                 if let Progress::Step { step, .. } = p {
@@ -575,6 +640,11 @@ impl Trainer {
                 }
                 if let Progress::Epoch(s) = p {
                     partial = 0;
+                    if let Some(es) = meta.early.as_mut() {
+                        if early_stopping(es, s, b)? {
+                            early_stop.set(true);
+                        }
+                    }
                     meta.history.push(*s);
                     if let Some((path, Some(every))) = &save {
                         if s.epoch.is_multiple_of(*every) {
@@ -603,6 +673,7 @@ impl Trainer {
             }
         }
         self.history = meta.history;
+        self.early = meta.early;
         self.trained_on = Some(meta.data);
         Ok(new)
     }
@@ -647,6 +718,20 @@ impl Trainer {
         self.fit_with(data, None, |_| ())
     }
 
+    /// The learning-rate range test ([`crate::lr_find`]) on `data`, in
+    /// batches of the configured size, from the current (or the seeded
+    /// initial) parameters, which it leaves as they were, as it leaves the
+    /// optimiser's state and the history.
+    pub fn lr_find(
+        &mut self,
+        data: &Dataset,
+        sweep: &crate::lr_find::LrFind,
+    ) -> Result<crate::lr_find::LrSweep> {
+        self.ensure_params()?;
+        let (batch, seed) = (self.cfg.batch, self.cfg.seed);
+        crate::lr_find::lr_find(self.backend.as_mut(), data, batch, seed, sweep)
+    }
+
     /// Loss and score of the current parameters on `data`.
     pub fn evaluate(&mut self, data: &Dataset) -> Result<(Totals, Metric)> {
         self.ensure_params()?;
@@ -673,6 +758,7 @@ impl Trainer {
             standardizer: self.standardizer.clone(),
             data: self.trained_on.clone().unwrap_or_default(),
             history: self.history.clone(),
+            early: self.early.clone(),
         };
         meta.checkpoint(self.backend.as_mut())
     }
@@ -745,6 +831,29 @@ struct RunMeta {
     /// The training data.
     data: TrainedOn,
     history: Vec<EpochStats>,
+    early: Option<EarlyStopState>,
+}
+
+/// Early stopping's step after epoch `s`: a new best keeps its parameters;
+/// the end of the patience puts the best back on `b` and says stop.
+fn early_stopping(
+    es: &mut EarlyStopState,
+    s: &EpochStats,
+    b: &mut dyn Backend<Scalar = f32>,
+) -> Result<bool> {
+    let loss = s.val_loss.unwrap_or(f64::NAN);
+    if es.improves(loss) {
+        es.best = Some((s.epoch, loss));
+        es.best_params = Some(b.params()?);
+    }
+    if !es.should_stop(s.epoch) {
+        return Ok(false);
+    }
+    es.stopped = Some(s.epoch);
+    if let Some(p) = &es.best_params {
+        b.set_params(p)?;
+    }
+    Ok(true)
 }
 
 impl RunMeta {
@@ -761,6 +870,8 @@ impl RunMeta {
             history: self.history.clone(),
             optimizer: self.optimizer,
             schedule: self.cfg.schedule,
+            warmup: self.cfg.warmup,
+            early_stop: self.early.clone(),
         };
         Checkpoint::capture(backend, state, self.standardizer.clone())
     }

@@ -149,6 +149,7 @@ fn relu_softmax_learns_mnist_shaped_classes() {
         seed: 4,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: false,
     };
     let history = train(&mut cpu, &train_set, &cfg, |_| {}).unwrap();

@@ -203,6 +203,7 @@ fn mapped_training_matches_memory(device: Device) {
         seed: 11,
         shuffle: true,
         schedule: Schedule::Constant,
+        warmup: 0,
         nan_check: false,
     };
     let fit = |d: &Dataset| {

@@ -20,6 +20,7 @@ const MOMENTUM: Optimizer = Optimizer {
     beta2: 0.999,
     eps: 1e-8,
     weight_decay: 0.0,
+    clip_norm: None,
 };
 const ADAM: Optimizer = Optimizer {
     kind: OptimizerKind::Adam,
@@ -374,6 +375,7 @@ fn adam_learns_mnist_shaped_classes(device: Device) {
         seed: 4,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: false,
     };
     let mut b = device.backend(&net, 32);

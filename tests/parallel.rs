@@ -323,3 +323,43 @@ fn a_lost_device_ends_the_run_naming_its_worker() {
         "{again}"
     );
 }
+
+/// Clipping under P workers: every worker clips the one combined gradient,
+/// so the checkpoint equals the micro-batched run's, and the epochs count
+/// the clipped updates once, as the unsplit run does.
+fn clipping_counts_each_update_once(device: Device) {
+    let clipped = |d: &Dev| {
+        let mut t = Trainer::on(d, &net(), 7)
+            .unwrap()
+            .epochs(2)
+            .batch(7)
+            .lr(0.05)
+            .seed(9)
+            .optimizer(Optimizer {
+                clip_norm: Some(0.05),
+                ..optimizer(OptimizerKind::Momentum)
+            })
+            .unwrap();
+        t.fit(&data()).unwrap();
+        let counts: Vec<u64> = t.history().iter().map(|e| e.clipped).collect();
+        (bytes(&mut t), counts)
+    };
+    let workers = Dev::Parallel(vec![device.one(); 3]);
+    let micro = Dev::MicroBatches {
+        device: Box::new(device.one()),
+        parts: 3,
+    };
+    let (a, na) = clipped(&workers);
+    let (b, nb) = clipped(&micro);
+    let (_, n1) = clipped(&device.one());
+    assert!(a == b, "checkpoints differ: {}", first_difference(&a, &b));
+    // 26 rows in batches of 7: 4 updates an epoch, each clipped at this limit.
+    assert_eq!(n1, vec![4, 4], "the unsplit run's clipped updates");
+    assert_eq!(na, n1, "P workers count each clipped update once");
+    assert_eq!(nb, n1);
+}
+test_device!(
+    clipping_counts_each_update_once,
+    clipping_counts_each_update_once_cpu,
+    clipping_counts_each_update_once_gpu
+);

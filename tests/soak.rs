@@ -240,6 +240,7 @@ fn training_loop_with_nan_check_stays_flat() {
         seed: 5,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: true,
     };
     let epochs = soak_steps().div_ceil(steps_per_epoch);

@@ -191,6 +191,7 @@ fn training_loop_with_partial_batches_gpu_matches_cpu() {
         seed: 3,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: false,
     };
     let mut cpu = CpuBackend::<f64>::new(&net, 8).unwrap();
@@ -237,6 +238,7 @@ fn runs_are_bitwise_repeatable() {
         seed: 11,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: false,
     };
     // Two fresh runs on backends from `make` must agree to the bit.
@@ -282,6 +284,7 @@ fn nan_check_changes_nothing_and_stops_at_the_step() {
         seed: 5,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check,
     };
     let mut makers: Vec<(&str, MakeBackend)> = vec![

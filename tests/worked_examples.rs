@@ -123,6 +123,7 @@ fn classic_step_through_the_training_loop(device: Device) {
         seed: 1,
         shuffle: true,
         schedule: Default::default(),
+        warmup: 0,
         nan_check: false,
     };
     let data = Dataset::example();

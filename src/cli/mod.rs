@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod export;
 pub mod info;
+pub mod lr_find;
 pub mod model;
 pub mod signals;
 pub mod train;
@@ -83,6 +84,11 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::MicroBatches => "--micro-batches",
         Setting::Distributed => "--distributed",
         Setting::KernelConfig => "--kernel-config",
+        Setting::ClipNorm => "--clip-norm",
+        Setting::Warmup => "--warmup",
+        Setting::EarlyStop => "--early-stop",
+        Setting::MinDelta => "--min-delta",
+        Setting::Dropout => "--layers",
     }
 }
 

@@ -16,7 +16,7 @@ use shadertrain::optim::{Optimizer, OptimizerKind};
 use shadertrain::train::{
     batch_size, steps_per_epoch, EpochStats, Progress, Schedule, TrainConfig,
 };
-use shadertrain::{Error, Result, Trainer};
+use shadertrain::{EarlyStop, Error, Result, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -94,6 +94,22 @@ pub struct TrainArgs {
     /// How the learning rate changes from epoch to epoch [default: constant].
     #[arg(long, value_enum)]
     lr_schedule: Option<ScheduleArg>,
+    /// Clip the gradients to this global L2 norm before every update (any
+    /// optimiser), on the device that trains; the metrics count the
+    /// updates it clipped.
+    #[arg(long, allow_negative_numbers = true, value_parser = super::f32_as_given)]
+    clip_norm: Option<f32>,
+    /// Ramp the learning rate up linearly from 0 over the first N steps,
+    /// then follow --lr-schedule [default: 0; onecycle: 30% of the steps].
+    #[arg(long, allow_negative_numbers = true)]
+    warmup: Option<usize>,
+    /// Stop after N epochs without improvement of the validation loss and
+    /// restore the best epoch's weights (needs --val or --val-split).
+    #[arg(long, allow_negative_numbers = true)]
+    early_stop: Option<usize>,
+    /// The improvement of the validation loss that --early-stop counts [default: 0].
+    #[arg(long, allow_negative_numbers = true, requires = "early_stop")]
+    min_delta: Option<f64>,
     /// Epochs between decays of the step schedule [default: 10].
     #[arg(long, allow_negative_numbers = true)]
     lr_step: Option<usize>,
@@ -179,6 +195,16 @@ pub enum ScheduleArg {
     Step,
     /// From --lr down towards 0 along half a cosine.
     Cosine,
+    /// Step by step: --warmup (30% of the steps by default) up from 0 to
+    /// --lr, then half a cosine down towards 0.
+    Onecycle,
+}
+
+impl TrainArgs {
+    /// `--plot`, which `lr-find` draws its sweep into.
+    pub(super) fn plot_path(&self) -> Option<PathBuf> {
+        self.plot.clone()
+    }
 }
 
 /// The run the flags ask for: the trainer (backend, settings, initial
@@ -256,6 +282,24 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
             outln!("validation accuracy: {:.2}%", acc * 100.0);
         }
     }
+    if let Some(es) = t.early_stop_state() {
+        let best = match es.best {
+            Some((e, l)) => format!("best epoch {e} (validation loss {l:.6})"),
+            None => "no epoch with a finite validation loss".into(),
+        };
+        match es.stopped {
+            Some(e) => outln!(
+                "early stopping: stopped after epoch {e}, {} epochs without improvement; weights of the {best}",
+                es.rule.patience
+            ),
+            None => outln!("early stopping: did not stop; {best}; the weights are the last epoch's"),
+        }
+    }
+    if let Some(c) = t.optimizer_in_use().clip_norm {
+        let clipped: u64 = new.iter().map(|e| e.clipped).sum();
+        let updates = new.len() as u64 * steps as u64;
+        outln!("gradient clipping: {clipped} of {updates} updates clipped to norm {c}");
+    }
     if epochs > 0 {
         outln!(
             "throughput: {:.0} samples/s ({} samples in {:.2} s)",
@@ -267,8 +311,12 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
     // A failure here comes after the checkpoint was complete: say it is kept.
     let reports = || -> Result<()> {
         if let Some(path) = &a.plot {
-            let title = format!("{} on '{}' ({kind}: {adapter})", net.describe(), data.name);
-            shadertrain::plot::plot_history(path, &title, t.history())?;
+            let name = shadertrain::plot::dataset_title(&data.name);
+            let title = format!("{} on {name} ({kind}: {adapter})", net.describe());
+            let cfg = t.config();
+            let varies = cfg.warmup > 0 || cfg.schedule != Schedule::Constant;
+            let rates = varies.then(|| step_rates(cfg, t.history().len(), steps));
+            shadertrain::plot::plot_run(path, &title, t.history(), rates.as_deref())?;
         }
         if let Some(path) = &a.metrics {
             let json = serde_json::json!({
@@ -286,6 +334,22 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
                 },
             });
             let mut json = json;
+            if let Some(c) = t.optimizer_in_use().clip_norm {
+                json["clip_norm"] = c.into();
+                json["clipped"] = t.history().iter().map(|e| e.clipped).sum::<u64>().into();
+            }
+            if t.config().warmup > 0 {
+                json["warmup"] = t.config().warmup.into();
+            }
+            if let Some(es) = t.early_stop_state() {
+                json["early_stop"] = serde_json::json!({
+                    "patience": es.rule.patience,
+                    "min_delta": es.rule.min_delta,
+                    "best_epoch": es.best_epoch(),
+                    "best_val_loss": es.best.map(|(_, l)| l),
+                    "stopped_epoch": es.stopped,
+                });
+            }
             if let Some((signal, _)) = interrupt.received().filter(|_| t.stopped()) {
                 json["interrupted"] = signal.into();
             }
@@ -341,6 +405,40 @@ fn kept_checkpoint(e: Error, save: Option<&std::path::Path>) -> Error {
         },
         (e, _) => e,
     }
+}
+
+/// What `lr-find` takes from the `train` flags: the trainer (network,
+/// data, backend, batch, seed, optimiser, normalisation) and the data,
+/// with a title for its plot. Flags of a training run that a sweep has no
+/// use for are refused, so none is silently ignored.
+pub(super) fn prepare_sweep(a: &mut TrainArgs) -> Result<(Trainer, Dataset, String)> {
+    let unused = [
+        ("--epochs", a.epochs.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--save", a.save.is_some()),
+        ("--resume", a.resume.is_some()),
+        ("--metrics", a.metrics.is_some()),
+        ("--log-dir", a.log_dir.is_some()),
+        ("--metrics-jsonl", a.metrics_jsonl.is_some()),
+        ("--lr-schedule", a.lr_schedule.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--early-stop", a.early_stop.is_some()),
+        ("--val", a.val.is_some()),
+        ("--val-split", a.val_split.is_some()),
+        ("--nan-check", a.nan_check),
+    ];
+    if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(Error::Invalid(format!(
+            "lr-find: {flag} belongs to a training run; the sweep sets its own rates for --steps steps from the initial weights"
+        )));
+    }
+    // The banner would describe a training run.
+    let quiet = a.quiet;
+    a.quiet = true;
+    let Run { t, net, data, .. } = prepare(a)?;
+    a.quiet = quiet;
+    let title = format!("LR range test: {} on {}", net.describe(), data.name);
+    Ok((t, data, title))
 }
 
 /// Everything decided before training: flags checked against each other and
@@ -436,9 +534,11 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
         seed,
         shuffle: true,
         schedule,
+        warmup: warmup(a, st)?,
         nan_check: a.nan_check,
     };
     cfg.validate()?;
+    let early = early_stop(a, st)?;
     let (data, val, z) = load_sets(a, &source, &net, seed, resumed.as_ref())?;
     shadertrain::parallel::check_same_data(&data, "training")?;
     if let Some(v) = &val {
@@ -458,7 +558,7 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     if let Some(c) = &resumed {
         t = t.resume(c)?;
     }
-    t = t.with_config(cfg);
+    t = t.with_config(cfg).early_stopping(early)?;
     if let Some(z) = z {
         t = t.standardizer(z);
     }
@@ -622,11 +722,13 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
         beta2: a.beta2.unwrap_or(base.beta2),
         eps: a.eps.unwrap_or(base.eps),
         weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
+        clip_norm: a.clip_norm.or(base.clip_norm),
     };
     opt.validate()?;
     let schedule = match (a.lr_schedule, st) {
         (Some(ScheduleArg::Constant), _) => Schedule::Constant,
         (Some(ScheduleArg::Cosine), _) => Schedule::Cosine,
+        (Some(ScheduleArg::Onecycle), _) => Schedule::OneCycle,
         (Some(ScheduleArg::Step), _) => {
             // On resume the checkpoint's step settings are the defaults.
             let (every, gamma) = match st.map(|s| s.schedule) {
@@ -668,6 +770,53 @@ fn optimizer_and_schedule(a: &TrainArgs, st: Option<&TrainState>) -> Result<(Opt
     Ok((opt, schedule))
 }
 
+/// `--warmup`, or the checkpoint's; a value that disagrees with it is
+/// refused (the resumed run would not follow the straight run's rates).
+fn warmup(a: &TrainArgs, st: Option<&TrainState>) -> Result<usize> {
+    match (a.warmup, st) {
+        (Some(w), Some(s)) if w != s.warmup => Err(Error::Invalid(format!(
+            "--warmup {w}: the checkpoint was trained with --warmup {}; resuming needs the same",
+            s.warmup
+        ))),
+        (w, s) => Ok(w.or(s.map(|s| s.warmup)).unwrap_or(0)),
+    }
+}
+
+/// `--early-stop` and `--min-delta`, or the checkpoint's; refused without a
+/// validation set, and where they disagree with the checkpoint.
+fn early_stop(a: &TrainArgs, st: Option<&TrainState>) -> Result<Option<EarlyStop>> {
+    let saved = st.and_then(|s| s.early_stop.as_ref()).map(|e| e.rule);
+    let rule = match (a.early_stop, saved) {
+        (None, saved) => saved,
+        (Some(patience), saved) => Some(EarlyStop {
+            patience,
+            min_delta: a.min_delta.or(saved.map(|r| r.min_delta)).unwrap_or(0.0),
+        }),
+    };
+    if let Some(r) = &rule {
+        r.validate()?;
+        if a.val.is_none() && a.val_split.is_none() {
+            return Err(Error::Invalid(format!(
+                "--early-stop {} watches the validation loss: give --val FILE or --val-split F",
+                r.patience
+            )));
+        }
+    }
+    if let (Some(r), Some(s)) = (rule, st) {
+        let was = s.early_stop.as_ref().map(|e| e.rule);
+        if was != Some(r) {
+            return Err(Error::Invalid(match was {
+                Some(w) => format!(
+                    "--early-stop {} --min-delta {}: the checkpoint was trained with --early-stop {} --min-delta {}; resuming needs the same",
+                    r.patience, r.min_delta, w.patience, w.min_delta
+                ),
+                None => "--early-stop: the checkpoint was trained without it; resuming needs the same settings".into(),
+            }));
+        }
+    }
+    Ok(rule)
+}
+
 /// Where a file's run takes defaults, which ones: they suit arbitrary data,
 /// not this data, so the user should know they are in force.
 fn defaults_note(a: &TrainArgs, source: &Source, resumed: bool) -> String {
@@ -686,6 +835,22 @@ fn defaults_note(a: &TrainArgs, source: &Source, resumed: bool) -> String {
         " (defaults for a file: set {} to change them)",
         unset.join(", ")
     )
+}
+
+/// The learning rate of every step of `epochs` epochs of `steps` steps, as
+/// `(epoch − 1 + s/steps, lr)`, thinned to at most 2000 points for a plot.
+fn step_rates(cfg: &TrainConfig, epochs: usize, steps: usize) -> Vec<(f64, f64)> {
+    let total = epochs.saturating_mul(steps).max(1);
+    let stride = total.div_ceil(2000).max(1);
+    (0..total)
+        .step_by(stride)
+        .chain(std::iter::once(total - 1))
+        .map(|i| {
+            let (e, s) = (i / steps.max(1) + 1, i % steps.max(1) + 1);
+            let x = (e - 1) as f64 + s as f64 / steps.max(1) as f64;
+            (x, cfg.lr_at(e, s, steps) as f64)
+        })
+        .collect()
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
@@ -710,6 +875,9 @@ fn epoch_line(s: &EpochStats, epochs: usize) -> String {
     }
     if let Some(acc) = s.val_accuracy {
         line += &format!("  val acc {:.1}%", acc * 100.0);
+    }
+    if s.clipped > 0 {
+        line += &format!("  clipped {}", s.clipped);
     }
     line + &format!("  {:.0} samples/s", s.samples_per_s)
 }

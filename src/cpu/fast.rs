@@ -1,7 +1,9 @@
 //! The fast CPU backend, [`FastCpuBackend`] (its docs say how it works),
 //! and the gemm and element-wise helpers it is built from.
 
-use super::reference::{activation_derivative, delta_output, sample_loss, score, softmax_row};
+use super::reference::{
+    activation_derivative, delta_output, dropout_apply, sample_loss, score, softmax_row,
+};
 use super::state::{shared_backend_methods, State};
 use crate::backend::Backend;
 use crate::error::{Error, Result, Setting};
@@ -191,6 +193,9 @@ struct Engine {
     row_loss: Vec<(f32, bool)>,
     /// The bias gradient's column sums, (widest layer).
     col_sums: Vec<f32>,
+    /// Inside a training step, the update it applies (dropout masks are on);
+    /// `None` for `forward` and `backward` alone.
+    train: Option<u64>,
 }
 
 impl FastCpuBackend {
@@ -217,6 +222,7 @@ impl FastCpuBackend {
                 s,
                 row_loss: Vec::new(),
                 col_sums: Vec::new(),
+                train: None,
             },
         })
     }
@@ -268,6 +274,16 @@ impl Backend for FastCpuBackend {
 
     fn step(&mut self, lr: f32) -> Result<()> {
         self.engine.s.need_batch()?;
+        self.engine.train = Some(self.engine.s.t + 1);
+        let done = self.train_step(lr);
+        self.engine.train = None;
+        done
+    }
+}
+
+impl FastCpuBackend {
+    /// [`Backend::step`] with `engine.train` set.
+    fn train_step(&mut self, lr: f32) -> Result<()> {
         if !self.engine.s.optim.is_plain_sgd() {
             // Gradients into grads by the fast backward, then one update loop.
             self.on_pool(|e, n| {
@@ -300,6 +316,7 @@ impl Engine {
         let s = &mut self.s;
         let b = s.batch;
         for (l, ly) in s.net.layers().iter().enumerate() {
+            let drop = s.dropout_key(self.train, l);
             let (prev, rest) = s.acts.split_at_mut(l + 1);
             let out = &mut rest[0][..b * ly.n_out];
             // a_prev: (b, n_in); w: (n_out, n_in), used as wᵀ (n_in, n_out)
@@ -318,6 +335,11 @@ impl Engine {
                     bias_activate(row, bias, ly.act);
                 }
             });
+            if let Some(key) = drop {
+                par_rows(out, ly.n_out, threads, |first, rows| {
+                    dropout_apply(rows, rows.len() / ly.n_out, ly.n_out, first, &key);
+                });
+            }
         }
     }
 
@@ -391,6 +413,7 @@ impl Engine {
         let b = s.batch;
         let ly = s.net.layers()[l];
         let (n, n_next) = (ly.n_in, ly.n_out);
+        let drop = s.dropout_key(self.train, l - 1);
         let (lo, hi) = s.deltas.split_at_mut(l + 1);
         let d = &mut lo[l][..b * n];
         // delta_next: (b, n_next); w: (n_next, n)
@@ -414,6 +437,11 @@ impl Engine {
                 }
             });
         });
+        if let Some(key) = drop {
+            par_rows(d, n, threads, |first, rows| {
+                dropout_apply(rows, rows.len() / n, n, first, &key);
+            });
+        }
     }
 
     /// Every layer's deltas from the top down (the output delta too with

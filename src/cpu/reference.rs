@@ -8,7 +8,10 @@
 //! 4. hidden deltas: [`delta_hidden`];
 //! 5. gradients: [`gradient_weights`], [`gradient_bias`] (together:
 //!    [`gradient_dense`]; applied at once: [`gradient_sgd`]);
-//! 6. the optimiser updates: [`sgd_update`], [`momentum_update`], [`adam_update`].
+//!    While training, [`dropout_apply`] masks a hidden layer's outputs after
+//!    its forward pass and its deltas after its hidden delta;
+//! 6. gradient clipping (before any update): [`clip_gradients`];
+//! 7. the optimiser updates: [`sgd_update`], [`momentum_update`], [`adam_update`].
 //!
 //! Then [`CpuBackend`], which drives them through [`Backend`]. Each function
 //! states its shapes; all matrices are row-major. The GPU kernels in
@@ -320,7 +323,121 @@ pub fn gradient_sgd<T: Real>(
 }
 
 // ---------------------------------------------------------------------------
-// 6. Optimiser updates (sgd.wgsl, optim.wgsl)
+// Dropout (dropout.wgsl)
+// ---------------------------------------------------------------------------
+
+/// One round of a 32-bit integer hash (Wellons' lowbias32; `hash32` in dropout.wgsl).
+// x: scalar
+pub fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+/// What decides a dropout mask besides the element: the run's seed, the
+/// update the step applies (`t`, from 1; its low 32 bits), and per layer
+/// `keep_at` (a unit is kept where its 24-bit hash is `>= keep_at`,
+/// `keep_at = round(p·2²⁴)`) and `scale = 1 / (1 − p)` (rounded to f32).
+/// Mirrors the dropout uniform of dropout.wgsl.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutKey {
+    /// The run's seed.
+    pub seed: u64,
+    /// The update number of the step (1-based).
+    pub t: u64,
+    /// Dense layer index.
+    pub layer: u32,
+    /// `round(p·2²⁴)`.
+    pub keep_at: u32,
+    /// `1 / (1 − p)`, in f32.
+    pub scale: f32,
+}
+
+impl DropoutKey {
+    /// The key of `layer` with dropout `p` at update `t` of a run seeded `seed`.
+    pub fn new(seed: u64, t: u64, layer: usize, p: f32) -> Self {
+        DropoutKey {
+            seed,
+            t,
+            layer: layer as u32,
+            keep_at: (p as f64 * (1u64 << 24) as f64).round() as u32,
+            scale: (1.0 / (1.0 - p as f64)) as f32,
+        }
+    }
+
+    /// Whether the unit `unit` of batch row `row` is kept: a hash of the
+    /// seed, the update, the row, the layer and the unit, so a mask depends
+    /// on nothing else (a data-parallel backend reproduces it from the row's
+    /// index in the whole batch).
+    pub fn keeps(&self, row: u32, unit: u32) -> bool {
+        let mut h = hash32(unit);
+        h = hash32(h ^ self.layer);
+        h = hash32(h ^ row);
+        h = hash32(h ^ self.t as u32);
+        h = hash32(h ^ self.seed as u32);
+        h = hash32(h ^ (self.seed >> 32) as u32);
+        (h >> 8) >= self.keep_at
+    }
+}
+
+/// Inverted dropout of `v (rows, n)`, rows `row0..row0 + rows` of the batch,
+/// in place (twin of `dropout_apply`): kept values times `1/(1 − p)`, the
+/// others 0. The forward pass applies it to a hidden layer's outputs, the
+/// backward pass the same mask to its deltas (a relu or linear layer, whose
+/// derivative from the dropped output is the derivative where kept).
+// v: (rows, n)
+pub fn dropout_apply<T: Real>(v: &mut [T], rows: usize, n: usize, row0: usize, key: &DropoutKey) {
+    let scale = T::from(key.scale).unwrap_or_else(T::nan);
+    for (r, row) in v[..rows * n].chunks_mut(n).enumerate() {
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = if key.keeps((row0 + r) as u32, j as u32) {
+                *x * scale
+            } else {
+                T::zero()
+            };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. Gradient clipping (clip.wgsl)
+// ---------------------------------------------------------------------------
+
+/// The global L2 norm of every gradient, `‖g‖ = √Σ g²` (twin of
+/// `clip_partial` then `clip_finish`), summed in f64 in index order.
+// grads: (param_count)
+pub fn grad_norm<T: Real>(grads: &[T]) -> T {
+    let sum: f64 = grads
+        .iter()
+        .map(|g| {
+            let g = g.to_f64().unwrap_or(f64::NAN);
+            g * g
+        })
+        .sum();
+    T::from(sum.sqrt()).unwrap_or_else(T::nan)
+}
+
+/// Clipping by global norm (twin of clip.wgsl's `clip_partial`,
+/// `clip_finish` and `clip_apply`): `g ← g · min(1, clip / (‖g‖ + 10⁻⁶))`.
+/// Returns `‖g‖` before clipping and whether it scaled the gradients down.
+// grads: (param_count)
+pub fn clip_gradients<T: Real>(grads: &mut [T], clip: T) -> (T, bool) {
+    let norm = grad_norm(grads);
+    let scale = crate::optim::clip_scale(norm, clip);
+    let fired = scale < T::one();
+    if fired {
+        for g in grads.iter_mut() {
+            *g = *g * scale;
+        }
+    }
+    (norm, fired)
+}
+
+// ---------------------------------------------------------------------------
+// 7. Optimiser updates (sgd.wgsl, optim.wgsl)
 // ---------------------------------------------------------------------------
 
 /// SGD over the whole flat buffer: `p −= lr · g`.
@@ -398,6 +515,26 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn forward(&mut self) -> Result<()> {
+        self.forward_pass(None)
+    }
+
+    fn backward(&mut self) -> Result<()> {
+        self.backward_pass(None)
+    }
+
+    /// Forward, backward with dropout (if the network has any), update.
+    fn step(&mut self, lr: f32) -> Result<()> {
+        let t = Some(self.s.t + 1);
+        self.forward_pass(t)?;
+        self.backward_pass(t)?;
+        self.s.update(lr)
+    }
+}
+
+impl<T: Real> CpuBackend<T> {
+    /// The forward pass; while training (`t`: the update the step applies),
+    /// with each dropout layer's mask on its outputs.
+    fn forward_pass(&mut self, t: Option<u64>) -> Result<()> {
         let s = &mut self.s;
         s.need_batch()?;
         let b = s.batch;
@@ -413,6 +550,9 @@ impl<T: Real> Backend for CpuBackend<T> {
                 ly.n_out,
                 ly.act,
             );
+            if let Some(key) = s.dropout_key(t, l) {
+                dropout_apply(&mut s.acts[l + 1], b, ly.n_out, 0, &key);
+            }
         }
         let no = s.net.outputs();
         let last = s.acts.len() - 1;
@@ -428,7 +568,8 @@ impl<T: Real> Backend for CpuBackend<T> {
         Ok(())
     }
 
-    fn backward(&mut self) -> Result<()> {
+    /// The backward pass; while training, each dropout layer's mask on its deltas.
+    fn backward_pass(&mut self, t: Option<u64>) -> Result<()> {
         let s = &mut self.s;
         s.need_batch()?;
         let b = s.batch;
@@ -456,6 +597,9 @@ impl<T: Real> Backend for CpuBackend<T> {
                 n_next,
                 layers[l - 1].act,
             );
+            if let Some(key) = s.dropout_key(t, l - 1) {
+                dropout_apply(&mut s.deltas[l], b, n, 0, &key);
+            }
         }
         for (l, ly) in layers.iter().enumerate() {
             let d = &s.deltas[l + 1][..b * ly.n_out];

@@ -9,7 +9,7 @@
 //!
 //! [`Backend`]: crate::backend::Backend
 
-use super::reference::{adam_update, momentum_update, sgd_update};
+use super::reference::{adam_update, clip_gradients, momentum_update, sgd_update, DropoutKey};
 use crate::backend::{check_batch, check_layer, Metric, Totals};
 use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Params, Real};
@@ -38,6 +38,8 @@ pub(crate) struct State<T: Real> {
     state: Vec<T>,
     /// Per-parameter decay, (P) (`Optimizer::decay`); empty for plain SGD.
     decay: Vec<T>,
+    /// Seeds the dropout masks ([`crate::backend::Backend::set_dropout_seed`]).
+    pub(crate) dropout_seed: u64,
 }
 
 impl<T: Real> State<T> {
@@ -73,7 +75,16 @@ impl<T: Real> State<T> {
             t: 0,
             state: Vec::new(),
             decay: Vec::new(),
+            dropout_seed: 0,
         })
+    }
+
+    /// The dropout mask's key of dense layer `l` while training (`t`: the
+    /// update the step applies); `None` in evaluation or without dropout.
+    pub(crate) fn dropout_key(&self, t: Option<u64>, l: usize) -> Option<DropoutKey> {
+        let p = self.net.layers()[l].dropout;
+        let t = t.filter(|_| p > 0.0)?;
+        Some(DropoutKey::new(self.dropout_seed, t, l, p))
     }
 
     pub(crate) fn need_batch(&self) -> Result<()> {
@@ -90,9 +101,15 @@ impl<T: Real> State<T> {
         self.totals.correct += correct;
     }
 
-    /// The optimizer's update of every parameter from `grads`, counted in `t`.
+    /// The optimizer's update of every parameter from `grads` (clipped
+    /// first, if the optimizer clips), counted in `t`.
     pub(crate) fn update(&mut self, lr: f32) -> Result<()> {
         self.t += 1;
+        if let Some(c) = self.optim.clip_norm {
+            let clip = T::from(c).unwrap_or_else(T::nan);
+            let (_, fired) = clip_gradients(&mut self.grads.data, clip);
+            self.totals.clipped += u64::from(fired);
+        }
         let h = self.optim.terms::<T>(lr, self.t);
         let (p, g) = (&mut self.params.data, &self.grads.data);
         match self.optim.update_kernel() {
@@ -211,6 +228,11 @@ macro_rules! shared_backend_methods {
 
         fn update(&mut self, lr: f32) -> $crate::Result<()> {
             self.$($field).+.update(lr)
+        }
+
+        fn set_dropout_seed(&mut self, seed: u64) -> $crate::Result<()> {
+            self.$($field).+.dropout_seed = seed;
+            Ok(())
         }
 
         fn set_optimizer(&mut self, opt: &$crate::optim::Optimizer) -> $crate::Result<()> {

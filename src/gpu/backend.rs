@@ -38,7 +38,9 @@
 //! ```
 
 use super::buffers::{Buffers, Groups, UpdateBuffers};
+use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
+use super::dropout::Dropout;
 use super::kernels::{
     dispatch, k_splits, Acc, BatchUniform, KernelConfig, Kernels, OptimUniform, StepUniform,
     TileConfig, TiledKernels,
@@ -88,6 +90,14 @@ pub struct GpuBackend {
     t: u64,
     /// The buffers of a stateful update; `None` for plain SGD.
     update: Option<UpdateBuffers>,
+    /// Gradient clipping at the head of the update, if the optimizer clips.
+    clip: Option<Clipper>,
+    /// Dropout's kernel and buffers, if the network drops.
+    dropout: Option<Dropout>,
+    /// Seeds the dropout masks.
+    dropout_seed: u64,
+    /// Recording a training step: dropout is on.
+    training: bool,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
     /// Submissions not yet known to be finished, oldest first.
@@ -156,6 +166,7 @@ impl GpuBackend {
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
+        let dropout = Dropout::new(&ctx, net, &buf)?;
         let mut backend = GpuBackend {
             ctx,
             kernels,
@@ -172,6 +183,10 @@ impl GpuBackend {
             optim: Optimizer::default(),
             t: 0,
             update: None,
+            clip: None,
+            dropout,
+            dropout_seed: 0,
+            training: false,
             pending: None,
             in_flight: VecDeque::new(),
         };
@@ -317,6 +332,8 @@ impl GpuBackend {
             tiled: self.tiled.as_ref(),
             groups: &self.groups,
             update: self.update.as_ref(),
+            clip: self.clip.as_ref(),
+            dropout: self.dropout.as_ref().filter(|_| self.training),
             net: &self.net,
             rows: self.dims_rows,
             splits: &self.splits,
@@ -326,10 +343,11 @@ impl GpuBackend {
 
     /// The stages of a step for the loaded batch and optimizer.
     fn step_stages(&self) -> &'static [Stage] {
+        // Clipping needs the gradients stored, like a stateful optimizer.
         step_stages(
             self.tiled.is_some(),
             self.host.is_some(),
-            self.update.is_some(),
+            self.update.is_some() || self.clip.is_some(),
         )
     }
 
@@ -423,6 +441,7 @@ impl GpuBackend {
                 self.set_dims_rows(hi - lo);
             }
             self.upload(&x[lo * ni..hi * ni], &y[lo * no..hi * no]);
+            self.write_dropout(lo);
             done = stages
                 .iter()
                 .try_for_each(|&s| self.record(s))
@@ -433,6 +452,14 @@ impl GpuBackend {
         }
         self.host = Some((x, y));
         done
+    }
+
+    /// In a training step, the dropout uniforms for the staged rows, which
+    /// start at row `row0` of the batch; lands before the next submit.
+    fn write_dropout(&self, row0: usize) {
+        if let Some(d) = self.dropout.as_ref().filter(|_| self.training) {
+            d.write(&self.ctx, self.dropout_seed, self.t, self.dims_rows, row0);
+        }
     }
 
     /// Write rows of inputs and targets into the per-sample buffers.
@@ -637,6 +664,15 @@ impl Backend for GpuBackend {
         self.flush()?;
         let kernel = &self.kernels.momentum_update;
         self.update = UpdateBuffers::new(&self.ctx, &self.net, opt, kernel, &self.buf)?;
+        self.clip = match opt.clip_norm {
+            Some(c) => Some(Clipper::new(
+                &self.ctx,
+                &self.buf.grads,
+                self.net.param_count(),
+                c,
+            )?),
+            None => None,
+        };
         // The constants; lr and the bias corrections are written per step.
         let constants = OptimUniform::new(self.net.param_count(), &opt.terms(0.0, 0));
         (self.ctx.queue).write_buffer(&self.buf.hyper, 0, bytemuck::bytes_of(&constants));
@@ -674,11 +710,20 @@ impl Backend for GpuBackend {
         if self.host.is_some() {
             self.clear_grads();
         }
-        self.run(stages)?;
+        self.training = true;
+        self.write_dropout(0);
+        let ran = self.run(stages);
+        self.training = false;
+        ran?;
         if self.host.is_some() {
             self.record(Stage::Update)?;
         }
         self.flush()
+    }
+
+    fn set_dropout_seed(&mut self, seed: u64) -> Result<()> {
+        self.dropout_seed = seed;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -691,6 +736,9 @@ impl Backend for GpuBackend {
         let t = self.peek_totals()?;
         let zero = Acc::default();
         (self.ctx.queue).write_buffer(&self.buf.acc, 0, bytemuck::bytes_of(&zero));
+        if let Some(c) = &self.clip {
+            c.reset(&self.ctx);
+        }
         Ok(t)
     }
 
@@ -700,11 +748,16 @@ impl Backend for GpuBackend {
         let acc: Vec<Acc> = readback::read_via(&self.ctx, acc, 0, staging, 1)?;
         self.in_flight.clear();
         let a = acc.first().copied().unwrap_or_default();
+        let clipped = match &self.clip {
+            Some(c) => c.stats(&self.ctx)?.fired as u64,
+            None => 0,
+        };
         Ok(Totals {
             loss_sum: a.loss(),
             loss_fn: self.net.loss(),
             samples: a.samples as u64,
             correct: a.correct as u64,
+            clipped,
         })
     }
 

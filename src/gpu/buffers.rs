@@ -205,7 +205,11 @@ fn totals(ctx: &GpuContext) -> Result<wgpu::Buffer> {
 }
 
 /// A uniform buffer holding `value`, rewritable.
-fn uniform<T: bytemuck::Pod>(ctx: &GpuContext, label: &str, value: &T) -> Result<wgpu::Buffer> {
+pub(super) fn uniform<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    label: &str,
+    value: &T,
+) -> Result<wgpu::Buffer> {
     create_buffer_init(
         &ctx.device,
         &wgpu::util::BufferInitDescriptor {

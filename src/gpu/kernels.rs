@@ -504,6 +504,10 @@ pub const ALL: &[KernelSpec] = &[
     GRADIENT_SGD_REDUCE,
     DELTA_OUTPUT_LOSS,
     LOSS_FINISH,
+    super::clip::CLIP_PARTIAL,
+    super::clip::CLIP_FINISH,
+    super::clip::CLIP_APPLY,
+    super::dropout::DROPOUT_APPLY,
 ];
 
 /// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).

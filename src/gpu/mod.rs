@@ -9,8 +9,12 @@
 
 pub mod backend;
 mod buffers;
+#[doc(hidden)]
+pub mod clip;
 pub mod codegen;
 pub mod context;
+#[doc(hidden)]
+pub mod dropout;
 pub mod kernels;
 pub mod options;
 pub mod readback;

@@ -4,18 +4,25 @@
 //! it, or only counts it).
 //!
 //! A step is three stages ([`step_stages`]):
-//! 1. **Forward**: per layer `a[l + 1] = f(a[l]·Wᵀ + b)`, softmax on the
+//! 1. **Forward**: per layer `a[l + 1] = f(a[l]·Wᵀ + b)` (in a training
+//!    step, then `dropout_apply` on a dropout layer's outputs), softmax on the
 //!    output row if the network has one, then the loss into the totals
 //!    (tiled: fused with the output delta).
 //! 2. **Backward**: the output delta (unless the forward wrote it), the hidden
-//!    deltas from the top down, and every layer's gradient. Tiled, layer by
+//!    deltas from the top down (each dropout layer's followed by
+//!    `dropout_apply`, the same mask), and every layer's gradient. Tiled, layer by
 //!    layer from the top: the delta below (from the old `W`), then the
 //!    gradient, with plain SGD applied in the same pass.
-//! 3. **Update**: one dispatch over the flat parameter buffer (`sgd_update`,
-//!    `momentum_update` or `adam_update`); absent where the tiled gradient
-//!    pass applied SGD itself, and after the last micro-batch of a split batch.
+//! 3. **Update**: with gradient clipping, first its three dispatches over the
+//!    gradients (`clip_partial`, `clip_finish`, `clip_apply`: the global
+//!    norm in a fixed order, then the scale); then one dispatch over the flat
+//!    parameter buffer (`sgd_update`, `momentum_update` or `adam_update`);
+//!    absent where the tiled gradient pass applied SGD itself, and after the
+//!    last micro-batch of a split batch.
 
 use super::buffers::{Groups, UpdateBuffers};
+use super::clip::Clipper;
+use super::dropout::Dropout;
 use super::kernels::{grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TiledKernels};
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -92,6 +99,10 @@ pub(super) struct Schedule<'a> {
     pub groups: &'a Groups,
     /// A stateful optimizer's update; `None` for plain SGD.
     pub update: Option<&'a UpdateBuffers>,
+    /// Gradient clipping before the update, if the optimizer clips.
+    pub clip: Option<&'a Clipper>,
+    /// Dropout, in a training step of a network that has it.
+    pub dropout: Option<&'a Dropout>,
     pub net: &'a Network,
     /// Rows staged in the per-sample buffers.
     pub rows: usize,
@@ -158,6 +169,7 @@ impl<'a> Schedule<'a> {
                     layer: Some(l),
                 },
             })?;
+            self.drop(l, false, f)?;
         }
         if let Some(g) = &self.groups.softmax {
             let last = Some(layers.len() - 1);
@@ -211,6 +223,7 @@ impl<'a> Schedule<'a> {
             if let Some(g) = &self.groups.layers[l].delta_hidden {
                 let n = self.rows * layers[l].n_out;
                 f(self.elementwise(&self.kernels.delta_hidden, g, n, Some(l))?)?;
+                self.drop(l, true, f)?;
             }
         }
         Ok(())
@@ -251,6 +264,7 @@ impl<'a> Schedule<'a> {
                         grid: self.tiled_grid(t, self.rows, layers[h].n_out, 1)?,
                         layer: Some(h),
                     })?;
+                    self.drop(h, true, f)?;
                 }
             }
             // g_W: (n_out, n_in) over K = rows, in `s` slices.
@@ -268,8 +282,18 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
-    /// The optimizer's update over every parameter: (P) invocations.
+    /// Clipping, if on, then the optimizer's update over every parameter: (P) invocations.
     fn update(&self, f: Sink<'_, 'a>) -> Result<()> {
+        if let Some(c) = self.clip {
+            for (kernel, grid) in c.plan(self.max_dim)? {
+                f(Dispatch {
+                    kernel,
+                    group: &c.group,
+                    grid,
+                    layer: None,
+                })?;
+            }
+        }
         let k = self.kernels;
         let (kernel, group) = match self.update {
             None => (&k.sgd_update, &self.groups.sgd),
@@ -277,6 +301,18 @@ impl<'a> Schedule<'a> {
             Some(u) => (&k.momentum_update, &u.group),
         };
         f(self.elementwise(kernel, group, self.net.param_count(), None)?)
+    }
+
+    /// In a training step, dropout on layer `l`'s outputs (`deltas`: its
+    /// deltas), if it drops: (rows, n_out) invocations.
+    fn drop(&self, l: usize, deltas: bool, f: Sink<'_, 'a>) -> Result<()> {
+        let Some(d) = self.dropout else {
+            return Ok(());
+        };
+        match d.group(l, deltas) {
+            Some((group, n)) => f(self.elementwise(&d.kernel, group, self.rows * n, Some(l))?),
+            None => Ok(()),
+        }
     }
 
     /// One invocation per element of `n`.

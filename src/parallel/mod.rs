@@ -599,6 +599,9 @@ pub struct DataParallel {
     describe: String,
     /// Time spent combining the shards' totals and gradients (the reduction).
     reducing: std::time::Duration,
+    /// The optimiser's clipping limit: every worker clips the same combined
+    /// gradient, so the count of clipped updates is kept here, once.
+    clip_norm: Option<f32>,
 }
 
 impl DataParallel {
@@ -618,6 +621,7 @@ impl DataParallel {
         }
         let describe = group.describe();
         Ok(DataParallel {
+            clip_norm: None,
             net: net.clone(),
             capacity,
             group,
@@ -817,6 +821,15 @@ impl Backend for DataParallel {
         let g = self.grads.clone().ok_or_else(|| {
             Error::Invalid("no gradients to update from: run backward first".into())
         })?;
+        if let Some(c) = self.clip_norm {
+            // The CPU twin's rule on the gradient every worker receives. A GPU
+            // worker sums the norm in another order, so at a norm within
+            // rounding of the limit its decision may differ from this count.
+            let norm = crate::cpu::grad_norm(&g.data);
+            if crate::optim::clip_scale(norm, c) < 1.0 {
+                self.totals.clipped += 1;
+            }
+        }
         self.all(Job::Update(Arc::new(g), lr))
     }
 
@@ -837,6 +850,7 @@ impl Backend for DataParallel {
 
     fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
         opt.validate()?;
+        self.clip_norm = opt.clip_norm;
         self.all(Job::SetOptimizer(*opt))
     }
 

@@ -184,6 +184,7 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
                     samples_per_s: 0.0,
                     val_loss: (epoch == 2).then_some(0.3),
                     val_accuracy: None,
+                    clipped: 0,
                 })
                 .collect(),
             optimizer: opt,
@@ -191,6 +192,8 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
                 every: 3,
                 gamma: 0.5,
             },
+            warmup: 0,
+            early_stop: None,
         },
         optimizer_state: OptimizerState {
             t: 17,
