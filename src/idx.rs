@@ -326,7 +326,14 @@ fn decode(ty: IdxType, v: &[u8]) -> f32 {
     }
 }
 
-fn read_exact(src: &mut dyn Read, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
+/// `buf` filled from `src`, or an [`Error::Data`] naming `what` of `path`
+/// that could not be read (the IDX and `.npy` loaders' headers).
+pub(crate) fn read_exact(
+    src: &mut dyn Read,
+    buf: &mut [u8],
+    path: &Path,
+    what: &str,
+) -> Result<()> {
     src.read_exact(buf).map_err(|e| Error::Data {
         path: path.display().to_string(),
         msg: if e.kind() == std::io::ErrorKind::UnexpectedEof {

@@ -148,7 +148,7 @@ impl NpyArray {
         let regular = meta.is_file();
         // Magic (6), version (2), header length (2 in version 1, else 4).
         let mut pre = [0u8; 12];
-        read_exact(&mut file, &mut pre[..10], path, "the 10-byte preamble")?;
+        crate::idx::read_exact(&mut file, &mut pre[..10], path, "the 10-byte preamble")?;
         if &pre[..6] != MAGIC {
             return Err(err(format!(
                 "not a .npy file: it starts with {}, expected \\x93NUMPY",
@@ -162,7 +162,7 @@ impl NpyArray {
         let (pre_len, header_len) = match pre[6] {
             1 => (10, u16::from_le_bytes([pre[8], pre[9]]) as usize),
             2 | 3 => {
-                read_exact(&mut file, &mut pre[10..12], path, "the preamble")?;
+                crate::idx::read_exact(&mut file, &mut pre[10..12], path, "the preamble")?;
                 (
                     12,
                     u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as usize,
@@ -181,7 +181,7 @@ impl NpyArray {
             )));
         }
         let mut text = vec![0u8; header_len];
-        read_exact(&mut file, &mut text, path, "the header")?;
+        crate::idx::read_exact(&mut file, &mut text, path, "the header")?;
         let start = pre_len + header_len;
         let header =
             npyz::NpyHeader::from_reader(pre[..pre_len].chain(&text[..])).map_err(|e| {
@@ -421,15 +421,4 @@ fn elem_of(dtype: &npyz::DType) -> Option<(Elem, bool)> {
         _ => cfg!(target_endian = "big"),
     };
     Some((elem, big))
-}
-
-fn read_exact(src: &mut File, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
-    src.read_exact(buf).map_err(|e| Error::Data {
-        path: path.display().to_string(),
-        msg: if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            format!("truncated: the file ends inside {what}")
-        } else {
-            format!("cannot read {what}: {e}")
-        },
-    })
 }

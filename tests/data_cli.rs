@@ -7,32 +7,8 @@ mod cli_support;
 #[path = "common/npy_file.rs"]
 mod npy_file;
 
-use cli_support::{bin, expect_error, expect_error_env, run, run_env, TempDir};
+use cli_support::{expect_error, expect_error_env, run, run_env, run_stdin, TempDir};
 use npy_file::{le_f32, le_i64, npy};
-use std::process::{Command, Output, Stdio};
-
-/// Runs the binary with `input` on its standard input.
-fn run_stdin(args: &[&str], input: &[u8], env: &[(&str, &str)]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(bin())
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shadertrain");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // A writer of its own: the program may stop reading early.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
 
 /// `n` rows of `w` inputs (multiples of 1/8, exact in CSV) and labels below
 /// 3: as `x.npy`/`y.npy` and as `d.csv`; returns the two `--data` arguments.

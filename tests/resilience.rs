@@ -508,29 +508,6 @@ fn same_seed_gives_bitwise_identical_parameters() {
 // Bounded reads of data
 // ---------------------------------------------------------------------------
 
-/// Runs `args` with `input` on stdin; the output.
-fn run_stdin(args: &[&str], input: &[u8], env: &[(&str, &str)]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(bin())
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shadertrain");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // A writer of its own: the program may stop reading early.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
-
 #[test]
 fn endless_or_binary_data_fails_fast_with_one_line() {
     let t0 = Instant::now();

@@ -154,6 +154,30 @@ pub fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
     Run { args, out }
 }
 
+/// Runs the binary with `args` and `input` on its standard input (written
+/// by a thread of its own: the program may stop reading early).
+pub fn run_stdin(args: &[&str], input: &[u8], env: &[(&str, &str)]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shadertrain");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
 /// Assert that `args` fails cleanly: a non-zero exit, no panic, and exactly
 /// one stderr line, starting with `error:` and containing every word of `expect`.
 pub fn expect_error<S: AsRef<str>>(args: &[S], expect: &[&str]) -> String {
