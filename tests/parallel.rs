@@ -285,6 +285,25 @@ fn mixed_devices_and_empty_lists_are_refused() {
     assert!(e.to_string().contains("micro-batches"), "{e}");
 }
 
+/// Dropout's mask is keyed on the row within a backend's batch, which a
+/// shard would renumber: refused with one line, not trained differently.
+#[test]
+fn dropout_is_refused_under_several_workers() {
+    let net = Network::parse("2,6:relu:dropout=0.5,2:softmax").unwrap();
+    for device in [
+        Dev::Parallel(vec![Dev::Cpu { threads: 1 }; 2]),
+        Dev::MicroBatches {
+            device: Box::new(Dev::Cpu { threads: 1 }),
+            parts: 2,
+        },
+    ] {
+        let mut t = Trainer::on(&device, &net, 7).unwrap().epochs(1).batch(7);
+        let e = t.fit(&data()).unwrap_err().to_string();
+        assert!(e.contains("dropout"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
 /// A worker's device lost mid-run: the next step fails within a bounded
 /// time with one error naming the worker and the loss, not a hang or a
 /// panic, and the other workers take no more jobs.
