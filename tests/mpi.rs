@@ -104,6 +104,22 @@ fn csv(dir: &TempDir) -> String {
     dir.file("d.csv", &s)
 }
 
+/// Whether process `pid` has a handler for SIGTERM (`SigCgt` in
+/// /proc/PID/status, a hex mask whose bit 14 is signal 15).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|m| m & (1 << 14) != 0)
+}
+
 fn train_args(data: &str, backend: &str, opt: &str, save: &Path, epochs: usize) -> Vec<String> {
     [
         "train",
@@ -347,8 +363,14 @@ fn a_signal_to_one_rank_stops_all_at_one_step() {
         .stderr(Stdio::piped());
     let job = c.spawn().expect("mpirun starts");
     let rank1 = rank_pid(job.id(), 1).expect("rank 1's process");
-    // Let it train a little first.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Signal only once rank 1 catches SIGTERM: on a busy machine its start
+    // (MPI, data) can outlast any fixed sleep, and a SIGTERM before the
+    // handler kills it outright. Then let it train a little.
+    let t0 = Instant::now();
+    while !catches_sigterm(rank1) && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill")
         .args(["-TERM", &rank1.to_string()])
         .status();

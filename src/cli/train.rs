@@ -378,11 +378,14 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
                 }
             }
             let done = t.history().len();
-            eprintln!(
-                "interrupted by {signal} after {done} of {epochs} epochs{}{}",
+            let line = format!(
+                "interrupted by {signal} after {done} of {epochs} epochs{}{}\n",
                 if wrote.is_empty() { "" } else { "; wrote " },
                 wrote.join(", ")
             );
+            // One write: MPI ranks share a stderr, and a line written in
+            // pieces interleaves with another rank's.
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             Ok(ExitCode::from(code))
         }
         _ => Ok(ExitCode::SUCCESS),

@@ -229,6 +229,8 @@ impl Group for Ranks {
                 loss_fn: t.loss_fn,
                 samples: c[1],
                 correct: c[2],
+                // Clipped updates are counted once, by DataParallel::update.
+                clipped: 0,
             })
             .collect())
     }
