@@ -3,9 +3,9 @@
 //! learning rate on an exponential sweep from `start` to `end`, recording
 //! the loss of each step's batch and its exponentially smoothed, debiased
 //! mean (`β = 0.98`); the sweep stops early once the smoothed loss exceeds
-//! four times its best, or is not finite. The suggestion is the rate where
-//! the smoothed loss falls fastest against `log lr` (the steepest
-//! descent), the rule fastai calls `steep`. The parameters and the
+//! four times its best, or is not finite. The suggestion is a tenth of the
+//! rate of the lowest smoothed loss, the rule fastai calls `minimum`
+//! (`lr_min / 10`). The parameters and the
 //! optimiser's state are put back afterwards: the sweep changes nothing.
 //!
 //! ```
@@ -211,14 +211,10 @@ fn suggest(points: Vec<LrPoint>, sweep: &LrFind) -> LrSweep {
         .map(|(i, _)| i)
         .unwrap_or(0);
     let min_loss_lr = finite.get(min).map_or(sweep.start, |p| p.lr);
-    let (suggested, rule) = (
-        min_loss_lr / 10.0,
-        "a tenth of the rate of the lowest smoothed loss",
-    );
     LrSweep {
         points,
-        suggested,
-        rule,
+        suggested: min_loss_lr / 10.0,
+        rule: "a tenth of the rate of the lowest smoothed loss",
         min_loss_lr,
         diverged_at: diverged,
     }
