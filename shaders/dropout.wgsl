@@ -5,10 +5,16 @@
 // keep(r, j) hashes (seed, update t, row0 + r, layer, unit j), so the mask is
 // the same on every backend and does not depend on how the batch is split.
 //
-// | binding | name   | access             | shape        |
-// |---------|--------|--------------------|--------------|
-// | 0       | drop   | uniform Drop       |              |
-// | 1       | values | storage read_write | (rows, n)    |
+// `dropout_keep` is `dropout_apply` that first copies each value to
+// `undropped`: a layer whose activation derivative is taken from its output
+// (sigmoid, tanh) keeps its outputs from before the mask for the backward
+// pass (`delta_hidden` then binds `undropped` as its A).
+//
+// | binding | name      | access             | shape     | entry          |
+// |---------|-----------|--------------------|-----------|----------------|
+// | 0       | drop      | uniform Drop       |           | both           |
+// | 1       | values    | storage read_write | (rows, n) | both           |
+// | 2       | undropped | storage read_write | (rows, n) | dropout_keep   |
 
 // Mirrors `shadertrain::gpu::dropout::DropUniform` (48 bytes).
 struct Drop {
@@ -28,6 +34,7 @@ struct Drop {
 
 @group(0) @binding(0) var<uniform> drop: Drop;
 @group(0) @binding(1) var<storage, read_write> values: array<f32>;
+@group(0) @binding(2) var<storage, read_write> undropped: array<f32>;
 
 // Wellons' lowbias32 (twin: cpu::hash32).
 fn hash32(v: u32) -> u32 {
@@ -40,6 +47,26 @@ fn hash32(v: u32) -> u32 {
     return x;
 }
 
+// Whether unit j of row r (of the staged rows) is kept.
+fn keeps(r: u32, j: u32) -> bool {
+    var h = hash32(j);
+    h = hash32(h ^ drop.layer);
+    h = hash32(h ^ (drop.row0 + r));
+    h = hash32(h ^ drop.t);
+    h = hash32(h ^ drop.seed_lo);
+    h = hash32(h ^ drop.seed_hi);
+    return (h >> 8u) >= drop.keep_at;
+}
+
+// values[idx] masked and rescaled, idx < rows·n.
+fn mask(idx: u32) {
+    if (keeps(idx / drop.n, idx % drop.n)) {
+        values[idx] = values[idx] * drop.scale;
+    } else {
+        values[idx] = 0.0;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn dropout_apply(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -50,17 +77,19 @@ fn dropout_apply(
     if (idx >= drop.rows * drop.n) {
         return;
     }
-    let r = idx / drop.n;
-    let j = idx % drop.n;
-    var h = hash32(j);
-    h = hash32(h ^ drop.layer);
-    h = hash32(h ^ (drop.row0 + r));
-    h = hash32(h ^ drop.t);
-    h = hash32(h ^ drop.seed_lo);
-    h = hash32(h ^ drop.seed_hi);
-    if ((h >> 8u) >= drop.keep_at) {
-        values[idx] = values[idx] * drop.scale;
-    } else {
-        values[idx] = 0.0;
+    mask(idx);
+}
+
+@compute @workgroup_size(WG)
+fn dropout_keep(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= drop.rows * drop.n) {
+        return;
     }
+    undropped[idx] = values[idx];
+    mask(idx);
 }

@@ -135,13 +135,21 @@ pub trait Backend {
     /// refuses a network with dropout here.
     fn set_dropout_seed(&mut self, seed: u64) -> Result<()> {
         let _ = seed;
-        if self.network().has_dropout() {
-            return Err(Error::Invalid(format!(
-                "{} does not implement dropout",
-                self.describe()
-            )));
-        }
-        Ok(())
+        refuse_dropout(self.network(), &self.describe())
+    }
+
+    /// The forward and backward passes of a training step, without its
+    /// update: dropout on, with the masks of update `t + 1`, the staged rows
+    /// being rows `row0..` of the step's whole batch (which keys their
+    /// masks). A data-parallel worker runs this on its shard, then applies
+    /// the combined gradient ([`Backend::set_gradients`], [`Backend::update`]),
+    /// so its masks are those of the one-device step. A backend that cannot
+    /// drop refuses a network with dropout.
+    fn train_pass(&mut self, row0: usize) -> Result<()> {
+        let _ = row0;
+        refuse_dropout(self.network(), &self.describe())?;
+        self.forward()?;
+        self.backward()
     }
 
     /// One training step on the staged batch (with dropout, if the network has it).
@@ -173,6 +181,17 @@ pub trait Backend {
 
     /// Gradients from the last backward pass, in the parameter layout.
     fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
+}
+
+/// The refusal of a network with dropout by a backend (`describe`) that
+/// does not implement it.
+fn refuse_dropout(net: &Network, describe: &str) -> Result<()> {
+    if net.has_dropout() {
+        return Err(Error::Invalid(format!(
+            "{describe} does not implement dropout"
+        )));
+    }
+    Ok(())
 }
 
 /// Index of the first largest element.

@@ -149,9 +149,20 @@ pub struct Layer {
     /// Its non-linearity.
     pub act: Activation,
     /// Dropout probability of its outputs while training, in `[0, 1)`; 0
-    /// for none (see [`crate::cpu::dropout_apply`]). Hidden relu or linear
-    /// layers only ([`Network::with_dropout`]).
+    /// for none (see [`crate::cpu::dropout_apply`]). Hidden layers only
+    /// ([`Network::with_dropout`]).
     pub dropout: f32,
+}
+
+impl Layer {
+    /// Whether a training step keeps this layer's outputs from before the
+    /// dropout mask: its activation's derivative is taken from the output
+    /// (`A(1 − A)`, `1 − A²`), which the mask's rescaling would change. A
+    /// relu or linear layer's derivative from the dropped output is the
+    /// derivative wherever the unit is kept, and the mask zeroes the rest.
+    pub fn keeps_undropped(&self) -> bool {
+        self.dropout > 0.0 && !matches!(self.act, Activation::Relu | Activation::Linear)
+    }
 }
 
 // The dropout probability is validated finite, so equality is total.
@@ -267,11 +278,9 @@ impl Network {
     }
 
     /// This network with dropout probability `p[l]` on the outputs of dense
-    /// layer `l` while training (one per layer; 0 for none). Refused: a `p`
-    /// outside `[0, 1)`, dropout on the output layer, and dropout after
-    /// sigmoid or tanh, whose derivative the backward pass takes from the
-    /// stored (here: dropped and rescaled) output; relu and linear layers
-    /// take it.
+    /// layer `l` while training (one per layer; 0 for none), after any
+    /// activation. Refused: a `p` outside `[0, 1)` and dropout on the output
+    /// layer.
     pub fn with_dropout(mut self, p: &[f32]) -> Result<Self> {
         let spec = self.spec();
         let bad = |msg: String| Err(Error::setting(Setting::Dropout, &spec, msg));
@@ -292,14 +301,6 @@ impl Network {
                     "dropout on the output layer is refused; put it on a hidden layer".into(),
                 );
             }
-            if p > 0.0 && !matches!(ly.act, Activation::Relu | Activation::Linear) {
-                return bad(format!(
-                    "dropout on layer {} ({}) needs a relu or linear layer: the backward pass derives {} from its stored output",
-                    l + 1,
-                    ly.act.name(),
-                    ly.act.name()
-                ));
-            }
             ly.dropout = p;
         }
         Ok(self)
@@ -313,7 +314,7 @@ impl Network {
     /// Parse `"784,256,10"` (spaces allowed) into a sigmoid network, or with
     /// activations, `"784,128:relu,64:tanh,10:softmax"`: a suffix names the
     /// activation of the layer producing that size (sigmoid without one); the
-    /// input size takes none. A hidden relu or linear layer may add dropout,
+    /// input size takes none. A hidden layer may add dropout,
     /// `"784,256:relu:dropout=0.2,10:softmax"` ([`Network::with_dropout`]).
     pub fn parse(spec: &str) -> Result<Self> {
         let mut sizes = Vec::new();

@@ -154,26 +154,44 @@ fn read(p: &Path, o: &Output) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{} ({e})\n{}", p.display(), dump("run", o)))
 }
 
-/// For N = 2, 3: mpirun -np N, --micro-batches N and --devices ×N write the same bytes.
-fn ranks_equal_micro_batches(backend: &str, cases: &[(usize, &str)], test: &str) {
+/// The network with dropout after tanh and relu: each rank keys its
+/// shard's masks on the shard's rows in the whole batch.
+const DROPOUT_LAYERS: &str = "3,6:tanh:dropout=0.3,4:relu:dropout=0.2,1";
+
+/// For N = 2, 3: mpirun -np N, --micro-batches N and --devices ×N write the
+/// same bytes; with `layers`, another network than [`train_args`]'.
+fn ranks_equal_micro_batches(
+    backend: &str,
+    cases: &[(usize, &str)],
+    layers: Option<&str>,
+    test: &str,
+) {
     let dir = TempDir::new(test);
     let data = csv(&dir);
+    let args = |opt: &str, save: &Path| {
+        let mut a = train_args(&data, backend, opt, save, 2);
+        if let Some(l) = layers {
+            let at = a.iter().position(|x| x == "--layers").unwrap() + 1;
+            a[at] = l.to_string();
+        }
+        a
+    };
     for &(np, opt) in cases {
-        let label = format!("{backend} np {np} {opt}");
+        let label = format!("{backend} np {np} {opt} {}", layers.unwrap_or(""));
         let (m, s, t) = (
             dir.path("mpi.st"),
             dir.path("micro.st"),
             dir.path("threads.st"),
         );
         let mut c = mpirun(np);
-        c.args(train_args(&data, backend, opt, &m, 2));
+        c.args(args(opt, &m));
         let o = output(c);
         assert!(o.status.success(), "{}", dump(&label, &o));
-        let mut single = train_args(&data, backend, opt, &s, 2);
+        let mut single = args(opt, &s);
         single.extend(["--micro-batches".into(), np.to_string()]);
         let r = run(&single);
         assert!(r.out.status.success(), "{label}: {}", r.dump());
-        let mut threads = train_args(&data, backend, opt, &t, 2);
+        let mut threads = args(opt, &t);
         let one = if backend == "cpu" { "cpu" } else { "0" };
         threads.extend(["--devices".into(), vec![one; np].join(",")]);
         let r = run(&threads);
@@ -193,7 +211,9 @@ fn ranks_equal_micro_batches(backend: &str, cases: &[(usize, &str)], test: &str)
 fn ranks_equal_micro_batches_cpu() {
     if mpi_or_skip("ranks_equal_micro_batches_cpu") {
         let cases = [(2, "sgd"), (2, "momentum"), (3, "adam"), (3, "sgd")];
-        ranks_equal_micro_batches("cpu", &cases, "mpi-cpu");
+        ranks_equal_micro_batches("cpu", &cases, None, "mpi-cpu");
+        let dropout = [(2, "adam"), (3, "sgd")];
+        ranks_equal_micro_batches("cpu", &dropout, Some(DROPOUT_LAYERS), "mpi-cpu-dropout");
     }
 }
 
@@ -201,7 +221,9 @@ fn ranks_equal_micro_batches_cpu() {
 fn ranks_equal_micro_batches_gpu() {
     if mpi_or_skip("ranks_equal_micro_batches_gpu") && gpu_or_skip("ranks_equal_micro_batches_gpu")
     {
-        ranks_equal_micro_batches("gpu", &[(2, "momentum"), (3, "adam")], "mpi-gpu");
+        ranks_equal_micro_batches("gpu", &[(2, "momentum"), (3, "adam")], None, "mpi-gpu");
+        let dropout = [(3, "adam")];
+        ranks_equal_micro_batches("gpu", &dropout, Some(DROPOUT_LAYERS), "mpi-gpu-dropout");
     }
 }
 

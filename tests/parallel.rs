@@ -58,7 +58,18 @@ fn optimizer(kind: OptimizerKind) -> Optimizer {
 
 /// A run of `epochs` on `device`: its trainer, after training.
 fn run(device: &Dev, kind: OptimizerKind, batch: usize, epochs: usize) -> Trainer {
-    let mut t = Trainer::on(device, &net(), batch)
+    run_net(device, &net(), kind, batch, epochs)
+}
+
+/// [`run`] of another network.
+fn run_net(
+    device: &Dev,
+    net: &Network,
+    kind: OptimizerKind,
+    batch: usize,
+    epochs: usize,
+) -> Trainer {
+    let mut t = Trainer::on(device, net, batch)
         .unwrap()
         .epochs(epochs)
         .batch(batch)
@@ -285,24 +296,55 @@ fn mixed_devices_and_empty_lists_are_refused() {
     assert!(e.to_string().contains("micro-batches"), "{e}");
 }
 
-/// Dropout's mask is keyed on the row within a backend's batch, which a
-/// shard would renumber: refused with one line, not trained differently.
-#[test]
-fn dropout_is_refused_under_several_workers() {
-    let net = Network::parse("2,6:relu:dropout=0.5,2:softmax").unwrap();
-    for device in [
-        Dev::Parallel(vec![Dev::Cpu { threads: 1 }; 2]),
-        Dev::MicroBatches {
-            device: Box::new(Dev::Cpu { threads: 1 }),
-            parts: 2,
-        },
+/// Dropout under P workers: each shard's masks are keyed on its rows in
+/// the whole batch, so P threads give the bytes of P micro-batches, and
+/// both agree with the one-device run to float rounding (printed), while
+/// the same run without dropout is far from it (the masks matter).
+fn dropout_under_several_workers(device: Device) {
+    let ps: &[usize] = match device {
+        Device::Cpu => &[2, 3, 4],
+        Device::Gpu => &[3],
+    };
+    let kind = OptimizerKind::Adam;
+    for spec in [
+        "2,6:relu:dropout=0.5,2:softmax",
+        "2,6:tanh:dropout=0.4,5:dropout=0.3,2:softmax",
     ] {
-        let mut t = Trainer::on(&device, &net, 7).unwrap().epochs(1).batch(7);
-        let e = t.fit(&data()).unwrap_err().to_string();
-        assert!(e.contains("dropout"), "{e}");
-        assert_eq!(e.lines().count(), 1, "{e}");
+        let net = Network::parse(spec).unwrap();
+        let mut one = run_net(&device.one(), &net, kind, 7, 2);
+        let reference = one.backend().params().unwrap().data;
+        let plain = (net.clone())
+            .with_dropout(&vec![0.0; net.layers().len()])
+            .unwrap();
+        let mut undropped = run_net(&device.one(), &plain, kind, 7, 2);
+        let far = max_rel(&undropped.backend().params().unwrap().data, &reference);
+        assert!(far > 1e-2, "{spec}: dropout changed little ({far:e})");
+        for &p in ps {
+            let label = format!("{} {spec} P={p}", device.name());
+            let workers = Dev::Parallel(vec![device.one(); p]);
+            let micro = Dev::MicroBatches {
+                device: Box::new(device.one()),
+                parts: p,
+            };
+            let mut a = run_net(&workers, &net, kind, 7, 2);
+            let mut b = run_net(&micro, &net, kind, 7, 2);
+            let (ca, cb) = (bytes(&mut a), bytes(&mut b));
+            assert!(
+                ca == cb,
+                "{label}: threads and micro-batches differ: {}",
+                first_difference(&ca, &cb)
+            );
+            let worst = max_rel(&a.backend().params().unwrap().data, &reference);
+            eprintln!("{label}: largest relative difference from one device {worst:.3e}");
+            assert!(worst < 1e-4, "{label}: {worst:e} from one device");
+        }
     }
 }
+test_device!(
+    dropout_under_several_workers,
+    dropout_under_several_workers_cpu,
+    dropout_under_several_workers_gpu
+);
 
 /// A worker's device lost mid-run: the next step fails within a bounded
 /// time with one error naming the worker and the loss, not a hang or a

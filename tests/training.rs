@@ -123,8 +123,15 @@ fn finite_difference_gradient_check() {
         ("2,3:tanh,3:linear,2:relu", 4),
         ("4,5:linear,3:softmax", 3),
         ("3,6:relu,4:tanh,5:softmax", 1),
+        // Dropout after sigmoid and tanh, the mask fixed: a training pass
+        // (dropout on, no update) at rows 3.. of a batch gives both the loss
+        // and the gradient, with the masks of the same update each time.
+        ("3,5:sigmoid:dropout=0.4,2", 6),
+        ("2,6:tanh:dropout=0.5,4:sigmoid:dropout=0.3,3:softmax", 5),
+        ("3,7:relu:dropout=0.2,4:tanh:dropout=0.6,2:tanh", 1),
     ] {
         let net = Network::parse(spec).unwrap();
+        let dropout = net.has_dropout();
         let label = format!("fd {}", net.describe());
         let mut g = rng(&label);
         let x: Vec<f64> = f64s(&random(&mut g, batch * net.inputs(), -1.0, 1.0));
@@ -141,10 +148,15 @@ fn finite_difference_gradient_check() {
             Params::from_vec(&net, f64s(&random(&mut g, net.param_count(), -2.0, 2.0))).unwrap();
         let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
         cpu.set_metric(Metric::None).unwrap();
+        cpu.set_dropout_seed(0xfd).unwrap();
         cpu.load_batch(&x, &y).unwrap();
+        let pass = |cpu: &mut CpuBackend<f64>| match dropout {
+            true => cpu.train_pass(3),
+            false => cpu.forward().and_then(|_| cpu.backward()),
+        };
         let mut loss_at = |q: &Params<f64>| {
             cpu.set_params(q).unwrap();
-            cpu.forward().unwrap();
+            pass(&mut cpu).unwrap();
             cpu.take_totals().unwrap().loss()
         };
         // Central differences at h = 1e-6 carry rounding of about
@@ -159,9 +171,13 @@ fn finite_difference_gradient_check() {
             numeric.push((loss_at(&plus) - loss_at(&minus)) / (2.0 * h));
         }
         cpu.set_params(&p).unwrap();
-        cpu.forward().unwrap();
-        cpu.backward().unwrap();
+        pass(&mut cpu).unwrap();
         let analytic = cpu.read_gradients().unwrap();
+        if dropout {
+            // The mask did drop units (else this checks nothing new).
+            let a = cpu.read_activations(1).unwrap();
+            assert!(a.contains(&0.0), "{label}: no unit dropped");
+        }
         assert_close64(
             &format!("{label} ∂L/∂p"),
             &analytic.data,

@@ -420,14 +420,17 @@ fn dropout_layers_parse_print_and_refuse() {
     );
     assert_eq!(Network::parse(&net.spec()).unwrap(), net);
     assert!(net.has_dropout());
+    // After any hidden activation; sigmoid and tanh keep their outputs from
+    // before the mask for the derivative.
+    let net = Network::parse("4,8:tanh:dropout=0.1,6:dropout=0.3,2").unwrap();
+    assert_eq!(net.spec(), "4,8:tanh:dropout=0.1,6:dropout=0.3,2");
+    assert!(net.layers()[0].keeps_undropped() && net.layers()[1].keeps_undropped());
     for bad in [
         "4,8:relu:dropout=1,2",
         "4,8:relu:dropout=-0.1,2",
         "4,8:relu:dropout=nan,2",
         "4,8:relu:dropout=x,2",
         "4,8:relu,2:softmax:dropout=0.1",
-        "4,8:tanh:dropout=0.1,2",
-        "4,8:dropout=0.1,2",
         "4:dropout=0.1,8:relu,2",
     ] {
         match Network::parse(bad) {
@@ -499,15 +502,28 @@ fn dropout_kernel_matches_cpu_twin() {
     }
 }
 
+/// Dropout after relu and linear, and after sigmoid and tanh (whose
+/// derivative comes from the outputs before the mask).
+const DROPOUT_NETS: [&str; 2] = [
+    "6,11:relu:dropout=0.3,7:linear:dropout=0.5,3:softmax",
+    "6,11:sigmoid:dropout=0.3,7:tanh:dropout=0.5,3:softmax",
+];
+
 /// Training steps with dropout on `device` against the f64 reference from
 /// the same seed: the same masks, so the same losses and parameters; and
 /// `forward` alone (eval, predict) does not drop.
 fn dropout_steps_match_reference(device: Device) {
-    let net = Network::parse("6,11:relu:dropout=0.3,7:linear:dropout=0.5,3:softmax").unwrap();
+    for spec in DROPOUT_NETS {
+        dropout_steps_match_reference_on(&device, &Network::parse(spec).unwrap());
+    }
+}
+
+fn dropout_steps_match_reference_on(device: &Device, net: &Network) {
+    let net = net.clone();
     let batch = 9;
     let (x, y) = batch_for(&net, batch, "dropout steps");
     for opt in [Optimizer::default(), Optimizer::new(OptimizerKind::Adam)] {
-        let label = format!("{} dropout {}", device.name(), opt.name());
+        let label = format!("{} {} dropout {}", device.name(), net.spec(), opt.name());
         let mut b = device.backend(&net, batch);
         let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
         b.set_optimizer(&opt).unwrap();
@@ -565,19 +581,36 @@ test_device!(
 );
 
 /// A batch split into micro-batches drops the same units as one whole: the
-/// mask follows the row's index in the batch.
+/// mask follows the row's index in the batch. With both kernel sets, and
+/// after relu, tanh and sigmoid.
 #[test]
 fn dropout_is_the_same_in_micro_batches() {
     let Some(ctx) = gpu_or_skip("dropout_is_the_same_in_micro_batches") else {
         return;
     };
-    use shadertrain::gpu::{GpuBackend, GpuOptions};
-    let net = Network::parse("5,9:relu:dropout=0.4,2").unwrap();
+    use shadertrain::gpu::KernelSet;
+    for (spec, kernels) in [
+        ("5,9:relu:dropout=0.4,2", KernelSet::Tiled),
+        ("5,9:tanh:dropout=0.4,6:dropout=0.3,2", KernelSet::Tiled),
+        ("5,9:tanh:dropout=0.4,6:dropout=0.3,2", KernelSet::Simple),
+    ] {
+        dropout_in_micro_batches(&ctx, &Network::parse(spec).unwrap(), kernels);
+    }
+}
+
+fn dropout_in_micro_batches(
+    ctx: &std::sync::Arc<shadertrain::gpu::GpuContext>,
+    net: &Network,
+    kernels: shadertrain::gpu::KernelSet,
+) {
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet};
+    let net = net.clone();
     let batch = 23;
     let (x, y) = batch_for(&net, batch, "dropout split");
     let run = |max_chunk: Option<usize>| {
         let options = GpuOptions {
             max_chunk,
+            kernels,
             ..GpuOptions::default()
         };
         let mut b = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
@@ -589,7 +622,11 @@ fn dropout_is_the_same_in_micro_batches() {
         }
         b.params().unwrap()
     };
-    let (whole, split) = (run(None), run(Some(8)));
+    // Micro-batches need the tiled set's accumulating gradients.
+    let (whole, split) = (
+        run(None),
+        (kernels == KernelSet::Tiled).then(|| run(Some(8))),
+    );
     let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
     cpu.set_dropout_seed(3).unwrap();
     cpu.set_params(&net.init::<f32>(8).cast()).unwrap();
@@ -598,14 +635,39 @@ fn dropout_is_the_same_in_micro_batches() {
         cpu.step(0.2).unwrap();
     }
     let want = cpu.params().unwrap();
-    assert_close("whole batch", &whole.data, &want.data, 1e-5, 1e-4);
-    assert_close("micro-batches of 8", &split.data, &want.data, 1e-5, 1e-4);
+    let label = format!("{} {kernels:?}", net.spec());
+    assert_close(
+        &format!("{label} whole"),
+        &whole.data,
+        &want.data,
+        1e-5,
+        1e-4,
+    );
+    if let Some(split) = split {
+        assert_close(
+            &format!("{label} in 8s"),
+            &split.data,
+            &want.data,
+            1e-5,
+            1e-4,
+        );
+    }
 }
 
 /// Dropout in whole runs: resumed equals straight bit for bit, and the
-/// checkpoint keeps the layers' dropout.
+/// checkpoint keeps the layers' dropout; after relu, and after tanh and
+/// sigmoid.
 fn dropout_resume_equals_straight(device: Device) {
-    let net = Network::parse("3,12:relu:dropout=0.25,2:softmax").unwrap();
+    for spec in [
+        "3,12:relu:dropout=0.25,2:softmax",
+        "3,12:tanh:dropout=0.25,6:dropout=0.2,2:softmax",
+    ] {
+        dropout_resume_on(&device, &Network::parse(spec).unwrap());
+    }
+}
+
+fn dropout_resume_on(device: &Device, net: &Network) {
+    let net = net.clone();
     let data = clusters(64, "dropout resume");
     let make = |epochs| {
         Trainer::new(device.backend(&net, 16))
@@ -633,7 +695,8 @@ fn dropout_resume_equals_straight(device: Device) {
             .map(|v| v.to_bits())
             .collect::<Vec<_>>()
     };
-    assert_eq!(bits(&mut resumed), bits(&mut straight), "{}", device.name());
+    let label = format!("{} {}", device.name(), net.spec());
+    assert_eq!(bits(&mut resumed), bits(&mut straight), "{label}");
     // Evaluation does not drop: twice the same loss.
     let (a, _) = straight.evaluate(&data).unwrap();
     let (b, _) = straight.evaluate(&data).unwrap();

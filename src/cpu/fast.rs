@@ -4,7 +4,7 @@
 use super::reference::{
     activation_derivative, delta_output, dropout_apply, sample_loss, score, softmax_row,
 };
-use super::state::{shared_backend_methods, State};
+use super::state::{derivative_input, shared_backend_methods, State};
 use crate::backend::Backend;
 use crate::error::{Error, Result, Setting};
 use crate::network::{Activation, Network};
@@ -196,6 +196,9 @@ struct Engine {
     /// Inside a training step, the update it applies (dropout masks are on);
     /// `None` for `forward` and `backward` alone.
     train: Option<u64>,
+    /// Inside a training pass, the staged rows' first row in the step's
+    /// whole batch (a data-parallel shard's offset), which keys their masks.
+    row0: usize,
 }
 
 impl FastCpuBackend {
@@ -223,6 +226,7 @@ impl FastCpuBackend {
                 row_loss: Vec::new(),
                 col_sums: Vec::new(),
                 train: None,
+                row0: 0,
             },
         })
     }
@@ -269,6 +273,20 @@ impl Backend for FastCpuBackend {
     fn backward(&mut self) -> Result<()> {
         self.engine.s.need_batch()?;
         self.on_pool(|e, n| e.deltas_and_gradients(true, n));
+        Ok(())
+    }
+
+    fn train_pass(&mut self, row0: usize) -> Result<()> {
+        self.engine.s.need_batch()?;
+        self.engine.train = Some(self.engine.s.t + 1);
+        self.engine.row0 = row0;
+        self.on_pool(|e, n| {
+            e.forward_layers(n);
+            e.loss(true, n);
+            e.deltas_and_gradients(false, n);
+        });
+        self.engine.train = None;
+        self.engine.row0 = 0;
         Ok(())
     }
 
@@ -336,8 +354,12 @@ impl Engine {
                 }
             });
             if let Some(key) = drop {
+                if let Some(keep) = s.undropped[l + 1].get_mut(..out.len()) {
+                    keep.copy_from_slice(out);
+                }
+                let row0 = self.row0;
                 par_rows(out, ly.n_out, threads, |first, rows| {
-                    dropout_apply(rows, rows.len() / ly.n_out, ly.n_out, first, &key);
+                    dropout_apply(rows, rows.len() / ly.n_out, ly.n_out, row0 + first, &key);
                 });
             }
         }
@@ -426,7 +448,8 @@ impl Engine {
             1.0,
             threads,
         );
-        let a = &s.acts[l][..b * n];
+        // Where the mask dropped A_l, f' from A_l as it was before.
+        let a = derivative_input(&s.acts, &s.undropped, drop.is_some(), l, b * n);
         // The activation of the layer that produced A_l.
         let act = s.net.activation(l - 1);
         par_rows(d, n, threads, |first, rows| {
@@ -438,8 +461,9 @@ impl Engine {
             });
         });
         if let Some(key) = drop {
+            let row0 = self.row0;
             par_rows(d, n, threads, |first, rows| {
-                dropout_apply(rows, rows.len() / n, n, first, &key);
+                dropout_apply(rows, rows.len() / n, n, row0 + first, &key);
             });
         }
     }

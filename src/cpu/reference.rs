@@ -18,7 +18,7 @@
 //! `shaders/` compute exactly these formulas, and the tests compare the two
 //! on random data.
 
-use super::state::{shared_backend_methods, State};
+use super::state::{derivative_input, shared_backend_methods, State};
 use crate::backend::{argmax, Backend, Metric};
 use crate::error::Result;
 use crate::network::{Activation, Loss, Network, Real, CE_CLAMP};
@@ -386,8 +386,9 @@ impl DropoutKey {
 /// Inverted dropout of `v (rows, n)`, rows `row0..row0 + rows` of the batch,
 /// in place (twin of `dropout_apply`): kept values times `1/(1 − p)`, the
 /// others 0. The forward pass applies it to a hidden layer's outputs, the
-/// backward pass the same mask to its deltas (a relu or linear layer, whose
-/// derivative from the dropped output is the derivative where kept).
+/// backward pass the same mask to its deltas, whose activation derivative
+/// it takes from the outputs before the mask
+/// ([`crate::network::Layer::keeps_undropped`]).
 // v: (rows, n)
 pub fn dropout_apply<T: Real>(v: &mut [T], rows: usize, n: usize, row0: usize, key: &DropoutKey) {
     let scale = T::from(key.scale).unwrap_or_else(T::nan);
@@ -515,26 +516,31 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn forward(&mut self) -> Result<()> {
-        self.forward_pass(None)
+        self.forward_pass(None, 0)
     }
 
     fn backward(&mut self) -> Result<()> {
-        self.backward_pass(None)
+        self.backward_pass(None, 0)
+    }
+
+    fn train_pass(&mut self, row0: usize) -> Result<()> {
+        let t = Some(self.s.t + 1);
+        self.forward_pass(t, row0)?;
+        self.backward_pass(t, row0)
     }
 
     /// Forward, backward with dropout (if the network has any), update.
     fn step(&mut self, lr: f32) -> Result<()> {
-        let t = Some(self.s.t + 1);
-        self.forward_pass(t)?;
-        self.backward_pass(t)?;
+        self.train_pass(0)?;
         self.s.update(lr)
     }
 }
 
 impl<T: Real> CpuBackend<T> {
     /// The forward pass; while training (`t`: the update the step applies),
-    /// with each dropout layer's mask on its outputs.
-    fn forward_pass(&mut self, t: Option<u64>) -> Result<()> {
+    /// with each dropout layer's mask on its outputs, the staged rows being
+    /// rows `row0..` of the step's batch.
+    fn forward_pass(&mut self, t: Option<u64>, row0: usize) -> Result<()> {
         let s = &mut self.s;
         s.need_batch()?;
         let b = s.batch;
@@ -551,7 +557,11 @@ impl<T: Real> CpuBackend<T> {
                 ly.act,
             );
             if let Some(key) = s.dropout_key(t, l) {
-                dropout_apply(&mut s.acts[l + 1], b, ly.n_out, 0, &key);
+                let out = &mut s.acts[l + 1][..b * ly.n_out];
+                if let Some(keep) = s.undropped[l + 1].get_mut(..out.len()) {
+                    keep.copy_from_slice(out);
+                }
+                dropout_apply(out, b, ly.n_out, row0, &key);
             }
         }
         let no = s.net.outputs();
@@ -568,8 +578,9 @@ impl<T: Real> CpuBackend<T> {
         Ok(())
     }
 
-    /// The backward pass; while training, each dropout layer's mask on its deltas.
-    fn backward_pass(&mut self, t: Option<u64>) -> Result<()> {
+    /// The backward pass; while training, each dropout layer's mask on its
+    /// deltas, and its derivative from the outputs before the mask.
+    fn backward_pass(&mut self, t: Option<u64>, row0: usize) -> Result<()> {
         let s = &mut self.s;
         s.need_batch()?;
         let b = s.batch;
@@ -586,11 +597,12 @@ impl<T: Real> CpuBackend<T> {
         // Hidden deltas from the top down, with the weights from before the update.
         for l in (1..last).rev() {
             let (n, n_next) = (layers[l - 1].n_out, layers[l].n_out);
+            let dropped = s.dropout_key(t, l - 1).is_some();
             let (lo, hi) = s.deltas.split_at_mut(l + 1);
             delta_hidden(
                 s.params.weights(l),
                 &hi[0][..b * n_next],
-                &s.acts[l][..b * n],
+                derivative_input(&s.acts, &s.undropped, dropped, l, b * n),
                 &mut lo[l][..b * n],
                 b,
                 n,
@@ -598,7 +610,7 @@ impl<T: Real> CpuBackend<T> {
                 layers[l - 1].act,
             );
             if let Some(key) = s.dropout_key(t, l - 1) {
-                dropout_apply(&mut s.deltas[l], b, n, 0, &key);
+                dropout_apply(&mut s.deltas[l], b, n, row0, &key);
             }
         }
         for (l, ly) in layers.iter().enumerate() {

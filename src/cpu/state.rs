@@ -15,6 +15,23 @@ use crate::error::{Error, Result, Setting};
 use crate::network::{Network, Params, Real};
 use crate::optim::{check_state_len, Optimizer, OptimizerKind};
 
+/// What the backward pass takes activation `l`'s derivative from, its first
+/// `n` values: the outputs from before the mask where the pass `dropped`
+/// them and the layer keeps those (`undropped[l]` not empty), else the
+/// activations. (Fields of [`State`], so the deltas can be borrowed beside.)
+pub(crate) fn derivative_input<'a, T>(
+    acts: &'a [Vec<T>],
+    undropped: &'a [Vec<T>],
+    dropped: bool,
+    l: usize,
+    n: usize,
+) -> &'a [T] {
+    match dropped && !undropped[l].is_empty() {
+        true => &undropped[l][..n],
+        false => &acts[l][..n],
+    }
+}
+
 /// The buffers, optimiser and totals of a CPU backend.
 pub(crate) struct State<T: Real> {
     pub(crate) net: Network,
@@ -28,6 +45,11 @@ pub(crate) struct State<T: Real> {
     pub(crate) acts: Vec<Vec<T>>,
     /// `deltas[l]`: `(capacity, sizes[l])`; `deltas[0]` is unused.
     pub(crate) deltas: Vec<Vec<T>>,
+    /// `undropped[l]`: `(capacity, sizes[l])` where dense layer `l − 1`
+    /// keeps its outputs from before the dropout mask
+    /// ([`crate::network::Layer::keeps_undropped`]), for the derivative;
+    /// empty elsewhere.
+    pub(crate) undropped: Vec<Vec<T>>,
     /// Targets, `(capacity, outputs)`.
     pub(crate) y: Vec<T>,
     pub(crate) totals: Totals,
@@ -51,10 +73,13 @@ impl<T: Real> State<T> {
         }
         let size = std::mem::size_of::<T>();
         let values: usize = net.sizes().iter().sum();
+        let kept = |l: &crate::network::Layer| if l.keeps_undropped() { l.n_out } else { 0 };
+        let undropped: usize = net.layers().iter().map(kept).sum();
         let p = net.param_count();
         let need = crate::memory::bytes(&[
             (p, 2 * size),
             (capacity, values.saturating_mul(2).saturating_mul(size)),
+            (capacity, undropped.saturating_mul(size)),
             (capacity, net.outputs() * size),
         ]);
         let what = format!("the CPU backend for {} at batch {capacity}", net.describe());
@@ -69,6 +94,9 @@ impl<T: Real> State<T> {
             grads: Params::zeros(net),
             acts: net.sizes().iter().map(|&n| per(n)).collect(),
             deltas: net.sizes().iter().map(|&n| per(n)).collect(),
+            undropped: std::iter::once(Vec::new())
+                .chain(net.layers().iter().map(|l| per(kept(l))))
+                .collect(),
             y: per(net.outputs()),
             totals: Totals::default(),
             optim: Optimizer::default(),

@@ -96,8 +96,10 @@ pub struct GpuBackend {
     dropout: Option<Dropout>,
     /// Seeds the dropout masks.
     dropout_seed: u64,
-    /// Recording a training step: dropout is on.
-    training: bool,
+    /// Recording a training pass (dropout on): the update whose masks it
+    /// draws, and the staged batch's first row in the step's whole batch
+    /// (a data-parallel shard's offset; 0 for a whole step).
+    training: Option<(u64, usize)>,
     /// Commands recorded since the last submit.
     pending: Option<wgpu::CommandEncoder>,
     /// Submissions not yet known to be finished, oldest first.
@@ -166,7 +168,10 @@ impl GpuBackend {
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
-        let dropout = Dropout::new(&ctx, net, &buf)?;
+        let delta_hidden = tiled
+            .as_ref()
+            .map_or(&kernels.delta_hidden, |t| &t.delta_hidden);
+        let dropout = Dropout::new(&ctx, net, &buf, delta_hidden)?;
         let mut backend = GpuBackend {
             ctx,
             kernels,
@@ -186,7 +191,7 @@ impl GpuBackend {
             clip: None,
             dropout,
             dropout_seed: 0,
-            training: false,
+            training: None,
             pending: None,
             in_flight: VecDeque::new(),
         };
@@ -333,7 +338,7 @@ impl GpuBackend {
             groups: &self.groups,
             update: self.update.as_ref(),
             clip: self.clip.as_ref(),
-            dropout: self.dropout.as_ref().filter(|_| self.training),
+            dropout: self.dropout.as_ref().filter(|_| self.training.is_some()),
             net: &self.net,
             rows: self.dims_rows,
             splits: &self.splits,
@@ -457,8 +462,14 @@ impl GpuBackend {
     /// In a training step, the dropout uniforms for the staged rows, which
     /// start at row `row0` of the batch; lands before the next submit.
     fn write_dropout(&self, row0: usize) {
-        if let Some(d) = self.dropout.as_ref().filter(|_| self.training) {
-            d.write(&self.ctx, self.dropout_seed, self.t, self.dims_rows, row0);
+        if let (Some(d), Some((t, first))) = (&self.dropout, self.training) {
+            d.write(
+                &self.ctx,
+                self.dropout_seed,
+                t,
+                self.dims_rows,
+                first + row0,
+            );
         }
     }
 
@@ -710,14 +721,31 @@ impl Backend for GpuBackend {
         if self.host.is_some() {
             self.clear_grads();
         }
-        self.training = true;
+        self.training = Some((self.t, 0));
         self.write_dropout(0);
         let ran = self.run(stages);
-        self.training = false;
+        self.training = None;
         ran?;
         if self.host.is_some() {
             self.record(Stage::Update)?;
         }
+        self.flush()
+    }
+
+    /// A step's stages without the update: the forward (loss counted), then
+    /// the deltas and gradients into grads, accumulated over micro-batches.
+    fn train_pass(&mut self, row0: usize) -> Result<()> {
+        self.need_batch()?;
+        let stages = step_stages(self.tiled.is_some(), true, true);
+        let n = stages.iter().take_while(|&&s| s != Stage::Update).count();
+        if self.host.is_some() {
+            self.clear_grads();
+        }
+        self.training = Some((self.t + 1, row0));
+        self.write_dropout(0);
+        let ran = self.run(&stages[..n]);
+        self.training = None;
+        ran?;
         self.flush()
     }
 

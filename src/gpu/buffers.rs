@@ -356,8 +356,7 @@ fn layer_groups(
     };
     let dims = &b.dims[l];
     let (delta, a_prev, a) = (&b.deltas[l + 1], &b.acts[l], &b.acts[l + 1]);
-    // Hidden layers: deltas[l + 1] from deltas[l + 2] through W_{l + 1}.
-    let hidden = (l + 1 < last).then(|| [dims, &b.params, &b.deltas[l + 2], a, delta]);
+    let hidden = (l + 1 < last).then(|| delta_hidden_buffers(b, l, a));
     let gradient_buffers: &[&wgpu::Buffer] = match tiled {
         None => &[dims, delta, a_prev, &b.grads],
         Some(_) => &[
@@ -376,6 +375,17 @@ fn layer_groups(
         delta_hidden: hidden.map(|g| delta_hidden.bind(dev, &g)).transpose()?,
         gradient: gradient.bind(dev, gradient_buffers)?,
     })
+}
+
+/// What `delta_hidden` (simple or tiled) binds for hidden layer `l`:
+/// deltas[l + 1] from deltas[l + 2] through W_{l + 1}, with `f'` taken from
+/// `a` (acts[l + 1], or dropout's copy of it from before the mask).
+pub(super) fn delta_hidden_buffers<'b>(
+    b: &'b Buffers,
+    l: usize,
+    a: &'b wgpu::Buffer,
+) -> [&'b wgpu::Buffer; 5] {
+    [&b.dims[l], &b.params, &b.deltas[l + 2], a, &b.deltas[l + 1]]
 }
 
 /// What `momentum_update` or `adam_update` binds besides params and grads.

@@ -5,8 +5,14 @@
 //! seed, the update, the row's index in the whole batch, the layer and the
 //! unit ([`crate::cpu::DropoutKey`]), so it is the CPU's bit for bit and
 //! does not depend on how a batch is split into micro-batches.
+//!
+//! A layer whose derivative is taken from its output (sigmoid, tanh:
+//! [`crate::network::Layer::keeps_undropped`]) runs `dropout_keep` instead,
+//! which copies the outputs to its own `undropped (capacity, n)` buffer
+//! before masking them, and its hidden delta in a training step binds that
+//! buffer for `f'` in place of the activations.
 
-use super::buffers::{uniform, Buffers};
+use super::buffers::{delta_hidden_buffers, storage_buffer, uniform, Buffers};
 use super::context::GpuContext;
 use super::kernels::{grid_1d, Kernel, KernelKind, KernelSpec, Slot, TileConfig};
 use super::readback;
@@ -77,46 +83,95 @@ pub const DROPOUT_APPLY: KernelSpec = KernelSpec {
     kind: KernelKind::ElementWise,
 };
 
+/// `dropout_apply` that first copies each value to `undropped`: drop,
+/// values, undropped (rows, n).
+pub const DROPOUT_KEEP: KernelSpec = KernelSpec {
+    entry: "dropout_keep",
+    bindings: &[
+        Slot::Uniform(std::mem::size_of::<DropUniform>() as u64),
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ],
+    ..DROPOUT_APPLY
+};
+
+/// A layer's copy of its outputs from before the mask, and the hidden
+/// delta's bind group that reads `f'` from it.
+struct Undropped {
+    _buffer: wgpu::Buffer,
+    delta_hidden: wgpu::BindGroup,
+}
+
 /// One dropout layer's uniform and its two bind groups.
 struct DropLayer {
     l: usize,
     n: usize,
     p: f32,
     uniform: wgpu::Buffer,
+    /// Over its outputs: `dropout_apply`, or `dropout_keep` with `undropped`.
     acts: wgpu::BindGroup,
     deltas: wgpu::BindGroup,
+    undropped: Option<Undropped>,
 }
 
-/// The dropout kernel and every dropout layer's buffers; made with the
+/// The dropout kernels and every dropout layer's buffers; made with the
 /// backend when its network has dropout.
 pub(super) struct Dropout {
-    pub kernel: Kernel,
+    apply: Kernel,
+    keep: Kernel,
     layers: Vec<DropLayer>,
 }
 
 impl Dropout {
-    /// `None` for a network without dropout.
-    pub fn new(ctx: &GpuContext, net: &Network, buf: &Buffers) -> Result<Option<Dropout>> {
+    /// `None` for a network without dropout. `delta_hidden` is the kernel
+    /// set's hidden-delta kernel (simple or tiled), bound here over the
+    /// undropped outputs of the layers that keep them.
+    pub fn new(
+        ctx: &GpuContext,
+        net: &Network,
+        buf: &Buffers,
+        delta_hidden: &Kernel,
+    ) -> Result<Option<Dropout>> {
         if !net.has_dropout() {
             return Ok(None);
         }
-        let kernel = Kernel::new(&ctx.device, DROPOUT_APPLY, &TileConfig::SMALL)?;
+        let dev = &ctx.device;
+        let apply = Kernel::new(dev, DROPOUT_APPLY, &TileConfig::SMALL)?;
+        let keep = Kernel::new(dev, DROPOUT_KEEP, &TileConfig::SMALL)?;
         let mut layers = Vec::new();
         for (l, ly) in net.layers().iter().enumerate() {
             if ly.dropout <= 0.0 {
                 continue;
             }
             let u = uniform(ctx, "dropout", &DropUniform::default())?;
+            let (acts, undropped) = if ly.keeps_undropped() {
+                let none = wgpu::BufferUsages::empty();
+                let b = storage_buffer(ctx, "undropped outputs", buf.capacity * ly.n_out, none)?;
+                let group = delta_hidden.bind(dev, &delta_hidden_buffers(buf, l, &b))?;
+                let acts = keep.bind(dev, &[&u, &buf.acts[l + 1], &b])?;
+                let undropped = Undropped {
+                    _buffer: b,
+                    delta_hidden: group,
+                };
+                (acts, Some(undropped))
+            } else {
+                (apply.bind(dev, &[&u, &buf.acts[l + 1]])?, None)
+            };
             layers.push(DropLayer {
                 l,
                 n: ly.n_out,
                 p: ly.dropout,
-                acts: kernel.bind(&ctx.device, &[&u, &buf.acts[l + 1]])?,
-                deltas: kernel.bind(&ctx.device, &[&u, &buf.deltas[l + 1]])?,
+                acts,
+                deltas: apply.bind(dev, &[&u, &buf.deltas[l + 1]])?,
+                undropped,
                 uniform: u,
             });
         }
-        Ok(Some(Dropout { kernel, layers }))
+        Ok(Some(Dropout {
+            apply,
+            keep,
+            layers,
+        }))
     }
 
     /// Every layer's uniform for update `t` of a run seeded `seed`, with
@@ -130,11 +185,22 @@ impl Dropout {
         }
     }
 
-    /// The bind group over layer `l`'s outputs (`deltas`: its deltas) and
-    /// its width, if it drops.
-    pub fn group(&self, l: usize, deltas: bool) -> Option<(&wgpu::BindGroup, usize)> {
+    /// The kernel and bind group over layer `l`'s outputs (`deltas`: its
+    /// deltas) and its width, if it drops.
+    pub fn group(&self, l: usize, deltas: bool) -> Option<(&Kernel, &wgpu::BindGroup, usize)> {
         let d = self.layers.iter().find(|d| d.l == l)?;
-        Some((if deltas { &d.deltas } else { &d.acts }, d.n))
+        Some(match (deltas, &d.undropped) {
+            (true, _) => (&self.apply, &d.deltas, d.n),
+            (false, None) => (&self.apply, &d.acts, d.n),
+            (false, Some(_)) => (&self.keep, &d.acts, d.n),
+        })
+    }
+
+    /// Hidden layer `l`'s delta bind group reading `f'` from its undropped
+    /// outputs, if it keeps them.
+    pub fn delta_hidden(&self, l: usize) -> Option<&wgpu::BindGroup> {
+        let d = self.layers.iter().find(|d| d.l == l)?;
+        d.undropped.as_ref().map(|u| &u.delta_hidden)
     }
 }
 
@@ -151,8 +217,7 @@ pub fn dropout_on_device(
 ) -> Result<Vec<f32>> {
     let dev = &ctx.device;
     let kernel = Kernel::new(dev, DROPOUT_APPLY, &TileConfig::SMALL)?;
-    let buf =
-        super::buffers::storage_buffer(ctx, "values", values.len(), wgpu::BufferUsages::COPY_DST)?;
+    let buf = storage_buffer(ctx, "values", values.len(), wgpu::BufferUsages::COPY_DST)?;
     ctx.queue
         .write_buffer(&buf, 0, bytemuck::cast_slice(values));
     let u = uniform(ctx, "dropout", &DropUniform::new(key, rows, n, row0))?;

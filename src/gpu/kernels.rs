@@ -508,6 +508,7 @@ pub const ALL: &[KernelSpec] = &[
     super::clip::CLIP_FINISH,
     super::clip::CLIP_APPLY,
     super::dropout::DROPOUT_APPLY,
+    super::dropout::DROPOUT_KEEP,
 ];
 
 /// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).

@@ -5,12 +5,14 @@
 //!
 //! A step is three stages ([`step_stages`]):
 //! 1. **Forward**: per layer `a[l + 1] = f(a[l]·Wᵀ + b)` (in a training
-//!    step, then `dropout_apply` on a dropout layer's outputs), softmax on the
+//!    step, then `dropout_apply` on a dropout layer's outputs, or
+//!    `dropout_keep`, which keeps a sigmoid or tanh layer's), softmax on the
 //!    output row if the network has one, then the loss into the totals
 //!    (tiled: fused with the output delta).
 //! 2. **Backward**: the output delta (unless the forward wrote it), the hidden
 //!    deltas from the top down (each dropout layer's followed by
-//!    `dropout_apply`, the same mask), and every layer's gradient. Tiled, layer by
+//!    `dropout_apply`, the same mask; `f'` from the kept outputs where
+//!    kept), and every layer's gradient. Tiled, layer by
 //!    layer from the top: the delta below (from the old `W`), then the
 //!    gradient, with plain SGD applied in the same pass.
 //! 3. **Update**: with gradient clipping, first its three dispatches over the
@@ -220,7 +222,7 @@ impl<'a> Schedule<'a> {
     fn hidden_deltas(&self, f: Sink<'_, 'a>) -> Result<()> {
         let layers = self.net.layers();
         for l in (0..layers.len() - 1).rev() {
-            if let Some(g) = &self.groups.layers[l].delta_hidden {
+            if let Some(g) = self.delta_hidden_group(l) {
                 let n = self.rows * layers[l].n_out;
                 f(self.elementwise(&self.kernels.delta_hidden, g, n, Some(l))?)?;
                 self.drop(l, true, f)?;
@@ -257,7 +259,7 @@ impl<'a> Schedule<'a> {
         let layers = self.net.layers();
         for l in (0..layers.len()).rev() {
             if let Some(h) = l.checked_sub(1) {
-                if let Some(g) = &self.groups.layers[h].delta_hidden {
+                if let Some(g) = self.delta_hidden_group(h) {
                     f(Dispatch {
                         kernel: &t.delta_hidden,
                         group: g,
@@ -310,9 +312,19 @@ impl<'a> Schedule<'a> {
             return Ok(());
         };
         match d.group(l, deltas) {
-            Some((group, n)) => f(self.elementwise(&d.kernel, group, self.rows * n, Some(l))?),
+            Some((kernel, group, n)) => {
+                f(self.elementwise(kernel, group, self.rows * n, Some(l))?)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Hidden layer `l`'s delta bind group: in a training step where the
+    /// layer keeps its outputs from before dropout, the one reading `f'`
+    /// from those.
+    fn delta_hidden_group(&self, l: usize) -> Option<&'a wgpu::BindGroup> {
+        let undropped = self.dropout.and_then(|d| d.delta_hidden(l));
+        undropped.or(self.groups.layers[l].delta_hidden.as_ref())
     }
 
     /// One invocation per element of `n`.

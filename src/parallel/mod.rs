@@ -348,6 +348,8 @@ pub enum Job {
     SetOptimizer(Optimizer),
     /// [`Backend::set_optimizer_state`].
     SetOptimizerState(u64, Arc<Vec<f32>>),
+    /// [`Backend::set_dropout_seed`].
+    SetDropoutSeed(u64),
     /// [`Backend::params`].
     Params,
     /// [`Backend::optimizer_state`].
@@ -360,7 +362,9 @@ pub enum Job {
     Forward(Batch),
     /// Per shard: backward (after a forward of it); replies with its gradients.
     Backward(Batch),
-    /// Per shard: load, forward, backward; replies with totals and gradients.
+    /// Per shard: load it and run a training pass ([`Backend::train_pass`]:
+    /// dropout keyed on the shard's rows in the whole batch); replies with
+    /// totals and gradients.
     Step(Batch),
     /// Per shard: its rows of a layer's activations or deltas.
     Read(Batch, Layer),
@@ -485,6 +489,7 @@ impl Worker {
             Job::SetMetric(m) => b.set_metric(*m)?,
             Job::SetOptimizer(o) => b.set_optimizer(o)?,
             Job::SetOptimizerState(t, s) => b.set_optimizer_state(*t, s)?,
+            Job::SetDropoutSeed(seed) => b.set_dropout_seed(*seed)?,
             Job::Params => return Ok(Reply::Params(b.params()?)),
             Job::OptimizerState => {
                 let (t, s) = b.optimizer_state()?;
@@ -508,10 +513,8 @@ impl Worker {
 
     /// A per-shard job on shard `k` of `p`; an empty shard computes nothing.
     pub fn run_shard(&mut self, job: &Job, k: usize, p: usize) -> Result<Reply> {
-        let (batch, step) = match job {
-            Job::Forward(b) | Job::Backward(b) | Job::Step(b) | Job::Read(b, _) => {
-                (b, matches!(job, Job::Step(_)))
-            }
+        let batch = match job {
+            Job::Forward(b) | Job::Backward(b) | Job::Step(b) | Job::Read(b, _) => b,
             other => return self.run(other),
         };
         if batch.shard(k, p).2 == 0 {
@@ -526,13 +529,22 @@ impl Worker {
             backward: false,
         };
         match job {
-            Job::Forward(_) | Job::Step(_) => {
+            Job::Forward(_) => {
                 let totals = self.forward(batch, here, k, p)?;
-                if !step {
-                    return Ok(Reply::Shard(totals, None));
-                }
-                let g = self.backward()?;
-                Ok(Reply::Shard(totals, Some(g)))
+                Ok(Reply::Shard(totals, None))
+            }
+            Job::Step(_) => {
+                self.staged = None;
+                let (x, y, _) = batch.shard(k, p);
+                self.backend.load_batch(x, y)?;
+                self.backend
+                    .train_pass(shard_bounds(batch.rows, p, k).start)?;
+                let totals = self.backend.take_totals()?;
+                self.staged = Some(Staged {
+                    backward: true,
+                    ..here
+                });
+                Ok(Reply::Shard(totals, Some(self.backend.read_gradients()?)))
             }
             Job::Backward(_) => {
                 self.ensure(batch, here, k, p)?;
@@ -846,6 +858,12 @@ impl Backend for DataParallel {
         crate::backend::check_params(&self.net, g)?;
         self.grads = Some(g.clone());
         Ok(())
+    }
+
+    /// Every worker's; each keys a shard's masks on its rows in the whole
+    /// batch, so P workers drop the units one device drops.
+    fn set_dropout_seed(&mut self, seed: u64) -> Result<()> {
+        self.all(Job::SetDropoutSeed(seed))
     }
 
     fn set_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
