@@ -3,36 +3,42 @@
 //! with the training and, when there is one, the validation curve; labels
 //! at whole epochs, a marker at each epoch where there are few, the legend
 //! in a row of its own above the panels, and with a schedule or warmup the
-//! learning rate of every step on a secondary axis of the loss panel. And
-//! the LR range test's loss against learning rate (`lr-find --plot`).
+//! learning rate of every step on a secondary axis of the loss panel. When
+//! epochs hold many steps, the loss panel also shows the training loss per
+//! step, smoothed ([`StepCurve`], fed by the run's step records). And the
+//! LR range test's loss against learning rate (`lr-find --plot`).
 //!
 //! Text is set in DejaVu Sans, embedded through the `dejavu` crate, so a PNG
 //! renders the same on a machine with no fonts installed (CI).
 
 use crate::error::{Error, Result, Setting};
+use crate::metrics::{MetricsSink, StepRecord};
 use crate::train::EpochStats;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 const SIZE: (u32, u32) = (1200, 480);
 
 /// Draws `history` into `path` (`.png` or `.svg`), written through a
 /// temporary file and a rename, like every output.
 pub fn plot_history(path: &Path, title: &str, history: &[EpochStats]) -> Result<()> {
-    plot_run(path, title, history, None)
+    plot_run(path, title, history, None, None)
 }
 
 /// [`plot_history`], with the learning rate of every step, `(epoch, lr)`
 /// points where step `s` of `S` in epoch `e` sits at `e − 1 + s/S`, drawn on
 /// a secondary axis of the loss panel (give it when a schedule or warmup
-/// changes the rate).
+/// changes the rate), and the smoothed training loss per step, `(epoch,
+/// loss)` points on the same axis ([`StepCurve::series`]), drawn under the
+/// per-epoch curve.
 pub fn plot_run(
     path: &Path,
     title: &str,
     history: &[EpochStats],
     lr: Option<&[(f64, f64)]>,
+    steps: Option<&[(f64, f64)]>,
 ) -> Result<()> {
     let ext = check_path(path)?;
     if history.is_empty() {
@@ -49,6 +55,7 @@ pub fn plot_run(
             title,
             history,
             lr,
+            steps,
         )
     } else {
         draw(
@@ -56,6 +63,7 @@ pub fn plot_run(
             title,
             history,
             lr,
+            steps,
         )
     };
     // Dropped on an error, the temporary file is removed.
@@ -219,6 +227,8 @@ type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const ORANGE: RGBColor = RGBColor(255, 127, 14);
 const GREEN: RGBColor = RGBColor(44, 160, 44);
+/// The per-step curve: the training colour, lighter.
+const LIGHT_BLUE: RGBColor = RGBColor(140, 190, 228);
 /// Height of the legend row between the title and the panels.
 const LEGEND: u32 = 30;
 /// Up to this many points a curve also gets a marker at each.
@@ -229,6 +239,7 @@ fn draw<DB: DrawingBackend>(
     title: &str,
     history: &[EpochStats],
     lr: Option<&[(f64, f64)]>,
+    steps: Option<&[(f64, f64)]>,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
     let root = root.titled(title, ("sans-serif", 22)).map_err(plot_err)?;
@@ -257,15 +268,19 @@ fn draw<DB: DrawingBackend>(
         .filter(|s| !s.2.is_empty())
         .map(|s| (s.0.to_string(), s.1))
         .collect();
+    let steps = steps.filter(|s| !s.is_empty());
+    if steps.is_some() {
+        keys.insert(1, ("training per step (smoothed)".into(), LIGHT_BLUE));
+    }
     let lr = lr.filter(|l| !l.is_empty());
     if lr.is_some() {
         keys.push(("learning rate (right axis)".into(), GREEN));
     }
     draw_legend(&legend, &keys)?;
     let (left, right) = panels.split_horizontally(SIZE.0 / 2);
-    panel(&left, "loss", &loss, false, lr)?;
+    panel(&left, "loss", &loss, false, lr, steps)?;
     if acc.iter().any(|(_, _, p)| !p.is_empty()) {
-        panel(&right, "accuracy (%)", &acc, true, None)?;
+        panel(&right, "accuracy (%)", &acc, true, None, None)?;
     }
     root.present().map_err(plot_err)
 }
@@ -306,10 +321,16 @@ fn panel<DB: DrawingBackend>(
     series: &[Series],
     percent: bool,
     lr: Option<&[(f64, f64)]>,
+    steps: Option<&[(f64, f64)]>,
 ) -> Result<()> {
     let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, _, p)| p.clone()).collect();
     let x_max = all.iter().map(|p| p.0).fold(1.0, f64::max);
     let x_min = all.iter().map(|p| p.0).fold(x_max, f64::min);
+    // The y range holds the per-step curve too (x: it starts inside the first epoch).
+    let all: Vec<(f64, f64)> = all
+        .into_iter()
+        .chain(steps.unwrap_or(&[]).to_vec())
+        .collect();
     let (y_lo, y_hi) = if percent {
         let lo = all.iter().map(|p| p.1).fold(100.0, f64::min);
         ((lo - 5.0).max(0.0), 100.0)
@@ -319,7 +340,11 @@ fn panel<DB: DrawingBackend>(
     };
     // Epochs are whole numbers: half an epoch of room each side (the step
     // rates start at epoch 0), and a label at integers only.
-    let x_lo = if lr.is_some() { 0.0 } else { x_min - 0.5 };
+    let x_lo = if lr.is_some() || steps.is_some() {
+        (x_min - 1.0).max(0.0)
+    } else {
+        x_min - 0.5
+    };
     let x_range = x_lo..x_max + 0.5;
     let epochs = (x_max - x_min) as usize + 1;
     let chart = ChartBuilder::on(area)
@@ -329,8 +354,10 @@ fn panel<DB: DrawingBackend>(
         .right_y_label_area_size(if lr.is_some() { 80 } else { 0 })
         .build_cartesian_2d(x_range.clone(), y_lo..y_hi)
         .map_err(plot_err)?;
+    // Epoch 0 (the start) is labelled where a curve reaches it.
+    let first = if x_lo == 0.0 { 0.0 } else { x_min };
     let integer = |x: &f64| {
-        if (x - x.round()).abs() < 1e-6 && *x >= x_min - 1e-6 {
+        if (x - x.round()).abs() < 1e-6 && *x >= first - 1e-6 {
             format!("{}", x.round() as i64)
         } else {
             String::new()
@@ -350,6 +377,10 @@ fn panel<DB: DrawingBackend>(
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(plot_err)?;
+        if let Some(steps) = steps {
+            let line = LineSeries::new(steps.to_vec(), LIGHT_BLUE.stroke_width(2));
+            chart.draw_series(line).map_err(plot_err)?;
+        }
         for (_, color, points) in series.iter().filter(|s| !s.2.is_empty()) {
             let c = *color;
             chart
@@ -381,4 +412,170 @@ fn panel<DB: DrawingBackend>(
         .draw_secondary_series(LineSeries::new(lr.to_vec(), GREEN.stroke_width(2)))
         .map_err(plot_err)?;
     Ok(())
+}
+
+/// Fewest steps per epoch for which the per-step curve is drawn: with
+/// fewer, the per-epoch curve says as much.
+pub const STEP_CURVE_MIN_STEPS: usize = 8;
+/// Most points a [`StepCurve`] keeps: past it, every other one is dropped
+/// and later records are kept at twice the stride, so memory stays bounded
+/// however long the run.
+pub const STEP_CURVE_MAX_POINTS: usize = 4000;
+
+/// The training loss per step, smoothed, from a run's [`StepRecord`]s.
+///
+/// A record carries the epoch's running mean loss `L_s` after step `s`.
+/// Steps hold `batch` rows (the last of an epoch what remains), so the
+/// running sum `L_s · rows(s)` is known, and the mean loss of the steps
+/// since the previous record is the difference of two running sums over
+/// the rows between them. An exponential moving average over steps, with
+/// bias correction (`ema / (1 − β^n)`, so the curve starts at the first
+/// losses rather than at 0), smooths those means; each point sits at
+/// `e − 1 + s/S` on the epoch axis. Feed it by [`StepCurve::record`], or
+/// hand a shared one to [`crate::Trainer::log_to`].
+#[derive(Debug, Clone)]
+pub struct StepCurve {
+    /// Rows of a full step, and of an epoch.
+    batch: usize,
+    rows: usize,
+    /// Steps per epoch.
+    steps: usize,
+    /// The moving average's decay per step (0: no smoothing).
+    beta: f64,
+    /// The last record: epoch, step, running sum `L_s · rows(s)`.
+    last: Option<(usize, usize, f64)>,
+    /// The moving average and its weight `1 − β^n`.
+    ema: f64,
+    weight: f64,
+    /// Records seen, and the stride at which they are kept.
+    seen: usize,
+    stride: usize,
+    points: Vec<(f64, f64)>,
+    /// The latest point, kept or not, so the curve reaches the run's end.
+    latest: Option<(f64, f64)>,
+}
+
+impl StepCurve {
+    /// For a run of `epochs` epochs over `rows` samples in steps of `batch`
+    /// rows; smoothed over a two-hundredth of the run's steps, at least 10
+    /// (longer lags the per-epoch curve visibly on long runs).
+    pub fn new(batch: usize, rows: usize, epochs: usize) -> StepCurve {
+        let batch = batch.clamp(1, rows.max(1));
+        let steps = rows.max(1).div_ceil(batch);
+        let total = steps.saturating_mul(epochs.max(1));
+        StepCurve {
+            batch,
+            rows: rows.max(1),
+            steps,
+            beta: 0.0,
+            last: None,
+            ema: 0.0,
+            weight: 0.0,
+            seen: 0,
+            stride: 1,
+            points: Vec::new(),
+            latest: None,
+        }
+        .smoothing((total as f64 / 200.0).max(10.0))
+    }
+
+    /// Smooth over a time constant of `tau` steps (`β = e^(−1/τ)`); below 1,
+    /// not at all (each point the mean of its interval).
+    pub fn smoothing(mut self, tau: f64) -> StepCurve {
+        self.beta = if tau >= 1.0 { (-1.0 / tau).exp() } else { 0.0 };
+        self
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps
+    }
+
+    /// Rows in the first `s` steps of an epoch.
+    fn rows_at(&self, s: usize) -> usize {
+        s.saturating_mul(self.batch).min(self.rows)
+    }
+
+    /// Adds a step record: the mean loss of the steps since the previous
+    /// record of its epoch (or since the epoch began) into the average.
+    pub fn record(&mut self, r: &StepRecord) {
+        let now = self.rows_at(r.step);
+        let sum = r.loss * now as f64;
+        let (prev_step, prev_sum) = match self.last {
+            Some((e, s, sum)) if e == r.epoch && s < r.step => (s, sum),
+            _ => (0, 0.0),
+        };
+        self.last = Some((r.epoch, r.step, sum));
+        let between = now.saturating_sub(self.rows_at(prev_step));
+        let mean = (sum - prev_sum) / between as f64;
+        if between == 0 || !mean.is_finite() {
+            return;
+        }
+        // The interval's steps each add its mean: β^k for k steps.
+        let decay = self.beta.powi((r.step - prev_step) as i32);
+        self.ema = decay * self.ema + (1.0 - decay) * mean;
+        self.weight = decay * self.weight + (1.0 - decay);
+        let x = (r.epoch - 1) as f64 + r.step as f64 / self.steps as f64;
+        let point = (x, self.ema / self.weight);
+        self.latest = Some(point);
+        self.seen += 1;
+        if self.seen.is_multiple_of(self.stride) {
+            self.points.push(point);
+        }
+        if self.points.len() >= STEP_CURVE_MAX_POINTS {
+            self.points = self.points.iter().copied().step_by(2).collect();
+            self.stride *= 2;
+        }
+    }
+
+    /// Every point kept, and the latest.
+    pub fn points(&self) -> Vec<(f64, f64)> {
+        let mut p = self.points.clone();
+        if let Some(l) = self.latest.filter(|l| p.last() != Some(l)) {
+            p.push(l);
+        }
+        p
+    }
+
+    /// The curve to draw, if it shows more than the per-epoch one: epochs of
+    /// at least [`STEP_CURVE_MIN_STEPS`] steps, and at least two points per
+    /// epoch on average.
+    pub fn series(&self) -> Option<Vec<(f64, f64)>> {
+        let p = self.points();
+        let span = p.last()?.0 - (p.first()?.0 - 1.0 / self.steps as f64);
+        let epochs = span.ceil().max(1.0);
+        let dense = self.seen as f64 >= 2.0 * epochs;
+        (self.steps >= STEP_CURVE_MIN_STEPS && dense).then_some(p)
+    }
+}
+
+/// A curve shared with the trainer that feeds it, or one line if a panic
+/// while it was held poisoned it.
+pub fn lock_curve(c: &Arc<Mutex<StepCurve>>) -> Result<MutexGuard<'_, StepCurve>> {
+    c.lock()
+        .map_err(|_| Error::Invalid("the step curve's lock was poisoned".into()))
+}
+
+/// A curve shared with the trainer that feeds it ([`crate::Trainer::log_to`]).
+impl MetricsSink for Arc<Mutex<StepCurve>> {
+    fn step(&mut self, r: &StepRecord) -> Result<()> {
+        lock_curve(self)?.record(r);
+        Ok(())
+    }
+
+    fn epoch(&mut self, _: &EpochStats) -> Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The step records' interval for a run that plots `steps` steps per
+/// epoch: every `steps / 8` steps, at least 1 and at most
+/// [`crate::metrics::DEFAULT_LOG_EVERY`], so an epoch of 8 steps or more
+/// gives at least 8 points, and long epochs the default interval.
+pub fn step_curve_log_every(steps: usize) -> usize {
+    (steps / 8).clamp(1, crate::metrics::DEFAULT_LOG_EVERY)
 }

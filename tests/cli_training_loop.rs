@@ -332,4 +332,20 @@ fn train_plot_draws_one_epoch_and_the_rate() {
         svg.contains("learning rate"),
         "the rate on a secondary axis"
     );
+    // Epochs of many steps get the smoothed per-step loss; of 4 steps, not.
+    let step_curve = "training per step (smoothed)";
+    for (batch, shown) in [("64", true), ("500", false)] {
+        let path = dir.path(&format!("steps-{batch}.svg"));
+        let args = [
+            "--epochs",
+            "2",
+            "--batch",
+            batch,
+            "--plot",
+            path.to_str().unwrap(),
+        ];
+        run(&train(Device::Cpu, &args)).success();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(svg.contains(step_curve), shown, "batch {batch}");
+    }
 }

@@ -786,6 +786,138 @@ fn plots_name_the_dataset_and_draw_one_epoch() {
     assert_eq!(dataset_title("spirals"), "spirals");
 }
 
+/// The step records of a run over `rows` rows in steps of `batch`, for
+/// `epochs` epochs, one every `every` steps and at each epoch's last, whose
+/// step `s` of epoch `e` has mean loss `loss(e, s)`: each record carries the
+/// epoch's running mean, as the trainer's do.
+fn step_records(
+    rows: usize,
+    batch: usize,
+    epochs: usize,
+    every: usize,
+    loss: impl Fn(usize, usize) -> f64,
+) -> Vec<shadertrain::metrics::StepRecord> {
+    let steps = rows.div_ceil(batch);
+    let mut out = Vec::new();
+    for e in 1..=epochs {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for s in 1..=steps {
+            let here = batch.min(rows - (s - 1) * batch);
+            sum += loss(e, s) * here as f64;
+            n += here;
+            if s % every == 0 || s == steps {
+                out.push(shadertrain::metrics::StepRecord {
+                    epoch: e,
+                    step: s,
+                    global_step: ((e - 1) * steps + s) as u64,
+                    loss: sum / n as f64,
+                    lr: 0.1,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The per-step curve recovers each interval's mean loss from the records'
+/// running means (a short last step included), smooths with bias
+/// correction, keeps a bounded number of points, and is drawn only where
+/// epochs hold many steps and the records are dense.
+#[test]
+fn step_curve_recovers_interval_means() {
+    use shadertrain::plot::{StepCurve, STEP_CURVE_MAX_POINTS};
+    // 95 rows in steps of 10: 10 steps an epoch, the last of 5 rows.
+    let (rows, batch) = (95, 10);
+    let loss = |e: usize, s: usize| 1.0 / (10 * e + s) as f64 + 0.05 * (s % 3) as f64;
+    let curve = |every: usize, tau: f64| {
+        let mut c = StepCurve::new(batch, rows, 3).smoothing(tau);
+        for r in step_records(rows, batch, 3, every, loss) {
+            c.record(&r);
+        }
+        c
+    };
+    // Unsmoothed, a record every step: each point is its step's loss at e − 1 + s/10.
+    let p = curve(1, 0.0).points();
+    assert_eq!(p.len(), 30);
+    for (i, &(x, y)) in p.iter().enumerate() {
+        let (e, s) = (i / 10 + 1, i % 10 + 1);
+        let want_x = (e - 1) as f64 + s as f64 / 10.0;
+        assert!(
+            (x - want_x).abs() < 1e-12,
+            "point {i}: x {x}, want {want_x}"
+        );
+        let want = loss(e, s);
+        assert!(
+            (y - want).abs() < 1e-12,
+            "epoch {e} step {s}: {y}, want {want}"
+        );
+    }
+    // A record every 3 steps (3, 6, 9, 10): the row-weighted means between them.
+    let p = curve(3, 0.0).points();
+    assert_eq!(p.len(), 12);
+    let mean = |e: usize, steps: std::ops::RangeInclusive<usize>| {
+        let rows_of = |s: usize| if s == 10 { 5.0 } else { 10.0 };
+        let (l, n) = steps.fold((0.0, 0.0), |(l, n), s| {
+            (l + loss(e, s) * rows_of(s), n + rows_of(s))
+        });
+        l / n
+    };
+    for e in 1..=3 {
+        let got: Vec<f64> = p[4 * (e - 1)..4 * e].iter().map(|p| p.1).collect();
+        let want = [
+            mean(e, 1..=3),
+            mean(e, 4..=6),
+            mean(e, 7..=9),
+            mean(e, 10..=10),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "epoch {e}: {got:?}, want {want:?}");
+        }
+    }
+    // Smoothed: a constant loss is that constant from the first point on
+    // (bias-corrected, not pulled towards 0), and a falling one lags it.
+    let mut c = StepCurve::new(batch, rows, 3).smoothing(20.0);
+    for r in step_records(rows, batch, 3, 1, |_, _| 0.7) {
+        c.record(&r);
+    }
+    assert!(
+        c.points().iter().all(|p| (p.1 - 0.7).abs() < 1e-12),
+        "{:?}",
+        c.points()
+    );
+    let smooth = curve(1, 5.0).points();
+    let last = smooth.last().unwrap().1;
+    assert!(
+        last > loss(3, 10) - 0.05 && last < smooth[0].1,
+        "{smooth:?}"
+    );
+    // Drawn: 10 steps an epoch with a point every step; not with a record
+    // only at each epoch's end, nor with epochs of 5 steps.
+    assert!(curve(1, 0.0).series().is_some());
+    assert!(curve(10, 0.0).series().is_none());
+    let mut short = StepCurve::new(10, 50, 3);
+    for r in step_records(50, 10, 3, 1, loss) {
+        short.record(&r);
+    }
+    assert!(short.series().is_none());
+    // Bounded however long the run: 100,000 steps of one epoch.
+    let mut long = StepCurve::new(1, 100_000, 1);
+    for s in 1..=100_000usize {
+        long.record(&shadertrain::metrics::StepRecord {
+            epoch: 1,
+            step: s,
+            global_step: s as u64,
+            loss: 1.0,
+            lr: 0.1,
+        });
+    }
+    let p = long.points();
+    assert!(p.len() <= STEP_CURVE_MAX_POINTS + 1, "{} points", p.len());
+    assert!(p.len() >= STEP_CURVE_MAX_POINTS / 4, "{} points", p.len());
+    assert_eq!(p.last().unwrap().0, 1.0, "the curve reaches the run's end");
+    assert!(p.windows(2).all(|w| w[1].0 > w[0].0), "in step order");
+}
+
 /// Clipping on the tiled kernels, whole batches and micro-batches (the
 /// gradients of all micro-batches summed before the norm): the same steps
 /// as the f64 reference, for plain SGD (which then leaves the fused

@@ -13,12 +13,14 @@ use shadertrain::fsutil::write_atomic;
 use shadertrain::metrics::{JsonLines, TensorBoard};
 use shadertrain::network::{Loss, Network};
 use shadertrain::optim::{Optimizer, OptimizerKind};
+use shadertrain::plot::{lock_curve, step_curve_log_every, StepCurve};
 use shadertrain::train::{
     batch_size, steps_per_epoch, EpochStats, Progress, Schedule, TrainConfig,
 };
 use shadertrain::{EarlyStop, Error, Result, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -214,7 +216,11 @@ struct Run {
     net: Network,
     data: Dataset,
     val: Option<Dataset>,
+    /// With `--plot`, the per-step loss the trainer's step records feed.
+    curve: Option<SharedCurve>,
 }
+
+type SharedCurve = Arc<Mutex<StepCurve>>;
 
 pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
     if let Some((rank, _)) = a.parallel.start()? {
@@ -225,7 +231,13 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
             super::silence_stdout();
         }
     }
-    let Run { t, net, data, val } = prepare(&a)?;
+    let Run {
+        t,
+        net,
+        data,
+        val,
+        curve,
+    } = prepare(&a)?;
     let outputs: Vec<&std::path::Path> = [&a.save, &a.metrics, &a.plot]
         .into_iter()
         .filter_map(|p| p.as_deref())
@@ -316,7 +328,12 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
             let cfg = t.config();
             let varies = cfg.warmup > 0 || cfg.schedule != Schedule::Constant;
             let rates = varies.then(|| step_rates(cfg, t.history().len(), steps));
-            shadertrain::plot::plot_run(path, &title, t.history(), rates.as_deref())?;
+            let per_step = match &curve {
+                Some(c) => lock_curve(c)?.series(),
+                None => None,
+            };
+            let (rates, per_step) = (rates.as_deref(), per_step.as_deref());
+            shadertrain::plot::plot_run(path, &title, t.history(), rates, per_step)?;
         }
         if let Some(path) = &a.metrics {
             let json = serde_json::json!({
@@ -576,8 +593,22 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     if let Some(p) = start {
         t.set_params(&p)?;
     }
-    if let Some(n) = a.log_every {
-        t = t.log_every(n)?;
+    // The plot's per-step curve reads the step records: dense enough for
+    // short epochs unless --log-every says otherwise.
+    let curve = a.plot.as_ref().map(|_| {
+        let batch = batch_size(t.config().batch, usize::MAX, data.len());
+        let c = StepCurve::new(batch, data.len(), t.config().epochs);
+        Arc::new(Mutex::new(c))
+    });
+    match (a.log_every, &curve) {
+        (Some(n), _) => t = t.log_every(n)?,
+        (None, Some(c)) => {
+            t = t.log_every(step_curve_log_every(lock_curve(c)?.steps_per_epoch()))?
+        }
+        (None, None) => {}
+    }
+    if let Some(c) = &curve {
+        t = t.log_to(c.clone());
     }
     // Last, once every other check has passed: these create their files.
     if let Some(dir) = &a.log_dir {
@@ -605,7 +636,13 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
             eprintln!("resuming after epoch {}", c.state.epoch);
         }
     }
-    Ok(Run { t, net, data, val })
+    Ok(Run {
+        t,
+        net,
+        data,
+        val,
+        curve,
+    })
 }
 
 /// The network: `--layers`, the checkpoint's, or the data's default; a loss
