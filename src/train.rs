@@ -546,14 +546,22 @@ const LARGE_INPUT: f32 = 1e3;
 
 /// The [`Error::Diverged`] for `what` went wrong, with the
 /// likely cause: the learning rate, and unscaled inputs when they are large.
+/// The largest values are read block by block, so a memory-mapped set is
+/// searched too, without being copied whole.
 fn diverged(what: &str, lr: f32, data: &Dataset) -> Error {
-    let largest = |v: &[f32]| Some(v.iter().fold(0f32, |m, v| m.max(v.abs())));
+    let largest = |m: f32, v: &[f32]| v.iter().fold(m, |m, v| m.max(v.abs()));
+    let (mut x, mut y) = (0f32, 0f32);
+    data.for_each_block(|bx, by| {
+        x = largest(x, bx);
+        y = largest(y, by);
+    });
+    let large = |v: f32| Some(v).filter(|&v| v > LARGE_INPUT);
     Error::Diverged {
         what: what.to_string(),
         lr,
-        inputs: largest(&data.x).filter(|&x| x > LARGE_INPUT),
+        inputs: large(x),
         weight_decay: None,
-        targets: largest(&data.y).filter(|&y| y > LARGE_INPUT),
+        targets: large(y),
     }
 }
 

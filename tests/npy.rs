@@ -9,6 +9,7 @@ use common::{random, rng, test_device, Device};
 use shadertrain::checkpoint::DataFingerprint;
 use shadertrain::data::{Dataset, Source, Standardizer, Task};
 use shadertrain::network::Network;
+use shadertrain::backend::Backend;
 use shadertrain::npy::NpyArray;
 use shadertrain::train::{train, Schedule, TrainConfig};
 use std::path::PathBuf;
@@ -226,6 +227,49 @@ test_device!(
     mapped_training_matches_memory_cpu,
     mapped_training_matches_memory_gpu
 );
+
+/// A run that diverges on mapped inputs and targets of up to 2·10⁴ names
+/// them as the likely cause, as it does for the same values in memory
+/// (the hint searches the mapped rows, block by block).
+#[test]
+fn divergence_hint_reads_mapped_rows() {
+    let dir = Dir::new("diverge");
+    let n = 9000; // more than one 4096-row block; the largest in the last
+    let x: Vec<f32> = (0..n * 2).map(|i| (i % 97) as f32 * 10.0 - 300.0).collect();
+    let mut x = x;
+    x[n * 2 - 3] = -2.0e4;
+    let t: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 1.0e3).collect();
+    let xp = dir.write("x.npy", &npy("<f4", &[n, 2], false, &le_f32(&x)));
+    let tp = dir.write("t.npy", &npy("<f4", &[n], false, &le_f32(&t)));
+    let mapped = Dataset::from_npy(&xp, &tp, 1).unwrap();
+    assert!(mapped.is_mapped());
+    let memory = mapped.to_memory().unwrap();
+    let net = Network::parse("2,4:linear,1:linear").unwrap();
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch: 64,
+        lr: 0.1,
+        seed: 1,
+        shuffle: false,
+        schedule: Schedule::Constant,
+        warmup: 0,
+        nan_check: true,
+    };
+    let hint = |d: &Dataset| {
+        let mut b = shadertrain::CpuBackend::<f32>::new(&net, 64).unwrap();
+        b.set_params(&net.init(1)).unwrap();
+        match train(&mut b, d, &cfg, |_| ()) {
+            Err(shadertrain::Error::Diverged {
+                inputs, targets, ..
+            }) => (inputs, targets),
+            other => panic!("expected a divergence, got {other:?}"),
+        }
+    };
+    let (inputs, targets) = hint(&mapped);
+    assert_eq!(inputs, Some(2.0e4), "the mapped inputs' largest");
+    assert_eq!(targets, Some(1.2e4), "the mapped targets' largest");
+    assert_eq!(hint(&memory), (inputs, targets), "as in memory");
+}
 
 /// Opens the pair and returns the error line.
 fn npy_err(dir: &Dir, x: &[u8], y: &[u8], outputs: usize) -> String {
