@@ -6,10 +6,10 @@ mod common;
 
 use common::npy_file::{le_f32, le_i64, npy};
 use common::{random, rng, test_device, Device};
+use shadertrain::backend::Backend;
 use shadertrain::checkpoint::DataFingerprint;
 use shadertrain::data::{Dataset, Source, Standardizer, Task};
 use shadertrain::network::Network;
-use shadertrain::backend::Backend;
 use shadertrain::npy::NpyArray;
 use shadertrain::train::{train, Schedule, TrainConfig};
 use std::path::PathBuf;
@@ -248,12 +248,9 @@ fn divergence_hint_reads_mapped_rows() {
     let cfg = TrainConfig {
         epochs: 1,
         batch: 64,
-        lr: 0.1,
-        seed: 1,
         shuffle: false,
-        schedule: Schedule::Constant,
-        warmup: 0,
         nan_check: true,
+        ..TrainConfig::default()
     };
     let hint = |d: &Dataset| {
         let mut b = shadertrain::CpuBackend::<f32>::new(&net, 64).unwrap();

@@ -452,7 +452,7 @@ fn dropout_layers_parse_print_and_refuse() {
     }
 }
 
-/// The mask kernel against its twin at odd shapes and a row offset (a
+/// The mask kernels against their twin at odd shapes and a row offset (a
 /// micro-batch's rows): the same units kept and the same values, bit for
 /// bit; about `1 − p` of them kept.
 #[test]
@@ -471,12 +471,19 @@ fn dropout_kernel_matches_cpu_twin() {
         // Values away from 0, so a kept unit never looks dropped.
         let v: Vec<f32> = random(&mut g, rows * n, 0.5, 2.0);
         let key = DropoutKey::new(0x1234_5678_9abc_def0, 77, 2, p);
-        let got =
-            shadertrain::gpu::dropout::dropout_on_device(&ctx, &v, rows, n, row0, &key).unwrap();
         let mut want = v.clone();
         dropout_apply(&mut want, rows, n, row0, &key);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let on_device = shadertrain::gpu::dropout::dropout_on_device;
+        let (got, none) = on_device(&ctx, &v, rows, n, row0, &key, false).unwrap();
         assert_eq!(bits(&got), bits(&want), "{rows}x{n} from row {row0}, p {p}");
+        assert!(none.is_empty());
+        // dropout_keep (sigmoid and tanh layers): the same mask, and every
+        // value from before it in its own buffer (poisoned first).
+        let (got, kept) = on_device(&ctx, &v, rows, n, row0, &key, true).unwrap();
+        let what = format!("keep {rows}x{n} from row {row0}, p {p}");
+        assert_eq!(bits(&got), bits(&want), "{what}");
+        assert_eq!(bits(&kept), bits(&v), "{what}: the values before the mask");
         if rows * n > 1000 {
             let kept = want.iter().filter(|&&x| x != 0.0).count() as f64 / want.len() as f64;
             assert!(

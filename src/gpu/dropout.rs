@@ -204,8 +204,10 @@ impl Dropout {
     }
 }
 
-/// `dropout_apply` alone on `values (rows, n)`, rows `row0..` of the batch.
-/// For the twin tests; not part of the documented API.
+/// `dropout_apply` alone on `values (rows, n)`, rows `row0..` of the batch;
+/// with `keep`, `dropout_keep`, which also returns the values from before
+/// the mask (else that is empty). For the twin tests; not part of the
+/// documented API.
 #[doc(hidden)]
 pub fn dropout_on_device(
     ctx: &GpuContext,
@@ -214,14 +216,25 @@ pub fn dropout_on_device(
     n: usize,
     row0: usize,
     key: &DropoutKey,
-) -> Result<Vec<f32>> {
+    keep: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let dev = &ctx.device;
-    let kernel = Kernel::new(dev, DROPOUT_APPLY, &TileConfig::SMALL)?;
-    let buf = storage_buffer(ctx, "values", values.len(), wgpu::BufferUsages::COPY_DST)?;
+    let spec = if keep { DROPOUT_KEEP } else { DROPOUT_APPLY };
+    let kernel = Kernel::new(dev, spec, &TileConfig::SMALL)?;
+    let copy = wgpu::BufferUsages::COPY_DST;
+    let buf = storage_buffer(ctx, "values", values.len(), copy)?;
     ctx.queue
         .write_buffer(&buf, 0, bytemuck::cast_slice(values));
+    // Poisoned, so an element never written shows.
+    let undropped = storage_buffer(ctx, "undropped", values.len(), copy)?;
+    let poison = vec![f32::NAN; values.len()];
+    ctx.queue
+        .write_buffer(&undropped, 0, bytemuck::cast_slice(&poison));
     let u = uniform(ctx, "dropout", &DropUniform::new(key, rows, n, row0))?;
-    let group = kernel.bind(dev, &[&u, &buf])?;
+    let group = match keep {
+        true => kernel.bind(dev, &[&u, &buf, &undropped])?,
+        false => kernel.bind(dev, &[&u, &buf])?,
+    };
     let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
         label: Some("dropout"),
     });
@@ -237,5 +250,10 @@ pub fn dropout_on_device(
         super::kernels::dispatch(&mut pass, &kernel, &group, grid);
     }
     ctx.queue.submit([enc.finish()]);
-    readback::read(ctx, &buf, 0, values.len())
+    let masked = readback::read(ctx, &buf, 0, values.len())?;
+    let kept = match keep {
+        true => readback::read(ctx, &undropped, 0, values.len())?,
+        false => Vec::new(),
+    };
+    Ok((masked, kept))
 }

@@ -14,6 +14,11 @@
 //! update, so the replicas stay identical. Loss totals are summed per step in
 //! shard order the same way.
 //!
+//! **Dropout.** A mask is keyed on a row's index in the whole batch
+//! ([`crate::cpu::DropoutKey`]): each worker runs its shard as
+//! [`Backend::train_pass`] from the shard's first row, so P shards drop the
+//! units the unsplit batch drops.
+//!
 //! **What is equal to what.** The arithmetic depends only on the shards, not
 //! on where they run: P threads each with its own device ([`Threads`]), one
 //! device running the P shards one after another as micro-batches
