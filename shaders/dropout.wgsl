@@ -5,16 +5,13 @@
 // keep(r, j) hashes (seed, update t, row0 + r, layer, unit j), so the mask is
 // the same on every backend and does not depend on how the batch is split.
 //
-// `dropout_keep` is `dropout_apply` that first copies each value to
-// `undropped`: a layer whose activation derivative is taken from its output
-// (sigmoid, tanh) keeps its outputs from before the mask for the backward
-// pass (`delta_hidden` then binds `undropped` as its A).
+// dropout_keep.wgsl, appended to this file, adds the entry that also keeps
+// the values from before the mask.
 //
-// | binding | name      | access             | shape     | entry          |
-// |---------|-----------|--------------------|-----------|----------------|
-// | 0       | drop      | uniform Drop       |           | both           |
-// | 1       | values    | storage read_write | (rows, n) | both           |
-// | 2       | undropped | storage read_write | (rows, n) | dropout_keep   |
+// | binding | name   | access             | shape        |
+// |---------|--------|--------------------|--------------|
+// | 0       | drop   | uniform Drop       |              |
+// | 1       | values | storage read_write | (rows, n)    |
 
 // Mirrors `shadertrain::gpu::dropout::DropUniform` (48 bytes).
 struct Drop {
@@ -34,7 +31,6 @@ struct Drop {
 
 @group(0) @binding(0) var<uniform> drop: Drop;
 @group(0) @binding(1) var<storage, read_write> values: array<f32>;
-@group(0) @binding(2) var<storage, read_write> undropped: array<f32>;
 
 // Wellons' lowbias32 (twin: cpu::hash32).
 fn hash32(v: u32) -> u32 {
@@ -77,19 +73,5 @@ fn dropout_apply(
     if (idx >= drop.rows * drop.n) {
         return;
     }
-    mask(idx);
-}
-
-@compute @workgroup_size(WG)
-fn dropout_keep(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let idx = linear_index(wid, nwg, lid);
-    if (idx >= drop.rows * drop.n) {
-        return;
-    }
-    undropped[idx] = values[idx];
     mask(idx);
 }

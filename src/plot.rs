@@ -512,7 +512,7 @@ impl StepCurve {
             return;
         }
         // The interval's steps each add its mean: β^k for k steps.
-        let decay = self.beta.powi((r.step - prev_step) as i32);
+        let decay = self.beta.powf((r.step - prev_step) as f64);
         self.ema = decay * self.ema + (1.0 - decay) * mean;
         self.weight = decay * self.weight + (1.0 - decay);
         let x = (r.epoch - 1) as f64 + r.step as f64 / self.steps as f64;

@@ -87,12 +87,20 @@ pub const DROPOUT_APPLY: KernelSpec = KernelSpec {
 /// values, undropped (rows, n).
 pub const DROPOUT_KEEP: KernelSpec = KernelSpec {
     entry: "dropout_keep",
+    file: "dropout_keep.wgsl",
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        "\n",
+        include_str!("../../shaders/dropout.wgsl"),
+        "\n",
+        include_str!("../../shaders/dropout_keep.wgsl")
+    ),
     bindings: &[
         Slot::Uniform(std::mem::size_of::<DropUniform>() as u64),
         Slot::ReadWrite,
         Slot::ReadWrite,
     ],
-    ..DROPOUT_APPLY
+    kind: KernelKind::ElementWise,
 };
 
 /// A layer's copy of its outputs from before the mask, and the hidden
