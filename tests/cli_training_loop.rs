@@ -301,6 +301,45 @@ fn lr_find_refuses_training_flags_and_bad_ranges() {
     assert!(dir.listing().is_empty(), "nothing written");
 }
 
+/// A plot of an IDX directory is titled with the directory's name (the
+/// set's), not the images file's, for `train` and `lr-find`.
+#[test]
+fn plots_of_an_idx_directory_name_it() {
+    let dir = TempDir::new("plot-idx-dir");
+    let set = dir.path("tiny-set");
+    std::fs::create_dir_all(&set).unwrap();
+    // Four 2×2 u8 images and their labels, as IDX files.
+    let idx = |ty: u8, dims: &[u32], body: &[u8]| {
+        let mut v = vec![0, 0, ty, dims.len() as u8];
+        dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+        v.extend(body);
+        v
+    };
+    let pixels: Vec<u8> = (0..16).map(|i| i * 15).collect();
+    let files = [
+        ("train-images-idx3-ubyte", idx(0x08, &[4, 2, 2], &pixels)),
+        ("train-labels-idx1-ubyte", idx(0x08, &[4], &[0, 1, 1, 0])),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(set.join(name), bytes).unwrap();
+    }
+    let (plot, sweep) = (dir.path("t.svg"), dir.path("lr.svg"));
+    let data = set.to_str().unwrap();
+    let common = ["--data", data, "--layers", "4,3,2:softmax", "--batch", "2"];
+    let mut args = common.to_vec();
+    args.extend(["--epochs", "1", "--plot", plot.to_str().unwrap()]);
+    run(&train(Device::Cpu, &args)).success();
+    let mut args = vec!["lr-find", "--backend", "cpu", "--quiet"];
+    args.extend(common);
+    args.extend(["--plot", sweep.to_str().unwrap()]);
+    run(&args).success();
+    for p in [plot, sweep] {
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.contains("on tiny-set"), "{}: {svg:.400}", p.display());
+        assert!(!svg.contains("idx3-ubyte"), "{}", p.display());
+    }
+}
+
 /// A one-epoch run's plot draws its points; a warmup puts the learning
 /// rate on it.
 #[test]

@@ -789,6 +789,11 @@ fn plots_name_the_dataset_and_draw_one_epoch() {
         dataset_title("data/train-images.idx3-ubyte,data/train-labels.idx1-ubyte"),
         "data"
     );
+    // A directory of IDX files, as --data names it.
+    assert_eq!(
+        dataset_title("/usr/share/datasets/fashion-mnist/"),
+        "fashion-mnist"
+    );
     assert_eq!(dataset_title("/tmp/iris.csv"), "iris.csv");
     assert_eq!(dataset_title("spirals"), "spirals");
 }

@@ -323,7 +323,8 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
     // A failure here comes after the checkpoint was complete: say it is kept.
     let reports = || -> Result<()> {
         if let Some(path) = &a.plot {
-            let name = shadertrain::plot::dataset_title(&data.name);
+            // The argument, not the set's name (an IDX set's is its file's).
+            let name = shadertrain::plot::dataset_title(&a.data);
             let title = format!("{} on {name} ({kind}: {adapter})", net.describe());
             let cfg = t.config();
             let varies = cfg.warmup > 0 || cfg.schedule != Schedule::Constant;
@@ -457,7 +458,8 @@ pub(super) fn prepare_sweep(a: &mut TrainArgs) -> Result<(Trainer, Dataset, Stri
     a.quiet = true;
     let Run { t, net, data, .. } = prepare(a)?;
     a.quiet = quiet;
-    let title = format!("LR range test: {} on {}", net.describe(), data.name);
+    let name = shadertrain::plot::dataset_title(&a.data);
+    let title = format!("LR range test: {} on {name}", net.describe());
     Ok((t, data, title))
 }
 
