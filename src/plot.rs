@@ -404,7 +404,7 @@ fn panel<DB: DrawingBackend>(
     chart
         .configure_secondary_axes()
         .y_desc("learning rate")
-        .y_label_formatter(&|v| format!("{v:.2e}"))
+        .y_label_formatter(&|v| rate_label(*v))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(plot_err)?;
@@ -578,4 +578,44 @@ impl MetricsSink for Arc<Mutex<StepCurve>> {
 /// gives at least 8 points, and long epochs the default interval.
 pub fn step_curve_log_every(steps: usize) -> usize {
     (steps / 8).clamp(1, crate::metrics::DEFAULT_LOG_EVERY)
+}
+
+/// A learning-rate tick: plain decimals where they read well (`0.001`, `8`,
+/// `0.25`), scientific notation for rates far from 1 (`3.0e-5`).
+fn rate_label(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if (1e-3..1e4).contains(&a) {
+        // Four significant digits, trailing zeros dropped.
+        let digits = (3 - a.log10().floor() as i32).max(0) as usize;
+        let text = format!("{v:.digits$}");
+        match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.').into(),
+            false => text,
+        }
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_label;
+
+    #[test]
+    fn rate_labels_read_as_numbers() {
+        for (v, want) in [
+            (0.0, "0"),
+            (8.0, "8"),
+            (7.2, "7.2"),
+            (0.001, "0.001"),
+            (0.25, "0.25"),
+            (0.0123456, "0.01235"),
+            (3e-5, "3.0e-5"),
+            (2e5, "2.0e5"),
+        ] {
+            assert_eq!(rate_label(v), want, "label of {v}");
+        }
+    }
 }
