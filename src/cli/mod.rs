@@ -388,7 +388,18 @@ pub fn open(
     capacity: usize,
     quiet: bool,
 ) -> Result<Trainer> {
-    let t = Trainer::on(device, net, capacity)?;
+    open_with(device, net, capacity, quiet, None)
+}
+
+/// [`open`], a GPU built with `gpu` where given ([`Trainer::on_with`]).
+pub fn open_with(
+    device: &Device,
+    net: &shadertrain::Network,
+    capacity: usize,
+    quiet: bool,
+    gpu: Option<&shadertrain::gpu::GpuOptions>,
+) -> Result<Trainer> {
+    let t = Trainer::on_with(device, net, capacity, gpu)?;
     if let (Some(f), false) = (t.fallback(), quiet) {
         notice(f);
     }

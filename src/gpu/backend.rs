@@ -811,4 +811,8 @@ impl Backend for GpuBackend {
         let data = self.read_floats(Which::Grads, self.net.param_count())?;
         Params::from_vec(&self.net, data)
     }
+
+    fn kernel_config(&self) -> Option<String> {
+        self.kernel_plan().map(|p| p.to_string())
+    }
 }
