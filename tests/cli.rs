@@ -648,7 +648,7 @@ fn bench_both_compares_gpu_with_cpu() {
 
 /// What ran on the GPU: checked or not, dispatches per step, and each tiled
 /// product's configuration with its source; `--kernel-config` replays one
-/// (the previous loop core included) and is reported as `flag`.
+/// (the previous loop core included) and is reported as `given`.
 #[test]
 fn bench_gpu_reports_kernel_configs() {
     if !gpu_or_skip("bench_gpu_reports_kernel_configs") {
@@ -690,7 +690,7 @@ fn bench_gpu_reports_kernel_configs() {
         assert!(
             configs
                 .iter()
-                .all(|c| c["config"] == config && c["source"] == "flag"),
+                .all(|c| c["config"] == config && c["source"] == "given"),
             "{}",
             r.dump()
         );

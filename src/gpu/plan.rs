@@ -215,7 +215,13 @@ impl KernelPlan {
 
     /// Replace product `p`'s choice.
     pub fn set(&mut self, p: ProductId, choice: Choice) {
-        self.layers[p.layer][p.kind.index()] = choice;
+        let last = p.layer + 1 == self.layers.len();
+        let row = &mut self.layers[p.layer];
+        row[p.kind.index()] = choice;
+        // The output layer has no hidden delta: its slot follows the forward.
+        if last && p.kind == Product::Forward {
+            row[Product::Delta.index()] = choice;
+        }
     }
 
     /// Layers it covers.
@@ -300,9 +306,6 @@ impl KernelPlan {
         for (p, config) in all.iter().zip(given.into_iter().flatten()) {
             plan.set(*p, Choice { config, source });
         }
-        let last = net.layers().len() - 1;
-        let f = plan.layers[last][Product::Forward.index()];
-        plan.layers[last][Product::Delta.index()] = f;
         Ok(plan)
     }
 }

@@ -119,7 +119,7 @@ pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
 
 /// The cache key of product `p` of `shape` on this adapter, these sources
 /// and checks.
-fn key(adapter: &str, hash: &str, checked: bool, p: ProductId, shape: [usize; 3]) -> String {
+pub fn key(adapter: &str, hash: &str, checked: bool, p: ProductId, shape: [usize; 3]) -> String {
     let [m, n, k] = shape;
     let checks = if checked { "checked" } else { "unchecked" };
     format!("{adapter}|{hash}|{checks}|{}:{m}x{n}x{k}", p.kind.name())
@@ -151,15 +151,26 @@ impl TuneCache {
     /// The file in `dir`, read; a missing file is an empty cache, and a
     /// corrupt or unreadable one is empty after one line on stderr.
     pub fn load(dir: &Path) -> TuneCache {
+        Self::try_load(dir).unwrap_or_else(|(cache, why)| {
+            eprintln!("tuning cache {}: {why}; ignored", cache.path.display());
+            cache
+        })
+    }
+
+    /// As [`TuneCache::load`], a corrupt or unreadable file an error: the
+    /// empty cache and why.
+    pub fn try_load(dir: &Path) -> std::result::Result<TuneCache, (TuneCache, String)> {
         let path = dir.join(CACHE_FILE);
-        let entries = match Self::read(&path) {
-            Ok(e) => e,
-            Err(why) => {
-                eprintln!("tuning cache {}: {why}; ignored", path.display());
-                BTreeMap::new()
-            }
-        };
-        TuneCache { path, entries }
+        match Self::read(&path) {
+            Ok(entries) => Ok(TuneCache { path, entries }),
+            Err(why) => Err((
+                TuneCache {
+                    path,
+                    entries: BTreeMap::new(),
+                },
+                why,
+            )),
+        }
     }
 
     /// The entries of the file at `path`; none where it does not exist.
@@ -289,7 +300,7 @@ pub fn resolve_plan(
         );
         let settings = TuneSettings {
             checked: options.checked,
-            budget: DEFAULT_BUDGET,
+            budget: auto_budget(),
             candidates: None,
         };
         let report = tune(ctx, net, rows, &settings, &mut |_| {})?;
@@ -305,6 +316,16 @@ pub fn resolve_plan(
 
 /// Time spent measuring candidates, after which no new one starts.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(90);
+
+/// The budget of [`TuneMode::Auto`]: `SHADERTRAIN_TUNE_BUDGET` seconds
+/// where set to a positive number, else [`DEFAULT_BUDGET`].
+pub fn auto_budget() -> Duration {
+    std::env::var("SHADERTRAIN_TUNE_BUDGET")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
+        .map_or(DEFAULT_BUDGET, Duration::from_secs_f64)
+}
 
 /// How [`tune`] measures.
 #[derive(Debug, Clone)]
