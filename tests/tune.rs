@@ -45,7 +45,12 @@ fn mixed_plan(net: &Network) -> KernelPlan {
 }
 
 /// A backend running `plan` exactly.
-fn planned(ctx: &std::sync::Arc<shadertrain::gpu::GpuContext>, net: &Network, batch: usize, plan: KernelPlan) -> GpuBackend {
+fn planned(
+    ctx: &std::sync::Arc<shadertrain::gpu::GpuContext>,
+    net: &Network,
+    batch: usize,
+    plan: KernelPlan,
+) -> GpuBackend {
     let options = GpuOptions::BASE.with_plan(plan);
     GpuBackend::with_options(ctx.clone(), net, batch, options).unwrap()
 }
@@ -63,7 +68,14 @@ fn per_product_plan_matches_the_reference() {
         assert!(plan.configs().len() > 2, "{plan}");
         let mut g = planned(&ctx, &net, batch, plan.clone());
         assert_eq!(g.kernel_plan(), Some(&plan));
-        steps_match_reference(&mut g, &net, batch, 3, 0.1, &format!("{spec} b{batch} {plan}"));
+        steps_match_reference(
+            &mut g,
+            &net,
+            batch,
+            3,
+            0.1,
+            &format!("{spec} b{batch} {plan}"),
+        );
     }
 }
 
@@ -85,7 +97,9 @@ fn replayed_plan_trains_bitwise_equal() {
         g.params().unwrap().data
     };
     let mut first = planned(&ctx, &net, batch, mixed_plan(&net));
-    let recorded = first.kernel_config().expect("a tiled backend records its plan");
+    let recorded = first
+        .kernel_config()
+        .expect("a tiled backend records its plan");
     let replay = KernelPlan::parse(&net, &recorded, Source::Given).unwrap();
     assert_eq!(replay, mixed_plan(&net), "{recorded}");
     let mut second = planned(&ctx, &net, batch, replay);
@@ -139,7 +153,11 @@ fn cache_is_read_and_stale_entries_ignored() {
     assert_eq!(sources(TuneMode::Cached), vec![Source::Heuristic; n]);
     let mut cache = TuneCache::load(&dir);
     cache.store(entries(sources_hash()), &adapter).unwrap();
-    assert_eq!(TuneCache::load(&dir).len(), n, "stale entries dropped on write");
+    assert_eq!(
+        TuneCache::load(&dir).len(),
+        n,
+        "stale entries dropped on write"
+    );
     assert_eq!(sources(TuneMode::Cached), vec![Source::Cache; n]);
     let g = GpuBackend::with_options(ctx.clone(), &net, batch, options(TuneMode::Cached)).unwrap();
     let loops = KernelConfig {
@@ -156,7 +174,12 @@ fn cache_is_read_and_stale_entries_ignored() {
 #[test]
 fn corrupt_cache_is_ignored() {
     let dir = cache_dir("corrupt");
-    for bad in ["{not json", "{\"version\": 7, \"entries\": {}}", "[1, 2]", ""] {
+    for bad in [
+        "{not json",
+        "{\"version\": 7, \"entries\": {}}",
+        "[1, 2]",
+        "",
+    ] {
         std::fs::write(dir.join(CACHE_FILE), bad).unwrap();
         let (cache, why) = TuneCache::try_load(&dir).expect_err(bad);
         assert!(cache.is_empty(), "{bad}");
@@ -176,7 +199,10 @@ fn corrupt_cache_is_ignored() {
         let net = Network::parse("3,4,2").unwrap();
         let g = GpuBackend::with_options(ctx, &net, 4, options).unwrap();
         let plan = g.kernel_plan().unwrap();
-        assert!(plan.entries(&net).iter().all(|(_, c)| c.source == Source::Heuristic));
+        assert!(plan
+            .entries(&net)
+            .iter()
+            .all(|(_, c)| c.source == Source::Heuristic));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -214,7 +240,11 @@ fn concurrent_writers_never_tear_the_cache() {
         w.join().unwrap();
     }
     let last = TuneCache::try_load(&dir).unwrap_or_else(|(_, why)| panic!("{why}"));
-    assert!(last.len() >= 25, "{} entries after {reads} reads", last.len());
+    assert!(
+        last.len() >= 25,
+        "{} entries after {reads} reads",
+        last.len()
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -236,21 +266,35 @@ fn every_candidate_passes_the_safety_checks() {
             let list = tune::candidates(device, &limits);
             assert!(!list.is_empty(), "{device:?}");
             for c in list {
-                c.check(&limits).unwrap_or_else(|e| panic!("{device:?} {c}: {e}"));
+                c.check(&limits)
+                    .unwrap_or_else(|e| panic!("{device:?} {c}: {e}"));
                 match c.core {
                     Core::Generated => shadertrain::gpu::codegen::check(&c.tiles).unwrap(),
                     Core::Loops => c.tiles.safety().unwrap(),
                 }
                 assert_eq!(KernelConfig::parse(&c.to_string()).unwrap(), c);
                 let plan = KernelPlan::uniform(&net, c, Source::Given);
-                assert_eq!(KernelPlan::parse(&net, &plan.to_string(), Source::Given).unwrap(), plan);
+                assert_eq!(
+                    KernelPlan::parse(&net, &plan.to_string(), Source::Given).unwrap(),
+                    plan
+                );
             }
         }
     }
     let plan = mixed_plan(&net);
-    assert_eq!(KernelPlan::parse(&net, &plan.to_string(), Source::Given).unwrap(), plan);
-    for bad in ["f0=gen:8x8:4x4:k8", "f0=gen:8x8:4x4:k8,f0=gen:8x8:4x4:k8", "x9=gen:8x8:4x4:k8", "f0=gen:8x8:3x4:k8"] {
-        let e = KernelPlan::parse(&net, bad, Source::Given).unwrap_err().to_string();
+    assert_eq!(
+        KernelPlan::parse(&net, &plan.to_string(), Source::Given).unwrap(),
+        plan
+    );
+    for bad in [
+        "f0=gen:8x8:4x4:k8",
+        "f0=gen:8x8:4x4:k8,f0=gen:8x8:4x4:k8",
+        "x9=gen:8x8:4x4:k8",
+        "f0=gen:8x8:3x4:k8",
+    ] {
+        let e = KernelPlan::parse(&net, bad, Source::Given)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains('\n') && !e.is_empty(), "{bad}: {e}");
     }
 }
@@ -273,7 +317,10 @@ fn tune_measures_and_chooses_the_fastest() {
         candidates: Some(candidates.to_vec()),
     };
     let mut lines = Vec::new();
-    let report = tune::tune(&ctx, &net, 11, &settings, &mut |l| lines.push(l.to_string())).unwrap();
+    let report = tune::tune(&ctx, &net, 11, &settings, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
     let (config, why) = &report.skipped[0];
@@ -283,9 +330,19 @@ fn tune_measures_and_chooses_the_fastest() {
     assert_eq!(report.measurements.len(), 2 * n);
     for (p, choice) in report.plan.entries(&net) {
         assert_eq!(choice.source, Source::Tuned);
-        let rows: Vec<_> = report.measurements.iter().filter(|m| m.product == p.label()).collect();
+        let rows: Vec<_> = report
+            .measurements
+            .iter()
+            .filter(|m| m.product == p.label())
+            .collect();
         let best = rows.iter().min_by(|a, b| a.ms.total_cmp(&b.ms)).unwrap();
-        assert!(best.chosen && best.candidate == choice.config.to_string(), "{p:?}: {rows:?}");
-        assert!(rows.iter().all(|m| m.ms > 0.0 && m.gflops.is_finite()), "{rows:?}");
+        assert!(
+            best.chosen && best.candidate == choice.config.to_string(),
+            "{p:?}: {rows:?}"
+        );
+        assert!(
+            rows.iter().all(|m| m.ms > 0.0 && m.gflops.is_finite()),
+            "{rows:?}"
+        );
     }
 }
