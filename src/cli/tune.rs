@@ -28,7 +28,7 @@ pub struct TuneArgs {
     #[arg(long)]
     json: bool,
     /// Seconds after which no further candidate starts (the first always runs).
-    #[arg(long, default_value_t = 90.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
     budget: f64,
     /// Candidates to measure instead of the adapter's list, comma-separated
     /// (`gen:8x8:4x4:k8,loops:8x8:4x4:k8`).

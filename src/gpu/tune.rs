@@ -315,7 +315,7 @@ pub fn resolve_plan(
 }
 
 /// Time spent measuring candidates, after which no new one starts.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(90);
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
 /// The budget of [`TuneMode::Auto`]: `SHADERTRAIN_TUNE_BUDGET` seconds
 /// where set to a positive number, else [`DEFAULT_BUDGET`].
