@@ -346,3 +346,46 @@ fn tune_measures_and_chooses_the_fastest() {
         );
     }
 }
+
+/// The heuristic chooses per product: a wide product gets large blocks, a
+/// narrow output layer small ones (its padding would cost more than the
+/// larger blocks save), on each device type within its limits.
+#[test]
+fn heuristic_chooses_per_product() {
+    use shadertrain::gpu::plan::{heuristic_plan, Product, ProductId};
+    let limits = wgpu::Limits::default();
+    let net = Network::parse("4096,4096,10").unwrap();
+    let plan = heuristic_plan(wgpu::DeviceType::DiscreteGpu, &limits, &net, 4096);
+    let at = |kind, layer| plan.get(ProductId { kind, layer }).config;
+    assert_eq!(
+        at(Product::Forward, 0),
+        KernelConfig::generated(TileConfig::DISCRETE),
+        "{plan}"
+    );
+    assert_eq!(
+        at(Product::Forward, 1),
+        KernelConfig::generated(TileConfig::SMALL),
+        "{plan}"
+    );
+    assert!(plan.configs().len() >= 2, "{plan}");
+    for (_, c) in plan.entries(&net) {
+        assert_eq!(c.source, Source::Heuristic);
+        c.config.check(&limits).unwrap();
+    }
+    // Batch 1 on a CPU adapter: every product small.
+    let tiny = heuristic_plan(wgpu::DeviceType::Cpu, &limits, &net, 1);
+    assert_eq!(
+        at(Product::Forward, 0),
+        KernelConfig::generated(TileConfig::DISCRETE)
+    );
+    assert_eq!(
+        tiny.get(ProductId {
+            kind: Product::Forward,
+            layer: 0
+        })
+        .config
+        .tiles,
+        TileConfig::SMALL,
+        "{tiny}"
+    );
+}

@@ -629,7 +629,9 @@ impl Reference {
             )));
         }
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            if !((g - w).abs() <= abs + rel * w.abs()) {
+            let d = (g - w).abs();
+            // Written so that NaN fails too.
+            if d.is_nan() || d > abs + rel * w.abs() {
                 return Err(Error::Gpu(format!(
                     "wrong result: {what}[{i}] = {g}, the CPU gives {w} (off by {:.3e})",
                     (g - w).abs()
