@@ -304,7 +304,19 @@ pub fn resolve_plan(
             budget: auto_budget(),
             candidates: None,
         };
-        let report = tune(ctx, net, rows, &settings, &mut |_| {})?;
+        // A device of its own on the same adapter (same name), so that a
+        // candidate failing at run time cannot spoil the caller's device,
+        // whose errors are sticky; the caller's where none opens.
+        let own = GpuContext::with_adapter(&ctx.info.name)
+            .ok()
+            .filter(|c| c.info.name == ctx.info.name && c.info.backend == ctx.info.backend);
+        let report = tune(
+            own.as_ref().unwrap_or(ctx),
+            net,
+            rows,
+            &settings,
+            &mut |_| {},
+        )?;
         for &p in &missing {
             plan.set(p, report.plan.get(p));
         }
