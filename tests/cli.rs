@@ -1503,3 +1503,21 @@ fn train_tune_auto_tunes_then_trains_and_records() {
         &["--kernel-config"],
     );
 }
+
+/// `tune`'s own flags are checked before any GPU work, each error naming its flag.
+#[test]
+fn tune_refuses_bad_flags() {
+    expect_error(
+        &["tune", "--workload", "W0", "--budget", "0"],
+        &["--budget"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--budget", "nan"],
+        &["--budget"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--candidates", "gen:1x1"],
+        &["--candidates", "gen:1x1"],
+    );
+    expect_error(&["tune", "--workload", "W9"], &["W9"]);
+}

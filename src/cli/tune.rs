@@ -52,7 +52,15 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let candidates = match &a.candidates {
         Some(list) => Some(
             list.split(',')
-                .map(KernelConfig::parse)
+                .map(|c| {
+                    // Its own flag's name, not --kernel-config's.
+                    KernelConfig::parse(c).map_err(|e| match e {
+                        Error::Setting { value, problem, .. } => {
+                            Error::Invalid(format!("--candidates '{value}': {problem}"))
+                        }
+                        e => e,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
         ),
         None => None,
