@@ -181,6 +181,13 @@ pub trait Backend {
 
     /// Gradients from the last backward pass, in the parameter layout.
     fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
+
+    /// The GPU kernels' configuration of every product, as
+    /// `--kernel-config` takes it and checkpoints record it
+    /// ([`crate::gpu::KernelPlan`]); `None` where no tiled kernels run.
+    fn kernel_config(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The refusal of a network with dropout by a backend (`describe`) that

@@ -220,6 +220,10 @@ pub struct TrainState {
     pub warmup: usize,
     /// Early stopping's rule and where it stands, if the run uses it.
     pub early_stop: Option<EarlyStopState>,
+    /// The GPU kernels' configuration of every product
+    /// ([`crate::gpu::KernelPlan`]'s text), so that a resumed run replays it
+    /// bitwise; `None` off the tiled GPU kernels.
+    pub kernel_config: Option<String>,
 }
 
 /// An optimiser's state: updates so far and its moments (momentum `v`, or
@@ -506,6 +510,9 @@ impl Checkpoint {
             if let Some(p) = &es.best_params {
                 tensors.push(f32s("early_stop.best".into(), vec![p.data.len()], &p.data));
             }
+        }
+        if let Some(k) = &s.kernel_config {
+            meta.insert("kernel_config".into(), k.clone());
         }
         if let Some(fp) = s.fingerprint {
             meta.insert("data_inputs_hash".into(), format!("{:016x}", fp.inputs));
@@ -818,6 +825,7 @@ impl Checkpoint {
             schedule,
             warmup,
             early_stop,
+            kernel_config: meta.get("kernel_config").cloned(),
         };
         Ok(Checkpoint {
             params,

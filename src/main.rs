@@ -46,6 +46,9 @@ enum Cmd {
     LrFind(Box<cli::lr_find::LrFindArgs>),
     /// Time the training step on the CPU, the GPU or both, side by side.
     Bench(cli::bench::BenchArgs),
+    /// Measure the GPU kernels' configurations for a network on this
+    /// adapter and remember the fastest per product (train and bench use them).
+    Tune(cli::tune::TuneArgs),
     /// Score a saved model on a dataset: loss, accuracy, confusion matrix.
     Eval(cli::model::ModelArgs),
     /// Write a saved model's outputs for every row of a dataset as CSV.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => cli::train::run(*a),
         Cmd::LrFind(a) => cli::lr_find::run(*a).map(|()| ExitCode::SUCCESS),
         Cmd::Bench(a) => cli::bench::run(a).map(|()| ExitCode::SUCCESS),
+        Cmd::Tune(a) => cli::tune::run(a).map(|()| ExitCode::SUCCESS),
         Cmd::Eval(a) => cli::model::eval(a).map(|()| ExitCode::SUCCESS),
         Cmd::Predict(a) => cli::model::predict(a).map(|()| ExitCode::SUCCESS),
         Cmd::Export(a) => cli::export::run(a).map(|()| ExitCode::SUCCESS),

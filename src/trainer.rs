@@ -26,7 +26,7 @@ use crate::cpu::FastCpuBackend;
 use crate::data::{Dataset, Standardizer};
 use crate::early_stop::{EarlyStop, EarlyStopState};
 use crate::error::{Error, Result, Setting};
-use crate::gpu::{GpuBackend, GpuContext};
+use crate::gpu::{GpuBackend, GpuContext, GpuOptions};
 use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
@@ -128,7 +128,23 @@ impl Device {
         net: &Network,
         capacity: usize,
     ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
+        self.open_with(net, capacity, None)
+    }
+
+    /// As [`Device::open`], a GPU backend built with `gpu` where given
+    /// (one device only: several workers choose their own).
+    pub(crate) fn open_with(
+        &self,
+        net: &Network,
+        capacity: usize,
+        gpu: Option<&GpuOptions>,
+    ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
         if let Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_) = self {
+            if gpu.is_some() {
+                return Err(Error::Invalid(
+                    "a GPU kernel configuration or tuning mode applies to one device, not to several workers".into(),
+                ));
+            }
             return crate::parallel::open(self, net, capacity);
         }
         Ok(match self.resolve()? {
@@ -138,7 +154,10 @@ impl Device {
                 fallback,
             ),
             Resolved::Gpu(ctx) => (
-                Box::new(GpuBackend::new(ctx, net, capacity)?),
+                match gpu {
+                    Some(o) => Box::new(GpuBackend::with_options(ctx, net, capacity, o.clone())?),
+                    None => Box::new(GpuBackend::new(ctx, net, capacity)?),
+                },
                 Kind::Gpu,
                 None,
             ),
@@ -254,7 +273,19 @@ impl Trainer {
 
     /// On `device`, with buffers for batches of up to `capacity` samples.
     pub fn on(device: &Device, net: &Network, capacity: usize) -> Result<Trainer> {
-        let (backend, kind, fallback) = device.open(net, capacity)?;
+        Self::on_with(device, net, capacity, None)
+    }
+
+    /// As [`Trainer::on`], a GPU built with `gpu` where given: its kernel
+    /// configuration per product ([`GpuOptions::plan`], a checkpoint's
+    /// record replayed), tuning mode and cache directory. One device only.
+    pub fn on_with(
+        device: &Device,
+        net: &Network,
+        capacity: usize,
+        gpu: Option<&GpuOptions>,
+    ) -> Result<Trainer> {
+        let (backend, kind, fallback) = device.open_with(net, capacity, gpu)?;
         let mut t = Trainer::new(backend);
         t.kind = kind;
         t.fallback = fallback;
@@ -872,6 +903,7 @@ impl RunMeta {
             schedule: self.cfg.schedule,
             warmup: self.cfg.warmup,
             early_stop: self.early.clone(),
+            kernel_config: backend.kernel_config(),
         };
         Checkpoint::capture(backend, state, self.standardizer.clone())
     }

@@ -648,7 +648,7 @@ fn bench_both_compares_gpu_with_cpu() {
 
 /// What ran on the GPU: checked or not, dispatches per step, and each tiled
 /// product's configuration with its source; `--kernel-config` replays one
-/// (the previous loop core included) and is reported as `flag`.
+/// (the previous loop core included) and is reported as `given`.
 #[test]
 fn bench_gpu_reports_kernel_configs() {
     if !gpu_or_skip("bench_gpu_reports_kernel_configs") {
@@ -690,7 +690,7 @@ fn bench_gpu_reports_kernel_configs() {
         assert!(
             configs
                 .iter()
-                .all(|c| c["config"] == config && c["source"] == "flag"),
+                .all(|c| c["config"] == config && c["source"] == "given"),
             "{}",
             r.dump()
         );
@@ -1325,4 +1325,199 @@ fn loss_flag_must_fit_the_output_layer() {
     assert!(r.stdout().contains("(cross-entropy)"), "{}", r.dump());
     let r = run(&train_args(&["--loss", "mse", "--epochs", "1"])).success();
     assert!(r.stdout().contains("(mse)"), "{}", r.dump());
+}
+
+/// The kernel configurations of one `bench --json` GPU row: `(config, source)` per product.
+fn bench_sources(args: &[&str], env: &[(&str, &str)]) -> (Vec<(String, String)>, Run) {
+    let r = run_env(args, env).success();
+    let row: Value = serde_json::from_str(r.stdout().lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.dump()));
+    let configs = row["kernel_configs"].as_array().expect("kernel_configs");
+    let pairs = configs
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+            (s("config"), s("source"))
+        })
+        .collect();
+    (pairs, r)
+}
+
+/// `tune` measures and writes the cache; `bench` then reads it (source
+/// `cache`), `--tune off` does not (`heuristic`), and a corrupt cache is
+/// ignored with one line on stderr.
+#[test]
+fn tune_writes_the_cache_that_bench_reads() {
+    if !gpu_or_skip("tune_writes_the_cache_that_bench_reads") {
+        return;
+    }
+    let dir = TempDir::new("tune-cache");
+    let cache = dir.0.to_string_lossy().into_owned();
+    let env = [("SHADERTRAIN_CACHE_DIR", cache.as_str())];
+    let net = ["--layers", "5,4,3", "--batch", "9"];
+    let mut tune = vec![
+        "tune",
+        "--json",
+        "--candidates",
+        "gen:8x8:4x4:k8,loops:8x8:4x4:k8",
+    ];
+    tune.extend(net);
+    let r = run_env(&tune, &env).success();
+    let lines: Vec<Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", r.dump())))
+        .collect();
+    // 5 products × 2 candidates, then the summary.
+    assert_eq!(lines.len(), 11, "{}", r.dump());
+    assert!(lines[..10]
+        .iter()
+        .all(|m| m["ms"].as_f64().is_some_and(|ms| ms > 0.0)));
+    let chosen = lines[10]["kernel_config"]
+        .as_str()
+        .expect("kernel_config")
+        .to_string();
+    assert!(dir.path("tune-v1.json").exists(), "{}", r.dump());
+    let mut bench = vec![
+        "bench",
+        "--backend",
+        "gpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    bench.extend(net);
+    let (cached, r) = bench_sources(&bench, &env);
+    assert_eq!(cached.len(), 5, "{}", r.dump());
+    assert!(cached.iter().all(|(_, s)| s == "cache"), "{}", r.dump());
+    let plan: Vec<&str> = cached.iter().map(|(c, _)| c.as_str()).collect();
+    assert!(
+        chosen.contains('=') || plan.iter().all(|c| *c == chosen),
+        "bench ran {plan:?}, tune chose {chosen}"
+    );
+    let mut off = bench.clone();
+    off.extend(["--tune", "off"]);
+    let (heuristic, r) = bench_sources(&off, &env);
+    assert!(
+        heuristic.iter().all(|(_, s)| s == "heuristic"),
+        "{}",
+        r.dump()
+    );
+    std::fs::write(dir.path("tune-v1.json"), "{\"version\": 1, \"entr").unwrap();
+    let (ignored, r) = bench_sources(&bench, &env);
+    assert!(
+        ignored.iter().all(|(_, s)| s == "heuristic"),
+        "{}",
+        r.dump()
+    );
+    let notices: Vec<String> = r
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("tuning cache"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{}", r.dump());
+    assert!(notices[0].contains("ignored"), "{}", r.dump());
+}
+
+/// `train --tune auto` tunes the products the cache lacks (a progress line),
+/// writes the cache, trains, and records the configuration in the checkpoint
+/// and `--metrics`; a resume replays it, and `--kernel-config` with
+/// `--backend cpu` is refused.
+#[test]
+fn train_tune_auto_tunes_then_trains_and_records() {
+    if !gpu_or_skip("train_tune_auto_tunes_then_trains_and_records") {
+        return;
+    }
+    let dir = TempDir::new("tune-auto");
+    let cache = dir.0.to_string_lossy().into_owned();
+    // The first candidate only: lavapipe is slow.
+    let env = [
+        ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
+        ("SHADERTRAIN_TUNE_BUDGET", "0.001"),
+    ];
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
+    let metrics = dir.path("m.json").to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--epochs",
+        "1",
+        "--tune",
+        "auto",
+        "--save",
+        &save,
+        "--metrics",
+        &metrics,
+    ];
+    let r = run_env(&args, &env).success();
+    assert!(
+        r.stderr().contains("tuning 5 of 5 products"),
+        "{}",
+        r.dump()
+    );
+    assert!(dir.path("tune-v1.json").exists(), "{}", r.dump());
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let recorded = m["kernel_config"]
+        .as_str()
+        .expect("kernel_config in --metrics")
+        .to_string();
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
+    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(recorded.as_str()));
+    // A second run finds every product in the cache: no tuning.
+    let r = run_env(&args, &env).success();
+    assert!(!r.stderr().contains("tuning"), "{}", r.dump());
+    let resume = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--resume",
+        &save,
+        "--epochs",
+        "2",
+    ];
+    let r = run_env(&resume, &[("SHADERTRAIN_CACHE_DIR", cache.as_str())]).success();
+    assert!(
+        r.stderr().contains(&format!("gpu kernels: {recorded}")),
+        "{}",
+        r.dump()
+    );
+    expect_error(
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--data",
+            "xor",
+            "--kernel-config",
+            "gen:8x8:4x4:k8",
+        ],
+        &["--kernel-config"],
+    );
+}
+
+/// `tune`'s own flags are checked before any GPU work, each error naming its flag.
+#[test]
+fn tune_refuses_bad_flags() {
+    expect_error(
+        &["tune", "--workload", "W0", "--budget", "0"],
+        &["--budget"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--budget", "nan"],
+        &["--budget"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--candidates", "gen:1x1"],
+        &["--candidates", "gen:1x1"],
+    );
+    expect_error(&["tune", "--workload", "W9"], &["W9"]);
 }

@@ -115,7 +115,7 @@ fn simple_kernels_refuse_a_split_batch() {
         max_chunk: Some(4),
         ..GpuOptions::default()
     };
-    let e = GpuBackend::with_options(ctx.clone(), &net, 10, options).err();
+    let e = GpuBackend::with_options(ctx.clone(), &net, 10, options.clone()).err();
     assert!(
         e.as_ref()
             .is_some_and(|e| e.to_string().contains("a batch of 4 fits")),

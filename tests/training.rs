@@ -324,7 +324,7 @@ fn nan_check_changes_nothing_and_stops_at_the_step() {
             };
             makers.push((
                 "gpu",
-                Box::new(move || Box::new(gpu(&ctx, &net, 16, options))),
+                Box::new(move || Box::new(gpu(&ctx, &net, 16, options.clone()))),
             ));
         }
     }
@@ -466,8 +466,8 @@ fn profile_step_times_every_kernel() {
             ],
         ),
     ];
-    for ((name, options), (_, labels)) in [KERNELS[0], KERNELS[1]].into_iter().zip(expected) {
-        let mut profiled = gpu(&ctx, &net, 5, options);
+    for ((name, options), (_, labels)) in KERNELS.into_iter().take(2).zip(expected) {
+        let mut profiled = gpu(&ctx, &net, 5, options.clone());
         let mut plain = gpu(&ctx, &net, 5, options);
         for b in [&mut profiled, &mut plain] {
             b.set_params(&net.init(2)).unwrap();

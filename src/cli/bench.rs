@@ -8,7 +8,10 @@ use clap::ValueEnum;
 use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuContext, GpuOptions, KernelConfig, KernelSet, TileConfig};
+use shadertrain::gpu::plan::ProductId;
+use shadertrain::gpu::{
+    GpuBackend, GpuContext, GpuOptions, KernelPlan, KernelSet, Source, TileConfig, TuneMode,
+};
 use shadertrain::network::{Network, Params};
 use shadertrain::parallel::DataParallel;
 use shadertrain::trainer::Device;
@@ -79,11 +82,17 @@ pub struct BenchArgs {
     /// Tile sizes of the tiled kernels (default: chosen by adapter type).
     #[arg(long, value_enum)]
     tiles: Option<TilesArg>,
-    /// One configuration of the tiled kernels, as `bench --json` and
-    /// checkpoints record it: `gen|loops:WXxWY:TMxTN:kBK` (e.g.
-    /// `gen:8x8:4x4:k8`; `loops` is the previous tiled.wgsl core).
-    #[arg(long, conflicts_with_all = ["tiles", "kernels"])]
+    /// The tiled kernels' configuration, as `bench --json`, checkpoints and
+    /// `--metrics` record it: one for every product,
+    /// `gen|loops:WXxWY:TMxTN:kBK` (e.g. `gen:8x8:4x4:k8`; `loops` is the
+    /// previous tiled.wgsl core), or one per product, `f0=…,d0=…,g0=…,f1=…`.
+    #[arg(long, conflicts_with_all = ["tiles", "kernels", "tune"])]
     kernel_config: Option<String>,
+    /// Where each product's configuration comes from: `off` the built-in
+    /// heuristic, `cached` the tuning cache where it has the product
+    /// (`shadertrain tune` fills it), `auto` tunes missing products first.
+    #[arg(long, value_enum)]
+    tune: Option<super::TuneArg>,
     /// Also time each GPU kernel of a step with timestamp queries (median of 5 steps).
     #[arg(long)]
     profile: bool,
@@ -239,16 +248,22 @@ fn scaling(
 struct KernelTime {
     kernel: String,
     ms: f64,
-    /// The configuration a tiled product kernel ran with.
+    /// The configuration a tiled product kernel ran with, and its source.
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
 }
 
 /// Median per-dispatch times of `runs` profiled steps, in dispatch order, or
 /// `None` where the adapter has no timestamp queries.
 fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
-    // The tiled products (`*_tiled` entry points) run the backend's configuration.
-    let config = g.kernel_config().map(|c| c.to_string());
+    // Each tiled product's dispatches run its configuration in the plan.
+    let plan = g.kernel_plan().cloned();
+    let choice = |label: &str| {
+        let p = ProductId::of_label(label)?;
+        Some(plan.as_ref()?.get(p))
+    };
     let mut all: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
         match g.profile_step(lr)? {
@@ -268,7 +283,8 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
                 KernelTime {
                     kernel: name.clone(),
                     ms: bench::Timing { ms }.median(),
-                    config: config.clone().filter(|_| name.contains("_tiled")),
+                    config: choice(name).map(|c| c.config.to_string()),
+                    source: choice(name).map(|c| c.source.name()),
                 }
             })
             .collect(),
@@ -277,41 +293,31 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
 
 /// The configuration one tiled product of a step runs with.
 #[derive(serde::Serialize)]
-struct ProductConfig {
+pub(super) struct ProductConfig {
     /// `forward`, `delta_hidden` or `gradient`, and the layer.
     product: String,
     /// `(M, N, K)` of the product.
     shape: [usize; 3],
     config: String,
-    /// `flag` (--kernel-config or --tiles) or `heuristic`.
+    /// `tuned`, `cache`, `heuristic` or `given` (--kernel-config, --tiles).
     source: &'static str,
 }
 
-/// Every tiled product of a step of `net` at `batch` rows with `config`.
-fn product_configs(
+/// Every tiled product of a step of `net` at `batch` rows with its choice in `plan`.
+pub(super) fn product_configs(
     net: &Network,
     batch: usize,
-    config: KernelConfig,
-    source: &'static str,
+    plan: &KernelPlan,
 ) -> Vec<ProductConfig> {
-    let mut out = Vec::new();
-    for (l, ly) in net.layers().iter().enumerate() {
-        let mut push = |product: &str, layer: usize, shape| {
-            out.push(ProductConfig {
-                product: format!("{product} layer {layer}"),
-                shape,
-                config: config.to_string(),
-                source,
-            })
-        };
-        push("forward", l, [batch, ly.n_out, ly.n_in]);
-        // The delta of the layer below, from this layer's weights.
-        if let Some(h) = l.checked_sub(1) {
-            push("delta_hidden", h, [batch, ly.n_in, ly.n_out]);
-        }
-        push("gradient", l, [ly.n_out, ly.n_in, batch]);
-    }
-    out
+    plan.entries(net)
+        .into_iter()
+        .map(|(p, c)| ProductConfig {
+            product: p.label(),
+            shape: p.shape(net, batch),
+            config: c.config.to_string(),
+            source: c.source.name(),
+        })
+        .collect()
 }
 
 /// One backend's result, as `bench --json` prints it.
@@ -336,7 +342,7 @@ struct BenchRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     dispatches_per_step: Option<usize>,
     /// GPU only: the configuration of each tiled product and where it came
-    /// from (`flag` or `heuristic`); empty for the simple kernels.
+    /// from (`tuned`, `cache`, `heuristic`, `given`); empty for the simple kernels.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_configs: Option<Vec<ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
@@ -350,6 +356,24 @@ struct BenchRow {
     speedup: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_param_diff: Option<f64>,
+}
+
+/// `--workload` or `--layers` (clap refuses both; with neither, W1) and
+/// `--batch`: the workload, the network and the batch (the workload's, else 1024).
+pub(super) fn workload_net(
+    workload: Option<&str>,
+    layers: Option<&str>,
+    batch: Option<usize>,
+) -> Result<(Option<Workload>, Network, usize)> {
+    let (workload, net) = match layers {
+        Some(l) => (None, Network::parse(l)?),
+        None => {
+            let w = Workload::named(workload.unwrap_or("W1"))?;
+            (Some(w), w.network())
+        }
+    };
+    let batch = batch.or(workload.map(|w| w.batch)).unwrap_or(1024);
+    Ok((workload, net, batch))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -369,6 +393,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ("--kernels", a.kernels != KernelsArg::Auto),
         ("--tiles", a.tiles.is_some()),
         ("--kernel-config", a.kernel_config.is_some()),
+        ("--tune", a.tune.is_some()),
         ("--profile", a.profile),
         ("--adapter", a.adapter.is_some()),
     ] {
@@ -380,15 +405,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "--backend cpu",
         )?;
     }
-    // clap refuses --workload with --layers; with neither, W1.
-    let (workload, net) = match &a.layers {
-        Some(l) => (None, Network::parse(l)?),
-        None => {
-            let w = Workload::named(a.workload.as_deref().unwrap_or("W1"))?;
-            (Some(w), w.network())
-        }
-    };
-    let batch = a.batch.or(workload.map(|w| w.batch)).unwrap_or(1024);
+    let (workload, net, batch) = workload_net(a.workload.as_deref(), a.layers.as_deref(), a.batch)?;
     let steps = a.steps.or(workload.map(|w| w.steps)).unwrap_or(20);
     if !a.lr.is_finite() || a.lr <= 0.0 {
         return Err(Error::Invalid(format!(
@@ -413,8 +430,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             None => GpuContext::new()?,
         };
         let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
-        let config = match &a.kernel_config {
-            Some(text) => Some(KernelConfig::parse(text)?),
+        let plan = match &a.kernel_config {
+            Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
             None => None,
         };
         let options = GpuOptions {
@@ -428,10 +445,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 TilesArg::Medium => TileConfig::MEDIUM,
                 TilesArg::Discrete => TileConfig::DISCRETE,
             }),
+            tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
             ..GpuOptions::default()
         };
-        let options = match config {
-            Some(c) => options.with_config(c),
+        let options = match plan {
+            Some(p) => options.with_plan(p),
             None => options,
         };
         Some(GpuBackend::with_options(ctx, &net, batch, options)?)
@@ -471,14 +489,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
     };
     if let Some(mut g) = gpu {
-        let kernels = match g.kernel_config() {
-            Some(c) => format!(
-                "tiled {c} ({}x{} blocks, {}x{} per invocation)",
-                c.tiles.bm(),
-                c.tiles.bn(),
-                c.tiles.tm,
-                c.tiles.tn
-            ),
+        let kernels = match g.kernel_plan() {
+            Some(plan) => format!("tiled {plan}"),
             None => "simple".into(),
         };
         let checked = g.checked();
@@ -490,13 +502,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         r.kernels = Some(kernels);
         r.checked = Some(checked);
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
-        let source = if a.kernel_config.is_some() || a.tiles.is_some() {
-            "flag"
-        } else {
-            "heuristic"
-        };
-        r.kernel_configs = Some(match g.kernel_config() {
-            Some(c) => product_configs(&net, batch, c, source),
+        r.kernel_configs = Some(match g.kernel_plan() {
+            Some(plan) => product_configs(&net, batch.min(g.micro_batch()), plan),
             None => Vec::new(),
         });
         if a.profile {
@@ -545,11 +552,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         outln!("gpu kernels, median of 5 profiled steps (sum {total:.3} ms):");
         for k in prof {
             outln!(
-                "  {:<36} {:>10.3} ms  {:>5.1}%  {}",
+                "  {:<36} {:>10.3} ms  {:>5.1}%  {} {}",
                 k.kernel,
                 k.ms,
                 100.0 * k.ms / total.max(1e-12),
-                k.config.as_deref().unwrap_or("")
+                k.config.as_deref().unwrap_or(""),
+                k.source.unwrap_or("")
             );
         }
     }

@@ -11,6 +11,7 @@ pub mod lr_find;
 pub mod model;
 pub mod signals;
 pub mod train;
+pub mod tune;
 
 use clap::ValueEnum;
 use shadertrain::error::{one_line, Setting};
@@ -182,6 +183,29 @@ pub fn f32_as_given(s: &str) -> std::result::Result<f32, String> {
         ));
     }
     Ok(v)
+}
+
+/// `--tune`: where the GPU products' configurations come from.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TuneArg {
+    /// The built-in heuristic.
+    Off,
+    /// The tuning cache where it has the product, else the heuristic (the default).
+    Cached,
+    /// Tune the products the cache lacks first, then run.
+    Auto,
+}
+
+impl TuneArg {
+    /// The library's mode.
+    pub fn mode(self) -> shadertrain::gpu::TuneMode {
+        use shadertrain::gpu::TuneMode;
+        match self {
+            TuneArg::Off => TuneMode::Off,
+            TuneArg::Cached => TuneMode::Cached,
+            TuneArg::Auto => TuneMode::Auto,
+        }
+    }
 }
 
 /// `--backend`.
@@ -364,7 +388,18 @@ pub fn open(
     capacity: usize,
     quiet: bool,
 ) -> Result<Trainer> {
-    let t = Trainer::on(device, net, capacity)?;
+    open_with(device, net, capacity, quiet, None)
+}
+
+/// [`open`], a GPU built with `gpu` where given ([`Trainer::on_with`]).
+pub fn open_with(
+    device: &Device,
+    net: &shadertrain::Network,
+    capacity: usize,
+    quiet: bool,
+    gpu: Option<&shadertrain::gpu::GpuOptions>,
+) -> Result<Trainer> {
+    let t = Trainer::on_with(device, net, capacity, gpu)?;
     if let (Some(f), false) = (t.fallback(), quiet) {
         notice(f);
     }

@@ -4,7 +4,7 @@
 //! Trainer's; this file only decides what the flags ask for and refuses
 //! flags that contradict each other or a resumed checkpoint.
 
-use super::{check_outputs, device, open, refuse_unused, BackendArg};
+use super::{check_outputs, device, open_with, refuse_unused, BackendArg};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shadertrain::checkpoint::{Checkpoint, TrainState};
@@ -57,6 +57,17 @@ pub struct TrainArgs {
     /// The GPU to use: its index in `shadertrain devices`, or part of its name.
     #[arg(long)]
     adapter: Option<String>,
+    /// GPU: where each product's kernel configuration comes from: `off` the
+    /// built-in heuristic, `cached` the tuning cache where it has the
+    /// product (`shadertrain tune` fills it), `auto` tunes missing products
+    /// first [default: cached, or the checkpoint's configuration with --resume].
+    #[arg(long, value_enum)]
+    tune: Option<super::TuneArg>,
+    /// GPU: run exactly this kernel configuration, as checkpoints, `--metrics`
+    /// and `bench --json` record it: one for every product
+    /// (`gen:8x8:4x4:k8`) or one per product (`f0=…,d0=…,g0=…,f1=…`).
+    #[arg(long, conflicts_with = "tune")]
+    kernel_config: Option<String>,
     /// Write a checkpoint (safetensors: weights, architecture, training state) here when training ends.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -252,6 +263,7 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
     };
     let mut t = t.stop_when(stop);
     let adapter = t.backend().describe();
+    let kernel_config = t.backend().kernel_config();
     let kind = t.kind().name();
     let first = t.first_epoch();
     let epochs = t.config().epochs;
@@ -352,6 +364,9 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
                 },
             });
             let mut json = json;
+            if let Some(k) = &kernel_config {
+                json["kernel_config"] = k.as_str().into();
+            }
             if let Some(c) = t.optimizer_in_use().clip_norm {
                 json["clip_norm"] = c.into();
                 json["clipped"] = t.history().iter().map(|e| e.clipped).sum::<u64>().into();
@@ -576,7 +591,13 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     // The optimiser first (setting one zeroes its state), then the resumed
     // state over it, then the settings the flags resolved (the checkpoint's
     // where no flag was given).
-    let mut t = open(&dev, &net, capacity, a.quiet)?.optimizer(optimizer)?;
+    use shadertrain::trainer::Device;
+    let single = !matches!(
+        dev,
+        Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_)
+    );
+    let gpu = gpu_options(a, &net, resumed.as_ref(), single)?;
+    let mut t = open_with(&dev, &net, capacity, a.quiet, gpu.as_ref())?.optimizer(optimizer)?;
     if let Some(c) = &resumed {
         t = t.resume(c)?;
     }
@@ -621,6 +642,9 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     }
     if !a.quiet {
         eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());
+        if let Some(k) = t.backend().kernel_config() {
+            eprintln!("gpu kernels: {k}");
+        }
         let cfg = t.config();
         eprintln!(
             "training {} on '{}' ({} samples): {} epochs, batch {}, lr {}, {}, seed {}{}",
@@ -644,6 +668,45 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
         data,
         val,
         curve,
+    })
+}
+
+/// The GPU options `--tune` and `--kernel-config` ask for; with neither, a
+/// resumed run's recorded configuration replayed (so it stays bitwise equal
+/// to a straight run); else `None` (the cache, or the heuristic).
+fn gpu_options(
+    a: &TrainArgs,
+    net: &Network,
+    resumed: Option<&Checkpoint>,
+    single: bool,
+) -> Result<Option<shadertrain::gpu::GpuOptions>> {
+    use shadertrain::gpu::{GpuOptions, KernelPlan};
+    let on_gpu = a.backend != BackendArg::Cpu;
+    for (flag, given) in [
+        ("--tune", a.tune.is_some()),
+        ("--kernel-config", a.kernel_config.is_some()),
+    ] {
+        refuse_unused(flag, given, on_gpu, "the GPU", "--backend cpu")?;
+        if given && !single {
+            return Err(Error::Invalid(format!(
+                "{flag} applies to one GPU; with --devices, --micro-batches or MPI each worker reads the tuning cache"
+            )));
+        }
+    }
+    let recorded = resumed.and_then(|c| c.state.kernel_config.as_deref());
+    let given = shadertrain::gpu::Source::Given;
+    Ok(match (&a.kernel_config, a.tune, recorded) {
+        (Some(text), _, _) => {
+            Some(GpuOptions::default().with_plan(KernelPlan::parse(net, text, given)?))
+        }
+        (None, Some(t), _) => Some(GpuOptions {
+            tune: t.mode(),
+            ..GpuOptions::default()
+        }),
+        (None, None, Some(text)) if on_gpu && single => {
+            Some(GpuOptions::default().with_plan(KernelPlan::parse(net, text, given)?))
+        }
+        _ => None,
     })
 }
 

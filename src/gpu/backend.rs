@@ -42,10 +42,10 @@ use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
 use super::dropout::Dropout;
 use super::kernels::{
-    dispatch, k_splits, Acc, BatchUniform, KernelConfig, Kernels, OptimUniform, StepUniform,
-    TileConfig, TiledKernels,
+    dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
+use super::plan::{KernelPlan, Product};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
 use crate::backend::{check_batch, check_layer};
@@ -238,14 +238,10 @@ impl GpuBackend {
         }
     }
 
-    /// The tile sizes of its tiled kernels (`None` for [`KernelSet::Simple`]).
-    pub fn tiles(&self) -> Option<TileConfig> {
-        self.tiled.as_ref().map(|t| t.tiles)
-    }
-
-    /// The configuration of its tiled kernels (`None` for [`KernelSet::Simple`]).
-    pub fn kernel_config(&self) -> Option<KernelConfig> {
-        self.tiled.as_ref().map(|t| t.config())
+    /// The configuration of each tiled product and where it came from
+    /// (`None` for [`KernelSet::Simple`]).
+    pub fn kernel_plan(&self) -> Option<&KernelPlan> {
+        self.tiled.as_ref().map(|t| t.plan())
     }
 
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
@@ -264,13 +260,7 @@ impl GpuBackend {
         if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
         }
-        self.need_batch()?;
-        if self.host.is_some() {
-            return Err(Error::Invalid(format!(
-                "profile_step times one submission; this batch of {} runs as micro-batches of {}",
-                self.rows, self.buf.capacity
-            )));
-        }
+        self.one_submission("profile_step")?;
         self.write_step(lr);
         let stages = self.step_stages();
         let mut profile = self.profile_for(stages)?;
@@ -293,6 +283,50 @@ impl GpuBackend {
                 .map(|(label, t)| (label, t[1].saturating_sub(t[0]) as f64 * ns / 1e6))
                 .collect(),
         ))
+    }
+
+    /// One training step, each dispatch timed: by [`GpuBackend::profile_step`]
+    /// where the device has timestamp queries, else each dispatch submitted
+    /// on its own and timed by the wall clock until the device finishes it.
+    /// Returns `(kernel layer l, milliseconds)` per dispatch in order.
+    pub fn time_dispatches(&mut self, lr: f32) -> Result<Vec<(String, f64)>> {
+        if let Some(p) = self.profile_step(lr)? {
+            return Ok(p);
+        }
+        self.one_submission("time_dispatches")?;
+        self.write_step(lr);
+        self.flush()?;
+        readback::finish(&self.ctx)?;
+        self.in_flight.clear();
+        let ctx = &self.ctx;
+        let mut out = Vec::new();
+        for &stage in self.step_stages() {
+            self.schedule().plan(stage, &mut |d| {
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    dispatch(&mut pass, d.kernel, d.group, d.grid);
+                }
+                let start = std::time::Instant::now();
+                let index = ctx.queue.submit([enc.finish()]);
+                readback::wait_for(ctx, index)?;
+                out.push((d.label(), start.elapsed().as_secs_f64() * 1e3));
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// A loaded batch that runs as one submission, which `what` times.
+    fn one_submission(&self, what: &str) -> Result<()> {
+        self.need_batch()?;
+        if self.host.is_some() {
+            return Err(Error::Invalid(format!(
+                "{what} times one submission; this batch of {} runs as micro-batches of {}",
+                self.rows, self.buf.capacity
+            )));
+        }
+        Ok(())
     }
 
     /// Two timestamp queries for every dispatch of `stages`, a buffer to
@@ -361,9 +395,10 @@ impl GpuBackend {
     fn set_dims_rows(&mut self, rows: usize) {
         self.dims_rows = rows;
         if let Some(t) = &self.tiled {
-            for (s, ly) in self.splits.iter_mut().zip(self.net.layers()) {
+            for (l, (s, ly)) in self.splits.iter_mut().zip(self.net.layers()).enumerate() {
                 let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-                *s = k_splits(o, i, rows as u32, &t.tiles, self.buf.scratch_floats);
+                let tiles = t.tiles(Product::Gradient, l);
+                *s = k_splits(o, i, rows as u32, tiles, self.buf.scratch_floats);
             }
         }
         self.write_dims();
@@ -414,10 +449,7 @@ impl GpuBackend {
                 }),
             });
             dispatch(&mut pass, d.kernel, d.group, d.grid);
-            profile.labels.push(match d.layer {
-                Some(l) => format!("{} layer {l}", d.kernel.spec.entry),
-                None => d.kernel.spec.entry.to_string(),
-            });
+            profile.labels.push(d.label());
             Ok(())
         })
     }
@@ -559,7 +591,7 @@ impl GpuBackend {
 /// The tiled kernels when `options` asks for them, with its configuration
 /// or the adapter's tiles.
 fn compile_tiled(
-    ctx: &GpuContext,
+    ctx: &Arc<GpuContext>,
     net: &Network,
     rows: usize,
     options: &GpuOptions,
@@ -567,8 +599,8 @@ fn compile_tiled(
     if options.kernels == KernelSet::Simple {
         return Ok(None);
     }
-    let config = options.kernel_config(ctx, net, rows);
-    TiledKernels::new(&ctx.device, &ctx.limits, config, options.checked).map(Some)
+    let plan = super::tune::resolve_plan(ctx, net, rows, options)?;
+    TiledKernels::with_plan(&ctx.device, &ctx.limits, &plan, options.checked).map(Some)
 }
 
 impl Backend for GpuBackend {
@@ -806,5 +838,9 @@ impl Backend for GpuBackend {
     fn read_gradients(&mut self) -> Result<Params<f32>> {
         let data = self.read_floats(Which::Grads, self.net.param_count())?;
         Params::from_vec(&self.net, data)
+    }
+
+    fn kernel_config(&self) -> Option<String> {
+        self.kernel_plan().map(|p| p.to_string())
     }
 }

@@ -14,6 +14,7 @@ use super::kernels::{
     TiledKernels,
 };
 use super::options::binding_bytes;
+use super::plan::Product;
 use super::readback;
 use crate::backend::Metric;
 use crate::error::Result;
@@ -177,9 +178,11 @@ fn scratch_floats(
     let budget = SCRATCH_BUDGET.min(limit / 4);
     net.layers()
         .iter()
-        .map(|ly| {
+        .enumerate()
+        .map(|(l, ly)| {
             let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-            let s = k_splits(o, i, capacity as u32, &t.tiles, budget);
+            let tiles = t.tiles(Product::Gradient, l);
+            let s = k_splits(o, i, capacity as u32, tiles, budget);
             if s > 1 {
                 s as u64 * o as u64 * (i as u64 + 1)
             } else {
@@ -352,7 +355,16 @@ fn layer_groups(
             &kernels.delta_hidden,
             &kernels.gradient_weights,
         ),
-        Some(t) => (&t.forward_dense, &t.delta_hidden, &t.gradient_dense),
+        // Every configuration's kernels share these layouts.
+        Some(t) => {
+            let k = |p| t.set(p, l);
+            let g = &k(Product::Gradient).gradient_dense;
+            (
+                &k(Product::Forward).forward_dense,
+                &k(Product::Delta).delta_hidden,
+                g,
+            )
+        }
     };
     let dims = &b.dims[l];
     let (delta, a_prev, a) = (&b.deltas[l + 1], &b.acts[l], &b.acts[l + 1]);

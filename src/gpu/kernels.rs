@@ -42,6 +42,7 @@
 //!    driver's own robust buffer access where the adapter has it.
 
 use super::context::creating;
+use super::plan::{KernelPlan, Product, ProductId, Source};
 use crate::error::{Error, Result, Setting};
 use bytemuck::{Pod, Zeroable};
 
@@ -1016,12 +1017,11 @@ impl std::fmt::Display for KernelConfig {
     }
 }
 
-/// The fast pipelines: tiled products and the parallel loss.
-pub struct TiledKernels {
-    /// The tile sizes they were compiled with.
-    pub tiles: TileConfig,
-    /// How their products' core was built.
-    pub core: Core,
+/// One configuration's product kernels: one module set per distinct
+/// configuration of a [`KernelPlan`], shared by every product that runs it.
+pub struct ProductKernels {
+    /// The configuration they were built with.
+    pub config: KernelConfig,
     /// See [`FORWARD_DENSE_TILED`].
     pub forward_dense: Kernel,
     /// See [`DELTA_HIDDEN_TILED`].
@@ -1034,6 +1034,18 @@ pub struct TiledKernels {
     pub gradient_dense_reduce: Kernel,
     /// See [`GRADIENT_SGD_REDUCE`].
     pub gradient_sgd_reduce: Kernel,
+}
+
+/// The fast pipelines: tiled products on each product's configuration
+/// (a [`KernelPlan`]), and the parallel loss. Every configuration's kernels
+/// share one bind-group layout per kernel file, so one bind group per layer
+/// serves whichever configuration a product runs.
+pub struct TiledKernels {
+    plan: KernelPlan,
+    /// One per distinct configuration of `plan`.
+    sets: Vec<ProductKernels>,
+    /// Per layer, per [`Product::index`]: the set its product runs.
+    index: Vec<[usize; 3]>,
     /// See [`DELTA_OUTPUT_LOSS`].
     pub delta_output_loss: Kernel,
     /// See [`LOSS_FINISH`].
@@ -1041,56 +1053,124 @@ pub struct TiledKernels {
 }
 
 impl TiledKernels {
-    /// Compile the fast kernels on `device` with `config`, checked against
-    /// `limits`; the modules with naga's runtime checks where `checked`.
+    /// Compile the fast kernels on `device` with `config` for every
+    /// product, checked against `limits`; the modules with naga's runtime
+    /// checks where `checked`. Products of any layer may be looked up.
     pub fn new(
         device: &wgpu::Device,
         limits: &wgpu::Limits,
         config: KernelConfig,
         checked: bool,
     ) -> Result<Self> {
-        config.check(limits)?;
-        let tiles = config.tiles;
-        // The products' sources: generated per configuration, or tiled.wgsl's.
-        let source = |spec: &KernelSpec| match config.core {
-            Core::Generated => super::codegen::source(spec, &tiles).map(Some),
-            Core::Loops => Ok(None),
-        };
-        let product = |spec: KernelSpec| -> Result<Kernel> {
+        // A plan of one layer, looked up for every layer.
+        let plan = KernelPlan::repeat(1, config, Source::Given);
+        Self::with_plan(device, limits, &plan, checked)
+    }
+
+    /// Compile the fast kernels on `device`, one set per distinct
+    /// configuration of `plan`, each checked against `limits`.
+    pub fn with_plan(
+        device: &wgpu::Device,
+        limits: &wgpu::Limits,
+        plan: &KernelPlan,
+        checked: bool,
+    ) -> Result<Self> {
+        plan.check(limits)?;
+        let layout = |spec: &KernelSpec| {
             let what = format!("the bind group layout of {}", spec.entry);
-            let layout = creating(device, &what, || Kernel::layout(device, &spec))?;
-            let src = source(&spec)?;
-            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
+            creating(device, &what, || Kernel::layout(device, spec))
         };
-        // The four gradient kernels take one bind group per layer; the
-        // generated module holds the reduce entry points too.
-        let gradient_dense = product(GRADIENT_DENSE_TILED)?;
-        let shared = |spec: KernelSpec| {
-            let src = source(&spec)?;
-            let layout = gradient_dense.layout.clone();
-            Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
-        };
-        let k = |spec| Kernel::build(device, spec, &tiles, checked);
+        let layouts = [
+            layout(&FORWARD_DENSE_TILED)?,
+            layout(&DELTA_HIDDEN_TILED)?,
+            layout(&GRADIENT_DENSE_TILED)?,
+        ];
+        let configs = plan.configs();
+        let sets = configs
+            .iter()
+            .map(|&c| ProductKernels::new(device, c, checked, &layouts))
+            .collect::<Result<Vec<_>>>()?;
+        let at = |c: KernelConfig| configs.iter().position(|&x| x == c).unwrap_or(0);
+        let index = (0..plan.layers())
+            .map(|layer| Product::ALL.map(|kind| at(plan.get(ProductId { kind, layer }).config)))
+            .collect();
+        let k = |spec| Kernel::build(device, spec, &TileConfig::SMALL, checked);
         Ok(TiledKernels {
-            tiles,
-            core: config.core,
-            forward_dense: product(FORWARD_DENSE_TILED)?,
-            delta_hidden: product(DELTA_HIDDEN_TILED)?,
-            gradient_sgd: shared(GRADIENT_SGD_TILED)?,
-            gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE)?,
-            gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE)?,
-            gradient_dense,
+            plan: plan.clone(),
+            sets,
+            index,
             delta_output_loss: k(DELTA_OUTPUT_LOSS)?,
             loss_finish: k(LOSS_FINISH)?,
         })
     }
 
-    /// The configuration they were built with.
-    pub fn config(&self) -> KernelConfig {
-        KernelConfig {
-            core: self.core,
-            tiles: self.tiles,
-        }
+    /// The configuration of every product.
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// The kernels product `p` of `layer` runs (a plan of one layer serves
+    /// every layer: [`TiledKernels::new`]).
+    pub fn set(&self, p: Product, layer: usize) -> &ProductKernels {
+        let row = self.index.get(layer).or(self.index.last());
+        &self.sets[row.map_or(0, |r| r[p.index()])]
+    }
+
+    /// The forward or hidden-delta kernel of `layer`, and its tile sizes
+    /// (the gradient's pair of kernels: [`TiledKernels::set`]).
+    pub fn product(&self, p: Product, layer: usize) -> (&Kernel, &TileConfig) {
+        let s = self.set(p, layer);
+        let kernel = match p {
+            Product::Forward => &s.forward_dense,
+            Product::Delta => &s.delta_hidden,
+            Product::Gradient => &s.gradient_dense,
+        };
+        (kernel, &s.config.tiles)
+    }
+
+    /// The tile sizes product `p` of `layer` runs with.
+    pub fn tiles(&self, p: Product, layer: usize) -> &TileConfig {
+        &self.set(p, layer).config.tiles
+    }
+}
+
+impl ProductKernels {
+    /// Compile one configuration's product kernels on `layouts` (forward,
+    /// delta, gradient: shared by every configuration).
+    fn new(
+        device: &wgpu::Device,
+        config: KernelConfig,
+        checked: bool,
+        layouts: &[wgpu::BindGroupLayout; 3],
+    ) -> Result<Self> {
+        let tiles = config.tiles;
+        // The products' sources: generated per configuration, or tiled.wgsl's.
+        let build = |spec: KernelSpec, layout: &wgpu::BindGroupLayout| -> Result<Kernel> {
+            let src = match config.core {
+                Core::Generated => Some(super::codegen::source(&spec, &tiles)?),
+                Core::Loops => None,
+            };
+            Kernel::with_layout(
+                device,
+                spec,
+                &tiles,
+                checked,
+                src.as_deref(),
+                layout.clone(),
+            )
+        };
+        // The four gradient kernels take one bind group per layer; the
+        // generated module holds the reduce entry points too.
+        let g = &layouts[2];
+        Ok(ProductKernels {
+            config,
+            forward_dense: build(FORWARD_DENSE_TILED, &layouts[0])?,
+            delta_hidden: build(DELTA_HIDDEN_TILED, &layouts[1])?,
+            gradient_dense: build(GRADIENT_DENSE_TILED, g)?,
+            gradient_sgd: build(GRADIENT_SGD_TILED, g)?,
+            gradient_dense_reduce: build(GRADIENT_DENSE_REDUCE, g)?,
+            gradient_sgd_reduce: build(GRADIENT_SGD_REDUCE, g)?,
+        })
     }
 }
 

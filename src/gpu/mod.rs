@@ -17,10 +17,12 @@ pub mod context;
 pub mod dropout;
 pub mod kernels;
 pub mod options;
+pub mod plan;
 pub mod readback;
 #[doc(hidden)]
 pub mod runner;
 mod schedule;
+pub mod tune;
 
 pub use backend::GpuBackend;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
@@ -28,5 +30,7 @@ pub use context::{list_adapters, AdapterSummary, GpuContext};
 pub use kernels::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
 pub use kernels::{Core, KernelConfig, TileConfig};
 pub use options::{heuristic, micro_batch_rows, GpuOptions, KernelSet};
+pub use plan::{KernelPlan, Product, Source};
 #[doc(hidden)]
 pub use runner::KernelRunner;
+pub use tune::TuneMode;

@@ -5,8 +5,11 @@
 
 use super::context::GpuContext;
 use super::kernels::{checked_by_env, Core, KernelConfig, TileConfig, WG};
+use super::plan::{KernelPlan, Source};
+pub use super::tune::TuneMode;
 use crate::error::{Error, Result, Setting};
 use crate::network::Network;
+use std::path::PathBuf;
 
 /// Which kernels a [`GpuBackend`](super::GpuBackend) runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,63 +37,24 @@ impl KernelSet {
 /// generated cores; kept for callers that refer to it.
 pub const SIMPLE_MAX_BATCH: usize = 8192;
 
-/// Candidates of the heuristic, largest blocks first, by device type; and
-/// the workgroups the widest forward product should launch before a
-/// candidate counts as filling the device.
-fn candidates(device: wgpu::DeviceType) -> (&'static [TileConfig], u64) {
-    const CPU: &[TileConfig] = &[TileConfig::CPU_LARGE, TileConfig::SMALL];
-    const DISCRETE: &[TileConfig] = &[TileConfig::DISCRETE, TileConfig::MEDIUM, TileConfig::SMALL];
-    const OTHER: &[TileConfig] = &[TileConfig::MEDIUM, TileConfig::SMALL];
-    match device {
-        // A CPU adapter runs a handful of workgroups at once (one per core).
-        wgpu::DeviceType::Cpu => (CPU, 4),
-        // About 2 workgroups per compute unit of a large discrete GPU.
-        wgpu::DeviceType::DiscreteGpu => (DISCRETE, 256),
-        _ => (OTHER, 32),
-    }
-}
-
 /// The heuristic configuration of the tiled kernels for `net` at `rows` rows
-/// on an adapter of type `device`: the generated core with, of the device type's candidates
-/// within `limits` whose widest forward product (`rows × widest layer`)
-/// launches enough workgroups to fill the device, the one with the least
-/// padded work (larger blocks on ties); the smallest where none fills.
+/// on an adapter of type `device`, one for every product: the
+/// [`heuristic_product`](super::plan::heuristic_product) of the widest forward
+/// product (`rows × widest layer`). A backend chooses per product
+/// ([`super::plan::heuristic_plan`]).
 pub fn heuristic(
     device: wgpu::DeviceType,
     limits: &wgpu::Limits,
     net: &Network,
     rows: usize,
 ) -> KernelConfig {
-    let (list, fill) = candidates(device);
-    let widest = net.sizes()[1..].iter().copied().max().unwrap_or(1) as u32;
-    let rows = rows.min(u32::MAX as usize) as u32;
-    let fitting: Vec<KernelConfig> = list
-        .iter()
-        .map(|&t| KernelConfig::generated(t))
-        .filter(|c| c.check(limits).is_ok())
-        .collect();
-    // Of those that fill the device, the least padded work (blocks past a
-    // narrow layer cost real time on every device), larger blocks on ties.
-    let padded = |c: &KernelConfig| {
-        let t = &c.tiles;
-        rows.div_ceil(t.bm()) as u64 * t.bm() as u64 * (widest.div_ceil(t.bn()) * t.bn()) as u64
-    };
-    let filling = fitting
-        .iter()
-        .filter(|c| super::kernels::tile_blocks(rows, widest, &c.tiles) >= fill);
-    filling
-        .min_by_key(|c| padded(c))
-        .or(fitting.last())
-        .copied()
-        .unwrap_or(KernelConfig {
-            core: Core::Loops,
-            tiles: TileConfig::SMALL,
-        })
+    let widest = net.sizes()[1..].iter().copied().max().unwrap_or(1);
+    super::plan::heuristic_product(device, limits, rows, widest)
 }
 
 /// How a [`GpuBackend`](super::GpuBackend) is built; `Default` is the fast
 /// path for the adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuOptions {
     /// The kernels to run.
     pub kernels: KernelSet,
@@ -108,13 +72,26 @@ pub struct GpuOptions {
     /// what the checks would (see [`super::kernels`]); `SHADERTRAIN_CHECKED=1`
     /// turns it on in `Default`. Results are bitwise the same either way.
     pub checked: bool,
+    /// Where the products' configurations come from when neither `plan`
+    /// nor `tiles` gives them: the heuristic, the tuning cache, or
+    /// measured first ([`TuneMode`]).
+    pub tune: TuneMode,
+    /// A configuration per product to run exactly (a replayed record);
+    /// overrides `tiles`, `core` and `tune`.
+    pub plan: Option<KernelPlan>,
+    /// The tuning cache's directory; `None`: [`super::tune::default_cache_dir`]
+    /// (`SHADERTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/shadertrain`, else
+    /// `~/.cache/shadertrain`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for GpuOptions {
-    /// [`GpuOptions::BASE`], checked where `SHADERTRAIN_CHECKED` says so.
+    /// [`GpuOptions::BASE`] reading the tuning cache, checked where
+    /// `SHADERTRAIN_CHECKED` says so.
     fn default() -> Self {
         GpuOptions {
             checked: checked_by_env(),
+            tune: TuneMode::Cached,
             ..GpuOptions::BASE
         }
     }
@@ -123,26 +100,28 @@ impl Default for GpuOptions {
 impl GpuOptions {
     /// The defaults without reading the environment (for constants and
     /// tests that set every option themselves): tiled kernels, the
-    /// adapter's tiles, no micro-batch cap, unchecked modules.
+    /// heuristic's configurations (no tuning cache), no micro-batch cap,
+    /// unchecked modules. `Default` reads the cache ([`TuneMode::Cached`]).
     pub const BASE: GpuOptions = GpuOptions {
         kernels: KernelSet::Tiled,
         tiles: None,
         core: Core::Generated,
         max_chunk: None,
         checked: false,
+        tune: TuneMode::Off,
+        plan: None,
+        cache_dir: None,
     };
 
     /// The options [`GpuBackend::new`](super::GpuBackend::new) uses: the
-    /// kernel set for the adapter ([`KernelSet::for_adapter`]) and the
-    /// [`heuristic`] configuration for this network and batch.
+    /// kernel set for the adapter ([`KernelSet::for_adapter`]), each
+    /// product's configuration from the tuning cache or the heuristic.
     pub fn for_adapter(ctx: &GpuContext, net: &Network, capacity: usize) -> Result<GpuOptions> {
         let rows = micro_batch_rows(net, capacity, &ctx.limits, None)?;
-        let config = heuristic(ctx.info.device_type, &ctx.limits, net, rows);
         Ok(GpuOptions {
             kernels: KernelSet::for_adapter(&ctx.info, rows == capacity, capacity),
             ..GpuOptions::default()
-        }
-        .with_config(config))
+        })
     }
 }
 
@@ -193,18 +172,33 @@ pub(super) fn buffer_capacity(
 }
 
 impl GpuOptions {
-    /// The tiled kernels' configuration these options give on `ctx` for
-    /// `net` at `rows` rows: their tiles with their core, or without tiles
-    /// the [`heuristic`] (tiled.wgsl's core: the adapter's tiles).
-    pub fn kernel_config(&self, ctx: &GpuContext, net: &Network, rows: usize) -> KernelConfig {
-        match (self.tiles, self.core) {
+    /// The plan these options fix without measuring or a cache, if they
+    /// fix one: `plan` as given, or `tiles` (with `core`) for every product,
+    /// or tiled.wgsl's core on the adapter's tiles.
+    pub fn fixed_plan(&self, ctx: &GpuContext, net: &Network) -> Result<Option<KernelPlan>> {
+        if let Some(plan) = &self.plan {
+            if plan.layers() != net.layers().len() {
+                return Err(Error::setting(
+                    Setting::KernelConfig,
+                    plan,
+                    format!(
+                        "records {} layers, the network has {}",
+                        plan.layers(),
+                        net.layers().len()
+                    ),
+                ));
+            }
+            return Ok(Some(plan.clone()));
+        }
+        let config = match (self.tiles, self.core) {
             (Some(tiles), core) => KernelConfig { core, tiles },
-            (None, Core::Generated) => heuristic(ctx.info.device_type, &ctx.limits, net, rows),
+            (None, Core::Generated) => return Ok(None),
             (None, Core::Loops) => KernelConfig {
                 core: Core::Loops,
                 tiles: TileConfig::for_adapter(&ctx.info, &ctx.limits),
             },
-        }
+        };
+        Ok(Some(KernelPlan::uniform(net, config, Source::Given)))
     }
 
     /// Options that run `config`'s tiled kernels.
@@ -213,6 +207,15 @@ impl GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(config.tiles),
             core: config.core,
+            ..self
+        }
+    }
+
+    /// Options that run `plan`'s configurations exactly.
+    pub fn with_plan(self, plan: KernelPlan) -> GpuOptions {
+        GpuOptions {
+            kernels: KernelSet::Tiled,
+            plan: Some(plan),
             ..self
         }
     }

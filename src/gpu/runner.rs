@@ -15,6 +15,7 @@ use super::kernels::{
     checked_by_env, dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims,
     Grid, Kernel, KernelConfig, Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
 };
+use super::plan::Product;
 use super::readback;
 use crate::backend::Metric;
 use crate::error::{Error, Result};
@@ -102,7 +103,7 @@ impl KernelRunner {
     }
 
     fn grid_tiled(&self, m: usize, n: usize, splits: u32) -> Result<Grid> {
-        let tiles = &self.tiled()?.tiles;
+        let tiles = self.tiled()?.tiles(Product::Forward, 0);
         grid_tiled(m as u32, n as u32, splits, tiles, self.max_dim())
     }
 
@@ -202,7 +203,7 @@ impl KernelRunner {
         act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_tiled(batch, n_out, 1)?;
-        let k = &self.tiled()?.forward_dense;
+        let k = &self.tiled()?.set(Product::Forward, 0).forward_dense;
         self.forward(k, grid, a_prev, w, b, (batch, n_in, n_out), act)
     }
 
@@ -305,7 +306,7 @@ impl KernelRunner {
         act: Activation,
     ) -> Result<Vec<f32>> {
         let grid = self.grid_tiled(batch, n, 1)?;
-        let k = &self.tiled()?.delta_hidden;
+        let k = &self.tiled()?.set(Product::Delta, 0).delta_hidden;
         self.hidden(k, grid, w_next, delta_next, a, (batch, n, n_next), act)
     }
 
@@ -403,6 +404,7 @@ impl KernelRunner {
             ..StepUniform::default()
         };
         let t = self.tiled()?;
+        let t = t.set(Product::Gradient, 0);
         let kernels = (&t.gradient_dense, &t.gradient_dense_reduce);
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);
@@ -435,6 +437,7 @@ impl KernelRunner {
             ..StepUniform::default()
         };
         let t = self.tiled()?;
+        let t = t.set(Product::Gradient, 0);
         let kernels = (&t.gradient_sgd, &t.gradient_sgd_reduce);
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);

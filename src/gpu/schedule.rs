@@ -25,7 +25,10 @@
 use super::buffers::{Groups, UpdateBuffers};
 use super::clip::Clipper;
 use super::dropout::Dropout;
-use super::kernels::{grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TiledKernels};
+use super::kernels::{
+    grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TileConfig, TiledKernels,
+};
+use super::plan::Product;
 use crate::error::{Error, Result};
 use crate::network::Network;
 
@@ -114,6 +117,16 @@ pub(super) struct Schedule<'a> {
     pub max_dim: u32,
 }
 
+impl Dispatch<'_> {
+    /// `entry layer l`, or the entry alone: how profiles name it.
+    pub fn label(&self) -> String {
+        match self.layer {
+            Some(l) => format!("{} layer {l}", self.kernel.spec.entry),
+            None => self.kernel.spec.entry.to_string(),
+        }
+    }
+}
+
 /// Receives each dispatch in order.
 type Sink<'s, 'a> = &'s mut dyn FnMut(Dispatch<'a>) -> Result<()>;
 
@@ -164,12 +177,15 @@ impl<'a> Schedule<'a> {
                     self.rows * ly.n_out,
                     Some(l),
                 )?,
-                Some(t) => Dispatch {
-                    kernel: &t.forward_dense,
-                    group,
-                    grid: self.tiled_grid(t, self.rows, ly.n_out, 1)?,
-                    layer: Some(l),
-                },
+                Some(t) => {
+                    let (kernel, tiles) = t.product(Product::Forward, l);
+                    Dispatch {
+                        kernel,
+                        group,
+                        grid: self.tiled_grid(tiles, self.rows, ly.n_out, 1)?,
+                        layer: Some(l),
+                    }
+                }
             })?;
             self.drop(l, false, f)?;
         }
@@ -252,18 +268,15 @@ impl<'a> Schedule<'a> {
         fused: bool,
         f: Sink<'_, 'a>,
     ) -> Result<()> {
-        let (product, reduce) = match fused {
-            true => (&t.gradient_sgd, &t.gradient_sgd_reduce),
-            false => (&t.gradient_dense, &t.gradient_dense_reduce),
-        };
         let layers = self.net.layers();
         for l in (0..layers.len()).rev() {
             if let Some(h) = l.checked_sub(1) {
                 if let Some(g) = self.delta_hidden_group(h) {
+                    let (kernel, tiles) = t.product(Product::Delta, h);
                     f(Dispatch {
-                        kernel: &t.delta_hidden,
+                        kernel,
                         group: g,
-                        grid: self.tiled_grid(t, self.rows, layers[h].n_out, 1)?,
+                        grid: self.tiled_grid(tiles, self.rows, layers[h].n_out, 1)?,
                         layer: Some(h),
                     })?;
                     self.drop(h, true, f)?;
@@ -271,10 +284,15 @@ impl<'a> Schedule<'a> {
             }
             // g_W: (n_out, n_in) over K = rows, in `s` slices.
             let (ly, group, s) = (layers[l], &self.groups.layers[l].gradient, self.splits[l]);
+            let k = t.set(Product::Gradient, l);
+            let (product, reduce) = match fused {
+                true => (&k.gradient_sgd, &k.gradient_sgd_reduce),
+                false => (&k.gradient_dense, &k.gradient_dense_reduce),
+            };
             f(Dispatch {
                 kernel: product,
                 group,
-                grid: self.tiled_grid(t, ly.n_out, ly.n_in, s)?,
+                grid: self.tiled_grid(&k.config.tiles, ly.n_out, ly.n_in, s)?,
                 layer: Some(l),
             })?;
             if s > 1 {
@@ -344,7 +362,7 @@ impl<'a> Schedule<'a> {
     }
 
     /// One workgroup per output block of an `m × n` product, K in `splits` slices.
-    fn tiled_grid(&self, t: &TiledKernels, m: usize, n: usize, splits: u32) -> Result<Grid> {
-        grid_tiled(m as u32, n as u32, splits, &t.tiles, self.max_dim)
+    fn tiled_grid(&self, tiles: &TileConfig, m: usize, n: usize, splits: u32) -> Result<Grid> {
+        grid_tiled(m as u32, n as u32, splits, tiles, self.max_dim)
     }
 }

@@ -142,12 +142,19 @@ pub fn bin() -> PathBuf {
         .unwrap_or(built)
 }
 
+/// A tuning cache directory no test writes: runs see no user's cache
+/// unless a test gives `SHADERTRAIN_CACHE_DIR` itself.
+pub fn empty_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("shadertrain-test-{}-no-cache", std::process::id()))
+}
+
 /// Run the binary with `args` and extra environment variables.
 pub fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
     let out = Command::new(bin())
         .args(&args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("SHADERTRAIN_CACHE_DIR", empty_cache_dir())
         .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run shadertrain {}: {e}", args.join(" ")));

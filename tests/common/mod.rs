@@ -173,6 +173,7 @@ pub fn sample_checkpoint(spec: &str, opt: Optimizer, norm: bool) -> Checkpoint {
                 targets: u64::MAX,
             }),
             validation: None,
+            kernel_config: None,
             history: (1..=2)
                 .map(|epoch| EpochStats {
                     epoch,
