@@ -168,9 +168,10 @@ impl GpuBackend {
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
-        let delta_hidden = tiled
-            .as_ref()
-            .map_or(&kernels.delta_hidden, |t| &t.delta_hidden);
+        // Every configuration's hidden-delta kernel shares one layout.
+        let delta_hidden = tiled.as_ref().map_or(&kernels.delta_hidden, |t| {
+            t.product(Product::Delta, 0).0
+        });
         let dropout = Dropout::new(&ctx, net, &buf, delta_hidden)?;
         let mut backend = GpuBackend {
             ctx,
