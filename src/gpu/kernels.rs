@@ -343,7 +343,7 @@ pub const DELTA_HIDDEN: KernelSpec = KernelSpec {
 pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec {
     entry: "softmax_forward",
     file: "softmax.wgsl",
-    source: shader!("softmax.wgsl"),
+    source: shader!("softmax_row.wgsl", "softmax.wgsl"),
     bindings: &[DIMS, Slot::ReadWrite],
     kind: KernelKind::ElementWise,
 };
@@ -407,7 +407,7 @@ pub const LOSS_REDUCE: KernelSpec = KernelSpec {
 pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "forward_dense_tiled",
     file: "forward_tiled.wgsl",
-    source: shader!("tiled.wgsl", "forward_tiled.wgsl"),
+    source: shader!("tiled.wgsl", "forward_product.wgsl", "forward_tiled.wgsl"),
     bindings: FORWARD_DENSE.bindings,
     kind: KernelKind::Tiled,
 };
@@ -429,14 +429,16 @@ const GRADIENT_TILED_BINDINGS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
     Slot::ReadWrite,
+    Slot::ReadWrite,
 ];
 /// Tiled `∂L/∂W = scale·δᵀA_prev` and `∂L/∂b = scale·Σ_s δ` in one pass, stored
 /// or accumulated into grads (twin: `gradient_dense`): dims, per_batch,
-/// per_step (unused), delta, a_prev, params (unused), grads, scratch (split K only).
+/// per_step (unused), delta, a_prev, params (unused), grads, scratch and
+/// counters (split K only: the last slice of a block adds the slices).
 pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "gradient_dense_tiled",
     file: "gradient_tiled.wgsl",
-    source: shader!("tiled.wgsl", "gradient_tiled.wgsl"),
+    source: shader!("last_group.wgsl", "tiled.wgsl", "gradient_tiled.wgsl"),
     bindings: GRADIENT_TILED_BINDINGS,
     kind: KernelKind::Tiled,
 };
@@ -446,24 +448,42 @@ pub const GRADIENT_SGD_TILED: KernelSpec = KernelSpec {
     entry: "gradient_sgd_tiled",
     ..GRADIENT_DENSE_TILED
 };
-/// Split K: the slices in scratch added in order, then as
-/// [`GRADIENT_DENSE_TILED`]; one invocation per parameter of the layer.
-pub const GRADIENT_DENSE_REDUCE: KernelSpec = KernelSpec {
-    entry: "gradient_dense_reduce",
-    kind: KernelKind::ElementWise,
-    ..GRADIENT_DENSE_TILED
-};
-/// Split K: the slices in scratch added in order, then as [`GRADIENT_SGD_TILED`].
-pub const GRADIENT_SGD_REDUCE: KernelSpec = KernelSpec {
-    entry: "gradient_sgd_reduce",
-    ..GRADIENT_DENSE_REDUCE
+/// A training step's output layer in one dispatch where one block holds whole
+/// rows (`n_out ≤ bn`): the tiled forward product, softmax, the output delta
+/// and the loss partials, the last block adding them to the totals (twin:
+/// `forward_output_loss`): dims, params, a_prev, a, y, delta, partials, acc,
+/// counters.
+pub const FORWARD_OUTPUT_LOSS_TILED: KernelSpec = KernelSpec {
+    entry: "forward_output_loss_tiled",
+    file: "output_tiled.wgsl",
+    source: shader!(
+        "reduce.wgsl",
+        "loss_row.wgsl",
+        "softmax_row.wgsl",
+        "last_group.wgsl",
+        "tiled.wgsl",
+        "forward_product.wgsl",
+        "output_tiled.wgsl"
+    ),
+    bindings: &[
+        DIMS,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ],
+    kind: KernelKind::Tiled,
 };
 /// Output delta and per-workgroup loss partials in one parallel pass (twin:
 /// `delta_output_loss`): dims, a, y, delta, partials.
 pub const DELTA_OUTPUT_LOSS: KernelSpec = KernelSpec {
     entry: "delta_output_loss",
     file: "loss_partial.wgsl",
-    source: shader!("reduce.wgsl", "loss_partial.wgsl"),
+    source: shader!("reduce.wgsl", "loss_row.wgsl", "loss_partial.wgsl"),
     bindings: &[
         DIMS,
         Slot::Read,
@@ -500,8 +520,7 @@ pub const ALL: &[KernelSpec] = &[
     DELTA_HIDDEN_TILED,
     GRADIENT_DENSE_TILED,
     GRADIENT_SGD_TILED,
-    GRADIENT_DENSE_REDUCE,
-    GRADIENT_SGD_REDUCE,
+    FORWARD_OUTPUT_LOSS_TILED,
     DELTA_OUTPUT_LOSS,
     LOSS_FINISH,
     super::clip::CLIP_PARTIAL,
@@ -902,6 +921,17 @@ impl Kernels {
     }
 }
 
+/// Bytes of workgroup memory a tiled kernel's epilogue adds to its product's:
+/// the last-workgroup flag (last_group.wgsl) of the gradient and output
+/// kernels, and the output kernel's per-invocation partials (8 bytes each).
+pub fn epilogue_bytes(spec: &KernelSpec, tiles: &TileConfig) -> u32 {
+    match spec.file {
+        "gradient_tiled.wgsl" => 4,
+        "output_tiled.wgsl" => 4 + 8 * tiles.wg_x * tiles.wg_y,
+        _ => 0,
+    }
+}
+
 /// How the tiled products' core is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Core {
@@ -943,17 +973,25 @@ impl KernelConfig {
         }
     }
 
+    /// Bytes of workgroup memory of `spec`'s kernel built with this
+    /// configuration: the product's, plus what its epilogue keeps
+    /// ([`epilogue_bytes`]).
+    pub fn kernel_bytes(&self, spec: &KernelSpec) -> u32 {
+        self.workgroup_bytes() + epilogue_bytes(spec, &self.tiles)
+    }
+
     /// Whether it can run on a device with `limits`: its core's own check
     /// (tiled.wgsl: [`TileConfig::check`]; generated:
-    /// [`super::codegen::check`]), its workgroup within the device's limits.
+    /// [`super::codegen::check`]), its workgroup within the device's limits
+    /// (the gradient kernel's, which has the larger epilogue of the two
+    /// kernels every configuration builds).
     pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
         match self.core {
-            Core::Loops => self.tiles.check(limits),
-            Core::Generated => {
-                super::codegen::check(&self.tiles)?;
-                self.tiles.fits(limits, self.workgroup_bytes())
-            }
+            Core::Loops => self.tiles.check(limits)?,
+            Core::Generated => super::codegen::check(&self.tiles)?,
         }
+        let bytes = self.kernel_bytes(&GRADIENT_DENSE_TILED);
+        self.tiles.fits(limits, bytes)
     }
 
     /// Parse the form [`KernelConfig`]'s `Display` writes.
@@ -1029,10 +1067,9 @@ pub struct TiledKernels {
     pub gradient_dense: Kernel,
     /// See [`GRADIENT_SGD_TILED`].
     pub gradient_sgd: Kernel,
-    /// See [`GRADIENT_DENSE_REDUCE`].
-    pub gradient_dense_reduce: Kernel,
-    /// See [`GRADIENT_SGD_REDUCE`].
-    pub gradient_sgd_reduce: Kernel,
+    /// See [`FORWARD_OUTPUT_LOSS_TILED`]; `None` where its workgroup memory
+    /// does not fit the device.
+    pub forward_output_loss: Option<Kernel>,
     /// See [`DELTA_OUTPUT_LOSS`].
     pub delta_output_loss: Kernel,
     /// See [`LOSS_FINISH`].
@@ -1061,9 +1098,11 @@ impl TiledKernels {
             let src = source(&spec)?;
             Kernel::with_layout(device, spec, &tiles, checked, src.as_deref(), layout)
         };
-        // The four gradient kernels take one bind group per layer; the
-        // generated module holds the reduce entry points too.
+        // Both gradient kernels take one bind group per layer.
         let gradient_dense = product(GRADIENT_DENSE_TILED)?;
+        let output_fits = tiles
+            .fits(limits, config.kernel_bytes(&FORWARD_OUTPUT_LOSS_TILED))
+            .is_ok();
         let shared = |spec: KernelSpec| {
             let src = source(&spec)?;
             let layout = gradient_dense.layout.clone();
@@ -1076,8 +1115,9 @@ impl TiledKernels {
             forward_dense: product(FORWARD_DENSE_TILED)?,
             delta_hidden: product(DELTA_HIDDEN_TILED)?,
             gradient_sgd: shared(GRADIENT_SGD_TILED)?,
-            gradient_dense_reduce: shared(GRADIENT_DENSE_REDUCE)?,
-            gradient_sgd_reduce: shared(GRADIENT_SGD_REDUCE)?,
+            forward_output_loss: output_fits
+                .then(|| product(FORWARD_OUTPUT_LOSS_TILED))
+                .transpose()?,
             gradient_dense,
             delta_output_loss: k(DELTA_OUTPUT_LOSS)?,
             loss_finish: k(LOSS_FINISH)?,
@@ -1110,15 +1150,17 @@ pub type Grid = (u32, u32, u32);
 
 /// `groups` workgroups folded into a 2-D grid so that neither dimension
 /// exceeds `max_per_dim`; the shaders number them `wid.y·nwg.x + wid.x` and
-/// skip those past the end. `what` names the work for the error.
-pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<Grid> {
+/// skip those past the end. `what` names the work for the error (made only
+/// then: a step computes its grids without allocating).
+pub fn grid(groups: u64, max_per_dim: u32, what: impl FnOnce() -> String) -> Result<Grid> {
     let groups = groups.max(1);
     let max = max_per_dim.max(1) as u64;
     let x = groups.min(max);
     let y = groups.div_ceil(x);
     if y > max {
         return Err(Error::Gpu(format!(
-            "{what} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch"
+            "{} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch",
+            what()
         )));
     }
     Ok((x as u32, y as u32, 1))
@@ -1127,7 +1169,9 @@ pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<Grid> {
 /// Workgroup grid for `n` independent elements of [`WG`] invocations each
 /// (`linear_index` in common.wgsl unfolds it).
 pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<Grid> {
-    grid(n.div_ceil(WG as u64), max_per_dim, &format!("{n} elements"))
+    grid(n.div_ceil(WG as u64), max_per_dim, || {
+        format!("{n} elements")
+    })
 }
 
 /// Output blocks of a tiled `m × n` product.
@@ -1144,8 +1188,8 @@ pub fn grid_tiled(
     tiles: &TileConfig,
     max_per_dim: u32,
 ) -> Result<Grid> {
-    let what = format!("a {m}×{n} product");
-    let (x, y, _) = grid(tile_blocks(m, n, tiles), max_per_dim, &what)?;
+    let what = || format!("a {m}×{n} product");
+    let (x, y, _) = grid(tile_blocks(m, n, tiles), max_per_dim, what)?;
     Ok((x, y, splits.max(1)))
 }
 

@@ -7,12 +7,15 @@
 //! 1. **Forward**: per layer `a[l + 1] = f(a[l]·Wᵀ + b)` (in a training
 //!    step, then `dropout_apply` on a dropout layer's outputs), softmax on the
 //!    output row if the network has one, then the loss into the totals
-//!    (tiled: fused with the output delta).
+//!    (tiled: fused with the output delta; where one block holds a whole
+//!    output row, the output layer, softmax, delta and loss are one dispatch,
+//!    `forward_output_loss_tiled`).
 //! 2. **Backward**: the output delta (unless the forward wrote it), the hidden
 //!    deltas from the top down (each dropout layer's followed by
 //!    `dropout_apply`, the same mask), and every layer's gradient. Tiled, layer by
 //!    layer from the top: the delta below (from the old `W`), then the
-//!    gradient, with plain SGD applied in the same pass.
+//!    gradient, with plain SGD applied in the same pass (split K: the last
+//!    slice of each block adds the slices, in the same dispatch).
 //! 3. **Update**: with gradient clipping, first its three dispatches over the
 //!    gradients (`clip_partial`, `clip_finish`, `clip_apply`: the global
 //!    norm in a fixed order, then the scale); then one dispatch over the flat
@@ -120,8 +123,9 @@ impl<'a> Schedule<'a> {
     pub fn plan(&self, stage: Stage, f: Sink<'_, 'a>) -> Result<()> {
         match stage {
             Stage::Forward { loss } => {
-                self.forward(f)?;
-                if loss {
+                let fused = self.output_loss().filter(|_| loss);
+                self.forward(fused, f)?;
+                if loss && fused.is_none() {
                     self.loss(f)?;
                 }
                 Ok(())
@@ -148,13 +152,39 @@ impl<'a> Schedule<'a> {
         }
     }
 
+    /// The output layer's kernel and bind group that also compute the softmax,
+    /// delta and loss, where it runs: tiled, one block holding a whole output
+    /// row, no dropout on the output layer.
+    fn output_loss(&self) -> Option<(&'a Kernel, &'a wgpu::BindGroup)> {
+        let top = self.net.layers().len() - 1;
+        let dropped = self.dropout.is_some_and(|d| d.group(top, false).is_some());
+        let kernel = self.tiled?.forward_output_loss.as_ref()?;
+        let group = self.groups.output_loss.as_ref()?;
+        (!dropped).then_some((kernel, group))
+    }
+
     /// Per layer the product, bias and activation, then softmax on the
-    /// output rows. a[l]: (rows, sizes[l]); one invocation (simple) or one
-    /// output block (tiled) per element of a[l + 1].
-    fn forward(&self, f: Sink<'_, 'a>) -> Result<()> {
+    /// output rows; with `fused`, the output layer's kernel that does its
+    /// softmax, delta and loss too. a[l]: (rows, sizes[l]); one invocation
+    /// (simple) or one output block (tiled) per element of a[l + 1].
+    fn forward(
+        &self,
+        fused: Option<(&'a Kernel, &'a wgpu::BindGroup)>,
+        f: Sink<'_, 'a>,
+    ) -> Result<()> {
         let layers = self.net.layers();
         for (l, ly) in layers.iter().enumerate() {
             let group = &self.groups.layers[l].forward;
+            if let (Some((kernel, group)), Some(t)) = (fused, self.tiled) {
+                if l + 1 == layers.len() {
+                    return f(Dispatch {
+                        kernel,
+                        group,
+                        grid: self.tiled_grid(t, self.rows, ly.n_out, 1)?,
+                        layer: Some(l),
+                    });
+                }
+            }
             f(match self.tiled {
                 None => self.elementwise(
                     &self.kernels.forward_dense,
@@ -198,7 +228,9 @@ impl<'a> Schedule<'a> {
         f(Dispatch {
             kernel: &t.delta_output_loss,
             group: &self.groups.loss,
-            grid: grid(groups as u64, self.max_dim, "the loss's sample groups")?,
+            grid: grid(groups as u64, self.max_dim, || {
+                "the loss's sample groups".into()
+            })?,
             layer: None,
         })?;
         f(Dispatch {
@@ -242,17 +274,18 @@ impl<'a> Schedule<'a> {
 
     /// Tiled, from the top layer down: the delta of the layer below, then
     /// this layer's gradient (`fused`: applied to params at once), its K
-    /// slices added by a reduce pass where split. Layer l's gradient pass may
-    /// update W_l, so the delta below it, which reads W_l, goes first.
+    /// slices (where split) added by the last slice of each block. Layer l's
+    /// gradient pass may update W_l, so the delta below it, which reads W_l,
+    /// goes first.
     fn deltas_and_gradients_tiled(
         &self,
         t: &'a TiledKernels,
         fused: bool,
         f: Sink<'_, 'a>,
     ) -> Result<()> {
-        let (product, reduce) = match fused {
-            true => (&t.gradient_sgd, &t.gradient_sgd_reduce),
-            false => (&t.gradient_dense, &t.gradient_dense_reduce),
+        let product = match fused {
+            true => &t.gradient_sgd,
+            false => &t.gradient_dense,
         };
         let layers = self.net.layers();
         for l in (0..layers.len()).rev() {
@@ -275,9 +308,6 @@ impl<'a> Schedule<'a> {
                 grid: self.tiled_grid(t, ly.n_out, ly.n_in, s)?,
                 layer: Some(l),
             })?;
-            if s > 1 {
-                f(self.elementwise(reduce, group, ly.n_out * (ly.n_in + 1), Some(l))?)?;
-            }
         }
         Ok(())
     }
