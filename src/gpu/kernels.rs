@@ -27,7 +27,9 @@
 //!    block is named variables) and stages `BK·(BM/4 + 1)` and `BK·(BN/4 + 1)`
 //!    `vec4`s indexed by constants plus an offset below `BM/4`, `BN/4`
 //!    ([`super::codegen::check`]). The loss kernels' arrays are `LOSS_WG` long and
-//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size).
+//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size);
+//!    the output kernel's per-invocation partials are `WG_X·WG_Y` long,
+//!    indexed the same way.
 //! 2. **Loops end**: every loop counts up by a step of at least 1 (`BK`, the
 //!    workgroup's invocations, 1) to a bound below `u32::MAX − step`, or
 //!    halves a power of two; every shape and offset the host writes into a
@@ -39,7 +41,11 @@
 //! 4. **Storage buffers**: each index is below the length of the buffer bound
 //!    there, given a `Dims` that describes those buffers (rows at most their
 //!    capacity, layer offsets from the network); wgpu also enables the
-//!    driver's own robust buffer access where the adapter has it.
+//!    driver's own robust buffer access where the adapter has it. The
+//!    last-workgroup counters are indexed by a block number below the
+//!    product's blocks, and the buffer holds one per block of the largest
+//!    gradient at the built tiles; the output kernel's partials by a block
+//!    below `⌈rows / BM⌉`, and the buffer holds `⌈capacity / BM⌉` of them.
 
 use super::context::creating;
 use crate::error::{Error, Result, Setting};
