@@ -11,8 +11,9 @@
 // The fused form is safe because nothing in the dispatch reads this layer's
 // parameters; the host computes the layer below's delta (from the old W) first.
 // With dims.splits > 1 (a long batch and few blocks: split K) each K slice
-// writes its sums to scratch, and gradient_dense_reduce / gradient_sgd_reduce
-// (one invocation per parameter) add the slices in order and put g as above.
+// writes its sums to scratch, and the last slice of a block to finish
+// (last_group.wgsl, counters[block]) adds the block's slices in order and
+// puts g as above: no second dispatch.
 //
 // | binding | name      | access             | shape                     |
 // |---------|-----------|--------------------|---------------------------|
@@ -24,6 +25,7 @@
 // | 5       | params    | storage read_write | (param_count)             |
 // | 6       | grads     | storage read_write | (param_count)             |
 // | 7       | scratch   | storage read_write | (splits, n_out, n_in + 1) |
+// | 8       | counters  | storage read_write | (blocks) u32, zero between dispatches |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> per_batch: Batch;
 @group(0) @binding(2) var<uniform> per_step: Step;
@@ -32,6 +34,7 @@
 @group(0) @binding(5) var<storage, read_write> params: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(8) var<storage, read_write> counters: array<atomic<u32>>;
 
 const A_ALONG_K: bool = false;
 const B_ALONG_K: bool = false;
@@ -90,18 +93,50 @@ fn row_sum_store(m: u32, s: f32) {
     keep_sum(m, dims.n_in, s);
 }
 
-// Add the K slices of scratch element idx in order; put the gradient.
+// Add the K slices of scratch element idx (< n_out·(n_in + 1)) in order; put the gradient.
 fn reduce_slices(idx: u32) {
     let row = dims.n_in + 1u;
     let len = dims.n_out * row;
-    if (idx >= len) {
-        return;
-    }
     var sum = 0.0;
     for (var s = 0u; s < dims.splits; s++) {
         sum += scratch[s * len + idx];
     }
     put_sum(idx / row, idx % row, sum);
+}
+
+// The product, then (split K, the last slice of a block) the block's slices
+// added: its BM × BN sums and, in the first N-tile, the bias column n_in.
+fn gradient(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    tile_gemm(wid, nwg, lid);
+    if (dims.splits <= 1u) {
+        return;
+    }
+    let tiles_n = (dims.n_in + BN - 1u) / BN;
+    let blocks = tiles_n * ((dims.n_out + BM - 1u) / BM);
+    let block = wid.y * nwg.x + wid.x;
+    if (block >= blocks) {
+        return;
+    }
+    if (!last_to_finish(block, dims.splits, lid)) {
+        return;
+    }
+    let m0 = (block / tiles_n) * BM;
+    let n0 = (block % tiles_n) * BN;
+    // Column c < BN of the block is n0 + c; column BN stands for the bias.
+    let width = BN + 1u;
+    for (var e = lid; e < BM * width; e += WG_X * WG_Y) {
+        let m = m0 + e / width;
+        let c = e % width;
+        var n = n0 + c;
+        var inside = c < BN && n < dims.n_in;
+        if (c == BN) {
+            n = dims.n_in;
+            inside = n0 == 0u;
+        }
+        if (m < dims.n_out && inside) {
+            reduce_slices(m * (dims.n_in + 1u) + n);
+        }
+    }
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
@@ -111,7 +146,7 @@ fn gradient_dense_tiled(
     @builtin(local_invocation_index) lid: u32,
 ) {
     fused_sgd = false;
-    tile_gemm(wid, nwg, lid);
+    gradient(wid, nwg, lid);
 }
 
 @compute @workgroup_size(WG_X, WG_Y)
@@ -121,25 +156,5 @@ fn gradient_sgd_tiled(
     @builtin(local_invocation_index) lid: u32,
 ) {
     fused_sgd = true;
-    tile_gemm(wid, nwg, lid);
-}
-
-@compute @workgroup_size(WG)
-fn gradient_dense_reduce(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    fused_sgd = false;
-    reduce_slices(linear_index(wid, nwg, lid));
-}
-
-@compute @workgroup_size(WG)
-fn gradient_sgd_reduce(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    fused_sgd = true;
-    reduce_slices(linear_index(wid, nwg, lid));
+    gradient(wid, nwg, lid);
 }

@@ -20,19 +20,11 @@
 @group(0) @binding(3) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<Partial>;
 
-// A lane with no element holds NONE as its argmax.
-const NONE: u32 = 0xffffffffu;
-
 // Per invocation: the first largest a and y of its share, index and value.
 var<workgroup> w_ia: array<u32, LOSS_WG>;
 var<workgroup> w_va: array<f32, LOSS_WG>;
 var<workgroup> w_iy: array<u32, LOSS_WG>;
 var<workgroup> w_vy: array<f32, LOSS_WG>;
-
-// Whether (j, vj) beats (i, vi) as the first largest element.
-fn beats(j: u32, vj: f32, i: u32, vi: f32) -> bool {
-    return j != NONE && (i == NONE || vj > vi || (vj == vi && j < i));
-}
 
 @compute @workgroup_size(LOSS_WG)
 fn delta_output_loss(
@@ -47,32 +39,17 @@ fn delta_output_loss(
     let lane = lid % lanes;
     let live = s < dims.rows;
     let base = s * n;
-    var loss = 0.0;
-    var ia = NONE;
-    var va = 0.0;
-    var iy = NONE;
-    var vy = 0.0;
+    var r = row_loss_start();
     if (live) {
         for (var k = lane; k < n; k += lanes) {
-            let ak = a[base + k];
-            let yk = y[base + k];
-            delta[base + k] = output_delta(dims.act, dims.loss, ak, yk);
-            loss += loss_term(dims.loss, ak, yk);
-            if (beats(k, ak, ia, va)) {
-                ia = k;
-                va = ak;
-            }
-            if (beats(k, yk, iy, vy)) {
-                iy = k;
-                vy = yk;
-            }
+            r = row_loss_add(r, base, k);
         }
     }
-    w_loss[lid] = loss;
-    w_ia[lid] = ia;
-    w_va[lid] = va;
-    w_iy[lid] = iy;
-    w_vy[lid] = vy;
+    w_loss[lid] = r.loss;
+    w_ia[lid] = r.ia;
+    w_va[lid] = r.va;
+    w_iy[lid] = r.iy;
+    w_vy[lid] = r.vy;
     workgroupBarrier();
     // Combine the lanes of each row into its lane 0.
     for (var stride = lanes / 2u; stride > 0u; stride = stride / 2u) {

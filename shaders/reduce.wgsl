@@ -72,12 +72,21 @@ fn reduce_totals(lid: u32) {
     }
 }
 
-// `old` plus a reduced batch of `rows` samples (after reduce_totals).
-fn totals_plus(old: Acc, rows: u32) -> Acc {
+// `old` plus a batch of `rows` samples whose losses add to `loss`, `correct`
+// of them scored correct.
+fn totals_plus(old: Acc, rows: u32, loss: f32, correct: u32) -> Acc {
     var t = old;
-    t.loss_slots[old.steps % ACC_SLOTS] += w_loss[0];
+    t.loss_slots[old.steps % ACC_SLOTS] += loss;
     t.samples += rows;
-    t.correct += w_count[0];
+    t.correct += correct;
     t.steps += 1u;
     return t;
+}
+
+// A lane with no element holds NONE as its argmax.
+const NONE: u32 = 0xffffffffu;
+
+// Whether (j, vj) beats (i, vi) as the first largest element.
+fn beats(j: u32, vj: f32, i: u32, vi: f32) -> bool {
+    return j != NONE && (i == NONE || vj > vi || (vj == vi && j < i));
 }

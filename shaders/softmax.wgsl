@@ -21,20 +21,5 @@ fn softmax_forward(
     if (s >= dims.rows) {
         return;
     }
-    let n = dims.n_out;
-    let base = s * n;
-    var m = a[base];
-    for (var k = 1u; k < n; k++) {
-        m = max(m, a[base + k]);
-    }
-    var sum = 0.0;
-    for (var k = 0u; k < n; k++) {
-        let e = exp(a[base + k] - m);
-        a[base + k] = e;
-        sum += e;
-    }
-    let inv = 1.0 / sum;
-    for (var k = 0u; k < n; k++) {
-        a[base + k] *= inv;
-    }
+    softmax_row(s * dims.n_out, dims.n_out);
 }

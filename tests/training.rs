@@ -457,9 +457,7 @@ fn profile_step_times_every_kernel() {
             "tiled",
             &[
                 "forward_dense_tiled layer 0",
-                "forward_dense_tiled layer 1",
-                "delta_output_loss",
-                "loss_finish",
+                "forward_output_loss_tiled layer 1",
                 "delta_hidden_tiled layer 0",
                 "gradient_sgd_tiled layer 1",
                 "gradient_sgd_tiled layer 0",

@@ -454,6 +454,85 @@ fn delta_output_loss_cases(r: &KernelRunner, checked: bool) {
     }
 }
 
+/// The output layer fused with its softmax, delta and loss (tiled only): where
+/// one block holds a whole row (`n_out ≤ bn`), every output activation with
+/// its loss, both metrics; a product wider than a block is refused. Each
+/// product at batch 1 also runs at 300 rows (several blocks: the last one
+/// adds their partials).
+#[test]
+fn forward_output_loss_matches_cpu() {
+    twins("forward_output_loss", TILED_ONLY, |c| {
+        let Set::Tiled(_, config) = c.set else {
+            return;
+        };
+        let (batch, n_out, n_in) = c.p;
+        let shapes = match batch {
+            1 => vec![(1, n_out, n_in), (300, n_out, n_in)],
+            _ => vec![(batch, n_out, n_in)],
+        };
+        for (batch, n_out, n_in) in shapes {
+            for (act, loss) in OUTPUTS {
+                let label = format!("{} {act:?} batch {batch} ({n_in}->{n_out})", c.label);
+                let mut g = rng(&label);
+                let x = random(&mut g, batch * n_in, -1.0, 1.0);
+                let w = random(&mut g, n_out * n_in, -1.0, 1.0);
+                let b = random(&mut g, n_out, -0.5, 0.5);
+                let (x64, w64, b64) = (f64s(&x), f64s(&w), f64s(&b));
+                let mut a_want = vec![0.0; batch * n_out];
+                cpu::forward_dense(&x64, &w64, &b64, &mut a_want, batch, n_in, n_out, act);
+                let a32: Vec<f32> = a_want.iter().map(|&v| v as f32).collect();
+                let (y, metric) = scored_targets(&a32, batch, n_out);
+                let shape = (batch, n_in, n_out);
+                // Metric::None once: it only skips the score.
+                let metrics = match act {
+                    Activation::Sigmoid => &[Metric::None, metric][..],
+                    _ => &[metric][..],
+                };
+                for &m in metrics {
+                    let got = c.r.forward_output_loss_tiled(
+                        &x,
+                        &w,
+                        &b,
+                        &y,
+                        shape,
+                        m,
+                        act,
+                        loss,
+                        START_TOTALS,
+                    );
+                    if n_out > config.tiles.bn() as usize {
+                        assert!(got.is_err(), "{label}: {n_out} outputs over one block");
+                        continue;
+                    }
+                    let (a, delta, totals) = got.unwrap();
+                    let (mut a_ref, mut d_ref) =
+                        (vec![0.0; batch * n_out], vec![0.0; batch * n_out]);
+                    let (total, correct) = cpu::forward_output_loss(
+                        &x64,
+                        &w64,
+                        &b64,
+                        &f64s(&y),
+                        &mut a_ref,
+                        &mut d_ref,
+                        shape,
+                        m,
+                        act,
+                        loss,
+                    );
+                    assert_close(&format!("{label} A"), &a, &a_ref, c.abs_forward, REL);
+                    assert_close(&format!("{label} δ"), &delta, &d_ref, c.abs_forward, REL);
+                    // The score is a step function: count it on the A the
+                    // kernel computed (close to the reference, checked above),
+                    // so that a near tie rounded the other way does not count.
+                    let (_, scored) = cpu::loss_reduce(&f64s(&a), &f64s(&y), batch, n_out, m, loss);
+                    assert!(scored.abs_diff(correct) <= 1 + batch as u64 / 50, "{label}");
+                    assert_totals(&format!("{label} {m:?}"), totals, total, scored, batch);
+                }
+            }
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Special cases
 // ---------------------------------------------------------------------------
@@ -622,7 +701,9 @@ fn k_splits_fill_the_device_within_scratch() {
 
 /// Whole steps of a backend built with and without naga's runtime checks:
 /// the checks only guard indices the host keeps in range, so parameters and
-/// totals agree to the bit, for both kernel sets and a stateful optimizer.
+/// totals agree to the bit, for both kernel sets and a stateful optimizer,
+/// and so do two runs of one build (at 600 rows too, where the tiled
+/// gradients split K and the last slice of each block adds the slices).
 #[test]
 fn checked_and_unchecked_steps_are_bitwise_equal() {
     use shadertrain::backend::Backend;
@@ -633,9 +714,13 @@ fn checked_and_unchecked_steps_are_bitwise_equal() {
         return;
     };
     let net = Network::parse("5,17,3:softmax").unwrap();
-    let batch = 9;
-    let (x, y) = batch_for(&net, batch, "checked vs unchecked");
-    for kernels in [KernelSet::Simple, KernelSet::Tiled] {
+    // 600 rows: the tiled gradients split K (the last slice adds the slices).
+    for (batch, kernels) in [
+        (9, KernelSet::Simple),
+        (9, KernelSet::Tiled),
+        (600, KernelSet::Tiled),
+    ] {
+        let (x, y) = batch_for(&net, batch, "checked vs unchecked");
         let adam = Optimizer {
             kind: OptimizerKind::Adam,
             ..Optimizer::default()
@@ -660,11 +745,15 @@ fn checked_and_unchecked_steps_are_bitwise_equal() {
             };
             let (p_off, l_off) = run(false);
             let (p_on, l_on) = run(true);
-            let label = format!("{kernels:?} {opt:?}");
-            assert_eq!(l_off.to_bits(), l_on.to_bits(), "{label} loss");
-            let (a, b) = (&p_off.data, &p_on.data);
-            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
-                panic!("{label}: param {i} unchecked {} checked {}", a[i], b[i]);
+            // And run to run: the same build twice.
+            let (p_again, l_again) = run(false);
+            let label = format!("{kernels:?} batch {batch} {opt:?}");
+            for (what, l, p) in [("checked", l_on, &p_on), ("again", l_again, &p_again)] {
+                assert_eq!(l_off.to_bits(), l.to_bits(), "{label} loss {what}");
+                let (a, b) = (&p_off.data, &p.data);
+                if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                    panic!("{label}: param {i} unchecked {} {what} {}", a[i], b[i]);
+                }
             }
         }
     }

@@ -42,7 +42,8 @@ mod state;
 pub use fast::{FastCpuBackend, MAX_THREADS};
 pub use reference::{
     activate, activation_derivative, adam_update, clip_gradients, delta_hidden, delta_output,
-    delta_output_loss, dropout_apply, forward_dense, grad_norm, gradient_bias, gradient_dense,
-    gradient_sgd, gradient_weights, hash32, loss_reduce, loss_term, momentum_update, sample_loss,
-    score, sgd_update, sigmoid, softmax_forward, CpuBackend, DropoutKey,
+    delta_output_loss, dropout_apply, forward_dense, forward_output_loss, grad_norm, gradient_bias,
+    gradient_dense, gradient_sgd, gradient_weights, hash32, loss_reduce, loss_term,
+    momentum_update, sample_loss, score, sgd_update, sigmoid, softmax_forward, CpuBackend,
+    DropoutKey,
 };

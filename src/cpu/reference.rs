@@ -221,6 +221,27 @@ pub fn delta_output_loss<T: Real>(
     loss_reduce(a, y, batch, n, metric, loss)
 }
 
+/// A training step's output layer in one pass, the twin of
+/// `forward_output_loss_tiled`: [`forward_dense`] into `a`, then
+/// [`delta_output_loss`] into `delta`; returns its `(loss, correct)`.
+// a_prev: (batch, n_in); w: (n_out, n_in); b: (n_out); y, a, delta: (batch, n_out)
+#[allow(clippy::too_many_arguments)]
+pub fn forward_output_loss<T: Real>(
+    a_prev: &[T],
+    w: &[T],
+    b: &[T],
+    y: &[T],
+    a: &mut [T],
+    delta: &mut [T],
+    (batch, n_in, n_out): (usize, usize, usize),
+    metric: Metric,
+    act: Activation,
+    loss: Loss,
+) -> (T, u64) {
+    forward_dense(a_prev, w, b, a, batch, n_in, n_out, act);
+    delta_output_loss(a, y, delta, batch, n_out, metric, act, loss)
+}
+
 // ---------------------------------------------------------------------------
 // 4. Hidden deltas (delta_hidden.wgsl, delta_hidden_tiled.wgsl)
 // ---------------------------------------------------------------------------

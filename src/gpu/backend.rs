@@ -169,9 +169,9 @@ impl GpuBackend {
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
         // Every configuration's hidden-delta kernel shares one layout.
-        let delta_hidden = tiled.as_ref().map_or(&kernels.delta_hidden, |t| {
-            t.product(Product::Delta, 0).0
-        });
+        let delta_hidden = tiled
+            .as_ref()
+            .map_or(&kernels.delta_hidden, |t| t.product(Product::Delta, 0).0);
         let dropout = Dropout::new(&ctx, net, &buf, delta_hidden)?;
         let mut backend = GpuBackend {
             ctx,

@@ -10,8 +10,8 @@
 
 use super::context::{create_buffer, create_buffer_init, GpuContext};
 use super::kernels::{
-    k_splits, loss_groups, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform, StepUniform,
-    TiledKernels,
+    k_splits, loss_groups, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform,
+    StepUniform, TiledKernels,
 };
 use super::options::binding_bytes;
 use super::plan::Product;
@@ -58,6 +58,8 @@ pub(super) struct Buffers {
     partials: wgpu::Buffer,
     /// Split-K slice sums, (splits, n_out, n_in + 1) of the layer in hand (tiled).
     scratch: wgpu::Buffer,
+    /// The last-workgroup counters (tiled), zero between dispatches.
+    counters: wgpu::Buffer,
 }
 
 impl Buffers {
@@ -76,8 +78,13 @@ impl Buffers {
         let grads = storage_buffer(ctx, "grads", p, copy_dst)?;
         let (acts, deltas) = per_sample(ctx, net, capacity)?;
         let y = storage_buffer(ctx, "targets", capacity * net.outputs(), copy_dst)?;
-        let groups_max = loss_groups(capacity as u32, net.outputs() as u32) as usize;
-        let partials = storage_buffer(ctx, "loss partials", 2 * groups_max, none)?;
+        let partials = storage_buffer(
+            ctx,
+            "loss partials",
+            2 * partials(net, capacity, tiled),
+            none,
+        )?;
+        let counters = storage_buffer(ctx, "block counters", counters(net, tiled), none)?;
         let scratch_floats = scratch_floats(ctx, net, capacity, tiled);
         let scratch = storage_buffer(ctx, "split-K sums", scratch_floats as usize, none)?;
         let acc = totals(ctx)?;
@@ -107,6 +114,7 @@ impl Buffers {
             per_step: uniform(ctx, "per step", &StepUniform::default())?,
             partials,
             scratch,
+            counters,
         })
     }
 
@@ -162,6 +170,33 @@ fn per_sample(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((acts, deltas))
+}
+
+/// Loss partials of a batch of `capacity` rows: one per sample group of
+/// `delta_output_loss`, or per row block of `forward_output_loss_tiled`.
+fn partials(net: &Network, capacity: usize, tiled: Option<&TiledKernels>) -> usize {
+    let groups = loss_groups(capacity as u32, net.outputs() as u32) as usize;
+    let top = net.layers().len().saturating_sub(1);
+    let bm = |t: &TiledKernels| t.tiles(Product::Forward, top).bm() as usize;
+    let blocks = tiled.map_or(0, |t| capacity.div_ceil(bm(t)));
+    groups.max(blocks)
+}
+
+/// Counters of the last-workgroup pattern (u32, zero between dispatches): one
+/// per output block of the largest gradient product (the output kernel uses
+/// the first).
+fn counters(net: &Network, tiled: Option<&TiledKernels>) -> usize {
+    let Some(t) = tiled else { return 1 };
+    net.layers()
+        .iter()
+        .enumerate()
+        .map(|(l, ly)| {
+            let tiles = t.tiles(Product::Gradient, l);
+            tile_blocks(ly.n_out as u32, ly.n_in as u32, tiles) as usize
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Floats of split-K slice sums: as many as the layer with the most slices
@@ -276,7 +311,7 @@ pub(super) struct LayerGroups {
     pub forward: wgpu::BindGroup,
     /// Hidden layers only: computes deltas[l + 1] from deltas[l + 2].
     pub delta_hidden: Option<wgpu::BindGroup>,
-    /// Simple: gradient_weights and gradient_bias; tiled: the four gradient kernels.
+    /// Simple: gradient_weights and gradient_bias; tiled: both gradient kernels.
     pub gradient: wgpu::BindGroup,
 }
 
@@ -291,6 +326,9 @@ pub(super) struct Groups {
     pub loss: wgpu::BindGroup,
     /// Tiled only: loss_finish.
     pub loss_finish: Option<wgpu::BindGroup>,
+    /// Tiled, where one block holds a whole output row:
+    /// forward_output_loss_tiled (the output layer, its delta and the loss).
+    pub output_loss: Option<wgpu::BindGroup>,
     /// sgd_update over params and grads.
     pub sgd: wgpu::BindGroup,
 }
@@ -326,6 +364,23 @@ impl Groups {
                 Some(t.loss_finish.bind(dev, &[top, &b.partials, &b.acc])?),
             ),
         };
+        let output_loss = match tiled.and_then(|t| t.output_loss(last - 1, net.outputs())) {
+            Some((k, _)) => Some(k.bind(
+                dev,
+                &[
+                    top,
+                    &b.params,
+                    &b.acts[last - 1],
+                    out,
+                    &b.y,
+                    &b.deltas[last],
+                    &b.partials,
+                    &b.acc,
+                    &b.counters,
+                ],
+            )?),
+            _ => None,
+        };
         let sgd = kernels
             .sgd_update
             .bind(dev, &[&b.hyper, &b.per_step, &b.params, &b.grads])?;
@@ -335,6 +390,7 @@ impl Groups {
             delta_output,
             loss,
             loss_finish,
+            output_loss,
             sgd,
         })
     }
@@ -380,6 +436,7 @@ fn layer_groups(
             &b.params,
             &b.grads,
             &b.scratch,
+            &b.counters,
         ],
     };
     Ok(LayerGroups {

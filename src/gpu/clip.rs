@@ -151,7 +151,7 @@ impl Clipper {
         Ok([
             (
                 &self.partial,
-                grid(self.groups as u64, max_dim, "clip_partial")?,
+                grid(self.groups as u64, max_dim, || "clip_partial".into())?,
             ),
             (&self.finish, (1, 1, 1)),
             (&self.apply, grid_1d(self.count as u64, max_dim)?),

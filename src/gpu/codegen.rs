@@ -45,12 +45,28 @@ pub fn workgroup_bytes(t: &TileConfig) -> u32 {
     16 * t.bk * (t.bm() / 4 + 1 + t.bn() / 4 + 1)
 }
 
-/// The kernel file of a tiled spec (its epilogue, without tiled.wgsl).
+/// The files of a tiled spec besides common.wgsl and tiled.wgsl (the
+/// epilogue and what it shares), in the order of the spec's source.
+macro_rules! files {
+    ($($file:literal),+) => {
+        concat!($(include_str!(concat!("../../shaders/", $file)), "\n"),+)
+    };
+}
+
+/// The kernel files of a tiled spec (its epilogue, without tiled.wgsl).
 fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
     Ok(match spec.file {
-        "forward_tiled.wgsl" => include_str!("../../shaders/forward_tiled.wgsl"),
-        "delta_hidden_tiled.wgsl" => include_str!("../../shaders/delta_hidden_tiled.wgsl"),
-        "gradient_tiled.wgsl" => include_str!("../../shaders/gradient_tiled.wgsl"),
+        "forward_tiled.wgsl" => files!("forward_product.wgsl", "forward_tiled.wgsl"),
+        "output_tiled.wgsl" => files!(
+            "reduce.wgsl",
+            "loss_row.wgsl",
+            "softmax_row.wgsl",
+            "last_group.wgsl",
+            "forward_product.wgsl",
+            "output_tiled.wgsl"
+        ),
+        "delta_hidden_tiled.wgsl" => files!("delta_hidden_tiled.wgsl"),
+        "gradient_tiled.wgsl" => files!("last_group.wgsl", "gradient_tiled.wgsl"),
         other => {
             return Err(Error::Invalid(format!(
                 "{other} has no generated product core"

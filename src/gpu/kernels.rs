@@ -27,7 +27,9 @@
 //!    block is named variables) and stages `BK·(BM/4 + 1)` and `BK·(BN/4 + 1)`
 //!    `vec4`s indexed by constants plus an offset below `BM/4`, `BN/4`
 //!    ([`super::codegen::check`]). The loss kernels' arrays are `LOSS_WG` long and
-//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size).
+//!    indexed by `local_invocation_index < LOSS_WG` (the workgroup size);
+//!    the output kernel's per-invocation partials are `WG_X·WG_Y` long,
+//!    indexed the same way.
 //! 2. **Loops end**: every loop counts up by a step of at least 1 (`BK`, the
 //!    workgroup's invocations, 1) to a bound below `u32::MAX − step`, or
 //!    halves a power of two; every shape and offset the host writes into a
@@ -39,7 +41,11 @@
 //! 4. **Storage buffers**: each index is below the length of the buffer bound
 //!    there, given a `Dims` that describes those buffers (rows at most their
 //!    capacity, layer offsets from the network); wgpu also enables the
-//!    driver's own robust buffer access where the adapter has it.
+//!    driver's own robust buffer access where the adapter has it. The
+//!    last-workgroup counters are indexed by a block number below the
+//!    product's blocks, and the buffer holds one per block of the largest
+//!    gradient at the built tiles; the output kernel's partials by a block
+//!    below `⌈rows / BM⌉`, and the buffer holds `⌈capacity / BM⌉` of them.
 
 use super::context::creating;
 use super::plan::{KernelPlan, Product, ProductId, Source};
@@ -344,7 +350,7 @@ pub const DELTA_HIDDEN: KernelSpec = KernelSpec {
 pub const SOFTMAX_FORWARD: KernelSpec = KernelSpec {
     entry: "softmax_forward",
     file: "softmax.wgsl",
-    source: shader!("softmax.wgsl"),
+    source: shader!("softmax_row.wgsl", "softmax.wgsl"),
     bindings: &[DIMS, Slot::ReadWrite],
     kind: KernelKind::ElementWise,
 };
@@ -408,7 +414,7 @@ pub const LOSS_REDUCE: KernelSpec = KernelSpec {
 pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "forward_dense_tiled",
     file: "forward_tiled.wgsl",
-    source: shader!("tiled.wgsl", "forward_tiled.wgsl"),
+    source: shader!("tiled.wgsl", "forward_product.wgsl", "forward_tiled.wgsl"),
     bindings: FORWARD_DENSE.bindings,
     kind: KernelKind::Tiled,
 };
@@ -430,14 +436,16 @@ const GRADIENT_TILED_BINDINGS: &[Slot] = &[
     Slot::ReadWrite,
     Slot::ReadWrite,
     Slot::ReadWrite,
+    Slot::ReadWrite,
 ];
 /// Tiled `∂L/∂W = scale·δᵀA_prev` and `∂L/∂b = scale·Σ_s δ` in one pass, stored
 /// or accumulated into grads (twin: `gradient_dense`): dims, per_batch,
-/// per_step (unused), delta, a_prev, params (unused), grads, scratch (split K only).
+/// per_step (unused), delta, a_prev, params (unused), grads, scratch and
+/// counters (split K only: the last slice of a block adds the slices).
 pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "gradient_dense_tiled",
     file: "gradient_tiled.wgsl",
-    source: shader!("tiled.wgsl", "gradient_tiled.wgsl"),
+    source: shader!("last_group.wgsl", "tiled.wgsl", "gradient_tiled.wgsl"),
     bindings: GRADIENT_TILED_BINDINGS,
     kind: KernelKind::Tiled,
 };
@@ -447,24 +455,42 @@ pub const GRADIENT_SGD_TILED: KernelSpec = KernelSpec {
     entry: "gradient_sgd_tiled",
     ..GRADIENT_DENSE_TILED
 };
-/// Split K: the slices in scratch added in order, then as
-/// [`GRADIENT_DENSE_TILED`]; one invocation per parameter of the layer.
-pub const GRADIENT_DENSE_REDUCE: KernelSpec = KernelSpec {
-    entry: "gradient_dense_reduce",
-    kind: KernelKind::ElementWise,
-    ..GRADIENT_DENSE_TILED
-};
-/// Split K: the slices in scratch added in order, then as [`GRADIENT_SGD_TILED`].
-pub const GRADIENT_SGD_REDUCE: KernelSpec = KernelSpec {
-    entry: "gradient_sgd_reduce",
-    ..GRADIENT_DENSE_REDUCE
+/// A training step's output layer in one dispatch where one block holds whole
+/// rows (`n_out ≤ bn`): the tiled forward product, softmax, the output delta
+/// and the loss partials, the last block adding them to the totals (twin:
+/// `forward_output_loss`): dims, params, a_prev, a, y, delta, partials, acc,
+/// counters.
+pub const FORWARD_OUTPUT_LOSS_TILED: KernelSpec = KernelSpec {
+    entry: "forward_output_loss_tiled",
+    file: "output_tiled.wgsl",
+    source: shader!(
+        "reduce.wgsl",
+        "loss_row.wgsl",
+        "softmax_row.wgsl",
+        "last_group.wgsl",
+        "tiled.wgsl",
+        "forward_product.wgsl",
+        "output_tiled.wgsl"
+    ),
+    bindings: &[
+        DIMS,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+    ],
+    kind: KernelKind::Tiled,
 };
 /// Output delta and per-workgroup loss partials in one parallel pass (twin:
 /// `delta_output_loss`): dims, a, y, delta, partials.
 pub const DELTA_OUTPUT_LOSS: KernelSpec = KernelSpec {
     entry: "delta_output_loss",
     file: "loss_partial.wgsl",
-    source: shader!("reduce.wgsl", "loss_partial.wgsl"),
+    source: shader!("reduce.wgsl", "loss_row.wgsl", "loss_partial.wgsl"),
     bindings: &[
         DIMS,
         Slot::Read,
@@ -501,8 +527,7 @@ pub const ALL: &[KernelSpec] = &[
     DELTA_HIDDEN_TILED,
     GRADIENT_DENSE_TILED,
     GRADIENT_SGD_TILED,
-    GRADIENT_DENSE_REDUCE,
-    GRADIENT_SGD_REDUCE,
+    FORWARD_OUTPUT_LOSS_TILED,
     DELTA_OUTPUT_LOSS,
     LOSS_FINISH,
     super::clip::CLIP_PARTIAL,
@@ -904,6 +929,17 @@ impl Kernels {
     }
 }
 
+/// Bytes of workgroup memory a tiled kernel's epilogue adds to its product's:
+/// the last-workgroup flag (last_group.wgsl) of the gradient and output
+/// kernels, and the output kernel's per-invocation partials (8 bytes each).
+pub fn epilogue_bytes(spec: &KernelSpec, tiles: &TileConfig) -> u32 {
+    match spec.file {
+        "gradient_tiled.wgsl" => 4,
+        "output_tiled.wgsl" => 4 + 8 * tiles.wg_x * tiles.wg_y,
+        _ => 0,
+    }
+}
+
 /// How the tiled products' core is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Core {
@@ -945,17 +981,25 @@ impl KernelConfig {
         }
     }
 
+    /// Bytes of workgroup memory of `spec`'s kernel built with this
+    /// configuration: the product's, plus what its epilogue keeps
+    /// ([`epilogue_bytes`]).
+    pub fn kernel_bytes(&self, spec: &KernelSpec) -> u32 {
+        self.workgroup_bytes() + epilogue_bytes(spec, &self.tiles)
+    }
+
     /// Whether it can run on a device with `limits`: its core's own check
     /// (tiled.wgsl: [`TileConfig::check`]; generated:
-    /// [`super::codegen::check`]), its workgroup within the device's limits.
+    /// [`super::codegen::check`]), its workgroup within the device's limits
+    /// (the gradient kernel's, which has the larger epilogue of the two
+    /// kernels every configuration builds).
     pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
         match self.core {
-            Core::Loops => self.tiles.check(limits),
-            Core::Generated => {
-                super::codegen::check(&self.tiles)?;
-                self.tiles.fits(limits, self.workgroup_bytes())
-            }
+            Core::Loops => self.tiles.check(limits)?,
+            Core::Generated => super::codegen::check(&self.tiles)?,
         }
+        let bytes = self.kernel_bytes(&GRADIENT_DENSE_TILED);
+        self.tiles.fits(limits, bytes)
     }
 
     /// Parse the form [`KernelConfig`]'s `Display` writes.
@@ -1030,10 +1074,10 @@ pub struct ProductKernels {
     pub gradient_dense: Kernel,
     /// See [`GRADIENT_SGD_TILED`].
     pub gradient_sgd: Kernel,
-    /// See [`GRADIENT_DENSE_REDUCE`].
-    pub gradient_dense_reduce: Kernel,
-    /// See [`GRADIENT_SGD_REDUCE`].
-    pub gradient_sgd_reduce: Kernel,
+    /// See [`FORWARD_OUTPUT_LOSS_TILED`]: built for the configurations of
+    /// the output layer's forward product, where its workgroup memory fits
+    /// the device.
+    pub forward_output_loss: Option<Kernel>,
 }
 
 /// The fast pipelines: tiled products on each product's configuration
@@ -1084,11 +1128,20 @@ impl TiledKernels {
             layout(&FORWARD_DENSE_TILED)?,
             layout(&DELTA_HIDDEN_TILED)?,
             layout(&GRADIENT_DENSE_TILED)?,
+            layout(&FORWARD_OUTPUT_LOSS_TILED)?,
         ];
         let configs = plan.configs();
+        // The fused output kernel only where the output layer's forward runs.
+        let output = plan.layers().checked_sub(1).map(|last| {
+            plan.get(ProductId {
+                kind: Product::Forward,
+                layer: last,
+            })
+            .config
+        });
         let sets = configs
             .iter()
-            .map(|&c| ProductKernels::new(device, c, checked, &layouts))
+            .map(|&c| ProductKernels::new(device, limits, c, checked, &layouts, output == Some(c)))
             .collect::<Result<Vec<_>>>()?;
         let at = |c: KernelConfig| configs.iter().position(|&x| x == c).unwrap_or(0);
         let index = (0..plan.layers())
@@ -1128,6 +1181,19 @@ impl TiledKernels {
         (kernel, &s.config.tiles)
     }
 
+    /// The fused output kernel ([`FORWARD_OUTPUT_LOSS_TILED`]) of output
+    /// layer `last` with `n_out` outputs, and its tiles: where it was built
+    /// and one block holds a whole output row; else `None` (the forward
+    /// product, `delta_output_loss` and `loss_finish` run instead).
+    pub fn output_loss(&self, last: usize, n_out: usize) -> Option<(&Kernel, &TileConfig)> {
+        let s = self.set(Product::Forward, last);
+        let fits = n_out <= s.config.tiles.bn() as usize;
+        s.forward_output_loss
+            .as_ref()
+            .filter(|_| fits)
+            .map(|k| (k, &s.config.tiles))
+    }
+
     /// The tile sizes product `p` of `layer` runs with.
     pub fn tiles(&self, p: Product, layer: usize) -> &TileConfig {
         &self.set(p, layer).config.tiles
@@ -1139,9 +1205,11 @@ impl ProductKernels {
     /// delta, gradient: shared by every configuration).
     fn new(
         device: &wgpu::Device,
+        limits: &wgpu::Limits,
         config: KernelConfig,
         checked: bool,
-        layouts: &[wgpu::BindGroupLayout; 3],
+        layouts: &[wgpu::BindGroupLayout; 4],
+        output: bool,
     ) -> Result<Self> {
         let tiles = config.tiles;
         // The products' sources: generated per configuration, or tiled.wgsl's.
@@ -1159,17 +1227,21 @@ impl ProductKernels {
                 layout.clone(),
             )
         };
-        // The four gradient kernels take one bind group per layer; the
-        // generated module holds the reduce entry points too.
+        // Both gradient kernels take one bind group per layer.
         let g = &layouts[2];
+        let output_fits = output
+            && tiles
+                .fits(limits, config.kernel_bytes(&FORWARD_OUTPUT_LOSS_TILED))
+                .is_ok();
         Ok(ProductKernels {
             config,
             forward_dense: build(FORWARD_DENSE_TILED, &layouts[0])?,
             delta_hidden: build(DELTA_HIDDEN_TILED, &layouts[1])?,
             gradient_dense: build(GRADIENT_DENSE_TILED, g)?,
             gradient_sgd: build(GRADIENT_SGD_TILED, g)?,
-            gradient_dense_reduce: build(GRADIENT_DENSE_REDUCE, g)?,
-            gradient_sgd_reduce: build(GRADIENT_SGD_REDUCE, g)?,
+            forward_output_loss: output_fits
+                .then(|| build(FORWARD_OUTPUT_LOSS_TILED, &layouts[3]))
+                .transpose()?,
         })
     }
 }
@@ -1191,15 +1263,17 @@ pub type Grid = (u32, u32, u32);
 
 /// `groups` workgroups folded into a 2-D grid so that neither dimension
 /// exceeds `max_per_dim`; the shaders number them `wid.y·nwg.x + wid.x` and
-/// skip those past the end. `what` names the work for the error.
-pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<Grid> {
+/// skip those past the end. `what` names the work for the error (made only
+/// then: a step computes its grids without allocating).
+pub fn grid(groups: u64, max_per_dim: u32, what: impl FnOnce() -> String) -> Result<Grid> {
     let groups = groups.max(1);
     let max = max_per_dim.max(1) as u64;
     let x = groups.min(max);
     let y = groups.div_ceil(x);
     if y > max {
         return Err(Error::Gpu(format!(
-            "{what} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch"
+            "{} need {groups} workgroups, more than {max}×{max} (max_compute_workgroups_per_dimension); use a smaller batch",
+            what()
         )));
     }
     Ok((x as u32, y as u32, 1))
@@ -1208,7 +1282,9 @@ pub fn grid(groups: u64, max_per_dim: u32, what: &str) -> Result<Grid> {
 /// Workgroup grid for `n` independent elements of [`WG`] invocations each
 /// (`linear_index` in common.wgsl unfolds it).
 pub fn grid_1d(n: u64, max_per_dim: u32) -> Result<Grid> {
-    grid(n.div_ceil(WG as u64), max_per_dim, &format!("{n} elements"))
+    grid(n.div_ceil(WG as u64), max_per_dim, || {
+        format!("{n} elements")
+    })
 }
 
 /// Output blocks of a tiled `m × n` product.
@@ -1225,8 +1301,8 @@ pub fn grid_tiled(
     tiles: &TileConfig,
     max_per_dim: u32,
 ) -> Result<Grid> {
-    let what = format!("a {m}×{n} product");
-    let (x, y, _) = grid(tile_blocks(m, n, tiles), max_per_dim, &what)?;
+    let what = || format!("a {m}×{n} product");
+    let (x, y, _) = grid(tile_blocks(m, n, tiles), max_per_dim, what)?;
     Ok((x, y, splits.max(1)))
 }
 

@@ -93,17 +93,14 @@ impl ProductId {
     }
 
     /// The product a profiled dispatch labelled `entry layer l` computes
-    /// (a split gradient's reduce counts as part of its gradient), if a
-    /// tiled product.
+    /// (the fused output kernel counts as the output layer's forward, its
+    /// softmax, delta and loss included), if a tiled product.
     pub fn of_label(label: &str) -> Option<ProductId> {
         let (entry, layer) = label.split_once(" layer ")?;
         let kind = match entry {
-            "forward_dense_tiled" => Product::Forward,
+            "forward_dense_tiled" | "forward_output_loss_tiled" => Product::Forward,
             "delta_hidden_tiled" => Product::Delta,
-            "gradient_dense_tiled"
-            | "gradient_sgd_tiled"
-            | "gradient_dense_reduce"
-            | "gradient_sgd_reduce" => Product::Gradient,
+            "gradient_dense_tiled" | "gradient_sgd_tiled" => Product::Gradient,
             _ => return None,
         };
         Some(ProductId {

@@ -12,8 +12,9 @@
 
 use super::context::GpuContext;
 use super::kernels::{
-    checked_by_env, dispatch, grid, grid_1d, grid_tiled, loss_groups, Acc, BatchUniform, Dims,
-    Grid, Kernel, KernelConfig, Kernels, OptimUniform, StepUniform, TileConfig, TiledKernels,
+    checked_by_env, dispatch, grid, grid_1d, grid_tiled, loss_groups, tile_blocks, Acc,
+    BatchUniform, Dims, Grid, Kernel, KernelConfig, Kernels, OptimUniform, StepUniform, TileConfig,
+    TiledKernels,
 };
 use super::plan::Product;
 use super::readback;
@@ -380,7 +381,7 @@ impl KernelRunner {
     /// `gw (n_out, n_in)` followed by `gb (n_out)`, the layer's parameter
     /// layout. With `onto` (the same layout) the kernel accumulates, and the
     /// result is `onto + g`. With `splits > 1`, K is cut into that many slices
-    /// and `gradient_dense_reduce` adds them.
+    /// and the last slice of each block adds them.
     #[allow(clippy::too_many_arguments)]
     pub fn gradient_dense_tiled(
         &self,
@@ -404,11 +405,10 @@ impl KernelRunner {
             ..StepUniform::default()
         };
         let t = self.tiled()?;
-        let t = t.set(Product::Gradient, 0);
-        let kernels = (&t.gradient_dense, &t.gradient_dense_reduce);
+        let kernel = &t.set(Product::Gradient, 0).gradient_dense;
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);
-        self.gradient(kernels, delta, a_prev, shape, uniforms, &params, &grads)?;
+        self.gradient(kernel, delta, a_prev, shape, uniforms, &params, &grads)?;
         readback::read(&self.ctx, &grads, (PREFIX * 4) as u64, len)
     }
 
@@ -437,20 +437,19 @@ impl KernelRunner {
             ..StepUniform::default()
         };
         let t = self.tiled()?;
-        let t = t.set(Product::Gradient, 0);
-        let kernels = (&t.gradient_sgd, &t.gradient_sgd_reduce);
+        let kernel = &t.set(Product::Gradient, 0).gradient_sgd;
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);
-        self.gradient(kernels, delta, a_prev, shape, uniforms, &params, &grads)?;
+        self.gradient(kernel, delta, a_prev, shape, uniforms, &params, &grads)?;
         readback::read(&self.ctx, &params, (PREFIX * 4) as u64, len)
     }
 
-    /// Run a tiled gradient kernel, and its reduction when K is split;
-    /// `shape` is `(batch, n_in, n_out, splits)`.
+    /// Run a tiled gradient kernel, K in `splits` slices; `shape` is
+    /// `(batch, n_in, n_out, splits)`.
     #[allow(clippy::too_many_arguments)]
     fn gradient(
         &self,
-        (product, reduce): (&Kernel, &Kernel),
+        product: &Kernel,
         delta: &[f32],
         a_prev: &[f32],
         (batch, n_in, n_out, splits): (usize, usize, usize, u32),
@@ -461,6 +460,12 @@ impl KernelRunner {
         let mut d = dims(batch, n_in, n_out, PREFIX, PREFIX + n_out * n_in);
         d.splits = splits;
         let sums = n_out * (n_in + 1);
+        let blocks = tile_blocks(
+            n_out as u32,
+            n_in as u32,
+            self.tiled()?.tiles(Product::Gradient, 0),
+        ) as usize;
+        let counters = self.counters(blocks);
         let bufs = [
             &self.dims_uniform(&d)?,
             &self.uniform(bytemuck::bytes_of(&per_batch)),
@@ -470,12 +475,35 @@ impl KernelRunner {
             params,
             grads,
             &self.poisoned(splits as usize * sums),
+            &counters,
         ];
-        let mut steps = vec![(product, &bufs[..], self.grid_tiled(n_out, n_in, splits)?)];
-        if splits > 1 {
-            steps.push((reduce, &bufs[..], self.grid_1d(sums)?));
+        let grid = self.grid_tiled(n_out, n_in, splits)?;
+        self.run::<f32>(&[(product, &bufs[..], grid)], grads, 0, 0)?;
+        self.counters_reset(&counters, blocks)
+    }
+
+    /// `n` counters of the last-workgroup pattern, zero.
+    fn counters(&self, n: usize) -> wgpu::Buffer {
+        self.ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("runner counters"),
+                contents: bytemuck::cast_slice(&vec![0u32; n.max(1)]),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// An error unless the kernel left all `n` counters at zero, as the next
+    /// dispatch needs them.
+    fn counters_reset(&self, counters: &wgpu::Buffer, n: usize) -> Result<()> {
+        let left: Vec<u32> = readback::read(&self.ctx, counters, 0, n.max(1))?;
+        match left.iter().position(|&c| c != 0) {
+            None => Ok(()),
+            Some(i) => Err(Error::Gpu(format!(
+                "counter {i} of {n} left at {} after the dispatch",
+                left[i]
+            ))),
         }
-        self.run::<f32>(&steps, grads, 0, 0).map(drop)
     }
 
     /// GPU twin of [`crate::cpu::sgd_update`]; returns the updated parameters.
@@ -605,7 +633,7 @@ impl KernelRunner {
         let first = [&dims, &self.storage(a), &self.storage(y), &delta, &partials];
         let second = [&dims, &partials, &acc];
         let t = self.tiled()?;
-        let grid = grid(groups as u64, self.max_dim(), "loss groups")?;
+        let grid = grid(groups as u64, self.max_dim(), || "loss groups".into())?;
         let steps: [Step<'_>; 2] = [
             (&t.delta_output_loss, &first, grid),
             (&t.loss_finish, &second, (1, 1, 1)),
@@ -613,6 +641,63 @@ impl KernelRunner {
         let out: Vec<Acc> = self.run(&steps, &acc, 0, 1)?;
         let delta = readback::read(&self.ctx, &delta, 0, batch * n)?;
         Ok((delta, out.first().copied().unwrap_or_default()))
+    }
+
+    /// `forward_output_loss_tiled`, twin of [`crate::cpu::forward_output_loss`]:
+    /// the output layer `w (n_out, n_in)`, `b (n_out)` on `a_prev (batch,
+    /// n_in)` against `y (batch, n_out)`. Returns `a` and `delta` (batch,
+    /// n_out) and the totals `start` plus this batch. An error where the
+    /// kernel is not built or one block does not hold a whole row (`n_out`
+    /// over the tiles' `bn`), or if it left its counter nonzero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_output_loss_tiled(
+        &self,
+        a_prev: &[f32],
+        w: &[f32],
+        b: &[f32],
+        y: &[f32],
+        (batch, n_in, n_out): (usize, usize, usize),
+        metric: Metric,
+        act: Activation,
+        loss: Loss,
+        start: Acc,
+    ) -> Result<(Vec<f32>, Vec<f32>, Acc)> {
+        let t = self.tiled()?.set(Product::Forward, 0);
+        let kernel = t.forward_output_loss.as_ref().ok_or_else(|| {
+            Error::Gpu("forward_output_loss_tiled does not fit this device".into())
+        })?;
+        if n_out > t.config.tiles.bn() as usize {
+            return Err(Error::Invalid(format!(
+                "forward_output_loss_tiled needs n_out ≤ {} (one block per row), got {n_out}",
+                t.config.tiles.bn()
+            )));
+        }
+        let (params, w_off, b_off) = layer_params(w, b);
+        let mut d = dims(batch, n_in, n_out, w_off, b_off);
+        (d.metric, d.act, d.loss) = (metric as u32, act as u32, loss as u32);
+        let acc = self.totals(start);
+        let (a, delta) = (self.poisoned(batch * n_out), self.poisoned(batch * n_out));
+        let partials = self.poisoned(2 * batch.div_ceil(t.config.tiles.bm() as usize));
+        let counters = self.counters(1);
+        let bufs = [
+            &self.dims_uniform(&d)?,
+            &self.storage(&params),
+            &self.storage(a_prev),
+            &a,
+            &self.storage(y),
+            &delta,
+            &partials,
+            &acc,
+            &counters,
+        ];
+        let grid = self.grid_tiled(batch, n_out, 1)?;
+        let out: Vec<Acc> = self.run(&[(kernel, &bufs[..], grid)], &acc, 0, 1)?;
+        self.counters_reset(&counters, 1)?;
+        Ok((
+            readback::read(&self.ctx, &a, 0, batch * n_out)?,
+            readback::read(&self.ctx, &delta, 0, batch * n_out)?,
+            out.first().copied().unwrap_or_default(),
+        ))
     }
 }
 

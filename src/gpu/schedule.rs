@@ -8,13 +8,16 @@
 //!    step, then `dropout_apply` on a dropout layer's outputs, or
 //!    `dropout_keep`, which keeps a sigmoid or tanh layer's), softmax on the
 //!    output row if the network has one, then the loss into the totals
-//!    (tiled: fused with the output delta).
+//!    (tiled: fused with the output delta; where one block holds a whole
+//!    output row, the output layer, softmax, delta and loss are one dispatch,
+//!    `forward_output_loss_tiled`).
 //! 2. **Backward**: the output delta (unless the forward wrote it), the hidden
 //!    deltas from the top down (each dropout layer's followed by
 //!    `dropout_apply`, the same mask; `f'` from the kept outputs where
 //!    kept), and every layer's gradient. Tiled, layer by
 //!    layer from the top: the delta below (from the old `W`), then the
-//!    gradient, with plain SGD applied in the same pass.
+//!    gradient, with plain SGD applied in the same pass (split K: the last
+//!    slice of each block adds the slices, in the same dispatch).
 //! 3. **Update**: with gradient clipping, first its three dispatches over the
 //!    gradients (`clip_partial`, `clip_finish`, `clip_apply`: the global
 //!    norm in a fixed order, then the scale); then one dispatch over the flat
@@ -127,6 +130,9 @@ impl Dispatch<'_> {
     }
 }
 
+/// The fused output kernel, its bind group and its tiles.
+type Fused<'a> = (&'a Kernel, &'a wgpu::BindGroup, &'a TileConfig);
+
 /// Receives each dispatch in order.
 type Sink<'s, 'a> = &'s mut dyn FnMut(Dispatch<'a>) -> Result<()>;
 
@@ -135,8 +141,9 @@ impl<'a> Schedule<'a> {
     pub fn plan(&self, stage: Stage, f: Sink<'_, 'a>) -> Result<()> {
         match stage {
             Stage::Forward { loss } => {
-                self.forward(f)?;
-                if loss {
+                let fused = self.output_loss().filter(|_| loss);
+                self.forward(fused, f)?;
+                if loss && fused.is_none() {
                     self.loss(f)?;
                 }
                 Ok(())
@@ -163,13 +170,35 @@ impl<'a> Schedule<'a> {
         }
     }
 
+    /// The output layer's kernel and bind group that also compute the softmax,
+    /// delta and loss, where it runs: tiled, one block holding a whole output
+    /// row, no dropout on the output layer.
+    fn output_loss(&self) -> Option<Fused<'a>> {
+        let top = self.net.layers().len() - 1;
+        let dropped = self.dropout.is_some_and(|d| d.group(top, false).is_some());
+        let (kernel, tiles) = self.tiled?.output_loss(top, self.net.outputs())?;
+        let group = self.groups.output_loss.as_ref()?;
+        (!dropped).then_some((kernel, group, tiles))
+    }
+
     /// Per layer the product, bias and activation, then softmax on the
-    /// output rows. a[l]: (rows, sizes[l]); one invocation (simple) or one
-    /// output block (tiled) per element of a[l + 1].
-    fn forward(&self, f: Sink<'_, 'a>) -> Result<()> {
+    /// output rows; with `fused`, the output layer's kernel that does its
+    /// softmax, delta and loss too. a[l]: (rows, sizes[l]); one invocation
+    /// (simple) or one output block (tiled) per element of a[l + 1].
+    fn forward(&self, fused: Option<Fused<'a>>, f: Sink<'_, 'a>) -> Result<()> {
         let layers = self.net.layers();
         for (l, ly) in layers.iter().enumerate() {
             let group = &self.groups.layers[l].forward;
+            if let Some((kernel, group, tiles)) = fused {
+                if l + 1 == layers.len() {
+                    return f(Dispatch {
+                        kernel,
+                        group,
+                        grid: self.tiled_grid(tiles, self.rows, ly.n_out, 1)?,
+                        layer: Some(l),
+                    });
+                }
+            }
             f(match self.tiled {
                 None => self.elementwise(
                     &self.kernels.forward_dense,
@@ -216,7 +245,9 @@ impl<'a> Schedule<'a> {
         f(Dispatch {
             kernel: &t.delta_output_loss,
             group: &self.groups.loss,
-            grid: grid(groups as u64, self.max_dim, "the loss's sample groups")?,
+            grid: grid(groups as u64, self.max_dim, || {
+                "the loss's sample groups".into()
+            })?,
             layer: None,
         })?;
         f(Dispatch {
@@ -260,8 +291,9 @@ impl<'a> Schedule<'a> {
 
     /// Tiled, from the top layer down: the delta of the layer below, then
     /// this layer's gradient (`fused`: applied to params at once), its K
-    /// slices added by a reduce pass where split. Layer l's gradient pass may
-    /// update W_l, so the delta below it, which reads W_l, goes first.
+    /// slices (where split) added by the last slice of each block. Layer l's
+    /// gradient pass may update W_l, so the delta below it, which reads W_l,
+    /// goes first.
     fn deltas_and_gradients_tiled(
         &self,
         t: &'a TiledKernels,
@@ -285,9 +317,9 @@ impl<'a> Schedule<'a> {
             // g_W: (n_out, n_in) over K = rows, in `s` slices.
             let (ly, group, s) = (layers[l], &self.groups.layers[l].gradient, self.splits[l]);
             let k = t.set(Product::Gradient, l);
-            let (product, reduce) = match fused {
-                true => (&k.gradient_sgd, &k.gradient_sgd_reduce),
-                false => (&k.gradient_dense, &k.gradient_dense_reduce),
+            let product = match fused {
+                true => &k.gradient_sgd,
+                false => &k.gradient_dense,
             };
             f(Dispatch {
                 kernel: product,
@@ -295,9 +327,6 @@ impl<'a> Schedule<'a> {
                 grid: self.tiled_grid(&k.config.tiles, ly.n_out, ly.n_in, s)?,
                 layer: Some(l),
             })?;
-            if s > 1 {
-                f(self.elementwise(reduce, group, ly.n_out * (ly.n_in + 1), Some(l))?)?;
-            }
         }
         Ok(())
     }

@@ -360,7 +360,8 @@ pub struct Measurement {
     pub shape: [usize; 3],
     /// The candidate, as [`KernelConfig`] writes it.
     pub candidate: String,
-    /// Median milliseconds of its dispatches (a split gradient: with its reduce).
+    /// Median milliseconds of its dispatches (the output layer's forward:
+    /// with its fused softmax, delta and loss where they run).
     pub ms: f64,
     /// `2·M·N·K` over that time.
     pub gflops: f64,
