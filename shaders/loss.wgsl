@@ -50,6 +50,6 @@ fn loss_reduce(@builtin(local_invocation_index) lid: u32) {
     w_count[lid] = correct;
     reduce_totals(lid);
     if (lid == 0u) {
-        acc = totals_plus(acc, dims.rows, w_loss[0], w_count[0]);
+        totals_add(dims.rows, w_loss[0], w_count[0]);
     }
 }

@@ -100,6 +100,6 @@ fn forward_output_loss_tiled(
             total.loss += partials[t].loss;
             total.correct += partials[t].correct;
         }
-        acc = totals_plus(acc, dims.rows, total.loss, total.correct);
+        totals_add(dims.rows, total.loss, total.correct);
     }
 }

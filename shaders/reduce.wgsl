@@ -72,17 +72,6 @@ fn reduce_totals(lid: u32) {
     }
 }
 
-// `old` plus a batch of `rows` samples whose losses add to `loss`, `correct`
-// of them scored correct.
-fn totals_plus(old: Acc, rows: u32, loss: f32, correct: u32) -> Acc {
-    var t = old;
-    t.loss_slots[old.steps % ACC_SLOTS] += loss;
-    t.samples += rows;
-    t.correct += correct;
-    t.steps += 1u;
-    return t;
-}
-
 // A lane with no element holds NONE as its argmax.
 const NONE: u32 = 0xffffffffu;
 

@@ -59,6 +59,7 @@ fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
         "forward_tiled.wgsl" => files!("forward_product.wgsl", "forward_tiled.wgsl"),
         "output_tiled.wgsl" => files!(
             "reduce.wgsl",
+            "totals.wgsl",
             "loss_row.wgsl",
             "softmax_row.wgsl",
             "last_group.wgsl",

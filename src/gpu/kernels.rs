@@ -405,7 +405,7 @@ pub const ADAM_UPDATE: KernelSpec = KernelSpec {
 pub const LOSS_REDUCE: KernelSpec = KernelSpec {
     entry: "loss_reduce",
     file: "loss.wgsl",
-    source: shader!("reduce.wgsl", "loss.wgsl"),
+    source: shader!("reduce.wgsl", "totals.wgsl", "loss.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::Read, Slot::ReadWrite],
     kind: KernelKind::Reduce,
 };
@@ -465,6 +465,7 @@ pub const FORWARD_OUTPUT_LOSS_TILED: KernelSpec = KernelSpec {
     file: "output_tiled.wgsl",
     source: shader!(
         "reduce.wgsl",
+        "totals.wgsl",
         "loss_row.wgsl",
         "softmax_row.wgsl",
         "last_group.wgsl",
@@ -504,7 +505,7 @@ pub const DELTA_OUTPUT_LOSS: KernelSpec = KernelSpec {
 pub const LOSS_FINISH: KernelSpec = KernelSpec {
     entry: "loss_finish",
     file: "loss_finish.wgsl",
-    source: shader!("reduce.wgsl", "loss_finish.wgsl"),
+    source: shader!("reduce.wgsl", "totals.wgsl", "loss_finish.wgsl"),
     bindings: &[DIMS, Slot::Read, Slot::ReadWrite],
     kind: KernelKind::Reduce,
 };
