@@ -260,7 +260,10 @@ fn trainer(device: &Device, net: &Network, epochs: usize) -> Trainer {
         .seed(9)
         .warmup(10)
         .schedule(Schedule::Cosine)
-        .clip_norm(Some(0.2))
+        // Far below the gradient norms of a fresh net, so clipping fires in
+        // every epoch whatever the random data (0.2 let some seeds' first
+        // epoch pass unclipped).
+        .clip_norm(Some(0.01))
         .unwrap()
         .early_stopping(Some(EarlyStop {
             patience: 3,
@@ -314,7 +317,7 @@ fn early_stop_and_resume_equal_straight(device: Device) {
     let loaded = shadertrain::Checkpoint::from_bytes(&bytes).unwrap();
     assert_eq!(loaded.state.early_stop, Some(es.clone()), "{label}: kept");
     assert_eq!(loaded.state.warmup, 10);
-    assert_eq!(loaded.state.optimizer.clip_norm, Some(0.2));
+    assert_eq!(loaded.state.optimizer.clip_norm, Some(0.01));
     // A stopped run is finished.
     let mut again = trainer(&device, &net, 8).resume(&loaded).unwrap();
     match again.fit_observed(&train, Some(&val), |_, _| Ok(())) {
