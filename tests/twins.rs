@@ -697,6 +697,27 @@ fn k_splits_fill_the_device_within_scratch() {
         10,
         "scratch for 10"
     );
+    // A CPU adapter runs a workgroup per thread: W1's 256×784 gradient (14
+    // blocks of 128×128) is not split there, where a GPU splits it 4 ways.
+    use shadertrain::gpu::kernels::{k_splits_to, split_fill};
+    let w1 = TileConfig {
+        wg_x: 8,
+        wg_y: 8,
+        tm: 16,
+        tn: 16,
+        bk: 8,
+    };
+    let cpu = split_fill(wgpu::DeviceType::Cpu);
+    assert!(cpu >= 4, "{cpu}");
+    assert_eq!(split_fill(wgpu::DeviceType::DiscreteGpu), 1024);
+    assert_eq!(k_splits(256, 784, 1024, &w1, u64::MAX), 4, "GPU");
+    let on_cpu = k_splits_to(256, 784, 1024, &w1, u64::MAX, cpu);
+    assert_eq!(on_cpu, (cpu / 14).clamp(1, 4) as u32, "CPU adapter");
+    assert_eq!(
+        k_splits_to(17, 3, 2_000_000, &t, u64::MAX, 2000),
+        1024,
+        "at most 1024"
+    );
 }
 
 /// Whole steps of a backend built with and without naga's runtime checks:

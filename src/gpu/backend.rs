@@ -42,7 +42,8 @@ use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
 use super::dropout::Dropout;
 use super::kernels::{
-    dispatch, k_splits, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TiledKernels,
+    dispatch, k_splits_to, split_fill, Acc, BatchUniform, Kernels, OptimUniform, StepUniform,
+    TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
 use super::plan::{KernelPlan, Product};
@@ -396,10 +397,11 @@ impl GpuBackend {
     fn set_dims_rows(&mut self, rows: usize) {
         self.dims_rows = rows;
         if let Some(t) = &self.tiled {
+            let fill = split_fill(self.ctx.info.device_type);
             for (l, (s, ly)) in self.splits.iter_mut().zip(self.net.layers()).enumerate() {
                 let (o, i) = (ly.n_out as u32, ly.n_in as u32);
                 let tiles = t.tiles(Product::Gradient, l);
-                *s = k_splits(o, i, rows as u32, tiles, self.buf.scratch_floats);
+                *s = k_splits_to(o, i, rows as u32, tiles, self.buf.scratch_floats, fill);
             }
         }
         self.write_dims();

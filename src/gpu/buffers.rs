@@ -10,8 +10,8 @@
 
 use super::context::{create_buffer, create_buffer_init, GpuContext};
 use super::kernels::{
-    k_splits, loss_groups, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform,
-    StepUniform, TiledKernels,
+    k_splits_to, loss_groups, split_fill, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels,
+    OptimUniform, StepUniform, TiledKernels,
 };
 use super::options::binding_bytes;
 use super::plan::Product;
@@ -217,7 +217,8 @@ fn scratch_floats(
         .map(|(l, ly)| {
             let (o, i) = (ly.n_out as u32, ly.n_in as u32);
             let tiles = t.tiles(Product::Gradient, l);
-            let s = k_splits(o, i, capacity as u32, tiles, budget);
+            let fill = split_fill(ctx.info.device_type);
+            let s = k_splits_to(o, i, capacity as u32, tiles, budget, fill);
             if s > 1 {
                 s as u64 * o as u64 * (i as u64 + 1)
             } else {
