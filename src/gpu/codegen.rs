@@ -251,8 +251,11 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
 }
 
 /// The unrolled stores of one operand's `(len × bk)` block into `tile_{x}`,
-/// zero outside the matrix: element `e` of the run is `(idx, k)` along the
-/// operand's contiguous dimension (`*_ALONG_K` says which).
+/// zero outside the matrix, one whole `vec4` (4 neighbours along M or N at
+/// one k) per store: group `e` of the run is `(g, k)`, `g` the `vec4` along
+/// the operand's block, taken in the order its memory is contiguous in
+/// (`*_ALONG_K` says which). A whole-`vec4` store, where a scalar one into a
+/// lane-dependent component took llvmpipe a read-modify-write each.
 #[allow(clippy::too_many_arguments)]
 fn stage(
     w: &mut String,
@@ -265,7 +268,8 @@ fn stage(
     load: &str,
     inside: &str,
 ) {
-    let total = len * bk;
+    let groups = len / 4;
+    let total = groups * bk;
     let along_k = if x == "a" { "A_ALONG_K" } else { "B_ALONG_K" };
     for it in 0..total.div_ceil(threads) {
         let _ = writeln!(
@@ -279,17 +283,25 @@ fn stage(
         }
         let _ = writeln!(
             w,
-            "            var {idx} = e % {len}u;
-            var k = e / {len}u;
+            "            var g = e % {groups}u;
+            var k = e / {groups}u;
             if ({along_k}) {{
                 k = e % {bk}u;
-                {idx} = e / {bk}u;
+                g = e / {bk}u;
             }}
-            var v = 0.0;
-            if ({inside} && k0 + k < k_end) {{
-                v = {load};
-            }}
-            tile_{x}[k * {stride}u + {idx} / 4u][{idx} % 4u] = v;"
+            var v = vec4<f32>();
+            if (k0 + k < k_end) {{"
+        );
+        for c in 0..4 {
+            let _ = writeln!(
+                w,
+                "                {{ let {idx} = 4u * g + {c}u; if ({inside}) {{ v[{c}] = {load}; }} }}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "            }}
+            tile_{x}[k * {stride}u + g] = v;"
         );
         if guard {
             let _ = writeln!(w, "            }}");
