@@ -43,11 +43,17 @@ const LOSS_WG: u32 = 256u;
 var<workgroup> w_loss: array<f32, LOSS_WG>;
 var<workgroup> w_count: array<u32, LOSS_WG>;
 
+// Most invocations sharing one sample row in delta_output_loss (mirrors
+// `LOSS_LANES` in src/gpu/kernels.rs): a wide row takes a few elements per
+// lane rather than a workgroup per row, whose 16 barrier rounds cost more
+// than the row (a 512-wide output on lavapipe: 24 ms a step at 256 lanes).
+const LOSS_LANES: u32 = 32u;
+
 // Invocations that share one sample row in delta_output_loss: the smallest
-// power of two >= n, at most LOSS_WG. Mirrored by `loss_lanes` on the host.
+// power of two >= n, at most LOSS_LANES. Mirrored by `loss_lanes` on the host.
 fn loss_lanes(n: u32) -> u32 {
     var lanes = 1u;
-    while (lanes < n && lanes < LOSS_WG) {
+    while (lanes < n && lanes < LOSS_LANES) {
         lanes *= 2u;
     }
     return lanes;

@@ -1247,10 +1247,15 @@ impl ProductKernels {
     }
 }
 
+/// Most invocations sharing one sample row in `delta_output_loss`
+/// (`LOSS_LANES` in reduce.wgsl): wider rows take several elements per lane.
+pub const LOSS_LANES: u32 = 32;
+
 /// Invocations sharing one sample row in `delta_output_loss` (mirrors
-/// `loss_lanes` in reduce.wgsl): the smallest power of two `>= n`, at most `LOSS_WG`.
+/// `loss_lanes` in reduce.wgsl): the smallest power of two `>= n`, at most
+/// [`LOSS_LANES`].
 pub fn loss_lanes(n: u32) -> u32 {
-    n.max(1).next_power_of_two().min(LOSS_WG)
+    n.max(1).next_power_of_two().min(LOSS_LANES)
 }
 
 /// Workgroups of `delta_output_loss`, and partials it writes, for `rows`
