@@ -429,7 +429,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             Some(sel) => GpuContext::with_adapter(sel)?,
             None => GpuContext::new()?,
         };
-        let auto = GpuOptions::for_adapter(&ctx, &net, batch)?;
+        let auto = GpuOptions::default();
         let plan = match &a.kernel_config {
             Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
             None => None,

@@ -129,12 +129,12 @@ enum Which {
 
 impl GpuBackend {
     /// Buffers, pipelines and bind groups for `net` and batches of up to
-    /// `capacity` samples, made once, running the kernel set and the
-    /// configuration for the adapter and this network ([`KernelSet::for_adapter`],
-    /// [`super::options::heuristic`]).
+    /// `capacity` samples, made once, running [`GpuOptions::default`]: the
+    /// tiled kernels, each product's configuration from the tuning cache or
+    /// the heuristic.
     /// Parameters start at zero.
     pub fn new(ctx: Arc<GpuContext>, net: &Network, capacity: usize) -> Result<Self> {
-        let options = GpuOptions::for_adapter(&ctx, net, capacity)?;
+        let options = GpuOptions::default();
         Self::with_options(ctx, net, capacity, options)
     }
 

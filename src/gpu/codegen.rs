@@ -81,8 +81,9 @@ fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
 pub fn source(spec: &KernelSpec, tiles: &TileConfig) -> Result<String> {
     check(tiles)?;
     Ok(format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/tile_span.wgsl"),
         core(tiles),
         kernel_file(spec)?
     ))
@@ -117,19 +118,15 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
     let shape = tile_shape();
     let m_len = shape.x;
     let n_len = shape.y;
-    let k_len = shape.z;
-    let tiles_n = (n_len + BN - 1u) / BN;
-    let tiles_m = (m_len + BM - 1u) / BM;
-    let tile = wid.y * nwg.x + wid.x;
-    if (tile >= tiles_n * tiles_m) {{
+    let span = tile_span(shape, wid, nwg);
+    if (!span.live) {{
         return;
     }}
     tile_slice = wid.z;
-    let k_step = ((k_len + nwg.z - 1u) / nwg.z + BK - 1u) / BK * BK;
-    let k_begin = min(k_len, wid.z * k_step);
-    let k_end = min(k_len, k_begin + k_step);
-    let m0 = (tile / tiles_n) * BM;
-    let n0 = (tile % tiles_n) * BN;
+    let k_begin = span.k_begin;
+    let k_end = span.k_end;
+    let m0 = span.m0;
+    let n0 = span.n0;
     let tx = lid % WG_X;
     let ty = lid / WG_X;
     let row_sums = ROW_SUMS && n0 == 0u;",

@@ -414,7 +414,12 @@ pub const LOSS_REDUCE: KernelSpec = KernelSpec {
 pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "forward_dense_tiled",
     file: "forward_tiled.wgsl",
-    source: shader!("tiled.wgsl", "forward_product.wgsl", "forward_tiled.wgsl"),
+    source: shader!(
+        "tile_span.wgsl",
+        "tiled.wgsl",
+        "forward_product.wgsl",
+        "forward_tiled.wgsl"
+    ),
     bindings: FORWARD_DENSE.bindings,
     kind: KernelKind::Tiled,
 };
@@ -423,7 +428,7 @@ pub const FORWARD_DENSE_TILED: KernelSpec = KernelSpec {
 pub const DELTA_HIDDEN_TILED: KernelSpec = KernelSpec {
     entry: "delta_hidden_tiled",
     file: "delta_hidden_tiled.wgsl",
-    source: shader!("tiled.wgsl", "delta_hidden_tiled.wgsl"),
+    source: shader!("tile_span.wgsl", "tiled.wgsl", "delta_hidden_tiled.wgsl"),
     bindings: DELTA_HIDDEN.bindings,
     kind: KernelKind::Tiled,
 };
@@ -445,7 +450,12 @@ const GRADIENT_TILED_BINDINGS: &[Slot] = &[
 pub const GRADIENT_DENSE_TILED: KernelSpec = KernelSpec {
     entry: "gradient_dense_tiled",
     file: "gradient_tiled.wgsl",
-    source: shader!("last_group.wgsl", "tiled.wgsl", "gradient_tiled.wgsl"),
+    source: shader!(
+        "last_group.wgsl",
+        "tile_span.wgsl",
+        "tiled.wgsl",
+        "gradient_tiled.wgsl"
+    ),
     bindings: GRADIENT_TILED_BINDINGS,
     kind: KernelKind::Tiled,
 };
@@ -469,6 +479,7 @@ pub const FORWARD_OUTPUT_LOSS_TILED: KernelSpec = KernelSpec {
         "loss_row.wgsl",
         "softmax_row.wgsl",
         "last_group.wgsl",
+        "tile_span.wgsl",
         "tiled.wgsl",
         "forward_product.wgsl",
         "output_tiled.wgsl"

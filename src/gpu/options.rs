@@ -21,22 +21,6 @@ pub enum KernelSet {
     Tiled,
 }
 
-impl KernelSet {
-    /// The faster set for an adapter: the tiled kernels everywhere. With
-    /// the generated cores they measured 5× faster than the simple ones at
-    /// W1 on lavapipe and as fast on a 2-2-2 net (BENCHMARKS.md); they also
-    /// run micro-batches and split the long sums of large batches, which the
-    /// simple ones cannot. Kept as a function for callers that choose by
-    /// adapter.
-    pub fn for_adapter(_info: &wgpu::AdapterInfo, _fits: bool, _capacity: usize) -> KernelSet {
-        KernelSet::Tiled
-    }
-}
-
-/// The largest batch the simple kernels were chosen for before the
-/// generated cores; kept for callers that refer to it.
-pub const SIMPLE_MAX_BATCH: usize = 8192;
-
 /// The heuristic configuration of the tiled kernels for `net` at `rows` rows
 /// on an adapter of type `device`, one for every product: the
 /// [`heuristic_product`](super::plan::heuristic_product) of the widest forward
@@ -112,17 +96,6 @@ impl GpuOptions {
         plan: None,
         cache_dir: None,
     };
-
-    /// The options [`GpuBackend::new`](super::GpuBackend::new) uses: the
-    /// kernel set for the adapter ([`KernelSet::for_adapter`]), each
-    /// product's configuration from the tuning cache or the heuristic.
-    pub fn for_adapter(ctx: &GpuContext, net: &Network, capacity: usize) -> Result<GpuOptions> {
-        let rows = micro_batch_rows(net, capacity, &ctx.limits, None)?;
-        Ok(GpuOptions {
-            kernels: KernelSet::for_adapter(&ctx.info, rows == capacity, capacity),
-            ..GpuOptions::default()
-        })
-    }
 }
 
 /// Samples per micro-batch for `net`: as many as each per-sample buffer
