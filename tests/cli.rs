@@ -1344,6 +1344,113 @@ fn bench_sources(args: &[&str], env: &[(&str, &str)]) -> (Vec<(String, String)>,
     (pairs, r)
 }
 
+/// The driver's pipeline cache: written by a first run, read by the next;
+/// a damaged file, a FIFO or a directory at its name is ignored with one
+/// line (the FIFO never opened, so nothing blocks), and the run goes on.
+#[test]
+fn pipeline_cache_is_kept_and_damage_ignored() {
+    if !gpu_or_skip("pipeline_cache_is_kept_and_damage_ignored") {
+        return;
+    }
+    let dir = TempDir::new("pipeline-cache");
+    let cache = dir.0.to_string_lossy().into_owned();
+    let env = [
+        ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
+        ("SHADERTRAIN_PIPELINE_CACHE", "on"),
+    ];
+    let args = [
+        "bench",
+        "--backend",
+        "gpu",
+        "--layers",
+        "3,2",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    let bench = || {
+        let r = run_env(&args, &env).success();
+        let state = r.json()["pipeline_cache"].as_str().map(str::to_owned);
+        let adapter = r.json()["adapter"].as_str().unwrap_or("").to_owned();
+        (
+            state.unwrap_or_else(|| panic!("no pipeline_cache\n{}", r.dump())),
+            adapter,
+            r,
+        )
+    };
+    let (state, adapter, r) = bench();
+    if state == "off" {
+        // Only Vulkan adapters have PIPELINE_CACHE in wgpu 30.
+        assert!(!adapter.contains("Vulkan"), "{}", r.dump());
+        return;
+    }
+    assert_eq!(state, "written", "{}", r.dump());
+    let files: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("wgpu_pipeline_cache"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = files[0].clone();
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"STPIPE01"), "{} bytes", bytes.len());
+    assert_eq!(bench().0, "read");
+    assert!(r
+        .stderr_lines()
+        .iter()
+        .all(|l| !l.contains("pipeline cache")));
+
+    // One bit of the driver's bytes flipped: not handed to the driver.
+    let mut damaged = bytes.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    let (state, _, r) = bench();
+    assert_eq!(state, "written", "{}", r.dump());
+    let said: Vec<String> = r
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("pipeline cache"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", r.dump());
+    assert!(
+        said[0].contains("do not match their hash; ignored"),
+        "{}",
+        r.dump()
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "rewritten whole");
+
+    // A FIFO at its name: refused before it is opened.
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&file).status();
+    if made.is_ok_and(|s| s.success()) {
+        let (state, _, r) = bench();
+        assert_eq!(state, "written", "{}", r.dump());
+        assert!(
+            r.stderr().contains("not a regular file; ignored"),
+            "{}",
+            r.dump()
+        );
+        assert_eq!(bench().0, "read");
+    }
+
+    // A directory at its name: ignored, and not written over.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let (state, _, r) = bench();
+    assert_eq!(state, "written", "{}", r.dump());
+    assert!(
+        r.stderr().contains("not a regular file; ignored"),
+        "{}",
+        r.dump()
+    );
+    assert!(r.stderr().contains("not written"), "{}", r.dump());
+    assert!(file.is_dir());
+}
+
 /// `tune` measures and writes the cache; `bench` then reads it (source
 /// `cache`), `--tune off` does not (`heuristic`), and a corrupt cache is
 /// ignored with one line on stderr.

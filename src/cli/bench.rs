@@ -349,6 +349,10 @@ struct BenchRow {
     /// (`SHADERTRAIN_CHECKED=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     checked: Option<bool>,
+    /// GPU only: the driver's pipeline cache: `read`, `written`, `memory`
+    /// or `off` (`GpuBackend::pipeline_cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline_cache: Option<&'static str>,
     /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<KernelTime>>,
@@ -479,6 +483,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 workload: workload.map(|w| w.name),
                 kernels: None,
                 checked: None,
+                pipeline_cache: None,
                 dispatches_per_step: None,
                 kernel_configs: None,
                 profile: None,
@@ -501,6 +506,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
         r.checked = Some(checked);
+        r.pipeline_cache = Some(g.pipeline_cache());
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
         r.kernel_configs = Some(match g.kernel_plan() {
             Some(plan) => product_configs(&net, batch.min(g.micro_batch()), plan),

@@ -167,7 +167,7 @@ impl GpuBackend {
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
         let tiled = compile_tiled(&ctx, net, held, &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
-        let kernels = Kernels::new(&ctx.device, options.checked)?;
+        let kernels = Kernels::new(&ctx, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
         // Every configuration's hidden-delta kernel shares one layout.
         let delta_hidden = tiled
@@ -200,6 +200,8 @@ impl GpuBackend {
         backend.check_largest_grids()?;
         // Validation errors from creation surface here rather than at the first step.
         readback::finish(&backend.ctx)?;
+        // What the driver compiled is kept for the next run.
+        backend.ctx.save_pipelines();
         Ok(backend)
     }
 
@@ -230,6 +232,20 @@ impl GpuBackend {
     /// ([`GpuOptions::checked`]).
     pub fn checked(&self) -> bool {
         self.kernels.forward_dense.checked
+    }
+
+    /// Its device's pipeline cache ([`super::pipeline_cache`]): `read`
+    /// (pipelines from an earlier run handed to the driver), `written`
+    /// (kept on disk for the next), `memory` (no cache directory) or `off`
+    /// (the device lacks `PIPELINE_CACHE`, or `SHADERTRAIN_PIPELINE_CACHE=off`).
+    pub fn pipeline_cache(&self) -> &'static str {
+        use super::pipeline_cache::Loaded;
+        match self.ctx.pipelines() {
+            None => "off",
+            Some(p) if p.path().is_none() => "memory",
+            Some(p) if p.loaded() == Loaded::Read => "read",
+            Some(_) => "written",
+        }
     }
 
     /// The kernel set it runs.
@@ -603,7 +619,7 @@ fn compile_tiled(
         return Ok(None);
     }
     let plan = super::tune::resolve_plan(ctx, net, rows, options)?;
-    TiledKernels::with_plan(&ctx.device, &ctx.limits, &plan, options.checked).map(Some)
+    TiledKernels::with_plan(ctx, &plan, options.checked).map(Some)
 }
 
 impl Backend for GpuBackend {

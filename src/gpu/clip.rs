@@ -111,6 +111,7 @@ impl Clipper {
         let shared = |spec| {
             Kernel::with_layout(
                 dev,
+                None,
                 spec,
                 &TileConfig::SMALL,
                 true,

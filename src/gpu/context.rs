@@ -6,6 +6,7 @@
 //! discrete GPU wins, then integrated, virtual, and software (llvmpipe) last;
 //! among equals a native API beats OpenGL.
 
+use super::pipeline_cache::PipelineStore;
 use crate::error::{Error, Result, Setting};
 use std::sync::{Arc, Mutex};
 
@@ -196,6 +197,9 @@ pub struct GpuContext {
     /// at every submit, sync and read-back, and sticky, since the work it
     /// spoiled cannot be trusted.
     errors: Arc<Mutex<Option<String>>>,
+    /// Compiled pipelines kept across runs, where the device has
+    /// `PIPELINE_CACHE` ([`super::pipeline_cache`]).
+    pipelines: Option<PipelineStore>,
 }
 
 impl GpuContext {
@@ -235,7 +239,8 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("shadertrain"),
             required_limits: limits.clone(),
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::PIPELINE_CACHE),
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("could not open a device on {}: {e}", info.name)))?;
@@ -266,12 +271,15 @@ impl GpuContext {
                 });
             }
         });
+        let dir = super::tune::default_cache_dir();
+        let pipelines = PipelineStore::open(&device, &info, dir.as_deref());
         Ok(Arc::new(GpuContext {
             device,
             queue,
             info,
             limits,
             errors,
+            pipelines,
         }))
     }
 
@@ -281,6 +289,23 @@ impl GpuContext {
             "{} ({:?}, {:?})",
             self.info.name, self.info.backend, self.info.device_type
         )
+    }
+
+    /// The pipeline cache to build kernels with, if the device has one.
+    pub fn pipeline_cache(&self) -> Option<&wgpu::PipelineCache> {
+        self.pipelines.as_ref().map(PipelineStore::cache)
+    }
+
+    /// The device's pipeline cache and its file, if it has one.
+    pub fn pipelines(&self) -> Option<&PipelineStore> {
+        self.pipelines.as_ref()
+    }
+
+    /// Write the pipeline cache back if building kernels changed it.
+    pub fn save_pipelines(&self) {
+        if let Some(p) = &self.pipelines {
+            p.save();
+        }
     }
 
     /// Fail with the first GPU error recorded since the device was made.

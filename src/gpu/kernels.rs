@@ -47,7 +47,7 @@
 //!    gradient at the built tiles; the output kernel's partials by a block
 //!    below `⌈rows / BM⌉`, and the buffer holds `⌈capacity / BM⌉` of them.
 
-use super::context::creating;
+use super::context::{creating, GpuContext};
 use super::plan::{KernelPlan, Product, ProductId, Source};
 use crate::error::{Error, Result, Setting};
 use bytemuck::{Pod, Zeroable};
@@ -737,20 +737,22 @@ impl Kernel {
     /// or pipeline wgpu rejects is an [`Error::Gpu`] naming the kernel, with
     /// wgpu's message.
     pub fn new(device: &wgpu::Device, spec: KernelSpec, tiles: &TileConfig) -> Result<Kernel> {
-        Self::build(device, spec, tiles, true)
+        Self::build(device, None, spec, tiles, true)
     }
 
     /// As [`Kernel::new`], `checked` or not (the module docs give the
-    /// conditions under which an unchecked module is sound).
+    /// conditions under which an unchecked module is sound), through the
+    /// device's pipeline `cache` where it has one.
     pub fn build(
         device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
         spec: KernelSpec,
         tiles: &TileConfig,
         checked: bool,
     ) -> Result<Kernel> {
         let what = format!("the bind group layout of {}", spec.entry);
         let layout = creating(device, &what, || Self::layout(device, &spec))?;
-        Self::with_layout(device, spec, tiles, checked, None, layout)
+        Self::with_layout(device, cache, spec, tiles, checked, None, layout)
     }
 
     /// Group 0's layout for `spec`, built from `spec.bindings`.
@@ -784,6 +786,7 @@ impl Kernel {
     /// kernels of one file share their bind groups.
     pub fn with_layout(
         device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
         spec: KernelSpec,
         tiles: &TileConfig,
         checked: bool,
@@ -844,7 +847,7 @@ impl Kernel {
                     },
                     _ => Default::default(),
                 },
-                cache: None,
+                cache,
             })
         })?;
         Ok(Kernel {
@@ -914,12 +917,14 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compile every simple kernel on `device`, `checked` or not.
-    pub fn new(device: &wgpu::Device, checked: bool) -> Result<Kernels> {
-        let k = |spec| Kernel::build(device, spec, &TileConfig::SMALL, checked);
+    /// Compile every simple kernel on `ctx`'s device, `checked` or not.
+    pub fn new(ctx: &GpuContext, checked: bool) -> Result<Kernels> {
+        let (device, cache) = (&ctx.device, ctx.pipeline_cache());
+        let k = |spec| Kernel::build(device, cache, spec, &TileConfig::SMALL, checked);
         let momentum_update = k(MOMENTUM_UPDATE)?;
         let adam_update = Kernel::with_layout(
             device,
+            cache,
             ADAM_UPDATE,
             &TileConfig::SMALL,
             checked,
@@ -1112,25 +1117,16 @@ impl TiledKernels {
     /// Compile the fast kernels on `device` with `config` for every
     /// product, checked against `limits`; the modules with naga's runtime
     /// checks where `checked`. Products of any layer may be looked up.
-    pub fn new(
-        device: &wgpu::Device,
-        limits: &wgpu::Limits,
-        config: KernelConfig,
-        checked: bool,
-    ) -> Result<Self> {
+    pub fn new(ctx: &GpuContext, config: KernelConfig, checked: bool) -> Result<Self> {
         // A plan of one layer, looked up for every layer.
         let plan = KernelPlan::repeat(1, config, Source::Given);
-        Self::with_plan(device, limits, &plan, checked)
+        Self::with_plan(ctx, &plan, checked)
     }
 
     /// Compile the fast kernels on `device`, one set per distinct
     /// configuration of `plan`, each checked against `limits`.
-    pub fn with_plan(
-        device: &wgpu::Device,
-        limits: &wgpu::Limits,
-        plan: &KernelPlan,
-        checked: bool,
-    ) -> Result<Self> {
+    pub fn with_plan(ctx: &GpuContext, plan: &KernelPlan, checked: bool) -> Result<Self> {
+        let (device, limits) = (&ctx.device, &ctx.limits);
         plan.check(limits)?;
         let layout = |spec: &KernelSpec| {
             let what = format!("the bind group layout of {}", spec.entry);
@@ -1153,13 +1149,14 @@ impl TiledKernels {
         });
         let sets = configs
             .iter()
-            .map(|&c| ProductKernels::new(device, limits, c, checked, &layouts, output == Some(c)))
+            .map(|&c| ProductKernels::new(ctx, c, checked, &layouts, output == Some(c)))
             .collect::<Result<Vec<_>>>()?;
         let at = |c: KernelConfig| configs.iter().position(|&x| x == c).unwrap_or(0);
         let index = (0..plan.layers())
             .map(|layer| Product::ALL.map(|kind| at(plan.get(ProductId { kind, layer }).config)))
             .collect();
-        let k = |spec| Kernel::build(device, spec, &TileConfig::SMALL, checked);
+        let cache = ctx.pipeline_cache();
+        let k = |spec| Kernel::build(device, cache, spec, &TileConfig::SMALL, checked);
         Ok(TiledKernels {
             plan: plan.clone(),
             sets,
@@ -1216,13 +1213,13 @@ impl ProductKernels {
     /// Compile one configuration's product kernels on `layouts` (forward,
     /// delta, gradient: shared by every configuration).
     fn new(
-        device: &wgpu::Device,
-        limits: &wgpu::Limits,
+        ctx: &GpuContext,
         config: KernelConfig,
         checked: bool,
         layouts: &[wgpu::BindGroupLayout; 4],
         output: bool,
     ) -> Result<Self> {
+        let (device, limits) = (&ctx.device, &ctx.limits);
         let tiles = config.tiles;
         // The products' sources: generated per configuration, or tiled.wgsl's.
         let build = |spec: KernelSpec, layout: &wgpu::BindGroupLayout| -> Result<Kernel> {
@@ -1232,6 +1229,7 @@ impl ProductKernels {
             };
             Kernel::with_layout(
                 device,
+                ctx.pipeline_cache(),
                 spec,
                 &tiles,
                 checked,

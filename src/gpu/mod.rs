@@ -17,6 +17,7 @@ pub mod context;
 pub mod dropout;
 pub mod kernels;
 pub mod options;
+pub mod pipeline_cache;
 pub mod plan;
 pub mod readback;
 #[doc(hidden)]

@@ -63,19 +63,19 @@ impl KernelRunner {
         checked: bool,
     ) -> Result<Self> {
         let tiled = match config {
-            Some(c) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
+            Some(c) => Some(TiledKernels::new(&ctx, c, checked)?),
             None => {
                 let c = KernelConfig::generated(TileConfig::for_adapter(&ctx.info, &ctx.limits));
                 // (The adapter's tiles, not the per-network heuristic: the
                 // runner serves products of every shape.)
                 // A shader wgpu rejects is an error; tiles the device cannot run are none.
                 match c.check(&ctx.limits) {
-                    Ok(()) => Some(TiledKernels::new(&ctx.device, &ctx.limits, c, checked)?),
+                    Ok(()) => Some(TiledKernels::new(&ctx, c, checked)?),
                     Err(_) => None,
                 }
             }
         };
-        let kernels = Kernels::new(&ctx.device, checked)?;
+        let kernels = Kernels::new(&ctx, checked)?;
         Ok(KernelRunner {
             ctx,
             kernels,

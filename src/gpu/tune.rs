@@ -81,6 +81,11 @@ fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
         .fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
+/// FNV-1a of `bytes` from the standard offset basis.
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a(0xcbf2_9ce4_8422_2325, bytes)
+}
+
 /// A hash of every kernel's source: the shader files as built in, and the
 /// generated cores of a few configurations (the generator's text).
 pub fn sources_hash() -> &'static str {

@@ -155,6 +155,8 @@ pub fn run_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Run {
         .args(&args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("SHADERTRAIN_CACHE_DIR", empty_cache_dir())
+        // Nor a pipeline cache, which would make that directory.
+        .env("SHADERTRAIN_PIPELINE_CACHE", "off")
         .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run shadertrain {}: {e}", args.join(" ")));
