@@ -142,6 +142,29 @@ fn time_parallel(
     Ok((t.median(), per_step))
 }
 
+/// The GPU options `--kernels`, `--tiles`, `--kernel-config` and `--tune` ask for.
+fn gpu_options(a: &BenchArgs, net: &Network) -> Result<GpuOptions> {
+    let auto = GpuOptions::default();
+    let options = GpuOptions {
+        kernels: match a.kernels {
+            KernelsArg::Auto => auto.kernels,
+            KernelsArg::Tiled => KernelSet::Tiled,
+            KernelsArg::Simple => KernelSet::Simple,
+        },
+        tiles: a.tiles.map(|t| match t {
+            TilesArg::Small => TileConfig::SMALL,
+            TilesArg::Medium => TileConfig::MEDIUM,
+            TilesArg::Discrete => TileConfig::DISCRETE,
+        }),
+        tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
+        ..auto
+    };
+    Ok(match &a.kernel_config {
+        Some(text) => options.with_plan(KernelPlan::parse(net, text, Source::Given)?),
+        None => options,
+    })
+}
+
 /// `bench --devices LIST` (or under mpirun): the scaling table.
 fn scaling(
     a: &BenchArgs,
@@ -158,6 +181,11 @@ fn scaling(
         },
         BenchBackend::Both => Device::Auto { threads: a.threads },
     };
+    // Every GPU worker of a run takes the one plan these resolve.
+    let gpu = (a.backend != BenchBackend::Cpu)
+        .then(|| gpu_options(a, net))
+        .transpose()?;
+    let open = |dev: &Device| DataParallel::open_with(dev, net, batch, gpu.as_ref());
     // Candidates: P = 1..=n over a prefix of the list, or one worker against the ranks.
     let mut runs: Vec<(usize, DataParallel)> = Vec::new();
     let rank = shadertrain::parallel::rank();
@@ -166,18 +194,15 @@ fn scaling(
             // The single-worker baseline runs on rank 0 alone, before the ranks run.
             if r == 0 {
                 let one = Device::Parallel(vec![device.clone()]);
-                runs.push((1, DataParallel::open(&one, net, batch)?));
+                runs.push((1, open(&one)?));
             }
-            runs.push((
-                size,
-                DataParallel::open(&Device::Mpi(Box::new(device)), net, batch)?,
-            ));
+            runs.push((size, open(&Device::Mpi(Box::new(device)))?));
         }
         (None, Some(list)) => {
             let list = shadertrain::parallel::parse_devices(list, a.threads)?;
             for p in 1..=list.len() {
                 let dev = Device::Parallel(list[..p].to_vec());
-                runs.push((p, DataParallel::open(&dev, net, batch)?));
+                runs.push((p, open(&dev)?));
             }
         }
         (None, None) => return Ok(()),
@@ -291,35 +316,6 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
     ))
 }
 
-/// The configuration one tiled product of a step runs with.
-#[derive(serde::Serialize)]
-pub(super) struct ProductConfig {
-    /// `forward`, `delta_hidden` or `gradient`, and the layer.
-    product: String,
-    /// `(M, N, K)` of the product.
-    shape: [usize; 3],
-    config: String,
-    /// `tuned`, `cache`, `heuristic` or `given` (--kernel-config, --tiles).
-    source: &'static str,
-}
-
-/// Every tiled product of a step of `net` at `batch` rows with its choice in `plan`.
-pub(super) fn product_configs(
-    net: &Network,
-    batch: usize,
-    plan: &KernelPlan,
-) -> Vec<ProductConfig> {
-    plan.entries(net)
-        .into_iter()
-        .map(|(p, c)| ProductConfig {
-            product: p.label(),
-            shape: p.shape(net, batch),
-            config: c.config.to_string(),
-            source: c.source.name(),
-        })
-        .collect()
-}
-
 /// One backend's result, as `bench --json` prints it.
 #[derive(serde::Serialize)]
 struct BenchRow {
@@ -344,7 +340,7 @@ struct BenchRow {
     /// GPU only: the configuration of each tiled product and where it came
     /// from (`tuned`, `cache`, `heuristic`, `given`); empty for the simple kernels.
     #[serde(skip_serializing_if = "Option::is_none")]
-    kernel_configs: Option<Vec<ProductConfig>>,
+    kernel_configs: Option<Vec<shadertrain::gpu::report::ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
     /// (`SHADERTRAIN_CHECKED=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -429,30 +425,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             Some(sel) => GpuContext::with_adapter(sel)?,
             None => GpuContext::new()?,
         };
-        let auto = GpuOptions::default();
-        let plan = match &a.kernel_config {
-            Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
-            None => None,
-        };
-        let options = GpuOptions {
-            kernels: match a.kernels {
-                KernelsArg::Auto => auto.kernels,
-                KernelsArg::Tiled => KernelSet::Tiled,
-                KernelsArg::Simple => KernelSet::Simple,
-            },
-            tiles: a.tiles.map(|t| match t {
-                TilesArg::Small => TileConfig::SMALL,
-                TilesArg::Medium => TileConfig::MEDIUM,
-                TilesArg::Discrete => TileConfig::DISCRETE,
-            }),
-            tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
-            ..GpuOptions::default()
-        };
-        let options = match plan {
-            Some(p) => options.with_plan(p),
-            None => options,
-        };
-        Some(GpuBackend::with_options(ctx, &net, batch, options)?)
+        Some(GpuBackend::with_options(ctx, &net, batch, gpu_options(&a, &net)?)?)
     } else {
         None
     };
@@ -502,10 +475,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         r.kernels = Some(kernels);
         r.checked = Some(checked);
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
-        r.kernel_configs = Some(match g.kernel_plan() {
-            Some(plan) => product_configs(&net, batch.min(g.micro_batch()), plan),
-            None => Vec::new(),
-        });
+        r.kernel_configs = Some(g.kernels().map_or(Vec::new(), |k| k.kernel_configs));
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

@@ -843,7 +843,9 @@ impl Backend for GpuBackend {
         Params::from_vec(&self.net, data)
     }
 
-    fn kernel_config(&self) -> Option<String> {
-        self.kernel_plan().map(|p| p.to_string())
+    fn kernels(&self) -> Option<super::KernelReport> {
+        let plan = self.kernel_plan()?;
+        let report = super::KernelReport::new(&self.net, plan, self.micro_batch(), self.checked());
+        Some(report)
     }
 }

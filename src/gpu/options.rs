@@ -192,6 +192,25 @@ impl GpuOptions {
             ..self
         }
     }
+
+    /// These options with the plan fixed that a backend of them for `net`
+    /// and batches of up to `capacity` would resolve on `ctx` (cache,
+    /// tuning or heuristic; each product keeps its [`Source`]): resolved
+    /// once, so that several workers run one plan. The simple kernels
+    /// have none and are returned as they are.
+    pub fn resolved(
+        self,
+        ctx: &std::sync::Arc<GpuContext>,
+        net: &Network,
+        capacity: usize,
+    ) -> Result<GpuOptions> {
+        if self.kernels == KernelSet::Simple {
+            return Ok(self);
+        }
+        let rows = buffer_capacity(ctx, net, capacity, &self)?;
+        let plan = super::tune::resolve_plan(ctx, net, rows, &self)?;
+        Ok(self.with_plan(plan))
+    }
 }
 
 /// The most bytes one storage buffer of a backend may hold: the device's
