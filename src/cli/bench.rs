@@ -125,6 +125,9 @@ struct ScalingRow {
     reduction_ms: f64,
     /// `reduction_ms / ms_per_step_median`.
     reduction_share: f64,
+    /// GPU: the kernel plan every worker runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_config: Option<String>,
 }
 
 /// Times `dev`'s data-parallel step: the medians of `rounds` runs of the
@@ -241,6 +244,7 @@ fn scaling(
             efficiency: speedup / *p as f64,
             reduction_ms: r,
             reduction_share: r / m,
+            kernel_config: b.kernel_config(),
         };
         if a.json {
             outln!("{}", serde_json::to_string(&row).unwrap_or_default());
@@ -425,7 +429,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             Some(sel) => GpuContext::with_adapter(sel)?,
             None => GpuContext::new()?,
         };
-        Some(GpuBackend::with_options(ctx, &net, batch, gpu_options(&a, &net)?)?)
+        Some(GpuBackend::with_options(
+            ctx,
+            &net,
+            batch,
+            gpu_options(&a, &net)?,
+        )?)
     } else {
         None
     };

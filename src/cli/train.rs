@@ -134,11 +134,14 @@ pub struct TrainArgs {
     metrics: Option<PathBuf>,
     /// Write TensorBoard event files into this directory (created if
     /// missing): loss and learning rate per step, loss, accuracy, validation
-    /// and samples/s per epoch. View with `tensorboard --logdir DIR`.
+    /// and samples/s per epoch, and the run's settings and GPU kernels as
+    /// text. View with `tensorboard --logdir DIR`.
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// Append one JSON object per step record and per epoch to this file,
-    /// flushed as the run goes (for MLflow, W&B and scripts).
+    /// Append a run record (settings; on a GPU each product's kernel
+    /// configuration and its source), then one JSON object per step record
+    /// and per epoch to this file, flushed as the run goes (for MLflow, W&B
+    /// and scripts).
     #[arg(long)]
     metrics_jsonl: Option<PathBuf>,
     /// Steps between the per-step records of --log-dir and --metrics-jsonl
@@ -367,7 +370,8 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
             // The keys bench --json gives them.
             if let Some(k) = &kernels {
                 json["kernel_config"] = k.kernel_config.as_str().into();
-                json["kernel_configs"] = serde_json::to_value(&k.kernel_configs).unwrap_or_default();
+                json["kernel_configs"] =
+                    serde_json::to_value(&k.kernel_configs).unwrap_or_default();
                 json["checked"] = k.checked.into();
             }
             if let Some(c) = t.optimizer_in_use().clip_norm {

@@ -341,7 +341,11 @@ pub fn agree_on_plan(
         Ok(Some(GpuOptions {
             plan: Some(plan), ..
         })) => {
-            let sources: Vec<&str> = plan.entries(net).iter().map(|(_, c)| c.source.name()).collect();
+            let sources: Vec<&str> = plan
+                .entries(net)
+                .iter()
+                .map(|(_, c)| c.source.name())
+                .collect();
             format!("plan\n{plan}\n{}", sources.join(" "))
         }
         Ok(_) => "none".to_string(),
@@ -358,10 +362,15 @@ pub fn agree_on_plan(
             let mut plan = KernelPlan::parse(net, text, Source::Given)?;
             let names: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
             for (i, p) in products(net).into_iter().enumerate() {
-                let source = [Source::Tuned, Source::Cache, Source::Heuristic, Source::Given]
-                    .into_iter()
-                    .find(|s| names.get(i) == Some(&s.name()))
-                    .unwrap_or(Source::Given);
+                let source = [
+                    Source::Tuned,
+                    Source::Cache,
+                    Source::Heuristic,
+                    Source::Given,
+                ]
+                .into_iter()
+                .find(|s| names.get(i) == Some(&s.name()))
+                .unwrap_or(Source::Given);
                 let config = plan.get(p).config;
                 plan.set(p, Choice { config, source });
             }
