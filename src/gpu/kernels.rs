@@ -547,6 +547,9 @@ pub const ALL: &[KernelSpec] = &[
     super::clip::CLIP_APPLY,
     super::dropout::DROPOUT_APPLY,
     super::dropout::DROPOUT_KEEP,
+    super::whole_step::WHOLE_STEP[0],
+    super::whole_step::WHOLE_STEP[1],
+    super::whole_step::WHOLE_STEP[2],
 ];
 
 /// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).

@@ -5,7 +5,8 @@
 //! a training step dispatches (`schedule.rs`: read it to know what runs),
 //! [`GpuBackend`] itself, which records a whole step into one submission
 //! ([`backend`]), read-backs ([`readback`]), and what a backend reports
-//! about its kernels ([`report`]). The one-kernel runner for the tests (`runner`) and the
+//! about its kernels ([`report`]); a tiny network's step in one dispatch
+//! ([`whole_step`]). The one-kernel runner for the tests (`runner`) and the
 //! uniform structs are public for tests and benches but not documented API.
 
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod report;
 pub mod runner;
 mod schedule;
 pub mod tune;
+pub mod whole_step;
 
 pub use backend::GpuBackend;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
