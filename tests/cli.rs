@@ -533,7 +533,12 @@ fn missing_gpu_is_an_error_or_a_notice() {
 
 /// The JSON objects of `bench --json`, one per line.
 fn bench_rows(args: &[&str]) -> (Vec<Value>, Run) {
-    let r = run(args).success();
+    bench_rows_env(args, &[])
+}
+
+/// [`bench_rows`] with extra environment variables.
+fn bench_rows_env(args: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, Run) {
+    let r = run_env(args, env).success();
     let rows = r
         .stdout()
         .lines()
@@ -667,9 +672,18 @@ fn bench_gpu_reports_kernel_configs() {
         "2",
         "--json",
     ];
+    // A network this small steps in one dispatch unless told otherwise.
     let (rows, r) = bench_rows(&base);
+    assert_eq!(rows[0]["dispatches_per_step"], 1, "{}", r.dump());
+    assert_eq!(rows[0]["whole_step"], true, "{}", r.dump());
+    let (rows, r) = bench_rows(&[&base[..], &["--profile"]].concat());
+    let prof = rows[0]["profile"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = prof.iter().filter_map(|k| k["kernel"].as_str()).collect();
+    assert_eq!(names, ["whole_step_2"], "{}", r.dump());
+    let (rows, r) = bench_rows_env(&base, &[("SHADERTRAIN_WHOLE_STEP", "0")]);
     let v = &rows[0];
     assert_eq!(v["checked"], false, "{}", r.dump());
+    assert_eq!(v["whole_step"], false, "{}", r.dump());
     // forward, the output layer with its loss, delta_hidden, gradient ×2
     assert_eq!(v["dispatches_per_step"], 5, "{}", r.dump());
     let configs = v["kernel_configs"].as_array().expect("kernel_configs");
@@ -808,22 +822,27 @@ fn bench_gpu_profile_and_kernel_sets() {
     if !gpu_or_skip("bench_gpu_profile_and_kernel_sets") {
         return;
     }
+    // The tiled step's own dispatches, not the whole step's one.
+    let tiled_step = [("SHADERTRAIN_WHOLE_STEP", "0")];
     for kernels in ["tiled", "simple"] {
-        let (rows, r) = bench_rows(&[
-            "bench",
-            "--backend",
-            "gpu",
-            "--layers",
-            "9,21,4",
-            "--batch",
-            "33",
-            "--steps",
-            "3",
-            "--kernels",
-            kernels,
-            "--profile",
-            "--json",
-        ]);
+        let (rows, r) = bench_rows_env(
+            &[
+                "bench",
+                "--backend",
+                "gpu",
+                "--layers",
+                "9,21,4",
+                "--batch",
+                "33",
+                "--steps",
+                "3",
+                "--kernels",
+                kernels,
+                "--profile",
+                "--json",
+            ],
+            &tiled_step,
+        );
         assert_eq!(rows.len(), 1, "{}", r.dump());
         check_bench_row(&rows[0], "gpu", &[9, 21, 4], 33, 3, &r);
         assert!(

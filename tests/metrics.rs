@@ -439,7 +439,7 @@ mod cli {
         assert_eq!(r["layers"], m["layers"]);
         let tiled = r.get("kernel_configs").is_some_and(Json::is_array);
         assert_eq!(tiled, device.name() == "gpu", "{r}");
-        for key in ["kernel_config", "kernel_configs", "checked"] {
+        for key in ["kernel_config", "kernel_configs", "checked", "whole_step"] {
             assert_eq!(r.get(key), m.get(key), "{key}");
         }
         assert_eq!(r["batch"], 8);

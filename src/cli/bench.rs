@@ -349,6 +349,10 @@ struct BenchRow {
     /// (`SHADERTRAIN_CHECKED=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     checked: Option<bool>,
+    /// GPU only: whether a step runs as one dispatch, `whole_step_L`
+    /// (a tiny network; `SHADERTRAIN_WHOLE_STEP=0` turns it off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whole_step: Option<bool>,
     /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<KernelTime>>,
@@ -461,6 +465,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 workload: workload.map(|w| w.name),
                 kernels: None,
                 checked: None,
+                whole_step: None,
                 dispatches_per_step: None,
                 kernel_configs: None,
                 profile: None,
@@ -478,13 +483,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let checked = g.checked();
         if !a.json {
             let checks = if checked { "checked" } else { "unchecked" };
-            eprintln!("gpu kernels: {kernels}; modules {checks}");
+            let whole = g.kernels().is_some_and(|k| k.whole_step);
+            let step = if whole {
+                "; a step is one dispatch"
+            } else {
+                ""
+            };
+            eprintln!("gpu kernels: {kernels}; modules {checks}{step}");
         }
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
         r.checked = Some(checked);
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
-        r.kernel_configs = Some(g.kernels().map_or(Vec::new(), |k| k.kernel_configs));
+        let report = g.kernels();
+        r.whole_step = Some(report.as_ref().is_some_and(|k| k.whole_step));
+        r.kernel_configs = Some(report.map_or(Vec::new(), |k| k.kernel_configs));
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

@@ -373,6 +373,7 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
                 json["kernel_configs"] =
                     serde_json::to_value(&k.kernel_configs).unwrap_or_default();
                 json["checked"] = k.checked.into();
+                json["whole_step"] = k.whole_step.into();
             }
             if let Some(c) = t.optimizer_in_use().clip_norm {
                 json["clip_norm"] = c.into();
@@ -644,8 +645,13 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     }
     if !a.quiet {
         eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());
-        if let Some(k) = t.backend().kernel_config() {
-            eprintln!("gpu kernels: {k}");
+        if let Some(k) = t.backend().kernels() {
+            let step = if k.whole_step {
+                " (a step is one dispatch)"
+            } else {
+                ""
+            };
+            eprintln!("gpu kernels: {}{step}", k.kernel_config);
         }
         let cfg = t.config();
         eprintln!(

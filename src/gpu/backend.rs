@@ -857,7 +857,10 @@ impl Backend for GpuBackend {
 
     fn kernels(&self) -> Option<super::KernelReport> {
         let plan = self.kernel_plan()?;
-        let report = super::KernelReport::new(&self.net, plan, self.micro_batch(), self.checked());
-        Some(report)
+        let (rows, checked) = (self.micro_batch(), self.checked());
+        let whole = self.whole.is_some();
+        Some(super::KernelReport::new(
+            &self.net, plan, rows, checked, whole,
+        ))
     }
 }

@@ -5,7 +5,7 @@
 //! multiply-adds each: their launches are the whole cost, and one launch
 //! does the same work.
 //!
-//! It runs where the fused tiled step would ([`super::schedule`]: tiled
+//! It runs where the fused tiled step would (`gpu/schedule.rs`: tiled
 //! kernels, plain SGD without clipping, a batch in one micro-batch) and the
 //! network fits ([`fits`]): at most [`MAX_LAYERS`] dense layers, no
 //! dropout, and little enough work for one workgroup ([`MAX_WORK`],

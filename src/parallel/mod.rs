@@ -834,7 +834,12 @@ impl Backend for DataParallel {
     }
 
     fn kernels(&self) -> Option<crate::gpu::KernelReport> {
-        self.group.kernels()
+        // The workers take passes and updates, never a whole step.
+        let k = self.group.kernels()?;
+        Some(crate::gpu::KernelReport {
+            whole_step: false,
+            ..k
+        })
     }
 
     /// The root's parameters, on every worker.
