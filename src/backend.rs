@@ -182,11 +182,18 @@ pub trait Backend {
     /// Gradients from the last backward pass, in the parameter layout.
     fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
 
+    /// The GPU kernels it runs: every tiled product's configuration and
+    /// where it came from ([`crate::gpu::KernelReport`]); `None` where no
+    /// tiled kernels run.
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        None
+    }
+
     /// The GPU kernels' configuration of every product, as
     /// `--kernel-config` takes it and checkpoints record it
     /// ([`crate::gpu::KernelPlan`]); `None` where no tiled kernels run.
     fn kernel_config(&self) -> Option<String> {
-        None
+        self.kernels().map(|k| k.kernel_config)
     }
 }
 

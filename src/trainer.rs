@@ -27,7 +27,7 @@ use crate::data::{Dataset, Standardizer};
 use crate::early_stop::{EarlyStop, EarlyStopState};
 use crate::error::{Error, Result, Setting};
 use crate::gpu::{GpuBackend, GpuContext, GpuOptions};
-use crate::metrics::{MetricsSink, StepRecord, DEFAULT_LOG_EVERY};
+use crate::metrics::{MetricsSink, RunRecord, StepRecord, DEFAULT_LOG_EVERY};
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
 use crate::train::{
@@ -121,18 +121,10 @@ impl Device {
         })
     }
 
-    /// Opens the backend for `net` and batches up to `capacity`; its kind,
-    /// and why `Auto` chose the CPU.
-    pub(crate) fn open(
-        &self,
-        net: &Network,
-        capacity: usize,
-    ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
-        self.open_with(net, capacity, None)
-    }
-
-    /// As [`Device::open`], a GPU backend built with `gpu` where given
-    /// (one device only: several workers choose their own).
+    /// Opens the backend for `net` and batches up to `capacity`, a GPU
+    /// built with `gpu` where given (else [`GpuOptions::default`]); its
+    /// kind, and why `Auto` chose the CPU. Several workers run one kernel
+    /// plan, resolved once and handed to each ([`crate::parallel`]).
     pub(crate) fn open_with(
         &self,
         net: &Network,
@@ -140,14 +132,22 @@ impl Device {
         gpu: Option<&GpuOptions>,
     ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
         if let Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_) = self {
-            if gpu.is_some() {
-                return Err(Error::Invalid(
-                    "a GPU kernel configuration or tuning mode applies to one device, not to several workers".into(),
-                ));
-            }
-            return crate::parallel::open(self, net, capacity);
+            return crate::parallel::open(self, net, capacity, gpu);
         }
-        Ok(match self.resolve()? {
+        self.resolve()?.open(net, capacity, gpu)
+    }
+}
+
+impl Resolved {
+    /// Its backend for `net` and batches of up to `capacity`; a GPU built
+    /// with `gpu` where given (a CPU ignores it).
+    pub(crate) fn open(
+        self,
+        net: &Network,
+        capacity: usize,
+        gpu: Option<&GpuOptions>,
+    ) -> Result<(crate::parallel::WorkerBackend, Kind, Option<Fallback>)> {
+        Ok(match self {
             Resolved::Cpu { threads, fallback } => (
                 Box::new(FastCpuBackend::new(net, capacity, threads)?),
                 Kind::Cpu,
@@ -211,6 +211,8 @@ pub struct Trainer {
     save: Option<(PathBuf, Option<usize>)>,
     /// Where step and epoch records go ([`Trainer::log_to`]).
     sinks: Vec<Box<dyn MetricsSink>>,
+    /// The sinks (a prefix) that have had their [`RunRecord`].
+    announced: usize,
     /// Steps between step records.
     log_every: usize,
     /// Set from outside (a signal handler) to end the run after the current step.
@@ -263,6 +265,7 @@ impl Trainer {
             trained_on: None,
             save: None,
             sinks: Vec::new(),
+            announced: 0,
             log_every: DEFAULT_LOG_EVERY,
             stop: None,
             stopped: false,
@@ -278,7 +281,10 @@ impl Trainer {
 
     /// As [`Trainer::on`], a GPU built with `gpu` where given: its kernel
     /// configuration per product ([`GpuOptions::plan`], a checkpoint's
-    /// record replayed), tuning mode and cache directory. One device only.
+    /// record replayed), tuning mode and cache directory. With several
+    /// workers ([`Device::Parallel`], [`Device::MicroBatches`],
+    /// [`Device::Mpi`]) every GPU worker runs the one plan these options
+    /// resolve on the first GPU worker's adapter (on rank 0's in MPI).
     pub fn on_with(
         device: &Device,
         net: &Network,
@@ -579,6 +585,35 @@ impl Trainer {
         self.history.len() + 1
     }
 
+    /// Sends the sinks that have not had it the [`RunRecord`] of a run on
+    /// `data` from step `skip` of epoch `first`.
+    fn announce(&mut self, data: &Dataset, first: usize, skip: usize) -> Result<()> {
+        if self.announced == self.sinks.len() {
+            return Ok(());
+        }
+        let (b, cfg) = (&self.backend, &self.cfg);
+        let steps = steps_per_epoch(cfg.batch, b.capacity(), data.len());
+        let r = RunRecord {
+            backend: self.kind.name(),
+            adapter: b.describe(),
+            layers: b.network().sizes().to_vec(),
+            network: b.network().describe(),
+            first_epoch: first,
+            epochs: cfg.epochs,
+            global_step: ((first - 1) as u64) * steps as u64 + skip as u64,
+            batch: crate::train::batch_size(cfg.batch, b.capacity(), data.len()),
+            lr: cfg.lr,
+            seed: cfg.seed,
+            optimizer: self.optimizer.name(),
+            kernels: b.kernels(),
+        };
+        for s in &mut self.sinks[self.announced..] {
+            s.run(&r)?;
+        }
+        self.announced = self.sinks.len();
+        Ok(())
+    }
+
     /// Seeded initial parameters, the first time they are needed.
     fn ensure_params(&mut self) -> Result<()> {
         if self.fresh {
@@ -638,6 +673,7 @@ impl Trainer {
         self.ensure_params()?;
         let first = done + 1;
         let skip = self.steps_taken(done, self.cfg.batch, data.len())?;
+        self.announce(data, first, skip)?;
         // The step of the unrecorded epoch that the parameters are at.
         let mut partial = skip;
         let mut meta = RunMeta {

@@ -533,7 +533,12 @@ fn missing_gpu_is_an_error_or_a_notice() {
 
 /// The JSON objects of `bench --json`, one per line.
 fn bench_rows(args: &[&str]) -> (Vec<Value>, Run) {
-    let r = run(args).success();
+    bench_rows_env(args, &[])
+}
+
+/// [`bench_rows`] with extra environment variables.
+fn bench_rows_env(args: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, Run) {
+    let r = run_env(args, env).success();
     let rows = r
         .stdout()
         .lines()
@@ -648,7 +653,8 @@ fn bench_both_compares_gpu_with_cpu() {
 
 /// What ran on the GPU: checked or not, dispatches per step, and each tiled
 /// product's configuration with its source; `--kernel-config` replays one
-/// (the previous loop core included) and is reported as `given`.
+/// (the previous loop core included) and is reported as `given`, also by
+/// every worker count of `--devices`.
 #[test]
 fn bench_gpu_reports_kernel_configs() {
     if !gpu_or_skip("bench_gpu_reports_kernel_configs") {
@@ -666,9 +672,18 @@ fn bench_gpu_reports_kernel_configs() {
         "2",
         "--json",
     ];
+    // A network this small steps in one dispatch unless told otherwise.
     let (rows, r) = bench_rows(&base);
+    assert_eq!(rows[0]["dispatches_per_step"], 1, "{}", r.dump());
+    assert_eq!(rows[0]["whole_step"], true, "{}", r.dump());
+    let (rows, r) = bench_rows(&[&base[..], &["--profile"]].concat());
+    let prof = rows[0]["profile"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = prof.iter().filter_map(|k| k["kernel"].as_str()).collect();
+    assert_eq!(names, ["whole_step_2"], "{}", r.dump());
+    let (rows, r) = bench_rows_env(&base, &[("SHADERTRAIN_WHOLE_STEP", "0")]);
     let v = &rows[0];
     assert_eq!(v["checked"], false, "{}", r.dump());
+    assert_eq!(v["whole_step"], false, "{}", r.dump());
     // forward, the output layer with its loss, delta_hidden, gradient ×2
     assert_eq!(v["dispatches_per_step"], 5, "{}", r.dump());
     let configs = v["kernel_configs"].as_array().expect("kernel_configs");
@@ -696,6 +711,17 @@ fn bench_gpu_reports_kernel_configs() {
             r.dump()
         );
     }
+    // The scaling table's workers run it too: every row reports it.
+    let mut args = base.to_vec();
+    args.extend(["--devices", "0,0", "--kernel-config", "gen:4x16:4x8:k16"]);
+    let (rows, r) = bench_rows(&args);
+    assert_eq!(rows.len(), 2, "{}", r.dump());
+    assert!(
+        rows.iter()
+            .all(|w| w["kernel_config"] == "gen:4x16:4x8:k16"),
+        "{}",
+        r.dump()
+    );
     let env = [("SHADERTRAIN_CHECKED", "1")];
     let r = run_env(&base, &env).success();
     let v: Value = serde_json::from_str(r.stdout().lines().next().unwrap_or("")).unwrap();
@@ -796,22 +822,27 @@ fn bench_gpu_profile_and_kernel_sets() {
     if !gpu_or_skip("bench_gpu_profile_and_kernel_sets") {
         return;
     }
+    // The tiled step's own dispatches, not the whole step's one.
+    let tiled_step = [("SHADERTRAIN_WHOLE_STEP", "0")];
     for kernels in ["tiled", "simple"] {
-        let (rows, r) = bench_rows(&[
-            "bench",
-            "--backend",
-            "gpu",
-            "--layers",
-            "9,21,4",
-            "--batch",
-            "33",
-            "--steps",
-            "3",
-            "--kernels",
-            kernels,
-            "--profile",
-            "--json",
-        ]);
+        let (rows, r) = bench_rows_env(
+            &[
+                "bench",
+                "--backend",
+                "gpu",
+                "--layers",
+                "9,21,4",
+                "--batch",
+                "33",
+                "--steps",
+                "3",
+                "--kernels",
+                kernels,
+                "--profile",
+                "--json",
+            ],
+            &tiled_step,
+        );
         assert_eq!(rows.len(), 1, "{}", r.dump());
         check_bench_row(&rows[0], "gpu", &[9, 21, 4], 33, 3, &r);
         assert!(
@@ -1609,6 +1640,111 @@ fn train_tune_auto_tunes_then_trains_and_records() {
             "gen:8x8:4x4:k8",
         ],
         &["--kernel-config"],
+    );
+}
+
+/// `--kernel-config` and `--tune` with several workers: `--devices 0,0` and
+/// `--micro-batches 2` run the given plan and write the same checkpoint
+/// bytes, which record it; a resume on `--devices` replays the record and
+/// equals the straight run; `--tune auto` tunes once, on the first worker,
+/// and every worker runs (and `--metrics` reports) what it chose.
+#[test]
+fn workers_take_one_kernel_config() {
+    if !gpu_or_skip("workers_take_one_kernel_config") {
+        return;
+    }
+    let dir = TempDir::new("workers-kernel-config");
+    let plan = "f0=gen:8x8:4x4:k8,d0=loops:8x8:4x4:k8,g0=gen:4x16:4x8:k16,f1=gen:16x8:8x4:k16,g1=gen:8x8:16x16:k8";
+    let path = |name: &str| dir.path(name).to_string_lossy().into_owned();
+    let common = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--batch",
+        "4",
+    ];
+    let train = |epochs: &str, save: &str, more: &[&str]| {
+        let mut args = common.to_vec();
+        args.extend(["--seed", "5", "--epochs", epochs, "--save", save]);
+        args.extend(more);
+        let r = run(&args).success();
+        assert!(
+            r.stderr().contains(&format!("gpu kernels: {plan}")),
+            "{}",
+            r.dump()
+        );
+    };
+    let read = |name: &str| std::fs::read(dir.path(name)).unwrap();
+    let given = ["--kernel-config", plan];
+    train(
+        "2",
+        &path("threads"),
+        &[&given[..], &["--devices", "0,0"]].concat(),
+    );
+    train(
+        "2",
+        &path("micro"),
+        &[&given[..], &["--micro-batches", "2"]].concat(),
+    );
+    assert!(
+        read("threads") == read("micro"),
+        "--devices and --micro-batches differ"
+    );
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(&dir.path("threads")).unwrap();
+    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(plan));
+    // Stopped after 1 epoch and resumed without the flag: the record replays.
+    train(
+        "1",
+        &path("first"),
+        &[&given[..], &["--devices", "0,0"]].concat(),
+    );
+    let first = path("first");
+    train(
+        "2",
+        &path("resumed"),
+        &["--devices", "0,0", "--resume", &first],
+    );
+    assert!(
+        read("threads") == read("resumed"),
+        "the resumed run differs"
+    );
+    // --tune auto: one tuning, on the first worker; both run its choice.
+    let cache = path("cache");
+    let metrics = path("m.json");
+    let env = [
+        ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
+        ("SHADERTRAIN_TUNE_BUDGET", "0.001"),
+    ];
+    let tune = [
+        "--epochs",
+        "1",
+        "--devices",
+        "0,0",
+        "--tune",
+        "auto",
+        "--metrics",
+        &metrics,
+    ];
+    let args = [&common[..], &tune[..]].concat();
+    let r = run_env(&args, &env).success();
+    assert_eq!(
+        r.stderr().matches("tuning 5 of 5 products").count(),
+        1,
+        "{}",
+        r.dump()
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let products = m["kernel_configs"].as_array().expect("kernel_configs");
+    assert_eq!(products.len(), 5, "{m}");
+    assert!(products.iter().all(|p| p["source"] == "tuned"), "{m}");
+    assert!(
+        dir.path("cache").join("tune-v1.json").exists(),
+        "{}",
+        r.dump()
     );
 }
 

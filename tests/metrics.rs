@@ -5,6 +5,9 @@
 //! format's definition (TFRecord framing, both CRC-32Cs of every record
 //! checked by a bitwise CRC, `Event` decoded with prost from TensorFlow's
 //! field numbers) and compared with the run's history and its JSON Lines.
+//! Each run's record (JSON Lines' first object, the event files' `run/config`
+//! and `run/kernels` text summaries) names the backend, and on the GPU every
+//! product's kernel configuration and its source, as `--metrics` has them.
 
 // Both include the test_device! macro's file; each module uses its own.
 #[allow(clippy::duplicate_mod)]
@@ -39,13 +42,54 @@ struct Summary {
     value: Vec<SummaryValue>,
 }
 
-/// `tensorflow.Summary.Value`, scalar form.
+/// `tensorflow.Summary.Value`: a scalar, or a text plugin's tensor.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SummaryValue {
     #[prost(string, tag = "1")]
     tag: String,
-    #[prost(float, tag = "2")]
-    simple_value: f32,
+    #[prost(float, optional, tag = "2")]
+    simple_value: Option<f32>,
+    #[prost(message, optional, tag = "8")]
+    tensor: Option<Tensor>,
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<Metadata>,
+}
+
+/// `tensorflow.TensorProto` (tensor.proto): dtype, shape, string values.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Tensor {
+    #[prost(int32, tag = "1")]
+    dtype: i32,
+    #[prost(message, optional, tag = "2")]
+    tensor_shape: Option<Shape>,
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    string_val: Vec<Vec<u8>>,
+}
+
+/// `tensorflow.TensorShapeProto`: its dimensions' sizes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Shape {
+    #[prost(message, repeated, tag = "2")]
+    dim: Vec<Dim>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Dim {
+    #[prost(int64, tag = "1")]
+    size: i64,
+}
+
+/// `tensorflow.SummaryMetadata`: `plugin_data.plugin_name`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Metadata {
+    #[prost(message, optional, tag = "1")]
+    plugin_data: Option<PluginData>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PluginData {
+    #[prost(string, tag = "1")]
+    plugin_name: String,
 }
 
 /// CRC-32C, bit by bit (reflected Castagnoli polynomial): no table, no crate.
@@ -146,13 +190,102 @@ fn scalars(events: &[Event]) -> BTreeMap<String, Vec<(i64, f32)>> {
     let mut by_tag: BTreeMap<String, Vec<(i64, f32)>> = BTreeMap::new();
     for e in events {
         for v in e.summary.iter().flat_map(|s| &s.value) {
-            by_tag
-                .entry(v.tag.clone())
-                .or_default()
-                .push((e.step, v.simple_value));
+            if let Some(x) = v.simple_value {
+                by_tag.entry(v.tag.clone()).or_default().push((e.step, x));
+            }
         }
     }
     by_tag
+}
+
+/// Text summaries by tag: (step, text) in file order. Each must be the text
+/// plugin's form: plugin `text`, a `DT_STRING` (7) scalar holding one UTF-8
+/// string, and no scalar beside it.
+fn texts(events: &[Event]) -> BTreeMap<String, Vec<(i64, String)>> {
+    let mut by_tag: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for e in events {
+        for v in e.summary.iter().flat_map(|s| &s.value) {
+            let Some(t) = &v.tensor else { continue };
+            let plugin = v.metadata.as_ref().and_then(|m| m.plugin_data.as_ref());
+            assert_eq!(
+                plugin.map(|p| p.plugin_name.as_str()),
+                Some("text"),
+                "{}",
+                v.tag
+            );
+            assert!(v.simple_value.is_none(), "{}", v.tag);
+            assert_eq!(t.dtype, 7, "{}: DT_STRING", v.tag);
+            assert_eq!(
+                t.tensor_shape.as_ref().map(|s| s.dim.len()),
+                Some(0),
+                "{}",
+                v.tag
+            );
+            assert_eq!(t.string_val.len(), 1, "{}", v.tag);
+            let text = String::from_utf8(t.string_val[0].clone()).unwrap();
+            by_tag
+                .entry(v.tag.clone())
+                .or_default()
+                .push((e.step, text));
+        }
+    }
+    by_tag
+}
+
+/// Checks the run records of `lines` (JSON Lines) against the event files'
+/// text summaries in `dir`: one per run, at `starts` (global steps), each
+/// opening the run's records; `run/config` names the backend, and where
+/// tiled GPU kernels ran `run/kernels` lists every product of `kernel_configs` with its
+/// configuration and source. Returns the run records.
+fn check_run_records(dir: &Path, files: usize, lines: &[Json], starts: &[u64]) -> Vec<Json> {
+    assert_eq!(lines[0]["kind"], "run", "{}", lines[0]);
+    let runs: Vec<Json> = lines
+        .iter()
+        .filter(|l| l["kind"] == "run")
+        .cloned()
+        .collect();
+    let got: Vec<u64> = runs
+        .iter()
+        .map(|r| r["global_step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, starts, "the runs' starting steps");
+    let text = texts(&events(dir, files));
+    let config = text.get("run/config").cloned().unwrap_or_default();
+    assert_eq!(config.len(), runs.len(), "{:?}", text.keys());
+    for (r, (step, md)) in runs.iter().zip(&config) {
+        assert_eq!(*step as u64, r["global_step"].as_u64().unwrap());
+        let backend = r["backend"].as_str().unwrap();
+        assert!(md.contains(&format!("| backend | {backend} |")), "{md}");
+        assert!(md.contains(r["network"].as_str().unwrap()), "{md}");
+    }
+    let kernels = text.get("run/kernels").cloned().unwrap_or_default();
+    let on_gpu: Vec<&Json> = runs
+        .iter()
+        .filter(|r| r.get("kernel_config").is_some())
+        .collect();
+    assert_eq!(kernels.len(), on_gpu.len(), "{:?}", text.keys());
+    for (r, (_, md)) in on_gpu.iter().zip(&kernels) {
+        let plan = r["kernel_config"].as_str().expect("kernel_config");
+        assert!(md.contains(&format!("`{plan}`")), "{md}");
+        let products = r["kernel_configs"].as_array().expect("kernel_configs");
+        assert!(!products.is_empty());
+        for p in products {
+            let [m, n, k] = [0, 1, 2].map(|i| p["shape"][i].as_u64().unwrap());
+            let row = format!(
+                "| {} | {m}×{n}×{k} | `{}` | {} |",
+                p["product"].as_str().unwrap(),
+                p["config"].as_str().unwrap(),
+                p["source"].as_str().unwrap()
+            );
+            assert!(md.contains(&row), "{row} not in {md}");
+            assert!(
+                ["tuned", "cache", "heuristic", "given"].contains(&p["source"].as_str().unwrap()),
+                "{p}"
+            );
+        }
+        assert!(r["checked"].is_boolean(), "{r}");
+    }
+    runs
 }
 
 fn jsonl(path: &Path) -> Vec<Json> {
@@ -179,8 +312,10 @@ fn check_run(
     every: usize,
     lr: impl Fn(usize) -> f32,
 ) {
-    let (steps, epoch_lines): (Vec<&Json>, Vec<&Json>) =
-        lines.iter().partition(|l| l["kind"] == "step");
+    let (steps, epoch_lines): (Vec<&Json>, Vec<&Json>) = lines
+        .iter()
+        .filter(|l| l["kind"] != "run")
+        .partition(|l| l["kind"] == "step");
     assert!(epoch_lines.iter().all(|l| l["kind"] == "epoch"));
     // Epoch records: the history's objects, field for field.
     assert_eq!(epoch_lines.len(), epochs.len());
@@ -297,6 +432,19 @@ mod cli {
             lines.iter().filter(|l| l["kind"] == "step").count(),
             2 * (188 / 7 + 1)
         );
+        // The run record says what --metrics says of the kernels.
+        let runs = check_run_records(&logs, 1, &lines, &[0]);
+        let r = &runs[0];
+        assert_eq!(r["backend"], device.name());
+        assert_eq!(r["layers"], m["layers"]);
+        let tiled = r.get("kernel_configs").is_some_and(Json::is_array);
+        assert_eq!(tiled, device.name() == "gpu", "{r}");
+        for key in ["kernel_config", "kernel_configs", "checked", "whole_step"] {
+            assert_eq!(r.get(key), m.get(key), "{key}");
+        }
+        assert_eq!(r["batch"], 8);
+        assert_eq!(r["first_epoch"], 1);
+        assert_eq!(r["epochs"], 2);
     }
 
     test_device!(check_cli, cli_cpu, cli_gpu);
@@ -350,6 +498,10 @@ mod cli {
         }
         // xor: lr 5, two steps an epoch.
         check_run(&logs, 2, &records, &epochs, 1, |_| 5.0);
+        // A run record for each run, the second after its 3 epochs of 2 steps.
+        let runs = check_run_records(&logs, 2, &records, &[0, 6]);
+        assert_eq!(runs[1]["first_epoch"], 4);
+        assert_eq!(runs[1]["epochs"], 5);
     }
 
     #[test]
@@ -446,8 +598,13 @@ mod library {
         t.fit_observed(&train, Some(&val), |_, _| Ok(())).unwrap();
         let history = serde_json::to_value(t.history()).unwrap();
         let lines = jsonl(&path);
-        assert_eq!(lines.len(), 3 * (3 + 1));
+        // One run record: the second call continues the first's run.
+        assert_eq!(lines.len(), 1 + 3 * (3 + 1));
         check_run(&logs, 1, &lines, history.as_array().unwrap(), 3, |_| 0.5);
+        let runs = check_run_records(&logs, 1, &lines, &[0]);
+        let want = t.backend().kernel_config();
+        assert_eq!(runs[0]["kernel_config"].as_str(), want.as_deref());
+        assert_eq!(runs[0]["kernel_configs"].is_array(), want.is_some());
     }
 
     test_device!(check_library, library_cpu, library_gpu);

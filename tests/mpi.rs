@@ -427,3 +427,65 @@ fn a_signal_to_one_rank_stops_all_at_one_step() {
     );
     resumes(&ckpt, &data, &[]);
 }
+
+/// Every rank runs the kernel plan rank 0 resolved: with `--kernel-config`
+/// the ranks write the bytes of `--micro-batches 2` running it, and the
+/// checkpoint records it; with `--tune auto` only rank 0 tunes (one progress
+/// line), and replaying its recorded choice on one process gives the ranks'
+/// bytes.
+#[test]
+fn ranks_run_one_kernel_plan_gpu() {
+    if !(mpi_or_skip("ranks_run_one_kernel_plan_gpu")
+        && gpu_or_skip("ranks_run_one_kernel_plan_gpu"))
+    {
+        return;
+    }
+    use shadertrain::checkpoint::Checkpoint;
+    let dir = TempDir::new("mpi-one-plan");
+    let data = csv(&dir);
+    let plan = "f0=gen:8x8:4x4:k8,d0=loops:8x8:4x4:k8,g0=gen:4x16:4x8:k16,f1=gen:16x8:8x4:k16,g1=gen:8x8:16x16:k8";
+    let single = |save: &Path, plan: &str| {
+        let mut a = train_args(&data, "gpu", "adam", save, 2);
+        a.extend(["--kernel-config", plan, "--micro-batches", "2"].map(String::from));
+        let r = run(&a);
+        assert!(r.out.status.success(), "{}", r.dump());
+    };
+    let (m, s) = (dir.path("mpi.st"), dir.path("micro.st"));
+    let mut c = mpirun(2);
+    c.args(train_args(&data, "gpu", "adam", &m, 2))
+        .args(["--kernel-config", plan]);
+    let o = output(c);
+    assert!(o.status.success(), "{}", dump("given plan", &o));
+    single(&s, plan);
+    assert!(
+        read(&m, &o) == read(&s, &o),
+        "mpirun and --micro-batches differ"
+    );
+    let recorded = Checkpoint::load(&m).unwrap().state.kernel_config;
+    assert_eq!(recorded.as_deref(), Some(plan));
+    // --tune auto on rank 0 only.
+    let cache = dir.path("cache").to_string_lossy().into_owned();
+    let env = [
+        "env",
+        "SHADERTRAIN_TUNE_BUDGET=0.001",
+        &format!("SHADERTRAIN_CACHE_DIR={cache}"),
+    ];
+    let mut c = mpirun_through(2, &env);
+    c.args(train_args(&data, "gpu", "adam", &m, 2))
+        .args(["--tune", "auto"]);
+    let o = output(c);
+    assert!(o.status.success(), "{}", dump("tune auto", &o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("tuning 5 of 5 products").count(),
+        1,
+        "{}",
+        dump("tune auto", &o)
+    );
+    let tuned = Checkpoint::load(&m).unwrap().state.kernel_config.unwrap();
+    single(&s, &tuned);
+    assert!(
+        read(&m, &o) == read(&s, &o),
+        "the tuned plan replayed differs"
+    );
+}

@@ -2,8 +2,9 @@
 //! each with its own backend) give checkpoints byte-identical to one device
 //! running the same P shards as micro-batches, for P = 2, 3, 4, SGD,
 //! momentum and Adam, batches not divisible by P and an empty shard; the
-//! replicas agree; resume equals straight; and the unsplit run agrees to
-//! float rounding (the bound is printed and checked).
+//! replicas agree; resume equals straight; the unsplit run agrees to
+//! float rounding (the bound is printed and checked); and GPU workers run
+//! one kernel plan, given or resolved once, as one device would.
 
 mod common;
 
@@ -424,3 +425,113 @@ test_device!(
     clipping_counts_each_update_once_cpu,
     clipping_counts_each_update_once_gpu
 );
+
+/// The plan of [`workers_run_one_plan_gpu`]: every product of [`net`] on
+/// another configuration (generated cores of several shapes, and the loops core).
+const MIXED_PLAN: &str = "f0=gen:8x8:4x4:k8,d0=loops:8x8:4x4:k8,g0=gen:4x16:4x8:k16,f1=gen:16x8:8x4:k16,g1=gen:8x8:16x16:k8";
+
+/// Every GPU worker runs one kernel plan, resolved once and handed to it:
+/// with a given plan of several configurations, and with the heuristic's,
+/// P threads report the plan (and its sources) that P micro-batches on one
+/// device report, record it in the checkpoint, and write that run's
+/// checkpoint bytes. CPU workers ignore GPU options.
+#[test]
+fn workers_run_one_plan_gpu() {
+    use shadertrain::gpu::{GpuOptions, KernelPlan, Source, TuneMode};
+    let Some(device) = Device::gpu("workers_run_one_plan_gpu") else {
+        return;
+    };
+    let net = net();
+    let given = KernelPlan::parse(&net, MIXED_PLAN, Source::Given).unwrap();
+    assert_eq!(given.configs().len(), 5, "{given}");
+    let cases = [
+        (
+            "given",
+            GpuOptions::default().with_plan(given),
+            Some("given"),
+        ),
+        (
+            "heuristic",
+            GpuOptions {
+                tune: TuneMode::Off,
+                ..GpuOptions::default()
+            },
+            Some("heuristic"),
+        ),
+    ];
+    for (label, options, source) in &cases {
+        let train = |d: &Dev| {
+            let mut t = Trainer::on_with(d, &net, 7, Some(options))
+                .unwrap()
+                .epochs(2)
+                .batch(7)
+                .lr(0.05)
+                .seed(9)
+                .optimizer(optimizer(OptimizerKind::Momentum))
+                .unwrap();
+            t.fit(&data()).unwrap();
+            t
+        };
+        let workers = Dev::Parallel(vec![device.one(); 3]);
+        let micro = Dev::MicroBatches {
+            device: Box::new(device.one()),
+            parts: 3,
+        };
+        let (mut a, mut b) = (train(&workers), train(&micro));
+        let (ka, kb) = (a.backend().kernels(), b.backend().kernels());
+        let ka = ka.unwrap_or_else(|| panic!("{label}: the workers report no kernels"));
+        assert_eq!(Some(&ka), kb.as_ref(), "{label}");
+        if *label == "given" {
+            assert_eq!(ka.kernel_config, MIXED_PLAN);
+        }
+        let sources: Vec<&str> = ka.kernel_configs.iter().map(|p| p.source).collect();
+        assert!(
+            sources.iter().all(|s| Some(*s) == *source),
+            "{label}: {sources:?}"
+        );
+        let ckpt = a.checkpoint().unwrap();
+        assert_eq!(
+            ckpt.state.kernel_config.as_deref(),
+            Some(&*ka.kernel_config)
+        );
+        let (ca, cb) = (bytes(&mut a), bytes(&mut b));
+        assert!(
+            ca == cb,
+            "{label}: threads and micro-batches differ: {}",
+            first_difference(&ca, &cb)
+        );
+    }
+    // CPU workers have no kernels to configure.
+    let cpu = Dev::Parallel(vec![Device::Cpu.one(); 2]);
+    let mut t = Trainer::on_with(&cpu, &net, 7, Some(&cases[0].1)).unwrap();
+    assert_eq!(t.backend().kernel_config(), None);
+}
+
+/// Workers built by hand that run different plans are refused in one line
+/// naming the worker and both plans: their shards would not round as one
+/// device's.
+#[test]
+fn workers_on_different_plans_are_refused() {
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelConfig, KernelPlan, Source};
+    let Some(ctx) = gpu_or_skip("workers_on_different_plans_are_refused") else {
+        return;
+    };
+    let net = net();
+    let configs = ["gen:8x8:4x4:k8", "gen:4x16:4x8:k16"];
+    let open = |k: usize| {
+        let c = KernelConfig::parse(configs[k]).unwrap();
+        let plan = KernelPlan::uniform(&net, c, Source::Given);
+        let options = GpuOptions::BASE.with_plan(plan);
+        Ok(Box::new(GpuBackend::with_options(ctx.clone(), &net, 4, options)?) as _)
+    };
+    let e = Threads::open(2, open).err().expect("refused");
+    let msg = e.to_string();
+    assert!(msg.starts_with("worker 1 ("), "{msg}");
+    for c in configs {
+        assert!(msg.contains(c), "{msg}");
+    }
+    assert!(
+        msg.contains("one kernel plan") && !msg.contains('\n'),
+        "{msg}"
+    );
+}

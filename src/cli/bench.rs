@@ -125,6 +125,9 @@ struct ScalingRow {
     reduction_ms: f64,
     /// `reduction_ms / ms_per_step_median`.
     reduction_share: f64,
+    /// GPU: the kernel plan every worker runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_config: Option<String>,
 }
 
 /// Times `dev`'s data-parallel step: the medians of `rounds` runs of the
@@ -140,6 +143,29 @@ fn time_parallel(
     let (t, _) = bench::time_steps(b, params, batch, a.lr, a.warmup, steps)?;
     let per_step = b.take_reduction_seconds() * 1e3 / (a.warmup + steps) as f64;
     Ok((t.median(), per_step))
+}
+
+/// The GPU options `--kernels`, `--tiles`, `--kernel-config` and `--tune` ask for.
+fn gpu_options(a: &BenchArgs, net: &Network) -> Result<GpuOptions> {
+    let auto = GpuOptions::default();
+    let options = GpuOptions {
+        kernels: match a.kernels {
+            KernelsArg::Auto => auto.kernels,
+            KernelsArg::Tiled => KernelSet::Tiled,
+            KernelsArg::Simple => KernelSet::Simple,
+        },
+        tiles: a.tiles.map(|t| match t {
+            TilesArg::Small => TileConfig::SMALL,
+            TilesArg::Medium => TileConfig::MEDIUM,
+            TilesArg::Discrete => TileConfig::DISCRETE,
+        }),
+        tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
+        ..auto
+    };
+    Ok(match &a.kernel_config {
+        Some(text) => options.with_plan(KernelPlan::parse(net, text, Source::Given)?),
+        None => options,
+    })
 }
 
 /// `bench --devices LIST` (or under mpirun): the scaling table.
@@ -158,6 +184,11 @@ fn scaling(
         },
         BenchBackend::Both => Device::Auto { threads: a.threads },
     };
+    // Every GPU worker of a run takes the one plan these resolve.
+    let gpu = (a.backend != BenchBackend::Cpu)
+        .then(|| gpu_options(a, net))
+        .transpose()?;
+    let open = |dev: &Device| DataParallel::open_with(dev, net, batch, gpu.as_ref());
     // Candidates: P = 1..=n over a prefix of the list, or one worker against the ranks.
     let mut runs: Vec<(usize, DataParallel)> = Vec::new();
     let rank = shadertrain::parallel::rank();
@@ -166,18 +197,15 @@ fn scaling(
             // The single-worker baseline runs on rank 0 alone, before the ranks run.
             if r == 0 {
                 let one = Device::Parallel(vec![device.clone()]);
-                runs.push((1, DataParallel::open(&one, net, batch)?));
+                runs.push((1, open(&one)?));
             }
-            runs.push((
-                size,
-                DataParallel::open(&Device::Mpi(Box::new(device)), net, batch)?,
-            ));
+            runs.push((size, open(&Device::Mpi(Box::new(device)))?));
         }
         (None, Some(list)) => {
             let list = shadertrain::parallel::parse_devices(list, a.threads)?;
             for p in 1..=list.len() {
                 let dev = Device::Parallel(list[..p].to_vec());
-                runs.push((p, DataParallel::open(&dev, net, batch)?));
+                runs.push((p, open(&dev)?));
             }
         }
         (None, None) => return Ok(()),
@@ -216,6 +244,7 @@ fn scaling(
             efficiency: speedup / *p as f64,
             reduction_ms: r,
             reduction_share: r / m,
+            kernel_config: b.kernel_config(),
         };
         if a.json {
             outln!("{}", serde_json::to_string(&row).unwrap_or_default());
@@ -291,35 +320,6 @@ fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<Ke
     ))
 }
 
-/// The configuration one tiled product of a step runs with.
-#[derive(serde::Serialize)]
-pub(super) struct ProductConfig {
-    /// `forward`, `delta_hidden` or `gradient`, and the layer.
-    product: String,
-    /// `(M, N, K)` of the product.
-    shape: [usize; 3],
-    config: String,
-    /// `tuned`, `cache`, `heuristic` or `given` (--kernel-config, --tiles).
-    source: &'static str,
-}
-
-/// Every tiled product of a step of `net` at `batch` rows with its choice in `plan`.
-pub(super) fn product_configs(
-    net: &Network,
-    batch: usize,
-    plan: &KernelPlan,
-) -> Vec<ProductConfig> {
-    plan.entries(net)
-        .into_iter()
-        .map(|(p, c)| ProductConfig {
-            product: p.label(),
-            shape: p.shape(net, batch),
-            config: c.config.to_string(),
-            source: c.source.name(),
-        })
-        .collect()
-}
-
 /// One backend's result, as `bench --json` prints it.
 #[derive(serde::Serialize)]
 struct BenchRow {
@@ -344,7 +344,7 @@ struct BenchRow {
     /// GPU only: the configuration of each tiled product and where it came
     /// from (`tuned`, `cache`, `heuristic`, `given`); empty for the simple kernels.
     #[serde(skip_serializing_if = "Option::is_none")]
-    kernel_configs: Option<Vec<ProductConfig>>,
+    kernel_configs: Option<Vec<shadertrain::gpu::report::ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
     /// (`SHADERTRAIN_CHECKED=1`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,6 +353,10 @@ struct BenchRow {
     /// or `off` (`GpuBackend::pipeline_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline_cache: Option<&'static str>,
+    /// GPU only: whether a step runs as one dispatch, `whole_step_L`
+    /// (a tiny network; `SHADERTRAIN_WHOLE_STEP=0` turns it off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    whole_step: Option<bool>,
     /// GPU with `--profile`: median milliseconds per kernel dispatch of a step.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<KernelTime>>,
@@ -433,30 +437,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
             Some(sel) => GpuContext::with_adapter(sel)?,
             None => GpuContext::new()?,
         };
-        let auto = GpuOptions::default();
-        let plan = match &a.kernel_config {
-            Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
-            None => None,
-        };
-        let options = GpuOptions {
-            kernels: match a.kernels {
-                KernelsArg::Auto => auto.kernels,
-                KernelsArg::Tiled => KernelSet::Tiled,
-                KernelsArg::Simple => KernelSet::Simple,
-            },
-            tiles: a.tiles.map(|t| match t {
-                TilesArg::Small => TileConfig::SMALL,
-                TilesArg::Medium => TileConfig::MEDIUM,
-                TilesArg::Discrete => TileConfig::DISCRETE,
-            }),
-            tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
-            ..GpuOptions::default()
-        };
-        let options = match plan {
-            Some(p) => options.with_plan(p),
-            None => options,
-        };
-        Some(GpuBackend::with_options(ctx, &net, batch, options)?)
+        Some(GpuBackend::with_options(
+            ctx,
+            &net,
+            batch,
+            gpu_options(&a, &net)?,
+        )?)
     } else {
         None
     };
@@ -484,6 +470,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 kernels: None,
                 checked: None,
                 pipeline_cache: None,
+                whole_step: None,
                 dispatches_per_step: None,
                 kernel_configs: None,
                 profile: None,
@@ -501,17 +488,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let checked = g.checked();
         if !a.json {
             let checks = if checked { "checked" } else { "unchecked" };
-            eprintln!("gpu kernels: {kernels}; modules {checks}");
+            let whole = g.kernels().is_some_and(|k| k.whole_step);
+            let step = if whole {
+                "; a step is one dispatch"
+            } else {
+                ""
+            };
+            eprintln!("gpu kernels: {kernels}; modules {checks}{step}");
         }
         let (mut r, p) = run("gpu", &mut g)?;
         r.kernels = Some(kernels);
         r.checked = Some(checked);
         r.pipeline_cache = Some(g.pipeline_cache());
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
-        r.kernel_configs = Some(match g.kernel_plan() {
-            Some(plan) => product_configs(&net, batch.min(g.micro_batch()), plan),
-            None => Vec::new(),
-        });
+        let report = g.kernels();
+        r.whole_step = Some(report.as_ref().is_some_and(|k| k.whole_step));
+        r.kernel_configs = Some(report.map_or(Vec::new(), |k| k.kernel_configs));
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

@@ -134,11 +134,14 @@ pub struct TrainArgs {
     metrics: Option<PathBuf>,
     /// Write TensorBoard event files into this directory (created if
     /// missing): loss and learning rate per step, loss, accuracy, validation
-    /// and samples/s per epoch. View with `tensorboard --logdir DIR`.
+    /// and samples/s per epoch, and the run's settings and GPU kernels as
+    /// text. View with `tensorboard --logdir DIR`.
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// Append one JSON object per step record and per epoch to this file,
-    /// flushed as the run goes (for MLflow, W&B and scripts).
+    /// Append a run record (settings; on a GPU each product's kernel
+    /// configuration and its source), then one JSON object per step record
+    /// and per epoch to this file, flushed as the run goes (for MLflow, W&B
+    /// and scripts).
     #[arg(long)]
     metrics_jsonl: Option<PathBuf>,
     /// Steps between the per-step records of --log-dir and --metrics-jsonl
@@ -263,7 +266,7 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
     };
     let mut t = t.stop_when(stop);
     let adapter = t.backend().describe();
-    let kernel_config = t.backend().kernel_config();
+    let kernels = t.backend().kernels();
     let kind = t.kind().name();
     let first = t.first_epoch();
     let epochs = t.config().epochs;
@@ -364,8 +367,13 @@ pub fn run(mut a: TrainArgs) -> Result<ExitCode> {
                 },
             });
             let mut json = json;
-            if let Some(k) = &kernel_config {
-                json["kernel_config"] = k.as_str().into();
+            // The keys bench --json gives them.
+            if let Some(k) = &kernels {
+                json["kernel_config"] = k.kernel_config.as_str().into();
+                json["kernel_configs"] =
+                    serde_json::to_value(&k.kernel_configs).unwrap_or_default();
+                json["checked"] = k.checked.into();
+                json["whole_step"] = k.whole_step.into();
             }
             if let Some(c) = t.optimizer_in_use().clip_norm {
                 json["clip_norm"] = c.into();
@@ -591,12 +599,7 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     // The optimiser first (setting one zeroes its state), then the resumed
     // state over it, then the settings the flags resolved (the checkpoint's
     // where no flag was given).
-    use shadertrain::trainer::Device;
-    let single = !matches!(
-        dev,
-        Device::Parallel(_) | Device::MicroBatches { .. } | Device::Mpi(_)
-    );
-    let gpu = gpu_options(a, &net, resumed.as_ref(), single)?;
+    let gpu = gpu_options(a, &net, resumed.as_ref())?;
     let mut t = open_with(&dev, &net, capacity, a.quiet, gpu.as_ref())?.optimizer(optimizer)?;
     if let Some(c) = &resumed {
         t = t.resume(c)?;
@@ -642,8 +645,13 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
     }
     if !a.quiet {
         eprintln!("backend: {}: {}", t.kind().name(), t.backend().describe());
-        if let Some(k) = t.backend().kernel_config() {
-            eprintln!("gpu kernels: {k}");
+        if let Some(k) = t.backend().kernels() {
+            let step = if k.whole_step {
+                " (a step is one dispatch)"
+            } else {
+                ""
+            };
+            eprintln!("gpu kernels: {}{step}", k.kernel_config);
         }
         let cfg = t.config();
         eprintln!(
@@ -673,12 +681,12 @@ fn prepare(a: &TrainArgs) -> Result<Run> {
 
 /// The GPU options `--tune` and `--kernel-config` ask for; with neither, a
 /// resumed run's recorded configuration replayed (so it stays bitwise equal
-/// to a straight run); else `None` (the cache, or the heuristic).
+/// to a straight run); else `None` (the cache, or the heuristic). With
+/// several workers every GPU worker runs the one plan these resolve.
 fn gpu_options(
     a: &TrainArgs,
     net: &Network,
     resumed: Option<&Checkpoint>,
-    single: bool,
 ) -> Result<Option<shadertrain::gpu::GpuOptions>> {
     use shadertrain::gpu::{GpuOptions, KernelPlan};
     let on_gpu = a.backend != BackendArg::Cpu;
@@ -687,11 +695,6 @@ fn gpu_options(
         ("--kernel-config", a.kernel_config.is_some()),
     ] {
         refuse_unused(flag, given, on_gpu, "the GPU", "--backend cpu")?;
-        if given && !single {
-            return Err(Error::Invalid(format!(
-                "{flag} applies to one GPU; with --devices, --micro-batches or MPI each worker reads the tuning cache"
-            )));
-        }
     }
     let recorded = resumed.and_then(|c| c.state.kernel_config.as_deref());
     let given = shadertrain::gpu::Source::Given;
@@ -703,7 +706,7 @@ fn gpu_options(
             tune: t.mode(),
             ..GpuOptions::default()
         }),
-        (None, None, Some(text)) if on_gpu && single => {
+        (None, None, Some(text)) if on_gpu => {
             Some(GpuOptions::default().with_plan(KernelPlan::parse(net, text, given)?))
         }
         _ => None,

@@ -49,6 +49,7 @@ use super::options::{buffer_capacity, GpuOptions, KernelSet};
 use super::plan::{KernelPlan, Product};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
+use super::whole_step::WholeStep;
 use crate::backend::{check_batch, check_layer};
 use crate::backend::{Backend, Metric, Totals};
 use crate::error::{Error, Result};
@@ -95,6 +96,8 @@ pub struct GpuBackend {
     clip: Option<Clipper>,
     /// Dropout's kernel and buffers, if the network drops.
     dropout: Option<Dropout>,
+    /// The step in one dispatch, where the options ask and the network fits.
+    whole: Option<WholeStep>,
     /// Seeds the dropout masks.
     dropout_seed: u64,
     /// Recording a training pass (dropout on): the update whose masks it
@@ -174,6 +177,10 @@ impl GpuBackend {
             .as_ref()
             .map_or(&kernels.delta_hidden, |t| t.product(Product::Delta, 0).0);
         let dropout = Dropout::new(&ctx, net, &buf, delta_hidden)?;
+        let whole = match (&tiled, options.whole_step) {
+            (Some(_), true) => WholeStep::new(&ctx, net, &buf, options.checked)?,
+            _ => None,
+        };
         let mut backend = GpuBackend {
             ctx,
             kernels,
@@ -192,6 +199,7 @@ impl GpuBackend {
             update: None,
             clip: None,
             dropout,
+            whole,
             dropout_seed: 0,
             training: None,
             pending: None,
@@ -391,6 +399,7 @@ impl GpuBackend {
             update: self.update.as_ref(),
             clip: self.clip.as_ref(),
             dropout: self.dropout.as_ref().filter(|_| self.training.is_some()),
+            whole: self.whole.as_ref(),
             net: &self.net,
             rows: self.dims_rows,
             splits: &self.splits,
@@ -405,6 +414,7 @@ impl GpuBackend {
             self.tiled.is_some(),
             self.host.is_some(),
             self.update.is_some() || self.clip.is_some(),
+            self.whole.is_some(),
         )
     }
 
@@ -787,7 +797,7 @@ impl Backend for GpuBackend {
     /// the deltas and gradients into grads, accumulated over micro-batches.
     fn train_pass(&mut self, row0: usize) -> Result<()> {
         self.need_batch()?;
-        let stages = step_stages(self.tiled.is_some(), true, true);
+        let stages = step_stages(self.tiled.is_some(), true, true, false);
         let n = stages.iter().take_while(|&&s| s != Stage::Update).count();
         if self.host.is_some() {
             self.clear_grads();
@@ -859,7 +869,12 @@ impl Backend for GpuBackend {
         Params::from_vec(&self.net, data)
     }
 
-    fn kernel_config(&self) -> Option<String> {
-        self.kernel_plan().map(|p| p.to_string())
+    fn kernels(&self) -> Option<super::KernelReport> {
+        let plan = self.kernel_plan()?;
+        let (rows, checked) = (self.micro_batch(), self.checked());
+        let whole = self.whole.is_some();
+        Some(super::KernelReport::new(
+            &self.net, plan, rows, checked, whole,
+        ))
     }
 }

@@ -547,6 +547,9 @@ pub const ALL: &[KernelSpec] = &[
     super::clip::CLIP_APPLY,
     super::dropout::DROPOUT_APPLY,
     super::dropout::DROPOUT_KEEP,
+    super::whole_step::WHOLE_STEP[0],
+    super::whole_step::WHOLE_STEP[1],
+    super::whole_step::WHOLE_STEP[2],
 ];
 
 /// Largest `tm` and `tn` (`MAX_T` in tiled.wgsl: the register blocks' size).
@@ -1327,13 +1330,13 @@ const FILL_GROUPS: u64 = 1024;
 const MIN_SLICE: u32 = 256;
 
 /// K slices for the tiled gradient of a layer `n_in → n_out` over `rows`
-/// samples on a GPU ([`FILL_GROUPS`] workgroups to fill): see [`k_splits_to`].
+/// samples on a GPU (`FILL_GROUPS` workgroups to fill): see [`k_splits_to`].
 pub fn k_splits(n_out: u32, n_in: u32, rows: u32, tiles: &TileConfig, max_scratch: u64) -> u32 {
     k_splits_to(n_out, n_in, rows, tiles, max_scratch, FILL_GROUPS)
 }
 
 /// Workgroups the split gradient should reach on an adapter of type
-/// `device`: [`FILL_GROUPS`] on a GPU; on a CPU adapter (lavapipe), which
+/// `device`: `FILL_GROUPS` on a GPU; on a CPU adapter (lavapipe), which
 /// runs one workgroup per thread at a time, twice its threads (the host's
 /// cores, at least 4). Splitting past that only adds slice sums: W1's
 /// 256×784 gradient at batch 1024 on 2-core lavapipe took 44.7 ms in 4
@@ -1352,7 +1355,7 @@ pub fn split_fill(device: wgpu::DeviceType) -> u64 {
 /// samples: enough for about `fill` workgroups where the layer has
 /// few output blocks, each slice at least `MIN_SLICE` deep, and no more than
 /// `max_scratch` floats of slice sums, `splits·n_out·(n_in + 1)`. Never more
-/// than `fill` (at most [`FILL_GROUPS`]), so within any device's 65535 workgroups per dimension.
+/// than `fill` (at most `FILL_GROUPS`), so within any device's 65535 workgroups per dimension.
 pub fn k_splits_to(
     n_out: u32,
     n_in: u32,

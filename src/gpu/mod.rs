@@ -4,7 +4,9 @@
 //! ([`options`]), its persistent buffers and bind groups (`buffers.rs`), what
 //! a training step dispatches (`schedule.rs`: read it to know what runs),
 //! [`GpuBackend`] itself, which records a whole step into one submission
-//! ([`backend`]), and read-backs ([`readback`]). The one-kernel runner for the tests (`runner`) and the
+//! ([`backend`]), read-backs ([`readback`]), and what a backend reports
+//! about its kernels ([`report`]); a tiny network's step in one dispatch
+//! ([`whole_step`]). The one-kernel runner for the tests (`runner`) and the
 //! uniform structs are public for tests and benches but not documented API.
 
 pub mod backend;
@@ -20,10 +22,12 @@ pub mod options;
 pub mod pipeline_cache;
 pub mod plan;
 pub mod readback;
+pub mod report;
 #[doc(hidden)]
 pub mod runner;
 mod schedule;
 pub mod tune;
+pub mod whole_step;
 
 pub use backend::GpuBackend;
 pub use context::{list_adapters, AdapterSummary, GpuContext};
@@ -32,6 +36,7 @@ pub use kernels::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
 pub use kernels::{Core, KernelConfig, TileConfig};
 pub use options::{heuristic, micro_batch_rows, GpuOptions, KernelSet};
 pub use plan::{KernelPlan, Product, Source};
+pub use report::KernelReport;
 #[doc(hidden)]
 pub use runner::KernelRunner;
 pub use tune::TuneMode;

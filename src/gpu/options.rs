@@ -67,15 +67,25 @@ pub struct GpuOptions {
     /// (`SHADERTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/shadertrain`, else
     /// `~/.cache/shadertrain`).
     pub cache_dir: Option<PathBuf>,
+    /// Run a tiny network's fused step as one dispatch of one workgroup
+    /// where it fits ([`super::whole_step`]). On in `Default` unless
+    /// `SHADERTRAIN_WHOLE_STEP` is `0` or `false`; off in
+    /// [`GpuOptions::BASE`], whose users (tuning, the kernels' tests) time
+    /// or test the tiled step itself.
+    pub whole_step: bool,
 }
 
 impl Default for GpuOptions {
     /// [`GpuOptions::BASE`] reading the tuning cache, checked where
-    /// `SHADERTRAIN_CHECKED` says so.
+    /// `SHADERTRAIN_CHECKED` says so, with the whole-step kernel unless
+    /// `SHADERTRAIN_WHOLE_STEP=0`.
     fn default() -> Self {
+        let off = std::env::var("SHADERTRAIN_WHOLE_STEP")
+            .is_ok_and(|v| matches!(v.trim(), "0" | "false"));
         GpuOptions {
             checked: checked_by_env(),
             tune: TuneMode::Cached,
+            whole_step: !off,
             ..GpuOptions::BASE
         }
     }
@@ -85,7 +95,8 @@ impl GpuOptions {
     /// The defaults without reading the environment (for constants and
     /// tests that set every option themselves): tiled kernels, the
     /// heuristic's configurations (no tuning cache), no micro-batch cap,
-    /// unchecked modules. `Default` reads the cache ([`TuneMode::Cached`]).
+    /// unchecked modules, no whole-step kernel. `Default` reads the cache
+    /// ([`TuneMode::Cached`]) and runs the whole step where it fits.
     pub const BASE: GpuOptions = GpuOptions {
         kernels: KernelSet::Tiled,
         tiles: None,
@@ -95,6 +106,7 @@ impl GpuOptions {
         tune: TuneMode::Off,
         plan: None,
         cache_dir: None,
+        whole_step: false,
     };
 }
 
@@ -191,6 +203,25 @@ impl GpuOptions {
             plan: Some(plan),
             ..self
         }
+    }
+
+    /// These options with the plan fixed that a backend of them for `net`
+    /// and batches of up to `capacity` would resolve on `ctx` (cache,
+    /// tuning or heuristic; each product keeps its [`Source`]): resolved
+    /// once, so that several workers run one plan. The simple kernels
+    /// have none and are returned as they are.
+    pub fn resolved(
+        self,
+        ctx: &std::sync::Arc<GpuContext>,
+        net: &Network,
+        capacity: usize,
+    ) -> Result<GpuOptions> {
+        if self.kernels == KernelSet::Simple {
+            return Ok(self);
+        }
+        let rows = buffer_capacity(ctx, net, capacity, &self)?;
+        let plan = super::tune::resolve_plan(ctx, net, rows, &self)?;
+        Ok(self.with_plan(plan))
     }
 }
 

@@ -24,6 +24,10 @@
 //!    parameter buffer (`sgd_update`, `momentum_update` or `adam_update`);
 //!    absent where the tiled gradient pass applied SGD itself, and after the
 //!    last micro-batch of a split batch.
+//!
+//! A tiny network's fused step (plain SGD, one micro-batch) is one stage
+//! instead, [`Stage::Whole`]: `whole_step_L`, one workgroup computing all of
+//! the above in the same order (`gpu/whole_step.rs`).
 
 use super::buffers::{Groups, UpdateBuffers};
 use super::clip::Clipper;
@@ -32,6 +36,7 @@ use super::kernels::{
     grid, grid_1d, grid_tiled, loss_groups, Grid, Kernel, Kernels, TileConfig, TiledKernels,
 };
 use super::plan::Product;
+use super::whole_step::WholeStep;
 use crate::error::{Error, Result};
 use crate::network::Network;
 
@@ -47,6 +52,8 @@ pub(super) enum Stage {
     Backward { delta_output: bool, fused: bool },
     /// The optimizer's update of every parameter from grads.
     Update,
+    /// Forward, loss, deltas and the SGD update in one dispatch (tiny nets).
+    Whole,
 }
 
 impl Stage {
@@ -56,6 +63,7 @@ impl Stage {
             Stage::Forward { .. } => "forward",
             Stage::Backward { .. } => "backward",
             Stage::Update => "update",
+            Stage::Whole => "step",
         }
     }
 }
@@ -77,13 +85,20 @@ pub(super) const BACKWARD_ALONE: Stage = Stage::Backward {
 };
 
 /// The stages of a step: `tiled` and in one submission, the update fused into
-/// the gradient pass (plain SGD) or run after it (a `stateful` optimizer);
-/// `split` into micro-batches, the gradients accumulated, with the one update
-/// recorded by the caller after the last. (Constant lists: a step allocates
-/// nothing on the host.)
-pub(super) fn step_stages(tiled: bool, split: bool, stateful: bool) -> &'static [Stage] {
+/// the gradient pass (plain SGD; with `whole`, the whole step in one
+/// dispatch) or run after it (a `stateful` optimizer); `split` into
+/// micro-batches, the gradients accumulated, with the one update recorded by
+/// the caller after the last. (Constant lists: a step allocates nothing on
+/// the host.)
+pub(super) fn step_stages(
+    tiled: bool,
+    split: bool,
+    stateful: bool,
+    whole: bool,
+) -> &'static [Stage] {
     match (tiled, split) {
         (false, _) => &[FORWARD, BACKWARD_ALONE, Stage::Update],
+        (true, false) if !stateful && whole => &[Stage::Whole],
         (true, false) if !stateful => &[FORWARD, FUSED],
         (true, false) => &[FORWARD, BACKWARD, Stage::Update],
         (true, true) => &[FORWARD, BACKWARD],
@@ -111,6 +126,8 @@ pub(super) struct Schedule<'a> {
     pub clip: Option<&'a Clipper>,
     /// Dropout, in a training step of a network that has it.
     pub dropout: Option<&'a Dropout>,
+    /// The whole-step kernel, where the network fits it.
+    pub whole: Option<&'a WholeStep>,
     pub net: &'a Network,
     /// Rows staged in the per-sample buffers.
     pub rows: usize,
@@ -167,6 +184,17 @@ impl<'a> Schedule<'a> {
                 }
             }
             Stage::Update => self.update(f),
+            Stage::Whole => match self.whole {
+                Some(w) => f(Dispatch {
+                    kernel: &w.kernel,
+                    group: &w.group,
+                    grid: (1, 1, 1),
+                    layer: None,
+                }),
+                None => Err(Error::Invalid(
+                    "this network has no whole-step kernel".into(),
+                )),
+            },
         }
     }
 

@@ -3,13 +3,18 @@
 //! happens:
 //!
 //! ```text
+//! {"kind":"run","backend":"gpu","adapter":"…","layers":[2,16,1],…,"kernel_config":"gen:8x8:4x4:k8","kernel_configs":[{"product":"forward layer 0","shape":[8,16,2],"config":"gen:8x8:4x4:k8","source":"heuristic"},…],"checked":false}
 //! {"kind":"step","epoch":1,"step":10,"global_step":10,"loss":0.61,"lr":0.1}
 //! {"kind":"epoch","epoch":1,"loss":0.58,"accuracy":0.71,"seconds":0.02,"samples_per_s":1e5,"val_loss":null,"val_accuracy":null}
 //! ```
 //!
-//! The epoch objects hold [`EpochStats`]'s fields, as `train --metrics`
-//! writes them; a non-finite loss is `null`. A resumed run appends to the
-//! same file.
+//! The run object ([`super::RunRecord`]) comes first, once per run: on a
+//! GPU it says which kernel configuration each product ran and where it
+//! came from (`tuned`, `cache`, `heuristic`, `given`), with the keys
+//! `bench --json` uses (absent on the CPU). The epoch objects hold
+//! [`EpochStats`]'s fields, as `train --metrics` writes them; a non-finite
+//! loss is `null`. A resumed run appends to the same file, starting with
+//! its own run object.
 
 use super::{MetricsSink, StepRecord};
 use crate::error::{Error, Result, Setting};
@@ -77,6 +82,10 @@ impl JsonLines {
 }
 
 impl MetricsSink for JsonLines {
+    fn run(&mut self, r: &super::RunRecord) -> Result<()> {
+        self.write("run", r)
+    }
+
     fn step(&mut self, r: &StepRecord) -> Result<()> {
         self.write("step", r)
     }

@@ -4,6 +4,9 @@
 //! ([`crate::Trainer::log_to`]) and feeds from inside its one training loop,
 //! so the command line and a library user get the same records:
 //!
+//! - a [`RunRecord`] once, when a sink first sees a run start: the backend,
+//!   adapter, network and settings, and on a GPU which kernel configuration
+//!   each product ran and where it came from (tuned, cache, heuristic, given);
 //! - a [`StepRecord`] every [`crate::Trainer::log_every`] steps and at the
 //!   last step of every epoch: the epoch's running mean loss so far (the
 //!   backend's [`crate::Backend::peek_totals`]) and the learning rate;
@@ -33,7 +36,8 @@
 //!     .log_every(1)?;
 //! t.fit(&Dataset::xor())?;
 //! let lines = std::fs::read_to_string(dir.join("run.jsonl")).unwrap();
-//! assert_eq!(lines.lines().count(), 3 + 3); // a step (of one) and an epoch, 3 times
+//! assert_eq!(lines.lines().count(), 1 + 3 + 3); // the run; a step (of one) and an epoch, 3 times
+//! assert!(lines.starts_with(r#"{"kind":"run","backend":"cpu""#));
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok(())
 //! # }
@@ -71,9 +75,50 @@ pub struct StepRecord {
     pub lr: f32,
 }
 
+/// What a run is, recorded once, before its first step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    /// `cpu` or `gpu` ([`crate::trainer::Kind`]).
+    pub backend: &'static str,
+    /// The device(s), as [`crate::Backend::describe`] says.
+    pub adapter: String,
+    /// The layer sizes, inputs first.
+    pub layers: Vec<usize>,
+    /// The network with its activations, `2-16:tanh-1:sigmoid`.
+    pub network: String,
+    /// The first epoch this run trains (past a resumed run's).
+    pub first_epoch: usize,
+    /// Epochs in total, resumed ones included.
+    pub epochs: usize,
+    /// Steps already taken (a resumed run's): the first step record is
+    /// past this `global_step`.
+    pub global_step: u64,
+    /// Samples per step.
+    pub batch: usize,
+    /// The base learning rate.
+    pub lr: f32,
+    /// The seed of weights and shuffles.
+    pub seed: u64,
+    /// `sgd`, `momentum` or `adam`.
+    pub optimizer: &'static str,
+    /// GPU's tiled kernels: the keys `kernel_config` (the plan as
+    /// `--kernel-config` takes it), `kernel_configs` (every product's
+    /// configuration, shape and source) and `checked`, as `bench --json`
+    /// writes them; absent elsewhere.
+    #[serde(flatten)]
+    pub kernels: Option<crate::gpu::KernelReport>,
+}
+
 /// Where a [`crate::Trainer`] sends its records. An error from a sink stops
 /// the run (as a failed checkpoint does).
 pub trait MetricsSink {
+    /// The run about to start, once per sink (a sink kept across several
+    /// [`crate::Trainer::fit_observed`] calls hears of the first).
+    fn run(&mut self, r: &RunRecord) -> Result<()> {
+        let _ = r;
+        Ok(())
+    }
+
     /// A step record, every [`crate::Trainer::log_every`] steps and at the
     /// last step of every epoch.
     fn step(&mut self, r: &StepRecord) -> Result<()>;

@@ -17,8 +17,18 @@
 //! | `loss/epoch`, `accuracy/epoch` | epoch | the epoch's training figures |
 //! | `loss/val`, `accuracy/val` | epoch | the validation figures, when there is a validation set |
 //! | `samples_per_s/epoch` | epoch | training throughput |
+//!
+//! and, once per run at the global step it starts from, two text summaries
+//! (the `text` plugin's: a scalar `DT_STRING` tensor holding Markdown, under
+//! `SummaryMetadata.plugin_data.plugin_name = "text"`), which TensorBoard's
+//! Text dashboard shows:
+//!
+//! | tag | value |
+//! |---|---|
+//! | `run/config` | backend, adapter, network and settings ([`super::RunRecord`]) |
+//! | `run/kernels` | GPU only: a table of every product's kernel configuration, shape and source (tuned, cache, heuristic, given) |
 
-use super::{MetricsSink, StepRecord};
+use super::{MetricsSink, RunRecord, StepRecord};
 use crate::error::{Error, Result, Setting};
 use crate::train::EpochStats;
 use prost::Message;
@@ -55,16 +65,58 @@ struct Summary {
     value: Vec<Value>,
 }
 
-/// `tensorflow.Summary.Value`, as a scalar.
+/// `tensorflow.Summary.Value`: a scalar, or a text plugin's tensor.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Value {
     /// The series, e.g. `loss/step`.
     #[prost(string, tag = "1")]
     tag: String,
-    /// The scalar.
-    #[prost(float, tag = "2")]
-    simple_value: f32,
+    /// The scalar (written even when 0, which proto3 would otherwise omit).
+    #[prost(float, optional, tag = "2")]
+    simple_value: Option<f32>,
+    /// A text summary's string.
+    #[prost(message, optional, tag = "8")]
+    tensor: Option<TensorProto>,
+    /// Which plugin reads `tensor`.
+    #[prost(message, optional, tag = "9")]
+    metadata: Option<SummaryMetadata>,
 }
+
+/// `tensorflow.TensorProto` (framework/tensor.proto), as a string scalar.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorProto {
+    /// `DataType`: [`DT_STRING`].
+    #[prost(int32, tag = "1")]
+    dtype: i32,
+    /// No dimensions: a scalar.
+    #[prost(message, optional, tag = "2")]
+    tensor_shape: Option<TensorShapeProto>,
+    /// The one string, UTF-8.
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    string_val: Vec<Vec<u8>>,
+}
+
+/// `tensorflow.TensorShapeProto` with no `dim` (2): rank 0.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorShapeProto {}
+
+/// `tensorflow.SummaryMetadata`: the plugin a value is for.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SummaryMetadata {
+    #[prost(message, optional, tag = "1")]
+    plugin_data: Option<PluginData>,
+}
+
+/// `tensorflow.SummaryMetadata.PluginData`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PluginData {
+    /// `text` for the text dashboard.
+    #[prost(string, tag = "1")]
+    plugin_name: String,
+}
+
+/// `tensorflow.DataType.DT_STRING` (framework/types.proto).
+const DT_STRING: i32 = 7;
 
 /// CRC-32C as TFRecord stores it: rotated right by 15 bits plus a constant,
 /// so that a CRC of data holding CRCs is not trivially related to them.
@@ -144,7 +196,8 @@ impl TensorBoard {
             .iter()
             .map(|&(tag, v)| Value {
                 tag: tag.into(),
-                simple_value: v as f32,
+                simple_value: Some(v as f32),
+                ..Default::default()
             })
             .collect();
         self.write(&Event {
@@ -152,6 +205,31 @@ impl TensorBoard {
             step,
             file_version: None,
             summary: Some(Summary { value }),
+        })
+    }
+
+    /// Writes `markdown` at `step` as a text summary under `tag`, which
+    /// TensorBoard's Text dashboard renders.
+    pub fn text(&mut self, step: i64, tag: &str, markdown: &str) -> Result<()> {
+        let value = Value {
+            tag: tag.into(),
+            simple_value: None,
+            tensor: Some(TensorProto {
+                dtype: DT_STRING,
+                tensor_shape: Some(TensorShapeProto {}),
+                string_val: vec![markdown.as_bytes().to_vec()],
+            }),
+            metadata: Some(SummaryMetadata {
+                plugin_data: Some(PluginData {
+                    plugin_name: "text".into(),
+                }),
+            }),
+        };
+        self.write(&Event {
+            wall_time: wall_time(),
+            step,
+            file_version: None,
+            summary: Some(Summary { value: vec![value] }),
         })
     }
 
@@ -171,6 +249,27 @@ impl TensorBoard {
 }
 
 impl MetricsSink for TensorBoard {
+    fn run(&mut self, r: &RunRecord) -> Result<()> {
+        let step = i64::try_from(r.global_step).unwrap_or(i64::MAX);
+        let config = format!(
+            "| | |\n|---|---|\n| backend | {} |\n| adapter | {} |\n| network | `{}` |\n| epochs | {} to {} |\n| batch | {} |\n| lr | {} |\n| optimizer | {} |\n| seed | {} |\n",
+            r.backend,
+            r.adapter.replace('|', "\\|"),
+            r.network,
+            r.first_epoch,
+            r.epochs,
+            r.batch,
+            r.lr,
+            r.optimizer,
+            r.seed
+        );
+        self.text(step, "run/config", &config)?;
+        if let Some(k) = &r.kernels {
+            self.text(step, "run/kernels", &k.markdown())?;
+        }
+        self.flush()
+    }
+
     fn step(&mut self, r: &StepRecord) -> Result<()> {
         let step = i64::try_from(r.global_step).unwrap_or(i64::MAX);
         self.scalars(step, &[("loss/step", r.loss), ("lr/step", r.lr as f64)])

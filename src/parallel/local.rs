@@ -33,6 +33,10 @@ impl Group for MicroBatches {
         format!("{} in {} micro-batches", self.worker.describe(), self.parts)
     }
 
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        self.worker.kernels()
+    }
+
     fn run(&mut self, job: Job) -> Result<Vec<Reply>> {
         if !job.per_shard() {
             return Ok(vec![self.worker.run(&job)?]);
@@ -57,17 +61,43 @@ struct Handle {
 pub struct Threads {
     workers: Vec<Handle>,
     describe: String,
+    /// The kernels every worker runs (they are refused unless they agree).
+    kernels: Option<crate::gpu::KernelReport>,
 }
 
 impl Threads {
     /// `p` workers, worker `k`'s backend made by `open(k)` on this thread
-    /// (so a device that cannot be opened is an error here), then moved to its own.
+    /// (so a device that cannot be opened is an error here), then moved to
+    /// its own. GPU workers must run one kernel plan
+    /// ([`crate::backend::Backend::kernel_config`]): a shard's gradient
+    /// then rounds as on one device, and the run equals
+    /// [`MicroBatches`](super::MicroBatches) bit for bit.
     pub fn open(p: usize, mut open: impl FnMut(usize) -> Result<WorkerBackend>) -> Result<Threads> {
         let mut workers = Vec::with_capacity(p);
         let mut names = Vec::with_capacity(p);
+        let mut kernels = None;
         for k in 0..p.max(1) {
             let backend = open(k).map_err(|e| worker_error(k, "", e))?;
             let desc = backend.describe();
+            let mine = backend.kernels();
+            if k == 0 {
+                kernels = mine.clone();
+            }
+            let (a, b) = (kernels.as_ref(), mine.as_ref());
+            if a.map(|r| &r.kernel_config) != b.map(|r| &r.kernel_config) {
+                let plan = |r: Option<&crate::gpu::KernelReport>| {
+                    r.map_or("no tiled kernels".into(), |r| r.kernel_config.clone())
+                };
+                return Err(worker_error(
+                    k,
+                    &desc,
+                    Error::Invalid(format!(
+                        "runs the kernels {}, worker 0 {}: the workers of one run must run one kernel plan, or the shards' gradients round differently from one device's",
+                        plan(b),
+                        plan(a)
+                    )),
+                ));
+            }
             let who = format!("worker {k} ({desc})");
             names.push(desc);
             workers.push(spawn(k, p, Worker::new(backend), who)?);
@@ -75,6 +105,7 @@ impl Threads {
         Ok(Threads {
             describe: describe_workers(&names),
             workers,
+            kernels,
         })
     }
 }
@@ -152,6 +183,10 @@ impl Group for Threads {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        self.kernels.clone()
     }
 
     fn run(&mut self, job: Job) -> Result<Vec<Reply>> {

@@ -56,6 +56,7 @@ pub use local::{MicroBatches, Threads};
 
 use crate::backend::{check_batch, check_layer, Backend, Metric, Totals};
 use crate::error::{Error, Result, Setting};
+use crate::gpu::GpuOptions;
 use crate::network::{Network, Params};
 use crate::optim::Optimizer;
 use crate::trainer::{Device, Fallback, Kind};
@@ -107,16 +108,19 @@ pub(crate) fn no_devices() -> Error {
     Error::setting(Setting::Devices, "", "names no device")
 }
 
-/// Opens a [`Device::Parallel`] or [`Device::MicroBatches`] for batches of up
-/// to `capacity` rows: each worker's backend holds one shard
-/// ([`shard_capacity`]). CPU workers asked for 0 threads (one per core)
-/// share the cores: `cores / P` threads each.
+/// Opens a [`Device::Parallel`], [`Device::MicroBatches`] or [`Device::Mpi`]
+/// for batches of up to `capacity` rows: each worker's backend holds one
+/// shard ([`shard_capacity`]), GPU workers built with `gpu` (else
+/// [`GpuOptions::default`]) and running one plan ([`open_threads`]). CPU
+/// workers asked for 0 threads (one per core) share the cores: `cores / P`
+/// threads each.
 pub(crate) fn open(
     device: &Device,
     net: &Network,
     capacity: usize,
+    gpu: Option<&GpuOptions>,
 ) -> Result<(WorkerBackend, Kind, Option<Fallback>)> {
-    let (group, kind, fallback) = group_for(device, net, capacity)?;
+    let (group, kind, fallback) = group_for(device, net, capacity, gpu)?;
     Ok((
         Box::new(DataParallel::new(net, capacity, group)?),
         kind,
@@ -130,6 +134,7 @@ fn group_for(
     device: &Device,
     net: &Network,
     capacity: usize,
+    gpu: Option<&GpuOptions>,
 ) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
     match device {
         Device::MicroBatches { device, parts } => {
@@ -140,11 +145,13 @@ fn group_for(
                     "must be at least 1",
                 ));
             }
-            let (b, kind, fallback) = device.open(net, shard_capacity(capacity, *parts))?;
+            // One device: one plan already.
+            let rows = shard_capacity(capacity, *parts);
+            let (b, kind, fallback) = device.open_with(net, rows, gpu)?;
             Ok((Box::new(MicroBatches::new(*parts, b)), kind, fallback))
         }
-        Device::Parallel(list) => open_threads(list, net, capacity),
-        Device::Mpi(device) => open_rank(device, net, capacity),
+        Device::Parallel(list) => open_threads(list, net, capacity, gpu),
+        Device::Mpi(device) => open_rank(device, net, capacity, gpu),
         _ => Err(Error::setting(
             Setting::Devices,
             1,
@@ -155,17 +162,31 @@ fn group_for(
 
 /// One worker thread per device of `list`, each sized for one shard; CPU
 /// workers asked for 0 threads share the cores.
+///
+/// Every GPU worker runs one kernel plan: the first GPU worker resolves it
+/// on its adapter from `gpu` (a given plan, the cache, `--tune auto`'s
+/// measurements, or the heuristic; [`GpuOptions::resolved`]) and the others
+/// are handed it. A shard's products then sum in the same order on every
+/// worker as on the one device of [`Device::MicroBatches`], so the run
+/// equals that reference bit for bit (on one driver); a plan per worker
+/// would round each shard's gradient its own way. Where adapters differ,
+/// the plan is the first one's: a worker whose adapter cannot run it
+/// (a tile over its workgroup memory) is refused, naming a way out.
 fn open_threads(
     list: &[Device],
     net: &Network,
     capacity: usize,
+    gpu: Option<&GpuOptions>,
 ) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
     if list.is_empty() {
         return Err(no_devices());
     }
     let p = list.len();
+    let rows = shard_capacity(capacity, p);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut kinds = Vec::with_capacity(p);
+    // The first GPU worker's options with its plan fixed, and its adapter.
+    let mut shared: Option<(GpuOptions, String)> = None;
     let group = Threads::open(p, |k| {
         let dev = match &list[k] {
             Device::Cpu { threads: 0 } => Device::Cpu {
@@ -174,16 +195,37 @@ fn open_threads(
             d => d.clone(),
         };
         // An adapter a worker cannot open was named in the device list.
-        let (b, kind, fallback) =
-            dev.open(net, shard_capacity(capacity, p))
-                .map_err(|e| match e {
-                    Error::Setting {
-                        setting: Setting::Adapter,
-                        value,
-                        problem,
-                    } => Error::setting(Setting::Devices, value, problem),
-                    e => e,
-                })?;
+        let resolved = dev.resolve().map_err(|e| match e {
+            Error::Setting {
+                setting: Setting::Adapter,
+                value,
+                problem,
+            } => Error::setting(Setting::Devices, value, problem),
+            e => e,
+        })?;
+        if let crate::trainer::Resolved::Gpu(ctx) = &resolved {
+            match &shared {
+                None => {
+                    let o = gpu.cloned().unwrap_or_default().resolved(ctx, net, rows)?;
+                    shared = Some((o, ctx.describe()));
+                }
+                Some((o, first)) => {
+                    if let Some(plan) = &o.plan {
+                        plan.check(&ctx.limits).map_err(|e| {
+                            Error::setting(
+                                Setting::Devices,
+                                list.len(),
+                                format!(
+                                    "every worker runs one kernel plan, and this adapter cannot run the one chosen on {first} ({}): give --kernel-config a configuration every adapter runs, e.g. gen:8x8:4x4:k8",
+                                    crate::error::one_line(&e.to_string(), 200)
+                                ),
+                            )
+                        })?;
+                    }
+                }
+            }
+        }
+        let (b, kind, fallback) = resolved.open(net, rows, shared.as_ref().map(|s| &s.0))?;
         kinds.push((kind, fallback));
         Ok(b)
     })?;
@@ -198,15 +240,20 @@ fn open_threads(
     Ok((Box::new(group), kind, fallback))
 }
 
-/// This MPI rank's worker on `device`, sized for one shard.
+/// This MPI rank's worker on `device`, sized for one shard; a GPU runs the
+/// plan rank 0 resolved ([`mpi::agree_on_plan`]).
 #[cfg(feature = "mpi")]
 fn open_rank(
     device: &Device,
     net: &Network,
     capacity: usize,
+    gpu: Option<&GpuOptions>,
 ) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
     let (_, size) = mpi::init()?;
-    let (b, kind, fallback) = device.open(net, shard_capacity(capacity, size))?;
+    let rows = shard_capacity(capacity, size);
+    let resolved = device.resolve()?;
+    let gpu = mpi::agree_on_plan(&resolved, net, rows, gpu)?;
+    let (b, kind, fallback) = resolved.open(net, rows, gpu.as_ref())?;
     Ok((Box::new(mpi::Ranks::new(b)?), kind, fallback))
 }
 
@@ -215,6 +262,7 @@ fn open_rank(
     _: &Device,
     _: &Network,
     _: usize,
+    _: Option<&GpuOptions>,
 ) -> Result<(Box<dyn Group + Send>, Kind, Option<Fallback>)> {
     Err(not_built())
 }
@@ -454,6 +502,11 @@ pub trait Group {
     fn broadcast(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>> {
         Ok(bytes)
     }
+
+    /// The kernels the workers run (one plan for all), if on a GPU.
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        None
+    }
 }
 
 /// How far a [`Worker`] has taken the shard its backend holds.
@@ -484,6 +537,11 @@ impl Worker {
     /// Its backend's description.
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    /// Its backend's kernels ([`Backend::kernels`]).
+    pub fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        self.backend.kernels()
     }
 
     /// A job that runs once per backend.
@@ -655,7 +713,18 @@ impl DataParallel {
     /// [`Device::Mpi`]) for batches of up to `capacity` rows, as the concrete
     /// type (to read [`DataParallel::take_reduction_seconds`]).
     pub fn open(device: &Device, net: &Network, capacity: usize) -> Result<DataParallel> {
-        DataParallel::new(net, capacity, group_for(device, net, capacity)?.0)
+        DataParallel::open_with(device, net, capacity, None)
+    }
+
+    /// As [`DataParallel::open`], GPU workers built with `gpu` (one plan
+    /// for all, as [`crate::Trainer::on_with`] says).
+    pub fn open_with(
+        device: &Device,
+        net: &Network,
+        capacity: usize,
+        gpu: Option<&GpuOptions>,
+    ) -> Result<DataParallel> {
+        DataParallel::new(net, capacity, group_for(device, net, capacity, gpu)?.0)
     }
 
     /// Seconds spent combining shards (totals and gradients: the host sum,
@@ -762,6 +831,15 @@ impl Backend for DataParallel {
 
     fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        // The workers take passes and updates, never a whole step.
+        let k = self.group.kernels()?;
+        Some(crate::gpu::KernelReport {
+            whole_step: false,
+            ..k
+        })
     }
 
     /// The root's parameters, on every worker.

@@ -23,6 +23,8 @@ use crate::backend::Totals;
 use crate::checkpoint::DataFingerprint;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::gpu::plan::{products, Choice, KernelPlan, Source};
+use crate::gpu::GpuOptions;
 use crate::network::{Network, Params};
 use mpi::datatype::PartitionMut;
 use mpi::topology::SimpleCommunicator;
@@ -291,13 +293,93 @@ impl Group for Ranks {
     }
 
     fn broadcast(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>> {
-        let w = self.world();
-        let root = w.process_at_rank(0);
-        let mut len = [bytes.len() as u64];
-        root.broadcast_into(&mut len[..]);
-        let mut buf = bytes;
-        buf.resize(len[0] as usize, 0);
-        root.broadcast_into(&mut buf[..]);
-        Ok(buf)
+        Ok(broadcast(bytes))
+    }
+
+    fn kernels(&self) -> Option<crate::gpu::KernelReport> {
+        self.worker.kernels()
+    }
+}
+
+/// Rank 0's `bytes` on every rank (the others' are replaced).
+fn broadcast(bytes: Vec<u8>) -> Vec<u8> {
+    let w = SimpleCommunicator::world();
+    let root = w.process_at_rank(0);
+    let mut len = [bytes.len() as u64];
+    root.broadcast_into(&mut len[..]);
+    let mut buf = bytes;
+    buf.resize(len[0] as usize, 0);
+    root.broadcast_into(&mut buf[..]);
+    buf
+}
+
+/// The GPU options every rank builds its backend with: rank 0 resolves
+/// the plan on its adapter from `gpu` (else the defaults: a given plan, the
+/// cache, `--tune auto`'s measurements, the heuristic) and broadcasts its
+/// text and sources; every rank runs it, so each shard's products round as
+/// on one device (as [`super::Threads`]' workers do). A rank 0 without a
+/// plan (on the CPU, or the simple kernels) leaves every rank `gpu`; a rank
+/// 0 that fails to resolve one fails every rank. Every rank calls it.
+pub fn agree_on_plan(
+    resolved: &crate::trainer::Resolved,
+    net: &Network,
+    rows: usize,
+    gpu: Option<&GpuOptions>,
+) -> Result<Option<GpuOptions>> {
+    let root = SimpleCommunicator::world().rank() == 0;
+    // Rank 0's message: "none", "error", or "plan\n<plan>\n<source per product>".
+    let mine = match resolved {
+        crate::trainer::Resolved::Gpu(ctx) if root => gpu
+            .cloned()
+            .unwrap_or_default()
+            .resolved(ctx, net, rows)
+            .map(Some),
+        _ => Ok(None),
+    };
+    let message = match &mine {
+        Err(_) => "error".to_string(),
+        Ok(Some(GpuOptions {
+            plan: Some(plan), ..
+        })) => {
+            let sources: Vec<&str> = plan
+                .entries(net)
+                .iter()
+                .map(|(_, c)| c.source.name())
+                .collect();
+            format!("plan\n{plan}\n{}", sources.join(" "))
+        }
+        Ok(_) => "none".to_string(),
+    };
+    let got = String::from_utf8(broadcast(message.into_bytes()))
+        .map_err(|_| Error::Invalid("rank 0 sent a kernel plan that is not text".into()))?;
+    if root {
+        return mine.map(|o| o.or_else(|| gpu.cloned()));
+    }
+    let mut lines = got.lines();
+    match lines.next() {
+        Some("plan") => {
+            let text = lines.next().unwrap_or_default();
+            let mut plan = KernelPlan::parse(net, text, Source::Given)?;
+            let names: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+            for (i, p) in products(net).into_iter().enumerate() {
+                let source = [
+                    Source::Tuned,
+                    Source::Cache,
+                    Source::Heuristic,
+                    Source::Given,
+                ]
+                .into_iter()
+                .find(|s| names.get(i) == Some(&s.name()))
+                .unwrap_or(Source::Given);
+                let config = plan.get(p).config;
+                plan.set(p, Choice { config, source });
+            }
+            Ok(Some(gpu.cloned().unwrap_or_default().with_plan(plan)))
+        }
+        Some("error") => Err(Error::Worker {
+            worker: format!("rank 0 of {}", SimpleCommunicator::world().size()),
+            source: Box::new(Error::Invalid(PEER_FAILED.into())),
+        }),
+        _ => Ok(gpu.cloned()),
     }
 }
