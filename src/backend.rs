@@ -182,6 +182,11 @@ pub trait Backend {
     /// Gradients from the last backward pass, in the parameter layout.
     fn read_gradients(&mut self) -> Result<Params<Self::Scalar>>;
 
+    /// Whether it runs on a GPU (a [`crate::gpu::GpuBackend`]).
+    fn on_gpu(&self) -> bool {
+        false
+    }
+
     /// The GPU kernels it runs: every tiled product's configuration and
     /// where it came from ([`crate::gpu::KernelReport`]); `None` where no
     /// tiled kernels run.

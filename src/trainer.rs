@@ -244,8 +244,8 @@ enum Partial {
 }
 
 impl Trainer {
-    /// On `backend` (of `kind` [`Kind::Cpu`] unless it is a [`GpuBackend`];
-    /// see [`Trainer::on`]). Defaults: 10 epochs, batches of the backend's
+    /// On `backend` (of kind [`Kind::Gpu`] where [`Backend::on_gpu`] says so,
+    /// else [`Kind::Cpu`]; see [`Trainer::on`]). Defaults: 10 epochs, batches of the backend's
     /// capacity, lr 0.1, seed 42, plain SGD, constant rate; parameters drawn
     /// from the seed at first use unless [`Trainer::set_params`] gives them.
     pub fn new(backend: Box<dyn Backend<Scalar = f32>>) -> Trainer {
@@ -253,9 +253,14 @@ impl Trainer {
             batch: backend.capacity(),
             ..TrainConfig::default()
         };
+        let kind = if backend.on_gpu() {
+            Kind::Gpu
+        } else {
+            Kind::Cpu
+        };
         Trainer {
             backend,
-            kind: Kind::Cpu,
+            kind,
             fallback: None,
             cfg,
             fresh: true,

@@ -70,6 +70,12 @@ fn trainer_on(device: Device) {
         Device::Cpu => Trainer::cpu(&net, 16).unwrap(),
         Device::Gpu(ctx) => Trainer::new(Box::new(GpuBackend::new(ctx.clone(), &net, 16).unwrap())),
     };
+    // Trainer::new tells a GPU backend from a CPU one (run records say which).
+    let kind = match device {
+        Device::Cpu => shadertrain::trainer::Kind::Cpu,
+        Device::Gpu(_) => shadertrain::trainer::Kind::Gpu,
+    };
+    assert_eq!(t.kind(), kind);
     exercise(t.epochs(15).lr(0.5).seed(3), device.name());
 }
 

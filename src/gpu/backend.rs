@@ -869,6 +869,10 @@ impl Backend for GpuBackend {
         Params::from_vec(&self.net, data)
     }
 
+    fn on_gpu(&self) -> bool {
+        true
+    }
+
     fn kernels(&self) -> Option<super::KernelReport> {
         let plan = self.kernel_plan()?;
         let (rows, checked) = (self.micro_batch(), self.checked());
