@@ -681,7 +681,11 @@ fn bench_gpu_reports_kernel_configs() {
     );
     assert_eq!(configs[0]["product"], "forward layer 0");
     assert_eq!(configs[0]["shape"], serde_json::json!([9, 7, 5]));
-    for config in ["loops:8x8:4x4:k8", "gen:4x16:4x8:k16"] {
+    for config in [
+        "loops:8x8:4x4:k8",
+        "gen:4x16:4x8:k16",
+        "gen:4x16:4x8:k16:db",
+    ] {
         let mut args = base.to_vec();
         args.extend(["--kernel-config", config]);
         let (rows, r) = bench_rows(&args);
@@ -709,6 +713,16 @@ fn bench_gpu_reports_kernel_configs() {
             "gen:8x8:3x4:k8",
         ],
         &["--kernel-config", "gen:8x8:3x4:k8"],
+    );
+    expect_error(
+        &[
+            "bench",
+            "--backend",
+            "gpu",
+            "--kernel-config",
+            "loops:8x8:4x4:k8:db",
+        ],
+        &["--kernel-config", "loops:8x8:4x4:k8:db", "loops core"],
     );
 }
 

@@ -12,7 +12,15 @@
 //!   neighbouring invocations read neighbouring 16-byte words;
 //! - the staged blocks are rows of `vec4` along M (A) and N (B), each padded
 //!   by one `vec4`, so that a run of stores along K does not land on one bank;
-//! - the staging loops are unrolled to `⌈bm·bk / threads⌉` guarded stores.
+//! - the staging loops are unrolled to `⌈bm·bk / threads⌉` guarded stores;
+//! - with register double buffering (`:db`), each invocation loads its share
+//!   of the next K step into `vec4` registers right after the barrier that
+//!   follows this step's stores, so that those global loads are in flight
+//!   while it does this step's multiply-adds, and stores them into the
+//!   tiles at the top of the next step. One set of tiles, two barriers per
+//!   step as without: two sets would drop one barrier but double the
+//!   workgroup memory, which the large tiles (a 128×128 block at BK 16 takes
+//!   16.5 KiB) do not have within the 16 KiB of `Limits::default()`.
 //!
 //! Each output element still sums its K terms in ascending order, one
 //! multiply-add each, as the scalar core and the CPU twin do. Configurations
@@ -76,15 +84,16 @@ fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
     })
 }
 
-/// The whole source of `spec` with a core generated for `tiles`: common.wgsl,
-/// the core, the kernel file.
-pub fn source(spec: &KernelSpec, tiles: &TileConfig) -> Result<String> {
+/// The whole source of `spec` with a core generated for `tiles`, its
+/// staging double-buffered in registers or not: common.wgsl, the core, the
+/// kernel file.
+pub fn source(spec: &KernelSpec, tiles: &TileConfig, double_buffer: bool) -> Result<String> {
     check(tiles)?;
     Ok(format!(
         "{}\n{}\n{}\n{}",
         include_str!("../../shaders/common.wgsl"),
         include_str!("../../shaders/tile_span.wgsl"),
-        core(tiles),
+        core(tiles, double_buffer),
         kernel_file(spec)?
     ))
 }
@@ -92,8 +101,9 @@ pub fn source(spec: &KernelSpec, tiles: &TileConfig) -> Result<String> {
 /// The generated core for `t` (see the module docs). Shapes: A (M, K) staged
 /// as `tile_a (BK, BM/4 + 1)` vec4, B (K, N) as `tile_b (BK, BN/4 + 1)` vec4;
 /// accumulator `c{i}_{j}` holds rows `m0 + 4·(ty + (i/4)·WG_Y) + i%4` and
-/// columns `n0 + 4·(tx + j·WG_X) + 0..4`.
-pub fn core(t: &TileConfig) -> String {
+/// columns `n0 + 4·(tx + j·WG_X) + 0..4`. With `double_buffer`, staging
+/// register `s{a|b}{run}` holds run `run`'s `vec4` of the next K step.
+pub fn core(t: &TileConfig, double_buffer: bool) -> String {
     let (wx, wy, tm, tn, bk) = (t.wg_x, t.wg_y, t.tm, t.tn, t.bk);
     let (bm, bn) = (t.bm(), t.bn());
     let threads = wx * wy;
@@ -104,7 +114,7 @@ pub fn core(t: &TileConfig) -> String {
     // write! to a String cannot fail.
     let _ = writeln!(
         w,
-        "// Generated tiled core: WG {wx}x{wy}, {tm}x{tn} per invocation, BK {bk} (src/gpu/codegen.rs).
+        "// Generated tiled core: WG {wx}x{wy}, {tm}x{tn} per invocation, BK {bk}, double buffering {double_buffer} (src/gpu/codegen.rs).
 const WG_X: u32 = {wx}u;
 const WG_Y: u32 = {wy}u;
 const BM: u32 = {bm}u;
@@ -143,30 +153,56 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
             let _ = writeln!(w, "    var c{i}_{j} = vec4<f32>();");
         }
     }
+    let ops = [
+        Operand {
+            x: "a",
+            idx: "m",
+            len: bm,
+            stride: sa,
+            load: "a_at(m0 + m, kb + k)",
+            inside: "m0 + m < m_len",
+        },
+        Operand {
+            x: "b",
+            idx: "n",
+            len: bn,
+            stride: sb,
+            load: "b_at(kb + k, n0 + n)",
+            inside: "n0 + n < n_len",
+        },
+    ];
+    if double_buffer {
+        // The staging registers, loaded one K step ahead.
+        for op in &ops {
+            for it in 0..op.runs(bk, threads) {
+                let _ = writeln!(w, "    var s{}{it} = vec4<f32>();", op.x);
+            }
+        }
+        let _ = writeln!(w, "    {{\n        let kb = k_begin;");
+        for op in &ops {
+            op.stage(w, bk, threads, Stage::Load);
+        }
+        let _ = writeln!(w, "    }}");
+    }
     let _ = writeln!(w, "    for (var k0 = k_begin; k0 < k_end; k0 += BK) {{");
-    stage(
-        w,
-        "a",
-        "m",
-        bm,
-        bk,
-        threads,
-        sa,
-        "a_at(m0 + m, k0 + k)",
-        "m0 + m < m_len",
-    );
-    stage(
-        w,
-        "b",
-        "n",
-        bn,
-        bk,
-        threads,
-        sb,
-        "b_at(k0 + k, n0 + n)",
-        "n0 + n < n_len",
-    );
-    let _ = writeln!(w, "        workgroupBarrier();");
+    if double_buffer {
+        for op in &ops {
+            op.stage(w, bk, threads, Stage::Store);
+        }
+        let _ = writeln!(w, "        workgroupBarrier();");
+        // The next step's global loads, in flight during this step's FMAs.
+        let _ = writeln!(w, "        {{\n        let kb = k0 + BK;");
+        for op in &ops {
+            op.stage(w, bk, threads, Stage::Load);
+        }
+        let _ = writeln!(w, "        }}");
+    } else {
+        let _ = writeln!(w, "        let kb = k0;");
+        for op in &ops {
+            op.stage(w, bk, threads, Stage::Through);
+        }
+        let _ = writeln!(w, "        workgroupBarrier();");
+    }
     let _ = writeln!(w, "        if (row_sums) {{");
     for r in 0..sums {
         let _ = writeln!(
@@ -247,62 +283,98 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
     s
 }
 
-/// The unrolled stores of one operand's `(len × bk)` block into `tile_{x}`,
-/// zero outside the matrix, one whole `vec4` (4 neighbours along M or N at
-/// one k) per store: group `e` of the run is `(g, k)`, `g` the `vec4` along
-/// the operand's block, taken in the order its memory is contiguous in
-/// (`*_ALONG_K` says which). A whole-`vec4` store, where a scalar one into a
-/// lane-dependent component took llvmpipe a read-modify-write each.
-#[allow(clippy::too_many_arguments)]
-fn stage(
-    w: &mut String,
-    x: &str,
-    idx: &str,
+/// One operand of the product as the staging sees it: its block of `len`
+/// rows (M for A, N for B) by `bk`, staged into `tile_{x}` rows of `stride`
+/// `vec4`s; `load` reads element `({idx}, kb + k)` where `inside`.
+struct Operand {
+    x: &'static str,
+    idx: &'static str,
     len: u32,
-    bk: u32,
-    threads: u32,
     stride: u32,
-    load: &str,
-    inside: &str,
-) {
-    let groups = len / 4;
-    let total = groups * bk;
-    let along_k = if x == "a" { "A_ALONG_K" } else { "B_ALONG_K" };
-    for it in 0..total.div_ceil(threads) {
-        let _ = writeln!(
-            w,
-            "        {{\n            let e = lid + {}u;",
-            it * threads
-        );
-        let guard = (it + 1) * threads > total;
-        if guard {
-            let _ = writeln!(w, "            if (e < {total}u) {{");
-        }
-        let _ = writeln!(
-            w,
-            "            var g = e % {groups}u;
+    load: &'static str,
+    inside: &'static str,
+}
+
+/// What a run of staging code does with each `vec4` `v` of a K step.
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    /// Load from global memory and store into the tile.
+    Through,
+    /// Load into the staging registers `s{x}{run}` (double buffering).
+    Load,
+    /// Store the staging registers into the tile.
+    Store,
+}
+
+impl Operand {
+    /// Runs of `threads` stores that stage a block.
+    fn runs(&self, bk: u32, threads: u32) -> u32 {
+        (self.len / 4 * bk).div_ceil(threads)
+    }
+
+    /// The unrolled staging of the `(len × bk)` block at K step `kb` (a
+    /// `let` in scope), zero outside the matrix, one whole `vec4` (4
+    /// neighbours along M or N at one k) per store: group `e` of the run is
+    /// `(g, k)`, `g` the `vec4` along the operand's block, taken in the
+    /// order its memory is contiguous in (`*_ALONG_K` says which). A
+    /// whole-`vec4` store, where a scalar one into a lane-dependent
+    /// component took llvmpipe a read-modify-write each.
+    fn stage(&self, w: &mut String, bk: u32, threads: u32, what: Stage) {
+        let Operand {
+            x,
+            idx,
+            len,
+            stride,
+            load,
+            inside,
+        } = self;
+        let groups = len / 4;
+        let total = groups * bk;
+        let along_k = if *x == "a" { "A_ALONG_K" } else { "B_ALONG_K" };
+        for it in 0..self.runs(bk, threads) {
+            let _ = writeln!(
+                w,
+                "        {{\n            let e = lid + {}u;",
+                it * threads
+            );
+            let guard = (it + 1) * threads > total;
+            if guard {
+                let _ = writeln!(w, "            if (e < {total}u) {{");
+            }
+            let _ = writeln!(
+                w,
+                "            var g = e % {groups}u;
             var k = e / {groups}u;
             if ({along_k}) {{
                 k = e % {bk}u;
                 g = e / {bk}u;
-            }}
-            var v = vec4<f32>();
-            if (k0 + k < k_end) {{"
-        );
-        for c in 0..4 {
-            let _ = writeln!(
-                w,
-                "                {{ let {idx} = 4u * g + {c}u; if ({inside}) {{ v[{c}] = {load}; }} }}"
+            }}"
             );
+            if what == Stage::Store {
+                let _ = writeln!(w, "            tile_{x}[k * {stride}u + g] = s{x}{it};");
+            } else {
+                let _ = writeln!(
+                    w,
+                    "            var v = vec4<f32>();
+            if (kb + k < k_end) {{"
+                );
+                for c in 0..4 {
+                    let _ = writeln!(
+                        w,
+                        "                {{ let {idx} = 4u * g + {c}u; if ({inside}) {{ v[{c}] = {load}; }} }}"
+                    );
+                }
+                let _ = writeln!(w, "            }}");
+                if what == Stage::Load {
+                    let _ = writeln!(w, "            s{x}{it} = v;");
+                } else {
+                    let _ = writeln!(w, "            tile_{x}[k * {stride}u + g] = v;");
+                }
+            }
+            if guard {
+                let _ = writeln!(w, "            }}");
+            }
+            let _ = writeln!(w, "        }}");
         }
-        let _ = writeln!(
-            w,
-            "            }}
-            tile_{x}[k * {stride}u + g] = v;"
-        );
-        if guard {
-            let _ = writeln!(w, "            }}");
-        }
-        let _ = writeln!(w, "        }}");
     }
 }

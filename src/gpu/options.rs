@@ -48,6 +48,9 @@ pub struct GpuOptions {
     /// How the tiled products' core is built: generated per tile sizes
     /// (the default) or tiled.wgsl's loops.
     pub core: Core,
+    /// Register double buffering of the generated core, with `tiles`
+    /// ([`KernelConfig::double_buffer`]).
+    pub double_buffer: bool,
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
@@ -90,6 +93,7 @@ impl GpuOptions {
         kernels: KernelSet::Tiled,
         tiles: None,
         core: Core::Generated,
+        double_buffer: false,
         max_chunk: None,
         checked: false,
         tune: TuneMode::Off,
@@ -164,12 +168,15 @@ impl GpuOptions {
             return Ok(Some(plan.clone()));
         }
         let config = match (self.tiles, self.core) {
-            (Some(tiles), core) => KernelConfig { core, tiles },
-            (None, Core::Generated) => return Ok(None),
-            (None, Core::Loops) => KernelConfig {
-                core: Core::Loops,
-                tiles: TileConfig::for_adapter(&ctx.info, &ctx.limits),
+            (Some(tiles), core) => KernelConfig {
+                core,
+                tiles,
+                double_buffer: self.double_buffer,
             },
+            (None, Core::Generated) => return Ok(None),
+            (None, Core::Loops) => {
+                KernelConfig::loops(TileConfig::for_adapter(&ctx.info, &ctx.limits))
+            }
         };
         Ok(Some(KernelPlan::uniform(net, config, Source::Given)))
     }
@@ -180,6 +187,7 @@ impl GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(config.tiles),
             core: config.core,
+            double_buffer: config.double_buffer,
             ..self
         }
     }
