@@ -72,6 +72,8 @@ const TILED: &[Product] = &[
     (1, 131, 70),
     (130, 129, 9),
     (65, 40, 203),
+    // Both widths multiples of 4 (of no tile): the gradient's vec4 loads.
+    (36, 44, 37),
 ];
 
 /// Per kernel set: its products and its tolerances `(abs, abs_forward, rel)`
@@ -881,6 +883,42 @@ fn double_buffered_steps_are_bitwise_equal() {
             let (a, b) = (&p_single.data, &p_db.data);
             if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
                 panic!("{label}: param {i} single {} db {}", a[i], b[i]);
+            }
+        }
+    }
+}
+
+/// The tiled products read global memory as `vec4`s where an operand's
+/// rows start on one, and as scalars elsewhere: whole steps agree with the
+/// f64 reference on networks whose layers take each path, with W aligned
+/// and not (2-3-4-8-4: layers 2 and 3 have 4 and 8 inputs at offsets 25
+/// and 65), at 37 rows (partial blocks) and 600 (split K), with K steps of
+/// 8 and 16, double-buffered or not (the twins table runs every
+/// configuration on aligned and unaligned widths).
+#[test]
+fn vec4_and_scalar_loads_train_like_the_reference() {
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelPlan, Source};
+    use shadertrain::network::Network;
+    let Some(ctx) = gpu_or_skip("vec4_and_scalar_loads") else {
+        return;
+    };
+    for spec in ["2,3,4,8,4:softmax", "8,12,16,4"] {
+        let net = Network::parse(spec).unwrap();
+        let layers = net.layers();
+        assert!(
+            spec.starts_with('8') || (layers[2].w_off % 4 == 1 && layers[2].n_in == 4),
+            "{spec}: an aligned width at a misaligned offset"
+        );
+        for tiles in [TileConfig::SMALL, TALL] {
+            for db in [false, true] {
+                let config = KernelConfig::generated(tiles).with_double_buffer(db);
+                let plan = KernelPlan::uniform(&net, config, Source::Given);
+                let options = GpuOptions::default().with_plan(plan);
+                let mut b = GpuBackend::with_options(ctx.clone(), &net, 600, options).unwrap();
+                for rows in [37, 600] {
+                    let label = format!("{spec} {config} rows {rows}");
+                    steps_match_reference(&mut b, &net, rows, 2, 0.5, &label);
+                }
             }
         }
     }

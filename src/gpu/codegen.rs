@@ -13,6 +13,14 @@
 //! - the staged blocks are rows of `vec4` along M (A) and N (B), each padded
 //!   by one `vec4`, so that a run of stores along K does not land on one bank;
 //! - the staging loops are unrolled to `⌈bm·bk / threads⌉` guarded stores;
+//! - global memory is read as `vec4`s where an operand's rows start on a
+//!   `vec4` (its row length, and W's offset, multiples of 4: the kernel
+//!   file's `a_vec4`, `b_vec4`) and the 4 elements lie inside the matrix and
+//!   the K slice: an operand contiguous along M or N (the gradient's δ and
+//!   A_prev, the hidden delta's W_next) one global `vec4` per staged `vec4`;
+//!   one contiguous along K (the forward's A_prev and W, the hidden delta's
+//!   δ_next) 4 global `vec4`s along K for 4 neighbouring rows, transposed in
+//!   registers into 4 staged `vec4`s; elsewhere guarded scalars;
 //! - with register double buffering (`:db`), each invocation loads its share
 //!   of the next K step into `vec4` registers right after the barrier that
 //!   follows this step's stores, so that those global loads are in flight
@@ -36,12 +44,18 @@ pub const MAX_GEN_T: u32 = 16;
 
 /// Whether `tiles` can be generated (safety condition 1 of unchecked
 /// modules for a generated core): [`TileConfig::bounds`] up to
-/// [`MAX_GEN_T`], `tm` and `tn` multiples of 4 (the `vec4` groups).
+/// [`MAX_GEN_T`], `tm` and `tn` multiples of 4 (the `vec4` groups), `bk` a
+/// multiple of 4 (operands along K are staged 4 k at a time).
 pub fn check(tiles: &TileConfig) -> Result<()> {
     tiles.bounds(MAX_GEN_T)?;
     if !tiles.tm.is_multiple_of(4) || !tiles.tn.is_multiple_of(4) {
         return Err(Error::Invalid(format!(
             "tile configuration {tiles:?}: the generated kernels need tm and tn of 4, 8, 12 or 16"
+        )));
+    }
+    if !tiles.bk.is_multiple_of(4) {
+        return Err(Error::Invalid(format!(
+            "tile configuration {tiles:?}: the generated kernels need bk a multiple of 4"
         )));
     }
     Ok(())
@@ -59,6 +73,22 @@ macro_rules! files {
     ($($file:literal),+) => {
         concat!($(include_str!(concat!("../../shaders/", $file)), "\n"),+)
     };
+}
+
+/// Whether each operand of `spec`'s product, A then B, is contiguous
+/// along K in memory (mirrors the kernel file's `A_ALONG_K`, `B_ALONG_K`):
+/// it decides how a global `vec4` becomes staged `vec4`s ([`Operand`]).
+fn along_k(spec: &KernelSpec) -> Result<[bool; 2]> {
+    Ok(match spec.file {
+        "forward_tiled.wgsl" | "output_tiled.wgsl" => [true, true],
+        "delta_hidden_tiled.wgsl" => [true, false],
+        "gradient_tiled.wgsl" => [false, false],
+        other => {
+            return Err(Error::Invalid(format!(
+                "{other} has no generated product core"
+            )))
+        }
+    })
 }
 
 /// The kernel files of a tiled spec (its epilogue, without tiled.wgsl).
@@ -93,7 +123,7 @@ pub fn source(spec: &KernelSpec, tiles: &TileConfig, double_buffer: bool) -> Res
         "{}\n{}\n{}\n{}",
         include_str!("../../shaders/common.wgsl"),
         include_str!("../../shaders/tile_span.wgsl"),
-        core(tiles, double_buffer),
+        core(tiles, double_buffer, along_k(spec)?),
         kernel_file(spec)?
     ))
 }
@@ -102,8 +132,10 @@ pub fn source(spec: &KernelSpec, tiles: &TileConfig, double_buffer: bool) -> Res
 /// as `tile_a (BK, BM/4 + 1)` vec4, B (K, N) as `tile_b (BK, BN/4 + 1)` vec4;
 /// accumulator `c{i}_{j}` holds rows `m0 + 4·(ty + (i/4)·WG_Y) + i%4` and
 /// columns `n0 + 4·(tx + j·WG_X) + 0..4`. With `double_buffer`, staging
-/// register `s{a|b}{run}` holds run `run`'s `vec4` of the next K step.
-pub fn core(t: &TileConfig, double_buffer: bool) -> String {
+/// registers `s{a|b}{run}…` hold run `run`'s share of the next K step.
+/// `along_k` says for A and B whether the operand is contiguous along K
+/// ([`Operand`] gives how each is loaded).
+pub fn core(t: &TileConfig, double_buffer: bool, along_k: [bool; 2]) -> String {
     let (wx, wy, tm, tn, bk) = (t.wg_x, t.wg_y, t.tm, t.tn, t.bk);
     let (bm, bn) = (t.bm(), t.bn());
     let threads = wx * wy;
@@ -143,6 +175,11 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
         bk * sa,
         bk * sb
     );
+    // Whether rows of each operand start on a vec4 (uniform).
+    let _ = writeln!(
+        w,
+        "    let a_aligned = a_vec4();\n    let b_aligned = b_vec4();"
+    );
     // Row sums: invocation lid sums rows lid + r·threads of the block.
     let sums = bm.div_ceil(threads);
     for r in 0..sums {
@@ -159,23 +196,23 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
             idx: "m",
             len: bm,
             stride: sa,
-            load: "a_at(m0 + m, kb + k)",
-            inside: "m0 + m < m_len",
+            along_k: along_k[0],
         },
         Operand {
             x: "b",
             idx: "n",
             len: bn,
             stride: sb,
-            load: "b_at(kb + k, n0 + n)",
-            inside: "n0 + n < n_len",
+            along_k: along_k[1],
         },
     ];
     if double_buffer {
         // The staging registers, loaded one K step ahead.
         for op in &ops {
             for it in 0..op.runs(bk, threads) {
-                let _ = writeln!(w, "    var s{}{it} = vec4<f32>();", op.x);
+                for r in 0..op.regs() {
+                    let _ = writeln!(w, "    var s{}{it}_{r} = vec4<f32>();", op.x);
+                }
             }
         }
         let _ = writeln!(w, "    {{\n        let kb = k_begin;");
@@ -284,53 +321,93 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
 }
 
 /// One operand of the product as the staging sees it: its block of `len`
-/// rows (M for A, N for B) by `bk`, staged into `tile_{x}` rows of `stride`
-/// `vec4`s; `load` reads element `({idx}, kb + k)` where `inside`.
+/// rows (`idx` = m of A, n of B) by `bk` at K step `kb` (a `let` in scope),
+/// staged into `tile_{x}` as rows of `stride` `vec4`s, each `vec4` 4
+/// neighbours along M or N at one k. Loads read the kernel file's
+/// `{x}_at` (one element) and, where `{x}_aligned`, `{x}_at4` (4 contiguous
+/// elements: along K where `along_k`, else along M or N), never outside
+/// the matrix or the K slice; stores are whole `vec4`s, where a scalar one
+/// into a lane-dependent component took llvmpipe a read-modify-write each.
+/// - Not along K: item `e` is group `g = e % (len/4)` at `k = e / (len/4)`
+///   (neighbouring invocations read neighbouring words): one global `vec4`
+///   where the group is inside, else 4 guarded scalars; one store.
+/// - Along K: item `e` is group `g = e / (bk/4)` at `k = 4·(e % (bk/4))`: its
+///   4 rows' 4 elements along K, one global `vec4` per row where whole and
+///   aligned (else guarded scalars), transposed in registers into 4 stores.
 struct Operand {
     x: &'static str,
     idx: &'static str,
     len: u32,
     stride: u32,
-    load: &'static str,
-    inside: &'static str,
+    along_k: bool,
 }
 
-/// What a run of staging code does with each `vec4` `v` of a K step.
+/// What a run of staging code does with each item of a K step.
 #[derive(Clone, Copy, PartialEq)]
 enum Stage {
     /// Load from global memory and store into the tile.
     Through,
-    /// Load into the staging registers `s{x}{run}` (double buffering).
+    /// Load into the staging registers `s{x}{run}_{r}` (double buffering).
     Load,
     /// Store the staging registers into the tile.
     Store,
 }
 
 impl Operand {
-    /// Runs of `threads` stores that stage a block.
-    fn runs(&self, bk: u32, threads: u32) -> u32 {
-        (self.len / 4 * bk).div_ceil(threads)
+    /// `vec4`s of loaded values per item.
+    fn regs(&self) -> u32 {
+        if self.along_k {
+            4
+        } else {
+            1
+        }
     }
 
-    /// The unrolled staging of the `(len × bk)` block at K step `kb` (a
-    /// `let` in scope), zero outside the matrix, one whole `vec4` (4
-    /// neighbours along M or N at one k) per store: group `e` of the run is
-    /// `(g, k)`, `g` the `vec4` along the operand's block, taken in the
-    /// order its memory is contiguous in (`*_ALONG_K` says which). A
-    /// whole-`vec4` store, where a scalar one into a lane-dependent
-    /// component took llvmpipe a read-modify-write each.
+    /// Items of a block: `vec4` groups by k (by 4 k along K).
+    fn items(&self, bk: u32) -> u32 {
+        let groups = self.len / 4;
+        if self.along_k {
+            groups * (bk / 4)
+        } else {
+            groups * bk
+        }
+    }
+
+    /// Runs of `threads` items that stage a block.
+    fn runs(&self, bk: u32, threads: u32) -> u32 {
+        self.items(bk).div_ceil(threads)
+    }
+
+    /// Element `(i, k)` of the operand, `i` along its block (m or n).
+    fn at(&self, i: &str, k: &str) -> String {
+        match self.x {
+            "a" => format!("a_at(m0 + {i}, {k})"),
+            _ => format!("b_at({k}, n0 + {i})"),
+        }
+    }
+
+    /// The 4 contiguous elements from `(i, k)`.
+    fn at4(&self, i: &str, k: &str) -> String {
+        match self.x {
+            "a" => format!("a_at4(m0 + {i}, {k})"),
+            _ => format!("b_at4({k}, n0 + {i})"),
+        }
+    }
+
+    /// Whether `i` along the block is inside the matrix.
+    fn inside(&self, i: &str) -> String {
+        match self.x {
+            "a" => format!("m0 + {i} < m_len"),
+            _ => format!("n0 + {i} < n_len"),
+        }
+    }
+
+    /// The unrolled staging of the block at K step `kb`, zero outside the
+    /// matrix and the slice (see [`Operand`]).
     fn stage(&self, w: &mut String, bk: u32, threads: u32, what: Stage) {
-        let Operand {
-            x,
-            idx,
-            len,
-            stride,
-            load,
-            inside,
-        } = self;
+        let Operand { x, len, stride, .. } = self;
         let groups = len / 4;
-        let total = groups * bk;
-        let along_k = if *x == "a" { "A_ALONG_K" } else { "B_ALONG_K" };
+        let total = self.items(bk);
         for it in 0..self.runs(bk, threads) {
             let _ = writeln!(
                 w,
@@ -341,40 +418,106 @@ impl Operand {
             if guard {
                 let _ = writeln!(w, "            if (e < {total}u) {{");
             }
-            let _ = writeln!(
-                w,
-                "            var g = e % {groups}u;
-            var k = e / {groups}u;
-            if ({along_k}) {{
-                k = e % {bk}u;
-                g = e / {bk}u;
-            }}"
-            );
-            if what == Stage::Store {
-                let _ = writeln!(w, "            tile_{x}[k * {stride}u + g] = s{x}{it};");
+            if self.along_k {
+                let q = bk / 4;
+                let _ = writeln!(
+                    w,
+                    "            let g = e / {q}u;\n            let k = 4u * (e % {q}u);"
+                );
             } else {
                 let _ = writeln!(
                     w,
-                    "            var v = vec4<f32>();
-            if (kb + k < k_end) {{"
+                    "            let g = e % {groups}u;\n            let k = e / {groups}u;"
                 );
-                for c in 0..4 {
+            }
+            let regs = self.regs();
+            let reg = |r: u32| match what {
+                Stage::Through => format!("v{r}"),
+                _ => format!("s{x}{it}_{r}"),
+            };
+            if what != Stage::Store {
+                for r in 0..regs {
+                    if what == Stage::Through {
+                        let _ = writeln!(w, "            var v{r} = vec4<f32>();");
+                    } else {
+                        let _ = writeln!(w, "            {} = vec4<f32>();", reg(r));
+                    }
+                }
+                self.load(w, &reg);
+            }
+            if what == Stage::Load {
+                // Stored at the top of the next step.
+            } else if self.along_k {
+                // Row r of item g holds (4g + r, k..k+4): lane j of each
+                // row is the vec4 of the 4 rows at k + j.
+                for j in 0..4 {
                     let _ = writeln!(
                         w,
-                        "                {{ let {idx} = 4u * g + {c}u; if ({inside}) {{ v[{c}] = {load}; }} }}"
+                        "            tile_{x}[(k + {j}u) * {stride}u + g] = vec4<f32>({}[{j}], {}[{j}], {}[{j}], {}[{j}]);",
+                        reg(0),
+                        reg(1),
+                        reg(2),
+                        reg(3)
                     );
                 }
-                let _ = writeln!(w, "            }}");
-                if what == Stage::Load {
-                    let _ = writeln!(w, "            s{x}{it} = v;");
-                } else {
-                    let _ = writeln!(w, "            tile_{x}[k * {stride}u + g] = v;");
-                }
+            } else {
+                let _ = writeln!(w, "            tile_{x}[k * {stride}u + g] = {};", reg(0));
             }
             if guard {
                 let _ = writeln!(w, "            }}");
             }
             let _ = writeln!(w, "        }}");
+        }
+    }
+
+    /// The loads of one item into `reg(r)`, zero-initialised.
+    fn load(&self, w: &mut String, reg: &dyn Fn(u32) -> String) {
+        let Operand { x, idx, .. } = self;
+        if self.along_k {
+            // Rows 4g + r, k..k+4: a vec4 each where the 4 are in the slice.
+            let _ = writeln!(
+                w,
+                "            let kk = kb + k;\n            let whole = {x}_aligned && kk + 3u < k_end;"
+            );
+            for r in 0..4 {
+                let i = format!("4u * g + {r}u");
+                let _ = writeln!(w, "            if ({}) {{", self.inside(&i));
+                let _ = writeln!(
+                    w,
+                    "                if (whole) {{ {} = {}; }} else {{",
+                    reg(r),
+                    self.at4(&i, "kk")
+                );
+                for j in 0..4 {
+                    let _ = writeln!(
+                        w,
+                        "                    if (kk + {j}u < k_end) {{ {}[{j}] = {}; }}",
+                        reg(r),
+                        self.at(&i, &format!("kk + {j}u"))
+                    );
+                }
+                let _ = writeln!(w, "                }}\n            }}");
+            }
+        } else {
+            // Group g at k: a vec4 where its 4 are inside the matrix.
+            let _ = writeln!(w, "            if (kb + k < k_end) {{");
+            let _ = writeln!(
+                w,
+                "                if ({x}_aligned && {}) {{ {} = {}; }} else {{",
+                self.inside("4u * g + 3u"),
+                reg(0),
+                self.at4("4u * g", "kb + k")
+            );
+            for c in 0..4 {
+                let _ = writeln!(
+                    w,
+                    "                    {{ let {idx} = 4u * g + {c}u; if ({}) {{ {}[{c}] = {}; }} }}",
+                    self.inside(idx),
+                    reg(0),
+                    self.at(idx, "kb + k")
+                );
+            }
+            let _ = writeln!(w, "                }}\n            }}");
         }
     }
 }

@@ -204,13 +204,15 @@ impl GpuOptions {
 
 /// The most bytes one storage buffer of a backend may hold: the device's
 /// binding and buffer limits, and under 2³⁰ floats so that no index or shape
-/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules).
+/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules);
+/// a multiple of 16, so that buffers rounded up to whole `vec4`s fit too.
 pub(super) fn binding_bytes(limits: &wgpu::Limits) -> u64 {
     let bound = 4 * (super::kernels::DIMS_BOUND as u64 - 1);
-    limits
+    let bytes = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
-        .min(bound)
+        .min(bound);
+    bytes / 16 * 16
 }
 
 /// The most samples one micro-batch of `net` may hold on a device with
