@@ -441,11 +441,8 @@ pub fn candidates(device: wgpu::DeviceType, limits: &wgpu::Limits) -> Vec<Kernel
             ] {
                 out.push(gen(tiles));
             }
-            // Double buffering of the large blocks: on 2-core lavapipe W1
-            // ran a few per cent faster with it (BENCHMARKS.md).
-            for tiles in [TileConfig::CPU_LARGE, t(8, 8, 8, 8, 16)] {
-                out.push(gen(tiles).with_double_buffer(true));
-            }
+            // No double buffering: on 2-core lavapipe it made W1 4% and
+            // 512⁴ 9% slower (BENCHMARKS.md); llvmpipe has no loads to hide.
         }
         _ => {
             // Each tiling with and without register double buffering,
