@@ -1436,6 +1436,58 @@ fn tune_writes_the_cache_that_bench_reads() {
     assert!(notices[0].contains("ignored"), "{}", r.dump());
 }
 
+/// A double-buffered configuration given to `train` is recorded as given
+/// (`:db`, on every product) in the checkpoint, and a resume replays it.
+#[test]
+fn train_records_and_replays_double_buffering() {
+    if !gpu_or_skip("train_records_and_replays_double_buffering") {
+        return;
+    }
+    let dir = TempDir::new("db-replay");
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--epochs",
+        "1",
+        "--kernel-config",
+        "gen:8x8:4x4:k8:db",
+        "--save",
+        &save,
+    ];
+    let r = run(&args).success();
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
+    let recorded = ckpt.state.kernel_config.clone().expect("kernel_config");
+    let configs: Vec<&str> = recorded.split(',').collect();
+    assert!(
+        !configs.is_empty() && configs.iter().all(|c| c.ends_with("gen:8x8:4x4:k8:db")),
+        "{recorded}\n{}",
+        r.dump()
+    );
+    let resume = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--resume",
+        &save,
+        "--epochs",
+        "2",
+    ];
+    let r = run(&resume).success();
+    assert!(
+        r.stderr().contains(&format!("gpu kernels: {recorded}")),
+        "{}",
+        r.dump()
+    );
+}
+
 /// `train --tune auto` tunes the products the cache lacks (a progress line),
 /// writes the cache, trains, and records the configuration in the checkpoint
 /// and `--metrics`; a resume replays it, and `--kernel-config` with
