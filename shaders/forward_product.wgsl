@@ -3,7 +3,10 @@
 // declares dims, params, a_prev, a):
 //   A = f(A_prev · Wᵀ + b)       M = rows, N = n_out, K = n_in
 // f = dims.act; for softmax this writes Z and the row pass finishes it.
-// Both operands are contiguous along K: a_prev (rows, n_in), W (n_out, n_in).
+// Both operands are contiguous along K: a_prev (rows, n_in), W (n_out, n_in),
+// and read as vec4s (every storage buffer is whole vec4s long): a generated
+// core loads 4 elements along K at once where rows start on a vec4 (a_vec4,
+// b_vec4: n_in and W's offset multiples of 4).
 
 const A_ALONG_K: bool = true;
 const B_ALONG_K: bool = true;
@@ -14,16 +17,37 @@ fn tile_shape() -> vec3<u32> {
 }
 
 fn a_at(m: u32, k: u32) -> f32 {
-    return a_prev[m * dims.n_in + k];
+    let i = m * dims.n_in + k;
+    return a_prev[i >> 2u][i & 3u];
 }
 
 // B[k, n] = W[n, k]
 fn b_at(k: u32, n: u32) -> f32 {
-    return params[dims.w_off + n * dims.n_in + k];
+    let i = dims.w_off + n * dims.n_in + k;
+    return params[i >> 2u][i & 3u];
+}
+
+fn a_vec4() -> bool {
+    return dims.n_in % 4u == 0u;
+}
+
+fn b_vec4() -> bool {
+    return dims.n_in % 4u == 0u && dims.w_off % 4u == 0u;
+}
+
+// A[m, k..k+4], for k % 4 == 0 and k + 3 < n_in where a_vec4().
+fn a_at4(m: u32, k: u32) -> vec4<f32> {
+    return a_prev[(m * dims.n_in + k) >> 2u];
+}
+
+// B[k..k+4, n] = W[n, k..k+4], for k % 4 == 0 and k + 3 < n_in where b_vec4().
+fn b_at4(k: u32, n: u32) -> vec4<f32> {
+    return params[(dims.w_off + n * dims.n_in + k) >> 2u];
 }
 
 fn tile_store(m: u32, n: u32, c: f32) {
-    a[m * dims.n_out + n] = activate(dims.act, c + params[dims.b_off + n]);
+    let i = dims.b_off + n;
+    a[m * dims.n_out + n] = activate(dims.act, c + params[i >> 2u][i & 3u]);
 }
 
 fn row_sum_store(m: u32, s: f32) {}

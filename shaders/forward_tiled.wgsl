@@ -5,15 +5,15 @@
 // f = dims.act; for softmax this writes Z and softmax_forward finishes the
 // rows (in a training step output_tiled.wgsl does all of it instead).
 //
-// | binding | name   | access             | shape          |
-// |---------|--------|--------------------|----------------|
-// | 0       | dims   | uniform Dims       |                |
-// | 1       | params | storage read       | (param_count)  |
-// | 2       | a_prev | storage read       | (rows, n_in)   |
-// | 3       | a      | storage read_write | (rows, n_out)  |
+// | binding | name   | access             | shape               |
+// |---------|--------|--------------------|---------------------|
+// | 0       | dims   | uniform Dims       |                     |
+// | 1       | params | storage read       | (param_count) vec4s |
+// | 2       | a_prev | storage read       | (rows, n_in) vec4s  |
+// | 3       | a      | storage read_write | (rows, n_out)       |
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> params: array<f32>;
-@group(0) @binding(2) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a_prev: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> a: array<f32>;
 
 @compute @workgroup_size(WG_X, WG_Y)

@@ -14,14 +14,18 @@
 // writes its sums to scratch, and the last slice of a block to finish
 // (last_group.wgsl, counters[block]) adds the block's slices in order and
 // puts g as above: no second dispatch.
+// δ and A_prev are read as vec4s (their buffers are whole vec4s long, the
+// host rounds every storage buffer up to 16 bytes): a generated core loads 4
+// neighbours along M (N) at once where n_out (n_in) is a multiple of 4, so
+// that a row's groups start on a vec4 (a_vec4, b_vec4 and the *_at4 reads).
 //
 // | binding | name      | access             | shape                     |
 // |---------|-----------|--------------------|---------------------------|
 // | 0       | dims      | uniform Dims       |                           |
 // | 1       | per_batch | uniform Batch      |                           |
 // | 2       | per_step  | uniform Step       |                           |
-// | 3       | delta     | storage read       | (rows, n_out)             |
-// | 4       | a_prev    | storage read       | (rows, n_in)              |
+// | 3       | delta     | storage read       | (rows, n_out) as vec4s    |
+// | 4       | a_prev    | storage read       | (rows, n_in) as vec4s     |
 // | 5       | params    | storage read_write | (param_count)             |
 // | 6       | grads     | storage read_write | (param_count)             |
 // | 7       | scratch   | storage read_write | (splits, n_out, n_in + 1) |
@@ -29,8 +33,8 @@
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<uniform> per_batch: Batch;
 @group(0) @binding(2) var<uniform> per_step: Step;
-@group(0) @binding(3) var<storage, read> delta: array<f32>;
-@group(0) @binding(4) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(3) var<storage, read> delta: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> a_prev: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> params: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>;
@@ -49,11 +53,33 @@ fn tile_shape() -> vec3<u32> {
 
 // A[o, s] = δ[s, o]
 fn a_at(m: u32, k: u32) -> f32 {
-    return delta[k * dims.n_out + m];
+    let i = k * dims.n_out + m;
+    return delta[i >> 2u][i & 3u];
 }
 
 fn b_at(k: u32, n: u32) -> f32 {
-    return a_prev[k * dims.n_in + n];
+    let i = k * dims.n_in + n;
+    return a_prev[i >> 2u][i & 3u];
+}
+
+// Whether rows of δ (A_prev) start on a vec4, so that a_at4 (b_at4) may
+// read the group of 4 at any m (n) that is a multiple of 4.
+fn a_vec4() -> bool {
+    return dims.n_out % 4u == 0u;
+}
+
+fn b_vec4() -> bool {
+    return dims.n_in % 4u == 0u;
+}
+
+// A[m..m+4, k], for m % 4 == 0 and m + 3 < n_out where a_vec4().
+fn a_at4(m: u32, k: u32) -> vec4<f32> {
+    return delta[(k * dims.n_out + m) >> 2u];
+}
+
+// B[k, n..n+4], for n % 4 == 0 and n + 3 < n_in where b_vec4().
+fn b_at4(k: u32, n: u32) -> vec4<f32> {
+    return a_prev[(k * dims.n_in + n) >> 2u];
 }
 
 // Gradient g of parameter p: store, accumulate, or step.

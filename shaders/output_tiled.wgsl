@@ -13,8 +13,8 @@
 // | binding | name     | access             | shape                    |
 // |---------|----------|--------------------|--------------------------|
 // | 0       | dims     | uniform Dims       |                          |
-// | 1       | params   | storage read       | (param_count)            |
-// | 2       | a_prev   | storage read       | (rows, n_in)             |
+// | 1       | params   | storage read       | (param_count) vec4s      |
+// | 2       | a_prev   | storage read       | (rows, n_in) vec4s       |
 // | 3       | a        | storage read_write | (rows, n_out)            |
 // | 4       | y        | storage read       | (rows, n_out)            |
 // | 5       | delta    | storage read_write | (rows, n_out)            |
@@ -22,8 +22,8 @@
 // | 7       | acc      | storage read_write | Acc                      |
 // | 8       | counters | storage read_write | (1+) u32, zero between dispatches |
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> params: array<f32>;
-@group(0) @binding(2) var<storage, read> a_prev: array<f32>;
+@group(0) @binding(1) var<storage, read> params: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a_prev: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> a: array<f32>;
 @group(0) @binding(4) var<storage, read> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;

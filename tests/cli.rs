@@ -696,7 +696,11 @@ fn bench_gpu_reports_kernel_configs() {
     );
     assert_eq!(configs[0]["product"], "forward layer 0");
     assert_eq!(configs[0]["shape"], serde_json::json!([9, 7, 5]));
-    for config in ["loops:8x8:4x4:k8", "gen:4x16:4x8:k16"] {
+    for config in [
+        "loops:8x8:4x4:k8",
+        "gen:4x16:4x8:k16",
+        "gen:4x16:4x8:k16:db",
+    ] {
         let mut args = base.to_vec();
         args.extend(["--kernel-config", config]);
         let (rows, r) = bench_rows(&args);
@@ -735,6 +739,16 @@ fn bench_gpu_reports_kernel_configs() {
             "gen:8x8:3x4:k8",
         ],
         &["--kernel-config", "gen:8x8:3x4:k8"],
+    );
+    expect_error(
+        &[
+            "bench",
+            "--backend",
+            "gpu",
+            "--kernel-config",
+            "loops:8x8:4x4:k8:db",
+        ],
+        &["--kernel-config", "loops:8x8:4x4:k8:db", "loops core"],
     );
 }
 
@@ -1558,6 +1572,58 @@ fn tune_writes_the_cache_that_bench_reads() {
         .collect();
     assert_eq!(notices.len(), 1, "{}", r.dump());
     assert!(notices[0].contains("ignored"), "{}", r.dump());
+}
+
+/// A double-buffered configuration given to `train` is recorded as given
+/// (`:db`, on every product) in the checkpoint, and a resume replays it.
+#[test]
+fn train_records_and_replays_double_buffering() {
+    if !gpu_or_skip("train_records_and_replays_double_buffering") {
+        return;
+    }
+    let dir = TempDir::new("db-replay");
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--epochs",
+        "1",
+        "--kernel-config",
+        "gen:8x8:4x4:k8:db",
+        "--save",
+        &save,
+    ];
+    let r = run(&args).success();
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
+    let recorded = ckpt.state.kernel_config.clone().expect("kernel_config");
+    let configs: Vec<&str> = recorded.split(',').collect();
+    assert!(
+        !configs.is_empty() && configs.iter().all(|c| c.ends_with("gen:8x8:4x4:k8:db")),
+        "{recorded}\n{}",
+        r.dump()
+    );
+    let resume = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--resume",
+        &save,
+        "--epochs",
+        "2",
+    ];
+    let r = run(&resume).success();
+    assert!(
+        r.stderr().contains(&format!("gpu kernels: {recorded}")),
+        "{}",
+        r.dump()
+    );
 }
 
 /// `train --tune auto` tunes the products the cache lacks (a progress line),

@@ -160,10 +160,7 @@ fn cache_is_read_and_stale_entries_ignored() {
     );
     assert_eq!(sources(TuneMode::Cached), vec![Source::Cache; n]);
     let g = GpuBackend::with_options(ctx.clone(), &net, batch, options(TuneMode::Cached)).unwrap();
-    let loops = KernelConfig {
-        core: Core::Loops,
-        tiles: TileConfig::SMALL,
-    };
+    let loops = KernelConfig::loops(TileConfig::SMALL);
     assert_eq!(g.kernel_plan().unwrap().configs(), vec![loops]);
     // Off ignores the cache.
     assert_eq!(sources(TuneMode::Off), vec![Source::Heuristic; n]);
@@ -265,6 +262,11 @@ fn every_candidate_passes_the_safety_checks() {
         for device in [Cpu, DiscreteGpu, IntegratedGpu, VirtualGpu, Other] {
             let list = tune::candidates(device, &limits);
             assert!(!list.is_empty(), "{device:?}");
+            assert_eq!(
+                list.iter().any(|c| c.double_buffer),
+                device != Cpu,
+                "{device:?}: double-buffered candidates on GPUs"
+            );
             for c in list {
                 c.check(&limits)
                     .unwrap_or_else(|e| panic!("{device:?} {c}: {e}"));

@@ -17,7 +17,7 @@ mod common;
 use common::*;
 use shadertrain::backend::Metric;
 use shadertrain::cpu;
-use shadertrain::gpu::{Acc, Core, KernelConfig, KernelRunner, TileConfig};
+use shadertrain::gpu::{Acc, KernelConfig, KernelRunner, TileConfig};
 use shadertrain::network::{Activation, Loss};
 
 /// A matrix product `(M, N, K)`: each kernel reads it in its own roles,
@@ -72,6 +72,8 @@ const TILED: &[Product] = &[
     (1, 131, 70),
     (130, 129, 9),
     (65, 40, 203),
+    // Both widths multiples of 4 (of no tile): the gradient's vec4 loads.
+    (36, 44, 37),
 ];
 
 /// Per kernel set: its products and its tolerances `(abs, abs_forward, rel)`
@@ -107,10 +109,7 @@ fn table() -> Vec<Row> {
             }
         }
     }
-    let loops = |tiles| KernelConfig {
-        core: Core::Loops,
-        tiles,
-    };
+    let loops = KernelConfig::loops;
     let tiled = |name, config, checked| Row {
         set: Set::Tiled(name, config),
         checked,
@@ -143,6 +142,27 @@ fn table() -> Vec<Row> {
                 ),
                 tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
                 tiled("gen 16x8", KernelConfig::generated(WIDE), checked),
+                // Double-buffered: the same sums (bitwise: db_matches_single_buffer).
+                tiled(
+                    "gen small db",
+                    KernelConfig::generated(TileConfig::SMALL).with_double_buffer(true),
+                    checked,
+                ),
+                tiled(
+                    "gen discrete db",
+                    KernelConfig::generated(TileConfig::DISCRETE).with_double_buffer(true),
+                    checked,
+                ),
+                tiled(
+                    "gen 4x8 k16 db",
+                    KernelConfig::generated(TALL).with_double_buffer(true),
+                    checked,
+                ),
+                tiled(
+                    "gen 16x8 db",
+                    KernelConfig::generated(WIDE).with_double_buffer(true),
+                    checked,
+                ),
             ]
         })
         .collect()
@@ -774,6 +794,130 @@ fn checked_and_unchecked_steps_are_bitwise_equal() {
                 let (a, b) = (&p_off.data, &p.data);
                 if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
                     panic!("{label}: param {i} unchecked {} {what} {}", a[i], b[i]);
+                }
+            }
+        }
+    }
+}
+
+/// `:db` is an optional trailing field of a generated configuration:
+/// written after the tile sizes, parsed back, refused twice or on
+/// tiled.wgsl's loops core (which has no double buffering).
+#[test]
+fn double_buffering_is_a_generated_configuration_field() {
+    let db = KernelConfig::generated(TALL).with_double_buffer(true);
+    assert_eq!(db.to_string(), "gen:4x16:4x8:k16:db");
+    assert_eq!(KernelConfig::parse("gen:4x16:4x8:k16:db").unwrap(), db);
+    assert!(
+        !KernelConfig::parse("gen:4x16:4x8:k16")
+            .unwrap()
+            .double_buffer
+    );
+    let limits = wgpu::Limits::default();
+    db.check(&limits).unwrap();
+    for bad in [
+        "gen:4x16:4x8:k16:db:db",
+        "gen:4x16:4x8:k16:dbx",
+        "gen:4x16:4x8:k16:",
+        "loops:8x8:4x4:k8:db",
+    ] {
+        let err = KernelConfig::parse(bad).unwrap_err().to_string();
+        assert!(err.contains(bad), "{bad}: {err}");
+    }
+    let err = KernelConfig::parse("loops:8x8:4x4:k8:db").unwrap_err();
+    assert!(err.to_string().contains("loops core"), "{err}");
+    let loops_db = KernelConfig::loops(TileConfig::SMALL).with_double_buffer(true);
+    assert!(loops_db.check(&limits).is_err());
+}
+
+/// Register double buffering changes when each K step's operands are
+/// loaded, not what is summed: whole training steps of every product
+/// (forward, hidden delta, gradient with split K at 600 rows, fused SGD and
+/// Adam's separate gradient) give bitwise the parameters and loss of the
+/// same configuration without it, on widths that are no multiple of 4 or
+/// of any tile, at batch 1, 9 and 600.
+#[test]
+fn double_buffered_steps_are_bitwise_equal() {
+    use shadertrain::backend::Backend;
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelPlan, Source};
+    use shadertrain::network::Network;
+    use shadertrain::optim::{Optimizer, OptimizerKind};
+    let Some(ctx) = gpu_or_skip("double_buffered_steps") else {
+        return;
+    };
+    let net = Network::parse("37,19,23,11:softmax").unwrap();
+    let adam = Optimizer {
+        kind: OptimizerKind::Adam,
+        ..Optimizer::default()
+    };
+    let data: Vec<_> = [1, 9, 600]
+        .map(|rows| (rows, batch_for(&net, rows, "double buffering")))
+        .into();
+    // K steps of 8 and 16, full and partial staging runs (the twins table
+    // checks every configuration, db or not, against the CPU).
+    for tiles in [TileConfig::SMALL, TALL] {
+        let run = |db: bool| {
+            let config = KernelConfig::generated(tiles).with_double_buffer(db);
+            let plan = KernelPlan::uniform(&net, config, Source::Given);
+            let options = GpuOptions::default().with_plan(plan);
+            let mut b = GpuBackend::with_options(ctx.clone(), &net, 600, options).unwrap();
+            let mut out = Vec::new();
+            for opt in [Optimizer::default(), adam] {
+                for (rows, (x, y)) in &data {
+                    b.set_params(&net.init(5)).unwrap();
+                    b.set_optimizer(&opt).unwrap();
+                    b.load_batch(x, y).unwrap();
+                    for _ in 0..2 {
+                        b.step(0.3).unwrap();
+                    }
+                    let loss = b.take_totals().unwrap().loss();
+                    out.push((format!("{opt:?} batch {rows}"), loss, b.params().unwrap()));
+                }
+            }
+            out
+        };
+        for ((label, l_single, p_single), (_, l_db, p_db)) in run(false).into_iter().zip(run(true))
+        {
+            let label = format!("{tiles:?} {label}");
+            assert_eq!(l_single.to_bits(), l_db.to_bits(), "{label}: loss");
+            let (a, b) = (&p_single.data, &p_db.data);
+            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                panic!("{label}: param {i} single {} db {}", a[i], b[i]);
+            }
+        }
+    }
+}
+
+/// The tiled products read global memory as `vec4`s where an operand's
+/// rows start on one, and as scalars elsewhere: whole steps agree with the
+/// f64 reference on networks whose layers take each path, with W aligned
+/// and not (2-3-4-8-4: layers 2 and 3 have 4 and 8 inputs at offsets 25
+/// and 65), at 37 rows (partial blocks) and 600 (split K), with K steps of
+/// 8 and 16, double-buffered or not (the twins table runs every
+/// configuration on aligned and unaligned widths).
+#[test]
+fn vec4_and_scalar_loads_train_like_the_reference() {
+    use shadertrain::gpu::{GpuBackend, GpuOptions, KernelPlan, Source};
+    use shadertrain::network::Network;
+    let Some(ctx) = gpu_or_skip("vec4_and_scalar_loads") else {
+        return;
+    };
+    for spec in ["2,3,4,8,4:softmax", "8,12,16,4"] {
+        let net = Network::parse(spec).unwrap();
+        let layers = net.layers();
+        assert!(
+            spec.starts_with('8') || (layers[2].w_off % 4 == 1 && layers[2].n_in == 4),
+            "{spec}: an aligned width at a misaligned offset"
+        );
+        for tiles in [TileConfig::SMALL, TALL] {
+            for db in [false, true] {
+                let config = KernelConfig::generated(tiles).with_double_buffer(db);
+                let plan = KernelPlan::uniform(&net, config, Source::Given);
+                let options = GpuOptions::default().with_plan(plan);
+                let mut b = GpuBackend::with_options(ctx.clone(), &net, 600, options).unwrap();
+                for rows in [37, 600] {
+                    let label = format!("{spec} {config} rows {rows}");
+                    steps_match_reference(&mut b, &net, rows, 2, 0.5, &label);
                 }
             }
         }

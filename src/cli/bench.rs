@@ -84,8 +84,10 @@ pub struct BenchArgs {
     tiles: Option<TilesArg>,
     /// The tiled kernels' configuration, as `bench --json`, checkpoints and
     /// `--metrics` record it: one for every product,
-    /// `gen|loops:WXxWY:TMxTN:kBK` (e.g. `gen:8x8:4x4:k8`; `loops` is the
-    /// previous tiled.wgsl core), or one per product, `f0=…,d0=…,g0=…,f1=…`.
+    /// `gen|loops:WXxWY:TMxTN:kBK` with an optional `:db` (register double
+    /// buffering, generated cores only) (e.g. `gen:8x8:4x4:k8`,
+    /// `gen:8x8:16x16:k8:db`; `loops` is the previous tiled.wgsl core), or
+    /// one per product, `f0=…,d0=…,g0=…,f1=…`.
     #[arg(long, conflicts_with_all = ["tiles", "kernels", "tune"])]
     kernel_config: Option<String>,
     /// Where each product's configuration comes from: `off` the built-in

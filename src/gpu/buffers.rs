@@ -261,6 +261,9 @@ pub(super) fn uniform<T: bytemuck::Pod>(
 
 /// A storage buffer of `floats` f32 (at least one), also a copy source and
 /// `extra`; an error where it exceeds the device's binding or buffer limit.
+/// Its size is rounded up to 16 bytes, so that a kernel may read it as
+/// `array<vec4<f32>>` up to its last float (gradient_tiled.wgsl; the
+/// limit is a multiple of 16, [`binding_bytes`]).
 pub(super) fn storage_buffer(
     ctx: &GpuContext,
     label: &str,
@@ -268,7 +271,7 @@ pub(super) fn storage_buffer(
     extra: wgpu::BufferUsages,
 ) -> Result<wgpu::Buffer> {
     let limit = binding_bytes(&ctx.limits);
-    let bytes = (floats.max(1) * 4) as u64;
+    let bytes = (floats.max(1) * 4).next_multiple_of(16) as u64;
     if bytes > limit {
         return Err(crate::Error::Gpu(format!(
             "{label} needs {bytes} bytes, over this device's limit of {limit} (max_storage_buffer_binding_size / max_buffer_size); use smaller layers"

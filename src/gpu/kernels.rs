@@ -40,7 +40,15 @@
 //!    rules), `n_in + 1`, a grid size or a power of two.
 //! 4. **Storage buffers**: each index is below the length of the buffer bound
 //!    there, given a `Dims` that describes those buffers (rows at most their
-//!    capacity, layer offsets from the network); wgpu also enables the
+//!    capacity, layer offsets from the network). The tiled products read
+//!    their operands (activations, deltas, params) as `vec4`s: every
+//!    storage buffer is rounded up to 16 bytes (`storage_buffer`; the
+//!    runner pads with NaN), so a scalar's `vec4` `i / 4` is in range; a
+//!    generated core reads the 4 elements from `i` as one `vec4` only where
+//!    `i` is a multiple of 4 (the kernel file's `a_vec4`/`b_vec4`: row
+//!    length and offset multiples of 4; the group's first row, column or k
+//!    a multiple of 4 since `tm`, `tn` and `bk` are) and `i + 3` is inside
+//!    the matrix and the K slice ([`super::codegen`]); wgpu also enables the
 //!    driver's own robust buffer access where the adapter has it. The
 //!    last-workgroup counters are indexed by a block number below the
 //!    product's blocks, and the buffer holds one per block of the largest
@@ -972,16 +980,21 @@ pub enum Core {
     Loops,
 }
 
-/// One configuration of the tiled products: how the core is built and its
-/// tile sizes. Written `gen:WXxWY:TMxTN:kBK` or `loops:…` (e.g.
-/// `gen:8x8:4x4:k8`, [`KernelConfig::parse`]), as `--kernel-config` takes it
-/// and checkpoints and `--metrics` record it.
+/// One configuration of the tiled products: how the core is built, its
+/// tile sizes and whether its staging is double-buffered. Written
+/// `gen:WXxWY:TMxTN:kBK[:db]` or `loops:WXxWY:TMxTN:kBK` (e.g.
+/// `gen:8x8:4x4:k8`, `gen:16x16:8x8:k16:db`, [`KernelConfig::parse`]), as
+/// `--kernel-config` takes it and checkpoints and `--metrics` record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelConfig {
     /// Generated or tiled.wgsl.
     pub core: Core,
     /// The tile sizes.
     pub tiles: TileConfig,
+    /// Register double buffering of the generated core (`:db`): the next K
+    /// step's global loads are issued before this step's multiply-adds
+    /// ([`super::codegen`]). Bitwise the same results; generated cores only.
+    pub double_buffer: bool,
 }
 
 impl KernelConfig {
@@ -990,6 +1003,37 @@ impl KernelConfig {
         KernelConfig {
             core: Core::Generated,
             tiles,
+            double_buffer: false,
+        }
+    }
+
+    /// tiled.wgsl's core with `tiles`.
+    pub const fn loops(tiles: TileConfig) -> KernelConfig {
+        KernelConfig {
+            core: Core::Loops,
+            tiles,
+            double_buffer: false,
+        }
+    }
+
+    /// The same, its staging double-buffered in registers or not.
+    pub const fn with_double_buffer(self, double_buffer: bool) -> KernelConfig {
+        KernelConfig {
+            double_buffer,
+            ..self
+        }
+    }
+
+    /// The core's own conditions ([`super::codegen::check`] or
+    /// [`TileConfig::safety`]); tiled.wgsl has no double buffering.
+    fn safety(&self) -> Result<()> {
+        match self.core {
+            Core::Generated => super::codegen::check(&self.tiles),
+            Core::Loops if self.double_buffer => Err(Error::Invalid(
+                "double buffering (:db) is a generated core's (gen:…); tiled.wgsl's loops core has none"
+                    .into(),
+            )),
+            Core::Loops => self.tiles.safety(),
         }
     }
 
@@ -1014,9 +1058,9 @@ impl KernelConfig {
     /// (the gradient kernel's, which has the larger epilogue of the two
     /// kernels every configuration builds).
     pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
-        match self.core {
-            Core::Loops => self.tiles.check(limits)?,
-            Core::Generated => super::codegen::check(&self.tiles)?,
+        self.safety()?;
+        if self.core == Core::Loops {
+            self.tiles.check(limits)?;
         }
         let bytes = self.kernel_bytes(&GRADIENT_DENSE_TILED);
         self.tiles.fits(limits, bytes)
@@ -1028,11 +1072,11 @@ impl KernelConfig {
             Error::setting(
                 Setting::KernelConfig,
                 text,
-                "expected gen|loops:WXxWY:TMxTN:kBK, e.g. gen:8x8:4x4:k8",
+                "expected gen|loops:WXxWY:TMxTN:kBK[:db], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:db",
             )
         };
         let parts: Vec<&str> = text.trim().split(':').collect();
-        let [core, wg, t, k] = parts.as_slice() else {
+        let [core, wg, t, k, optional @ ..] = parts.as_slice() else {
             return Err(bad());
         };
         let core = match *core {
@@ -1056,12 +1100,29 @@ impl KernelConfig {
             tn,
             bk,
         };
-        let config = KernelConfig { core, tiles };
-        let checked = match core {
-            Core::Generated => super::codegen::check(&tiles),
-            Core::Loops => tiles.safety(),
+        let mut config = KernelConfig {
+            core,
+            tiles,
+            double_buffer: false,
         };
-        checked.map_err(|e| Error::setting(Setting::KernelConfig, text, e.to_string()))?;
+        // Optional trailing fields, in any order, each at most once.
+        for field in optional {
+            let twice = || {
+                Error::setting(
+                    Setting::KernelConfig,
+                    text,
+                    format!("`:{field}` is given twice"),
+                )
+            };
+            match *field {
+                "db" if config.double_buffer => return Err(twice()),
+                "db" => config.double_buffer = true,
+                _ => return Err(bad()),
+            }
+        }
+        config
+            .safety()
+            .map_err(|e| Error::setting(Setting::KernelConfig, text, e.to_string()))?;
         Ok(config)
     }
 }
@@ -1077,7 +1138,11 @@ impl std::fmt::Display for KernelConfig {
             f,
             "{core}:{}x{}:{}x{}:k{}",
             t.wg_x, t.wg_y, t.tm, t.tn, t.bk
-        )
+        )?;
+        if self.double_buffer {
+            write!(f, ":db")?;
+        }
+        Ok(())
     }
 }
 
@@ -1227,7 +1292,9 @@ impl ProductKernels {
         // The products' sources: generated per configuration, or tiled.wgsl's.
         let build = |spec: KernelSpec, layout: &wgpu::BindGroupLayout| -> Result<Kernel> {
             let src = match config.core {
-                Core::Generated => Some(super::codegen::source(&spec, &tiles)?),
+                Core::Generated => {
+                    Some(super::codegen::source(&spec, &tiles, config.double_buffer)?)
+                }
                 Core::Loops => None,
             };
             Kernel::with_layout(

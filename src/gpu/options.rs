@@ -48,6 +48,9 @@ pub struct GpuOptions {
     /// How the tiled products' core is built: generated per tile sizes
     /// (the default) or tiled.wgsl's loops.
     pub core: Core,
+    /// Register double buffering of the generated core, with `tiles`
+    /// ([`KernelConfig::double_buffer`]).
+    pub double_buffer: bool,
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
@@ -101,6 +104,7 @@ impl GpuOptions {
         kernels: KernelSet::Tiled,
         tiles: None,
         core: Core::Generated,
+        double_buffer: false,
         max_chunk: None,
         checked: false,
         tune: TuneMode::Off,
@@ -176,12 +180,15 @@ impl GpuOptions {
             return Ok(Some(plan.clone()));
         }
         let config = match (self.tiles, self.core) {
-            (Some(tiles), core) => KernelConfig { core, tiles },
-            (None, Core::Generated) => return Ok(None),
-            (None, Core::Loops) => KernelConfig {
-                core: Core::Loops,
-                tiles: TileConfig::for_adapter(&ctx.info, &ctx.limits),
+            (Some(tiles), core) => KernelConfig {
+                core,
+                tiles,
+                double_buffer: self.double_buffer,
             },
+            (None, Core::Generated) => return Ok(None),
+            (None, Core::Loops) => {
+                KernelConfig::loops(TileConfig::for_adapter(&ctx.info, &ctx.limits))
+            }
         };
         Ok(Some(KernelPlan::uniform(net, config, Source::Given)))
     }
@@ -192,6 +199,7 @@ impl GpuOptions {
             kernels: KernelSet::Tiled,
             tiles: Some(config.tiles),
             core: config.core,
+            double_buffer: config.double_buffer,
             ..self
         }
     }
@@ -227,13 +235,15 @@ impl GpuOptions {
 
 /// The most bytes one storage buffer of a backend may hold: the device's
 /// binding and buffer limits, and under 2³⁰ floats so that no index or shape
-/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules).
+/// in a [`Dims`](super::Dims) wraps (safety condition 2 of unchecked modules);
+/// a multiple of 16, so that buffers rounded up to whole `vec4`s fit too.
 pub(super) fn binding_bytes(limits: &wgpu::Limits) -> u64 {
     let bound = 4 * (super::kernels::DIMS_BOUND as u64 - 1);
-    limits
+    let bytes = limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
-        .min(bound)
+        .min(bound);
+    bytes / 16 * 16
 }
 
 /// The most samples one micro-batch of `net` may hold on a device with

@@ -384,10 +384,7 @@ pub fn heuristic_product(
         .find(|c| padded(c) * 4 <= least * 5)
         .or(fitting.last())
         .copied()
-        .unwrap_or(KernelConfig {
-            core: super::kernels::Core::Loops,
-            tiles: TileConfig::SMALL,
-        })
+        .unwrap_or(KernelConfig::loops(TileConfig::SMALL))
 }
 
 /// The heuristic plan of `net` at `rows` rows: [`heuristic_product`] for

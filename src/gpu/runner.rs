@@ -25,8 +25,12 @@ use crate::optim::{OptimizerKind, UpdateTerms};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
-/// NaN values placed before a layer's parameters, so `w_off`/`b_off` are non-zero.
-const PREFIX: usize = 3;
+/// NaN values placed before a layer's parameters, so `w_off`/`b_off` are
+/// non-zero; a whole `vec4`, so that W's rows start on one where `n_in` is a
+/// multiple of 4 and the tiled products read W as `vec4`s (a read of the
+/// wrong 4 would take a NaN; misaligned offsets are checked through whole
+/// training steps, tests/twins.rs).
+const PREFIX: usize = 4;
 
 /// Compiled kernels and a device, to run kernels one at a time. Test
 /// scaffolding, not part of the documented API.
@@ -108,17 +112,16 @@ impl KernelRunner {
         grid_tiled(m as u32, n as u32, splits, tiles, self.max_dim())
     }
 
+    /// `data` in a storage buffer, NaN after it up to a whole `vec4` (as
+    /// the backend's buffers are rounded up; no kernel reads that padding).
     fn storage(&self, data: &[f32]) -> wgpu::Buffer {
-        let data = if data.is_empty() {
-            &[f32::NAN][..]
-        } else {
-            data
-        };
+        let mut data = data.to_vec();
+        data.resize(data.len().max(1).next_multiple_of(4), f32::NAN);
         self.ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("runner data"),
-                contents: bytemuck::cast_slice(data),
+                contents: bytemuck::cast_slice(&data),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,

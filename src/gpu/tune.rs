@@ -22,7 +22,7 @@
 
 use super::backend::GpuBackend;
 use super::context::GpuContext;
-use super::kernels::{Core, KernelConfig, TileConfig, ALL};
+use super::kernels::{KernelConfig, TileConfig, ALL};
 use super::options::GpuOptions;
 use super::plan::{heuristic_plan, products, Choice, KernelPlan, ProductId, Source};
 use crate::backend::Backend;
@@ -102,11 +102,13 @@ pub fn sources_hash() -> &'static str {
         ];
         for spec in ALL
             .iter()
-            .filter(|s| super::codegen::source(s, &TileConfig::SMALL).is_ok())
+            .filter(|s| super::codegen::source(s, &TileConfig::SMALL, false).is_ok())
         {
             for t in &samples {
-                if let Ok(src) = super::codegen::source(spec, t) {
-                    h = fnv1a(h, src.as_bytes());
+                for db in [false, true] {
+                    if let Ok(src) = super::codegen::source(spec, t, db) {
+                        h = fnv1a(h, src.as_bytes());
+                    }
                 }
             }
         }
@@ -420,9 +422,10 @@ impl TuneReport {
 }
 
 /// The candidate configurations for an adapter: generated cores over
-/// workgroup shapes, per-invocation blocks and K steps, and tiled.wgsl's
-/// loops core, by device type (a CPU adapter gets few: each step is slow
-/// there), each passing its safety conditions and `limits`.
+/// workgroup shapes, per-invocation blocks, K steps and double buffering,
+/// and tiled.wgsl's loops core, by device type (a CPU adapter gets few:
+/// each step is slow there), each passing its safety conditions and
+/// `limits`.
 pub fn candidates(device: wgpu::DeviceType, limits: &wgpu::Limits) -> Vec<KernelConfig> {
     let t = |wg_x, wg_y, tm, tn, bk| TileConfig {
         wg_x,
@@ -443,25 +446,25 @@ pub fn candidates(device: wgpu::DeviceType, limits: &wgpu::Limits) -> Vec<Kernel
             ] {
                 out.push(gen(tiles));
             }
+            // No double buffering: on 2-core lavapipe it made W1 4% and
+            // 512⁴ 9% slower (BENCHMARKS.md); llvmpipe has no loads to hide.
         }
         _ => {
+            // Each tiling with and without register double buffering,
+            // which hides global latency on a GPU at the cost of registers.
             for (wx, wy) in [(16, 16), (8, 8), (16, 8), (8, 16)] {
                 for (tm, tn) in [(8, 8), (4, 4), (4, 8), (8, 4), (8, 16), (16, 8)] {
                     for bk in [8, 16] {
-                        out.push(gen(t(wx, wy, tm, tn, bk)));
+                        for db in [false, true] {
+                            out.push(gen(t(wx, wy, tm, tn, bk)).with_double_buffer(db));
+                        }
                     }
                 }
             }
-            out.push(KernelConfig {
-                core: Core::Loops,
-                tiles: TileConfig::DISCRETE,
-            });
+            out.push(KernelConfig::loops(TileConfig::DISCRETE));
         }
     }
-    out.push(KernelConfig {
-        core: Core::Loops,
-        tiles: TileConfig::SMALL,
-    });
+    out.push(KernelConfig::loops(TileConfig::SMALL));
     out.retain(|c| c.check(limits).is_ok());
     out
 }
