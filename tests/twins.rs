@@ -110,6 +110,7 @@ fn table() -> Vec<Row> {
     let loops = |tiles| KernelConfig {
         core: Core::Loops,
         tiles,
+        splits: None,
     };
     let tiled = |name, config, checked| Row {
         set: Set::Tiled(name, config),

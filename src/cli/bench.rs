@@ -26,7 +26,8 @@ pub enum BenchBackend {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelsArg {
-    /// The faster set for the adapter: simple on CPU adapters (lavapipe), else tiled.
+    /// As `--tune` finds: the tiled products, or the simple set where the
+    /// tuning cache measured it faster for this network and batch.
     Auto,
     /// Tiled products, fused loss and update.
     Tiled,
@@ -84,8 +85,9 @@ pub struct BenchArgs {
     tiles: Option<TilesArg>,
     /// The tiled kernels' configuration, as `bench --json`, checkpoints and
     /// `--metrics` record it: one for every product,
-    /// `gen|loops:WXxWY:TMxTN:kBK` (e.g. `gen:8x8:4x4:k8`; `loops` is the
-    /// previous tiled.wgsl core), or one per product, `f0=…,d0=…,g0=…,f1=…`.
+    /// `gen|loops:WXxWY:TMxTN:kBK[:sN]` (e.g. `gen:8x8:4x4:k8`; `loops` is
+    /// the previous tiled.wgsl core; `:sN` N K slices of the gradients), one
+    /// per product, `f0=…,d0=…,g0=…,f1=…`, or `simple` (the simple set).
     #[arg(long, conflicts_with_all = ["tiles", "kernels", "tune"])]
     kernel_config: Option<String>,
     /// Where each product's configuration comes from: `off` the built-in
@@ -259,10 +261,10 @@ struct KernelTime {
 /// `None` where the adapter has no timestamp queries.
 fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
     // Each tiled product's dispatches run its configuration in the plan.
-    let plan = g.kernel_plan().cloned();
+    let plan = g.kernel_plan().clone();
     let choice = |label: &str| {
         let p = ProductId::of_label(label)?;
-        Some(plan.as_ref()?.get(p))
+        Some(plan.get(p)).filter(|_| plan.simple().is_none())
     };
     let mut all: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
@@ -303,7 +305,8 @@ pub(super) struct ProductConfig {
     source: &'static str,
 }
 
-/// Every tiled product of a step of `net` at `batch` rows with its choice in `plan`.
+/// Every product of a step of `net` at `batch` rows with its choice in
+/// `plan` (`simple` for each where the simple set runs).
 pub(super) fn product_configs(
     net: &Network,
     batch: usize,
@@ -314,8 +317,11 @@ pub(super) fn product_configs(
         .map(|(p, c)| ProductConfig {
             product: p.label(),
             shape: p.shape(net, batch),
-            config: c.config.to_string(),
-            source: c.source.name(),
+            config: match plan.simple() {
+                Some(_) => "simple".into(),
+                None => c.config.to_string(),
+            },
+            source: plan.simple().unwrap_or(c.source).name(),
         })
         .collect()
 }
@@ -341,8 +347,9 @@ struct BenchRow {
     /// GPU only: dispatches recorded by one step.
     #[serde(skip_serializing_if = "Option::is_none")]
     dispatches_per_step: Option<usize>,
-    /// GPU only: the configuration of each tiled product and where it came
-    /// from (`tuned`, `cache`, `heuristic`, `given`); empty for the simple kernels.
+    /// GPU only: the configuration of each product and where it came from
+    /// (`tuned`, `cache`, `heuristic`, `given`); `simple` for each where the
+    /// simple kernels run.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_configs: Option<Vec<ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
@@ -422,6 +429,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return scaling(&a, &net, batch, steps, &params, (&x, &y));
     }
     let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
+    // Checked before any GPU work.
+    let plan = match &a.kernel_config {
+        Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
+        None => None,
+    };
     let mut rows: Vec<(BenchRow, Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.
     let gpu = if want(BenchBackend::Gpu) {
@@ -430,10 +442,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
             None => GpuContext::new()?,
         };
         let auto = GpuOptions::default();
-        let plan = match &a.kernel_config {
-            Some(text) => Some(KernelPlan::parse(&net, text, Source::Given)?),
-            None => None,
-        };
         let options = GpuOptions {
             kernels: match a.kernels {
                 KernelsArg::Auto => auto.kernels,
@@ -489,9 +497,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
     };
     if let Some(mut g) = gpu {
-        let kernels = match g.kernel_plan() {
-            Some(plan) => format!("tiled {plan}"),
-            None => "simple".into(),
+        let kernels = match g.kernel_set() {
+            KernelSet::Tiled => format!("tiled {}", g.kernel_plan()),
+            KernelSet::Simple => "simple".into(),
         };
         let checked = g.checked();
         if !a.json {
@@ -502,10 +510,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         r.kernels = Some(kernels);
         r.checked = Some(checked);
         r.dispatches_per_step = Some(g.dispatches_per_step()?);
-        r.kernel_configs = Some(match g.kernel_plan() {
-            Some(plan) => product_configs(&net, batch.min(g.micro_batch()), plan),
-            None => Vec::new(),
-        });
+        let plan = g.kernel_plan();
+        r.kernel_configs = Some(product_configs(&net, batch.min(g.micro_batch()), plan));
         if a.profile {
             r.profile = profile_gpu(&mut g, a.lr, 5)?;
             if r.profile.is_none() && !a.json {

@@ -42,11 +42,10 @@ use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
 use super::dropout::Dropout;
 use super::kernels::{
-    dispatch, k_splits_to, split_fill, Acc, BatchUniform, Kernels, OptimUniform, StepUniform,
-    TiledKernels,
+    dispatch, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
-use super::plan::{KernelPlan, Product};
+use super::plan::{gradient_splits, KernelPlan, Product, ProductId, Source};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
 use crate::backend::{check_batch, check_layer};
@@ -70,6 +69,8 @@ pub struct GpuBackend {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
     tiled: Option<TiledKernels>,
+    /// What it runs: the tiled kernels' plan, or the simple set's.
+    plan: KernelPlan,
     net: Network,
     /// The largest batch `load_batch` accepts ([`Backend::capacity`]); one
     /// over `buf.capacity` rows runs as micro-batches of that many.
@@ -165,7 +166,7 @@ impl GpuBackend {
         // A device already lost or spoiled fails here, not at the first step.
         ctx.check_errors()?;
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
-        let tiled = compile_tiled(&ctx, net, held, &options)?;
+        let (plan, tiled) = compile(&ctx, net, (capacity, held), &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx.device, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
@@ -178,6 +179,7 @@ impl GpuBackend {
             ctx,
             kernels,
             tiled,
+            plan,
             net: net.clone(),
             capacity,
             rows: 0,
@@ -240,10 +242,16 @@ impl GpuBackend {
         }
     }
 
-    /// The configuration of each tiled product and where it came from
-    /// (`None` for [`KernelSet::Simple`]).
-    pub fn kernel_plan(&self) -> Option<&KernelPlan> {
-        self.tiled.as_ref().map(|t| t.plan())
+    /// What it runs and where that came from: the configuration of each
+    /// tiled product, or the simple set ([`KernelPlan::simple`]).
+    pub fn kernel_plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// K slices of each layer's tiled gradient at the rows staged now (1
+    /// for none, and for the simple set).
+    pub fn gradient_splits(&self) -> &[u32] {
+        &self.splits
     }
 
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
@@ -292,9 +300,16 @@ impl GpuBackend {
     /// on its own and timed by the wall clock until the device finishes it.
     /// Returns `(kernel layer l, milliseconds)` per dispatch in order.
     pub fn time_dispatches(&mut self, lr: f32) -> Result<Vec<(String, f64)>> {
-        if let Some(p) = self.profile_step(lr)? {
-            return Ok(p);
+        match self.profile_step(lr)? {
+            Some(p) => Ok(p),
+            None => self.time_dispatches_by_clock(lr),
         }
+    }
+
+    /// One training step, each dispatch submitted on its own and timed by
+    /// the wall clock until the device finishes it (timestamps or not).
+    /// Returns `(kernel layer l, milliseconds)` per dispatch in order.
+    pub fn time_dispatches_by_clock(&mut self, lr: f32) -> Result<Vec<(String, f64)>> {
         self.one_submission("time_dispatches")?;
         self.write_step(lr);
         self.flush()?;
@@ -397,11 +412,12 @@ impl GpuBackend {
     fn set_dims_rows(&mut self, rows: usize) {
         self.dims_rows = rows;
         if let Some(t) = &self.tiled {
-            let fill = split_fill(self.ctx.info.device_type);
+            let (device, limits) = (self.ctx.info.device_type, &self.ctx.limits);
             for (l, (s, ly)) in self.splits.iter_mut().zip(self.net.layers()).enumerate() {
-                let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-                let tiles = t.tiles(Product::Gradient, l);
-                *s = k_splits_to(o, i, rows as u32, tiles, self.buf.scratch_floats, fill);
+                let kind = Product::Gradient;
+                let config = t.plan().get(ProductId { kind, layer: l }).config;
+                let shape = (ly.n_out as u32, ly.n_in as u32, rows as u32);
+                *s = gradient_splits(&config, shape, device, limits);
             }
         }
         self.write_dims();
@@ -591,19 +607,37 @@ impl GpuBackend {
     }
 }
 
-/// The tiled kernels when `options` asks for them, with its configuration
-/// or the adapter's tiles.
-fn compile_tiled(
+/// The plan `options` asks for at `capacity` rows in micro-batches of
+/// `held` ([`super::tune::resolve_plan`]), and its tiled kernels unless it
+/// runs the simple set. A measured choice of the simple set (the cache's)
+/// gives way to its tiled choices where the batch runs as micro-batches,
+/// which the simple set cannot.
+fn compile(
     ctx: &Arc<GpuContext>,
     net: &Network,
-    rows: usize,
+    (capacity, held): (usize, usize),
     options: &GpuOptions,
-) -> Result<Option<TiledKernels>> {
-    if options.kernels == KernelSet::Simple {
-        return Ok(None);
+) -> Result<(KernelPlan, Option<TiledKernels>)> {
+    let plan = match options.kernels {
+        KernelSet::Simple => (options.plan.clone())
+            .filter(|p| p.simple().is_some())
+            .unwrap_or_else(|| KernelPlan::simple_set(net, Source::Given)),
+        KernelSet::Tiled => super::tune::resolve_plan(ctx, net, held, options)?,
+    };
+    let plan = match plan.simple() {
+        Some(Source::Cache | Source::Tuned) if held < capacity => plan.tiled(),
+        Some(Source::Given | Source::Heuristic) if options.kernels == KernelSet::Tiled => {
+            return Err(Error::Invalid(
+                "a plan of the simple kernel set runs with KernelSet::Simple (GpuOptions::with_plan sets it)".into(),
+            ))
+        }
+        _ => plan,
+    };
+    if plan.simple().is_some() {
+        return Ok((plan, None));
     }
-    let plan = super::tune::resolve_plan(ctx, net, rows, options)?;
-    TiledKernels::with_plan(&ctx.device, &ctx.limits, &plan, options.checked).map(Some)
+    let tiled = TiledKernels::with_plan(&ctx.device, &ctx.limits, &plan, options.checked)?;
+    Ok((plan, Some(tiled)))
 }
 
 impl Backend for GpuBackend {
@@ -844,6 +878,6 @@ impl Backend for GpuBackend {
     }
 
     fn kernel_config(&self) -> Option<String> {
-        self.kernel_plan().map(|p| p.to_string())
+        Some(self.plan.to_string())
     }
 }

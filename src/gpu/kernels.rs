@@ -964,16 +964,23 @@ pub enum Core {
     Loops,
 }
 
-/// One configuration of the tiled products: how the core is built and its
-/// tile sizes. Written `gen:WXxWY:TMxTN:kBK` or `loops:…` (e.g.
-/// `gen:8x8:4x4:k8`, [`KernelConfig::parse`]), as `--kernel-config` takes it
-/// and checkpoints and `--metrics` record it.
+/// One configuration of the tiled products: how the core is built, its
+/// tile sizes and, for a gradient product, its K slices. Written
+/// `gen:WXxWY:TMxTN:kBK` or `loops:…`, then optional fields in any order:
+/// `:sN`, N K slices (e.g. `gen:8x8:4x4:k8:s4`, [`KernelConfig::parse`]),
+/// as `--kernel-config` takes it and checkpoints and `--metrics` record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelConfig {
     /// Generated or tiled.wgsl.
     pub core: Core,
     /// The tile sizes.
     pub tiles: TileConfig,
+    /// K slices of a gradient product (split K), `1..=MAX_SPLITS`: at run
+    /// time clamped, silently, to K's whole BK steps and the scratch budget
+    /// ([`super::plan::gradient_splits`]); `None` derives them from the
+    /// tiles and the device ([`k_splits_to`]). Forward and delta products
+    /// have none ([`super::plan::KernelPlan::parse`] refuses them there).
+    pub splits: Option<u32>,
 }
 
 impl KernelConfig {
@@ -982,7 +989,23 @@ impl KernelConfig {
         KernelConfig {
             core: Core::Generated,
             tiles,
+            splits: None,
         }
+    }
+
+    /// The configuration its modules are built with: K slices are a
+    /// dispatch's, not a module's, so products that differ only in them
+    /// share one set of pipelines.
+    pub fn modules(self) -> KernelConfig {
+        KernelConfig {
+            splits: None,
+            ..self
+        }
+    }
+
+    /// The same with `splits` K slices of a gradient product.
+    pub fn with_splits(self, splits: Option<u32>) -> KernelConfig {
+        KernelConfig { splits, ..self }
     }
 
     /// Bytes of workgroup memory of its product kernels.
@@ -1020,13 +1043,29 @@ impl KernelConfig {
             Error::setting(
                 Setting::KernelConfig,
                 text,
-                "expected gen|loops:WXxWY:TMxTN:kBK, e.g. gen:8x8:4x4:k8",
+                "expected gen|loops:WXxWY:TMxTN:kBK[:sN], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:s4",
             )
         };
         let parts: Vec<&str> = text.trim().split(':').collect();
-        let [core, wg, t, k] = parts.as_slice() else {
+        let [core, wg, t, k, optional @ ..] = parts.as_slice() else {
             return Err(bad());
         };
+        // Optional fields, in any order, each at most once.
+        let mut splits = None;
+        for field in optional {
+            if let Some(n) = field.strip_prefix('s') {
+                if splits.is_some() {
+                    let why = format!("`:{field}`: K slices given twice");
+                    return Err(Error::setting(Setting::KernelConfig, text, why));
+                }
+                splits = Some(parse_splits(n).ok_or_else(|| {
+                    let why = format!("`:{field}`: K slices are s1..=s{MAX_SPLITS}");
+                    Error::setting(Setting::KernelConfig, text, why)
+                })?);
+            } else {
+                return Err(bad());
+            }
+        }
         let core = match *core {
             "gen" => Core::Generated,
             "loops" => Core::Loops,
@@ -1048,7 +1087,11 @@ impl KernelConfig {
             tn,
             bk,
         };
-        let config = KernelConfig { core, tiles };
+        let config = KernelConfig {
+            core,
+            tiles,
+            splits,
+        };
         let checked = match core {
             Core::Generated => super::codegen::check(&tiles),
             Core::Loops => tiles.safety(),
@@ -1069,8 +1112,21 @@ impl std::fmt::Display for KernelConfig {
             f,
             "{core}:{}x{}:{}x{}:k{}",
             t.wg_x, t.wg_y, t.tm, t.tn, t.bk
-        )
+        )?;
+        if let Some(s) = self.splits {
+            write!(f, ":s{s}")?;
+        }
+        Ok(())
     }
+}
+
+/// Most K slices a configuration may give (`:sN`): a gradient needs more
+/// only where one slice would be shallower than a BK step.
+pub const MAX_SPLITS: u32 = 1024;
+
+/// The N of `:sN`, if in `1..=MAX_SPLITS`.
+fn parse_splits(n: &str) -> Option<u32> {
+    n.parse().ok().filter(|s| (1..=MAX_SPLITS).contains(s))
 }
 
 /// One configuration's product kernels: one module set per distinct
@@ -1142,7 +1198,13 @@ impl TiledKernels {
             layout(&GRADIENT_DENSE_TILED)?,
             layout(&FORWARD_OUTPUT_LOSS_TILED)?,
         ];
-        let configs = plan.configs();
+        // One module set per configuration apart from K slices.
+        let mut configs: Vec<KernelConfig> = Vec::new();
+        for c in plan.configs().into_iter().map(KernelConfig::modules) {
+            if !configs.contains(&c) {
+                configs.push(c);
+            }
+        }
         // The fused output kernel only where the output layer's forward runs.
         let output = plan.layers().checked_sub(1).map(|last| {
             plan.get(ProductId {
@@ -1150,12 +1212,13 @@ impl TiledKernels {
                 layer: last,
             })
             .config
+            .modules()
         });
         let sets = configs
             .iter()
             .map(|&c| ProductKernels::new(device, limits, c, checked, &layouts, output == Some(c)))
             .collect::<Result<Vec<_>>>()?;
-        let at = |c: KernelConfig| configs.iter().position(|&x| x == c).unwrap_or(0);
+        let at = |c: KernelConfig| configs.iter().position(|&x| x == c.modules()).unwrap_or(0);
         let index = (0..plan.layers())
             .map(|layer| Product::ALL.map(|kind| at(plan.get(ProductId { kind, layer }).config)))
             .collect();

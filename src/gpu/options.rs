@@ -60,8 +60,9 @@ pub struct GpuOptions {
     /// nor `tiles` gives them: the heuristic, the tuning cache, or
     /// measured first ([`TuneMode`]).
     pub tune: TuneMode,
-    /// A configuration per product to run exactly (a replayed record);
-    /// overrides `tiles`, `core` and `tune`.
+    /// A configuration per product to run exactly (a replayed record), or
+    /// the simple set (with `kernels: Simple`, as [`GpuOptions::with_plan`]
+    /// sets it); overrides `tiles`, `core` and `tune`.
     pub plan: Option<KernelPlan>,
     /// The tuning cache's directory; `None`: [`super::tune::default_cache_dir`]
     /// (`SHADERTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/shadertrain`, else
@@ -164,17 +165,23 @@ impl GpuOptions {
             return Ok(Some(plan.clone()));
         }
         let config = match (self.tiles, self.core) {
-            (Some(tiles), core) => KernelConfig { core, tiles },
+            (Some(tiles), core) => KernelConfig {
+                core,
+                tiles,
+                splits: None,
+            },
             (None, Core::Generated) => return Ok(None),
             (None, Core::Loops) => KernelConfig {
                 core: Core::Loops,
                 tiles: TileConfig::for_adapter(&ctx.info, &ctx.limits),
+                splits: None,
             },
         };
         Ok(Some(KernelPlan::uniform(net, config, Source::Given)))
     }
 
-    /// Options that run `config`'s tiled kernels.
+    /// Options that run `config`'s tiled kernels for every product (K
+    /// slices derived: [`GpuOptions::with_plan`] of a plan gives them).
     pub fn with_config(self, config: KernelConfig) -> GpuOptions {
         GpuOptions {
             kernels: KernelSet::Tiled,
@@ -184,10 +191,14 @@ impl GpuOptions {
         }
     }
 
-    /// Options that run `plan`'s configurations exactly.
+    /// Options that run `plan`'s configurations exactly: the simple set
+    /// for a simple plan ([`KernelPlan::simple`]), else the tiled kernels.
     pub fn with_plan(self, plan: KernelPlan) -> GpuOptions {
         GpuOptions {
-            kernels: KernelSet::Tiled,
+            kernels: match plan.simple() {
+                Some(_) => KernelSet::Simple,
+                None => KernelSet::Tiled,
+            },
             plan: Some(plan),
             ..self
         }
