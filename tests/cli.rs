@@ -1505,6 +1505,121 @@ fn train_tune_auto_tunes_then_trains_and_records() {
     );
 }
 
+/// Every bad `--kernel-config` text is one line naming the flag and the
+/// text, on `train` and `bench`, before any GPU work: K slices out of
+/// range, repeated or on a forward or delta product, unknown fields.
+#[test]
+fn bad_kernel_config_texts_are_one_line() {
+    let all = |f0: &str| {
+        format!("f0={f0},d0=gen:8x8:4x4:k8,g0=gen:8x8:4x4:k8,f1=gen:8x8:4x4:k8,g1=gen:8x8:4x4:k8")
+    };
+    // Each text, and what its line names (a long text is cut short there).
+    let texts = [
+        ("gen:8x8:4x4:k8:s0".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:s1025".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:s4:s2".to_string(), "twice"),
+        ("gen:8x8:4x4:k8:sx".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:q".to_string(), "[:sN]"),
+        ("simpel".to_string(), "gen|loops"),
+        (all("gen:8x8:4x4:k8:s2"), "g<layer>"),
+    ];
+    for (text, why) in &texts {
+        let short = &text[..text.len().min(40)];
+        let train = [
+            "train",
+            "--backend",
+            "gpu",
+            "--data",
+            "xor",
+            "--layers",
+            "2,3,1",
+            "--kernel-config",
+            text,
+        ];
+        expect_error(&train, &["--kernel-config", short, why]);
+        let bench = [
+            "bench",
+            "--backend",
+            "gpu",
+            "--layers",
+            "2,3,1",
+            "--kernel-config",
+            text,
+        ];
+        expect_error(&bench, &["--kernel-config", short, why]);
+    }
+}
+
+/// `tune --timing wall-clock` with `simple` among the candidates: each
+/// product measured, then the two whole steps, one chosen; the summary says
+/// the wall clock and the plan chosen, which `bench` then builds from the
+/// cache (`simple` for every product where the simple set won); `bench
+/// --kernel-config simple` runs the simple set as given.
+#[test]
+fn tune_by_wall_clock_weighs_the_simple_set() {
+    if !gpu_or_skip("tune_by_wall_clock_weighs_the_simple_set") {
+        return;
+    }
+    let dir = TempDir::new("tune-wall");
+    let cache = dir.0.to_string_lossy().into_owned();
+    let env = [("SHADERTRAIN_CACHE_DIR", cache.as_str())];
+    let net = ["--layers", "5,4,3", "--batch", "9"];
+    let mut tune = vec![
+        "tune",
+        "--json",
+        "--timing",
+        "wall-clock",
+        "--candidates",
+        "gen:8x8:4x4:k8,simple",
+    ];
+    tune.extend(net);
+    let r = run_env(&tune, &env).success();
+    let lines: Vec<Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", r.dump())))
+        .collect();
+    // 5 products, 2 whole steps, the summary.
+    assert_eq!(lines.len(), 8, "{}", r.dump());
+    let steps = &lines[5..7];
+    assert!(steps.iter().all(|m| m["product"] == "step"), "{}", r.dump());
+    assert_eq!(steps[1]["candidate"], "simple", "{}", r.dump());
+    let chosen: Vec<bool> = steps.iter().map(|m| m["chosen"] == true).collect();
+    assert!(chosen[0] != chosen[1], "{}", r.dump());
+    let summary = &lines[7];
+    assert_eq!(summary["timing"], "wall-clock", "{}", r.dump());
+    let plan = summary["kernel_config"].as_str().unwrap_or("");
+    assert_eq!(plan == "simple", chosen[1], "{}", r.dump());
+    let mut bench = vec![
+        "bench",
+        "--backend",
+        "gpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    bench.extend(net);
+    let (cached, r) = bench_sources(&bench, &env);
+    assert_eq!(cached.len(), 5, "{}", r.dump());
+    assert!(cached.iter().all(|(_, s)| s == "cache"), "{}", r.dump());
+    let simple = cached.iter().all(|(c, _)| c == "simple");
+    assert_eq!(simple, chosen[1], "{}", r.dump());
+    bench.extend(["--kernel-config", "simple"]);
+    let (given, r) = bench_sources(&bench, &env);
+    assert!(
+        given.iter().all(|(c, s)| c == "simple" && s == "given"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.stdout().contains("\"kernels\":\"simple\""),
+        "{}",
+        r.dump()
+    );
+}
+
 /// `tune`'s own flags are checked before any GPU work, each error naming its flag.
 #[test]
 fn tune_refuses_bad_flags() {
@@ -1521,4 +1636,12 @@ fn tune_refuses_bad_flags() {
         &["--candidates", "gen:1x1"],
     );
     expect_error(&["tune", "--workload", "W9"], &["W9"]);
+    expect_error(
+        &["tune", "--workload", "W0", "--candidates", "simple"],
+        &["--candidates", "simple"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--timing", "sundial"],
+        &["--timing", "sundial"],
+    );
 }

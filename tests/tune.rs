@@ -571,7 +571,7 @@ fn replayed_split_plan_trains_bitwise_equal() {
     };
     let net = Network::parse("6,11,4").unwrap();
     let batch = 23;
-    let mut train = |g: &mut GpuBackend| {
+    let train = |g: &mut GpuBackend| {
         let bits = trained_bits(g, &net, batch);
         (bits, g.gradient_splits().to_vec())
     };

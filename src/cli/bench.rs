@@ -9,8 +9,10 @@ use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::plan::ProductId;
+use shadertrain::gpu::tune::resolve_plan;
 use shadertrain::gpu::{
-    GpuBackend, GpuContext, GpuOptions, KernelPlan, KernelSet, Source, TileConfig, TuneMode,
+    micro_batch_rows, GpuBackend, GpuContext, GpuOptions, KernelPlan, KernelSet, Source,
+    TileConfig, TuneMode,
 };
 use shadertrain::network::{Network, Params};
 use shadertrain::parallel::DataParallel;
@@ -29,7 +31,8 @@ pub enum KernelsArg {
     /// As `--tune` finds: the tiled products, or the simple set where the
     /// tuning cache measured it faster for this network and batch.
     Auto,
-    /// Tiled products, fused loss and update.
+    /// Tiled products, fused loss and update (the tuning cache's tiled
+    /// choices even where it measured the simple set faster).
     Tiled,
     /// One invocation per output: the GPU reference twins.
     Simple,
@@ -455,6 +458,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }),
             tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
             ..GpuOptions::default()
+        };
+        let plan = match (plan, a.kernels) {
+            // The tiled products even where the cache chose the simple set.
+            (None, KernelsArg::Tiled) => {
+                let rows = micro_batch_rows(&net, batch, &ctx.limits, None)?;
+                Some(resolve_plan(&ctx, &net, rows, &options)?.tiled())
+            }
+            (plan, _) => plan,
         };
         let options = match plan {
             Some(p) => options.with_plan(p),
