@@ -622,8 +622,9 @@ fn cache_entries(
 /// A cache whose whole-step entry chose the simple set builds it (`simple`,
 /// from `cache`), which trains as the f64 reference does; where the batch
 /// runs as micro-batches, which the simple set cannot, the cached tiled
-/// choices run instead. `simple` replays bitwise, and given for a batch
-/// that needs micro-batches it is refused in one line.
+/// choices run instead, as they do where the caller asks for the tiled set.
+/// `simple` replays bitwise, and given for a batch that needs micro-batches
+/// it is refused in one line.
 #[test]
 fn simple_set_from_the_cache_runs_and_replays() {
     use shadertrain::gpu::KernelSet;
@@ -672,6 +673,15 @@ fn simple_set_from_the_cache_runs_and_replays() {
     };
     let g = GpuBackend::with_options(ctx.clone(), &net, batch, off).unwrap();
     assert_eq!(g.kernel_set(), KernelSet::Tiled);
+    // Asked for the tiled set: the cached products, not the cached set.
+    let tiled = GpuOptions {
+        tune_kernel_set: false,
+        ..options(None)
+    };
+    let g = GpuBackend::with_options(ctx.clone(), &net, batch, tiled).unwrap();
+    assert_eq!(g.kernel_set(), KernelSet::Tiled);
+    let sources = g.kernel_plan().entries(&net);
+    assert!(sources.iter().all(|(_, c)| c.source == Source::Cache));
     // Replayed: the same training, bit for bit.
     let mut first = GpuBackend::with_options(ctx.clone(), &net, batch, options(None)).unwrap();
     let replay = KernelPlan::parse(&net, "simple", Source::Given).unwrap();

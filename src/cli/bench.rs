@@ -9,10 +9,8 @@ use shadertrain::backend::Backend;
 use shadertrain::bench::{self, Workload};
 use shadertrain::cpu::FastCpuBackend;
 use shadertrain::gpu::plan::ProductId;
-use shadertrain::gpu::tune::resolve_plan;
 use shadertrain::gpu::{
-    micro_batch_rows, GpuBackend, GpuContext, GpuOptions, KernelPlan, KernelSet, Source,
-    TileConfig, TuneMode,
+    GpuBackend, GpuContext, GpuOptions, KernelPlan, KernelSet, Source, TileConfig, TuneMode,
 };
 use shadertrain::network::{Network, Params};
 use shadertrain::parallel::DataParallel;
@@ -457,15 +455,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 TilesArg::Discrete => TileConfig::DISCRETE,
             }),
             tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
-            ..GpuOptions::default()
-        };
-        let plan = match (plan, a.kernels) {
             // The tiled products even where the cache chose the simple set.
-            (None, KernelsArg::Tiled) => {
-                let rows = micro_batch_rows(&net, batch, &ctx.limits, None)?;
-                Some(resolve_plan(&ctx, &net, rows, &options)?.tiled())
-            }
-            (plan, _) => plan,
+            tune_kernel_set: a.kernels == KernelsArg::Auto,
+            ..GpuOptions::default()
         };
         let options = match plan {
             Some(p) => options.with_plan(p),

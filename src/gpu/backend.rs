@@ -139,7 +139,8 @@ impl GpuBackend {
         Self::with_options(ctx, net, capacity, options)
     }
 
-    /// As [`GpuBackend::new`], running the given kernel set.
+    /// As [`GpuBackend::new`], running the given kernel set (the tuning
+    /// cache's configurations, never its choice of set).
     pub fn with_kernel_set(
         ctx: Arc<GpuContext>,
         net: &Network,
@@ -148,6 +149,7 @@ impl GpuBackend {
     ) -> Result<Self> {
         let options = GpuOptions {
             kernels,
+            tune_kernel_set: false,
             ..GpuOptions::default()
         };
         Self::with_options(ctx, net, capacity, options)

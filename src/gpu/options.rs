@@ -64,6 +64,12 @@ pub struct GpuOptions {
     /// the simple set (with `kernels: Simple`, as [`GpuOptions::with_plan`]
     /// sets it); overrides `tiles`, `core` and `tune`.
     pub plan: Option<KernelPlan>,
+    /// With `kernels: Tiled` and a `tune` that reads the cache: run the
+    /// simple set where the cache's whole-step entry measured it faster
+    /// (and `Auto` measures it). `true` by default; `false` keeps the tiled
+    /// products ([`GpuBackend::with_kernel_set`](super::GpuBackend::with_kernel_set),
+    /// `bench --kernels tiled`).
+    pub tune_kernel_set: bool,
     /// The tuning cache's directory; `None`: [`super::tune::default_cache_dir`]
     /// (`SHADERTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/shadertrain`, else
     /// `~/.cache/shadertrain`).
@@ -95,6 +101,7 @@ impl GpuOptions {
         checked: false,
         tune: TuneMode::Off,
         plan: None,
+        tune_kernel_set: true,
         cache_dir: None,
     };
 }

@@ -329,7 +329,7 @@ pub fn resolve_plan(
                 cache.path().display()
             );
         }
-    } else if cache.simple(&step) == Some(true) {
+    } else if options.tune_kernel_set && cache.simple(&step) == Some(true) {
         return Ok(plan.into_simple(Source::Cache));
     }
     if options.tune == TuneMode::Auto && !missing.is_empty() {
@@ -343,6 +343,7 @@ pub fn resolve_plan(
         let settings = TuneSettings {
             checked: options.checked,
             budget: auto_budget(),
+            simple: options.tune_kernel_set,
             ..TuneSettings::default()
         };
         // A device of its own on the same adapter (same name), so that a
