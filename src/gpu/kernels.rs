@@ -1387,7 +1387,7 @@ pub fn grid_tiled(
 }
 
 /// Workgroups a product with few output blocks is split up to (split K).
-const FILL_GROUPS: u64 = 1024;
+pub const FILL_GROUPS: u64 = 1024;
 /// The shallowest K slice worth a workgroup of its own.
 const MIN_SLICE: u32 = 256;
 
