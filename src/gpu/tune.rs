@@ -687,66 +687,9 @@ pub fn tune(
             break;
         }
     }
-    // K slices of each gradient on its fastest tiles: a trial per count
-    // that gives some gradient slices not yet measured.
-    let fastest = choose(&all, &trials);
-    let shape = |p: &ProductId| {
-        let [m, n, k] = p.shape(net, rows);
-        (m as u32, n as u32, k as u32)
-    };
-    let slices = |c: &KernelConfig, p: &ProductId| {
-        gradient_splits(c, shape(p), ctx.info.device_type, &ctx.limits)
-    };
-    let mut seen: BTreeMap<ProductId, Vec<u32>> = BTreeMap::new();
-    for (p, (_, config, _)) in fastest.iter().filter(|(p, _)| p.kind == Product::Gradient) {
-        seen.insert(*p, vec![slices(config, p)]);
-    }
-    let mut ladder = settings.splits.clone().unwrap_or_else(split_ladder);
-    if spoiled {
-        ladder.clear();
-    }
-    for s in ladder {
-        let plan = KernelPlan::from_fn(net, |p| {
-            let config = fastest.get(&p).map_or(heuristic.get(p).config, |f| f.1);
-            let config = match p.kind {
-                Product::Gradient => config.with_splits(Some(s)),
-                _ => config,
-            };
-            Choice {
-                config,
-                source: Source::Given,
-            }
-        });
-        let counts: Vec<bool> = all
-            .iter()
-            .map(|p| {
-                let new = slices(&plan.get(*p).config, p);
-                let seen = seen.get_mut(p);
-                let fresh = seen.as_ref().is_some_and(|v| !v.contains(&new));
-                if let (true, Some(v)) = (fresh, seen) {
-                    v.push(new);
-                }
-                fresh
-            })
-            .collect();
-        if !counts.contains(&true) {
-            continue;
-        }
-        let what = format!("gradients at :s{s}");
-        if !log.may_start(&what) {
-            break;
-        }
-        let outcome = m.products(&plan, best_total(&trials)).map(|ms| {
-            let gradients = all.iter().zip(&ms).zip(&counts);
-            let ms_in: f64 = gradients.filter(|(_, &c)| c).map(|((_, t), _)| t).sum();
-            trials.push(Trial { plan, ms, counts });
-            format!("{ms_in:.3} ms in the gradients it splits anew")
-        });
-        log.report(&what, outcome);
-        if ctx.check_errors().is_err() {
-            spoiled = true;
-            break;
-        }
+    if !spoiled {
+        let ladder = settings.splits.clone().unwrap_or_else(split_ladder);
+        spoiled = split_trials(&m, &mut log, &mut trials, &heuristic, &ladder);
     }
     let fastest = choose(&all, &trials);
     let mut plan = heuristic;
@@ -773,49 +716,16 @@ pub fn tune(
                 product: p.label(),
                 shape,
                 candidate: config.to_string(),
-                k_slices: (p.kind == Product::Gradient).then(|| slices(&config, p)),
+                k_slices: (p.kind == Product::Gradient).then(|| m.slices(&config, p)),
                 ms,
                 gflops: flop / (ms.max(1e-9) / 1e3) / 1e9,
                 chosen: fastest.get(p).is_some_and(|f| f.2 == t),
             });
         }
     }
-    // The whole step: the tiled plan chosen against the simple set.
     let mut steps = Vec::new();
     if settings.simple && !spoiled && !fastest.is_empty() {
-        let flop = crate::bench::flops_per_step(net, rows);
-        let shape = [rows, net.inputs(), net.outputs()];
-        let tiled = plan.clone().with_source(Source::Given);
-        let simple = KernelPlan::simple_set(net, Source::Given);
-        for candidate in [tiled, simple] {
-            let what = format!("whole step, {candidate}");
-            if !log.may_start(&what) {
-                steps.clear();
-                break;
-            }
-            let outcome = m.step(&candidate).map(|ms| {
-                steps.push(Measurement {
-                    product: "step".into(),
-                    shape,
-                    candidate: candidate.to_string(),
-                    k_slices: None,
-                    ms,
-                    gflops: flop / (ms.max(1e-9) / 1e3) / 1e9,
-                    chosen: false,
-                });
-                format!("{ms:.3} ms")
-            });
-            log.report(&what, outcome);
-            if ctx.check_errors().is_err() {
-                break;
-            }
-        }
-        if let [tiled, simple] = steps.as_mut_slice() {
-            let faster = if simple.ms < tiled.ms { simple } else { tiled };
-            faster.chosen = true;
-        } else {
-            steps.clear();
-        }
+        steps = whole_steps(&m, &mut log, &plan);
         if steps.get(1).is_some_and(|s| s.chosen) {
             plan = plan.into_simple(Source::Tuned);
         }
@@ -828,6 +738,104 @@ pub fn tune(
         timing,
         chosen,
     })
+}
+
+/// On each gradient's fastest tiles so far, a trial per count of
+/// `ladder` that gives some gradient K slices not measured yet (the
+/// derived count included). Returns whether the device was spoiled.
+fn split_trials(
+    m: &Measurer,
+    log: &mut Log,
+    trials: &mut Vec<Trial>,
+    heuristic: &KernelPlan,
+    ladder: &[u32],
+) -> bool {
+    let all = products(m.net);
+    let fastest = choose(&all, trials);
+    let mut seen: BTreeMap<ProductId, Vec<u32>> = BTreeMap::new();
+    for (p, (_, config, _)) in fastest.iter().filter(|(p, _)| p.kind == Product::Gradient) {
+        seen.insert(*p, vec![m.slices(config, p)]);
+    }
+    for &s in ladder {
+        let plan = KernelPlan::from_fn(m.net, |p| {
+            let config = fastest.get(&p).map_or(heuristic.get(p).config, |f| f.1);
+            Choice {
+                config: config.with_splits(Some(s)),
+                source: Source::Given,
+            }
+        });
+        let counts: Vec<bool> = all
+            .iter()
+            .map(|p| {
+                let new = m.slices(&plan.get(*p).config, p);
+                match seen.get_mut(p) {
+                    Some(v) if !v.contains(&new) => {
+                        v.push(new);
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        if !counts.contains(&true) {
+            continue;
+        }
+        let what = format!("gradients at :s{s}");
+        if !log.may_start(&what) {
+            break;
+        }
+        let outcome = m.products(&plan, best_total(trials)).map(|ms| {
+            let gradients = ms.iter().zip(&counts).filter(|(_, &c)| c);
+            let ms_in: f64 = gradients.map(|(t, _)| t).sum();
+            trials.push(Trial { plan, ms, counts });
+            format!("{ms_in:.3} ms in the gradients it splits anew")
+        });
+        log.report(&what, outcome);
+        if m.ctx.check_errors().is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The whole step of tiled `plan`, then the simple set's, each checked
+/// first; the faster marked chosen. Empty unless both ran.
+fn whole_steps(m: &Measurer, log: &mut Log, plan: &KernelPlan) -> Vec<Measurement> {
+    let flop = crate::bench::flops_per_step(m.net, m.rows);
+    let shape = [m.rows, m.net.inputs(), m.net.outputs()];
+    let tiled = plan.clone().with_source(Source::Given);
+    let simple = KernelPlan::simple_set(m.net, Source::Given);
+    let mut steps = Vec::new();
+    for candidate in [tiled, simple] {
+        let what = format!("whole step, {candidate}");
+        if !log.may_start(&what) {
+            break;
+        }
+        let outcome = m.step(&candidate).map(|ms| {
+            steps.push(Measurement {
+                product: "step".into(),
+                shape,
+                candidate: candidate.to_string(),
+                k_slices: None,
+                ms,
+                gflops: flop / (ms.max(1e-9) / 1e3) / 1e9,
+                chosen: false,
+            });
+            format!("{ms:.3} ms")
+        });
+        log.report(&what, outcome);
+        if m.ctx.check_errors().is_err() {
+            break;
+        }
+    }
+    match steps.as_mut_slice() {
+        [tiled, simple] => {
+            let faster = if simple.ms < tiled.ms { simple } else { tiled };
+            faster.chosen = true;
+            steps
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Progress lines, the candidates skipped and the budget of one [`tune`].
@@ -962,6 +970,13 @@ struct Measurer<'a> {
 const LR: f32 = 1e-3;
 
 impl Measurer<'_> {
+    /// The K slices gradient `p` runs with `config` at the tuned rows.
+    fn slices(&self, config: &KernelConfig, p: &ProductId) -> u32 {
+        let [m, n, k] = p.shape(self.net, self.rows);
+        let (device, limits) = (self.ctx.info.device_type, &self.ctx.limits);
+        gradient_splits(config, (m as u32, n as u32, k as u32), device, limits)
+    }
+
     /// A backend running `plan` (caught if it panics), checked against the
     /// reference, the timed batch loaded.
     fn checked_backend(&self, plan: &KernelPlan) -> Result<GpuBackend> {
