@@ -1120,8 +1120,9 @@ impl std::fmt::Display for KernelConfig {
     }
 }
 
-/// Most K slices a configuration may give (`:sN`): a gradient needs more
-/// only where one slice would be shallower than a BK step.
+/// Most K slices a configuration may give (`:sN`): as many as a derived
+/// count can reach ([`FILL_GROUPS`]), and within every device's 65535
+/// workgroups per dimension (the slices are the grid's z).
 pub const MAX_SPLITS: u32 = 1024;
 
 /// The N of `:sN`, if in `1..=MAX_SPLITS`.
