@@ -1003,7 +1003,12 @@ impl Measurer<'_> {
             Reference::compare("output", &out, &r.out)?;
             Reference::compare("gradient", &g.read_gradients()?.data, &r.grads)?;
             debug_assert_eq!(out.len(), r.rows * self.net.outputs());
-            // The check compiled and ran every pipeline: no warm-up step.
+            // A step on the check's rows runs the pipelines the check did
+            // not (the fused update): drivers may compile a pipeline at its
+            // first dispatch (lavapipe took 100 ms there), which must not be
+            // timed.
+            g.step(LR)?;
+            g.sync()?;
             g.load_batch(&self.batch.0, &self.batch.1)?;
             Ok(g)
         }));
