@@ -1620,6 +1620,56 @@ fn tune_by_wall_clock_weighs_the_simple_set() {
     );
 }
 
+/// `train --kernel-config simple` runs the simple set, records `simple` in
+/// `--metrics` and the checkpoint, and a resume replays it.
+#[test]
+fn train_kernel_config_simple_is_recorded_and_replayed() {
+    if !gpu_or_skip("train_kernel_config_simple_is_recorded_and_replayed") {
+        return;
+    }
+    let dir = TempDir::new("simple-set");
+    let cache = dir.0.to_string_lossy().into_owned();
+    let env = [("SHADERTRAIN_CACHE_DIR", cache.as_str())];
+    let save = dir.path("s.safetensors").to_string_lossy().into_owned();
+    let metrics = dir.path("m.json").to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--epochs",
+        "1",
+        "--kernel-config",
+        "simple",
+        "--save",
+        &save,
+        "--metrics",
+        &metrics,
+    ];
+    let r = run_env(&args, &env).success();
+    assert!(r.stderr().contains("gpu kernels: simple"), "{}", r.dump());
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert_eq!(m["kernel_config"], "simple", "{}", r.dump());
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
+    assert_eq!(ckpt.state.kernel_config.as_deref(), Some("simple"));
+    let resume = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--resume",
+        &save,
+        "--epochs",
+        "2",
+    ];
+    let r = run_env(&resume, &env).success();
+    assert!(r.stderr().contains("gpu kernels: simple"), "{}", r.dump());
+}
+
 /// `tune`'s own flags are checked before any GPU work, each error naming its flag.
 #[test]
 fn tune_refuses_bad_flags() {
