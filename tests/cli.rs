@@ -1422,6 +1422,61 @@ fn tune_writes_the_cache_that_bench_reads() {
     assert!(notices[0].contains("ignored"), "{}", r.dump());
 }
 
+/// `train --backend gpu --data xor --layers 2,3,1 --epochs 1` and `extra`
+/// with `env`, saving a checkpoint and `--metrics` in `dir`: the run, and
+/// the kernel configuration recorded (the same in both).
+fn train_recorded(dir: &TempDir, env: &[(&str, &str)], extra: &[&str]) -> (Run, String) {
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
+    let metrics = dir.path("m.json").to_string_lossy().into_owned();
+    let mut args = vec![
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--layers",
+        "2,3,1",
+        "--epochs",
+        "1",
+        "--save",
+        &save,
+        "--metrics",
+        &metrics,
+    ];
+    args.extend(extra);
+    let r = run_env(&args, env).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let recorded = m["kernel_config"]
+        .as_str()
+        .expect("kernel_config in --metrics")
+        .to_string();
+    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
+    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(recorded.as_str()));
+    (r, recorded)
+}
+
+/// Resuming [`train_recorded`]'s checkpoint replays `recorded`.
+fn resume_replays(dir: &TempDir, env: &[(&str, &str)], recorded: &str) {
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
+    let resume = [
+        "train",
+        "--backend",
+        "gpu",
+        "--data",
+        "xor",
+        "--resume",
+        &save,
+        "--epochs",
+        "2",
+    ];
+    let r = run_env(&resume, env).success();
+    assert!(
+        r.stderr().contains(&format!("gpu kernels: {recorded}")),
+        "{}",
+        r.dump()
+    );
+}
+
 /// `train --tune auto` tunes the products the cache lacks (a progress line),
 /// writes the cache, trains, and records the configuration in the checkpoint
 /// and `--metrics`; a resume replays it, and `--kernel-config` with
@@ -1438,59 +1493,17 @@ fn train_tune_auto_tunes_then_trains_and_records() {
         ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
         ("SHADERTRAIN_TUNE_BUDGET", "0.001"),
     ];
-    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
-    let metrics = dir.path("m.json").to_string_lossy().into_owned();
-    let args = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--layers",
-        "2,3,1",
-        "--epochs",
-        "1",
-        "--tune",
-        "auto",
-        "--save",
-        &save,
-        "--metrics",
-        &metrics,
-    ];
-    let r = run_env(&args, &env).success();
+    let (r, recorded) = train_recorded(&dir, &env, &["--tune", "auto"]);
     assert!(
         r.stderr().contains("tuning 5 of 5 products"),
         "{}",
         r.dump()
     );
     assert!(dir.path("tune-v1.json").exists(), "{}", r.dump());
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
-    let recorded = m["kernel_config"]
-        .as_str()
-        .expect("kernel_config in --metrics")
-        .to_string();
-    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
-    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(recorded.as_str()));
     // A second run finds every product in the cache: no tuning.
-    let r = run_env(&args, &env).success();
+    let (r, _) = train_recorded(&dir, &env, &["--tune", "auto"]);
     assert!(!r.stderr().contains("tuning"), "{}", r.dump());
-    let resume = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--resume",
-        &save,
-        "--epochs",
-        "2",
-    ];
-    let r = run_env(&resume, &[("SHADERTRAIN_CACHE_DIR", cache.as_str())]).success();
-    assert!(
-        r.stderr().contains(&format!("gpu kernels: {recorded}")),
-        "{}",
-        r.dump()
-    );
+    resume_replays(&dir, &env[..1], &recorded);
     expect_error(
         &[
             "train",
@@ -1630,44 +1643,10 @@ fn train_kernel_config_simple_is_recorded_and_replayed() {
     let dir = TempDir::new("simple-set");
     let cache = dir.0.to_string_lossy().into_owned();
     let env = [("SHADERTRAIN_CACHE_DIR", cache.as_str())];
-    let save = dir.path("s.safetensors").to_string_lossy().into_owned();
-    let metrics = dir.path("m.json").to_string_lossy().into_owned();
-    let args = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--layers",
-        "2,3,1",
-        "--epochs",
-        "1",
-        "--kernel-config",
-        "simple",
-        "--save",
-        &save,
-        "--metrics",
-        &metrics,
-    ];
-    let r = run_env(&args, &env).success();
+    let (r, recorded) = train_recorded(&dir, &env, &["--kernel-config", "simple"]);
+    assert_eq!(recorded, "simple", "{}", r.dump());
     assert!(r.stderr().contains("gpu kernels: simple"), "{}", r.dump());
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
-    assert_eq!(m["kernel_config"], "simple", "{}", r.dump());
-    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
-    assert_eq!(ckpt.state.kernel_config.as_deref(), Some("simple"));
-    let resume = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--resume",
-        &save,
-        "--epochs",
-        "2",
-    ];
-    let r = run_env(&resume, &env).success();
-    assert!(r.stderr().contains("gpu kernels: simple"), "{}", r.dump());
+    resume_replays(&dir, &env, "simple");
 }
 
 /// `tune`'s own flags are checked before any GPU work, each error naming its flag.
