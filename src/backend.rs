@@ -196,7 +196,8 @@ pub trait Backend {
 
     /// The GPU kernels' configuration of every product, as
     /// `--kernel-config` takes it and checkpoints record it
-    /// ([`crate::gpu::KernelPlan`]); `None` where no tiled kernels run.
+    /// ([`crate::gpu::KernelPlan`]; `simple` for the simple kernel set);
+    /// `None` where no GPU kernels run.
     fn kernel_config(&self) -> Option<String> {
         self.kernels().map(|k| k.kernel_config)
     }

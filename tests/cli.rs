@@ -1574,16 +1574,13 @@ fn tune_writes_the_cache_that_bench_reads() {
     assert!(notices[0].contains("ignored"), "{}", r.dump());
 }
 
-/// A double-buffered configuration given to `train` is recorded as given
-/// (`:db`, on every product) in the checkpoint, and a resume replays it.
-#[test]
-fn train_records_and_replays_double_buffering() {
-    if !gpu_or_skip("train_records_and_replays_double_buffering") {
-        return;
-    }
-    let dir = TempDir::new("db-replay");
+/// `train --backend gpu --data xor --layers 2,3,1 --epochs 1` and `extra`
+/// with `env`, saving a checkpoint and `--metrics` in `dir`: the run, and
+/// the kernel configuration recorded (the same in both).
+fn train_recorded(dir: &TempDir, env: &[(&str, &str)], extra: &[&str]) -> (Run, String) {
     let save = dir.path("a.safetensors").to_string_lossy().into_owned();
-    let args = [
+    let metrics = dir.path("m.json").to_string_lossy().into_owned();
+    let mut args = vec![
         "train",
         "--backend",
         "gpu",
@@ -1593,20 +1590,26 @@ fn train_records_and_replays_double_buffering() {
         "2,3,1",
         "--epochs",
         "1",
-        "--kernel-config",
-        "gen:8x8:4x4:k8:db",
         "--save",
         &save,
+        "--metrics",
+        &metrics,
     ];
-    let r = run(&args).success();
+    args.extend(extra);
+    let r = run_env(&args, env).success();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let recorded = m["kernel_config"]
+        .as_str()
+        .expect("kernel_config in --metrics")
+        .to_string();
     let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
-    let recorded = ckpt.state.kernel_config.clone().expect("kernel_config");
-    let configs: Vec<&str> = recorded.split(',').collect();
-    assert!(
-        !configs.is_empty() && configs.iter().all(|c| c.ends_with("gen:8x8:4x4:k8:db")),
-        "{recorded}\n{}",
-        r.dump()
-    );
+    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(recorded.as_str()));
+    (r, recorded)
+}
+
+/// Resuming [`train_recorded`]'s checkpoint replays `recorded`.
+fn resume_replays(dir: &TempDir, env: &[(&str, &str)], recorded: &str) {
+    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
     let resume = [
         "train",
         "--backend",
@@ -1618,7 +1621,7 @@ fn train_records_and_replays_double_buffering() {
         "--epochs",
         "2",
     ];
-    let r = run(&resume).success();
+    let r = run_env(&resume, env).success();
     assert!(
         r.stderr().contains(&format!("gpu kernels: {recorded}")),
         "{}",
@@ -1642,59 +1645,17 @@ fn train_tune_auto_tunes_then_trains_and_records() {
         ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
         ("SHADERTRAIN_TUNE_BUDGET", "0.001"),
     ];
-    let save = dir.path("a.safetensors").to_string_lossy().into_owned();
-    let metrics = dir.path("m.json").to_string_lossy().into_owned();
-    let args = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--layers",
-        "2,3,1",
-        "--epochs",
-        "1",
-        "--tune",
-        "auto",
-        "--save",
-        &save,
-        "--metrics",
-        &metrics,
-    ];
-    let r = run_env(&args, &env).success();
+    let (r, recorded) = train_recorded(&dir, &env, &["--tune", "auto"]);
     assert!(
         r.stderr().contains("tuning 5 of 5 products"),
         "{}",
         r.dump()
     );
     assert!(dir.path("tune-v1.json").exists(), "{}", r.dump());
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
-    let recorded = m["kernel_config"]
-        .as_str()
-        .expect("kernel_config in --metrics")
-        .to_string();
-    let ckpt = shadertrain::checkpoint::Checkpoint::load(std::path::Path::new(&save)).unwrap();
-    assert_eq!(ckpt.state.kernel_config.as_deref(), Some(recorded.as_str()));
     // A second run finds every product in the cache: no tuning.
-    let r = run_env(&args, &env).success();
+    let (r, _) = train_recorded(&dir, &env, &["--tune", "auto"]);
     assert!(!r.stderr().contains("tuning"), "{}", r.dump());
-    let resume = [
-        "train",
-        "--backend",
-        "gpu",
-        "--data",
-        "xor",
-        "--resume",
-        &save,
-        "--epochs",
-        "2",
-    ];
-    let r = run_env(&resume, &[("SHADERTRAIN_CACHE_DIR", cache.as_str())]).success();
-    assert!(
-        r.stderr().contains(&format!("gpu kernels: {recorded}")),
-        "{}",
-        r.dump()
-    );
+    resume_replays(&dir, &env[..1], &recorded);
     expect_error(
         &[
             "train",
@@ -1814,6 +1775,160 @@ fn workers_take_one_kernel_config() {
     );
 }
 
+/// Every bad `--kernel-config` text is one line naming the flag and the
+/// text, on `train` and `bench`, before any GPU work: K slices out of
+/// range, repeated or on a forward or delta product, unknown fields.
+#[test]
+fn bad_kernel_config_texts_are_one_line() {
+    let all = |f0: &str| {
+        format!("f0={f0},d0=gen:8x8:4x4:k8,g0=gen:8x8:4x4:k8,f1=gen:8x8:4x4:k8,g1=gen:8x8:4x4:k8")
+    };
+    // Each text, and what its line names (a long text is cut short there).
+    let texts = [
+        ("gen:8x8:4x4:k8:s0".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:s1025".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:s4:s2".to_string(), "twice"),
+        ("gen:8x8:4x4:k8:sx".to_string(), "s1..=s1024"),
+        ("gen:8x8:4x4:k8:q".to_string(), "[:sN]"),
+        ("simpel".to_string(), "gen|loops"),
+        (all("gen:8x8:4x4:k8:s2"), "g<layer>"),
+    ];
+    for (text, why) in &texts {
+        let short = &text[..text.len().min(40)];
+        let train = [
+            "train",
+            "--backend",
+            "gpu",
+            "--data",
+            "xor",
+            "--layers",
+            "2,3,1",
+            "--kernel-config",
+            text,
+        ];
+        expect_error(&train, &["--kernel-config", short, why]);
+        let bench = [
+            "bench",
+            "--backend",
+            "gpu",
+            "--layers",
+            "2,3,1",
+            "--kernel-config",
+            text,
+        ];
+        expect_error(&bench, &["--kernel-config", short, why]);
+    }
+}
+
+/// `tune --timing wall-clock` with `simple` among the candidates: each
+/// product measured, then the two whole steps, one chosen; the summary says
+/// the wall clock and the plan chosen, which `bench` then builds from the
+/// cache (`simple` for every product where the simple set won); `bench
+/// --kernel-config simple` runs the simple set as given.
+#[test]
+fn tune_by_wall_clock_weighs_the_simple_set() {
+    if !gpu_or_skip("tune_by_wall_clock_weighs_the_simple_set") {
+        return;
+    }
+    let dir = TempDir::new("tune-wall");
+    let cache = dir.0.to_string_lossy().into_owned();
+    // The whole-step kernel off: where it runs, it beats a cached simple set.
+    let env = [
+        ("SHADERTRAIN_CACHE_DIR", cache.as_str()),
+        ("SHADERTRAIN_WHOLE_STEP", "0"),
+    ];
+    let net = ["--layers", "5,4,3", "--batch", "9"];
+    let mut tune = vec![
+        "tune",
+        "--json",
+        "--timing",
+        "wall-clock",
+        "--candidates",
+        "gen:8x8:4x4:k8,simple",
+    ];
+    tune.extend(net);
+    let r = run_env(&tune, &env).success();
+    let lines: Vec<Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{}", r.dump())))
+        .collect();
+    // 5 products, 2 whole steps, the summary.
+    assert_eq!(lines.len(), 8, "{}", r.dump());
+    let steps = &lines[5..7];
+    assert!(steps.iter().all(|m| m["product"] == "step"), "{}", r.dump());
+    assert_eq!(steps[1]["candidate"], "simple", "{}", r.dump());
+    let chosen: Vec<bool> = steps.iter().map(|m| m["chosen"] == true).collect();
+    assert!(chosen[0] != chosen[1], "{}", r.dump());
+    let summary = &lines[7];
+    assert_eq!(summary["timing"], "wall-clock", "{}", r.dump());
+    let plan = summary["kernel_config"].as_str().unwrap_or("");
+    assert_eq!(plan == "simple", chosen[1], "{}", r.dump());
+    let mut bench = vec![
+        "bench",
+        "--backend",
+        "gpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    bench.extend(net);
+    let (cached, r) = bench_sources(&bench, &env);
+    assert_eq!(cached.len(), 5, "{}", r.dump());
+    assert!(cached.iter().all(|(_, s)| s == "cache"), "{}", r.dump());
+    let simple = cached.iter().all(|(c, _)| c == "simple");
+    assert_eq!(simple, chosen[1], "{}", r.dump());
+    bench.extend(["--kernel-config", "simple"]);
+    let (given, r) = bench_sources(&bench, &env);
+    assert!(
+        given.iter().all(|(c, s)| c == "simple" && s == "given"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.stdout().contains("\"kernels\":\"simple\""),
+        "{}",
+        r.dump()
+    );
+}
+
+/// `train --kernel-config simple` runs the simple set, records `simple` in
+/// `--metrics` and the checkpoint, and a resume replays it.
+#[test]
+fn train_kernel_config_simple_is_recorded_and_replayed() {
+    if !gpu_or_skip("train_kernel_config_simple_is_recorded_and_replayed") {
+        return;
+    }
+    let dir = TempDir::new("simple-set");
+    let cache = dir.0.to_string_lossy().into_owned();
+    let env = [("SHADERTRAIN_CACHE_DIR", cache.as_str())];
+    let (r, recorded) = train_recorded(&dir, &env, &["--kernel-config", "simple"]);
+    assert_eq!(recorded, "simple", "{}", r.dump());
+    assert!(r.stderr().contains("gpu kernels: simple"), "{}", r.dump());
+    resume_replays(&dir, &env, "simple");
+}
+
+/// A double-buffered configuration given to `train` is recorded as given
+/// (`:db`, on every product) in the checkpoint and `--metrics`, and a
+/// resume replays it.
+#[test]
+fn train_records_and_replays_double_buffering() {
+    if !gpu_or_skip("train_records_and_replays_double_buffering") {
+        return;
+    }
+    let dir = TempDir::new("db-replay");
+    let (r, recorded) = train_recorded(&dir, &[], &["--kernel-config", "gen:8x8:4x4:k8:db"]);
+    let configs: Vec<&str> = recorded.split(',').collect();
+    assert!(
+        configs.iter().all(|c| c.ends_with("gen:8x8:4x4:k8:db")),
+        "{recorded}\n{}",
+        r.dump()
+    );
+    resume_replays(&dir, &[], &recorded);
+}
+
 /// `tune`'s own flags are checked before any GPU work, each error naming its flag.
 #[test]
 fn tune_refuses_bad_flags() {
@@ -1830,4 +1945,12 @@ fn tune_refuses_bad_flags() {
         &["--candidates", "gen:1x1"],
     );
     expect_error(&["tune", "--workload", "W9"], &["W9"]);
+    expect_error(
+        &["tune", "--workload", "W0", "--candidates", "simple"],
+        &["--candidates", "simple"],
+    );
+    expect_error(
+        &["tune", "--workload", "W0", "--timing", "sundial"],
+        &["--timing", "sundial"],
+    );
 }

@@ -26,9 +26,11 @@ pub enum BenchBackend {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelsArg {
-    /// The faster set for the adapter: simple on CPU adapters (lavapipe), else tiled.
+    /// As `--tune` finds: the tiled products, or the simple set where the
+    /// tuning cache measured it faster for this network and batch.
     Auto,
-    /// Tiled products, fused loss and update.
+    /// Tiled products, fused loss and update (the tuning cache's tiled
+    /// choices even where it measured the simple set faster).
     Tiled,
     /// One invocation per output: the GPU reference twins.
     Simple,
@@ -84,10 +86,11 @@ pub struct BenchArgs {
     tiles: Option<TilesArg>,
     /// The tiled kernels' configuration, as `bench --json`, checkpoints and
     /// `--metrics` record it: one for every product,
-    /// `gen|loops:WXxWY:TMxTN:kBK` with an optional `:db` (register double
-    /// buffering, generated cores only) (e.g. `gen:8x8:4x4:k8`,
-    /// `gen:8x8:16x16:k8:db`; `loops` is the previous tiled.wgsl core), or
-    /// one per product, `f0=…,d0=…,g0=…,f1=…`.
+    /// `gen|loops:WXxWY:TMxTN:kBK`, then optional `:db` (register double
+    /// buffering, generated cores only) and `:sN` (N K slices of the
+    /// gradients) (e.g. `gen:8x8:4x4:k8`, `gen:8x8:16x16:k8:db:s2`; `loops`
+    /// is the previous tiled.wgsl core), one per product,
+    /// `f0=…,d0=…,g0=…,f1=…`, or `simple` (the simple set).
     #[arg(long, conflicts_with_all = ["tiles", "kernels", "tune"])]
     kernel_config: Option<String>,
     /// Where each product's configuration comes from: `off` the built-in
@@ -162,6 +165,8 @@ fn gpu_options(a: &BenchArgs, net: &Network) -> Result<GpuOptions> {
             TilesArg::Discrete => TileConfig::DISCRETE,
         }),
         tune: a.tune.map_or(TuneMode::Cached, super::TuneArg::mode),
+        // The tiled products even where the cache chose the simple set.
+        tune_kernel_set: a.kernels == KernelsArg::Auto,
         ..auto
     };
     Ok(match &a.kernel_config {
@@ -290,10 +295,10 @@ struct KernelTime {
 /// `None` where the adapter has no timestamp queries.
 fn profile_gpu(g: &mut GpuBackend, lr: f32, runs: usize) -> Result<Option<Vec<KernelTime>>> {
     // Each tiled product's dispatches run its configuration in the plan.
-    let plan = g.kernel_plan().cloned();
+    let plan = g.kernel_plan().clone();
     let choice = |label: &str| {
         let p = ProductId::of_label(label)?;
-        Some(plan.as_ref()?.get(p))
+        Some(plan.get(p)).filter(|_| plan.simple().is_none())
     };
     let mut all: Vec<Vec<(String, f64)>> = Vec::new();
     for _ in 0..runs {
@@ -343,8 +348,9 @@ struct BenchRow {
     /// GPU only: dispatches recorded by one step.
     #[serde(skip_serializing_if = "Option::is_none")]
     dispatches_per_step: Option<usize>,
-    /// GPU only: the configuration of each tiled product and where it came
-    /// from (`tuned`, `cache`, `heuristic`, `given`); empty for the simple kernels.
+    /// GPU only: the configuration of each product and where it came from
+    /// (`tuned`, `cache`, `heuristic`, `given`); `simple` for each where the
+    /// simple kernels run.
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_configs: Option<Vec<shadertrain::gpu::report::ProductConfig>>,
     /// GPU only: whether the modules were built with naga's runtime checks
@@ -432,6 +438,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return scaling(&a, &net, batch, steps, &params, (&x, &y));
     }
     let want = |b: BenchBackend| a.backend == b || a.backend == BenchBackend::Both;
+    // Checked before any GPU work (a bad --kernel-config needs no GPU).
+    let options = gpu_options(&a, &net)?;
     let mut rows: Vec<(BenchRow, Params<f32>)> = Vec::new();
     // The GPU first: a missing adapter should fail before minutes of CPU timing.
     let gpu = if want(BenchBackend::Gpu) {
@@ -439,12 +447,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             Some(sel) => GpuContext::with_adapter(sel)?,
             None => GpuContext::new()?,
         };
-        Some(GpuBackend::with_options(
-            ctx,
-            &net,
-            batch,
-            gpu_options(&a, &net)?,
-        )?)
+        Some(GpuBackend::with_options(ctx, &net, batch, options)?)
     } else {
         None
     };
@@ -483,9 +486,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
     };
     if let Some(mut g) = gpu {
-        let kernels = match g.kernel_plan() {
-            Some(plan) => format!("tiled {plan}"),
-            None => "simple".into(),
+        let kernels = match g.kernel_set() {
+            KernelSet::Tiled => format!("tiled {}", g.kernel_plan()),
+            KernelSet::Simple => "simple".into(),
         };
         let checked = g.checked();
         if !a.json {

@@ -3,7 +3,9 @@
 //! (or JSON lines) and write the choices to the tuning cache, where `train`
 //! and `bench` find them (`--tune cached`, the default).
 
-use shadertrain::gpu::tune::{self, adapter_key, default_cache_dir, TuneCache, TuneSettings};
+use shadertrain::gpu::tune::{
+    self, adapter_key, default_cache_dir, Timing, TuneCache, TuneSettings,
+};
 use shadertrain::gpu::{micro_batch_rows, GpuContext, KernelConfig};
 use shadertrain::{Error, Result, Setting};
 use std::path::PathBuf;
@@ -24,20 +26,76 @@ pub struct TuneArgs {
     /// The GPU to use: its index in `shadertrain devices`, or part of its name.
     #[arg(long)]
     adapter: Option<String>,
-    /// Print one JSON object per measurement, then one per product chosen.
+    /// Print one JSON object per measurement (product `step`: a whole step),
+    /// then a summary (the plan chosen, `timing`: `timestamps` or `wall-clock`).
     #[arg(long)]
     json: bool,
     /// Seconds after which no further candidate starts (the first always runs).
     #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
     budget: f64,
-    /// Candidates to measure instead of the adapter's list, comma-separated
-    /// (`gen:8x8:4x4:k8,loops:8x8:4x4:k8`).
+    /// Exactly these candidates, comma-separated, instead of the adapter's
+    /// tile list, the split-K ladder and the simple set: configurations
+    /// (`gen:8x8:4x4:k8`, `loops:8x8:4x4:k8`; `:sN` gives every gradient N
+    /// K slices) and `simple` (the simple set's whole step against the
+    /// tiled plan chosen).
     #[arg(long)]
     candidates: Option<String>,
+    /// How candidates are timed: `auto` (GPU timestamps where the adapter
+    /// has them, else the wall clock), `timestamps`, or `wall-clock` (each
+    /// dispatch submitted alone and waited for: for adapters whose
+    /// timestamps are missing or wrong).
+    #[arg(long, value_enum, default_value = "auto")]
+    timing: TimingArg,
     /// The cache directory (default: `SHADERTRAIN_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/shadertrain`, else `~/.cache/shadertrain`).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+}
+
+/// `--timing`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimingArg {
+    /// GPU timestamps where the adapter has them, else the wall clock.
+    Auto,
+    /// GPU timestamps (an error where the adapter has none).
+    Timestamps,
+    /// The wall clock around each dispatch submitted on its own.
+    WallClock,
+}
+
+impl TimingArg {
+    fn timing(self) -> Timing {
+        match self {
+            TimingArg::Auto => Timing::Auto,
+            TimingArg::Timestamps => Timing::Timestamps,
+            TimingArg::WallClock => Timing::WallClock,
+        }
+    }
+}
+
+/// `--candidates`: the tile configurations, and whether `simple` is among them.
+fn parse_candidates(list: &str) -> Result<(Vec<KernelConfig>, bool)> {
+    let mut configs = Vec::new();
+    let mut simple = false;
+    for c in list.split(',').map(str::trim) {
+        if c == "simple" {
+            simple = true;
+            continue;
+        }
+        // Its own flag's name, not --kernel-config's.
+        configs.push(KernelConfig::parse(c).map_err(|e| match e {
+            Error::Setting { value, problem, .. } => {
+                Error::Invalid(format!("--candidates '{value}': {problem}"))
+            }
+            e => e,
+        })?);
+    }
+    if configs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "--candidates '{list}' names no tile configuration (e.g. gen:8x8:4x4:k8): the simple set is measured against one"
+        )));
+    }
+    Ok((configs, simple))
 }
 
 pub fn run(a: TuneArgs) -> Result<()> {
@@ -49,22 +107,7 @@ pub fn run(a: TuneArgs) -> Result<()> {
             a.budget
         )));
     }
-    let candidates = match &a.candidates {
-        Some(list) => Some(
-            list.split(',')
-                .map(|c| {
-                    // Its own flag's name, not --kernel-config's.
-                    KernelConfig::parse(c).map_err(|e| match e {
-                        Error::Setting { value, problem, .. } => {
-                            Error::Invalid(format!("--candidates '{value}': {problem}"))
-                        }
-                        e => e,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        None => None,
-    };
+    let given = a.candidates.as_deref().map(parse_candidates).transpose()?;
     let dir = a.cache_dir.clone().or_else(default_cache_dir).ok_or_else(|| {
         Error::Invalid(
             "no cache directory: set SHADERTRAIN_CACHE_DIR, XDG_CACHE_HOME or HOME, or pass --cache-dir"
@@ -87,7 +130,17 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let settings = TuneSettings {
         checked,
         budget: Duration::from_secs_f64(a.budget),
-        candidates,
+        timing: a.timing.timing(),
+        ..match given {
+            // Exactly the candidates named.
+            Some((configs, simple)) => TuneSettings {
+                candidates: Some(configs),
+                splits: Some(Vec::new()),
+                simple,
+                ..TuneSettings::default()
+            },
+            None => TuneSettings::default(),
+        }
     };
     eprintln!(
         "tuning {} at batch {batch} on {} ({} modules)",
@@ -98,31 +151,31 @@ pub fn run(a: TuneArgs) -> Result<()> {
     let report = tune::tune(&ctx, &net, batch, &settings, &mut |line| {
         eprintln!("  {line}")
     })?;
-    let clock = if report.timestamps {
-        "GPU timestamps"
-    } else {
-        "wall clock"
-    };
+    let clock = report.timing.name();
+    let rows = report.measurements.iter().chain(&report.steps);
     if a.json {
-        for m in &report.measurements {
+        for m in rows {
             outln!("{}", serde_json::to_string(m).unwrap_or_default());
         }
     } else {
         outln!(
-            "{:<22} {:>16} {:<22} {:>10} {:>9}  chosen",
+            "{:<22} {:>16} {:<34} {:>10} {:>9}  chosen",
             "product",
             "M×N×K",
             "candidate",
             "ms",
             "GFLOP/s"
         );
-        for m in &report.measurements {
+        for m in rows {
             let [mm, n, k] = m.shape;
             outln!(
-                "{:<22} {:>16} {:<22} {:>10.4} {:>9.2}  {}",
+                "{:<22} {:>16} {:<34} {:>10.4} {:>9.2}  {}",
                 m.product,
                 format!("{mm}×{n}×{k}"),
-                m.candidate,
+                match m.k_slices {
+                    Some(s) => format!("{} (s{s})", m.candidate),
+                    None => m.candidate.clone(),
+                },
                 m.ms,
                 m.gflops,
                 if m.chosen { "*" } else { "" }
@@ -147,7 +200,16 @@ pub fn run(a: TuneArgs) -> Result<()> {
         });
         outln!("{line}");
     } else {
+        let clock = match report.timing {
+            Timing::WallClock => "the wall clock",
+            _ => "GPU timestamps",
+        };
         outln!("timed by {clock}; chosen: {plan}");
+        if report.steps.is_empty() && settings.simple {
+            outln!(
+                "the simple set was not measured (see the skipped lines); the tiled plan stands"
+            );
+        }
         outln!("written to {}", cache.path().display());
     }
     Ok(())

@@ -42,11 +42,10 @@ use super::clip::Clipper;
 use super::context::{create_buffer, creating, GpuContext};
 use super::dropout::Dropout;
 use super::kernels::{
-    dispatch, k_splits_to, split_fill, Acc, BatchUniform, Kernels, OptimUniform, StepUniform,
-    TiledKernels,
+    dispatch, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
-use super::plan::{KernelPlan, Product};
+use super::plan::{gradient_splits, KernelPlan, Product, ProductId, Source};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
 use super::whole_step::WholeStep;
@@ -71,6 +70,8 @@ pub struct GpuBackend {
     ctx: Arc<GpuContext>,
     kernels: Kernels,
     tiled: Option<TiledKernels>,
+    /// What it runs: the tiled kernels' plan, or the simple set's.
+    plan: KernelPlan,
     net: Network,
     /// The largest batch `load_batch` accepts ([`Backend::capacity`]); one
     /// over `buf.capacity` rows runs as micro-batches of that many.
@@ -141,7 +142,8 @@ impl GpuBackend {
         Self::with_options(ctx, net, capacity, options)
     }
 
-    /// As [`GpuBackend::new`], running the given kernel set.
+    /// As [`GpuBackend::new`], running the given kernel set (the tuning
+    /// cache's configurations, never its choice of set).
     pub fn with_kernel_set(
         ctx: Arc<GpuContext>,
         net: &Network,
@@ -150,6 +152,7 @@ impl GpuBackend {
     ) -> Result<Self> {
         let options = GpuOptions {
             kernels,
+            tune_kernel_set: false,
             ..GpuOptions::default()
         };
         Self::with_options(ctx, net, capacity, options)
@@ -168,7 +171,7 @@ impl GpuBackend {
         // A device already lost or spoiled fails here, not at the first step.
         ctx.check_errors()?;
         let held = buffer_capacity(&ctx, net, capacity, &options)?;
-        let tiled = compile_tiled(&ctx, net, held, &options)?;
+        let (plan, tiled) = compile(&ctx, net, (capacity, held), &options)?;
         let buf = Buffers::new(&ctx, net, held, tiled.as_ref())?;
         let kernels = Kernels::new(&ctx, options.checked)?;
         let groups = Groups::new(&ctx.device, net, &kernels, tiled.as_ref(), &buf)?;
@@ -185,6 +188,7 @@ impl GpuBackend {
             ctx,
             kernels,
             tiled,
+            plan,
             net: net.clone(),
             capacity,
             rows: 0,
@@ -264,10 +268,16 @@ impl GpuBackend {
         }
     }
 
-    /// The configuration of each tiled product and where it came from
-    /// (`None` for [`KernelSet::Simple`]).
-    pub fn kernel_plan(&self) -> Option<&KernelPlan> {
-        self.tiled.as_ref().map(|t| t.plan())
+    /// What it runs and where that came from: the configuration of each
+    /// tiled product, or the simple set ([`KernelPlan::simple`]).
+    pub fn kernel_plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// K slices of each layer's tiled gradient at the rows staged now (1
+    /// for none, and for the simple set).
+    pub fn gradient_splits(&self) -> &[u32] {
+        &self.splits
     }
 
     /// Samples per micro-batch, the rows its per-sample buffers hold: larger
@@ -316,9 +326,16 @@ impl GpuBackend {
     /// on its own and timed by the wall clock until the device finishes it.
     /// Returns `(kernel layer l, milliseconds)` per dispatch in order.
     pub fn time_dispatches(&mut self, lr: f32) -> Result<Vec<(String, f64)>> {
-        if let Some(p) = self.profile_step(lr)? {
-            return Ok(p);
+        match self.profile_step(lr)? {
+            Some(p) => Ok(p),
+            None => self.time_dispatches_by_clock(lr),
         }
+    }
+
+    /// One training step, each dispatch submitted on its own and timed by
+    /// the wall clock until the device finishes it (timestamps or not).
+    /// Returns `(kernel layer l, milliseconds)` per dispatch in order.
+    pub fn time_dispatches_by_clock(&mut self, lr: f32) -> Result<Vec<(String, f64)>> {
         self.one_submission("time_dispatches")?;
         self.write_step(lr);
         self.flush()?;
@@ -423,11 +440,12 @@ impl GpuBackend {
     fn set_dims_rows(&mut self, rows: usize) {
         self.dims_rows = rows;
         if let Some(t) = &self.tiled {
-            let fill = split_fill(self.ctx.info.device_type);
+            let (device, limits) = (self.ctx.info.device_type, &self.ctx.limits);
             for (l, (s, ly)) in self.splits.iter_mut().zip(self.net.layers()).enumerate() {
-                let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-                let tiles = t.tiles(Product::Gradient, l);
-                *s = k_splits_to(o, i, rows as u32, tiles, self.buf.scratch_floats, fill);
+                let kind = Product::Gradient;
+                let config = t.plan().get(ProductId { kind, layer: l }).config;
+                let shape = (ly.n_out as u32, ly.n_in as u32, rows as u32);
+                *s = gradient_splits(&config, shape, device, limits);
             }
         }
         self.write_dims();
@@ -617,19 +635,44 @@ impl GpuBackend {
     }
 }
 
-/// The tiled kernels when `options` asks for them, with its configuration
-/// or the adapter's tiles.
-fn compile_tiled(
+/// The plan `options` asks for at `capacity` rows in micro-batches of
+/// `held` ([`super::tune::resolve_plan`]), and its tiled kernels unless it
+/// runs the simple set. A measured choice of the simple set (the cache's)
+/// gives way to its tiled choices where the batch runs as micro-batches,
+/// which the simple set cannot, and where the network fits the whole-step
+/// kernel, which runs only beside the tiled set and does a plain SGD step in
+/// one dispatch (the tuner weighs the simple set against the tiled step).
+fn compile(
     ctx: &Arc<GpuContext>,
     net: &Network,
-    rows: usize,
+    (capacity, held): (usize, usize),
     options: &GpuOptions,
-) -> Result<Option<TiledKernels>> {
-    if options.kernels == KernelSet::Simple {
-        return Ok(None);
+) -> Result<(KernelPlan, Option<TiledKernels>)> {
+    let plan = match options.kernels {
+        KernelSet::Simple => (options.plan.clone())
+            .filter(|p| p.simple().is_some())
+            .unwrap_or_else(|| KernelPlan::simple_set(net, Source::Given)),
+        KernelSet::Tiled => super::tune::resolve_plan(ctx, net, held, options)?,
+    };
+    let plan = match plan.simple() {
+        Some(Source::Cache | Source::Tuned)
+            if held < capacity
+                || (options.whole_step && super::whole_step::fits(net, held, &ctx.limits)) =>
+        {
+            plan.tiled()
+        }
+        Some(Source::Given | Source::Heuristic) if options.kernels == KernelSet::Tiled => {
+            return Err(Error::Invalid(
+                "a plan of the simple kernel set runs with KernelSet::Simple (GpuOptions::with_plan sets it)".into(),
+            ))
+        }
+        _ => plan,
+    };
+    if plan.simple().is_some() {
+        return Ok((plan, None));
     }
-    let plan = super::tune::resolve_plan(ctx, net, rows, options)?;
-    TiledKernels::with_plan(ctx, &plan, options.checked).map(Some)
+    let tiled = TiledKernels::with_plan(ctx, &plan, options.checked)?;
+    Ok((plan, Some(tiled)))
 }
 
 impl Backend for GpuBackend {
@@ -874,7 +917,7 @@ impl Backend for GpuBackend {
     }
 
     fn kernels(&self) -> Option<super::KernelReport> {
-        let plan = self.kernel_plan()?;
+        let plan = self.kernel_plan();
         let (rows, checked) = (self.micro_batch(), self.checked());
         let whole = self.whole.is_some();
         Some(super::KernelReport::new(

@@ -10,19 +10,16 @@
 
 use super::context::{create_buffer, create_buffer_init, GpuContext};
 use super::kernels::{
-    k_splits_to, loss_groups, split_fill, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels,
-    OptimUniform, StepUniform, TiledKernels,
+    loss_groups, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform, StepUniform,
+    TiledKernels,
 };
 use super::options::binding_bytes;
-use super::plan::Product;
+use super::plan::{gradient_splits, Product, ProductId};
 use super::readback;
 use crate::backend::Metric;
 use crate::error::Result;
 use crate::network::{Activation, Network};
 use crate::optim::{Optimizer, OptimizerKind};
-
-/// Floats of split-K slice sums a backend may keep (64 MiB).
-const SCRATCH_BUDGET: u64 = 16 << 20;
 
 /// The persistent buffers of a backend for `net`.
 pub(super) struct Buffers {
@@ -30,8 +27,6 @@ pub(super) struct Buffers {
     /// the backend's capacity, or fewer where the device's limits (or
     /// `max_chunk`) make larger batches run as micro-batches.
     pub capacity: usize,
-    /// Floats in `scratch`, the bound on a layer's split-K slices.
-    pub scratch_floats: u64,
     /// (P) in the [`Network`] layout: per layer `w (n_out, n_in)` then `b (n_out)`.
     pub params: wgpu::Buffer,
     /// (P), as params.
@@ -100,7 +95,6 @@ impl Buffers {
         let constants = OptimUniform::new(p, &Optimizer::default().terms(0.0, 0));
         Ok(Buffers {
             capacity,
-            scratch_floats,
             params,
             grads,
             acts,
@@ -200,7 +194,8 @@ fn counters(net: &Network, tiled: Option<&TiledKernels>) -> usize {
 }
 
 /// Floats of split-K slice sums: as many as the layer with the most slices
-/// at `capacity` rows asks for, within [`SCRATCH_BUDGET`] and one binding; 1
+/// at `capacity` rows asks for ([`gradient_splits`], within the scratch
+/// budget and one binding, and never fewer rows asking for more); 1
 /// without tiled kernels or splits.
 fn scratch_floats(
     ctx: &GpuContext,
@@ -209,16 +204,15 @@ fn scratch_floats(
     tiled: Option<&TiledKernels>,
 ) -> u64 {
     let Some(t) = tiled else { return 1 };
-    let limit = binding_bytes(&ctx.limits);
-    let budget = SCRATCH_BUDGET.min(limit / 4);
     net.layers()
         .iter()
         .enumerate()
         .map(|(l, ly)| {
             let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-            let tiles = t.tiles(Product::Gradient, l);
-            let fill = split_fill(ctx.info.device_type);
-            let s = k_splits_to(o, i, capacity as u32, tiles, budget, fill);
+            let kind = Product::Gradient;
+            let config = t.plan().get(ProductId { kind, layer: l }).config;
+            let shape = (o, i, capacity as u32);
+            let s = gradient_splits(&config, shape, ctx.info.device_type, &ctx.limits);
             if s > 1 {
                 s as u64 * o as u64 * (i as u64 + 1)
             } else {

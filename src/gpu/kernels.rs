@@ -981,10 +981,12 @@ pub enum Core {
 }
 
 /// One configuration of the tiled products: how the core is built, its
-/// tile sizes and whether its staging is double-buffered. Written
-/// `gen:WXxWY:TMxTN:kBK[:db]` or `loops:WXxWY:TMxTN:kBK` (e.g.
-/// `gen:8x8:4x4:k8`, `gen:16x16:8x8:k16:db`, [`KernelConfig::parse`]), as
-/// `--kernel-config` takes it and checkpoints and `--metrics` record it.
+/// tile sizes, whether its staging is double-buffered and, for a gradient
+/// product, its K slices. Written `gen:WXxWY:TMxTN:kBK` or `loops:…`, then
+/// optional fields in any order: `:db`, register double buffering
+/// (generated cores only), and `:sN`, N K slices (e.g. `gen:8x8:4x4:k8`,
+/// `gen:16x16:8x8:k16:db:s4`, [`KernelConfig::parse`]), as `--kernel-config`
+/// takes it and checkpoints and `--metrics` record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelConfig {
     /// Generated or tiled.wgsl.
@@ -995,6 +997,12 @@ pub struct KernelConfig {
     /// step's global loads are issued before this step's multiply-adds
     /// ([`super::codegen`]). Bitwise the same results; generated cores only.
     pub double_buffer: bool,
+    /// K slices of a gradient product (split K), `1..=MAX_SPLITS`: at run
+    /// time clamped, silently, to K's whole BK steps and the scratch budget
+    /// ([`super::plan::gradient_splits`]); `None` derives them from the
+    /// tiles and the device ([`k_splits_to`]). Forward and delta products
+    /// have none ([`super::plan::KernelPlan::parse`] refuses them there).
+    pub splits: Option<u32>,
 }
 
 impl KernelConfig {
@@ -1004,6 +1012,7 @@ impl KernelConfig {
             core: Core::Generated,
             tiles,
             double_buffer: false,
+            splits: None,
         }
     }
 
@@ -1013,6 +1022,7 @@ impl KernelConfig {
             core: Core::Loops,
             tiles,
             double_buffer: false,
+            splits: None,
         }
     }
 
@@ -1035,6 +1045,21 @@ impl KernelConfig {
             )),
             Core::Loops => self.tiles.safety(),
         }
+    }
+
+    /// The configuration its modules are built with: K slices are a
+    /// dispatch's, not a module's, so products that differ only in them
+    /// share one set of pipelines.
+    pub fn modules(self) -> KernelConfig {
+        KernelConfig {
+            splits: None,
+            ..self
+        }
+    }
+
+    /// The same with `splits` K slices of a gradient product.
+    pub fn with_splits(self, splits: Option<u32>) -> KernelConfig {
+        KernelConfig { splits, ..self }
     }
 
     /// Bytes of workgroup memory of its product kernels.
@@ -1072,13 +1097,37 @@ impl KernelConfig {
             Error::setting(
                 Setting::KernelConfig,
                 text,
-                "expected gen|loops:WXxWY:TMxTN:kBK[:db], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:db",
+                "expected gen|loops:WXxWY:TMxTN:kBK[:db][:sN], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:db:s4",
             )
         };
         let parts: Vec<&str> = text.trim().split(':').collect();
         let [core, wg, t, k, optional @ ..] = parts.as_slice() else {
             return Err(bad());
         };
+        // Optional fields, in any order, each at most once.
+        let (mut splits, mut double_buffer) = (None, false);
+        for field in optional {
+            let twice = |what: &str| {
+                let why = format!("`:{field}`: {what} given twice");
+                Err(Error::setting(Setting::KernelConfig, text, why))
+            };
+            if *field == "db" {
+                if double_buffer {
+                    return twice("double buffering");
+                }
+                double_buffer = true;
+            } else if let Some(n) = field.strip_prefix('s') {
+                if splits.is_some() {
+                    return twice("K slices");
+                }
+                splits = Some(parse_splits(n).ok_or_else(|| {
+                    let why = format!("`:{field}`: K slices are s1..=s{MAX_SPLITS}");
+                    Error::setting(Setting::KernelConfig, text, why)
+                })?);
+            } else {
+                return Err(bad());
+            }
+        }
         let core = match *core {
             "gen" => Core::Generated,
             "loops" => Core::Loops,
@@ -1100,26 +1149,12 @@ impl KernelConfig {
             tn,
             bk,
         };
-        let mut config = KernelConfig {
+        let config = KernelConfig {
             core,
             tiles,
-            double_buffer: false,
+            double_buffer,
+            splits,
         };
-        // Optional trailing fields, in any order, each at most once.
-        for field in optional {
-            let twice = || {
-                Error::setting(
-                    Setting::KernelConfig,
-                    text,
-                    format!("`:{field}` is given twice"),
-                )
-            };
-            match *field {
-                "db" if config.double_buffer => return Err(twice()),
-                "db" => config.double_buffer = true,
-                _ => return Err(bad()),
-            }
-        }
         config
             .safety()
             .map_err(|e| Error::setting(Setting::KernelConfig, text, e.to_string()))?;
@@ -1142,8 +1177,21 @@ impl std::fmt::Display for KernelConfig {
         if self.double_buffer {
             write!(f, ":db")?;
         }
+        if let Some(s) = self.splits {
+            write!(f, ":s{s}")?;
+        }
         Ok(())
     }
+}
+
+/// Most K slices a configuration may give (`:sN`): as many as a derived
+/// count can reach ([`FILL_GROUPS`]), and within every device's 65535
+/// workgroups per dimension (the slices are the grid's z).
+pub const MAX_SPLITS: u32 = 1024;
+
+/// The N of `:sN`, if in `1..=MAX_SPLITS`.
+fn parse_splits(n: &str) -> Option<u32> {
+    n.parse().ok().filter(|s| (1..=MAX_SPLITS).contains(s))
 }
 
 /// One configuration's product kernels: one module set per distinct
@@ -1206,7 +1254,13 @@ impl TiledKernels {
             layout(&GRADIENT_DENSE_TILED)?,
             layout(&FORWARD_OUTPUT_LOSS_TILED)?,
         ];
-        let configs = plan.configs();
+        // One module set per configuration apart from K slices.
+        let mut configs: Vec<KernelConfig> = Vec::new();
+        for c in plan.configs().into_iter().map(KernelConfig::modules) {
+            if !configs.contains(&c) {
+                configs.push(c);
+            }
+        }
         // The fused output kernel only where the output layer's forward runs.
         let output = plan.layers().checked_sub(1).map(|last| {
             plan.get(ProductId {
@@ -1214,12 +1268,13 @@ impl TiledKernels {
                 layer: last,
             })
             .config
+            .modules()
         });
         let sets = configs
             .iter()
             .map(|&c| ProductKernels::new(ctx, c, checked, &layouts, output == Some(c)))
             .collect::<Result<Vec<_>>>()?;
-        let at = |c: KernelConfig| configs.iter().position(|&x| x == c).unwrap_or(0);
+        let at = |c: KernelConfig| configs.iter().position(|&x| x == c.modules()).unwrap_or(0);
         let index = (0..plan.layers())
             .map(|layer| Product::ALL.map(|kind| at(plan.get(ProductId { kind, layer }).config)))
             .collect();
@@ -1392,7 +1447,7 @@ pub fn grid_tiled(
 }
 
 /// Workgroups a product with few output blocks is split up to (split K).
-const FILL_GROUPS: u64 = 1024;
+pub const FILL_GROUPS: u64 = 1024;
 /// The shallowest K slice worth a workgroup of its own.
 const MIN_SLICE: u32 = 256;
 

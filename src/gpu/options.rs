@@ -63,9 +63,16 @@ pub struct GpuOptions {
     /// nor `tiles` gives them: the heuristic, the tuning cache, or
     /// measured first ([`TuneMode`]).
     pub tune: TuneMode,
-    /// A configuration per product to run exactly (a replayed record);
-    /// overrides `tiles`, `core` and `tune`.
+    /// A configuration per product to run exactly (a replayed record), or
+    /// the simple set (with `kernels: Simple`, as [`GpuOptions::with_plan`]
+    /// sets it); overrides `tiles`, `core` and `tune`.
     pub plan: Option<KernelPlan>,
+    /// With `kernels: Tiled` and a `tune` that reads the cache: run the
+    /// simple set where the cache's whole-step entry measured it faster
+    /// (and `Auto` measures it). `true` by default; `false` keeps the tiled
+    /// products ([`GpuBackend::with_kernel_set`](super::GpuBackend::with_kernel_set),
+    /// `bench --kernels tiled`).
+    pub tune_kernel_set: bool,
     /// The tuning cache's directory; `None`: [`super::tune::default_cache_dir`]
     /// (`SHADERTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/shadertrain`, else
     /// `~/.cache/shadertrain`).
@@ -109,6 +116,7 @@ impl GpuOptions {
         checked: false,
         tune: TuneMode::Off,
         plan: None,
+        tune_kernel_set: true,
         cache_dir: None,
         whole_step: false,
     };
@@ -184,6 +192,7 @@ impl GpuOptions {
                 core,
                 tiles,
                 double_buffer: self.double_buffer,
+                splits: None,
             },
             (None, Core::Generated) => return Ok(None),
             (None, Core::Loops) => {
@@ -193,7 +202,8 @@ impl GpuOptions {
         Ok(Some(KernelPlan::uniform(net, config, Source::Given)))
     }
 
-    /// Options that run `config`'s tiled kernels.
+    /// Options that run `config`'s tiled kernels for every product (K
+    /// slices derived: [`GpuOptions::with_plan`] of a plan gives them).
     pub fn with_config(self, config: KernelConfig) -> GpuOptions {
         GpuOptions {
             kernels: KernelSet::Tiled,
@@ -204,10 +214,14 @@ impl GpuOptions {
         }
     }
 
-    /// Options that run `plan`'s configurations exactly.
+    /// Options that run `plan`'s configurations exactly: the simple set
+    /// for a simple plan ([`KernelPlan::simple`]), else the tiled kernels.
     pub fn with_plan(self, plan: KernelPlan) -> GpuOptions {
         GpuOptions {
-            kernels: KernelSet::Tiled,
+            kernels: match plan.simple() {
+                Some(_) => KernelSet::Simple,
+                None => KernelSet::Tiled,
+            },
             plan: Some(plan),
             ..self
         }

@@ -9,8 +9,13 @@
 //!
 //! A plan is written `f0=gen:8x8:4x4:k8,d0=…,g0=…,f1=…` (one entry per
 //! product, [`KernelPlan::parse`]), or as one configuration where every
-//! product shares it: the form `--kernel-config` takes and checkpoints and
-//! `--metrics` record.
+//! product shares it (its K slices `:sN` then the gradients'), or `simple`
+//! where the whole network runs the simple kernel set: the form
+//! `--kernel-config` takes and checkpoints and `--metrics` record.
+//!
+//! A gradient's K slices (split K, [`gradient_splits`]) are its
+//! configuration's `:sN`, or derived from its tiles and the device; forward
+//! and delta products have none (their K is a layer width, not the batch).
 //!
 //! ```
 //! use shadertrain::gpu::plan::{KernelPlan, Source};
@@ -23,7 +28,7 @@
 //! # Ok::<(), shadertrain::Error>(())
 //! ```
 
-use super::kernels::{tile_blocks, KernelConfig, TileConfig};
+use super::kernels::{k_splits_to, split_fill, tile_blocks, KernelConfig, TileConfig};
 use crate::error::{Error, Result, Setting};
 use crate::network::Network;
 
@@ -168,35 +173,84 @@ pub struct Choice {
     pub source: Source,
 }
 
-/// A configuration for every tiled product of one network.
+/// A configuration for every tiled product of one network, or the simple
+/// kernel set for the whole network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelPlan {
     /// Per layer, per [`Product::index`]: the choice (a last layer's delta
     /// slot, which no step runs, repeats its forward choice).
     layers: Vec<[Choice; 3]>,
+    /// `Some(source)`: the whole network runs the simple kernel set
+    /// instead, chosen by `source`; `layers` then hold the tiled choices,
+    /// which a backend runs where the simple set cannot (a batch split into
+    /// micro-batches, for a measured choice).
+    simple: Option<Source>,
+}
+
+/// `choice` as product kind `kind` takes it: K slices on a gradient only.
+fn fit(kind: Product, choice: Choice) -> Choice {
+    match kind {
+        Product::Gradient => choice,
+        _ => Choice {
+            config: choice.config.modules(),
+            ..choice
+        },
+    }
 }
 
 impl KernelPlan {
-    /// Every product of `net` on `config`.
+    /// Every product of `net` on `config` (its K slices, if any, the
+    /// gradients').
     pub fn uniform(net: &Network, config: KernelConfig, source: Source) -> KernelPlan {
         KernelPlan::repeat(net.layers().len(), config, source)
     }
 
-    /// `layers` layers of products on `config`.
+    /// `layers` layers of products on `config` (K slices on the gradients).
     pub fn repeat(layers: usize, config: KernelConfig, source: Source) -> KernelPlan {
         let c = Choice { config, source };
+        let row = Product::ALL.map(|kind| fit(kind, c));
         KernelPlan {
-            layers: vec![[c; 3]; layers],
+            layers: vec![row; layers],
+            simple: None,
         }
     }
 
-    /// Each product of `net` at `rows` rows on what `choose` gives for it.
+    /// The simple kernel set for every layer of `net`, chosen by `source`.
+    pub fn simple_set(net: &Network, source: Source) -> KernelPlan {
+        let placeholder = KernelConfig::generated(TileConfig::SMALL);
+        KernelPlan::uniform(net, placeholder, source).into_simple(source)
+    }
+
+    /// This plan's tiled choices kept, the simple set run instead (chosen by `source`).
+    pub fn into_simple(self, source: Source) -> KernelPlan {
+        KernelPlan {
+            simple: Some(source),
+            ..self
+        }
+    }
+
+    /// Where the simple set's choice came from, if the plan runs it.
+    pub fn simple(&self) -> Option<Source> {
+        self.simple
+    }
+
+    /// The tiled choices alone (a simple plan's as kept).
+    pub fn tiled(self) -> KernelPlan {
+        KernelPlan {
+            simple: None,
+            ..self
+        }
+    }
+
+    /// Each product of `net` at `rows` rows on what `choose` gives for it
+    /// (K slices kept on gradients only).
     pub fn from_fn(net: &Network, mut choose: impl FnMut(ProductId) -> Choice) -> KernelPlan {
         let mut plan = KernelPlan {
             layers: Vec::with_capacity(net.layers().len()),
+            simple: None,
         };
         for layer in 0..net.layers().len() {
-            let mut c = |kind| choose(ProductId { kind, layer });
+            let mut c = |kind| fit(kind, choose(ProductId { kind, layer }));
             let f = c(Product::Forward);
             let last = layer + 1 == net.layers().len();
             let d = if last { f } else { c(Product::Delta) };
@@ -210,8 +264,9 @@ impl KernelPlan {
         self.layers[p.layer][p.kind.index()]
     }
 
-    /// Replace product `p`'s choice.
+    /// Replace product `p`'s choice (K slices dropped unless a gradient).
     pub fn set(&mut self, p: ProductId, choice: Choice) {
+        let choice = fit(p.kind, choice);
         let last = p.layer + 1 == self.layers.len();
         let row = &mut self.layers[p.layer];
         row[p.kind.index()] = choice;
@@ -255,14 +310,21 @@ impl KernelPlan {
         for c in self.layers.iter_mut().flatten() {
             c.source = source;
         }
+        if self.simple.is_some() {
+            self.simple = Some(source);
+        }
         self
     }
 
-    /// Parse what [`KernelPlan`]'s `Display` writes, for `net`: one
-    /// configuration for every product, or `f0=…,d0=…,g0=…` naming every
-    /// product of `net` once. Errors are [`Setting::KernelConfig`].
+    /// Parse what [`KernelPlan`]'s `Display` writes, for `net`: `simple`,
+    /// one configuration for every product (its `:sN` the gradients'), or
+    /// `f0=…,d0=…,g0=…` naming every product of `net` once, `:sN` on
+    /// gradients (`g<layer>`) only. Errors are [`Setting::KernelConfig`].
     pub fn parse(net: &Network, text: &str, source: Source) -> Result<KernelPlan> {
         let text = text.trim();
+        if text == "simple" {
+            return Ok(KernelPlan::simple_set(net, source));
+        }
         if !text.contains('=') {
             return Ok(KernelPlan::uniform(net, KernelConfig::parse(text)?, source));
         }
@@ -288,7 +350,13 @@ impl KernelPlan {
             if given[i].is_some() {
                 return Err(bad(format!("`{name}` is given twice")));
             }
-            given[i] = Some(KernelConfig::parse(config)?);
+            let config = KernelConfig::parse(config)?;
+            if let (Some(s), false) = (config.splits, all[i].kind == Product::Gradient) {
+                return Err(bad(format!(
+                    "`{name}`: K slices (:s{s}) split a gradient's batch sum; give them to g<layer> products only"
+                )));
+            }
+            given[i] = Some(config);
         }
         if let Some(i) = given.iter().position(Option::is_none) {
             let p = all[i];
@@ -308,11 +376,25 @@ impl KernelPlan {
 }
 
 impl std::fmt::Display for KernelPlan {
-    /// One configuration where every product runs it, else `f0=…,d0=…,g0=…`.
+    /// `simple`; one configuration where every product runs it (the
+    /// gradients with its K slices); else `f0=…,d0=…,g0=…`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.simple.is_some() {
+            return write!(f, "simple");
+        }
         let configs = self.configs();
         if let [one] = configs.as_slice() {
             return write!(f, "{one}");
+        }
+        // Forward and delta on `a`, every gradient on `a` with K slices.
+        if let [a, g] = configs.as_slice() {
+            let gradients = self
+                .layers
+                .iter()
+                .map(|r| r[Product::Gradient.index()].config);
+            if g.modules() == *a && gradients.into_iter().all(|c| c == *g) {
+                return write!(f, "{g}");
+            }
         }
         let mut first = true;
         for (layer, choices) in self.layers.iter().enumerate() {
@@ -402,4 +484,40 @@ pub fn heuristic_plan(
             source: Source::Heuristic,
         }
     })
+}
+
+/// Floats of split-K slice sums a backend may keep (64 MiB).
+pub const SCRATCH_BUDGET: u64 = 16 << 20;
+
+/// Floats of split-K slice sums a backend may keep on a device with
+/// `limits`: [`SCRATCH_BUDGET`], within one storage binding.
+pub fn scratch_budget(limits: &wgpu::Limits) -> u64 {
+    SCRATCH_BUDGET.min(super::options::binding_bytes(limits) / 4)
+}
+
+/// K slices of the gradient of a layer `n_in → n_out` over `rows` rows run
+/// with `config` on an adapter of type `device` with `limits`. Given
+/// (`:sN`): N, clamped silently to K's whole BK steps (`⌈rows / bk⌉`: a
+/// slice is never shallower than one step) and to the slice sums that fit
+/// [`scratch_budget`], `N·n_out·(n_in + 1)` floats; the clamp depends on the
+/// shape and the device's limits only, so a replayed plan runs the same
+/// slices (rows vary from batch to batch, so a count the rows cannot take
+/// is no error). Derived (`None`): [`k_splits_to`], by the tiles and the
+/// device type. Never decreasing as `rows` grows, so the slices at a
+/// backend's capacity size its scratch.
+pub fn gradient_splits(
+    config: &KernelConfig,
+    (n_out, n_in, rows): (u32, u32, u32),
+    device: wgpu::DeviceType,
+    limits: &wgpu::Limits,
+) -> u32 {
+    let budget = scratch_budget(limits);
+    match config.splits {
+        None => k_splits_to(n_out, n_in, rows, &config.tiles, budget, split_fill(device)),
+        Some(s) => {
+            let by_steps = rows.div_ceil(config.tiles.bk.max(1)) as u64;
+            let by_scratch = budget / (n_out as u64 * (n_in as u64 + 1)).max(1);
+            (s as u64).min(by_steps).min(by_scratch).max(1) as u32
+        }
+    }
 }

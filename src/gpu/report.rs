@@ -72,8 +72,12 @@ impl KernelReport {
                 .map(|(p, c)| ProductConfig {
                     product: p.label(),
                     shape: p.shape(net, rows),
-                    config: c.config.to_string(),
-                    source: c.source.name(),
+                    // Where the simple set runs, every product runs it.
+                    config: match plan.simple() {
+                        Some(_) => "simple".into(),
+                        None => c.config.to_string(),
+                    },
+                    source: plan.simple().unwrap_or(c.source).name(),
                 })
                 .collect(),
             checked,

@@ -1,30 +1,43 @@
 //! Measuring candidate configurations of the tiled products on the adapter
 //! ([`tune`]), and the on-disk cache of the choices ([`TuneCache`]).
 //!
-//! Each candidate configuration runs the whole network: first a correctness
-//! check against the CPU backend on the same network at up to 515 rows
-//! (every output and gradient compared, `abs + rel·|ref|`), then timed
-//! steps at the tuned batch (one only for a candidate over twice as slow as
-//! the best so far), each dispatch timed by GPU timestamps where the adapter
-//! has `TIMESTAMP_QUERY`, else by the wall clock around its own submission.
-//! Each product then takes the candidate fastest on it (median of the timed
-//! steps). A candidate that fails the check, or that wgpu refuses, is
-//! skipped with a one-line notice and never chosen.
+//! Each candidate runs the whole network: first a correctness check
+//! against the CPU backend on the same network at up to 515 rows (every
+//! output and gradient compared, `abs + rel·|ref|`), then timed steps at
+//! the tuned batch (one only for a candidate over twice as slow as the best
+//! so far), each dispatch timed by GPU timestamps where the adapter has
+//! `TIMESTAMP_QUERY`, else by the wall clock around its own submission
+//! ([`Timing`] chooses). The candidates, in turn:
+//! 1. tile configurations, each on every product;
+//! 2. K slice counts (split K, `:sN`) for each gradient on its fastest
+//!    tiles, the derived count among them;
+//! 3. the simple kernel set's whole step against the whole step of the
+//!    tiled plan chosen (the simple set runs one invocation per output and
+//!    its own update dispatch; it runs no micro-batches, so a backend whose
+//!    batch needs them keeps the tiled plan).
+//!
+//! Each product takes the candidate fastest on it (median of the timed
+//! steps), the network the faster whole step. A candidate that fails the
+//! check, or that wgpu refuses, is skipped with a one-line notice and never
+//! chosen.
 //!
 //! The cache is one JSON file, `tune-v1.json`, in [`default_cache_dir`]: an
 //! entry per product shape, keyed on the adapter (vendor, device, driver,
 //! backend), whether modules are checked, a hash of every kernel source
 //! (shader files and generated text: a code change makes old entries
-//! stale) and the product's kind and `(M, N, K)`. A corrupt or unreadable
-//! file and stale entries are ignored with one line on stderr; writes read,
-//! merge and replace the file atomically, so concurrent tuners never leave
-//! it torn.
+//! stale) and the product's kind and `(M, N, K)`; and an entry per network
+//! and batch ([`step_key`]) saying whether the simple set won. A corrupt or
+//! unreadable file and stale entries are ignored with one line on stderr;
+//! writes read, merge and replace the file atomically, so concurrent tuners
+//! never leave it torn.
 
 use super::backend::GpuBackend;
 use super::context::GpuContext;
-use super::kernels::{KernelConfig, TileConfig, ALL};
+use super::kernels::{KernelConfig, TileConfig, ALL, MAX_SPLITS};
 use super::options::GpuOptions;
-use super::plan::{heuristic_plan, products, Choice, KernelPlan, ProductId, Source};
+use super::plan::{
+    gradient_splits, heuristic_plan, products, Choice, KernelPlan, Product, ProductId, Source,
+};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -133,6 +146,19 @@ pub fn key(adapter: &str, hash: &str, checked: bool, p: ProductId, shape: [usize
     format!("{adapter}|{hash}|{checks}|{}:{m}x{n}x{k}", p.kind.name())
 }
 
+/// The cache key of the whole-step choice (the simple kernel set or the
+/// tiled products) for `net` at `rows` rows on this adapter, these sources
+/// and checks.
+pub fn step_key(adapter: &str, hash: &str, checked: bool, net: &Network, rows: usize) -> String {
+    let checks = if checked { "checked" } else { "unchecked" };
+    let sizes: Vec<String> = net.sizes().iter().map(|s| s.to_string()).collect();
+    format!("{adapter}|{hash}|{checks}|step:{}x{rows}", sizes.join("-"))
+}
+
+/// The kernel set a whole-step cache entry names.
+const SIMPLE: &str = "simple";
+const TILED: &str = "tiled";
+
 /// One measured choice in the cache.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CacheEntry {
@@ -216,6 +242,16 @@ impl TuneCache {
         KernelConfig::parse(&e.config).ok()
     }
 
+    /// The cached whole-step choice for `key` ([`step_key`]): whether the
+    /// simple set won; `None` where not measured (or unreadable).
+    fn simple(&self, key: &str) -> Option<bool> {
+        match self.entries.get(key)?.config.as_str() {
+            SIMPLE => Some(true),
+            TILED => Some(false),
+            _ => None,
+        }
+    }
+
     /// Entries for the product part of `key` (after the sources hash) under
     /// another sources hash: stale.
     fn stale(&self, adapter: &str, hash: &str) -> usize {
@@ -254,8 +290,10 @@ impl TuneCache {
 /// The configuration of every product a backend of `options` runs for
 /// `net` at `rows` rows on `ctx`: the fixed plan of `options` if it has one
 /// ([`GpuOptions::fixed_plan`]), else the heuristic's with, by
-/// [`GpuOptions::tune`], the cached choices laid over it and the missing
-/// products measured first.
+/// [`GpuOptions::tune`], the cached choices laid over it (the simple set
+/// where the cache's whole-step entry chose it) and the missing products
+/// measured first. A network without a whole-step entry runs its tiled
+/// products (`shadertrain tune` measures it).
 pub fn resolve_plan(
     ctx: &std::sync::Arc<GpuContext>,
     net: &Network,
@@ -289,6 +327,7 @@ pub fn resolve_plan(
             None => missing.push(p),
         }
     }
+    let step = step_key(&adapter, hash, options.checked, net, rows);
     if !missing.is_empty() {
         let stale = cache.stale(&adapter, hash);
         if stale > 0 {
@@ -297,6 +336,8 @@ pub fn resolve_plan(
                 cache.path().display()
             );
         }
+    } else if options.tune_kernel_set && cache.simple(&step) == Some(true) {
+        return Ok(plan.into_simple(Source::Cache));
     }
     if options.tune == TuneMode::Auto && !missing.is_empty() {
         eprintln!(
@@ -309,7 +350,8 @@ pub fn resolve_plan(
         let settings = TuneSettings {
             checked: options.checked,
             budget: auto_budget(),
-            candidates: None,
+            simple: options.tune_kernel_set,
+            ..TuneSettings::default()
         };
         // A device of its own on the same adapter (same name), so that a
         // candidate failing at run time cannot spoil the caller's device,
@@ -330,6 +372,9 @@ pub fn resolve_plan(
         if let Err(e) = report.store(&mut cache, net, rows, &adapter, options.checked) {
             eprintln!("tuning cache {}: not written ({e})", cache.path().display());
         }
+        if report.plan.simple().is_some() {
+            plan = plan.into_simple(Source::Tuned);
+        }
     }
     Ok(plan)
 }
@@ -347,6 +392,47 @@ pub fn auto_budget() -> Duration {
         .map_or(DEFAULT_BUDGET, Duration::from_secs_f64)
 }
 
+/// How [`tune`] times a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Timing {
+    /// GPU timestamps where the adapter has `TIMESTAMP_QUERY`, else the wall clock.
+    #[default]
+    Auto,
+    /// GPU timestamps around each dispatch (an error where the adapter has none).
+    Timestamps,
+    /// The wall clock around each dispatch submitted on its own until the
+    /// device has finished it (a whole step: until the step has finished).
+    /// Includes the submission's overhead; for adapters whose timestamps
+    /// are missing or not to be trusted.
+    WallClock,
+}
+
+impl Timing {
+    /// `auto`, `timestamps` or `wall-clock`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::Auto => "auto",
+            Timing::Timestamps => "timestamps",
+            Timing::WallClock => "wall-clock",
+        }
+    }
+
+    /// What this timing is on `ctx`: `Auto` resolved by the adapter's
+    /// features; `Timestamps` an error where it has none.
+    pub fn on(self, ctx: &GpuContext) -> Result<Timing> {
+        let has = (ctx.device.features()).contains(wgpu::Features::TIMESTAMP_QUERY);
+        match self {
+            Timing::Auto if has => Ok(Timing::Timestamps),
+            Timing::Auto => Ok(Timing::WallClock),
+            Timing::Timestamps if !has => Err(Error::Gpu(format!(
+                "{} has no timestamp queries (TIMESTAMP_QUERY); time by the wall clock",
+                ctx.info.name
+            ))),
+            t => Ok(t),
+        }
+    }
+}
+
 /// How [`tune`] measures.
 #[derive(Debug, Clone)]
 pub struct TuneSettings {
@@ -354,23 +440,59 @@ pub struct TuneSettings {
     pub checked: bool,
     /// No candidate starts after this long (the first always runs).
     pub budget: Duration,
-    /// The candidates; `None`: [`candidates`] for the adapter.
+    /// The tile candidates; `None`: [`candidates`] for the adapter, after
+    /// the heuristic's. A candidate's K slices (`:sN`) go to every gradient.
     pub candidates: Option<Vec<KernelConfig>>,
+    /// K slice counts tried on each gradient's fastest tiles after the tile
+    /// candidates (each clamped as [`super::plan::gradient_splits`] says;
+    /// counts that clamp to one already measured are not run again);
+    /// `None`: [`split_ladder`]; empty: none.
+    pub splits: Option<Vec<u32>>,
+    /// Last, measure the simple kernel set's whole step against the whole
+    /// step of the tiled plan chosen, and choose the faster.
+    pub simple: bool,
+    /// How candidates are timed.
+    pub timing: Timing,
+}
+
+impl Default for TuneSettings {
+    /// Unchecked modules, [`DEFAULT_BUDGET`], the adapter's candidates, the
+    /// split ladder, the simple set, [`Timing::Auto`].
+    fn default() -> Self {
+        TuneSettings {
+            checked: false,
+            budget: DEFAULT_BUDGET,
+            candidates: None,
+            splits: None,
+            simple: true,
+            timing: Timing::Auto,
+        }
+    }
+}
+
+/// K slice counts the tuner tries by default: the powers of two up to
+/// [`MAX_SPLITS`] (a product's clamp ends the ladder early).
+pub fn split_ladder() -> Vec<u32> {
+    (0..=MAX_SPLITS.ilog2()).map(|i| 1 << i).collect()
 }
 
 /// One product's measurement with one candidate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Measurement {
-    /// `forward layer 0`, …
+    /// `forward layer 0`, …; `step` for a whole step ([`TuneReport::steps`]).
     pub product: String,
-    /// `(M, N, K)`.
+    /// `(M, N, K)`; a whole step: `(rows, inputs, outputs)`.
     pub shape: [usize; 3],
-    /// The candidate, as [`KernelConfig`] writes it.
+    /// The candidate, as [`KernelConfig`] writes it; a whole step: its plan.
     pub candidate: String,
+    /// A gradient's K slices as run at these rows (given and clamped, or
+    /// derived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_slices: Option<u32>,
     /// Median milliseconds of its dispatches (the output layer's forward:
     /// with its fused softmax, delta and loss where they run).
     pub ms: f64,
-    /// `2·M·N·K` over that time.
+    /// `2·M·N·K` over that time (a whole step: the step's FLOPs).
     pub gflops: f64,
     /// Whether this product chose this candidate.
     pub chosen: bool,
@@ -381,19 +503,24 @@ pub struct Measurement {
 pub struct TuneReport {
     /// Every product with every candidate that passed, in product order.
     pub measurements: Vec<Measurement>,
+    /// The whole steps compared: the tiled plan chosen, and the simple set,
+    /// where [`TuneSettings::simple`] asked and both ran.
+    pub steps: Vec<Measurement>,
     /// The candidates skipped, with why (one line each).
     pub skipped: Vec<(String, String)>,
     /// The fastest candidate per product, marked [`Source::Tuned`] (the
-    /// heuristic's where no candidate passed).
+    /// heuristic's where no candidate passed); the simple set
+    /// ([`KernelPlan::simple`]) where its whole step was faster.
     pub plan: KernelPlan,
-    /// Whether times came from GPU timestamps (else the wall clock).
-    pub timestamps: bool,
+    /// How times were taken: [`Timing::Timestamps`] or [`Timing::WallClock`].
+    pub timing: Timing,
     /// Per product, `(ms, config)` of the choice.
     chosen: BTreeMap<ProductId, (f64, KernelConfig)>,
 }
 
 impl TuneReport {
-    /// Write each measured product's choice to `cache`.
+    /// Write each measured product's choice to `cache`, and the whole-step
+    /// choice where the steps were compared.
     pub fn store(
         &self,
         cache: &mut TuneCache,
@@ -403,7 +530,7 @@ impl TuneReport {
         checked: bool,
     ) -> Result<()> {
         let hash = sources_hash();
-        let new = self
+        let mut new: BTreeMap<String, CacheEntry> = self
             .chosen
             .iter()
             .map(|(p, (ms, c))| {
@@ -417,6 +544,18 @@ impl TuneReport {
                 )
             })
             .collect();
+        if let Some(best) = self.steps.iter().find(|m| m.chosen) {
+            let set = if self.plan.simple().is_some() {
+                SIMPLE
+            } else {
+                TILED
+            };
+            let entry = CacheEntry {
+                config: set.into(),
+                ms: best.ms,
+            };
+            new.insert(step_key(adapter, hash, checked, net, rows), entry);
+        }
         cache.store(new, adapter)
     }
 }
@@ -476,10 +615,24 @@ const CHECK_ROWS: usize = 515;
 /// Timed steps per candidate (after the check's forward and backward).
 const TIMED: usize = 3;
 
-/// Measure `settings`' candidates (default: [`candidates`], the
-/// heuristic's configurations first) on every product of `net` at `rows`
-/// rows on `ctx`, in order, until the budget is spent; `progress` gets a
-/// line per candidate. Each product chooses its fastest passing candidate.
+/// One plan measured on every product it runs: per product of
+/// [`products`], the median ms, and whether it is a measurement of that
+/// product's configuration (a split-K trial measures only gradients whose
+/// K slices are new).
+struct Trial {
+    plan: KernelPlan,
+    ms: Vec<f64>,
+    counts: Vec<bool>,
+}
+
+/// Measure `settings`' candidates on every product of `net` at `rows` rows
+/// on `ctx`, until the budget is spent; `progress` gets a line per
+/// candidate. In turn: the tile candidates (default: [`candidates`], the
+/// heuristic's configurations first), each run on every product; each
+/// gradient's K slices on its fastest tiles ([`TuneSettings::splits`]);
+/// then the whole step of the plan of the fastest per product against the
+/// simple set's ([`TuneSettings::simple`]). Each product chooses its
+/// fastest passing candidate, the network the faster whole step.
 pub fn tune(
     ctx: &std::sync::Arc<GpuContext>,
     net: &Network,
@@ -487,6 +640,7 @@ pub fn tune(
     settings: &TuneSettings,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TuneReport> {
+    let timing = settings.timing.on(ctx)?;
     let heuristic = heuristic_plan(ctx.info.device_type, &ctx.limits, net, rows);
     let mut list = heuristic.configs();
     let rest = match &settings.candidates {
@@ -501,115 +655,251 @@ pub fn tune(
             list.push(c);
         }
     }
-    let reference = Reference::new(net, rows.min(CHECK_ROWS))?;
-    let (x, y) = crate::bench::random_batch(net, rows, 7)?;
+    let m = Measurer {
+        ctx,
+        net,
+        rows,
+        checked: settings.checked,
+        timing,
+        reference: Reference::new(net, rows.min(CHECK_ROWS))?,
+        batch: crate::bench::random_batch(net, rows, 7)?,
+    };
     let all = products(net);
-    let timestamps = ctx
-        .device
-        .features()
-        .contains(wgpu::Features::TIMESTAMP_QUERY);
-    // Per candidate, per product: median ms.
-    let mut times: Vec<(KernelConfig, Vec<f64>)> = Vec::new();
-    let mut skipped = Vec::new();
-    let start = Instant::now();
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut log = Log {
+        progress,
+        skipped: Vec::new(),
+        start: Instant::now(),
+        budget: settings.budget,
+    };
+    let mut spoiled = false;
+    // The tile candidates, each on every product.
     for (i, config) in list.iter().enumerate() {
-        if i > 0 && start.elapsed() > settings.budget {
-            let why = format!(
-                "the {:.0} s budget was spent",
-                settings.budget.as_secs_f64()
-            );
-            progress(&format!("{config}: skipped, {why}"));
-            skipped.push((config.to_string(), why));
+        let what = config.to_string();
+        if i > 0 && !log.may_start(&what) {
             continue;
         }
-        // The fastest step so far in the products: a candidate far slower
-        // is not timed again.
-        let best = times
-            .iter()
-            .map(|(_, ms)| ms.iter().sum::<f64>())
-            .min_by(f64::total_cmp);
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let data = (&x[..], &y[..]);
-            measure(
-                ctx,
-                net,
-                rows,
-                *config,
-                settings.checked,
-                &reference,
-                data,
-                best,
-            )
-        }));
-        let outcome = match run {
-            Ok(r) => r,
-            Err(_) => Err(Error::Gpu("the candidate panicked".into())),
-        };
-        match outcome {
-            Ok(per_label) => {
-                let ms: Vec<f64> = all
-                    .iter()
-                    .map(|p| {
-                        per_label
-                            .iter()
-                            .filter(|(label, _)| ProductId::of_label(label) == Some(*p))
-                            .map(|(_, t)| t)
-                            .sum()
-                    })
-                    .collect();
-                let total: f64 = ms.iter().sum();
-                progress(&format!("{config}: {total:.3} ms in the products"));
-                times.push((*config, ms));
-            }
-            Err(e) => {
-                let why = crate::error::one_line(&e.to_string(), 300);
-                progress(&format!("{config}: skipped, {why}"));
-                skipped.push((config.to_string(), why));
-            }
-        }
+        let plan = KernelPlan::uniform(net, *config, Source::Given);
+        let outcome = m.products(&plan, best_total(&trials)).map(|ms| {
+            let line = format!("{:.3} ms in the products", ms.iter().sum::<f64>());
+            trials.push(Trial {
+                plan,
+                counts: vec![true; ms.len()],
+                ms,
+            });
+            line
+        });
+        log.report(&what, outcome);
         if ctx.check_errors().is_err() {
             // A spoiled device measures nothing more.
+            spoiled = true;
             break;
         }
     }
+    if !spoiled {
+        let ladder = settings.splits.clone().unwrap_or_else(split_ladder);
+        spoiled = split_trials(&m, &mut log, &mut trials, &heuristic, &ladder);
+    }
+    let fastest = choose(&all, &trials);
     let mut plan = heuristic;
     let mut chosen = BTreeMap::new();
+    for (p, (ms, config, _)) in &fastest {
+        let source = Source::Tuned;
+        plan.set(
+            *p,
+            Choice {
+                config: *config,
+                source,
+            },
+        );
+        chosen.insert(*p, (*ms, *config));
+    }
     let mut measurements = Vec::new();
     for (j, p) in all.iter().enumerate() {
-        let best = times
-            .iter()
-            .min_by(|a, b| a.1[j].total_cmp(&b.1[j]))
-            .map(|(c, ms)| (*c, ms[j]));
-        if let Some((config, ms)) = best {
-            plan.set(
-                *p,
-                Choice {
-                    config,
-                    source: Source::Tuned,
-                },
-            );
-            chosen.insert(*p, (ms, config));
-        }
         let shape = p.shape(net, rows);
         let flop = 2.0 * shape.iter().map(|&v| v as f64).product::<f64>();
-        for (c, ms) in &times {
+        for (t, trial) in trials.iter().enumerate().filter(|(_, t)| t.counts[j]) {
+            let config = trial.plan.get(*p).config;
+            let ms = trial.ms[j];
             measurements.push(Measurement {
                 product: p.label(),
                 shape,
-                candidate: c.to_string(),
-                ms: ms[j],
-                gflops: flop / (ms[j].max(1e-9) / 1e3) / 1e9,
-                chosen: best.is_some_and(|b| b.0 == *c),
+                candidate: config.to_string(),
+                k_slices: (p.kind == Product::Gradient).then(|| m.slices(&config, p)),
+                ms,
+                gflops: flop / (ms.max(1e-9) / 1e3) / 1e9,
+                chosen: fastest.get(p).is_some_and(|f| f.2 == t),
             });
+        }
+    }
+    let mut steps = Vec::new();
+    if settings.simple && !spoiled && !fastest.is_empty() {
+        steps = whole_steps(&m, &mut log, &plan);
+        if steps.get(1).is_some_and(|s| s.chosen) {
+            plan = plan.into_simple(Source::Tuned);
         }
     }
     Ok(TuneReport {
         measurements,
-        skipped,
+        steps,
+        skipped: log.skipped,
         plan,
-        timestamps,
+        timing,
         chosen,
     })
+}
+
+/// On each gradient's fastest tiles so far, a trial per count of
+/// `ladder` that gives some gradient K slices not measured yet (the
+/// derived count included). Returns whether the device was spoiled.
+fn split_trials(
+    m: &Measurer,
+    log: &mut Log,
+    trials: &mut Vec<Trial>,
+    heuristic: &KernelPlan,
+    ladder: &[u32],
+) -> bool {
+    let all = products(m.net);
+    let fastest = choose(&all, trials);
+    let mut seen: BTreeMap<ProductId, Vec<u32>> = BTreeMap::new();
+    for (p, (_, config, _)) in fastest.iter().filter(|(p, _)| p.kind == Product::Gradient) {
+        seen.insert(*p, vec![m.slices(config, p)]);
+    }
+    for &s in ladder {
+        let plan = KernelPlan::from_fn(m.net, |p| {
+            let config = fastest.get(&p).map_or(heuristic.get(p).config, |f| f.1);
+            Choice {
+                config: config.with_splits(Some(s)),
+                source: Source::Given,
+            }
+        });
+        let counts: Vec<bool> = all
+            .iter()
+            .map(|p| {
+                let new = m.slices(&plan.get(*p).config, p);
+                match seen.get_mut(p) {
+                    Some(v) if !v.contains(&new) => {
+                        v.push(new);
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        if !counts.contains(&true) {
+            continue;
+        }
+        let what = format!("gradients at :s{s}");
+        if !log.may_start(&what) {
+            break;
+        }
+        let outcome = m.products(&plan, best_total(trials)).map(|ms| {
+            let gradients = ms.iter().zip(&counts).filter(|(_, &c)| c);
+            let ms_in: f64 = gradients.map(|(t, _)| t).sum();
+            trials.push(Trial { plan, ms, counts });
+            format!("{ms_in:.3} ms in the gradients it splits anew")
+        });
+        log.report(&what, outcome);
+        if m.ctx.check_errors().is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The whole step of tiled `plan`, then the simple set's, each checked
+/// first; the faster marked chosen. Empty unless both ran.
+fn whole_steps(m: &Measurer, log: &mut Log, plan: &KernelPlan) -> Vec<Measurement> {
+    let flop = crate::bench::flops_per_step(m.net, m.rows);
+    let shape = [m.rows, m.net.inputs(), m.net.outputs()];
+    let tiled = plan.clone().with_source(Source::Given);
+    let simple = KernelPlan::simple_set(m.net, Source::Given);
+    let mut steps = Vec::new();
+    for candidate in [tiled, simple] {
+        let what = format!("whole step, {candidate}");
+        if !log.may_start(&what) {
+            break;
+        }
+        let outcome = m.step(&candidate).map(|ms| {
+            steps.push(Measurement {
+                product: "step".into(),
+                shape,
+                candidate: candidate.to_string(),
+                k_slices: None,
+                ms,
+                gflops: flop / (ms.max(1e-9) / 1e3) / 1e9,
+                chosen: false,
+            });
+            format!("{ms:.3} ms")
+        });
+        log.report(&what, outcome);
+        if m.ctx.check_errors().is_err() {
+            break;
+        }
+    }
+    match steps.as_mut_slice() {
+        [tiled, simple] => {
+            let faster = if simple.ms < tiled.ms { simple } else { tiled };
+            faster.chosen = true;
+            steps
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Progress lines, the candidates skipped and the budget of one [`tune`].
+struct Log<'p> {
+    progress: &'p mut dyn FnMut(&str),
+    skipped: Vec<(String, String)>,
+    start: Instant,
+    budget: Duration,
+}
+
+impl Log<'_> {
+    /// Whether the budget lets `what` start; a notice where not.
+    fn may_start(&mut self, what: &str) -> bool {
+        if self.start.elapsed() <= self.budget {
+            return true;
+        }
+        let why = format!("the {:.0} s budget was spent", self.budget.as_secs_f64());
+        self.skip(what, why);
+        false
+    }
+
+    /// `what` measured (a line of its result) or skipped (why).
+    fn report(&mut self, what: &str, outcome: Result<String>) {
+        match outcome {
+            Ok(line) => (self.progress)(&format!("{what}: {line}")),
+            Err(e) => self.skip(what, crate::error::one_line(&e.to_string(), 300)),
+        }
+    }
+
+    fn skip(&mut self, what: &str, why: String) {
+        (self.progress)(&format!("{what}: skipped, {why}"));
+        self.skipped.push((what.to_string(), why));
+    }
+}
+
+/// The least total of the products' times over `trials`, if any.
+fn best_total(trials: &[Trial]) -> Option<f64> {
+    (trials.iter())
+        .map(|t| t.ms.iter().sum::<f64>())
+        .min_by(f64::total_cmp)
+}
+
+/// Per product of `all`, its fastest measurement over `trials`: `(ms,
+/// configuration, trial)`; products without one are left out.
+fn choose(all: &[ProductId], trials: &[Trial]) -> BTreeMap<ProductId, (f64, KernelConfig, usize)> {
+    let mut out = BTreeMap::new();
+    for (j, p) in all.iter().enumerate() {
+        let best = (trials.iter().enumerate())
+            .filter(|(_, t)| t.counts[j])
+            .min_by(|a, b| a.1.ms[j].total_cmp(&b.1.ms[j]));
+        if let Some((i, t)) = best {
+            out.insert(*p, (t.ms[j], t.plan.get(*p).config, i));
+        }
+    }
+    out
 }
 
 /// The CPU backend's outputs on a seeded batch: what every candidate must
@@ -672,61 +962,124 @@ impl Reference {
     }
 }
 
-/// One candidate on every product: checked against `reference`, then timed
-/// on `batch` (once only where that step's products take over twice
-/// `best` ms). Returns `(dispatch label, median ms)` per dispatch of a step.
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    ctx: &std::sync::Arc<GpuContext>,
-    net: &Network,
+/// What every measurement shares: the device, the network at the tuned
+/// rows, how to time, the CPU's answers and the timed batch.
+struct Measurer<'a> {
+    ctx: &'a std::sync::Arc<GpuContext>,
+    net: &'a Network,
     rows: usize,
-    config: KernelConfig,
     checked: bool,
-    reference: &Reference,
-    (x, y): (&[f32], &[f32]),
-    best: Option<f64>,
-) -> Result<Vec<(String, f64)>> {
-    let options = GpuOptions {
-        checked,
-        ..GpuOptions::BASE
+    timing: Timing,
+    reference: Reference,
+    /// Inputs and targets of `rows` rows.
+    batch: (Vec<f32>, Vec<f32>),
+}
+
+/// The learning rate of the timed steps.
+const LR: f32 = 1e-3;
+
+impl Measurer<'_> {
+    /// The K slices gradient `p` runs with `config` at the tuned rows.
+    fn slices(&self, config: &KernelConfig, p: &ProductId) -> u32 {
+        let [m, n, k] = p.shape(self.net, self.rows);
+        let (device, limits) = (self.ctx.info.device_type, &self.ctx.limits);
+        gradient_splits(config, (m as u32, n as u32, k as u32), device, limits)
     }
-    .with_plan(KernelPlan::uniform(net, config, Source::Given));
-    let mut g = GpuBackend::with_options(ctx.clone(), net, rows, options)?;
-    if g.micro_batch() < rows {
-        return Err(Error::Gpu(format!(
-            "a batch of {rows} runs as micro-batches of {} here; tune a batch that fits",
-            g.micro_batch()
-        )));
+
+    /// A backend running `plan` (caught if it panics), checked against the
+    /// reference, the timed batch loaded.
+    fn checked_backend(&self, plan: &KernelPlan) -> Result<GpuBackend> {
+        let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let options = GpuOptions {
+                checked: self.checked,
+                ..GpuOptions::BASE
+            }
+            .with_plan(plan.clone());
+            let mut g = GpuBackend::with_options(self.ctx.clone(), self.net, self.rows, options)?;
+            if g.micro_batch() < self.rows {
+                return Err(Error::Gpu(format!(
+                    "a batch of {} runs as micro-batches of {} here; tune a batch that fits",
+                    self.rows,
+                    g.micro_batch()
+                )));
+            }
+            let r = &self.reference;
+            g.set_params(&r.params)?;
+            g.load_batch(&r.x, &r.y)?;
+            g.forward()?;
+            g.backward()?;
+            let out = g.read_activations(self.net.layers().len())?;
+            Reference::compare("output", &out, &r.out)?;
+            Reference::compare("gradient", &g.read_gradients()?.data, &r.grads)?;
+            debug_assert_eq!(out.len(), r.rows * self.net.outputs());
+            // A step on the check's rows runs the pipelines the check did
+            // not (the fused update): drivers may compile a pipeline at its
+            // first dispatch (lavapipe took 100 ms there), which must not be
+            // timed.
+            g.step(LR)?;
+            g.sync()?;
+            g.load_batch(&self.batch.0, &self.batch.1)?;
+            Ok(g)
+        }));
+        build.unwrap_or_else(|_| Err(Error::Gpu("the candidate panicked".into())))
     }
-    g.set_params(&reference.params)?;
-    g.load_batch(&reference.x, &reference.y)?;
-    g.forward()?;
-    g.backward()?;
-    let out = g.read_activations(net.layers().len())?;
-    Reference::compare("output", &out, &reference.out)?;
-    Reference::compare("gradient", &g.read_gradients()?.data, &reference.grads)?;
-    debug_assert_eq!(out.len(), reference.rows * net.outputs());
-    // The check compiled and ran every pipeline: no warm-up step.
-    g.load_batch(x, y)?;
-    let lr = 1e-3;
-    let in_products = |run: &[(String, f64)]| -> f64 {
-        let products = run.iter().filter(|(l, _)| ProductId::of_label(l).is_some());
-        products.map(|(_, ms)| ms).sum()
-    };
-    let mut runs: Vec<Vec<(String, f64)>> = Vec::new();
-    for _ in 0..TIMED {
-        runs.push(g.time_dispatches(lr)?);
-        if best.is_some_and(|b| in_products(&runs[0]) > 2.0 * b) {
-            break;
+
+    /// `plan` on every product: checked, then timed (once only where that
+    /// step's products take over twice `best` ms). Per product of
+    /// [`products`], the median ms of its dispatches.
+    fn products(&self, plan: &KernelPlan, best: Option<f64>) -> Result<Vec<f64>> {
+        let mut g = self.checked_backend(plan)?;
+        let in_products = |run: &[(String, f64)]| -> f64 {
+            let products = run.iter().filter(|(l, _)| ProductId::of_label(l).is_some());
+            products.map(|(_, ms)| ms).sum()
+        };
+        let mut runs: Vec<Vec<(String, f64)>> = Vec::new();
+        for _ in 0..TIMED {
+            runs.push(match self.timing {
+                Timing::WallClock => g.time_dispatches_by_clock(LR)?,
+                _ => g.time_dispatches(LR)?,
+            });
+            if best.is_some_and(|b| in_products(&runs[0]) > 2.0 * b) {
+                break;
+            }
         }
+        let first = runs.first().cloned().unwrap_or_default();
+        let per_label: Vec<(String, f64)> = first
+            .into_iter()
+            .enumerate()
+            .map(|(i, (label, _))| {
+                let ms = runs.iter().filter_map(|r| r.get(i).map(|x| x.1)).collect();
+                (label, crate::bench::Timing { ms }.median())
+            })
+            .collect();
+        Ok(products(self.net)
+            .iter()
+            .map(|p| {
+                (per_label.iter())
+                    .filter(|(label, _)| ProductId::of_label(label) == Some(*p))
+                    .map(|(_, t)| t)
+                    .sum()
+            })
+            .collect())
     }
-    let first = runs.first().cloned().unwrap_or_default();
-    Ok(first
-        .into_iter()
-        .enumerate()
-        .map(|(i, (label, _))| {
-            let ms = runs.iter().filter_map(|r| r.get(i).map(|x| x.1)).collect();
-            (label, crate::bench::Timing { ms }.median())
-        })
-        .collect())
+
+    /// The median ms of `plan`'s whole step (the simple set's, for a simple
+    /// plan), checked first: every dispatch's GPU time added up, or by the
+    /// wall clock a step until the device has finished it.
+    fn step(&self, plan: &KernelPlan) -> Result<f64> {
+        let mut g = self.checked_backend(plan)?;
+        let mut ms = Vec::with_capacity(TIMED);
+        for _ in 0..TIMED {
+            ms.push(match self.timing {
+                Timing::WallClock => {
+                    let start = Instant::now();
+                    g.step(LR)?;
+                    g.sync()?;
+                    start.elapsed().as_secs_f64() * 1e3
+                }
+                _ => g.time_dispatches(LR)?.iter().map(|(_, t)| t).sum(),
+            });
+        }
+        Ok(crate::bench::Timing { ms }.median())
+    }
 }
