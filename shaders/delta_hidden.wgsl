@@ -32,7 +32,7 @@ fn delta_hidden(
     let d0 = s * dims.n_next;
     var back = 0.0;
     for (var k = 0u; k < dims.n_next; k++) {
-        back += params[dims.w_next_off + k * n + j] * delta_next[d0 + k];
+        back += params[dims.w_next_off + k * dims.w_next_ld + j] * delta_next[d0 + k];
     }
     delta[idx] = back * activation_derivative(dims.act, a[idx]);
 }

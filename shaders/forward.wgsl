@@ -26,7 +26,7 @@ fn forward_dense(
     let s = idx / dims.n_out;
     let o = idx % dims.n_out;
     let x0 = s * dims.n_in;
-    let w0 = dims.w_off + o * dims.n_in;
+    let w0 = dims.w_off + o * dims.w_ld;
     var z = params[dims.b_off + o];
     for (var i = 0u; i < dims.n_in; i++) {
         z += a_prev[x0 + i] * params[w0 + i];

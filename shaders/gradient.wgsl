@@ -31,7 +31,7 @@ fn gradient_weights(
     for (var s = 0u; s < dims.rows; s++) {
         sum += delta[s * dims.n_out + o] * a_prev[s * dims.n_in + i];
     }
-    grads[dims.w_off + idx] = sum * (1.0 / f32(dims.rows));
+    grads[dims.w_off + o * dims.w_ld + i] = sum * (1.0 / f32(dims.rows));
 }
 
 // One invocation per bias o.

@@ -96,7 +96,7 @@ fn put(p: u32, g: f32) {
 // Put the gradient of sum (m, n); column n_in of a row stands for the bias.
 fn put_sum(m: u32, n: u32, sum: f32) {
     if (n < dims.n_in) {
-        put(dims.w_off + m * dims.n_in + n, sum * per_batch.scale);
+        put(dims.w_off + m * dims.w_ld + n, sum * per_batch.scale);
     } else {
         put(dims.b_off + m, sum * per_batch.scale);
     }

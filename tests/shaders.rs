@@ -269,7 +269,7 @@ fn generated_kernels_validate_for_every_config() {
 #[test]
 fn uniform_structs_have_the_sizes_wgsl_expects() {
     use shadertrain::gpu::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
-    assert_eq!(std::mem::size_of::<Dims>(), 48);
+    assert_eq!(std::mem::size_of::<Dims>(), 64);
     assert_eq!(std::mem::size_of::<OptimUniform>(), 32);
     assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
     assert_eq!(std::mem::size_of::<StepUniform>(), 16);

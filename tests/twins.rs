@@ -76,6 +76,12 @@ const TILED: &[Product] = &[
     (36, 44, 37),
 ];
 
+/// Products run again with W's rows padded with NaN (`with_padded_rows`,
+/// the alignment beside each): a stride of a multiple of 4, as the
+/// backend's device layout has, where the products read W as vec4s (widths
+/// odd and multiples of 4), and an odd stride, read a float at a time.
+const PADDED: &[(Product, usize)] = &[((7, 5, 3), 4), ((36, 44, 37), 4), ((33, 17, 2), 1)];
+
 /// Per kernel set: its products and its tolerances `(abs, abs_forward, rel)`
 /// for f32 against an f64 reference. Forward outputs get a wider `abs`: the
 /// rounding of a sum that cancels near 0 reaches a few 1e-6, which sigmoid's
@@ -220,19 +226,24 @@ fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)
         let r = runner(&ctx, i, &row);
         assert_eq!(r.checked(), row.checked);
         let checks = if row.checked { "checked" } else { "unchecked" };
-        let r = &*r;
-        for &p in &row.products {
-            let set = match row.set {
-                Set::Simple => format!("simple {checks}"),
-                Set::Tiled(name, _) => format!("tiled {name} {checks}"),
+        let set = match row.set {
+            Set::Simple => format!("simple {checks}"),
+            Set::Tiled(name, _) => format!("tiled {name} {checks}"),
+        };
+        let plain = row.products.iter().map(|&p| (p, None));
+        let padded = PADDED.iter().map(|&(p, align)| (p, Some(align)));
+        for (p, align) in plain.chain(padded) {
+            let (r, rows) = match align {
+                None => ((*r).clone(), String::new()),
+                Some(a) => (r.with_padded_rows(a), format!(" W rows padded to {a}")),
             };
             check(&Case {
-                r,
+                r: &r,
                 set: row.set,
                 p,
                 abs: row.abs,
                 abs_forward: row.abs_forward,
-                label: format!("{test} {set} (M, N, K) {p:?}"),
+                label: format!("{test} {set}{rows} (M, N, K) {p:?}"),
             });
         }
     }
@@ -669,9 +680,18 @@ fn unsafe_tiles_and_dims_are_refused_on_the_host() {
         n_in: 3,
         n_out: 5,
         splits: 1,
+        w_ld: 4,
         ..Dims::default()
     };
     ok.check().unwrap();
+    // A next layer's rows are at least n_out long.
+    Dims {
+        n_next: 2,
+        w_next_ld: 8,
+        ..ok
+    }
+    .check()
+    .unwrap();
     for bad in [
         Dims {
             rows: DIMS_BOUND,
@@ -683,6 +703,16 @@ fn unsafe_tiles_and_dims_are_refused_on_the_host() {
         },
         Dims { n_out: 0, ..ok },
         Dims { splits: 0, ..ok },
+        Dims { w_ld: 2, ..ok },
+        Dims {
+            w_ld: DIMS_BOUND,
+            ..ok
+        },
+        Dims {
+            n_next: 2,
+            w_next_ld: 4,
+            ..ok
+        },
     ] {
         assert!(bad.check().is_err(), "{bad:?}");
     }

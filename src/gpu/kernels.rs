@@ -90,8 +90,14 @@ pub struct Dims {
     pub act: u32,
     /// The network's [`crate::network::Loss`] as a number.
     pub loss: u32,
+    /// Floats from one row of W to the next in params and grads, at least
+    /// `n_in` (the backend's device layout: `n_in` rounded up to 4).
+    pub w_ld: u32,
+    /// The same for the next layer's weights, at least `n_out` where there
+    /// is a next layer (0 for the output layer).
+    pub w_next_ld: u32,
     /// Uniforms are 16-byte aligned.
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Bound on every shape, offset and slice count in a [`Dims`] (safety
@@ -113,6 +119,8 @@ impl Dims {
             ("n_next", self.n_next),
             ("w_next_off", self.w_next_off),
             ("splits", self.splits),
+            ("w_ld", self.w_ld),
+            ("w_next_ld", self.w_next_ld),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v >= DIMS_BOUND) {
             return Err(Error::Gpu(format!(
@@ -124,6 +132,13 @@ impl Dims {
         if self.n_out == 0 || self.splits == 0 {
             return Err(Error::Gpu(format!(
                 "layer shape {self:?} has no output or no K slice"
+            )));
+        }
+        // Rows of W must not overlap: a stride shorter than the row would
+        // make a kernel read (and write) the next row's weights.
+        if self.w_ld < self.n_in || (self.n_next > 0 && self.w_next_ld < self.n_out) {
+            return Err(Error::Gpu(format!(
+                "layer shape {self:?} has a W row stride shorter than its row"
             )));
         }
         Ok(())
