@@ -223,6 +223,27 @@ impl GpuBackend {
             .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
     }
 
+    /// Every padding float of the device layout ([`super::layout`]) in
+    /// params, grads and each part of the optimizer state, in that order:
+    /// zero after any steps, which the tests check. Test scaffolding.
+    #[doc(hidden)]
+    pub fn device_padding(&mut self) -> Result<Vec<f32>> {
+        let (n, pad) = (self.buf.layout.len(), self.buf.layout.padding());
+        let mut out = Vec::new();
+        for which in [Which::Params, Which::Grads] {
+            let data = self.read_floats(which, n)?;
+            out.extend(pad.iter().map(|&i| data[i]));
+        }
+        let parts = self.optim.state_len(1);
+        if parts > 0 {
+            let state = self.read_floats(Which::State, parts * n)?;
+            for part in state.chunks(n) {
+                out.extend(pad.iter().map(|&i| part[i]));
+            }
+        }
+        Ok(out)
+    }
+
     /// Dispatches one `step` of the loaded batch records (per micro-batch
     /// for a split batch, plus its update); the full batch's before one is loaded.
     pub fn dispatches_per_step(&self) -> Result<usize> {

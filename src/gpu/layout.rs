@@ -127,6 +127,15 @@ impl DeviceLayout {
         out
     }
 
+    /// The device offsets that hold no parameter (the padding), ascending.
+    pub fn padding(&self) -> Vec<usize> {
+        let mut used = vec![false; self.len];
+        for (_, d, n) in self.runs() {
+            used[d..d + n].fill(true);
+        }
+        (0..self.len).filter(|&i| !used[i]).collect()
+    }
+
     /// [`DeviceLayout::to_device`] of each of `parts` parameter-shaped
     /// pieces laid end to end (Adam's state: m then v).
     pub fn to_device_parts(&self, flat: &[f32], parts: usize) -> Vec<f32> {
@@ -199,6 +208,9 @@ mod tests {
             let mut seen: Vec<f32> = dev.iter().copied().filter(|&v| v != 0.0).collect();
             seen.sort_by(f32::total_cmp);
             assert_eq!(seen, flat);
+            let pad = d.padding();
+            assert_eq!(pad.len(), d.len() - d.flat_len());
+            assert!(pad.iter().all(|&i| dev[i] == 0.0));
             for l in d.layers() {
                 for o in 0..l.n_out {
                     let row = l.w_off + o * l.w_ld;
