@@ -497,11 +497,7 @@ fn padded_device_layout_trains_like_the_cpu() {
                     tiles: Some(TileConfig::SMALL),
                     ..GpuOptions::default()
                 };
-                let mut g = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
-                let mut r = CpuBackend::<f64>::new(&net, batch).unwrap();
-                let init: Params<f32> = net.init(5);
-                g.set_params(&init).unwrap();
-                r.set_params(&init.cast()).unwrap();
+                let (mut g, mut r) = gpu_and_reference(&ctx, &net, batch, options, 5);
                 g.set_optimizer(&opt).unwrap();
                 r.set_optimizer(&opt).unwrap();
                 let mut fired = 0;
