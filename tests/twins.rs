@@ -52,6 +52,18 @@ const TALL: TileConfig = TileConfig {
     bk: 16,
 };
 
+/// A generated configuration whose blocks have an item of 4 k for every
+/// invocation in both operands (8×16 × 16 on 4×4 invocations): the only one
+/// in the table whose forward product reads W as `vec4`s along K
+/// (codegen's transposed loads), at a padded stride or an aligned width.
+const NARROW: TileConfig = TileConfig {
+    wg_x: 4,
+    wg_y: 4,
+    tm: 4,
+    tn: 8,
+    bk: 16,
+};
+
 /// The layer sizes and batches the simple kernels were always checked on:
 /// one neuron, two, and odd widths up to 257, batch 1 to 64.
 const LAYERS: &[&[usize]] = &[
@@ -148,6 +160,7 @@ fn table() -> Vec<Row> {
                 ),
                 tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
                 tiled("gen 16x8", KernelConfig::generated(WIDE), checked),
+                tiled("gen 4x8 wg16", KernelConfig::generated(NARROW), checked),
                 // Double-buffered: the same sums (bitwise: db_matches_single_buffer).
                 tiled(
                     "gen small db",
