@@ -6,7 +6,7 @@
 // | binding | name       | access             | shape            |
 // |---------|------------|--------------------|------------------|
 // | 0       | dims       | uniform Dims       |                  |
-// | 1       | params     | storage read       | (param_count)    |
+// | 1       | params     | storage read       | (device layout)  |
 // | 2       | delta_next | storage read       | (rows, n_next)   |
 // | 3       | a          | storage read       | (rows, n)        |
 // | 4       | delta      | storage read_write | (rows, n)        |

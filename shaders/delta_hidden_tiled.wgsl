@@ -11,7 +11,7 @@
 // | binding | name       | access             | shape                |
 // |---------|------------|--------------------|----------------------|
 // | 0       | dims       | uniform Dims       |                      |
-// | 1       | params     | storage read       | (param_count) vec4s  |
+// | 1       | params     | storage read       | (device layout) vec4s|
 // | 2       | delta_next | storage read       | (rows, n_next) vec4s |
 // | 3       | a          | storage read       | (rows, n)            |
 // | 4       | delta      | storage read_write | (rows, n)            |

@@ -5,7 +5,7 @@
 // | binding | name   | access             | shape          |
 // |---------|--------|--------------------|----------------|
 // | 0       | dims   | uniform Dims       |                |
-// | 1       | params | storage read       | (param_count)  |
+// | 1       | params | storage read       | (device layout) |
 // | 2       | a_prev | storage read       | (rows, n_in)   |
 // | 3       | a      | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;

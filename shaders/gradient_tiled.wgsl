@@ -26,8 +26,8 @@
 // | 2       | per_step  | uniform Step       |                           |
 // | 3       | delta     | storage read       | (rows, n_out) as vec4s    |
 // | 4       | a_prev    | storage read       | (rows, n_in) as vec4s     |
-// | 5       | params    | storage read_write | (param_count)             |
-// | 6       | grads     | storage read_write | (param_count)             |
+// | 5       | params    | storage read_write | (device layout)           |
+// | 6       | grads     | storage read_write | (device layout)           |
 // | 7       | scratch   | storage read_write | (splits, n_out, n_in + 1) |
 // | 8       | counters  | storage read_write | (blocks) u32, zero between dispatches |
 @group(0) @binding(0) var<uniform> dims: Dims;

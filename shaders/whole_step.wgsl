@@ -24,7 +24,7 @@
 // | 2       | dims_low  | uniform Dims       | level 2 (or a placeholder)      |
 // | 3       | per_batch | uniform Batch      | (scale)                         |
 // | 4       | per_step  | uniform Step       | (lr)                            |
-// | 5       | params    | storage read_write | (param_count)                   |
+// | 5       | params    | storage read_write | (device layout)                 |
 // | 6       | x         | storage read       | (rows, sizes[0])                |
 // | 7       | y         | storage read       | (rows, outputs)                 |
 // | 8       | acc       | storage read_write | Acc                             |

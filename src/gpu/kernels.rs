@@ -40,13 +40,15 @@
 //!    rules), `n_in + 1`, a grid size or a power of two.
 //! 4. **Storage buffers**: each index is below the length of the buffer bound
 //!    there, given a `Dims` that describes those buffers (rows at most their
-//!    capacity, layer offsets from the network). The tiled products read
+//!    capacity, layer offsets and W's row strides `w_ld ≥ n_in` from the
+//!    device layout, [`super::layout`], whose params buffer holds every
+//!    layer's `n_out` rows of `w_ld`). The tiled products read
 //!    their operands (activations, deltas, params) as `vec4`s: every
 //!    storage buffer is rounded up to 16 bytes (`storage_buffer`; the
 //!    runner pads with NaN), so a scalar's `vec4` `i / 4` is in range; a
 //!    generated core reads the 4 elements from `i` as one `vec4` only where
 //!    `i` is a multiple of 4 (the kernel file's `a_vec4`/`b_vec4`: row
-//!    length and offset multiples of 4; the group's first row, column or k
+//!    stride and offset multiples of 4; the group's first row, column or k
 //!    a multiple of 4 since `tm`, `tn` and `bk` are) and `i + 3` is inside
 //!    the matrix and the K slice ([`super::codegen`]); wgpu also enables the
 //!    driver's own robust buffer access where the adapter has it. The
