@@ -20,6 +20,7 @@ struct Dims {
     w_next_ld: u32,  // floats from one row of W_next to the next (>= n_out)
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 // Activations, mirrors `shadertrain::network::Activation` (tests/shaders.rs checks).

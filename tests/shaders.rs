@@ -290,6 +290,22 @@ fn uniform_structs_have_the_sizes_wgsl_expects() {
         module.types[acc.ty].inner.size(module.to_ctx()) as usize,
         std::mem::size_of::<Acc>()
     );
+    // And Dims, whose WGSL twin every kernel file shares (common.wgsl).
+    let spec = ALL
+        .iter()
+        .find(|s| s.entry == "forward_dense")
+        .expect("forward kernel");
+    let (module, _) = parse(spec);
+    let dims = module
+        .global_variables
+        .iter()
+        .find(|(_, v)| v.name.as_deref() == Some("dims"))
+        .expect("dims")
+        .1;
+    assert_eq!(
+        module.types[dims.ty].inner.size(module.to_ctx()) as usize,
+        std::mem::size_of::<Dims>()
+    );
 }
 
 /// The `ACT_*` and `LOSS_*` constants of common.wgsl are the host's

@@ -321,7 +321,7 @@ fn layer_dims(
         loss: net.loss() as u32,
         w_ld: dl.w_ld as u32,
         w_next_ld: next.map_or(0, |n| n.w_ld as u32),
-        _pad: [0; 2],
+        _pad: [0; 3],
     }
 }
 

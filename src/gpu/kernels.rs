@@ -99,7 +99,7 @@ pub struct Dims {
     /// is a next layer (0 for the output layer).
     pub w_next_ld: u32,
     /// Uniforms are 16-byte aligned.
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
 /// Bound on every shape, offset and slice count in a [`Dims`] (safety
