@@ -274,38 +274,26 @@ fn uniform_structs_have_the_sizes_wgsl_expects() {
     assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
     assert_eq!(std::mem::size_of::<StepUniform>(), 16);
     assert_eq!(std::mem::size_of::<Acc>(), 16 + 4 * 256);
-    // The loss totals struct is a storage binding; check its WGSL size too.
-    let spec = ALL
-        .iter()
-        .find(|s| s.entry == "loss_reduce")
-        .expect("loss kernel");
-    let (module, _) = parse(spec);
-    let acc = module
-        .global_variables
-        .iter()
-        .find(|(_, v)| v.name.as_deref() == Some("acc"))
-        .expect("acc")
-        .1;
+    // Their WGSL twins: the loss totals (a storage binding) and Dims, which
+    // every kernel file shares (common.wgsl).
+    assert_eq!(wgsl_size("loss_reduce", "acc"), std::mem::size_of::<Acc>());
     assert_eq!(
-        module.types[acc.ty].inner.size(module.to_ctx()) as usize,
-        std::mem::size_of::<Acc>()
-    );
-    // And Dims, whose WGSL twin every kernel file shares (common.wgsl).
-    let spec = ALL
-        .iter()
-        .find(|s| s.entry == "forward_dense")
-        .expect("forward kernel");
-    let (module, _) = parse(spec);
-    let dims = module
-        .global_variables
-        .iter()
-        .find(|(_, v)| v.name.as_deref() == Some("dims"))
-        .expect("dims")
-        .1;
-    assert_eq!(
-        module.types[dims.ty].inner.size(module.to_ctx()) as usize,
+        wgsl_size("forward_dense", "dims"),
         std::mem::size_of::<Dims>()
     );
+}
+
+/// Bytes of global `var` in the module of kernel `entry`.
+fn wgsl_size(entry: &str, var: &str) -> usize {
+    let spec = ALL.iter().find(|s| s.entry == entry).expect(entry);
+    let (module, _) = parse(spec);
+    let v = module
+        .global_variables
+        .iter()
+        .find(|(_, v)| v.name.as_deref() == Some(var))
+        .expect(var)
+        .1;
+    module.types[v.ty].inner.size(module.to_ctx()) as usize
 }
 
 /// The `ACT_*` and `LOSS_*` constants of common.wgsl are the host's
