@@ -11,13 +11,13 @@
 // | binding | name     | access             | shape                     |
 // |---------|----------|--------------------|---------------------------|
 // | 0       | clip     | uniform Clip       |                           |
-// | 1       | grads    | storage read_write | (count) the flat gradient |
+// | 1       | grads    | storage read_write | (count) device layout     |
 // | 2       | partials | storage read_write | (groups)                  |
 // | 3       | stats    | storage read_write | ClipStats                 |
 
 // Mirrors `shadertrain::gpu::clip::ClipUniform` (16 bytes).
 struct Clip {
-    count: u32,    // gradients (the parameter count)
+    count: u32,    // gradients (the device layout's floats)
     groups: u32,   // workgroups of clip_partial, at most CLIP_WG
     max_norm: f32, // the norm clipping scales down to
     _pad0: u32,

@@ -1,22 +1,26 @@
 // common.wgsl — prepended by the host (src/gpu/kernels.rs) to every kernel file
 // before compiling, so the uniform layout and helpers exist once.
 //
-// Dims mirrors `shadertrain::gpu::Dims` (12 × u32 = 48 bytes); the naga test
+// Dims mirrors `shadertrain::gpu::Dims` (16 × u32 = 64 bytes); the naga test
 // checks the sizes agree. Each layer has one Dims; a kernel reads the fields
 // it needs.
 struct Dims {
     rows: u32,       // samples staged in the per-sample buffers
     n_in: u32,       // inputs to the layer
     n_out: u32,      // neurons in the layer
-    w_off: u32,      // offset of W (n_out, n_in) in params / grads
+    w_off: u32,      // offset of W (n_out, n_in), rows w_ld apart, in params / grads
     b_off: u32,      // offset of b (n_out) in params / grads
     n_next: u32,     // neurons in the next layer (delta_hidden)
-    w_next_off: u32, // offset of W_next (n_next, n_out) in params (delta_hidden)
+    w_next_off: u32, // offset of W_next (n_next, n_out), rows w_next_ld apart (delta_hidden)
     metric: u32,     // loss_reduce scoring: 0 none, 1 threshold, 2 argmax
     splits: u32,     // K slices of the tiled gradient (1: none)
     act: u32,        // this layer's activation, ACT_* below
     loss: u32,       // the network's loss, LOSS_* below
+    w_ld: u32,       // floats from one row of W to the next (>= n_in)
+    w_next_ld: u32,  // floats from one row of W_next to the next (>= n_out)
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Activations, mirrors `shadertrain::network::Activation` (tests/shaders.rs checks).

@@ -6,7 +6,7 @@
 // | binding | name       | access             | shape            |
 // |---------|------------|--------------------|------------------|
 // | 0       | dims       | uniform Dims       |                  |
-// | 1       | params     | storage read       | (param_count)    |
+// | 1       | params     | storage read       | (device layout)  |
 // | 2       | delta_next | storage read       | (rows, n_next)   |
 // | 3       | a          | storage read       | (rows, n)        |
 // | 4       | delta      | storage read_write | (rows, n)        |
@@ -32,7 +32,7 @@ fn delta_hidden(
     let d0 = s * dims.n_next;
     var back = 0.0;
     for (var k = 0u; k < dims.n_next; k++) {
-        back += params[dims.w_next_off + k * n + j] * delta_next[d0 + k];
+        back += params[dims.w_next_off + k * dims.w_next_ld + j] * delta_next[d0 + k];
     }
     delta[idx] = back * activation_derivative(dims.act, a[idx]);
 }

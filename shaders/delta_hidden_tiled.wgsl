@@ -3,14 +3,15 @@
 // generated):
 //   δ = (δ_next · W_next) ⊙ f'(A)     M = rows, N = n = dims.n_out, K = n_next
 // with W_next as it was before the update. δ_next (rows, n_next) is contiguous
-// along K, W_next (n_next, n) along N; both are read as vec4s (every storage
-// buffer is whole vec4s long), 4 at once where rows start on a vec4 (a_vec4:
-// n_next a multiple of 4; b_vec4: n and W_next's offset multiples of 4).
+// along K, W_next (n_next, n, rows w_next_ld apart) along N; both are read as
+// vec4s (every storage buffer is whole vec4s long), 4 at once where rows
+// start on a vec4 (a_vec4: n_next a multiple of 4; b_vec4: w_next_ld and
+// W_next's offset multiples of 4, always so in the padded device layout).
 //
 // | binding | name       | access             | shape                |
 // |---------|------------|--------------------|----------------------|
 // | 0       | dims       | uniform Dims       |                      |
-// | 1       | params     | storage read       | (param_count) vec4s  |
+// | 1       | params     | storage read       | (device layout) vec4s|
 // | 2       | delta_next | storage read       | (rows, n_next) vec4s |
 // | 3       | a          | storage read       | (rows, n)            |
 // | 4       | delta      | storage read_write | (rows, n)            |
@@ -34,7 +35,7 @@ fn a_at(m: u32, k: u32) -> f32 {
 }
 
 fn b_at(k: u32, n: u32) -> f32 {
-    let i = dims.w_next_off + k * dims.n_out + n;
+    let i = dims.w_next_off + k * dims.w_next_ld + n;
     return params[i >> 2u][i & 3u];
 }
 
@@ -43,7 +44,7 @@ fn a_vec4() -> bool {
 }
 
 fn b_vec4() -> bool {
-    return dims.n_out % 4u == 0u && dims.w_next_off % 4u == 0u;
+    return dims.w_next_ld % 4u == 0u && dims.w_next_off % 4u == 0u;
 }
 
 // A[m, k..k+4], for k % 4 == 0 and k + 3 < n_next where a_vec4().
@@ -53,7 +54,7 @@ fn a_at4(m: u32, k: u32) -> vec4<f32> {
 
 // B[k, n..n+4], for n % 4 == 0 and n + 3 < n_out where b_vec4().
 fn b_at4(k: u32, n: u32) -> vec4<f32> {
-    return params[(dims.w_next_off + k * dims.n_out + n) >> 2u];
+    return params[(dims.w_next_off + k * dims.w_next_ld + n) >> 2u];
 }
 
 fn tile_store(m: u32, n: u32, c: f32) {

@@ -5,7 +5,7 @@
 // | binding | name   | access             | shape          |
 // |---------|--------|--------------------|----------------|
 // | 0       | dims   | uniform Dims       |                |
-// | 1       | params | storage read       | (param_count)  |
+// | 1       | params | storage read       | (device layout) |
 // | 2       | a_prev | storage read       | (rows, n_in)   |
 // | 3       | a      | storage read_write | (rows, n_out)  |
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -26,7 +26,7 @@ fn forward_dense(
     let s = idx / dims.n_out;
     let o = idx % dims.n_out;
     let x0 = s * dims.n_in;
-    let w0 = dims.w_off + o * dims.n_in;
+    let w0 = dims.w_off + o * dims.w_ld;
     var z = params[dims.b_off + o];
     for (var i = 0u; i < dims.n_in; i++) {
         z += a_prev[x0 + i] * params[w0 + i];

@@ -8,7 +8,7 @@
 // | binding | name   | access             | shape               |
 // |---------|--------|--------------------|---------------------|
 // | 0       | dims   | uniform Dims       |                     |
-// | 1       | params | storage read       | (param_count) vec4s |
+// | 1       | params | storage read       | (device layout) vec4s |
 // | 2       | a_prev | storage read       | (rows, n_in) vec4s  |
 // | 3       | a      | storage read_write | (rows, n_out)       |
 @group(0) @binding(0) var<uniform> dims: Dims;

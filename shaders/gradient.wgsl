@@ -8,7 +8,7 @@
 // | 0       | dims   | uniform Dims       |                |
 // | 1       | delta  | storage read       | (rows, n_out)  |
 // | 2       | a_prev | storage read       | (rows, n_in)   |
-// | 3       | grads  | storage read_write | (param_count)  |
+// | 3       | grads  | storage read_write | (device layout) |
 @group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read> delta: array<f32>;
 @group(0) @binding(2) var<storage, read> a_prev: array<f32>;
@@ -31,7 +31,7 @@ fn gradient_weights(
     for (var s = 0u; s < dims.rows; s++) {
         sum += delta[s * dims.n_out + o] * a_prev[s * dims.n_in + i];
     }
-    grads[dims.w_off + idx] = sum * (1.0 / f32(dims.rows));
+    grads[dims.w_off + o * dims.w_ld + i] = sum * (1.0 / f32(dims.rows));
 }
 
 // One invocation per bias o.

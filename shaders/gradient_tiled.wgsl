@@ -26,8 +26,8 @@
 // | 2       | per_step  | uniform Step       |                           |
 // | 3       | delta     | storage read       | (rows, n_out) as vec4s    |
 // | 4       | a_prev    | storage read       | (rows, n_in) as vec4s     |
-// | 5       | params    | storage read_write | (param_count)             |
-// | 6       | grads     | storage read_write | (param_count)             |
+// | 5       | params    | storage read_write | (device layout)           |
+// | 6       | grads     | storage read_write | (device layout)           |
 // | 7       | scratch   | storage read_write | (splits, n_out, n_in + 1) |
 // | 8       | counters  | storage read_write | (blocks) u32, zero between dispatches |
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -96,7 +96,7 @@ fn put(p: u32, g: f32) {
 // Put the gradient of sum (m, n); column n_in of a row stands for the bias.
 fn put_sum(m: u32, n: u32, sum: f32) {
     if (n < dims.n_in) {
-        put(dims.w_off + m * dims.n_in + n, sum * per_batch.scale);
+        put(dims.w_off + m * dims.w_ld + n, sum * per_batch.scale);
     } else {
         put(dims.b_off + m, sum * per_batch.scale);
     }

@@ -1,6 +1,7 @@
-// optim.wgsl — the stateful optimizers over the whole flat parameter buffer
+// optim.wgsl — the stateful optimizers over the whole parameter buffer (the
+// device layout, padding included: zero gradients keep it zero)
 // in one dispatch, after the gradients are in grads (twins: cpu::momentum_update,
-// cpu::adam_update). decay[i] is λ for a weight and 0 for a bias.
+// cpu::adam_update). decay[i] is λ for a weight and 0 for a bias or padding.
 //   momentum_update  g ← g + λ·p;  v ← μ·v + g;  p ← p − lr·v
 //   adam_update      m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
 //                    p ← p − lr·((m / bc1) / (√(v / bc2) + ε) + λ·p)

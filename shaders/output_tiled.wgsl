@@ -13,7 +13,7 @@
 // | binding | name     | access             | shape                    |
 // |---------|----------|--------------------|--------------------------|
 // | 0       | dims     | uniform Dims       |                          |
-// | 1       | params   | storage read       | (param_count) vec4s      |
+// | 1       | params   | storage read       | (device layout) vec4s    |
 // | 2       | a_prev   | storage read       | (rows, n_in) vec4s       |
 // | 3       | a        | storage read_write | (rows, n_out)            |
 // | 4       | y        | storage read       | (rows, n_out)            |

@@ -1,4 +1,5 @@
-// sgd.wgsl — plain SGD over the whole flat parameter buffer in one dispatch:
+// sgd.wgsl — plain SGD over the whole parameter buffer (the device layout,
+// padding included: its gradients are zero) in one dispatch:
 //   p −= lr · g
 // Params and grads share one layout, so every layer is updated at once.
 //
@@ -6,8 +7,8 @@
 // |---------|----------|--------------------|---------------|
 // | 0       | hyper    | uniform Optim      | (count only)  |
 // | 1       | per_step | uniform Step       | (lr only)     |
-// | 2       | params   | storage read_write | (param_count) |
-// | 3       | grads    | storage read       | (param_count) |
+// | 2       | params   | storage read_write | (device count) |
+// | 3       | grads    | storage read       | (device count) |
 
 @group(0) @binding(0) var<uniform> hyper: Optim;
 @group(0) @binding(1) var<uniform> per_step: Step;

@@ -24,7 +24,7 @@
 // | 2       | dims_low  | uniform Dims       | level 2 (or a placeholder)      |
 // | 3       | per_batch | uniform Batch      | (scale)                         |
 // | 4       | per_step  | uniform Step       | (lr)                            |
-// | 5       | params    | storage read_write | (param_count)                   |
+// | 5       | params    | storage read_write | (device layout)                 |
 // | 6       | x         | storage read       | (rows, sizes[0])                |
 // | 7       | y         | storage read       | (rows, outputs)                 |
 // | 8       | acc       | storage read_write | Acc                             |
@@ -125,7 +125,7 @@ fn forward(j: u32, layers: u32, lid: u32) {
         let o = e % d.n_out;
         var c = 0.0;
         for (var k = 0u; k < d.n_in; k++) {
-            c += in_get(j, layers, s * d.n_in + k) * params[d.w_off + o * d.n_in + k];
+            c += in_get(j, layers, s * d.n_in + k) * params[d.w_off + o * d.w_ld + k];
         }
         out_set(j, e, activate(d.act, c + params[d.b_off + o]));
     }
@@ -162,7 +162,7 @@ fn delta_below(j: u32, lid: u32) {
         let i = e % n;
         var c = 0.0;
         for (var o = 0u; o < d.n_out; o++) {
-            c += delta_get(j, s * d.n_out + o) * params[d.w_off + o * n + i];
+            c += delta_get(j, s * d.n_out + o) * params[d.w_off + o * d.w_ld + i];
         }
         delta_set(j + 1u, e, c * activation_derivative(below.act, out_get(j + 1u, e)));
     }
@@ -185,7 +185,7 @@ fn update(j: u32, layers: u32, lid: u32) {
         }
         var p = d.b_off + o;
         if (i < d.n_in) {
-            p = d.w_off + o * d.n_in + i;
+            p = d.w_off + o * d.w_ld + i;
         }
         params[p] -= per_step.lr * (sum * per_batch.scale);
     }

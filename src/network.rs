@@ -7,8 +7,9 @@
 //!
 //! [`Params`] holds every weight and bias in one flat buffer shared by both
 //! backends, laid out layer after layer as `W0 (out, in) row-major, b0 (out),
-//! W1, b1, ...`, so the GPU uploads it with `bytemuck` and a read-back
-//! compares like with like.
+//! W1, b1, ...`; the GPU backend keeps its own padded copy
+//! (`gpu::layout`) and maps to and from this layout on every upload and
+//! read-back, so a read-back compares like with like.
 //!
 //! ```
 //! use shadertrain::network::{Activation, Loss, Network};

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use shadertrain::backend::{Backend, Metric};
 use shadertrain::cpu::CpuBackend;
-use shadertrain::gpu::{GpuBackend, GpuOptions, KernelSet, TileConfig};
+use shadertrain::gpu::{GpuOptions, KernelSet, TileConfig};
 use shadertrain::network::{Activation, Loss, Network, Params};
 use shadertrain::train::{evaluate, train, TrainConfig};
 
@@ -189,11 +189,7 @@ fn gpu_runs_match_the_reference_every_activation() {
                 max_chunk,
                 ..GpuOptions::default()
             };
-            let mut gpu = GpuBackend::with_options(ctx.clone(), &net, batch, options).unwrap();
-            let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
-            let init: Params<f32> = net.init(7);
-            gpu.set_params(&init).unwrap();
-            cpu.set_params(&init.cast()).unwrap();
+            let (mut gpu, mut cpu) = gpu_and_reference(&ctx, &net, batch, options, 7);
             gpu.set_metric(Metric::Argmax).unwrap();
             cpu.set_metric(Metric::Argmax).unwrap();
             for step in 0..8 {

@@ -451,3 +451,99 @@ fn separate_calls_match_step() {
         assert!(names.contains(&"gradient_dense_tiled layer 0"), "{names:?}");
     }
 }
+
+/// The GPU keeps params, grads and the optimizer state in a padded device
+/// layout (`gpu::layout`): on odd widths, where every W row and every
+/// offset after the first is padded, each optimizer (plain SGD, momentum,
+/// Adam with weight decay, clipping that fires) trains as the f64 reference
+/// does, simple and tiled kernels: the gradients read back at every other
+/// step (the others are whole steps), the losses and clip counts each step,
+/// the parameters and state at the end, all through the flat layout; and
+/// every padding float on the device is still zero.
+#[test]
+fn padded_device_layout_trains_like_the_cpu() {
+    let Some(ctx) = gpu_or_skip("padded_device_layout_trains_like_the_cpu") else {
+        return;
+    };
+    let decayed = Optimizer {
+        weight_decay: 0.05,
+        ..ADAM
+    };
+    let clipped = |base: Optimizer| Optimizer {
+        clip_norm: Some(0.05),
+        ..base
+    };
+    let sgd = Optimizer::default();
+    let opts = [
+        ("sgd", sgd),
+        ("momentum", MOMENTUM),
+        ("adam wd", decayed),
+        ("sgd clip", clipped(sgd)),
+        ("adam wd clip", clipped(decayed)),
+    ];
+    let batch = 9;
+    for spec in ["5,7:relu,3", "3,5:tanh,6,2:softmax"] {
+        let net = Network::parse(spec).unwrap();
+        for kernels in [KernelSet::Simple, KernelSet::Tiled] {
+            for (name, opt) in opts {
+                let label = format!("{spec} {kernels:?} {name}");
+                let lr = if opt.kind == OptimizerKind::Adam {
+                    0.01
+                } else {
+                    0.1
+                };
+                let options = GpuOptions {
+                    kernels,
+                    tiles: Some(TileConfig::SMALL),
+                    ..GpuOptions::default()
+                };
+                let (mut g, mut r) = gpu_and_reference(&ctx, &net, batch, options, 5);
+                g.set_optimizer(&opt).unwrap();
+                r.set_optimizer(&opt).unwrap();
+                let mut fired = 0;
+                for step in 0..4 {
+                    let (x, y) = batch_for(&net, batch, &format!("{label} {step}"));
+                    g.load_batch(&x, &y).unwrap();
+                    r.load_batch(&f64s(&x), &f64s(&y)).unwrap();
+                    if step % 2 == 0 {
+                        g.forward().unwrap();
+                        g.backward().unwrap();
+                        r.forward().unwrap();
+                        r.backward().unwrap();
+                        let (gg, gr) = (g.read_gradients().unwrap(), r.read_gradients().unwrap());
+                        let what = format!("{label} step {step} gradients");
+                        assert_close(&what, &gg.data, &gr.data, 1e-6, 1e-4);
+                        g.update(lr).unwrap();
+                        r.update(lr).unwrap();
+                    } else {
+                        g.step(lr).unwrap();
+                        r.step(lr).unwrap();
+                    }
+                    let (tg, tr) = (g.take_totals().unwrap(), r.take_totals().unwrap());
+                    let what = format!("{label} step {step} loss");
+                    assert_close(&what, &[tg.loss() as f32], &[tr.loss()], 1e-6, 1e-4);
+                    assert_eq!(tg.clipped, tr.clipped, "{label} step {step}: clipped");
+                    fired += tg.clipped;
+                }
+                assert_eq!(
+                    fired > 0,
+                    opt.clip_norm.is_some(),
+                    "{label}: clipping fired"
+                );
+                let (pg, pr) = (g.params().unwrap(), r.params().unwrap());
+                assert_close(&format!("{label} params"), &pg.data, &pr.data, 1e-5, 1e-4);
+                let ((tg, sg), (tr, sr)) =
+                    (g.optimizer_state().unwrap(), r.optimizer_state().unwrap());
+                assert_eq!((tg, sg.len()), (tr, sr.len()), "{label}: t, state length");
+                assert_close(&format!("{label} state"), &sg, &sr, 1e-6, 1e-4);
+                let pad = g.device_padding().unwrap();
+                assert!(!pad.is_empty(), "{label}: {spec} has padding");
+                let bad = pad.iter().position(|&v| v != 0.0);
+                assert!(
+                    bad.is_none(),
+                    "{label}: padding float {bad:?} is not zero: {pad:?}"
+                );
+            }
+        }
+    }
+}

@@ -269,27 +269,31 @@ fn generated_kernels_validate_for_every_config() {
 #[test]
 fn uniform_structs_have_the_sizes_wgsl_expects() {
     use shadertrain::gpu::{Acc, BatchUniform, Dims, OptimUniform, StepUniform};
-    assert_eq!(std::mem::size_of::<Dims>(), 48);
+    assert_eq!(std::mem::size_of::<Dims>(), 64);
     assert_eq!(std::mem::size_of::<OptimUniform>(), 32);
     assert_eq!(std::mem::size_of::<BatchUniform>(), 16);
     assert_eq!(std::mem::size_of::<StepUniform>(), 16);
     assert_eq!(std::mem::size_of::<Acc>(), 16 + 4 * 256);
-    // The loss totals struct is a storage binding; check its WGSL size too.
-    let spec = ALL
-        .iter()
-        .find(|s| s.entry == "loss_reduce")
-        .expect("loss kernel");
+    // Their WGSL twins: the loss totals (a storage binding) and Dims, which
+    // every kernel file shares (common.wgsl).
+    assert_eq!(wgsl_size("loss_reduce", "acc"), std::mem::size_of::<Acc>());
+    assert_eq!(
+        wgsl_size("forward_dense", "dims"),
+        std::mem::size_of::<Dims>()
+    );
+}
+
+/// Bytes of global `var` in the module of kernel `entry`.
+fn wgsl_size(entry: &str, var: &str) -> usize {
+    let spec = ALL.iter().find(|s| s.entry == entry).expect(entry);
     let (module, _) = parse(spec);
-    let acc = module
+    let v = module
         .global_variables
         .iter()
-        .find(|(_, v)| v.name.as_deref() == Some("acc"))
-        .expect("acc")
+        .find(|(_, v)| v.name.as_deref() == Some(var))
+        .expect(var)
         .1;
-    assert_eq!(
-        module.types[acc.ty].inner.size(module.to_ctx()) as usize,
-        std::mem::size_of::<Acc>()
-    );
+    module.types[v.ty].inner.size(module.to_ctx()) as usize
 }
 
 /// The `ACT_*` and `LOSS_*` constants of common.wgsl are the host's

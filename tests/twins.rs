@@ -52,6 +52,18 @@ const TALL: TileConfig = TileConfig {
     bk: 16,
 };
 
+/// A generated configuration whose blocks have an item of 4 k for every
+/// invocation in both operands (8×16 × 16 on 4×4 invocations): the only one
+/// in the table whose forward product reads W as `vec4`s along K
+/// (codegen's transposed loads), at a padded stride or an aligned width.
+const NARROW: TileConfig = TileConfig {
+    wg_x: 4,
+    wg_y: 4,
+    tm: 4,
+    tn: 8,
+    bk: 16,
+};
+
 /// The layer sizes and batches the simple kernels were always checked on:
 /// one neuron, two, and odd widths up to 257, batch 1 to 64.
 const LAYERS: &[&[usize]] = &[
@@ -75,6 +87,12 @@ const TILED: &[Product] = &[
     // Both widths multiples of 4 (of no tile): the gradient's vec4 loads.
     (36, 44, 37),
 ];
+
+/// Products run again with W's rows padded with NaN (`with_padded_rows`,
+/// the alignment beside each): a stride of a multiple of 4, as the
+/// backend's device layout has, where the products read W as vec4s (widths
+/// odd and multiples of 4), and an odd stride, read a float at a time.
+const PADDED: &[(Product, usize)] = &[((7, 5, 3), 4), ((36, 44, 37), 4), ((33, 17, 2), 1)];
 
 /// Per kernel set: its products and its tolerances `(abs, abs_forward, rel)`
 /// for f32 against an f64 reference. Forward outputs get a wider `abs`: the
@@ -142,6 +160,7 @@ fn table() -> Vec<Row> {
                 ),
                 tiled("gen 4x8 k16", KernelConfig::generated(TALL), checked),
                 tiled("gen 16x8", KernelConfig::generated(WIDE), checked),
+                tiled("gen 4x8 wg16", KernelConfig::generated(NARROW), checked),
                 // Double-buffered: the same sums (bitwise: db_matches_single_buffer).
                 tiled(
                     "gen small db",
@@ -220,19 +239,24 @@ fn twins(test: &str, sets: Option<fn(Set) -> bool>, mut check: impl FnMut(&Case)
         let r = runner(&ctx, i, &row);
         assert_eq!(r.checked(), row.checked);
         let checks = if row.checked { "checked" } else { "unchecked" };
-        let r = &*r;
-        for &p in &row.products {
-            let set = match row.set {
-                Set::Simple => format!("simple {checks}"),
-                Set::Tiled(name, _) => format!("tiled {name} {checks}"),
+        let set = match row.set {
+            Set::Simple => format!("simple {checks}"),
+            Set::Tiled(name, _) => format!("tiled {name} {checks}"),
+        };
+        let plain = row.products.iter().map(|&p| (p, None));
+        let padded = PADDED.iter().map(|&(p, align)| (p, Some(align)));
+        for (p, align) in plain.chain(padded) {
+            let (r, rows) = match align {
+                None => ((*r).clone(), String::new()),
+                Some(a) => (r.with_padded_rows(a), format!(" W rows padded to {a}")),
             };
             check(&Case {
-                r,
+                r: &r,
                 set: row.set,
                 p,
                 abs: row.abs,
                 abs_forward: row.abs_forward,
-                label: format!("{test} {set} (M, N, K) {p:?}"),
+                label: format!("{test} {set}{rows} (M, N, K) {p:?}"),
             });
         }
     }
@@ -669,9 +693,18 @@ fn unsafe_tiles_and_dims_are_refused_on_the_host() {
         n_in: 3,
         n_out: 5,
         splits: 1,
+        w_ld: 4,
         ..Dims::default()
     };
     ok.check().unwrap();
+    // A next layer's rows are at least n_out long.
+    Dims {
+        n_next: 2,
+        w_next_ld: 8,
+        ..ok
+    }
+    .check()
+    .unwrap();
     for bad in [
         Dims {
             rows: DIMS_BOUND,
@@ -683,6 +716,16 @@ fn unsafe_tiles_and_dims_are_refused_on_the_host() {
         },
         Dims { n_out: 0, ..ok },
         Dims { splits: 0, ..ok },
+        Dims { w_ld: 2, ..ok },
+        Dims {
+            w_ld: DIMS_BOUND,
+            ..ok
+        },
+        Dims {
+            n_next: 2,
+            w_next_ld: 4,
+            ..ok
+        },
     ] {
         assert!(bad.check().is_err(), "{bad:?}");
     }

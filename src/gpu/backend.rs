@@ -227,6 +227,27 @@ impl GpuBackend {
             .try_for_each(|stage| self.schedule().plan(stage, &mut |_| Ok(())))
     }
 
+    /// Every padding float of the device layout ([`super::layout`]) in
+    /// params, grads and each part of the optimizer state, in that order:
+    /// zero after any steps, which the tests check. Test scaffolding.
+    #[doc(hidden)]
+    pub fn device_padding(&mut self) -> Result<Vec<f32>> {
+        let (n, pad) = (self.buf.layout.len(), self.buf.layout.padding());
+        let mut out = Vec::new();
+        for which in [Which::Params, Which::Grads] {
+            let data = self.read_floats(which, n)?;
+            out.extend(pad.iter().map(|&i| data[i]));
+        }
+        let parts = self.optim.state_len(1);
+        if parts > 0 {
+            let state = self.read_floats(Which::State, parts * n)?;
+            for part in state.chunks(n) {
+                out.extend(pad.iter().map(|&i| part[i]));
+            }
+        }
+        Ok(out)
+    }
+
     /// Dispatches one `step` of the loaded batch records (per micro-batch
     /// for a split batch, plus its update); the full batch's before one is loaded.
     pub fn dispatches_per_step(&self) -> Result<usize> {
@@ -418,6 +439,7 @@ impl GpuBackend {
             dropout: self.dropout.as_ref().filter(|_| self.training.is_some()),
             whole: self.whole.as_ref(),
             net: &self.net,
+            params: self.buf.layout.len(),
             rows: self.dims_rows,
             splits: &self.splits,
             max_dim: self.ctx.limits.max_compute_workgroups_per_dimension,
@@ -700,13 +722,14 @@ impl Backend for GpuBackend {
         }
         // Queue writes land before the next submit, so recorded work must go first.
         self.flush()?;
-        (self.ctx.queue).write_buffer(&self.buf.params, 0, bytemuck::cast_slice(&p.data));
+        let data = self.buf.layout.to_device(&p.data);
+        (self.ctx.queue).write_buffer(&self.buf.params, 0, bytemuck::cast_slice(&data));
         Ok(())
     }
 
     fn params(&mut self) -> Result<Params<f32>> {
-        let data = self.read_floats(Which::Params, self.net.param_count())?;
-        Params::from_vec(&self.net, data)
+        let data = self.read_floats(Which::Params, self.buf.layout.len())?;
+        Params::from_vec(&self.net, self.buf.layout.to_flat(&data))
     }
 
     fn set_metric(&mut self, metric: Metric) -> Result<()> {
@@ -769,7 +792,8 @@ impl Backend for GpuBackend {
         crate::backend::check_params(&self.net, g)?;
         // Queue writes land before the next submit, so recorded work must go first.
         self.flush()?;
-        (self.ctx.queue).write_buffer(&self.buf.grads, 0, bytemuck::cast_slice(&g.data));
+        let data = self.buf.layout.to_device(&g.data);
+        (self.ctx.queue).write_buffer(&self.buf.grads, 0, bytemuck::cast_slice(&data));
         Ok(())
     }
 
@@ -783,13 +807,13 @@ impl Backend for GpuBackend {
             Some(c) => Some(Clipper::new(
                 &self.ctx,
                 &self.buf.grads,
-                self.net.param_count(),
+                self.buf.layout.len(),
                 c,
             )?),
             None => None,
         };
         // The constants; lr and the bias corrections are written per step.
-        let constants = OptimUniform::new(self.net.param_count(), &opt.terms(0.0, 0));
+        let constants = OptimUniform::new(self.buf.layout.len(), &opt.terms(0.0, 0));
         (self.ctx.queue).write_buffer(&self.buf.hyper, 0, bytemuck::bytes_of(&constants));
         self.optim = *opt;
         self.t = 0;
@@ -797,18 +821,24 @@ impl Backend for GpuBackend {
     }
 
     fn optimizer_state(&mut self) -> Result<(u64, Vec<f32>)> {
-        let n = self.optim.state_len(self.net.param_count());
-        if n == 0 {
+        // State as parameter-shaped pieces: momentum v, Adam m then v.
+        let layout = &self.buf.layout;
+        let parts = self.optim.state_len(1);
+        if parts == 0 {
             return Ok((self.t, Vec::new()));
         }
-        Ok((self.t, self.read_floats(Which::State, n)?))
+        let n = self.optim.state_len(layout.len());
+        let state = self.read_floats(Which::State, n)?;
+        Ok((self.t, self.buf.layout.to_flat_parts(&state, parts)))
     }
 
     fn set_optimizer_state(&mut self, t: u64, state: &[f32]) -> Result<()> {
         check_state_len(&self.optim, self.net.param_count(), state.len())?;
         self.flush()?;
         if let Some(u) = &self.update {
-            (self.ctx.queue).write_buffer(&u.state, 0, bytemuck::cast_slice(state));
+            let parts = self.optim.state_len(1);
+            let state = self.buf.layout.to_device_parts(state, parts);
+            (self.ctx.queue).write_buffer(&u.state, 0, bytemuck::cast_slice(&state));
         }
         self.t = t;
         Ok(())
@@ -908,8 +938,8 @@ impl Backend for GpuBackend {
     }
 
     fn read_gradients(&mut self) -> Result<Params<f32>> {
-        let data = self.read_floats(Which::Grads, self.net.param_count())?;
-        Params::from_vec(&self.net, data)
+        let data = self.read_floats(Which::Grads, self.buf.layout.len())?;
+        Params::from_vec(&self.net, self.buf.layout.to_flat(&data))
     }
 
     fn on_gpu(&self) -> bool {

@@ -13,6 +13,7 @@ use super::kernels::{
     loss_groups, tile_blocks, Acc, BatchUniform, Dims, Kernel, Kernels, OptimUniform, StepUniform,
     TiledKernels,
 };
+use super::layout::DeviceLayout;
 use super::options::binding_bytes;
 use super::plan::{gradient_splits, Product, ProductId};
 use super::readback;
@@ -27,9 +28,12 @@ pub(super) struct Buffers {
     /// the backend's capacity, or fewer where the device's limits (or
     /// `max_chunk`) make larger batches run as micro-batches.
     pub capacity: usize,
-    /// (P) in the [`Network`] layout: per layer `w (n_out, n_in)` then `b (n_out)`.
+    /// Where params, grads and the optimizer state keep each layer.
+    pub layout: DeviceLayout,
+    /// (D) in the padded [`DeviceLayout`]: per layer `w (n_out, w_ld)`
+    /// then `b (n_out)`, each on a vec4.
     pub params: wgpu::Buffer,
-    /// (P), as params.
+    /// (D), as params; the padding stays zero (no kernel writes it).
     pub grads: wgpu::Buffer,
     /// acts[l]: (capacity, sizes[l]); acts[0] is the input batch.
     pub acts: Vec<wgpu::Buffer>,
@@ -68,7 +72,8 @@ impl Buffers {
     ) -> Result<Buffers> {
         let copy_dst = wgpu::BufferUsages::COPY_DST;
         let none = wgpu::BufferUsages::empty();
-        let p = net.param_count();
+        let layout = DeviceLayout::new(net);
+        let p = layout.len();
         let params = storage_buffer(ctx, "params", p, copy_dst)?;
         let grads = storage_buffer(ctx, "grads", p, copy_dst)?;
         let (acts, deltas) = per_sample(ctx, net, capacity)?;
@@ -86,7 +91,7 @@ impl Buffers {
         let acc_staging = readback::staging(ctx, std::mem::size_of::<Acc>() as u64)?;
         let dims = (0..net.layers().len())
             .map(|l| {
-                let d = layer_dims(net, l, capacity, Metric::None, 1);
+                let d = layer_dims(net, &layout, l, capacity, Metric::None, 1);
                 d.check()?;
                 uniform(ctx, "dims", &d)
             })
@@ -95,6 +100,7 @@ impl Buffers {
         let constants = OptimUniform::new(p, &Optimizer::default().terms(0.0, 0));
         Ok(Buffers {
             capacity,
+            layout,
             params,
             grads,
             acts,
@@ -128,7 +134,7 @@ impl Buffers {
             self.capacity
         );
         for (l, buf) in self.dims.iter().enumerate() {
-            let d = layer_dims(net, l, rows, metric, splits[l]);
+            let d = layer_dims(net, &self.layout, l, rows, metric, splits[l]);
             // Safety condition 2 of unchecked modules (gpu::kernels docs):
             // buffers of fewer than 2^30 floats make this hold.
             d.check().expect("layer Dims within the kernels' bounds");
@@ -282,24 +288,34 @@ pub(super) fn storage_buffer(
     )
 }
 
-/// Dims of dense layer `l` for `rows` staged rows and `splits` K slices of its gradient.
-fn layer_dims(net: &Network, l: usize, rows: usize, metric: Metric, splits: u32) -> Dims {
-    let layers = net.layers();
-    let ly = layers[l];
-    let next = layers.get(l + 1);
+/// Dims of dense layer `l` for `rows` staged rows and `splits` K slices of
+/// its gradient, with the offsets and strides of the device layout.
+fn layer_dims(
+    net: &Network,
+    layout: &DeviceLayout,
+    l: usize,
+    rows: usize,
+    metric: Metric,
+    splits: u32,
+) -> Dims {
+    let ly = net.layers()[l];
+    let dl = layout.layers()[l];
+    let next = layout.layers().get(l + 1);
     Dims {
         rows: rows as u32,
         n_in: ly.n_in as u32,
         n_out: ly.n_out as u32,
-        w_off: ly.w_off as u32,
-        b_off: ly.b_off as u32,
+        w_off: dl.w_off as u32,
+        b_off: dl.b_off as u32,
         n_next: next.map_or(0, |n| n.n_out as u32),
         w_next_off: next.map_or(0, |n| n.w_off as u32),
         metric: metric as u32,
         splits,
         act: ly.act as u32,
         loss: net.loss() as u32,
-        _pad: 0,
+        w_ld: dl.w_ld as u32,
+        w_next_ld: next.map_or(0, |n| n.w_ld as u32),
+        _pad: [0; 3],
     }
 }
 
@@ -459,9 +475,11 @@ pub(super) fn delta_hidden_buffers<'b>(
 pub(super) struct UpdateBuffers {
     /// Adam (else momentum).
     pub adam: bool,
-    /// Per-parameter decay, (P); held beside the group that binds it.
+    /// Per-parameter decay, (D), zero on the padding; held beside the group
+    /// that binds it.
     _decay: wgpu::Buffer,
-    /// Momentum `v (P)`, Adam `m (P)` then `v (P)`.
+    /// Momentum `v (D)`, Adam `m (D)` then `v (D)`, each in the device
+    /// layout (zero on the padding, as the gradients there are).
     pub state: wgpu::Buffer,
     pub group: wgpu::BindGroup,
 }
@@ -480,12 +498,12 @@ impl UpdateBuffers {
         let Some(kind) = opt.update_kernel() else {
             return Ok(None);
         };
-        let p = net.param_count();
+        let p = b.layout.len();
         let copy_dst = wgpu::BufferUsages::COPY_DST;
-        // SGD with decay keeps a (P) scratch v that it never reads back.
+        // SGD with decay keeps a (D) scratch v that it never reads back.
         let state = storage_buffer(ctx, "optimizer state", opt.state_len(p).max(p), copy_dst)?;
         let decay = storage_buffer(ctx, "decay", p, copy_dst)?;
-        let d = opt.decay::<f32>(net);
+        let d = b.layout.to_device(&opt.decay::<f32>(net));
         ctx.queue.write_buffer(&decay, 0, bytemuck::cast_slice(&d));
         let group = kernel.bind(
             &ctx.device,

@@ -22,7 +22,7 @@ use bytemuck::{Pod, Zeroable};
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Pod, Zeroable)]
 pub struct ClipUniform {
-    /// Gradients: the parameter count.
+    /// Gradients: the floats of the device layout (its padding is zero).
     pub count: u32,
     /// Workgroups of `clip_partial` ([`clip_groups`]).
     pub groups: u32,

@@ -40,13 +40,15 @@
 //!    rules), `n_in + 1`, a grid size or a power of two.
 //! 4. **Storage buffers**: each index is below the length of the buffer bound
 //!    there, given a `Dims` that describes those buffers (rows at most their
-//!    capacity, layer offsets from the network). The tiled products read
+//!    capacity, layer offsets and W's row strides `w_ld ≥ n_in` from the
+//!    device layout, [`super::layout`], whose params buffer holds every
+//!    layer's `n_out` rows of `w_ld`). The tiled products read
 //!    their operands (activations, deltas, params) as `vec4`s: every
 //!    storage buffer is rounded up to 16 bytes (`storage_buffer`; the
 //!    runner pads with NaN), so a scalar's `vec4` `i / 4` is in range; a
 //!    generated core reads the 4 elements from `i` as one `vec4` only where
 //!    `i` is a multiple of 4 (the kernel file's `a_vec4`/`b_vec4`: row
-//!    length and offset multiples of 4; the group's first row, column or k
+//!    stride and offset multiples of 4; the group's first row, column or k
 //!    a multiple of 4 since `tm`, `tn` and `bk` are) and `i + 3` is inside
 //!    the matrix and the K slice ([`super::codegen`]); wgpu also enables the
 //!    driver's own robust buffer access where the adapter has it. The
@@ -90,8 +92,14 @@ pub struct Dims {
     pub act: u32,
     /// The network's [`crate::network::Loss`] as a number.
     pub loss: u32,
+    /// Floats from one row of W to the next in params and grads, at least
+    /// `n_in` (the backend's device layout: `n_in` rounded up to 4).
+    pub w_ld: u32,
+    /// The same for the next layer's weights, at least `n_out` where there
+    /// is a next layer (0 for the output layer).
+    pub w_next_ld: u32,
     /// Uniforms are 16-byte aligned.
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Bound on every shape, offset and slice count in a [`Dims`] (safety
@@ -113,6 +121,8 @@ impl Dims {
             ("n_next", self.n_next),
             ("w_next_off", self.w_next_off),
             ("splits", self.splits),
+            ("w_ld", self.w_ld),
+            ("w_next_ld", self.w_next_ld),
         ];
         if let Some((name, v)) = fields.iter().find(|(_, v)| *v >= DIMS_BOUND) {
             return Err(Error::Gpu(format!(
@@ -124,6 +134,13 @@ impl Dims {
         if self.n_out == 0 || self.splits == 0 {
             return Err(Error::Gpu(format!(
                 "layer shape {self:?} has no output or no K slice"
+            )));
+        }
+        // Rows of W must not overlap: a stride shorter than the row would
+        // make a kernel read (and write) the next row's weights.
+        if self.w_ld < self.n_in || (self.n_next > 0 && self.w_next_ld < self.n_out) {
+            return Err(Error::Gpu(format!(
+                "layer shape {self:?} has a W row stride shorter than its row"
             )));
         }
         Ok(())

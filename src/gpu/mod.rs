@@ -18,6 +18,7 @@ pub mod context;
 #[doc(hidden)]
 pub mod dropout;
 pub mod kernels;
+pub mod layout;
 pub mod options;
 pub mod pipeline_cache;
 pub mod plan;

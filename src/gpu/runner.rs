@@ -26,20 +26,86 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 
 /// NaN values placed before a layer's parameters, so `w_off`/`b_off` are
-/// non-zero; a whole `vec4`, so that W's rows start on one where `n_in` is a
-/// multiple of 4 and the tiled products read W as `vec4`s (a read of the
-/// wrong 4 would take a NaN; misaligned offsets are checked through whole
-/// training steps, tests/twins.rs).
+/// non-zero; a whole `vec4`, so that W's rows start on one where their
+/// stride is a multiple of 4 and the tiled products read W as `vec4`s (a
+/// read of the wrong 4 would take a NaN; misaligned offsets are checked
+/// through whole training steps, tests/twins.rs).
 const PREFIX: usize = 4;
+
+/// One layer's parameters as the runner binds them: `[NaN; PREFIX]`, the
+/// rows of W `ld` floats apart with NaN padding after each, then b.
+struct LayerParams {
+    data: Vec<f32>,
+    w_off: usize,
+    b_off: usize,
+    /// W's row stride (`w_ld` of the Dims).
+    ld: usize,
+    /// W's rows and columns.
+    rows: usize,
+    cols: usize,
+}
+
+impl LayerParams {
+    /// `w (rows, cols)` then `b`, rows `ld` apart.
+    fn new(w: &[f32], b: &[f32], cols: usize, ld: usize) -> Self {
+        let rows = w.len().checked_div(cols).unwrap_or(0);
+        assert!(
+            ld >= cols && rows * cols == w.len(),
+            "W rows fit their stride"
+        );
+        let mut data = vec![f32::NAN; PREFIX + rows * ld];
+        for (r, row) in w.chunks(cols.max(1)).take(rows).enumerate() {
+            let at = PREFIX + r * ld;
+            data[at..at + cols].copy_from_slice(row);
+        }
+        let b_off = data.len();
+        data.extend_from_slice(b);
+        LayerParams {
+            data,
+            w_off: PREFIX,
+            b_off,
+            ld,
+            rows,
+            cols,
+        }
+    }
+
+    /// `w` then `b` back from `data` (this layout, read from the device):
+    /// an error where a kernel wrote into W's padding, which stays NaN.
+    fn unpack(&self, data: &[f32], b_len: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.rows * self.cols + b_len);
+        for r in 0..self.rows {
+            let at = self.w_off + r * self.ld;
+            out.extend_from_slice(&data[at..at + self.cols]);
+            if let Some(c) = data[at + self.cols..at + self.ld]
+                .iter()
+                .position(|v| !v.is_nan())
+            {
+                return Err(Error::Gpu(format!(
+                    "the kernel wrote {} into the padding of W's row {r} (column {})",
+                    data[at + self.cols + c],
+                    self.cols + c
+                )));
+            }
+        }
+        out.extend_from_slice(&data[self.b_off..self.b_off + b_len]);
+        Ok(out)
+    }
+}
 
 /// Compiled kernels and a device, to run kernels one at a time. Test
 /// scaffolding, not part of the documented API.
 #[doc(hidden)]
+#[derive(Clone)]
 pub struct KernelRunner {
     ctx: Arc<GpuContext>,
-    kernels: Kernels,
+    /// Shared by the runner's padded copies ([`KernelRunner::with_padded_rows`]).
+    kernels: Arc<Kernels>,
     /// `None` only where the adapter's tile sizes fail their own check.
-    tiled: Option<TiledKernels>,
+    tiled: Option<Arc<TiledKernels>>,
+    /// `Some(align)`: W's rows padded with NaN to a stride of
+    /// `round_up(n_in + 1, align)` ([`KernelRunner::with_padded_rows`]).
+    pad_rows: Option<usize>,
 }
 
 /// One dispatch: the kernel, its buffers in binding order, its grid.
@@ -79,12 +145,34 @@ impl KernelRunner {
                 }
             }
         };
-        let kernels = Kernels::new(&ctx, checked)?;
+        let kernels = Arc::new(Kernels::new(&ctx, checked)?);
         Ok(KernelRunner {
             ctx,
             kernels,
-            tiled,
+            tiled: tiled.map(Arc::new),
+            pad_rows: None,
         })
+    }
+
+    /// A copy of this runner (the same compiled kernels) with W's rows (and W_next's) laid `round_up(n_in + 1,
+    /// align)` floats apart, NaN between them: at least one float of
+    /// padding, so a product that reads it turns NaN, and a stride that is a
+    /// multiple of 4 for `align` 4 (the device layout's, where the products
+    /// read W as `vec4`s). The gradient methods also fail where a kernel
+    /// wrote into the padding. Without this, rows are `n_in` apart.
+    pub fn with_padded_rows(&self, align: usize) -> Self {
+        KernelRunner {
+            pad_rows: Some(align.max(1)),
+            ..self.clone()
+        }
+    }
+
+    /// `w (rows, cols)` and `b` as this runner lays them out.
+    fn layer_params(&self, w: &[f32], b: &[f32], cols: usize) -> LayerParams {
+        let ld = self
+            .pad_rows
+            .map_or(cols, |a| (cols + 1).next_multiple_of(a));
+        LayerParams::new(w, b, cols, ld)
     }
 
     /// Whether its modules were built with naga's runtime checks.
@@ -95,7 +183,7 @@ impl KernelRunner {
     /// The tiled kernels, or why there are none.
     fn tiled(&self) -> Result<&TiledKernels> {
         self.tiled
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::Gpu("the tiled kernels do not fit this device".into()))
     }
 
@@ -223,12 +311,12 @@ impl KernelRunner {
         (batch, n_in, n_out): (usize, usize, usize),
         act: Activation,
     ) -> Result<Vec<f32>> {
-        let (params, w_off, b_off) = layer_params(w, b);
-        let mut d = dims(batch, n_in, n_out, w_off, b_off);
-        d.act = act as u32;
+        let lp = self.layer_params(w, b, n_in);
+        let mut d = dims(batch, n_in, n_out, lp.w_off, lp.b_off);
+        (d.act, d.w_ld) = (act as u32, lp.ld as u32);
         let out = self.poisoned(batch * n_out);
         let dims = self.dims_uniform(&d)?;
-        let bufs = [&dims, &self.storage(&params), &self.storage(a_prev), &out];
+        let bufs = [&dims, &self.storage(&lp.data), &self.storage(a_prev), &out];
         let rows = [&dims, &out];
         let mut steps = vec![(kernel, &bufs[..], grid)];
         if act == Activation::Softmax {
@@ -326,15 +414,15 @@ impl KernelRunner {
         (batch, n, n_next): (usize, usize, usize),
         act: Activation,
     ) -> Result<Vec<f32>> {
-        let (params, w_off, _) = layer_params(w_next, &[]);
+        let lp = self.layer_params(w_next, &[], n);
         let mut d = dims(batch, 0, n, 0, 0);
         d.act = act as u32;
         d.n_next = n_next as u32;
-        d.w_next_off = w_off as u32;
+        (d.w_next_off, d.w_next_ld) = (lp.w_off as u32, lp.ld as u32);
         let out = self.poisoned(batch * n);
         let bufs = [
             &self.dims_uniform(&d)?,
-            &self.storage(&params),
+            &self.storage(&lp.data),
             &self.storage(delta_next),
             &self.storage(a),
             &out,
@@ -352,8 +440,10 @@ impl KernelRunner {
         n_out: usize,
     ) -> Result<Vec<f32>> {
         let count = n_out * n_in;
-        let d = dims(batch, n_in, n_out, PREFIX, PREFIX + count);
-        let out = self.poisoned(PREFIX + count + n_out);
+        let lp = self.layer_params(&vec![f32::NAN; count], &[], n_in);
+        let mut d = dims(batch, n_in, n_out, lp.w_off, lp.b_off);
+        d.w_ld = lp.ld as u32;
+        let out = self.storage(&lp.data);
         let bufs = [
             &self.dims_uniform(&d)?,
             &self.storage(delta),
@@ -362,7 +452,8 @@ impl KernelRunner {
         ];
         let grid = self.grid_1d(count)?;
         let k = &self.kernels.gradient_weights;
-        self.run(&[(k, &bufs, grid)], &out, PREFIX, count)
+        let data = self.run(&[(k, &bufs, grid)], &out, 0, lp.data.len())?;
+        lp.unpack(&data, 0)
     }
 
     /// GPU twin of [`crate::cpu::gradient_bias`]; returns `gb (n_out)`.
@@ -396,12 +487,13 @@ impl KernelRunner {
         onto: Option<&[f32]>,
         splits: u32,
     ) -> Result<Vec<f32>> {
-        let len = n_out * n_in + n_out;
-        let grads = match onto {
-            Some(start) => self.storage(&layer_params(start, &[]).0),
-            None => self.poisoned(PREFIX + len),
+        let count = n_out * n_in;
+        let lp = match onto {
+            Some(start) => self.layer_params(&start[..count], &start[count..], n_in),
+            None => self.layer_params(&vec![f32::NAN; count], &vec![f32::NAN; n_out], n_in),
         };
-        let params = self.poisoned(PREFIX + len);
+        let grads = self.storage(&lp.data);
+        let params = self.poisoned(lp.data.len());
         let per_batch = BatchUniform::new(batch, onto.is_some());
         let per_step = StepUniform {
             lr: f32::NAN,
@@ -411,8 +503,8 @@ impl KernelRunner {
         let kernel = &t.set(Product::Gradient, 0).gradient_dense;
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);
-        self.gradient(kernel, delta, a_prev, shape, uniforms, &params, &grads)?;
-        readback::read(&self.ctx, &grads, (PREFIX * 4) as u64, len)
+        self.gradient(kernel, delta, a_prev, shape, uniforms, &lp, &params, &grads)?;
+        lp.unpack(&readback::read(&self.ctx, &grads, 0, lp.data.len())?, n_out)
     }
 
     /// `gradient_sgd_tiled`, twin of [`crate::cpu::gradient_sgd`]: returns the
@@ -431,9 +523,9 @@ impl KernelRunner {
         n_out: usize,
         splits: u32,
     ) -> Result<Vec<f32>> {
-        let len = n_out * n_in + n_out;
-        let params = self.storage(&layer_params(w, b).0);
-        let grads = self.poisoned(PREFIX + len);
+        let lp = self.layer_params(w, b, n_in);
+        let params = self.storage(&lp.data);
+        let grads = self.poisoned(lp.data.len());
         let per_batch = BatchUniform::new(batch, false);
         let per_step = StepUniform {
             lr,
@@ -443,8 +535,11 @@ impl KernelRunner {
         let kernel = &t.set(Product::Gradient, 0).gradient_sgd;
         let shape = (batch, n_in, n_out, splits);
         let uniforms = (per_batch, per_step);
-        self.gradient(kernel, delta, a_prev, shape, uniforms, &params, &grads)?;
-        readback::read(&self.ctx, &params, (PREFIX * 4) as u64, len)
+        self.gradient(kernel, delta, a_prev, shape, uniforms, &lp, &params, &grads)?;
+        lp.unpack(
+            &readback::read(&self.ctx, &params, 0, lp.data.len())?,
+            n_out,
+        )
     }
 
     /// Run a tiled gradient kernel, K in `splits` slices; `shape` is
@@ -457,11 +552,12 @@ impl KernelRunner {
         a_prev: &[f32],
         (batch, n_in, n_out, splits): (usize, usize, usize, u32),
         (per_batch, per_step): (BatchUniform, StepUniform),
+        lp: &LayerParams,
         params: &wgpu::Buffer,
         grads: &wgpu::Buffer,
     ) -> Result<()> {
-        let mut d = dims(batch, n_in, n_out, PREFIX, PREFIX + n_out * n_in);
-        d.splits = splits;
+        let mut d = dims(batch, n_in, n_out, lp.w_off, lp.b_off);
+        (d.splits, d.w_ld) = (splits, lp.ld as u32);
         let sums = n_out * (n_in + 1);
         let blocks = tile_blocks(
             n_out as u32,
@@ -675,16 +771,17 @@ impl KernelRunner {
                 t.config.tiles.bn()
             )));
         }
-        let (params, w_off, b_off) = layer_params(w, b);
-        let mut d = dims(batch, n_in, n_out, w_off, b_off);
+        let lp = self.layer_params(w, b, n_in);
+        let mut d = dims(batch, n_in, n_out, lp.w_off, lp.b_off);
         (d.metric, d.act, d.loss) = (metric as u32, act as u32, loss as u32);
+        d.w_ld = lp.ld as u32;
         let acc = self.totals(start);
         let (a, delta) = (self.poisoned(batch * n_out), self.poisoned(batch * n_out));
         let partials = self.poisoned(2 * batch.div_ceil(t.config.tiles.bm() as usize));
         let counters = self.counters(1);
         let bufs = [
             &self.dims_uniform(&d)?,
-            &self.storage(&params),
+            &self.storage(&lp.data),
             &self.storage(a_prev),
             &a,
             &self.storage(y),
@@ -712,14 +809,7 @@ fn dims(batch: usize, n_in: usize, n_out: usize, w_off: usize, b_off: usize) -> 
         w_off: w_off as u32,
         b_off: b_off as u32,
         splits: 1,
+        w_ld: n_in as u32,
         ..Dims::default()
     }
-}
-
-/// `[NaN; PREFIX] ++ w ++ b`, with the offsets of `w` and `b`.
-fn layer_params(w: &[f32], b: &[f32]) -> (Vec<f32>, usize, usize) {
-    let mut p = vec![f32::NAN; PREFIX];
-    p.extend_from_slice(w);
-    p.extend_from_slice(b);
-    (p, PREFIX, PREFIX + w.len())
 }

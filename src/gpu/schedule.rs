@@ -129,6 +129,8 @@ pub(super) struct Schedule<'a> {
     /// The whole-step kernel, where the network fits it.
     pub whole: Option<&'a WholeStep>,
     pub net: &'a Network,
+    /// Floats of params and grads (the device layout), what the update runs over.
+    pub params: usize,
     /// Rows staged in the per-sample buffers.
     pub rows: usize,
     /// K slices of each layer's tiled gradient at `rows` rows.
@@ -377,7 +379,7 @@ impl<'a> Schedule<'a> {
             Some(u) if u.adam => (&k.adam_update, &u.group),
             Some(u) => (&k.momentum_update, &u.group),
         };
-        f(self.elementwise(kernel, group, self.net.param_count(), None)?)
+        f(self.elementwise(kernel, group, self.params, None)?)
     }
 
     /// In a training step, dropout on layer `l`'s outputs (`deltas`: its

@@ -152,6 +152,23 @@ pub fn steps_match_reference<B: Backend<Scalar = f32> + ?Sized>(
     assert_close(&what, &pg.data, &pc.data, 1e-5, 1e-4);
 }
 
+/// A GPU backend with `options` and the f64 reference for `net` with room
+/// for `batch` rows, both holding `net.init(seed)`.
+pub fn gpu_and_reference(
+    ctx: &Arc<GpuContext>,
+    net: &Network,
+    batch: usize,
+    options: shadertrain::gpu::GpuOptions,
+    seed: u64,
+) -> (GpuBackend, CpuBackend<f64>) {
+    let mut gpu = GpuBackend::with_options(ctx.clone(), net, batch, options).unwrap();
+    let mut cpu = CpuBackend::<f64>::new(net, batch).unwrap();
+    let init: Params<f32> = net.init(seed);
+    gpu.set_params(&init).unwrap();
+    cpu.set_params(&init.cast()).unwrap();
+    (gpu, cpu)
+}
+
 /// A hand-built checkpoint of `spec` trained with `opt`: two epochs of
 /// history whose values need all 17 digits, optimiser moments of the right
 /// length, and (with `norm`) a standardiser of uneven means and spreads.
