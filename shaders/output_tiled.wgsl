@@ -34,26 +34,6 @@
 // Each invocation's rows: loss sum and count scored correct.
 var<workgroup> w_rows: array<Partial, WG_X * WG_Y>;
 
-// Row s: softmax (a softmax layer), δ, and its loss and score.
-fn finish_row(s: u32) -> Partial {
-    let n = dims.n_out;
-    let base = s * n;
-    if (dims.act == ACT_SOFTMAX) {
-        softmax_row(base, n);
-    }
-    var r = row_loss_start();
-    for (var k = 0u; k < n; k++) {
-        r = row_loss_add(r, base, k);
-    }
-    var ok = false;
-    if (dims.metric == 1u) {
-        ok = (a[base] > 0.5) == (y[base] > 0.5);
-    } else if (dims.metric == 2u) {
-        ok = r.ia == r.iy;
-    }
-    return Partial(r.loss, select(0u, 1u, ok));
-}
-
 @compute @workgroup_size(WG_X, WG_Y)
 fn forward_output_loss_tiled(
     @builtin(workgroup_id) wid: vec3<u32>,

@@ -131,27 +131,6 @@ fn forward(j: u32, layers: u32, lid: u32) {
     }
 }
 
-// Output row s: softmax (a softmax layer), δ, and its loss and score
-// (as forward_output_loss_tiled's finish_row).
-fn finish_row(s: u32) -> Partial {
-    let n = dims.n_out;
-    let base = s * n;
-    if (dims.act == ACT_SOFTMAX) {
-        softmax_row(base, n);
-    }
-    var r = row_loss_start();
-    for (var k = 0u; k < n; k++) {
-        r = row_loss_add(r, base, k);
-    }
-    var ok = false;
-    if (dims.metric == 1u) {
-        ok = (a[base] > 0.5) == (y[base] > 0.5);
-    } else if (dims.metric == 2u) {
-        ok = r.ia == r.iy;
-    }
-    return Partial(r.loss, select(0u, 1u, ok));
-}
-
 // The delta of level j + 1 from level j's: δ_below = (δ · W_j) ⊙ f'(A_below).
 fn delta_below(j: u32, lid: u32) {
     let d = dims_at(j);

@@ -102,6 +102,7 @@ fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
             "totals.wgsl",
             "loss_row.wgsl",
             "softmax_row.wgsl",
+            "finish_row.wgsl",
             "last_group.wgsl",
             "forward_product.wgsl",
             "output_tiled.wgsl"

@@ -503,6 +503,7 @@ pub const FORWARD_OUTPUT_LOSS_TILED: KernelSpec = KernelSpec {
         "totals.wgsl",
         "loss_row.wgsl",
         "softmax_row.wgsl",
+        "finish_row.wgsl",
         "last_group.wgsl",
         "tile_span.wgsl",
         "tiled.wgsl",

@@ -50,6 +50,8 @@ const SOURCE: &str = concat!(
     "\n",
     include_str!("../../shaders/softmax_row.wgsl"),
     "\n",
+    include_str!("../../shaders/finish_row.wgsl"),
+    "\n",
     include_str!("../../shaders/whole_step.wgsl")
 );
 
