@@ -218,14 +218,18 @@ fn generated_kernels_validate_for_every_config() {
         .filter(|s| s.file.ends_with("_tiled.wgsl"))
         .collect::<Vec<_>>();
     assert_eq!(specs.len(), 5, "forward, output, delta_hidden, 2 gradient");
-    let both = configs
-        .iter()
-        .flat_map(|&t| [false, true].map(|db| KernelConfig::generated(t).with_double_buffer(db)));
+    let both = configs.iter().flat_map(|&t| {
+        [(false, false), (true, false), (false, true), (true, true)].map(|(db, v4)| {
+            KernelConfig::generated(t)
+                .with_double_buffer(db)
+                .with_k_vec4(v4)
+        })
+    });
     for config in both {
         let tiles = config.tiles;
         assert_eq!(KernelConfig::parse(&config.to_string()).unwrap(), config);
         for spec in &specs {
-            let src = codegen::source(spec, &tiles, config.double_buffer).unwrap();
+            let src = codegen::source(spec, &config).unwrap();
             let module = naga::front::wgsl::parse_str(&src)
                 .unwrap_or_else(|e| panic!("{} {config}: {}", spec.entry, e.emit_to_string(&src)));
             let info = Validator::new(ValidationFlags::all(), Capabilities::default())
@@ -262,8 +266,9 @@ fn generated_kernels_validate_for_every_config() {
         tm: 3,
         ..TileConfig::SMALL
     };
-    assert!(codegen::source(specs[0], &odd, false).is_err());
-    assert!(codegen::source(specs[0], &odd, true).is_err());
+    let odd = KernelConfig::generated(odd);
+    assert!(codegen::source(specs[0], &odd).is_err());
+    assert!(codegen::source(specs[0], &odd.with_double_buffer(true)).is_err());
 }
 
 #[test]

@@ -182,6 +182,20 @@ fn table() -> Vec<Row> {
                     KernelConfig::generated(WIDE).with_double_buffer(true),
                     checked,
                 ),
+                // Transposed vec4 loads along K in blocks with idle
+                // invocations (:v4; bitwise the same sums as without).
+                tiled(
+                    "gen small v4",
+                    KernelConfig::generated(TileConfig::SMALL).with_k_vec4(true),
+                    checked,
+                ),
+                tiled(
+                    "gen discrete db v4",
+                    KernelConfig::generated(TileConfig::DISCRETE)
+                        .with_double_buffer(true)
+                        .with_k_vec4(true),
+                    checked,
+                ),
             ]
         })
         .collect()
@@ -872,6 +886,18 @@ fn double_buffering_is_a_generated_configuration_field() {
     assert!(err.to_string().contains("loops core"), "{err}");
     let loops_db = KernelConfig::loops(TileConfig::SMALL).with_double_buffer(true);
     assert!(loops_db.check(&limits).is_err());
+    // :v4 likewise, in any order with :db and :sN, written in one order.
+    let all = db.with_k_vec4(true).with_splits(Some(4));
+    assert_eq!(all.to_string(), "gen:4x16:4x8:k16:db:v4:s4");
+    for text in ["gen:4x16:4x8:k16:s4:v4:db", "gen:4x16:4x8:k16:v4:db:s4"] {
+        assert_eq!(KernelConfig::parse(text).unwrap(), all, "{text}");
+    }
+    for bad in ["gen:4x16:4x8:k16:v4:v4", "loops:8x8:4x4:k8:v4"] {
+        let err = KernelConfig::parse(bad).unwrap_err().to_string();
+        assert!(err.contains(bad), "{bad}: {err}");
+    }
+    let err = KernelConfig::parse("loops:8x8:4x4:k8:v4").unwrap_err();
+    assert!(err.to_string().contains("loops core"), "{err}");
 }
 
 /// Register double buffering changes when each K step's operands are
@@ -900,8 +926,10 @@ fn double_buffered_steps_are_bitwise_equal() {
     // K steps of 8 and 16, full and partial staging runs (the twins table
     // checks every configuration, db or not, against the CPU).
     for tiles in [TileConfig::SMALL, TALL] {
-        let run = |db: bool| {
-            let config = KernelConfig::generated(tiles).with_double_buffer(db);
+        let run = |db: bool, v4: bool| {
+            let config = KernelConfig::generated(tiles)
+                .with_double_buffer(db)
+                .with_k_vec4(v4);
             let plan = KernelPlan::uniform(&net, config, Source::Given);
             let options = GpuOptions::default().with_plan(plan);
             let mut b = GpuBackend::with_options(ctx.clone(), &net, 600, options).unwrap();
@@ -920,13 +948,15 @@ fn double_buffered_steps_are_bitwise_equal() {
             }
             out
         };
-        for ((label, l_single, p_single), (_, l_db, p_db)) in run(false).into_iter().zip(run(true))
-        {
-            let label = format!("{tiles:?} {label}");
-            assert_eq!(l_single.to_bits(), l_db.to_bits(), "{label}: loss");
-            let (a, b) = (&p_single.data, &p_db.data);
-            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
-                panic!("{label}: param {i} single {} db {}", a[i], b[i]);
+        let plain = run(false, false);
+        for (db, v4) in [(true, false), (false, true), (true, true)] {
+            for ((label, l_single, p_single), (_, l_db, p_db)) in plain.iter().zip(run(db, v4)) {
+                let label = format!("{tiles:?} {label} db {db} v4 {v4}");
+                assert_eq!(l_single.to_bits(), l_db.to_bits(), "{label}: loss");
+                let (a, b) = (&p_single.data, &p_db.data);
+                if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                    panic!("{label}: param {i} plain {} variant {}", a[i], b[i]);
+                }
             }
         }
     }

@@ -87,8 +87,9 @@ pub struct BenchArgs {
     /// The tiled kernels' configuration, as `bench --json`, checkpoints and
     /// `--metrics` record it: one for every product,
     /// `gen|loops:WXxWY:TMxTN:kBK`, then optional `:db` (register double
-    /// buffering, generated cores only) and `:sN` (N K slices of the
-    /// gradients) (e.g. `gen:8x8:4x4:k8`, `gen:8x8:16x16:k8:db:s2`; `loops`
+    /// buffering), `:v4` (`vec4` loads along K in every block; both
+    /// generated cores only) and `:sN` (N K slices of the gradients) (e.g.
+    /// `gen:8x8:4x4:k8`, `gen:8x8:16x16:k8:db:s2`; `loops`
     /// is the previous tiled.wgsl core), one per product,
     /// `f0=…,d0=…,g0=…,f1=…`, or `simple` (the simple set).
     #[arg(long, conflicts_with_all = ["tiles", "kernels", "tune"])]

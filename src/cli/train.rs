@@ -65,7 +65,8 @@ pub struct TrainArgs {
     tune: Option<super::TuneArg>,
     /// GPU: run exactly this kernel configuration, as checkpoints, `--metrics`
     /// and `bench --json` record it: one for every product
-    /// (`gen:8x8:4x4:k8`; `:s4`: the gradients' K in 4 slices), one per
+    /// (`gen:8x8:4x4:k8`; `:db` double buffering, `:v4` vec4 loads along K,
+    /// `:s4` the gradients' K in 4 slices), one per
     /// product (`f0=…,d0=…,g0=…,f1=…`), or `simple` (the simple kernel set).
     #[arg(long, conflicts_with = "tune")]
     kernel_config: Option<String>,

@@ -22,7 +22,9 @@
 //!   δ_next) 4 global `vec4`s along K for 4 neighbouring rows, transposed in
 //!   registers into 4 staged `vec4`s, where the block has such an item for
 //!   every invocation (else idle invocations cost more than the loads
-//!   save); elsewhere guarded scalars;
+//!   save, as on lavapipe), or in every block with `:v4` (the tuner weighs
+//!   it on GPUs, where a 16-byte load may be worth idle lanes); elsewhere
+//!   guarded scalars;
 //! - with register double buffering (`:db`), each invocation loads its share
 //!   of the next K step into `vec4` registers right after the barrier that
 //!   follows this step's stores, so that those global loads are in flight
@@ -37,7 +39,7 @@
 //! need `tm` and `tn` multiples of 4 up to 16 ([`check`]); with more rows in
 //! a block than invocations, each invocation sums several rows for the bias.
 
-use super::kernels::{KernelSpec, TileConfig};
+use super::kernels::{KernelConfig, KernelSpec, TileConfig};
 use crate::error::{Error, Result};
 use std::fmt::Write;
 
@@ -117,16 +119,22 @@ fn kernel_file(spec: &KernelSpec) -> Result<&'static str> {
     })
 }
 
-/// The whole source of `spec` with a core generated for `tiles`, its
-/// staging double-buffered in registers or not: common.wgsl, the core, the
-/// kernel file.
-pub fn source(spec: &KernelSpec, tiles: &TileConfig, double_buffer: bool) -> Result<String> {
+/// The whole source of `spec` with a core generated for `config`'s tiles,
+/// its staging double-buffered in registers or not, its along-K operands
+/// loaded transposed in every block (`:v4`) or where each invocation has an
+/// item: common.wgsl, the core, the kernel file.
+pub fn source(spec: &KernelSpec, config: &KernelConfig) -> Result<String> {
+    let tiles = &config.tiles;
     check(tiles)?;
+    let staging = Staging {
+        double_buffer: config.double_buffer,
+        k_vec4: config.k_vec4,
+    };
     Ok(format!(
         "{}\n{}\n{}\n{}",
         include_str!("../../shaders/common.wgsl"),
         include_str!("../../shaders/tile_span.wgsl"),
-        core(tiles, double_buffer, along_k(spec)?),
+        core(tiles, staging, along_k(spec)?),
         kernel_file(spec)?
     ))
 }
@@ -138,7 +146,8 @@ pub fn source(spec: &KernelSpec, tiles: &TileConfig, double_buffer: bool) -> Res
 /// registers `s{a|b}{run}…` hold run `run`'s share of the next K step.
 /// `along_k` says for A and B whether the operand is contiguous along K
 /// (the private `Operand` gives how each is loaded).
-pub fn core(t: &TileConfig, double_buffer: bool, along_k: [bool; 2]) -> String {
+pub fn core(t: &TileConfig, staging: Staging, along_k: [bool; 2]) -> String {
+    let double_buffer = staging.double_buffer;
     let (wx, wy, tm, tn, bk) = (t.wg_x, t.wg_y, t.tm, t.tn, t.bk);
     let (bm, bn) = (t.bm(), t.bn());
     let threads = wx * wy;
@@ -199,14 +208,14 @@ fn tile_gemm(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {{
             idx: "m",
             len: bm,
             stride: sa,
-            mode: Mode::of(along_k[0], bm, bk, threads),
+            mode: Mode::of(along_k[0], bm, bk, threads, staging.k_vec4),
         },
         Operand {
             x: "b",
             idx: "n",
             len: bn,
             stride: sb,
-            mode: Mode::of(along_k[1], bn, bk, threads),
+            mode: Mode::of(along_k[1], bn, bk, threads, staging.k_vec4),
         },
     ];
     if double_buffer {
@@ -340,6 +349,17 @@ struct Operand {
     mode: Mode,
 }
 
+/// How a generated core stages its operands (the optional fields of a
+/// [`KernelConfig`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Staging {
+    /// `:db`: register double buffering.
+    pub double_buffer: bool,
+    /// `:v4`: operands contiguous along K loaded as transposed `vec4`s in
+    /// every block, some invocations idle where the block has fewer items.
+    pub k_vec4: bool,
+}
+
 /// How an operand's block is loaded, by its orientation.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -362,11 +382,11 @@ enum Mode {
 
 impl Mode {
     /// The mode of a `len × bk` block, contiguous `along_k` or not, staged
-    /// by `threads` invocations.
-    fn of(along_k: bool, len: u32, bk: u32, threads: u32) -> Mode {
+    /// by `threads` invocations; `transposed` whatever the idle lanes.
+    fn of(along_k: bool, len: u32, bk: u32, threads: u32, transposed: bool) -> Mode {
         if !along_k {
             Mode::Across
-        } else if len / 4 * (bk / 4) >= threads {
+        } else if transposed || len / 4 * (bk / 4) >= threads {
             Mode::Transposed
         } else {
             Mode::Scalar

@@ -1015,6 +1015,12 @@ pub struct KernelConfig {
     /// step's global loads are issued before this step's multiply-adds
     /// ([`super::codegen`]). Bitwise the same results; generated cores only.
     pub double_buffer: bool,
+    /// Operands contiguous along K (the forward's A_prev and W, the hidden
+    /// delta's δ_next) loaded as transposed `vec4`s in every block (`:v4`),
+    /// some invocations idle where a block has fewer 4×4 items than
+    /// invocations; without it such blocks load scalars ([`super::codegen`]).
+    /// Bitwise the same results; generated cores only.
+    pub k_vec4: bool,
     /// K slices of a gradient product (split K), `1..=MAX_SPLITS`: at run
     /// time clamped, silently, to K's whole BK steps and the scratch budget
     /// ([`super::plan::gradient_splits`]); `None` derives them from the
@@ -1030,6 +1036,7 @@ impl KernelConfig {
             core: Core::Generated,
             tiles,
             double_buffer: false,
+            k_vec4: false,
             splits: None,
         }
     }
@@ -1040,6 +1047,7 @@ impl KernelConfig {
             core: Core::Loops,
             tiles,
             double_buffer: false,
+            k_vec4: false,
             splits: None,
         }
     }
@@ -1052,13 +1060,24 @@ impl KernelConfig {
         }
     }
 
+    /// The same, its along-K operands loaded as transposed `vec4`s in every
+    /// block or not.
+    pub const fn with_k_vec4(self, k_vec4: bool) -> KernelConfig {
+        KernelConfig { k_vec4, ..self }
+    }
+
     /// The core's own conditions ([`super::codegen::check`] or
-    /// [`TileConfig::safety`]); tiled.wgsl has no double buffering.
+    /// [`TileConfig::safety`]); tiled.wgsl has no double buffering and no
+    /// `vec4` loads.
     fn safety(&self) -> Result<()> {
         match self.core {
             Core::Generated => super::codegen::check(&self.tiles),
             Core::Loops if self.double_buffer => Err(Error::Invalid(
                 "double buffering (:db) is a generated core's (gen:…); tiled.wgsl's loops core has none"
+                    .into(),
+            )),
+            Core::Loops if self.k_vec4 => Err(Error::Invalid(
+                "vec4 loads along K (:v4) are a generated core's (gen:…); tiled.wgsl's loops core has none"
                     .into(),
             )),
             Core::Loops => self.tiles.safety(),
@@ -1115,7 +1134,7 @@ impl KernelConfig {
             Error::setting(
                 Setting::KernelConfig,
                 text,
-                "expected gen|loops:WXxWY:TMxTN:kBK[:db][:sN], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:db:s4",
+                "expected gen|loops:WXxWY:TMxTN:kBK[:db][:v4][:sN], e.g. gen:8x8:4x4:k8 or gen:8x8:4x4:k8:db:s4",
             )
         };
         let parts: Vec<&str> = text.trim().split(':').collect();
@@ -1123,7 +1142,7 @@ impl KernelConfig {
             return Err(bad());
         };
         // Optional fields, in any order, each at most once.
-        let (mut splits, mut double_buffer) = (None, false);
+        let (mut splits, mut double_buffer, mut k_vec4) = (None, false, false);
         for field in optional {
             let twice = |what: &str| {
                 let why = format!("`:{field}`: {what} given twice");
@@ -1134,6 +1153,11 @@ impl KernelConfig {
                     return twice("double buffering");
                 }
                 double_buffer = true;
+            } else if *field == "v4" {
+                if k_vec4 {
+                    return twice("vec4 loads along K");
+                }
+                k_vec4 = true;
             } else if let Some(n) = field.strip_prefix('s') {
                 if splits.is_some() {
                     return twice("K slices");
@@ -1171,6 +1195,7 @@ impl KernelConfig {
             core,
             tiles,
             double_buffer,
+            k_vec4,
             splits,
         };
         config
@@ -1194,6 +1219,9 @@ impl std::fmt::Display for KernelConfig {
         )?;
         if self.double_buffer {
             write!(f, ":db")?;
+        }
+        if self.k_vec4 {
+            write!(f, ":v4")?;
         }
         if let Some(s) = self.splits {
             write!(f, ":s{s}")?;
@@ -1365,9 +1393,7 @@ impl ProductKernels {
         // The products' sources: generated per configuration, or tiled.wgsl's.
         let build = |spec: KernelSpec, layout: &wgpu::BindGroupLayout| -> Result<Kernel> {
             let src = match config.core {
-                Core::Generated => {
-                    Some(super::codegen::source(&spec, &tiles, config.double_buffer)?)
-                }
+                Core::Generated => Some(super::codegen::source(&spec, &config)?),
                 Core::Loops => None,
             };
             Kernel::with_layout(

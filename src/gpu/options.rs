@@ -51,6 +51,9 @@ pub struct GpuOptions {
     /// Register double buffering of the generated core, with `tiles`
     /// ([`KernelConfig::double_buffer`]).
     pub double_buffer: bool,
+    /// `vec4` loads along K in every block of the generated core, with
+    /// `tiles` ([`KernelConfig::k_vec4`]).
+    pub k_vec4: bool,
     /// Most samples per micro-batch; `None` for as many as the device's
     /// bindings hold. Larger batches are split (tiled kernels only).
     pub max_chunk: Option<usize>,
@@ -112,6 +115,7 @@ impl GpuOptions {
         tiles: None,
         core: Core::Generated,
         double_buffer: false,
+        k_vec4: false,
         max_chunk: None,
         checked: false,
         tune: TuneMode::Off,
@@ -192,6 +196,7 @@ impl GpuOptions {
                 core,
                 tiles,
                 double_buffer: self.double_buffer,
+                k_vec4: self.k_vec4,
                 splits: None,
             },
             (None, Core::Generated) => return Ok(None),
@@ -210,6 +215,7 @@ impl GpuOptions {
             tiles: Some(config.tiles),
             core: config.core,
             double_buffer: config.double_buffer,
+            k_vec4: config.k_vec4,
             ..self
         }
     }

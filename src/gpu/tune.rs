@@ -113,13 +113,15 @@ pub fn sources_hash() -> &'static str {
             TileConfig::CPU_LARGE,
             TileConfig::DISCRETE,
         ];
-        for spec in ALL
-            .iter()
-            .filter(|s| super::codegen::source(s, &TileConfig::SMALL, false).is_ok())
-        {
-            for t in &samples {
-                for db in [false, true] {
-                    if let Ok(src) = super::codegen::source(spec, t, db) {
+        for spec in ALL.iter().filter(|s| {
+            super::codegen::source(s, &KernelConfig::generated(TileConfig::SMALL)).is_ok()
+        }) {
+            for &t in &samples {
+                for (db, v4) in [(false, false), (true, false), (false, true)] {
+                    let c = KernelConfig::generated(t)
+                        .with_double_buffer(db)
+                        .with_k_vec4(v4);
+                    if let Ok(src) = super::codegen::source(spec, &c) {
                         h = fnv1a(h, src.as_bytes());
                     }
                 }
@@ -594,8 +596,21 @@ pub fn candidates(device: wgpu::DeviceType, limits: &wgpu::Limits) -> Vec<Kernel
             for (wx, wy) in [(16, 16), (8, 8), (16, 8), (8, 16)] {
                 for (tm, tn) in [(8, 8), (4, 4), (4, 8), (8, 4), (8, 16), (16, 8)] {
                     for bk in [8, 16] {
+                        let tiles = t(wx, wy, tm, tn, bk);
+                        // :v4 where some block of it would stage along K
+                        // with idle invocations (else it changes nothing).
+                        let threads = wx * wy;
+                        let items = |len: u32| len / 4 * (bk / 4);
+                        let v4s: &[bool] =
+                            if items(tiles.bm()) < threads || items(tiles.bn()) < threads {
+                                &[false, true]
+                            } else {
+                                &[false]
+                            };
                         for db in [false, true] {
-                            out.push(gen(t(wx, wy, tm, tn, bk)).with_double_buffer(db));
+                            for &v4 in v4s {
+                                out.push(gen(tiles).with_double_buffer(db).with_k_vec4(v4));
+                            }
                         }
                     }
                 }
