@@ -81,13 +81,16 @@ fn clip_opt(kind: OptimizerKind, clip: f32) -> Optimizer {
 
 /// Six clipped steps of every optimiser on `device` against the f64
 /// reference: losses, parameters and the count of clipped updates agree.
-/// The limit is far below the gradients' norm, so every update clips.
+/// The limit (1e-5) is far below the gradients' norm, so every update
+/// clips: at 1e-3, Adam's steps of about lr fitted some random batches
+/// (seeds 1011, 1178) so closely within 4 steps that the norm fell below
+/// the limit and 2 of 6 updates passed unclipped.
 fn clipped_steps_match_reference(device: Device) {
     let net = Network::parse("5,9:tanh,3:softmax").unwrap();
     let batch = 7;
     let (x, y) = batch_for(&net, batch, "clipped steps");
     for kind in OptimizerKind::ALL {
-        let opt = clip_opt(kind, 1e-3);
+        let opt = clip_opt(kind, 1e-5);
         let label = format!("{} clipped {}", device.name(), kind.name());
         let mut b = device.backend(&net, batch);
         let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
@@ -954,7 +957,7 @@ fn clipping_on_tiled_kernels_and_micro_batches() {
     let batch = 11;
     let (x, y) = batch_for(&net, batch, "clip tiled");
     for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
-        let opt = clip_opt(kind, 1e-3);
+        let opt = clip_opt(kind, 1e-5);
         let mut cpu = CpuBackend::<f64>::new(&net, batch).unwrap();
         cpu.set_optimizer(&opt).unwrap();
         cpu.set_params(&net.init::<f32>(6).cast()).unwrap();
