@@ -45,7 +45,7 @@ use super::kernels::{
     dispatch, Acc, BatchUniform, Kernels, OptimUniform, StepUniform, TiledKernels,
 };
 use super::options::{buffer_capacity, GpuOptions, KernelSet};
-use super::plan::{gradient_splits, KernelPlan, Product, ProductId, Source};
+use super::plan::{KernelPlan, Product, Source};
 use super::readback;
 use super::schedule::{step_stages, Schedule, Stage, BACKWARD_ALONE};
 use super::whole_step::WholeStep;
@@ -461,13 +461,11 @@ impl GpuBackend {
     /// slices and every layer's Dims follow.
     fn set_dims_rows(&mut self, rows: usize) {
         self.dims_rows = rows;
-        if let Some(t) = &self.tiled {
+        if self.tiled.is_some() {
             let (device, limits) = (self.ctx.info.device_type, &self.ctx.limits);
-            for (l, (s, ly)) in self.splits.iter_mut().zip(self.net.layers()).enumerate() {
-                let kind = Product::Gradient;
-                let config = t.plan().get(ProductId { kind, layer: l }).config;
-                let shape = (ly.n_out as u32, ly.n_in as u32, rows as u32);
-                *s = gradient_splits(&config, shape, device, limits);
+            let slices = self.plan.gradient_slices(&self.net, rows, device, limits);
+            for (s, k) in self.splits.iter_mut().zip(slices) {
+                *s = k;
             }
         }
         self.write_dims();

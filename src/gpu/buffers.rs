@@ -15,7 +15,7 @@ use super::kernels::{
 };
 use super::layout::DeviceLayout;
 use super::options::binding_bytes;
-use super::plan::{gradient_splits, Product, ProductId};
+use super::plan::Product;
 use super::readback;
 use crate::backend::Metric;
 use crate::error::Result;
@@ -200,7 +200,7 @@ fn counters(net: &Network, tiled: Option<&TiledKernels>) -> usize {
 }
 
 /// Floats of split-K slice sums: as many as the layer with the most slices
-/// at `capacity` rows asks for ([`gradient_splits`], within the scratch
+/// at `capacity` rows asks for ([`super::plan::gradient_splits`], within the scratch
 /// budget and one binding, and never fewer rows asking for more); 1
 /// without tiled kernels or splits.
 fn scratch_floats(
@@ -210,20 +210,14 @@ fn scratch_floats(
     tiled: Option<&TiledKernels>,
 ) -> u64 {
     let Some(t) = tiled else { return 1 };
+    let device = ctx.info.device_type;
+    let slices = t.plan().gradient_slices(net, capacity, device, &ctx.limits);
     net.layers()
         .iter()
-        .enumerate()
-        .map(|(l, ly)| {
-            let (o, i) = (ly.n_out as u32, ly.n_in as u32);
-            let kind = Product::Gradient;
-            let config = t.plan().get(ProductId { kind, layer: l }).config;
-            let shape = (o, i, capacity as u32);
-            let s = gradient_splits(&config, shape, ctx.info.device_type, &ctx.limits);
-            if s > 1 {
-                s as u64 * o as u64 * (i as u64 + 1)
-            } else {
-                1
-            }
+        .zip(slices)
+        .map(|(ly, s)| match s {
+            1 => 1,
+            s => s as u64 * ly.n_out as u64 * (ly.n_in as u64 + 1),
         })
         .max()
         .unwrap_or(1)

@@ -125,16 +125,12 @@ impl PipelineStore {
         }
         let name = wgpu::util::pipeline_cache_key(info)?;
         let path = dir.map(|d| d.join(format!("{name}.bin")));
-        let data = match path.as_deref().map(read) {
-            Some(Ok(data)) => data,
-            Some(Err(why)) => {
-                // The path is Some here: a read was tried.
-                let shown = path.as_deref().unwrap_or(Path::new("")).display();
-                eprintln!("pipeline cache {shown}: {why}; ignored");
+        let data = path.as_deref().and_then(|p| {
+            read(p).unwrap_or_else(|why| {
+                eprintln!("pipeline cache {}: {why}; ignored", p.display());
                 None
-            }
-            None => None,
-        };
+            })
+        });
         let desc = wgpu::PipelineCacheDescriptor {
             label: Some("shadertrain pipelines"),
             data: data.as_deref(),

@@ -259,6 +259,27 @@ impl KernelPlan {
         plan
     }
 
+    /// K slices of each layer's gradient of `net` at `rows` rows under
+    /// this plan on an adapter of type `device` with `limits`
+    /// ([`gradient_splits`]), bottom up.
+    pub fn gradient_slices<'a>(
+        &'a self,
+        net: &'a Network,
+        rows: usize,
+        device: wgpu::DeviceType,
+        limits: &'a wgpu::Limits,
+    ) -> impl Iterator<Item = u32> + 'a {
+        (0..net.layers().len()).map(move |layer| {
+            let p = ProductId {
+                kind: Product::Gradient,
+                layer,
+            };
+            let [m, n, k] = p.shape(net, rows);
+            let shape = (m as u32, n as u32, k as u32);
+            gradient_splits(&self.get(p).config, shape, device, limits)
+        })
+    }
+
     /// The choice for product `p`.
     pub fn get(&self, p: ProductId) -> Choice {
         self.layers[p.layer][p.kind.index()]
